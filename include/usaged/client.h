@@ -1,0 +1,146 @@
+/* libusaged-client: a C client for the usaged daemon (wire protocol: docs/protocol.md).
+ *
+ * Blocking calls with a timeout, over a Unix socket or TCP. Requests can be pipelined: begin
+ * several, flush once, then wait for each answer by msgid in any order. One client is one
+ * connection and is not thread-safe; use one per thread.
+ *
+ *     char err[256];
+ *     usaged_client *c = usaged_connect("/run/usaged/usaged.sock", 1000, err, sizeof(err));
+ *     struct usaged_check_result r;
+ *     if (usaged_check(c, user_id, "openai", 1, &r) == USAGED_OK && r.allowed) ...
+ *     usaged_close(c);
+ */
+#ifndef USAGED_CLIENT_H
+#define USAGED_CLIENT_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "usaged/protocol.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct usaged_client usaged_client;
+
+/* Results of every call. On USAGED_ERR_SERVER the daemon answered with an error map: see
+ * usaged_error_code() and friends. Any other error leaves the connection unusable. */
+enum usaged_status {
+    USAGED_OK = 0,
+    USAGED_ERR_IO = -1,       /* connect, send or receive failed; the connection is closed */
+    USAGED_ERR_TIMEOUT = -2,  /* no answer within the timeout */
+    USAGED_ERR_PROTOCOL = -3, /* the daemon sent something that is not a valid answer */
+    USAGED_ERR_SERVER = -4,   /* the daemon answered with an error */
+    USAGED_ERR_ARGUMENT = -5, /* a bad argument (e.g. a malformed uuid); nothing was sent */
+};
+
+/* Connects to "unix:/path", "/path" (a Unix socket) or "host:port" (TCP). Returns NULL and
+ * fills err on failure. */
+usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, size_t errlen);
+void usaged_close(usaged_client *c);
+void usaged_set_timeout(usaged_client *c, int timeout_ms);
+
+/* The last error: code is a USAGED_ERR_* string of protocol.h for server errors, or one of
+ * "io", "timeout", "protocol", "argument" for local ones. */
+const char *usaged_error_code(const usaged_client *c);
+const char *usaged_error_message(const usaged_client *c);
+/* invalid_field: the field and event index (-1 when absent); overloaded/unavailable: retry. */
+const char *usaged_error_field(const usaged_client *c);
+int64_t usaged_error_index(const usaged_client *c);
+uint32_t usaged_error_retry_after_ms(const usaged_client *c);
+
+/* ---- raw plumbing: any method ---- */
+
+/* Starts a request: packs [0, msgid, method, [ and returns the packer for nparams params.
+ * The message is sent at the next usaged_flush() or usaged_wait(). */
+msgpack_packer *usaged_begin_request(usaged_client *c, const char *method, uint32_t nparams,
+                                     uint32_t *msgid);
+/* Starts a notification: [2, method, [ ... */
+msgpack_packer *usaged_begin_notification(usaged_client *c, const char *method, uint32_t nparams);
+/* Sends everything begun so far. */
+int usaged_flush(usaged_client *c);
+/* Waits for the answer to msgid. On USAGED_OK *result points at the result, valid until the next
+ * call on this client. Answers to other msgids that arrive meanwhile are kept for their wait. */
+int usaged_wait(usaged_client *c, uint32_t msgid, const msgpack_object **result);
+/* Sends a request with no params and waits for its result. */
+int usaged_call0(usaged_client *c, const char *method, const msgpack_object **result);
+
+/* ---- methods ---- */
+
+struct usaged_ping_result {
+    char version[32];
+    uint32_t protocol;
+    uint64_t uptime_ms;
+};
+
+int usaged_ping(usaged_client *c, struct usaged_ping_result *out);
+int usaged_auth(usaged_client *c, const char *token);
+
+/* A limit or remaining count; has_value false means unlimited. */
+struct usaged_quota {
+    bool has_value;
+    int64_t value;
+};
+
+struct usaged_check_result {
+    bool allowed;
+    char reason[32]; /* "" when allowed, else a USAGED_REASON_* */
+    struct usaged_quota limit_minute, limit_day, remaining_minute, remaining_day;
+    uint64_t reset_minute_ms, reset_day_ms, retry_after_ms;
+    bool degraded;
+};
+
+/* Spends `cost` of user_id's quota with provider (cost 0: a peek). */
+int usaged_check(usaged_client *c, const char *user_id, const char *provider, uint32_t cost,
+                 struct usaged_check_result *out);
+
+/* Optional fields of an event: a field is sent when its has_ flag (or a non-NULL string) says. */
+struct usaged_usage_event {
+    const char *id;       /* uuid or NULL: the daemon assigns a UUIDv7 */
+    const char *user_id;  /* required */
+    const char *provider; /* required */
+    const char *endpoint;
+    bool has_request_size, has_response_size, has_response_time_ms, has_status_code;
+    int32_t request_size, response_size, response_time_ms, status_code;
+    const char *error_message;
+    bool has_created_at;
+    int64_t created_at_ms; /* ms since the Unix epoch */
+};
+
+struct usaged_prompt_event {
+    const char *id;
+    const char *user_id; /* required */
+    const char *framework_id, *framework_name, *model, *provider;
+    const char *user_input, *ai_response, *tone, *length;
+    bool has_temperature;
+    double temperature;
+    bool has_max_tokens, has_processing_time_ms, has_tokens_used;
+    int32_t max_tokens, processing_time_ms, tokens_used;
+    bool has_vibe_coding, vibe_coding;
+    const char *cost_usd; /* decimal string, or NULL */
+    const char *status;   /* required: pending, completed, failed, cancelled */
+    const char *error_message, *error_code;
+    bool has_created_at;
+    int64_t created_at_ms;
+};
+
+enum usaged_ack { USAGED_ACK_DEFAULT = 0, USAGED_ACK_QUEUED, USAGED_ACK_DURABLE };
+
+/* Sends events as one request and waits for {"accepted": n}; or, with notify set, as a
+ * notification (fire-and-forget: *accepted is not set). */
+int usaged_log_usage(usaged_client *c, const struct usaged_usage_event *events, size_t count,
+                     enum usaged_ack ack, bool notify, uint64_t *accepted);
+int usaged_log_prompt(usaged_client *c, const struct usaged_prompt_event *events, size_t count,
+                      enum usaged_ack ack, bool notify, uint64_t *accepted);
+
+/* The stats map; *result valid until the next call. */
+int usaged_stats(usaged_client *c, const msgpack_object **result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages usaged needs to build, test and run locally, when any is
+# missing. Runs apt-get through sudo when not root. Prints nothing when all are present.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
+  libuv1-dev libhiredis-dev libpq-dev libmsgpack-dev libyaml-dev libsystemd-dev
+  postgresql postgresql-contrib redis-server
+  python3 python3-msgpack python3-psycopg2 python3-redis python3-pytest
+  valgrind systemd procps iproute2 git ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo=(sudo)
+fi
+echo "installing: ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -q
+# Debian's postgresql and redis packages start their own system services where they can; the
+# project never uses those: tests and the local run start servers of their own.
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+  "${missing[@]}"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what is missing, builds, and runs
+#   1. unit and integration tests on the normal build,
+#   2. the same under ASan+UBSan,
+#   3. the daemon's protocol integration run under valgrind,
+#   4. a short libFuzzer run of the decoder (clang).
+# Integration tests start their own PostgreSQL and Redis; nothing already running is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+
+setup() { # setup DIR [meson options...]
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson setup --reconfigure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+}
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "build"
+setup build
+meson compile -C build
+
+step "unit and integration tests"
+meson test -C build --print-errorlogs --num-processes 2
+
+step "ASan + UBSan"
+setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
+meson compile -C build-asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+  meson test -C build-asan --print-errorlogs --num-processes 2 --timeout-multiplier 3
+
+step "valgrind: the daemon's protocol and lifecycle runs"
+USAGED_VALGRIND=1 meson test -C build --print-errorlogs --suite integration \
+  --timeout-multiplier 4 protocol lifecycle
+
+step "fuzz (libFuzzer, short run)"
+CC=clang setup build-fuzz -Dfuzz=true -Dintegration=false -Db_sanitize=address,undefined \
+  -Db_lundef=false
+meson compile -C build-fuzz
+meson test -C build-fuzz --print-errorlogs --suite fuzz
+
+step "all tests passed"

@@ -1,0 +1,657 @@
+/* client: the C client library (include/usaged/client.h). Blocking sockets with poll() for the
+ * timeout; msgpack-c's streaming unpacker for answers; answers that arrive for another msgid are
+ * kept, each with its own zone, until their wait. */
+#include "usaged/client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+struct kept_answer {
+    uint32_t msgid;
+    msgpack_unpacked msg;
+};
+
+struct usaged_client {
+    int fd;
+    int timeout_ms;
+    uint32_t next_msgid;
+    msgpack_sbuffer out;
+    msgpack_packer pk;
+    msgpack_unpacker unpacker;
+    msgpack_unpacked current; /* the answer last returned by usaged_wait */
+    struct kept_answer *kept;
+    size_t kept_count, kept_cap;
+    char err_code[32];
+    char err_message[256];
+    char err_field[64];
+    int64_t err_index;
+    uint32_t err_retry_after_ms;
+};
+
+static int set_error(usaged_client *c, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int set_error(usaged_client *c, int status, const char *code, const char *fmt, ...)
+{
+    snprintf(c->err_code, sizeof(c->err_code), "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_message, sizeof(c->err_message), fmt, ap);
+    va_end(ap);
+    c->err_field[0] = '\0';
+    c->err_index = -1;
+    c->err_retry_after_ms = 0;
+    if (status == USAGED_ERR_IO || status == USAGED_ERR_TIMEOUT || status == USAGED_ERR_PROTOCOL) {
+        if (c->fd >= 0)
+            close(c->fd);
+        c->fd = -1;
+    }
+    return status;
+}
+
+static int connect_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "%s: path too long", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int connect_tcp(const char *address, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(address, ':');
+    if (!colon || (size_t)(colon - address) >= sizeof(host)) {
+        snprintf(err, errlen, "%s: expected host:port", address);
+        return -1;
+    }
+    const char *h = address;
+    size_t hlen = (size_t)(colon - address);
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
+    int rc = getaddrinfo(host, colon + 1, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: %s", address, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0)
+            continue;
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        close(fd);
+        fd = -1;
+    }
+    if (fd < 0)
+        snprintf(err, errlen, "%s: %s", address, strerror(errno));
+    freeaddrinfo(res);
+    return fd;
+}
+
+usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, size_t errlen)
+{
+    int fd;
+    if (strncmp(address, "unix:", 5) == 0)
+        fd = connect_unix(address + 5, err, errlen);
+    else if (address[0] == '/' || address[0] == '.')
+        fd = connect_unix(address, err, errlen);
+    else
+        fd = connect_tcp(address, err, errlen);
+    if (fd < 0)
+        return NULL;
+    /* Non-blocking from here on: every wait goes through poll() with the timeout. */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    usaged_client *c = calloc(1, sizeof(*c));
+    if (!c || !msgpack_unpacker_init(&c->unpacker, 64 * 1024)) {
+        snprintf(err, errlen, "out of memory");
+        free(c);
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    c->timeout_ms = timeout_ms;
+    c->next_msgid = 1;
+    msgpack_sbuffer_init(&c->out);
+    msgpack_packer_init(&c->pk, &c->out, msgpack_sbuffer_write);
+    msgpack_unpacked_init(&c->current);
+    c->err_index = -1;
+    return c;
+}
+
+void usaged_close(usaged_client *c)
+{
+    if (!c)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    msgpack_sbuffer_destroy(&c->out);
+    msgpack_unpacker_destroy(&c->unpacker);
+    msgpack_unpacked_destroy(&c->current);
+    for (size_t i = 0; i < c->kept_count; i++)
+        msgpack_unpacked_destroy(&c->kept[i].msg);
+    free(c->kept);
+    free(c);
+}
+
+void usaged_set_timeout(usaged_client *c, int timeout_ms)
+{
+    c->timeout_ms = timeout_ms;
+}
+
+const char *usaged_error_code(const usaged_client *c)
+{
+    return c->err_code;
+}
+
+const char *usaged_error_message(const usaged_client *c)
+{
+    return c->err_message;
+}
+
+const char *usaged_error_field(const usaged_client *c)
+{
+    return c->err_field[0] ? c->err_field : NULL;
+}
+
+int64_t usaged_error_index(const usaged_client *c)
+{
+    return c->err_index;
+}
+
+uint32_t usaged_error_retry_after_ms(const usaged_client *c)
+{
+    return c->err_retry_after_ms;
+}
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+msgpack_packer *usaged_begin_request(usaged_client *c, const char *method, uint32_t nparams,
+                                     uint32_t *msgid)
+{
+    *msgid = c->next_msgid++;
+    msgpack_pack_array(&c->pk, 4);
+    msgpack_pack_uint8(&c->pk, USAGED_MSG_REQUEST);
+    msgpack_pack_uint32(&c->pk, *msgid);
+    pack_str(&c->pk, method);
+    msgpack_pack_array(&c->pk, nparams);
+    return &c->pk;
+}
+
+msgpack_packer *usaged_begin_notification(usaged_client *c, const char *method, uint32_t nparams)
+{
+    msgpack_pack_array(&c->pk, 3);
+    msgpack_pack_uint8(&c->pk, USAGED_MSG_NOTIFICATION);
+    pack_str(&c->pk, method);
+    msgpack_pack_array(&c->pk, nparams);
+    return &c->pk;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits until fd is ready for `events` or the deadline passes. */
+static int wait_fd(usaged_client *c, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = c->timeout_ms < 0 ? -1 : deadline - now_ms();
+        if (c->timeout_ms >= 0 && left <= 0)
+            return set_error(c, USAGED_ERR_TIMEOUT, "timeout", "no answer within %d ms",
+                             c->timeout_ms);
+        struct pollfd p = {.fd = c->fd, .events = events};
+        int n = poll(&p, 1, (int)left);
+        if (n > 0)
+            return USAGED_OK;
+        if (n < 0 && errno != EINTR)
+            return set_error(c, USAGED_ERR_IO, "io", "poll: %s", strerror(errno));
+    }
+}
+
+int usaged_flush(usaged_client *c)
+{
+    if (c->fd < 0)
+        return set_error(c, USAGED_ERR_IO, "io", "not connected");
+    int64_t deadline = now_ms() + c->timeout_ms;
+    size_t off = 0;
+    while (off < c->out.size) {
+        ssize_t n = send(c->fd, c->out.data + off, c->out.size - off, MSG_NOSIGNAL);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            int rc = wait_fd(c, POLLOUT, deadline);
+            if (rc != USAGED_OK)
+                return rc;
+            continue;
+        }
+        return set_error(c, USAGED_ERR_IO, "io", "send: %s", strerror(errno));
+    }
+    msgpack_sbuffer_clear(&c->out);
+    return USAGED_OK;
+}
+
+/* Copies the error map of an answer into the client's error fields. */
+static int take_server_error(usaged_client *c, const msgpack_object *e)
+{
+    set_error(c, USAGED_ERR_SERVER, "internal", "the daemon answered with an error");
+    if (e->type != MSGPACK_OBJECT_MAP)
+        return USAGED_ERR_SERVER;
+    for (uint32_t i = 0; i < e->via.map.size; i++) {
+        const msgpack_object *k = &e->via.map.ptr[i].key, *v = &e->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        const char *key = k->via.str.ptr;
+        uint32_t klen = k->via.str.size;
+        if (v->type == MSGPACK_OBJECT_STR) {
+            char *dst = NULL;
+            size_t cap = 0;
+            if (klen == 4 && memcmp(key, "code", 4) == 0) {
+                dst = c->err_code;
+                cap = sizeof(c->err_code);
+            } else if (klen == 7 && memcmp(key, "message", 7) == 0) {
+                dst = c->err_message;
+                cap = sizeof(c->err_message);
+            } else if (klen == 5 && memcmp(key, "field", 5) == 0) {
+                dst = c->err_field;
+                cap = sizeof(c->err_field);
+            }
+            if (dst)
+                snprintf(dst, cap, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+        } else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            if (klen == 5 && memcmp(key, "index", 5) == 0)
+                c->err_index = (int64_t)v->via.u64;
+            else if (klen == 14 && memcmp(key, "retry_after_ms", 14) == 0)
+                c->err_retry_after_ms = (uint32_t)v->via.u64;
+        }
+    }
+    return USAGED_ERR_SERVER;
+}
+
+/* Hands out the answer in c->current: its result, or its error. */
+static int deliver(usaged_client *c, const msgpack_object **result)
+{
+    const msgpack_object *a = c->current.data.via.array.ptr;
+    if (a[2].type != MSGPACK_OBJECT_NIL)
+        return take_server_error(c, &a[2]);
+    if (result)
+        *result = &a[3];
+    return USAGED_OK;
+}
+
+static bool is_answer(const msgpack_object *o)
+{
+    return o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 4 &&
+           o->via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+           o->via.array.ptr[0].via.u64 == USAGED_MSG_RESPONSE &&
+           o->via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+}
+
+/* The daemon's "error" notification: it is about to close the stream. */
+static int notification_error(usaged_client *c, const msgpack_object *o)
+{
+    const msgpack_object *a = o->via.array.ptr;
+    if (o->via.array.size == 3 && a[2].type == MSGPACK_OBJECT_ARRAY && a[2].via.array.size == 1)
+        take_server_error(c, &a[2].via.array.ptr[0]);
+    return USAGED_ERR_SERVER;
+}
+
+int usaged_wait(usaged_client *c, uint32_t msgid, const msgpack_object **result)
+{
+    int rc = usaged_flush(c);
+    if (rc != USAGED_OK)
+        return rc;
+    for (size_t i = 0; i < c->kept_count; i++) {
+        if (c->kept[i].msgid == msgid) {
+            msgpack_unpacked_destroy(&c->current);
+            c->current = c->kept[i].msg;
+            c->kept[i] = c->kept[--c->kept_count];
+            return deliver(c, result);
+        }
+    }
+    int64_t deadline = now_ms() + c->timeout_ms;
+    for (;;) {
+        msgpack_unpacked msg;
+        msgpack_unpacked_init(&msg);
+        msgpack_unpack_return ret = msgpack_unpacker_next(&c->unpacker, &msg);
+        if (ret == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *o = &msg.data;
+            if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size >= 1 &&
+                o->via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                o->via.array.ptr[0].via.u64 == USAGED_MSG_NOTIFICATION) {
+                rc = notification_error(c, o);
+                msgpack_unpacked_destroy(&msg);
+                return rc;
+            }
+            if (!is_answer(o)) {
+                msgpack_unpacked_destroy(&msg);
+                return set_error(c, USAGED_ERR_PROTOCOL, "protocol", "unexpected message");
+            }
+            uint32_t id = (uint32_t)o->via.array.ptr[1].via.u64;
+            if (id == msgid) {
+                msgpack_unpacked_destroy(&c->current);
+                c->current = msg;
+                return deliver(c, result);
+            }
+            if (c->kept_count == c->kept_cap) {
+                size_t cap = c->kept_cap ? c->kept_cap * 2 : 8;
+                struct kept_answer *k = realloc(c->kept, cap * sizeof(*k));
+                if (!k) {
+                    msgpack_unpacked_destroy(&msg);
+                    return set_error(c, USAGED_ERR_IO, "io", "out of memory");
+                }
+                c->kept = k;
+                c->kept_cap = cap;
+            }
+            c->kept[c->kept_count].msgid = id;
+            c->kept[c->kept_count++].msg = msg;
+            continue;
+        }
+        msgpack_unpacked_destroy(&msg);
+        if (ret == MSGPACK_UNPACK_PARSE_ERROR || ret == MSGPACK_UNPACK_NOMEM_ERROR)
+            return set_error(c, USAGED_ERR_PROTOCOL, "protocol", "undecodable answer");
+        rc = wait_fd(c, POLLIN, deadline);
+        if (rc != USAGED_OK)
+            return rc;
+        if (!msgpack_unpacker_reserve_buffer(&c->unpacker, 64 * 1024))
+            return set_error(c, USAGED_ERR_IO, "io", "out of memory");
+        ssize_t n = recv(c->fd, msgpack_unpacker_buffer(&c->unpacker),
+                         msgpack_unpacker_buffer_capacity(&c->unpacker), 0);
+        if (n == 0)
+            return set_error(c, USAGED_ERR_IO, "io", "the daemon closed the connection");
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return set_error(c, USAGED_ERR_IO, "io", "recv: %s", strerror(errno));
+        }
+        msgpack_unpacker_buffer_consumed(&c->unpacker, (size_t)n);
+    }
+}
+
+int usaged_call0(usaged_client *c, const char *method, const msgpack_object **result)
+{
+    uint32_t msgid;
+    usaged_begin_request(c, method, 0, &msgid);
+    return usaged_wait(c, msgid, result);
+}
+
+/* ---- typed methods ---- */
+
+static const msgpack_object *map_get(const msgpack_object *map, const char *key)
+{
+    if (map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t n = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+            memcmp(k->via.str.ptr, key, n) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static uint64_t get_u64(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *v = map_get(map, key);
+    return v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? v->via.u64 : 0;
+}
+
+int usaged_ping(usaged_client *c, struct usaged_ping_result *out)
+{
+    const msgpack_object *r;
+    int rc = usaged_call0(c, USAGED_METHOD_PING, &r);
+    if (rc != USAGED_OK)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    const msgpack_object *v = map_get(r, "version");
+    if (v && v->type == MSGPACK_OBJECT_STR)
+        snprintf(out->version, sizeof(out->version), "%.*s", (int)v->via.str.size, v->via.str.ptr);
+    out->protocol = (uint32_t)get_u64(r, "protocol");
+    out->uptime_ms = get_u64(r, "uptime_ms");
+    return USAGED_OK;
+}
+
+int usaged_auth(usaged_client *c, const char *token)
+{
+    uint32_t msgid;
+    pack_str(usaged_begin_request(c, USAGED_METHOD_AUTH, 1, &msgid), token);
+    return usaged_wait(c, msgid, NULL);
+}
+
+static struct usaged_quota get_quota(const msgpack_object *map, const char *key)
+{
+    struct usaged_quota q = {false, 0};
+    const msgpack_object *v = map_get(map, key);
+    if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        q.has_value = true;
+        q.value = (int64_t)v->via.u64;
+    } else if (v && v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        q.has_value = true;
+        q.value = v->via.i64;
+    }
+    return q;
+}
+
+int usaged_check(usaged_client *c, const char *user_id, const char *provider, uint32_t cost,
+                 struct usaged_check_result *out)
+{
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
+    msgpack_pack_map(pk, 3);
+    pack_str(pk, "user_id");
+    pack_str(pk, user_id);
+    pack_str(pk, "provider");
+    pack_str(pk, provider);
+    pack_str(pk, "cost");
+    msgpack_pack_uint32(pk, cost);
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc != USAGED_OK)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    const msgpack_object *v = map_get(r, "allowed");
+    out->allowed = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+    v = map_get(r, "reason");
+    if (v && v->type == MSGPACK_OBJECT_STR)
+        snprintf(out->reason, sizeof(out->reason), "%.*s", (int)v->via.str.size, v->via.str.ptr);
+    out->limit_minute = get_quota(r, "limit_minute");
+    out->limit_day = get_quota(r, "limit_day");
+    out->remaining_minute = get_quota(r, "remaining_minute");
+    out->remaining_day = get_quota(r, "remaining_day");
+    out->reset_minute_ms = get_u64(r, "reset_minute_ms");
+    out->reset_day_ms = get_u64(r, "reset_day_ms");
+    out->retry_after_ms = get_u64(r, "retry_after_ms");
+    v = map_get(r, "degraded");
+    out->degraded = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+    return USAGED_OK;
+}
+
+/* Packs "key": value pairs of an event map; counts them first so the map header is exact. */
+struct field_packer {
+    msgpack_packer *pk;
+    uint32_t count;
+    bool counting;
+};
+
+static void field_str(struct field_packer *f, const char *key, const char *value)
+{
+    if (!value)
+        return;
+    f->count++;
+    if (!f->counting) {
+        pack_str(f->pk, key);
+        pack_str(f->pk, value);
+    }
+}
+
+static void field_int(struct field_packer *f, const char *key, bool has, int64_t value)
+{
+    if (!has)
+        return;
+    f->count++;
+    if (!f->counting) {
+        pack_str(f->pk, key);
+        msgpack_pack_int64(f->pk, value);
+    }
+}
+
+static void field_double(struct field_packer *f, const char *key, bool has, double value)
+{
+    if (!has)
+        return;
+    f->count++;
+    if (!f->counting) {
+        pack_str(f->pk, key);
+        msgpack_pack_double(f->pk, value);
+    }
+}
+
+static void field_bool(struct field_packer *f, const char *key, bool has, bool value)
+{
+    if (!has)
+        return;
+    f->count++;
+    if (!f->counting) {
+        pack_str(f->pk, key);
+        if (value)
+            msgpack_pack_true(f->pk);
+        else
+            msgpack_pack_false(f->pk);
+    }
+}
+
+static void usage_fields(struct field_packer *f, const struct usaged_usage_event *e)
+{
+    field_str(f, "id", e->id);
+    field_str(f, "user_id", e->user_id);
+    field_str(f, "provider", e->provider);
+    field_str(f, "endpoint", e->endpoint);
+    field_int(f, "request_size", e->has_request_size, e->request_size);
+    field_int(f, "response_size", e->has_response_size, e->response_size);
+    field_int(f, "response_time_ms", e->has_response_time_ms, e->response_time_ms);
+    field_int(f, "status_code", e->has_status_code, e->status_code);
+    field_str(f, "error_message", e->error_message);
+    field_int(f, "created_at", e->has_created_at, e->created_at_ms);
+}
+
+static void prompt_fields(struct field_packer *f, const struct usaged_prompt_event *e)
+{
+    field_str(f, "id", e->id);
+    field_str(f, "user_id", e->user_id);
+    field_str(f, "framework_id", e->framework_id);
+    field_str(f, "framework_name", e->framework_name);
+    field_str(f, "model", e->model);
+    field_str(f, "provider", e->provider);
+    field_str(f, "user_input", e->user_input);
+    field_str(f, "ai_response", e->ai_response);
+    field_str(f, "tone", e->tone);
+    field_str(f, "length", e->length);
+    field_double(f, "temperature", e->has_temperature, e->temperature);
+    field_int(f, "max_tokens", e->has_max_tokens, e->max_tokens);
+    field_int(f, "processing_time_ms", e->has_processing_time_ms, e->processing_time_ms);
+    field_int(f, "tokens_used", e->has_tokens_used, e->tokens_used);
+    field_bool(f, "vibe_coding", e->has_vibe_coding, e->vibe_coding);
+    field_str(f, "cost_usd", e->cost_usd);
+    field_str(f, "status", e->status);
+    field_str(f, "error_message", e->error_message);
+    field_str(f, "error_code", e->error_code);
+    field_int(f, "created_at", e->has_created_at, e->created_at_ms);
+}
+
+typedef void (*fields_fn)(struct field_packer *f, const void *event);
+
+static void usage_fields_any(struct field_packer *f, const void *e)
+{
+    usage_fields(f, e);
+}
+
+static void prompt_fields_any(struct field_packer *f, const void *e)
+{
+    prompt_fields(f, e);
+}
+
+static int send_events(usaged_client *c, const char *method, const void *events, size_t size,
+                       size_t count, fields_fn fields, enum usaged_ack ack, bool notify,
+                       uint64_t *accepted)
+{
+    uint32_t nparams = ack == USAGED_ACK_DEFAULT ? 1 : 2;
+    uint32_t msgid = 0;
+    msgpack_packer *pk = notify ? usaged_begin_notification(c, method, nparams)
+                                : usaged_begin_request(c, method, nparams, &msgid);
+    msgpack_pack_array(pk, count);
+    for (size_t i = 0; i < count; i++) {
+        const void *e = (const char *)events + i * size;
+        struct field_packer f = {pk, 0, true};
+        fields(&f, e);
+        msgpack_pack_map(pk, f.count);
+        f.counting = false;
+        fields(&f, e);
+    }
+    if (ack != USAGED_ACK_DEFAULT) {
+        msgpack_pack_map(pk, 1);
+        pack_str(pk, "ack");
+        pack_str(pk, ack == USAGED_ACK_DURABLE ? "durable" : "queued");
+    }
+    if (notify)
+        return usaged_flush(c);
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc == USAGED_OK && accepted)
+        *accepted = get_u64(r, "accepted");
+    return rc;
+}
+
+int usaged_log_usage(usaged_client *c, const struct usaged_usage_event *events, size_t count,
+                     enum usaged_ack ack, bool notify, uint64_t *accepted)
+{
+    return send_events(c, USAGED_METHOD_LOG_USAGE, events, sizeof(*events), count, usage_fields_any,
+                       ack, notify, accepted);
+}
+
+int usaged_log_prompt(usaged_client *c, const struct usaged_prompt_event *events, size_t count,
+                      enum usaged_ack ack, bool notify, uint64_t *accepted)
+{
+    return send_events(c, USAGED_METHOD_LOG_PROMPT, events, sizeof(*events), count,
+                       prompt_fields_any, ack, notify, accepted);
+}
+
+int usaged_stats(usaged_client *c, const msgpack_object **result)
+{
+    return usaged_call0(c, USAGED_METHOD_STATS, result);
+}

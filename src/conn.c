@@ -1,0 +1,612 @@
+/* conn: see conn.h.
+ *
+ * Reads land in one buffer shared by all connections; complete messages are dispatched straight
+ * from it and only a partial tail is copied into the connection's own buffer, so an idle
+ * connection costs no input memory. Output is packed into the connection's buffer and flushed
+ * once per loop iteration (a uv_check pass), with a direct uv_try_write first, so that answers to
+ * pipelined requests leave in as few writes as possible. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xalloc.h"
+
+static void conn_close(struct conn *c);
+static void conn_flush(struct conn *c);
+static void conn_update_pause(struct conn *c);
+static void conn_start_reading(struct conn *c);
+static size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
+
+/* ---- the set ---- */
+
+static void on_flush_check(uv_check_t *check)
+{
+    struct conn_set *set = check->data;
+    while (set->dirty) {
+        struct conn *c = set->dirty;
+        set->dirty = c->next_dirty;
+        c->next_dirty = NULL;
+        c->dirty = false;
+        conn_flush(c);
+        conn_unref(c);
+    }
+}
+
+static bool conn_is_idle(const struct conn *c, uint64_t now, uint64_t idle_ms)
+{
+    return c->pending == 0 && c->writing == 0 && c->out.len == 0 &&
+           now - c->last_active_ms >= idle_ms;
+}
+
+static void on_idle_timer(uv_timer_t *timer)
+{
+    struct conn_set *set = timer->data;
+    uint64_t idle_ms = set->limits.idle_timeout_ms;
+    if (idle_ms == 0)
+        return;
+    uint64_t now = uv_now(set->loop);
+    for (struct conn *c = set->head, *next; c; c = next) {
+        next = c->next;
+        if (conn_is_idle(c, now, idle_ms)) {
+            log_debug("conn %llu (%s): idle for %llu ms, closing", (unsigned long long)c->id,
+                      c->peer, (unsigned long long)idle_ms);
+            set->stats.closed_idle++;
+            conn_close(c);
+        }
+    }
+}
+
+static void start_idle_timer(struct conn_set *set)
+{
+    uint64_t idle_ms = set->limits.idle_timeout_ms;
+    if (idle_ms == 0) {
+        uv_timer_stop(&set->idle_timer);
+        return;
+    }
+    /* A sweep every second (or sooner for short timeouts) is exact enough and costs one timer
+     * for all connections instead of one per connection. */
+    uint64_t period = idle_ms < 1000 ? idle_ms : 1000;
+    uv_timer_start(&set->idle_timer, on_idle_timer, period, period);
+}
+
+void conn_set_init(struct conn_set *set, uv_loop_t *loop, const struct conn_limits *limits,
+                   conn_dispatch_fn dispatch, void *ctx)
+{
+    memset(set, 0, offsetof(struct conn_set, read_buf));
+    set->loop = loop;
+    set->limits = *limits;
+    set->dispatch = dispatch;
+    set->dispatch_ctx = ctx;
+    set->next_id = 1;
+    set->drop_log.period_ms = 10000;
+    set->drop_log.burst = 10;
+    msgpack_zone_init(&set->zone, 64 * 1024);
+    buf_init(&set->scratch);
+    msgpack_packer_init(&set->scratch_pk, &set->scratch, buf_msgpack_write);
+    uv_check_init(loop, &set->flush_check);
+    set->flush_check.data = set;
+    uv_check_start(&set->flush_check, on_flush_check);
+    uv_unref((uv_handle_t *)&set->flush_check);
+    uv_timer_init(loop, &set->idle_timer);
+    set->idle_timer.data = set;
+    uv_unref((uv_handle_t *)&set->idle_timer);
+    start_idle_timer(set);
+}
+
+void conn_set_limits(struct conn_set *set, const struct conn_limits *limits)
+{
+    bool idle_changed = set->limits.idle_timeout_ms != limits->idle_timeout_ms;
+    set->limits = *limits;
+    if (idle_changed)
+        start_idle_timer(set);
+    /* A new max_message_bytes applies to messages that start from now on. */
+    for (struct conn *c = set->head; c; c = c->next) {
+        if (c->in.len == 0)
+            frame_init(&c->scan, limits->max_message_bytes);
+        conn_update_pause(c);
+    }
+}
+
+static void maybe_finish_set(struct conn_set *set)
+{
+    if (set->finishing && set->count == 0 && set->on_finished) {
+        void (*cb)(struct conn_set *) = set->on_finished;
+        set->on_finished = NULL;
+        cb(set);
+    }
+}
+
+static void conn_maybe_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    bool flushed = c->out.len == 0 && c->writing == 0;
+    if (c->close_after_flush && flushed)
+        conn_close(c);
+    else if ((c->eof || c->set->finishing) && c->pending == 0 && flushed)
+        conn_close(c);
+}
+
+void conn_set_finish(struct conn_set *set, void (*on_done)(struct conn_set *set))
+{
+    set->finishing = true;
+    set->on_finished = on_done;
+    for (struct conn *c = set->head, *next; c; c = next) {
+        next = c->next;
+        conn_maybe_close(c);
+    }
+    maybe_finish_set(set);
+}
+
+void conn_set_close(struct conn_set *set)
+{
+    uv_close((uv_handle_t *)&set->flush_check, NULL);
+    uv_close((uv_handle_t *)&set->idle_timer, NULL);
+    msgpack_zone_destroy(&set->zone);
+    buf_free(&set->scratch);
+}
+
+/* ---- lifetime ---- */
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+    if (--c->refs > 0)
+        return;
+    buf_free(&c->in);
+    buf_free(&c->out);
+    free(c);
+}
+
+static void on_close(uv_handle_t *handle)
+{
+    conn_unref(handle->data);
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    struct conn_set *set = c->set;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        set->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    set->count--;
+    log_debug("conn %llu (%s): closed", (unsigned long long)c->id, c->peer);
+    uv_close(&c->h.handle, on_close);
+    maybe_finish_set(set);
+}
+
+/* ---- output ---- */
+
+static void conn_mark_dirty(struct conn *c)
+{
+    if (c->dirty || c->closing)
+        return;
+    c->dirty = true;
+    conn_ref(c); /* the dirty list holds a reference until the flush pass */
+    c->next_dirty = c->set->dirty;
+    c->set->dirty = c;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    free(c->write_data);
+    c->write_data = NULL;
+    c->writing = 0;
+    if (c->closing) {
+        conn_unref(c);
+        return;
+    }
+    if (status < 0) {
+        log_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer,
+                  uv_strerror(status));
+        conn_close(c);
+        conn_unref(c);
+        return;
+    }
+    c->last_active_ms = uv_now(c->set->loop);
+    conn_flush(c);
+    conn_update_pause(c);
+    conn_maybe_close(c);
+    conn_unref(c);
+}
+
+static void conn_flush(struct conn *c)
+{
+    if (c->closing || c->writing || c->out.len == 0)
+        return;
+    uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+    int n = uv_try_write(&c->h.stream, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        log_debug("conn %llu (%s): write failed: %s", (unsigned long long)c->id, c->peer,
+                  uv_strerror(n));
+        conn_close(c);
+        return;
+    }
+    size_t written = n > 0 ? (size_t)n : 0;
+    c->set->stats.bytes_out += written;
+    if (written == c->out.len) {
+        buf_clear(&c->out);
+        c->last_active_ms = uv_now(c->set->loop);
+        conn_update_pause(c);
+        conn_maybe_close(c);
+        return;
+    }
+    /* The kernel took part of it: hand the rest to libuv and start a fresh output buffer. */
+    size_t len;
+    c->write_data = buf_steal(&c->out, &len);
+    c->writing = len - written;
+    c->set->stats.bytes_out += c->writing;
+    b = uv_buf_init((char *)c->write_data + written, (unsigned)c->writing);
+    c->write_req.data = c;
+    conn_ref(c);
+    int rc = uv_write(&c->write_req, &c->h.stream, &b, 1, on_write);
+    if (rc < 0) {
+        free(c->write_data);
+        c->write_data = NULL;
+        c->writing = 0;
+        conn_unref(c);
+        conn_close(c);
+    }
+}
+
+static void count_error(struct conn *c, const struct rpc_error *e)
+{
+    c->set->stats.errors[e->code < RPC_CODE_COUNT ? e->code : RPC_INTERNAL]++;
+}
+
+msgpack_packer *conn_reply(struct conn *c, uint32_t msgid)
+{
+    if (c->pending > 0)
+        c->pending--;
+    if (c->closing) {
+        buf_clear(&c->set->scratch);
+        rpc_pack_result_head(&c->set->scratch_pk, msgid);
+        return &c->set->scratch_pk;
+    }
+    rpc_pack_result_head(&c->pk, msgid);
+    conn_mark_dirty(c);
+    conn_update_pause(c);
+    return &c->pk;
+}
+
+void conn_reply_error(struct conn *c, uint32_t msgid, const struct rpc_error *e)
+{
+    if (c->pending > 0)
+        c->pending--;
+    count_error(c, e);
+    if (c->closing)
+        return;
+    rpc_pack_error_response(&c->pk, msgid, e);
+    conn_mark_dirty(c);
+    conn_update_pause(c);
+}
+
+static void conn_notify_error(struct conn *c, const struct rpc_error *e)
+{
+    count_error(c, e);
+    if (c->closing)
+        return;
+    rpc_pack_error_notification(&c->pk, e);
+    conn_mark_dirty(c);
+}
+
+void conn_drop_notification(struct conn *c, const char *method, const struct rpc_error *e)
+{
+    struct conn_set *set = c->set;
+    set->stats.dropped[e->code < RPC_CODE_COUNT ? e->code : RPC_INTERNAL]++;
+    if (log_limiter_allow(&set->drop_log, uv_now(set->loop)))
+        log_warn("conn %llu (%s): dropped an invalid %s notification: %s: %s",
+                 (unsigned long long)c->id, c->peer, method, rpc_code_name(e->code), e->message);
+}
+
+void conn_close_after_flush(struct conn *c)
+{
+    c->close_after_flush = true;
+    c->pause = 0;
+    if (c->reading) {
+        uv_read_stop(&c->h.stream);
+        c->reading = false;
+    }
+    conn_maybe_close(c);
+}
+
+/* A stream that cannot be read message by message any more: say why, then close. */
+static void conn_stream_error(struct conn *c, enum rpc_code code, const char *message)
+{
+    struct rpc_error e;
+    rpc_error_set(&e, code, "%s", message);
+    c->set->stats.stream_errors++;
+    log_info("conn %llu (%s): closing: %s", (unsigned long long)c->id, c->peer, message);
+    conn_notify_error(c, &e);
+    conn_close_after_flush(c);
+}
+
+/* ---- input ---- */
+
+static void conn_update_pause(struct conn *c)
+{
+    if (c->closing)
+        return;
+    const struct conn_limits *l = &c->set->limits;
+    size_t unsent = c->out.len + c->writing;
+    if (unsent > l->max_output_bytes) {
+        if (!(c->pause & CONN_PAUSE_OUTPUT))
+            c->set->stats.paused_output++;
+        c->pause |= CONN_PAUSE_OUTPUT;
+    } else if ((c->pause & CONN_PAUSE_OUTPUT) && unsent <= l->max_output_bytes / 2) {
+        conn_resume(c, CONN_PAUSE_OUTPUT);
+    }
+    if (c->pending >= l->max_pending_requests) {
+        if (!(c->pause & CONN_PAUSE_PENDING))
+            c->set->stats.paused_pending++;
+        c->pause |= CONN_PAUSE_PENDING;
+    } else if ((c->pause & CONN_PAUSE_PENDING) && c->pending <= l->max_pending_requests / 2) {
+        conn_resume(c, CONN_PAUSE_PENDING);
+    }
+    if (c->pause && c->reading) {
+        uv_read_stop(&c->h.stream);
+        c->reading = false;
+    }
+}
+
+void conn_pause(struct conn *c, unsigned reasons)
+{
+    c->pause |= reasons;
+    conn_update_pause(c);
+}
+
+void conn_resume(struct conn *c, unsigned reasons)
+{
+    c->pause &= ~reasons;
+    if (c->pause || c->closing || c->close_after_flush)
+        return;
+    if (!c->processing && c->in.len > 0) {
+        size_t used = conn_process(c, c->in.data, c->in.len);
+        buf_consume(&c->in, used);
+    }
+    if (!c->pause && !c->eof && !c->closing && !c->close_after_flush)
+        conn_start_reading(c);
+}
+
+static void handle_message(struct conn *c, const uint8_t *data, size_t len, bool *retry)
+{
+    struct conn_set *set = c->set;
+    msgpack_object obj;
+    size_t off = 0;
+    *retry = false;
+    set->stats.messages++;
+    msgpack_unpack_return ret = msgpack_unpack((const char *)data, len, &off, &set->zone, &obj);
+    if (ret != MSGPACK_UNPACK_SUCCESS) {
+        /* The scanner accepted it, so this is an allocation failure inside msgpack-c. */
+        conn_stream_error(c, RPC_INTERNAL, "the message could not be decoded");
+        msgpack_zone_clear(&set->zone);
+        return;
+    }
+    struct rpc_message m;
+    struct rpc_error e;
+    switch (rpc_parse(&obj, &m, &e)) {
+    case RPC_VALID:
+        if (m.kind == RPC_KIND_REQUEST)
+            c->pending++;
+        if (set->dispatch(set->dispatch_ctx, c, &m) == CONN_RETRY_LATER) {
+            if (m.kind == RPC_KIND_REQUEST)
+                c->pending--;
+            *retry = true;
+        }
+        break;
+    case RPC_ANSWER_ERROR:
+        c->pending++;
+        conn_reply_error(c, m.msgid, &e);
+        break;
+    case RPC_NOTIFY_ERROR:
+        conn_notify_error(c, &e);
+        break;
+    case RPC_DROP_NOTIFICATION:
+        conn_drop_notification(c, "(malformed)", &e);
+        break;
+    }
+    msgpack_zone_clear(&set->zone);
+}
+
+/* Dispatches the complete messages in data[0 .. len), which starts at a message boundary, until
+ * the data ends, the connection pauses or breaks. Returns the bytes consumed; the caller keeps
+ * the rest for later. */
+static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+    c->processing = true;
+    while (off < len && !c->pause && !c->closing && !c->close_after_flush) {
+        enum frame_status st = frame_scan(&c->scan, data + off, len - off);
+        if (st == FRAME_NEED_MORE)
+            break;
+        if (st != FRAME_COMPLETE) {
+            char msg[160];
+            if (st == FRAME_TOO_LARGE)
+                snprintf(msg, sizeof(msg),
+                         "a message is over listen.max_message_bytes (%u) or declares a size "
+                         "that cannot fit in it",
+                         c->set->limits.max_message_bytes);
+            else if (st == FRAME_TOO_DEEP)
+                snprintf(msg, sizeof(msg), "a message nests deeper than %d levels",
+                         FRAME_MAX_DEPTH);
+            else
+                snprintf(msg, sizeof(msg), "the stream holds bytes that are not MessagePack");
+            conn_stream_error(c, st == FRAME_TOO_LARGE ? RPC_TOO_LARGE : RPC_BAD_REQUEST, msg);
+            off = len;
+            break;
+        }
+        size_t mlen = frame_length(&c->scan);
+        bool retry;
+        handle_message(c, data + off, mlen, &retry);
+        frame_reset(&c->scan);
+        if (retry)
+            break; /* paused by the handler; this message is dispatched again on resume */
+        off += mlen;
+        conn_update_pause(c);
+    }
+    c->processing = false;
+    return off;
+}
+
+static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *b)
+{
+    (void)suggested;
+    struct conn *c = handle->data;
+    if (c->in.len == 0) {
+        *b = uv_buf_init((char *)c->set->read_buf, sizeof(c->set->read_buf));
+        return;
+    }
+    /* A partial message is pending: read behind it, so that it stays contiguous. */
+    size_t want = 64 * 1024;
+    uint8_t *p = buf_reserve(&c->in, want);
+    *b = uv_buf_init((char *)p, (unsigned)(c->in.cap - c->in.len));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
+{
+    struct conn *c = stream->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_debug("conn %llu (%s): read failed: %s", (unsigned long long)c->id, c->peer,
+                      uv_strerror((int)nread));
+        uv_read_stop(stream);
+        c->reading = false;
+        if (nread == UV_EOF) {
+            c->eof = true;
+            conn_maybe_close(c);
+        } else {
+            conn_close(c);
+        }
+        return;
+    }
+    struct conn_set *set = c->set;
+    set->stats.bytes_in += (uint64_t)nread;
+    c->last_active_ms = uv_now(set->loop);
+    conn_ref(c);
+    if ((const uint8_t *)b->base == set->read_buf) {
+        size_t used = conn_process(c, set->read_buf, (size_t)nread);
+        if (!c->closing && !c->close_after_flush)
+            buf_append(&c->in, set->read_buf + used, (size_t)nread - used);
+    } else {
+        c->in.len += (size_t)nread;
+        size_t used = conn_process(c, c->in.data, c->in.len);
+        buf_consume(&c->in, used);
+    }
+    conn_unref(c);
+}
+
+static void conn_start_reading(struct conn *c)
+{
+    if (c->reading || c->closing)
+        return;
+    int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
+    if (rc < 0) {
+        log_debug("conn %llu (%s): cannot read: %s", (unsigned long long)c->id, c->peer,
+                  uv_strerror(rc));
+        conn_close(c);
+        return;
+    }
+    c->reading = true;
+}
+
+/* ---- accept ---- */
+
+static void describe_peer(struct conn *c, bool tcp)
+{
+    if (!tcp) {
+        snprintf(c->peer, sizeof(c->peer), "unix");
+        return;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+            uv_ip4_name(in, host, sizeof(host));
+            port = ntohs(in->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(in6, host, sizeof(host));
+            port = ntohs(in6->sin6_port);
+        }
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
+}
+
+void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
+{
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->set = set;
+    c->refs = 1;
+    buf_init(&c->in);
+    buf_init(&c->out);
+    msgpack_packer_init(&c->pk, &c->out, buf_msgpack_write);
+    frame_init(&c->scan, set->limits.max_message_bytes);
+    if (tcp)
+        uv_tcp_init(set->loop, &c->h.tcp);
+    else
+        uv_pipe_init(set->loop, &c->h.pipe, 0);
+    c->h.handle.data = c;
+    int rc = uv_accept(server, &c->h.stream);
+    if (rc < 0) {
+        log_warn("accept failed: %s", uv_strerror(rc));
+        c->closing = true;
+        uv_close(&c->h.handle, on_close);
+        return;
+    }
+    c->id = set->next_id++;
+    c->last_active_ms = uv_now(set->loop);
+    if (tcp) {
+        uv_tcp_nodelay(&c->h.tcp, 1);
+        describe_peer(c, true);
+    } else {
+        describe_peer(c, false);
+    }
+    c->next = set->head;
+    if (set->head)
+        set->head->prev = c;
+    set->head = c;
+    set->count++;
+    set->stats.accepted++;
+
+    if (set->finishing) {
+        struct rpc_error e;
+        rpc_error_set(&e, RPC_SHUTTING_DOWN, "the daemon is stopping");
+        conn_notify_error(c, &e);
+        c->close_after_flush = true;
+        return;
+    }
+    if (set->count > set->limits.max_connections) {
+        set->stats.refused++;
+        struct rpc_error e;
+        rpc_error_set(&e, RPC_OVERLOADED, "too many connections (listen.max_connections is %u)",
+                      set->limits.max_connections);
+        e.retry_after_ms = 1000;
+        if (log_limiter_allow(&set->drop_log, uv_now(set->loop)))
+            log_warn("refusing a connection from %s: max_connections (%u) reached", c->peer,
+                     set->limits.max_connections);
+        conn_notify_error(c, &e);
+        c->close_after_flush = true;
+        return;
+    }
+    log_debug("conn %llu (%s): accepted", (unsigned long long)c->id, c->peer);
+    conn_start_reading(c);
+}

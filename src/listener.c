@@ -1,0 +1,167 @@
+/* listener: see listener.h. */
+#include "listener.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "xalloc.h"
+
+#define BACKLOG 1024
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct listener_socket *s = server->data;
+    if (status < 0) {
+        log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    conn_accept(s->conns, server, s->tcp);
+}
+
+/* Decides what to do with an existing file at the socket path: a socket nobody listens on is
+ * stale and removed; a live socket or any other file is left alone and refused. */
+static int clear_stale_socket(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISSOCK(st.st_mode)) {
+        snprintf(err, errlen, "%s exists and is not a socket; refusing to replace it", path);
+        return -EEXIST;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    int saved = errno;
+    close(fd);
+    if (rc == 0) {
+        snprintf(err, errlen, "%s: another daemon is listening on it", path);
+        return -EADDRINUSE;
+    }
+    if (saved != ECONNREFUSED) {
+        snprintf(err, errlen, "%s: cannot tell whether it is in use: %s", path, strerror(saved));
+        return -saved;
+    }
+    log_info("removing stale socket %s", path);
+    if (unlink(path) < 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}
+
+static struct listener_socket *next_socket(struct listener *l, uv_loop_t *loop, bool tcp,
+                                           struct conn_set *conns)
+{
+    struct listener_socket *s = &l->sockets[l->count++];
+    memset(s, 0, sizeof(*s));
+    s->tcp = tcp;
+    s->conns = conns;
+    if (tcp)
+        uv_tcp_init(loop, &s->h.tcp);
+    else
+        uv_pipe_init(loop, &s->h.pipe, 0);
+    s->h.handle.data = s;
+    s->open = true;
+    return s;
+}
+
+static int open_unix(struct listener *l, uv_loop_t *loop, const char *path, unsigned mode,
+                     struct conn_set *conns, char *err, size_t errlen)
+{
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        snprintf(err, errlen, "listen.unix: %s is too long for a socket path", path);
+        return -ENAMETOOLONG;
+    }
+    int rc = clear_stale_socket(path, err, errlen);
+    if (rc < 0) {
+        if (!*err)
+            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    struct listener_socket *s = next_socket(l, loop, false, conns);
+    /* Create the file with the final mode from the start: a umask, not a chmod after bind,
+     * so that there is no moment when the socket is more open than configured. */
+    mode_t old = umask(0777 & ~mode);
+    rc = uv_pipe_bind(&s->h.pipe, path);
+    umask(old);
+    if (rc == 0 && chmod(path, mode) < 0)
+        rc = -errno;
+    if (rc == 0)
+        rc = uv_listen(&s->h.stream, BACKLOG, on_connection);
+    if (rc < 0) {
+        snprintf(err, errlen, "listen.unix %s: %s", path, uv_strerror(rc));
+        return rc;
+    }
+    l->unix_path = xstrdup(path);
+    log_info("listening on %s (mode %04o)", path, mode);
+    return 0;
+}
+
+static int open_tcp(struct listener *l, uv_loop_t *loop, const char *spec, struct conn_set *conns,
+                    char *err, size_t errlen)
+{
+    char host[256];
+    uint16_t port;
+    if (!config_split_host_port(spec, host, sizeof(host), &port)) {
+        snprintf(err, errlen, "listen.tcp: bad address %s", spec);
+        return -EINVAL;
+    }
+    if (strcmp(host, "localhost") == 0)
+        strcpy(host, "127.0.0.1");
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(err, errlen, "listen.tcp: %s is not a numeric IP address", host);
+        return -EINVAL;
+    }
+    struct listener_socket *s = next_socket(l, loop, true, conns);
+    int rc = uv_tcp_bind(&s->h.tcp, (struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen(&s->h.stream, BACKLOG, on_connection);
+    if (rc < 0) {
+        snprintf(err, errlen, "listen.tcp %s: %s", spec, uv_strerror(rc));
+        return rc;
+    }
+    log_info("listening on tcp %s", spec);
+    return 0;
+}
+
+int listener_open(struct listener *l, uv_loop_t *loop, const struct config *config,
+                  struct conn_set *conns, char *err, size_t errlen)
+{
+    memset(l, 0, sizeof(*l));
+    err[0] = '\0';
+    int rc = 0;
+    if (config->listen.unix_path)
+        rc = open_unix(l, loop, config->listen.unix_path, config->listen.unix_mode, conns, err,
+                       errlen);
+    if (rc == 0 && config->listen.tcp)
+        rc = open_tcp(l, loop, config->listen.tcp, conns, err, errlen);
+    if (rc < 0)
+        listener_close(l);
+    return rc;
+}
+
+void listener_close(struct listener *l)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        if (l->sockets[i].open) {
+            l->sockets[i].open = false;
+            uv_close(&l->sockets[i].h.handle, NULL);
+        }
+    }
+    if (l->unix_path) {
+        unlink(l->unix_path);
+        free(l->unix_path);
+        l->unix_path = NULL;
+    }
+}

@@ -1,0 +1,91 @@
+/* main: the command line. Parses arguments, loads the config, and hands over to the daemon (or
+ * checks the config, or migrates the database). No logic of its own. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+
+#define EXIT_CONFIG 78 /* EX_CONFIG: systemd's RestartPreventExitStatus can name it */
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: usaged -c FILE              run in the foreground\n"
+                 "       usaged --check-config -c FILE   validate the config and exit\n"
+                 "       usaged --migrate -c FILE        apply pending database migrations\n"
+                 "       usaged --version\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"config", required_argument, NULL, 'c'}, {"check-config", no_argument, NULL, 'k'},
+        {"migrate", no_argument, NULL, 'm'},      {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *path = NULL;
+    bool check_only = false, migrate = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'k':
+            check_only = true;
+            break;
+        case 'm':
+            migrate = true;
+            break;
+        case 'V':
+            printf("usaged %s (protocol 1)\n", USAGED_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    char err[1024];
+    struct config *config = config_load(path, err, sizeof(err));
+    if (!config) {
+        fprintf(stderr, "%s\n", err);
+        return EXIT_CONFIG;
+    }
+    if (check_only) {
+        printf("%s: ok\n", path);
+        config_free(config);
+        return 0;
+    }
+    log_set_level((enum log_level)config->log.level);
+    if (migrate) {
+        fprintf(stderr, "usaged: --migrate is not available yet\n");
+        config_free(config);
+        return 1;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct daemon d;
+    if (daemon_start(&d, &loop, config, err, sizeof(err)) < 0) {
+        log_error("cannot start: %s", err);
+        config_free(config);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_loop_close(&loop);
+        return 1;
+    }
+    return daemon_run(&d);
+}

@@ -1,0 +1,13 @@
+/* stats: the `stats` method's answer. Each module keeps its own counters; this module gathers
+ * them into one map of sections (connections, messages, errors, ingest, limits, ...), the same
+ * figures usagectl shows and the metrics endpoint exports. */
+#ifndef USAGED_STATS_H
+#define USAGED_STATS_H
+
+#include <msgpack.h>
+
+struct daemon;
+
+void stats_pack(const struct daemon *d, msgpack_packer *pk);
+
+#endif

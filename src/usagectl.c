@@ -1,0 +1,529 @@
+/* usagectl: the command-line client of usaged, for people and scripts, on top of the client
+ * library. Exit codes: 0 success (check: allowed), 1 the daemon answered with an error (check:
+ * denied), 2 bad usage, 3 cannot connect or the connection failed, 4 timeout or protocol error. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "usaged/client.h"
+
+#define EXIT_DENIED 1
+#define EXIT_USAGE 2
+#define EXIT_CONNECT 3
+#define EXIT_PROTOCOL 4
+
+static const char *const usage_text =
+    "usage: usagectl [-s SOCKET | -a HOST:PORT] [-T TOKEN_FILE] [-t TIMEOUT_MS] COMMAND ...\n"
+    "\n"
+    "commands:\n"
+    "  ping                                 is the daemon up? prints version and uptime\n"
+    "  stats [--json | --prometheus]        counters and gauges\n"
+    "  check USER_ID PROVIDER [--cost N]    spend N (default 1) of a quota; exit 1 if denied\n"
+    "  log-usage KEY=VALUE...               record one API call (api_usage_logs)\n"
+    "  log-prompt KEY=VALUE...              record one prompt generation (prompt_history)\n"
+    "  call METHOD [VALUE...]               send any request; values are parsed like KEY=VALUE\n"
+    "                                       values (int, float, true/false/null, else string)\n"
+    "  migrate -c CONFIG                    apply pending migrations (runs usaged --migrate)\n"
+    "\n"
+    "options:\n"
+    "  -s, --socket PATH      Unix socket (default $USAGED_SOCKET or /run/usaged/usaged.sock)\n"
+    "  -a, --address ADDR     host:port of a TCP listener instead\n"
+    "  -T, --token-file FILE  send auth with the token in FILE first\n"
+    "  -t, --timeout MS       per-call timeout (default 5000)\n"
+    "  log-*: --ack queued|durable, --notify (fire-and-forget)\n"
+    "\n"
+    "exit codes: 0 ok, 1 error answer or denied, 2 usage, 3 connection, 4 timeout/protocol\n";
+
+static int exit_for(int rc)
+{
+    switch (rc) {
+    case USAGED_OK:
+        return 0;
+    case USAGED_ERR_SERVER:
+        return EXIT_DENIED;
+    case USAGED_ERR_IO:
+        return EXIT_CONNECT;
+    case USAGED_ERR_ARGUMENT:
+        return EXIT_USAGE;
+    default:
+        return EXIT_PROTOCOL;
+    }
+}
+
+static int fail(usaged_client *c, int rc)
+{
+    const char *field = usaged_error_field(c);
+    if (field)
+        fprintf(stderr, "usagectl: %s: %s (field %s, index %" PRId64 ")\n", usaged_error_code(c),
+                usaged_error_message(c), field, usaged_error_index(c));
+    else
+        fprintf(stderr, "usagectl: %s: %s\n", usaged_error_code(c), usaged_error_message(c));
+    return exit_for(rc);
+}
+
+/* ---- printing msgpack objects ---- */
+
+static void print_json_string(FILE *out, const char *s, size_t n)
+{
+    fputc('"', out);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\')
+            fprintf(out, "\\%c", ch);
+        else if (ch == '\n')
+            fputs("\\n", out);
+        else if (ch < 0x20)
+            fprintf(out, "\\u%04x", ch);
+        else
+            fputc(ch, out);
+    }
+    fputc('"', out);
+}
+
+static void print_json(FILE *out, const msgpack_object *o, int indent)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        fputs("null", out);
+        break;
+    case MSGPACK_OBJECT_BOOLEAN:
+        fputs(o->via.boolean ? "true" : "false", out);
+        break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        fprintf(out, "%" PRIu64, o->via.u64);
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        fprintf(out, "%" PRId64, o->via.i64);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        fprintf(out, "%.17g", o->via.f64);
+        break;
+    case MSGPACK_OBJECT_STR:
+        print_json_string(out, o->via.str.ptr, o->via.str.size);
+        break;
+    case MSGPACK_OBJECT_BIN:
+        fprintf(out, "\"<%u bytes>\"", o->via.bin.size);
+        break;
+    case MSGPACK_OBJECT_EXT:
+        fprintf(out, "\"<ext %d>\"", o->via.ext.type);
+        break;
+    case MSGPACK_OBJECT_ARRAY:
+        fputc('[', out);
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if (i)
+                fputs(", ", out);
+            print_json(out, &o->via.array.ptr[i], indent);
+        }
+        fputc(']', out);
+        break;
+    case MSGPACK_OBJECT_MAP:
+        fputs("{\n", out);
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            fprintf(out, "%*s", indent + 2, "");
+            print_json(out, &o->via.map.ptr[i].key, indent + 2);
+            fputs(": ", out);
+            print_json(out, &o->via.map.ptr[i].val, indent + 2);
+            fputs(i + 1 < o->via.map.size ? ",\n" : "\n", out);
+        }
+        fprintf(out, "%*s}", indent, "");
+        break;
+    }
+}
+
+/* Human form: one "section.key  value" line per leaf. */
+static void print_table(const msgpack_object *o, char *prefix, size_t plen)
+{
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        printf("%-48s ", prefix);
+        print_json(stdout, o, 0);
+        putchar('\n');
+        return;
+    }
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key;
+        if (k->type != MSGPACK_OBJECT_STR)
+            continue;
+        size_t n = (size_t)snprintf(prefix + plen, 256 - plen, "%s%.*s", plen ? "." : "",
+                                    (int)k->via.str.size, k->via.str.ptr);
+        print_table(&o->via.map.ptr[i].val, prefix, plen + n < 256 ? plen + n : 255);
+        prefix[plen] = '\0';
+    }
+}
+
+/* Prometheus text exposition: every numeric or boolean leaf becomes a gauge named after its path,
+ * usaged_<section>_<key>, with characters outside [a-zA-Z0-9_] replaced by '_'. */
+static void print_prometheus(const msgpack_object *o, char *name, size_t len)
+{
+    if (o->type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            if (k->type != MSGPACK_OBJECT_STR)
+                continue;
+            size_t n = len;
+            if (n + 1 + k->via.str.size >= 256)
+                continue;
+            name[n++] = '_';
+            for (uint32_t j = 0; j < k->via.str.size; j++) {
+                char ch = k->via.str.ptr[j];
+                bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                          (ch >= '0' && ch <= '9') || ch == '_';
+                name[n++] = ok ? ch : '_';
+            }
+            name[n] = '\0';
+            print_prometheus(&o->via.map.ptr[i].val, name, n);
+            name[len] = '\0';
+        }
+        return;
+    }
+    double v;
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        v = (double)o->via.u64;
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        v = (double)o->via.i64;
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        v = o->via.f64;
+        break;
+    case MSGPACK_OBJECT_BOOLEAN:
+        v = o->via.boolean ? 1 : 0;
+        break;
+    default:
+        return;
+    }
+    printf("# TYPE %s gauge\n%s %.17g\n", name, name, v);
+}
+
+/* ---- values from the command line ---- */
+
+static void pack_value(msgpack_packer *pk, const char *s)
+{
+    char *end;
+    errno = 0;
+    long long i = strtoll(s, &end, 10);
+    if (*s && !*end && !errno) {
+        msgpack_pack_int64(pk, i);
+        return;
+    }
+    errno = 0;
+    double d = strtod(s, &end);
+    if (*s && !*end && !errno && strchr(s, '.')) {
+        msgpack_pack_double(pk, d);
+        return;
+    }
+    if (strcmp(s, "true") == 0) {
+        msgpack_pack_true(pk);
+    } else if (strcmp(s, "false") == 0) {
+        msgpack_pack_false(pk);
+    } else if (strcmp(s, "null") == 0) {
+        msgpack_pack_nil(pk);
+    } else {
+        size_t n = strlen(s);
+        msgpack_pack_str(pk, n);
+        msgpack_pack_str_body(pk, s, n);
+    }
+}
+
+/* Fields whose values stay strings even when they look like numbers. */
+static bool is_text_field(const char *key, size_t n)
+{
+    static const char *const text[] = {
+        "id",           "user_id",        "provider",      "endpoint",   "model",
+        "framework_id", "framework_name", "tone",          "length",     "user_input",
+        "ai_response",  "status",         "error_message", "error_code", "cost_usd"};
+    for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++)
+        if (strlen(text[i]) == n && strncmp(text[i], key, n) == 0)
+            return true;
+    return false;
+}
+
+static int cmd_log(usaged_client *c, const char *method, int argc, char **argv)
+{
+    const char *ack = NULL;
+    bool notify = false;
+    int nfields = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--notify") == 0) {
+            notify = true;
+        } else if (strcmp(argv[i], "--ack") == 0 && i + 1 < argc) {
+            ack = argv[++i];
+        } else if (strchr(argv[i], '=')) {
+            nfields++;
+        } else {
+            fprintf(stderr, "usagectl: expected KEY=VALUE, not %s\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    uint32_t msgid = 0;
+    msgpack_packer *pk = notify ? usaged_begin_notification(c, method, ack ? 2 : 1)
+                                : usaged_begin_request(c, method, ack ? 2 : 1, &msgid);
+    msgpack_pack_array(pk, 1);
+    msgpack_pack_map(pk, (size_t)nfields);
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--notify") == 0)
+            continue;
+        if (strcmp(argv[i], "--ack") == 0) {
+            i++;
+            continue;
+        }
+        const char *eq = strchr(argv[i], '=');
+        size_t klen = (size_t)(eq - argv[i]);
+        msgpack_pack_str(pk, klen);
+        msgpack_pack_str_body(pk, argv[i], klen);
+        if (is_text_field(argv[i], klen)) {
+            msgpack_pack_str(pk, strlen(eq + 1));
+            msgpack_pack_str_body(pk, eq + 1, strlen(eq + 1));
+        } else {
+            pack_value(pk, eq + 1);
+        }
+    }
+    if (ack) {
+        msgpack_pack_map(pk, 1);
+        msgpack_pack_str(pk, 3);
+        msgpack_pack_str_body(pk, "ack", 3);
+        msgpack_pack_str(pk, strlen(ack));
+        msgpack_pack_str_body(pk, ack, strlen(ack));
+    }
+    if (notify) {
+        int rc = usaged_flush(c);
+        return rc == USAGED_OK ? 0 : fail(c, rc);
+    }
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc != USAGED_OK)
+        return fail(c, rc);
+    print_json(stdout, r, 0);
+    putchar('\n');
+    return 0;
+}
+
+static int cmd_call(usaged_client *c, int argc, char **argv)
+{
+    if (argc < 1) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, argv[0], (uint32_t)(argc - 1), &msgid);
+    for (int i = 1; i < argc; i++)
+        pack_value(pk, argv[i]);
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc != USAGED_OK)
+        return fail(c, rc);
+    print_json(stdout, r, 0);
+    putchar('\n');
+    return 0;
+}
+
+static int cmd_check(usaged_client *c, int argc, char **argv)
+{
+    uint32_t cost = 1;
+    if (argc == 4 && strcmp(argv[2], "--cost") == 0) {
+        char *end;
+        unsigned long v = strtoul(argv[3], &end, 10);
+        if (*end || v > UINT32_MAX) {
+            fprintf(stderr, "usagectl: --cost needs a non-negative integer\n");
+            return EXIT_USAGE;
+        }
+        cost = (uint32_t)v;
+    } else if (argc != 2) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
+    msgpack_pack_map(pk, 3);
+    const char *keys[] = {"user_id", "provider"};
+    for (int i = 0; i < 2; i++) {
+        msgpack_pack_str(pk, strlen(keys[i]));
+        msgpack_pack_str_body(pk, keys[i], strlen(keys[i]));
+        msgpack_pack_str(pk, strlen(argv[i]));
+        msgpack_pack_str_body(pk, argv[i], strlen(argv[i]));
+    }
+    msgpack_pack_str(pk, 4);
+    msgpack_pack_str_body(pk, "cost", 4);
+    msgpack_pack_uint32(pk, cost);
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc != USAGED_OK)
+        return fail(c, rc);
+    print_json(stdout, r, 0);
+    putchar('\n');
+    for (uint32_t i = 0; r->type == MSGPACK_OBJECT_MAP && i < r->via.map.size; i++) {
+        const msgpack_object *k = &r->via.map.ptr[i].key, *v = &r->via.map.ptr[i].val;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == 7 &&
+            memcmp(k->via.str.ptr, "allowed", 7) == 0)
+            return v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean ? 0 : EXIT_DENIED;
+    }
+    return EXIT_PROTOCOL;
+}
+
+static int cmd_stats(usaged_client *c, int argc, char **argv)
+{
+    enum { HUMAN, JSON, PROMETHEUS } format = HUMAN;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            format = JSON;
+        else if (strcmp(argv[i], "--prometheus") == 0)
+            format = PROMETHEUS;
+        else {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+    }
+    const msgpack_object *r;
+    int rc = usaged_stats(c, &r);
+    if (rc != USAGED_OK)
+        return fail(c, rc);
+    char name[256] = "usaged";
+    if (format == JSON) {
+        print_json(stdout, r, 0);
+        putchar('\n');
+    } else if (format == PROMETHEUS) {
+        print_prometheus(r, name, strlen(name));
+    } else {
+        name[0] = '\0';
+        print_table(r, name, 0);
+    }
+    return 0;
+}
+
+static int cmd_migrate(int argc, char **argv, const char *self)
+{
+    if (argc != 2 || strcmp(argv[0], "-c") != 0) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    /* The migrations live in usaged; run the usaged installed beside usagectl. */
+    char path[4096];
+    const char *slash = strrchr(self, '/');
+    if (slash)
+        snprintf(path, sizeof(path), "%.*s/usaged", (int)(slash - self), self);
+    else
+        snprintf(path, sizeof(path), "usaged");
+    char *args[] = {path, (char *)"--migrate", (char *)"-c", argv[1], NULL};
+    execvp(path, args);
+    if (slash) {
+        args[0] = (char *)"usaged";
+        execvp("usaged", args);
+    }
+    fprintf(stderr, "usagectl: cannot run usaged: %s\n", strerror(errno));
+    return EXIT_CONNECT;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"address", required_argument, NULL, 'a'},
+        {"token-file", required_argument, NULL, 'T'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *address = getenv("USAGED_SOCKET");
+    const char *token_file = NULL;
+    int timeout_ms = 5000;
+    int opt;
+    if (!address)
+        address = "/run/usaged/usaged.sock";
+    while ((opt = getopt_long(argc, argv, "+s:a:T:t:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 's':
+        case 'a':
+            address = optarg;
+            break;
+        case 'T':
+            token_file = optarg;
+            break;
+        case 't':
+            timeout_ms = atoi(optarg);
+            break;
+        case 'h':
+            fputs(usage_text, stdout);
+            return 0;
+        default:
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[optind];
+    int cargc = argc - optind - 1;
+    char **cargv = argv + optind + 1;
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(cargc, cargv, argv[0]);
+    bool known = strcmp(cmd, "ping") == 0 || strcmp(cmd, "stats") == 0 ||
+                 strcmp(cmd, "check") == 0 || strcmp(cmd, "log-usage") == 0 ||
+                 strcmp(cmd, "log-prompt") == 0 || strcmp(cmd, "call") == 0;
+    if (!known) {
+        fprintf(stderr, "usagectl: unknown command %s\n%s", cmd, usage_text);
+        return EXIT_USAGE;
+    }
+    if (cargc == 1 && strcmp(cargv[0], "--help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+
+    char err[512];
+    usaged_client *c = usaged_connect(address, timeout_ms, err, sizeof(err));
+    if (!c) {
+        fprintf(stderr, "usagectl: cannot connect: %s\n", err);
+        return EXIT_CONNECT;
+    }
+    int rc = 0;
+    if (token_file) {
+        FILE *f = fopen(token_file, "r");
+        char token[1024] = "";
+        if (!f || !fgets(token, sizeof(token), f)) {
+            fprintf(stderr, "usagectl: cannot read %s\n", token_file);
+            rc = EXIT_USAGE;
+        } else {
+            token[strcspn(token, "\r\n")] = '\0';
+            int a = usaged_auth(c, token);
+            if (a != USAGED_OK)
+                rc = fail(c, a);
+        }
+        if (f)
+            fclose(f);
+    }
+    if (rc == 0) {
+        if (strcmp(cmd, "ping") == 0) {
+            if (cargc != 0) {
+                fputs(usage_text, stderr);
+                rc = EXIT_USAGE;
+            } else {
+                struct usaged_ping_result p;
+                int r = usaged_ping(c, &p);
+                if (r == USAGED_OK)
+                    printf("usaged %s, protocol %u, up %" PRIu64 " ms\n", p.version, p.protocol,
+                           p.uptime_ms);
+                else
+                    rc = fail(c, r);
+            }
+        } else if (strcmp(cmd, "stats") == 0) {
+            rc = cmd_stats(c, cargc, cargv);
+        } else if (strcmp(cmd, "check") == 0) {
+            rc = cmd_check(c, cargc, cargv);
+        } else if (strcmp(cmd, "log-usage") == 0) {
+            rc = cmd_log(c, USAGED_METHOD_LOG_USAGE, cargc, cargv);
+        } else if (strcmp(cmd, "log-prompt") == 0) {
+            rc = cmd_log(c, USAGED_METHOD_LOG_PROMPT, cargc, cargv);
+        } else {
+            rc = cmd_call(c, cargc, cargv);
+        }
+    }
+    usaged_close(c);
+    return rc;
+}

@@ -1,0 +1,109 @@
+"""Shared pytest fixtures: throwaway servers, a migrated database, and the daemon under test.
+
+Every test module gets its own PostgreSQL and Redis in a temporary directory (module scope), so
+modules can run in parallel and a test that kills a server hurts no other module.
+"""
+
+import glob
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+import servers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_ROOT = os.path.dirname(os.path.dirname(HERE))
+SQL_DIR = os.environ.get("USAGED_SQL_DIR", os.path.join(SOURCE_ROOT, "sql"))
+
+
+def migration_files():
+    return sorted(glob.glob(os.path.join(SQL_DIR, "[0-9][0-9][0-9][0-9]_*.sql")))
+
+
+def apply_migrations_with_psql(pg, dbname):
+    """Applies every migration in order, each in one transaction, the way `usaged --migrate`
+    does. Used by the schema tests, which test the SQL itself, independently of the daemon."""
+    for path in migration_files():
+        subprocess.run([f"{servers.PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        "--single-transaction", "-d", pg.dsn(dbname), "-f", path],
+                       check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    d = tempfile.mkdtemp(prefix="usaged-test-")
+    yield d
+
+
+@pytest.fixture(scope="module")
+def pg(workdir):
+    server = servers.Postgres(os.path.join(workdir, "pgroot")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(workdir):
+    server = servers.Redis(os.path.join(workdir, "redisroot")).start()
+    yield server
+    server.stop()
+
+
+_db_counter = [0]
+
+
+@pytest.fixture
+def fresh_db(pg):
+    """A new, empty database on the module's server; yields its name."""
+    _db_counter[0] += 1
+    name = f"t{os.getpid()}_{_db_counter[0]}"
+    pg.createdb(name)
+    yield name
+
+
+def base_config(workdir, extra="", pg=None, dbname=None, redis=None):
+    """A config for a daemon under test: its socket and spool in workdir, the given servers."""
+    lines = [f"listen:\n  unix: \"@SOCKET@\"\n  unix_mode: 0600\n"]
+    if pg is not None:
+        lines.append(f"postgres:\n  conninfo: \"{pg.dsn(dbname or 'postgres')}\"\n")
+    if redis is not None:
+        lines.append(f"redis:\n  address: \"{redis.address()}\"\n")
+    lines.append(f"spool:\n  dir: \"{os.path.join(workdir, 'spool')}\"\n")
+    return "".join(lines) + extra
+
+
+@pytest.fixture
+def daemon_factory(workdir):
+    """Starts daemons and stops every one of them at the end of the test."""
+    from usaged_client import Daemon
+    started = []
+    counter = [0]
+
+    def make(config_text, start=True, name=None, **kw):
+        counter[0] += 1
+        d = Daemon(workdir, config_text, name=name or f"usaged{counter[0]}", **kw)
+        started.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    problems = []
+    for d in started:
+        if d.proc is not None:
+            still_running = d.proc.poll() is None
+            rc = d.stop()
+            if still_running and rc != 0:
+                problems.append(f"{d.log}: exit code {rc} after SIGTERM")
+        text = d.log_text() if os.path.exists(d.log) else ""
+        for marker in SANITIZER_MARKERS:
+            if marker in text:
+                problems.append(f"{d.log}: {marker}")
+    assert not problems, "daemon problems:\n" + "\n".join(problems)
+
+
+# Lines that sanitizers and valgrind print when they find a bug in the daemon.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "Invalid read", "Invalid write", "definitely lost", "uninitialised")

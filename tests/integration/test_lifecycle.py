@@ -1,0 +1,135 @@
+"""The daemon's life: config checking, start, SIGHUP reload, SIGTERM drain, the socket file."""
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+
+import msgpack
+import pytest
+
+from conftest import base_config
+from usaged_client import USAGED_BIN, Client, Closed
+import servers
+
+
+def run_usaged(*args):
+    return subprocess.run([USAGED_BIN, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_config_accepts_the_reference_config():
+    ref = os.path.join(os.path.dirname(__file__), "../../conf/usaged.yaml")
+    r = run_usaged("--check-config", "-c", ref)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(": ok")
+
+
+def test_check_config_accepts_the_dev_config():
+    dev = os.path.join(os.path.dirname(__file__), "../../conf/dev.yaml")
+    r = run_usaged("--check-config", "-c", dev)
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_config_names_file_line_and_column_of_an_error(workdir):
+    path = os.path.join(workdir, "bad.yaml")
+    with open(path, "w") as f:
+        f.write("listen:\n  unix: /tmp/x.sock\ningest:\n  batch_rows: lots\n")
+    r = run_usaged("--check-config", "-c", path)
+    assert r.returncode == 78
+    assert f"{path}:4:15: ingest.batch_rows must be a non-negative integer" in r.stderr
+
+
+def test_a_missing_config_file_is_reported(workdir):
+    r = run_usaged("--check-config", "-c", os.path.join(workdir, "nope.yaml"))
+    assert r.returncode == 78
+    assert "No such file" in r.stderr
+
+
+def test_sigterm_exits_zero_and_removes_the_socket(daemon_factory, workdir):
+    d = daemon_factory(base_config(workdir))
+    assert os.path.exists(d.socket)
+    assert d.stop() == 0
+    assert not os.path.exists(d.socket)
+
+
+def test_sigterm_answers_requests_already_received(daemon_factory, workdir):
+    d = daemon_factory(base_config(workdir))
+    with d.client() as c:
+        c.send_raw(b"".join(msgpack.packb([0, i, "ping", []]) for i in range(2000)))
+        d.signal(signal.SIGTERM)
+        answered = set()
+        try:
+            while True:
+                msg = c.read_message()
+                if msg[0] == 1:
+                    answered.add(msg[1])
+        except (Closed, ConnectionResetError):
+            pass
+    # Every request the daemon read before it stopped was answered; nothing was cut off midway.
+    assert answered == set(range(len(answered)))
+    assert len(answered) > 0
+    assert d.wait_exit() == 0
+
+
+def test_the_socket_file_gets_the_configured_mode(daemon_factory, workdir):
+    d = daemon_factory(base_config(workdir))
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
+
+
+def test_a_stale_socket_file_is_replaced(daemon_factory, workdir):
+    d = daemon_factory(base_config(workdir), start=False)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(d.socket)
+    s.close()  # bound, never listened: what a crashed daemon leaves behind
+    d.start()
+    with d.client() as c:
+        assert c.call("ping")["protocol"] == 1
+
+
+def test_a_live_socket_is_never_taken_over(daemon_factory, workdir):
+    first = daemon_factory(base_config(workdir), name="first")
+    second = daemon_factory(base_config(workdir).replace("@SOCKET@", first.socket),
+                            start=False, name="second")
+    second.start(wait=False)
+    assert second.proc.wait(timeout=30) != 0
+    assert "another daemon is listening" in second.log_text()
+    with first.client() as c:
+        assert c.call("ping")["protocol"] == 1
+
+
+def test_a_regular_file_at_the_socket_path_is_left_alone(daemon_factory, workdir):
+    d = daemon_factory(base_config(workdir), start=False)
+    with open(d.socket, "w") as f:
+        f.write("precious")
+    d.start(wait=False)
+    assert d.proc.wait(timeout=30) != 0
+    assert open(d.socket).read() == "precious"
+    os.unlink(d.socket)
+    d.proc = None
+
+
+def test_sighup_applies_a_new_config(daemon_factory, workdir):
+    d = daemon_factory(base_config(workdir))
+    with d.client() as c:
+        c.call("ping", )
+    big = msgpack.packb([0, 1, "ping", ["x" * 3000]])
+    with open(d.config, "a") as f:
+        f.write("listen_extra_placeholder: 1\n")
+    # First a bad file: refused, old config kept.
+    d.signal(signal.SIGHUP)
+    servers.wait_for(lambda: "reload refused" in d.log_text(), 10, "the reload to be refused")
+    assert "unknown key listen_extra_placeholder" in d.log_text()
+    with d.client() as c:
+        assert c.call("ping")["protocol"] == 1
+    # Then a good one that lowers max_message_bytes.
+    text = open(d.config).read().replace("listen_extra_placeholder: 1\n", "")
+    text = text.replace("  unix_mode: 0600\n", "  unix_mode: 0600\n  max_message_bytes: 2048\n")
+    with open(d.config, "w") as f:
+        f.write(text)
+    d.signal(signal.SIGHUP)
+    servers.wait_for(lambda: "reloaded" in d.log_text(), 10, "the reload")
+    with d.client() as c:
+        c.send_raw(big)
+        got = c.wait_closed()
+        assert got[-1][2][0]["code"] == "too_large"
