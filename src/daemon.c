@@ -87,6 +87,8 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
         conn_set_close(&d->conns);
         return rc;
     }
+    batcher_init(&d->batcher, loop, config);
+    batcher_start(&d->batcher);
     start_signal(d, &d->sig_term, SIGTERM);
     start_signal(d, &d->sig_int, SIGINT);
     start_signal(d, &d->sig_hup, SIGHUP);
@@ -150,6 +152,7 @@ void daemon_reload(struct daemon *d)
     struct conn_limits limits;
     conn_limits_from(fresh, &limits);
     conn_set_limits(&d->conns, &limits);
+    batcher_configure(&d->batcher, fresh);
     config_free(old);
     log_info("reloaded %s", fresh->path);
 }
@@ -161,12 +164,27 @@ static void close_signals(struct daemon *d)
     uv_close((uv_handle_t *)&d->sig_hup, NULL);
 }
 
+static void on_batcher_closed(struct batcher *b, void *arg)
+{
+    (void)b;
+    (void)arg;
+}
+
 static void on_connections_finished(struct conn_set *set)
 {
     struct daemon *d = (struct daemon *)((char *)set - offsetof(struct daemon, conns));
     log_info("every connection is closed; stopping");
     conn_set_close(&d->conns);
+    batcher_close(&d->batcher, on_batcher_closed, d);
     close_signals(d);
+}
+
+static void on_drained(struct batcher *b, void *arg)
+{
+    (void)b;
+    struct daemon *d = arg;
+    log_info("every queued row is written");
+    conn_set_finish(&d->conns, on_connections_finished);
 }
 
 void daemon_stop(struct daemon *d)
@@ -175,7 +193,7 @@ void daemon_stop(struct daemon *d)
         return;
     d->stopping = true;
     listener_close(&d->listener);
-    conn_set_finish(&d->conns, on_connections_finished);
+    batcher_drain(&d->batcher, on_drained, d);
 }
 
 uint64_t daemon_uptime_ms(const struct daemon *d)

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "batcher.h"
 #include "config.h"
 #include "conn.h"
 #include "listener.h"
@@ -19,6 +20,7 @@ struct daemon {
     size_t token_len;
     struct conn_set conns;
     struct listener listener;
+    struct batcher batcher;
     uv_signal_t sig_term, sig_int, sig_hup;
     uint64_t started_ms; /* loop time at start, for uptime */
     bool stopping;       /* SIGTERM received: no new work */

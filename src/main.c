@@ -10,6 +10,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
+#include "migrate.h"
 
 #define EXIT_CONFIG 78 /* EX_CONFIG: systemd's RestartPreventExitStatus can name it */
 
@@ -71,9 +72,26 @@ int main(int argc, char **argv)
     }
     log_set_level((enum log_level)config->log.level);
     if (migrate) {
-        fprintf(stderr, "usaged: --migrate is not available yet\n");
+        const char *conninfo = config->postgres.admin_conninfo ? config->postgres.admin_conninfo
+                                                               : config->postgres.conninfo;
+        int rc = migrate_apply(conninfo, err, sizeof(err));
+        if (rc < 0)
+            fprintf(stderr, "usaged: --migrate: %s\n", err);
+        config_free(config);
+        return rc < 0 ? 1 : 0;
+    }
+    /* A database behind this binary would refuse its rows: say so now, before accepting any.
+     * An unreachable one is not a reason to refuse to start (rows wait in the spool). */
+    switch (migrate_check(config->postgres.conninfo, 3, err, sizeof(err))) {
+    case MIGRATE_BEHIND:
+        log_error("cannot start: %s", err);
         config_free(config);
         return 1;
+    case MIGRATE_UNREACHABLE:
+        log_warn("PostgreSQL is not reachable at start (%s); starting anyway", err);
+        break;
+    case MIGRATE_CURRENT:
+        break;
     }
 
     signal(SIGPIPE, SIG_IGN);

@@ -110,6 +110,10 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
             rpc_error_set(&e, RPC_SHUTTING_DOWN, "the daemon is stopping and takes no new work");
             return refuse(c, m, &e);
         }
+        if (m->method == RPC_LOG_USAGE)
+            return batcher_submit(&d->batcher, EVENT_USAGE, c, m);
+        if (m->method == RPC_LOG_PROMPT)
+            return batcher_submit(&d->batcher, EVENT_PROMPT, c, m);
         rpc_error_set(&e, RPC_UNKNOWN_METHOD, "%s is not available yet",
                       rpc_method_name(m->method));
         return refuse(c, m, &e);

@@ -28,6 +28,7 @@ struct rpc_error {
     enum rpc_code code;
     char message[240];
     const char *field;       /* invalid_field: the first bad field; NULL: no field key */
+    char field_name[64];     /* storage for field when it is not a constant */
     int64_t index;           /* invalid_field in log methods: the event's position; -1: none */
     uint32_t retry_after_ms; /* overloaded, unavailable: when to try again */
 };

@@ -21,7 +21,7 @@ static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *co
 void stats_pack(const struct daemon *d, msgpack_packer *pk)
 {
     const struct conn_stats *cs = &d->conns.stats;
-    msgpack_pack_map(pk, 6);
+    msgpack_pack_map(pk, 7);
     rpc_pack_str(pk, "version");
     rpc_pack_str(pk, USAGED_VERSION);
     pack_u64(pk, "uptime_ms", daemon_uptime_ms(d));
@@ -44,4 +44,7 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
 
     pack_by_code(pk, "errors", cs->errors);
     pack_by_code(pk, "dropped_notifications", cs->dropped);
+
+    rpc_pack_str(pk, "ingest");
+    batcher_pack_stats(&d->batcher, pk);
 }

@@ -67,7 +67,8 @@ def base_config(workdir, extra="", pg=None, dbname=None, redis=None):
     """A config for a daemon under test: its socket and spool in workdir, the given servers."""
     lines = [f"listen:\n  unix: \"@SOCKET@\"\n  unix_mode: 0600\n"]
     if pg is not None:
-        lines.append(f"postgres:\n  conninfo: \"{pg.dsn(dbname or 'postgres')}\"\n")
+        lines.append(f"postgres:\n  conninfo: \"{pg.dsn(dbname or 'postgres', user='usaged')}\"\n"
+                     f"  admin_conninfo: \"{pg.dsn(dbname or 'postgres')}\"\n")
     if redis is not None:
         lines.append(f"redis:\n  address: \"{redis.address()}\"\n")
     lines.append(f"spool:\n  dir: \"{os.path.join(workdir, 'spool')}\"\n")
@@ -107,3 +108,48 @@ def daemon_factory(workdir):
 # Lines that sanitizers and valgrind print when they find a bug in the daemon.
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "Invalid read", "Invalid write", "definitely lost", "uninitialised")
+
+
+@pytest.fixture(scope="module")
+def migrated_template(pg, workdir):
+    """A database migrated by `usaged --migrate`, to copy test databases from."""
+    from usaged_client import USAGED_BIN
+    name = "usaged_template"
+    pg.createdb(name)
+    cfg = os.path.join(workdir, "migrate.yaml")
+    with open(cfg, "w") as f:
+        f.write(base_config(workdir, pg=pg, dbname=name).replace("@SOCKET@", "/tmp/unused"))
+    r = subprocess.run([USAGED_BIN, "--migrate", "-c", cfg], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return name
+
+
+@pytest.fixture
+def db(pg, migrated_template):
+    """A fresh database holding the whole schema; yields its name."""
+    _db_counter[0] += 1
+    name = f"m{os.getpid()}_{_db_counter[0]}"
+    pg.psql(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    yield name
+
+
+def sql(pg, dbname, query, args=None):
+    """Runs one statement as the superuser; returns all rows (or None)."""
+    import psycopg2
+    conn = psycopg2.connect(pg.dsn(dbname))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def make_users(pg, dbname, n):
+    """Creates n users in auth.users; returns their ids (str)."""
+    import uuid
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    sql(pg, dbname, "INSERT INTO auth.users (id, email) SELECT u::uuid, u || '@example.test' "
+        "FROM unnest(%s::text[]) AS u", (ids,))
+    return ids

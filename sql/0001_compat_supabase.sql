@@ -1,0 +1,124 @@
+-- 0001_compat_supabase: what Supabase provides, created only where it is missing.
+--
+-- On Supabase every object below already exists and this file changes nothing. On plain
+-- PostgreSQL 15 it creates the roles, the auth schema, a minimal auth.users, auth.uid(),
+-- auth.role(), auth.jwt() (same definitions as Supabase's: they read the JWT claims PostgREST
+-- puts in request.jwt.claims), and pgcrypto in schema extensions. Everything is guarded, so the
+-- file is safe to run on a database or cluster that already has some of it. Roles are
+-- cluster-wide: several databases of one cluster may run this at the same time, so a role that
+-- appears concurrently is not an error.
+
+-- Roles. anon/authenticated/service_role mirror Supabase's (service_role bypasses RLS there).
+-- usaged is the daemon's login role: no password here; set one, or use peer/cert auth, per site.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT * FROM (VALUES
+            ('anon', 'NOLOGIN NOINHERIT'),
+            ('authenticated', 'NOLOGIN NOINHERIT'),
+            ('service_role', 'NOLOGIN NOINHERIT BYPASSRLS'),
+            ('usaged', 'LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS')
+        ) AS v(name, options)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I %s', r.name, r.options);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- another database of this cluster created it at the same moment
+            END;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The migration runner hands tables, views and functions to usaged (ALTER ... OWNER TO usaged).
+-- A superuser may always do that; a non-superuser runner (Supabase's postgres) must be a member
+-- of the new owner, so it makes itself one.
+DO $$
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       AND NOT pg_catalog.pg_has_role(current_user, 'usaged', 'USAGE') THEN
+        EXECUTE format('GRANT usaged TO %I', current_user);
+    END IF;
+END
+$$;
+
+-- pgcrypto, in schema extensions as on Supabase (an existing install elsewhere is used as is).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgcrypto') THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'extensions') THEN
+            CREATE SCHEMA extensions;
+            GRANT USAGE ON SCHEMA extensions TO anon, authenticated, service_role;
+        END IF;
+        CREATE EXTENSION pgcrypto WITH SCHEMA extensions;
+    END IF;
+END
+$$;
+
+-- The auth schema and a minimal auth.users (the columns Supabase has that this schema uses).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'auth') THEN
+        CREATE SCHEMA auth;
+        GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
+    END IF;
+
+    IF pg_catalog.to_regclass('auth.users') IS NULL THEN
+        CREATE TABLE auth.users (
+            instance_id uuid,
+            id uuid NOT NULL DEFAULT gen_random_uuid() PRIMARY KEY,
+            aud varchar(255),
+            role varchar(255),
+            email varchar(255),
+            raw_app_meta_data jsonb DEFAULT '{}'::jsonb,
+            raw_user_meta_data jsonb DEFAULT '{}'::jsonb,
+            created_at timestamptz DEFAULT now(),
+            updated_at timestamptz DEFAULT now(),
+            deleted_at timestamptz
+        );
+        COMMENT ON TABLE auth.users IS
+            'Compatibility stand-in for Supabase''s auth.users (created by usaged migration 0001).';
+    END IF;
+END
+$$;
+
+-- auth.uid(), auth.role(), auth.jwt(): Supabase's definitions, created only when missing.
+DO $do$
+BEGIN
+    IF pg_catalog.to_regprocedure('auth.uid()') IS NULL THEN
+        CREATE FUNCTION auth.uid() RETURNS uuid
+        LANGUAGE sql STABLE
+        AS $f$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim.sub', true), ''),
+                (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+            )::uuid
+        $f$;
+    END IF;
+
+    IF pg_catalog.to_regprocedure('auth.role()') IS NULL THEN
+        CREATE FUNCTION auth.role() RETURNS text
+        LANGUAGE sql STABLE
+        AS $f$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim.role', true), ''),
+                (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+            )::text
+        $f$;
+    END IF;
+
+    IF pg_catalog.to_regprocedure('auth.jwt()') IS NULL THEN
+        CREATE FUNCTION auth.jwt() RETURNS jsonb
+        LANGUAGE sql STABLE
+        AS $f$
+            SELECT coalesce(
+                nullif(current_setting('request.jwt.claim', true), ''),
+                nullif(current_setting('request.jwt.claims', true), '')
+            )::jsonb
+        $f$;
+    END IF;
+END
+$do$;

@@ -1,0 +1,868 @@
+/* batcher: see batcher.h.
+ *
+ * A batch's life: filling (rows appended by requests) -> sealed (in its table's list) -> written
+ * (one COPY per range of rows still to write; a data error splits the range in two until a bad
+ * row stands alone and is moved to usaged.rejects) -> done (durable acks answered, memory freed).
+ * Each table has its own connection, so the two tables' batches are written in parallel. */
+#include "batcher.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "xalloc.h"
+
+#define RETRY_START_MS 100
+
+static void batcher_kick(struct batcher_table *t);
+static void write_range(struct batcher_table *t);
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- batches ---- */
+
+static struct batch *batch_new(uint32_t expected_rows)
+{
+    struct batch *batch = xcalloc(1, sizeof(*batch));
+    buf_init(&batch->rows);
+    batch->cap_rows = expected_rows ? expected_rows : 64;
+    batch->row_off = xmalloc((batch->cap_rows + 1) * sizeof(uint32_t));
+    batch->row_off[0] = 0;
+    return batch;
+}
+
+static void batch_free(struct batch *batch)
+{
+    buf_free(&batch->rows);
+    free(batch->row_off);
+    free(batch->acks);
+    free(batch->ranges);
+    free(batch);
+}
+
+/* Makes room for one more row offset. */
+static void batch_reserve_row(struct batch *batch)
+{
+    if (batch->nrows == batch->cap_rows) {
+        batch->cap_rows *= 2;
+        batch->row_off = xrealloc(batch->row_off, (batch->cap_rows + 1) * sizeof(uint32_t));
+    }
+}
+
+static void batch_end_row(struct batch *batch)
+{
+    batch->nrows++;
+    batch->row_off[batch->nrows] = (uint32_t)batch->rows.len;
+}
+
+static void batch_push_range(struct batch *batch, uint32_t lo, uint32_t hi)
+{
+    if (batch->nranges == batch->cap_ranges) {
+        batch->cap_ranges = batch->cap_ranges ? batch->cap_ranges * 2 : 8;
+        batch->ranges = xrealloc(batch->ranges, batch->cap_ranges * sizeof(*batch->ranges));
+    }
+    batch->ranges[batch->nranges].lo = lo;
+    batch->ranges[batch->nranges].hi = hi;
+    batch->nranges++;
+}
+
+static void batch_add_ack(struct batch *batch, struct batch_ack *ack)
+{
+    if (batch->nacks == batch->cap_acks) {
+        batch->cap_acks = batch->cap_acks ? batch->cap_acks * 2 : 8;
+        batch->acks = xrealloc(batch->acks, batch->cap_acks * sizeof(*batch->acks));
+    }
+    batch->acks[batch->nacks++] = ack;
+}
+
+/* ---- setup ---- */
+
+static void on_pg_ready(struct pg_conn *pg, void *arg)
+{
+    (void)pg;
+    batcher_kick(arg);
+}
+
+static void on_pg_lost(struct pg_conn *pg, void *arg)
+{
+    (void)pg;
+    (void)arg;
+}
+
+static const struct pg_callbacks writer_callbacks = {
+    .ready = on_pg_ready,
+    .lost = on_pg_lost,
+    .notify = NULL,
+};
+
+void batcher_configure(struct batcher *b, const struct config *config)
+{
+    b->batch_rows = config->ingest.batch_rows;
+    b->batch_ms = config->ingest.batch_ms;
+    b->queue_rows = config->ingest.queue_rows;
+    b->default_ack = config->ingest.ack;
+}
+
+void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *config)
+{
+    memset(b, 0, sizeof(*b));
+    b->loop = loop;
+    batcher_configure(b, config);
+    uuid_v7_init(&b->ids, (uint64_t)wall_ms() ^ ((uint64_t)uv_hrtime() << 17));
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        struct batcher_table *t = &b->tables[k];
+        t->b = b;
+        t->kind = (enum event_kind)k;
+        t->table = event_table(t->kind);
+        buf_init(&t->sql);
+        buf_init(&t->json);
+        t->retry_ms = RETRY_START_MS;
+        char name[24];
+        snprintf(name, sizeof(name), "ingest %s", k == EVENT_USAGE ? "usage" : "prompt");
+        pg_init(&t->pg, loop, name, config->postgres.conninfo,
+                config->postgres.connect_timeout_s * 1000, config->postgres.reconnect_max_ms,
+                &writer_callbacks, t);
+        uv_timer_init(loop, &t->flush_timer);
+        t->flush_timer.data = t;
+        uv_timer_init(loop, &t->retry_timer);
+        t->retry_timer.data = t;
+    }
+}
+
+void batcher_start(struct batcher *b)
+{
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        pg_start(&b->tables[k].pg);
+}
+
+/* ---- backpressure ---- */
+
+static bool has_room(const struct batcher *b, uint64_t rows)
+{
+    /* A request larger than the whole queue could never fit: take it when the queue is empty. */
+    return b->queued_rows + rows <= b->queue_rows || b->queued_rows == 0;
+}
+
+static uint32_t retry_after_ms(const struct batcher *b, uint64_t rows)
+{
+    uint64_t excess = b->queued_rows + rows - b->queue_rows;
+    double ms = b->rows_per_ms > 0 ? (double)excess / b->rows_per_ms : 100;
+    if (ms < 10)
+        ms = 10;
+    if (ms > 5000)
+        ms = 5000;
+    return (uint32_t)ms;
+}
+
+static void pause_sender(struct batcher *b, struct conn *c)
+{
+    for (uint32_t i = 0; i < b->npaused; i++)
+        if (b->paused[i] == c)
+            return;
+    if (b->npaused == b->cap_paused) {
+        b->cap_paused = b->cap_paused ? b->cap_paused * 2 : 16;
+        b->paused = xrealloc(b->paused, b->cap_paused * sizeof(*b->paused));
+    }
+    conn_ref(c);
+    conn_pause(c, CONN_PAUSE_BACKPRESSURE);
+    b->paused[b->npaused++] = c;
+    b->stats.notifications_paused++;
+}
+
+static void resume_senders(struct batcher *b)
+{
+    if (b->npaused == 0 ||
+        !(b->queued_rows + b->batch_rows <= b->queue_rows || b->queued_rows == 0))
+        return;
+    /* Take the list first: a resumed connection may pause again and re-register. */
+    struct conn **list = b->paused;
+    uint32_t n = b->npaused;
+    b->paused = NULL;
+    b->npaused = 0;
+    b->cap_paused = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        conn_resume(list[i], CONN_PAUSE_BACKPRESSURE);
+        conn_unref(list[i]);
+    }
+    free(list);
+}
+
+/* ---- accepting events ---- */
+
+static void seal(struct batcher_table *t)
+{
+    struct batch *batch = t->filling;
+    if (!batch)
+        return;
+    t->filling = NULL;
+    uv_timer_stop(&t->flush_timer);
+    batch_push_range(batch, 0, batch->nrows);
+    if (t->tail)
+        t->tail->next = batch;
+    else
+        t->head = batch;
+    t->tail = batch;
+    batcher_kick(t);
+}
+
+static void on_flush_timer(uv_timer_t *timer)
+{
+    seal(timer->data);
+}
+
+static struct batch *filling_batch(struct batcher_table *t)
+{
+    if (!t->filling) {
+        t->filling = batch_new(t->b->batch_rows < 4096 ? t->b->batch_rows : 4096);
+        t->filling->first_row_ms = uv_now(t->b->loop);
+        uv_timer_start(&t->flush_timer, on_flush_timer, t->b->batch_ms, 0);
+    }
+    return t->filling;
+}
+
+/* Reads params: [[events]] or [[events], {"ack": ...}]. */
+static bool parse_log_params(const struct batcher *b, const struct rpc_message *m,
+                             const msgpack_object_array **events, enum config_ack *ack,
+                             struct rpc_error *err)
+{
+    const msgpack_object_array *p = m->params;
+    if (p->size < 1 || p->size > 2 || p->ptr[0].type != MSGPACK_OBJECT_ARRAY) {
+        rpc_error_set(err, RPC_BAD_REQUEST,
+                      "%s takes params [[event, ...]] or "
+                      "[[event, ...], {\"ack\": \"queued\"|\"durable\"}]",
+                      rpc_method_name(m->method));
+        return false;
+    }
+    *events = &p->ptr[0].via.array;
+    *ack = b->default_ack;
+    if (p->size == 2) {
+        const msgpack_object *opts = &p->ptr[1];
+        if (opts->type != MSGPACK_OBJECT_MAP) {
+            rpc_error_set(err, RPC_BAD_REQUEST, "the second param must be a map of options");
+            return false;
+        }
+        for (uint32_t i = 0; i < opts->via.map.size; i++) {
+            const msgpack_object *k = &opts->via.map.ptr[i].key;
+            const msgpack_object *v = &opts->via.map.ptr[i].val;
+            if (!rpc_str_eq(k, "ack")) {
+                rpc_error_set(err, RPC_INVALID_FIELD, "unknown option; the only one is ack");
+                err->field = "ack";
+                return false;
+            }
+            if (rpc_str_eq(v, "queued")) {
+                *ack = CONFIG_ACK_QUEUED;
+            } else if (rpc_str_eq(v, "durable")) {
+                *ack = CONFIG_ACK_DURABLE;
+            } else if (v->type != MSGPACK_OBJECT_NIL) {
+                rpc_error_set(err, RPC_INVALID_FIELD, "ack must be \"queued\" or \"durable\"");
+                err->field = "ack";
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+static enum conn_dispatch_result refuse(struct batcher *b, struct conn *c,
+                                        const struct rpc_message *m, const struct rpc_error *e,
+                                        uint64_t events)
+{
+    b->stats.events_rejected[e->code] += events;
+    if (m->kind == RPC_KIND_REQUEST)
+        conn_reply_error(c, m->msgid, e);
+    else
+        conn_drop_notification(c, rpc_method_name(m->method), e);
+    return CONN_DISPATCHED;
+}
+
+enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind, struct conn *c,
+                                         const struct rpc_message *m)
+{
+    struct rpc_error err;
+    const msgpack_object_array *events;
+    enum config_ack ack;
+    if (!parse_log_params(b, m, &events, &ack, &err))
+        return refuse(b, c, m, &err, 0);
+    uint32_t n = events->size;
+    if (!has_room(b, n)) {
+        if (m->kind == RPC_KIND_NOTIFICATION) {
+            pause_sender(b, c);
+            return CONN_RETRY_LATER;
+        }
+        b->stats.requests_overloaded++;
+        rpc_error_set(&err, RPC_OVERLOADED,
+                      "the ingest queue is full (%u rows); nothing of this request was kept",
+                      b->queue_rows);
+        err.retry_after_ms = retry_after_ms(b, n);
+        return refuse(b, c, m, &err, n);
+    }
+    b->stats.events_received += n;
+
+    struct batcher_table *t = &b->tables[kind];
+    struct batch *batch = filling_batch(t);
+    size_t saved_len = batch->rows.len;
+    uint32_t saved_rows = batch->nrows;
+    struct event_context ctx = {.now_ms = wall_ms(), .ids = &b->ids};
+    for (uint32_t i = 0; i < n; i++) {
+        batch_reserve_row(batch);
+        if (!event_encode(kind, &events->ptr[i], &ctx, &batch->rows, &err)) {
+            batch->rows.len = saved_len;
+            batch->nrows = saved_rows;
+            batch->row_off[saved_rows] = (uint32_t)saved_len;
+            err.index = i;
+            if (batch->nrows == 0) {
+                /* Nothing else is in it: drop the batch rather than keep an empty one. */
+                uv_timer_stop(&t->flush_timer);
+                t->filling = NULL;
+                batch_free(batch);
+            }
+            return refuse(b, c, m, &err, n);
+        }
+        batch_end_row(batch);
+    }
+    b->stats.events_accepted += n;
+    t->stats.rows_queued += n;
+    t->queued_rows += n;
+    b->queued_rows += n;
+
+    if (m->kind == RPC_KIND_REQUEST) {
+        if (ack == CONFIG_ACK_DURABLE && n > 0) {
+            struct batch_ack *a = xmalloc(sizeof(*a));
+            a->conn = c;
+            a->msgid = m->msgid;
+            a->accepted = n;
+            conn_ref(c);
+            batch_add_ack(batch, a);
+        } else {
+            msgpack_packer *pk = conn_reply(c, m->msgid);
+            msgpack_pack_map(pk, 1);
+            rpc_pack_str(pk, "accepted");
+            msgpack_pack_uint32(pk, n);
+        }
+    }
+    if (batch->nrows >= b->batch_rows)
+        seal(t);
+    else if (batch->nrows == 0) {
+        uv_timer_stop(&t->flush_timer);
+        t->filling = NULL;
+        batch_free(batch);
+    }
+    return CONN_DISPATCHED;
+}
+
+void batcher_log_denied(struct batcher *b, const uint8_t user_id[16], const char *provider,
+                        size_t provider_len, const char *reason, int64_t now_ms)
+{
+    if (b->draining)
+        return;
+    if (!has_room(b, 1)) {
+        b->stats.events_rejected[RPC_OVERLOADED]++;
+        return;
+    }
+    struct batcher_table *t = &b->tables[EVENT_USAGE];
+    struct batch *batch = filling_batch(t);
+    struct event_context ctx = {.now_ms = now_ms, .ids = &b->ids};
+    char message[64];
+    snprintf(message, sizeof(message), "usaged: rate limited (%s)", reason);
+    struct event_usage_row row = {
+        .user_id = user_id,
+        .provider = provider,
+        .provider_len = provider_len,
+        .status_code = 429,
+        .error_message = message,
+        .created_at_ms = now_ms,
+    };
+    batch_reserve_row(batch);
+    event_encode_usage_row(&row, &ctx, &batch->rows);
+    batch_end_row(batch);
+    t->stats.rows_queued++;
+    t->queued_rows++;
+    b->queued_rows++;
+    if (batch->nrows >= b->batch_rows)
+        seal(t);
+}
+
+/* ---- writing ---- */
+
+static void check_drained(struct batcher *b)
+{
+    if (!b->draining || !b->on_drained)
+        return;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        if (b->tables[k].filling || b->tables[k].head)
+            return;
+    void (*cb)(struct batcher *, void *) = b->on_drained;
+    b->on_drained = NULL;
+    cb(b, b->drained_arg);
+}
+
+static void finish_batch(struct batcher_table *t)
+{
+    struct batcher *b = t->b;
+    struct batch *batch = t->head;
+    t->head = batch->next;
+    if (!t->head)
+        t->tail = NULL;
+    t->writing = false;
+    t->stats.batches++;
+    t->queued_rows -= batch->nrows;
+    b->queued_rows -= batch->nrows;
+    for (uint32_t i = 0; i < batch->nacks; i++) {
+        struct batch_ack *a = batch->acks[i];
+        msgpack_packer *pk = conn_reply(a->conn, a->msgid);
+        msgpack_pack_map(pk, 1);
+        rpc_pack_str(pk, "accepted");
+        msgpack_pack_uint32(pk, a->accepted);
+        conn_unref(a->conn);
+        free(a);
+    }
+    batch_free(batch);
+    resume_senders(b);
+    check_drained(b);
+}
+
+static bool is_data_error(const char *sqlstate)
+{
+    /* Class 22: data exception; class 23: integrity constraint violation (foreign key, check,
+     * not null, and a row that fits no partition). */
+    return (sqlstate[0] == '2' && (sqlstate[1] == '2' || sqlstate[1] == '3'));
+}
+
+static void append_str(struct buf *b, const char *s)
+{
+    buf_append(b, s, strlen(s));
+}
+
+static uint32_t be32_at(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* One (user, provider) pair of a batch and what it adds to api_configurations. */
+struct bump {
+    const uint8_t *user_id;
+    const uint8_t *provider;
+    int32_t provider_len;
+    uint32_t count;
+    int64_t last_pg_us; /* latest created_at, PostgreSQL epoch */
+    uint32_t hash;
+};
+
+static uint32_t bump_hash(const uint8_t *user, const uint8_t *provider, int32_t len)
+{
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ user[i]) * 16777619u;
+    for (int32_t i = 0; i < len; i++)
+        h = (h ^ provider[i]) * 16777619u;
+    return h;
+}
+
+static void format_pg_timestamp(int64_t pg_us, char *out, size_t cap)
+{
+    int64_t unix_us = pg_us + COPY_PG_EPOCH_US;
+    time_t secs = (time_t)(unix_us / 1000000);
+    int64_t frac = unix_us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs--;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(out + n, cap - n, ".%06" PRId64 "+00", frac);
+}
+
+/* Appends the UPDATE of api_configurations for rows [lo, hi) of a usage batch, counted in C:
+ * rows with status 429 (rate limited, including usaged's own denial records) are not calls. */
+static void append_usage_bump(struct batcher_table *t, const struct batch *batch, uint32_t lo,
+                              uint32_t hi)
+{
+    uint32_t rows = hi - lo, cap = 16;
+    while (cap < rows * 2)
+        cap *= 2;
+    struct bump *table = xcalloc(cap, sizeof(*table));
+    uint32_t distinct = 0;
+    for (uint32_t r = lo; r < hi; r++) {
+        struct copy_field f[16];
+        size_t row_len;
+        const uint8_t *row = batch->rows.data + batch->row_off[r];
+        if (copy_row_fields(row, batch->row_off[r + 1] - batch->row_off[r], f, 16, &row_len) !=
+            t->table->ncolumns)
+            continue;
+        const struct copy_field *status = &f[EVENT_USAGE_COL_STATUS_CODE];
+        if (status->len == 4 && be32_at(status->data) == 429)
+            continue;
+        const uint8_t *user = f[EVENT_USAGE_COL_USER_ID].data;
+        const struct copy_field *prov = &f[EVENT_USAGE_COL_PROVIDER];
+        const uint8_t *ts = f[EVENT_USAGE_COL_CREATED_AT].data;
+        int64_t pg_us = (int64_t)((uint64_t)be32_at(ts) << 32 | be32_at(ts + 4));
+        uint32_t h = bump_hash(user, prov->data, prov->len);
+        uint32_t i = h & (cap - 1);
+        while (table[i].user_id && !(table[i].hash == h && table[i].provider_len == prov->len &&
+                                     memcmp(table[i].user_id, user, 16) == 0 &&
+                                     memcmp(table[i].provider, prov->data, (size_t)prov->len) == 0))
+            i = (i + 1) & (cap - 1);
+        if (!table[i].user_id) {
+            table[i] = (struct bump){user, prov->data, prov->len, 0, pg_us, h};
+            distinct++;
+        }
+        table[i].count++;
+        if (pg_us > table[i].last_pg_us)
+            table[i].last_pg_us = pg_us;
+    }
+    if (distinct > 0) {
+        append_str(&t->sql, ";\nUPDATE public.api_configurations AS c SET usage_count = "
+                            "c.usage_count + v.n, last_used_at = GREATEST(c.last_used_at, v.t) "
+                            "FROM (VALUES ");
+        bool first = true;
+        for (uint32_t i = 0; i < cap; i++) {
+            if (!table[i].user_id)
+                continue;
+            char id[UUID_STRING_LEN + 1], ts[48], num[16];
+            uuid_format(table[i].user_id, id);
+            format_pg_timestamp(table[i].last_pg_us, ts, sizeof(ts));
+            snprintf(num, sizeof(num), "%u", table[i].count);
+            char *prov = PQescapeLiteral(t->pg.conn, (const char *)table[i].provider,
+                                         (size_t)table[i].provider_len);
+            append_str(&t->sql, first ? "('" : ", ('");
+            append_str(&t->sql, id);
+            append_str(&t->sql, "'::uuid, ");
+            append_str(&t->sql, prov ? prov : "''");
+            append_str(&t->sql, ", ");
+            append_str(&t->sql, num);
+            append_str(&t->sql, ", '");
+            append_str(&t->sql, ts);
+            append_str(&t->sql, "'::timestamptz)");
+            PQfreemem(prov);
+            first = false;
+        }
+        append_str(&t->sql, ") AS v(user_id, provider, n, t) WHERE c.user_id = v.user_id AND "
+                            "c.provider = v.provider");
+    }
+    free(table);
+}
+
+static void build_copy_sql(struct batcher_table *t, const struct batch *batch,
+                           const struct batch_range *r)
+{
+    const struct event_table *tab = t->table;
+    buf_clear(&t->sql);
+    if (!batch->idempotent) {
+        append_str(&t->sql, "COPY ");
+        append_str(&t->sql, tab->relation);
+        append_str(&t->sql, " ");
+        append_str(&t->sql, tab->column_list);
+        append_str(&t->sql, " FROM STDIN (FORMAT binary)");
+        if (t->kind == EVENT_USAGE)
+            append_usage_bump(t, batch, r->lo, r->hi);
+    } else {
+        /* Idempotent: stage the rows, insert what is not there yet, bump for what was
+         * inserted. The temporary table lives as long as the connection; ON COMMIT DELETE ROWS
+         * empties it with every transaction. */
+        char stage[64];
+        snprintf(stage, sizeof(stage), "usaged_stage_%s", tab->name);
+        append_str(&t->sql, "CREATE TEMP TABLE IF NOT EXISTS ");
+        append_str(&t->sql, stage);
+        append_str(&t->sql, " (LIKE ");
+        append_str(&t->sql, tab->relation);
+        append_str(&t->sql, " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;\nCOPY ");
+        append_str(&t->sql, stage);
+        append_str(&t->sql, " ");
+        append_str(&t->sql, tab->column_list);
+        append_str(&t->sql, " FROM STDIN (FORMAT binary);\n");
+        if (t->kind == EVENT_USAGE)
+            append_str(&t->sql, "WITH ins AS (");
+        append_str(&t->sql, "INSERT INTO ");
+        append_str(&t->sql, tab->relation);
+        append_str(&t->sql, " ");
+        append_str(&t->sql, tab->column_list);
+        append_str(&t->sql, " SELECT ");
+        /* the column list without its parentheses */
+        append_str(&t->sql, tab->column_list + 1);
+        t->sql.len--; /* drop ')' */
+        append_str(&t->sql, " FROM ");
+        append_str(&t->sql, stage);
+        append_str(&t->sql, " ON CONFLICT DO NOTHING");
+        if (t->kind == EVENT_USAGE)
+            append_str(&t->sql,
+                       " RETURNING user_id, provider, created_at, status_code)\n"
+                       "UPDATE public.api_configurations AS c SET usage_count = c.usage_count + "
+                       "v.n, last_used_at = GREATEST(c.last_used_at, v.t) FROM (SELECT user_id, "
+                       "provider, count(*)::int AS n, max(created_at) AS t FROM ins WHERE "
+                       "status_code IS DISTINCT FROM 429 GROUP BY user_id, provider) AS v WHERE "
+                       "c.user_id = v.user_id AND c.provider = v.provider");
+    }
+    buf_put_u8(&t->sql, '\0');
+}
+
+static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg);
+
+static void on_retry_timer(uv_timer_t *timer)
+{
+    batcher_kick(timer->data);
+}
+
+static void schedule_retry(struct batcher_table *t, const char *why)
+{
+    struct batch *batch = t->head;
+    uint64_t now = uv_now(t->b->loop);
+    if (!batch->failing_since)
+        batch->failing_since = now;
+    t->stats.retries++;
+    if (strcmp(t->last_error, why) != 0 || t->retry_ms >= 1000)
+        log_warn("ingest %s: batch of %u rows not written, retrying in %u ms: %s", t->table->name,
+                 batch->nrows, t->retry_ms, why);
+    snprintf(t->last_error, sizeof(t->last_error), "%s", why);
+    t->writing = false;
+    uv_timer_start(&t->retry_timer, on_retry_timer, t->retry_ms, 0);
+    t->retry_ms = t->retry_ms * 2 > 5000 ? 5000 : t->retry_ms * 2;
+}
+
+/* Stores row `index` of the head batch in usaged.rejects, with the error that refused it. */
+static void reject_row(struct batcher_table *t, uint32_t index)
+{
+    struct batch *batch = t->head;
+    buf_clear(&t->json);
+    copy_row_to_json(t->table->columns, t->table->ncolumns,
+                     batch->rows.data + batch->row_off[index],
+                     batch->row_off[index + 1] - batch->row_off[index], &t->json);
+    buf_put_u8(&t->json, '\0');
+    t->params[0] = t->table->name;
+    t->params[1] = (const char *)t->json.data;
+    t->params[2] = t->reject_error;
+    t->params[3] = t->reject_sqlstate;
+    t->op = (struct pg_op){
+        .sql = "INSERT INTO usaged.rejects (table_name, row_data, error, sqlstate) "
+               "VALUES ($1, $2::jsonb, $3, $4)",
+        .nparams = 4,
+        .params = t->params,
+        .done = on_write_done,
+        .arg = t,
+    };
+    t->rejecting = true;
+    t->writing = true;
+    pg_submit(&t->pg, &t->op);
+}
+
+static void write_range(struct batcher_table *t)
+{
+    struct batch *batch = t->head;
+    const struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    build_copy_sql(t, batch, r);
+    t->copy_bufs[0] = uv_buf_init((char *)copy_header, COPY_HEADER_LEN);
+    t->copy_bufs[1] = uv_buf_init((char *)batch->rows.data + batch->row_off[r->lo],
+                                  batch->row_off[r->hi] - batch->row_off[r->lo]);
+    t->copy_bufs[2] = uv_buf_init((char *)copy_trailer, COPY_TRAILER_LEN);
+    t->op = (struct pg_op){
+        .sql = (const char *)t->sql.data,
+        .copy_bufs = t->copy_bufs,
+        .copy_nbufs = 3,
+        .done = on_write_done,
+        .arg = t,
+    };
+    t->rejecting = false;
+    t->writing = true;
+    t->stats.statements++;
+    if (batch->idempotent)
+        t->stats.idempotent_writes++;
+    t->op_started_us = uv_hrtime() / 1000;
+    pg_submit(&t->pg, &t->op);
+}
+
+static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
+{
+    (void)pg;
+    struct batcher_table *t = arg;
+    struct batch *batch = t->head;
+    struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    t->writing = false;
+    if (!t->rejecting)
+        t->stats.copy_us += uv_hrtime() / 1000 - t->op_started_us;
+
+    if (o->connection_lost) {
+        /* It may or may not have committed: from now on this batch is written idempotently. */
+        batch->idempotent = true;
+        schedule_retry(t, o->error ? o->error : "connection lost");
+        return;
+    }
+    if (!o->ok) {
+        if (t->rejecting || !is_data_error(o->sqlstate)) {
+            char why[600];
+            snprintf(why, sizeof(why), "%s%s%s", o->sqlstate, *o->sqlstate ? ": " : "",
+                     o->error ? o->error : "error");
+            schedule_retry(t, why);
+            return;
+        }
+        if (strcmp(o->sqlstate, "23505") == 0 && !batch->idempotent) {
+            /* A repeated id: the rows go through the staging table, stored once. */
+            batch->idempotent = true;
+            write_range(t);
+            return;
+        }
+        if (r->hi - r->lo == 1) {
+            snprintf(t->reject_error, sizeof(t->reject_error), "%s", o->error ? o->error : "");
+            snprintf(t->reject_sqlstate, sizeof(t->reject_sqlstate), "%s", o->sqlstate);
+            reject_row(t, r->lo);
+            return;
+        }
+        /* Split: the first half is written first (it ends up on top of the stack). */
+        uint32_t lo = r->lo, hi = r->hi, mid = lo + (hi - lo) / 2;
+        batch->nranges--;
+        batch_push_range(batch, mid, hi);
+        batch_push_range(batch, lo, mid);
+        write_range(t);
+        return;
+    }
+
+    /* Success. */
+    uint32_t rows = r->hi - r->lo;
+    if (t->rejecting) {
+        t->stats.rows_rejected++;
+        log_warn("ingest %s: a row was refused (%s: %s) and stored in usaged.rejects",
+                 t->table->name, t->reject_sqlstate, t->reject_error);
+    } else {
+        t->stats.rows_written += rows;
+    }
+    t->retry_ms = RETRY_START_MS;
+    t->last_error[0] = '\0';
+    batch->nranges--;
+    if (batch->nranges > 0) {
+        write_range(t);
+        return;
+    }
+    uint64_t elapsed = uv_now(t->b->loop) - batch->first_row_ms;
+    if (elapsed > 0) {
+        double rate = (double)batch->nrows / (double)elapsed;
+        t->b->rows_per_ms = t->b->rows_per_ms > 0 ? 0.8 * t->b->rows_per_ms + 0.2 * rate : rate;
+    }
+    finish_batch(t);
+    batcher_kick(t);
+}
+
+static void batcher_kick(struct batcher_table *t)
+{
+    if (t->writing || !t->head || !pg_is_idle(&t->pg) ||
+        uv_is_active((uv_handle_t *)&t->retry_timer))
+        return;
+    write_range(t);
+}
+
+/* ---- drain and close ---- */
+
+void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void *arg), void *arg)
+{
+    b->draining = true;
+    b->on_drained = on_drained;
+    b->drained_arg = arg;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        seal(&b->tables[k]);
+    check_drained(b);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct batcher_table *t = h->data;
+    struct batcher *b = t->b;
+    if (--b->closing == 0 && b->on_closed)
+        b->on_closed(b, b->closed_arg);
+}
+
+static void on_pg_closed(struct pg_conn *pg)
+{
+    struct batcher_table *t =
+        (struct batcher_table *)((char *)pg - offsetof(struct batcher_table, pg));
+    struct batcher *b = t->b;
+    if (--b->closing == 0 && b->on_closed)
+        b->on_closed(b, b->closed_arg);
+}
+
+void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void *arg), void *arg)
+{
+    b->on_closed = on_closed;
+    b->closed_arg = arg;
+    b->closing = EVENT_KIND_COUNT * 3;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        struct batcher_table *t = &b->tables[k];
+        uv_close((uv_handle_t *)&t->flush_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&t->retry_timer, on_handle_closed);
+        pg_close(&t->pg, on_pg_closed);
+        /* Whatever is left was not drained (the caller gave up): say so. */
+        uint64_t left = t->queued_rows;
+        if (left)
+            log_error("ingest %s: %llu rows not written at exit", t->table->name,
+                      (unsigned long long)left);
+        if (t->filling)
+            batch_free(t->filling);
+        t->filling = NULL;
+        while (t->head) {
+            struct batch *next = t->head->next;
+            for (uint32_t i = 0; i < t->head->nacks; i++) {
+                conn_unref(t->head->acks[i]->conn);
+                free(t->head->acks[i]);
+            }
+            batch_free(t->head);
+            t->head = next;
+        }
+        t->tail = NULL;
+        buf_free(&t->sql);
+        buf_free(&t->json);
+    }
+    for (uint32_t i = 0; i < b->npaused; i++)
+        conn_unref(b->paused[i]);
+    free(b->paused);
+    b->paused = NULL;
+    b->npaused = 0;
+}
+
+/* ---- stats ---- */
+
+static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+    rpc_pack_str(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
+void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
+{
+    msgpack_pack_map(pk, 7);
+    pack_u64(pk, "events_received", b->stats.events_received);
+    pack_u64(pk, "events_accepted", b->stats.events_accepted);
+    rpc_pack_str(pk, "events_rejected");
+    msgpack_pack_map(pk, RPC_CODE_COUNT);
+    for (int i = 0; i < RPC_CODE_COUNT; i++)
+        pack_u64(pk, rpc_code_name((enum rpc_code)i), b->stats.events_rejected[i]);
+    pack_u64(pk, "queue_rows", b->queued_rows);
+    pack_u64(pk, "requests_overloaded", b->stats.requests_overloaded);
+    pack_u64(pk, "notification_senders_paused", b->stats.notifications_paused);
+    rpc_pack_str(pk, "tables");
+    msgpack_pack_map(pk, EVENT_KIND_COUNT);
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        const struct batcher_table *t = &b->tables[k];
+        rpc_pack_str(pk, t->table->name);
+        msgpack_pack_map(pk, 13);
+        pack_u64(pk, "queue_rows", t->queued_rows);
+        pack_u64(pk, "rows_queued", t->stats.rows_queued);
+        pack_u64(pk, "rows_written", t->stats.rows_written);
+        pack_u64(pk, "rows_rejected", t->stats.rows_rejected);
+        pack_u64(pk, "rows_spooled", t->stats.rows_spooled);
+        pack_u64(pk, "batches", t->stats.batches);
+        pack_u64(pk, "statements", t->stats.statements);
+        pack_u64(pk, "idempotent_writes", t->stats.idempotent_writes);
+        pack_u64(pk, "retries", t->stats.retries);
+        pack_u64(pk, "copy_ms", t->stats.copy_us / 1000);
+        rpc_pack_str(pk, "postgres");
+        rpc_pack_str(pk, pg_state_name(t->pg.state));
+        rpc_pack_str(pk, "last_error");
+        rpc_pack_str(pk, t->last_error);
+        pack_u64(pk, "postgres_connects", t->pg.stats.connects);
+    }
+}

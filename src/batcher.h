@@ -1,0 +1,145 @@
+/* batcher: the ingestion path from validated events to committed rows.
+ *
+ * One queue per table. Events are encoded as binary COPY tuples straight into the batch being
+ * filled; a batch is sealed at ingest.batch_rows rows or ingest.batch_ms after its first row, and
+ * written by its table's own PostgreSQL connection with one COPY (plus the api_configurations
+ * usage bump, in the same implicit transaction). While one batch is in COPY the next one fills.
+ *
+ * What it promises:
+ *   - a request is all or nothing, and all of it lands in one batch;
+ *   - durable acks are sent when the batch holding the request has committed (or been spooled);
+ *   - a batch refused for its data is split until the bad rows are alone; each bad row goes to
+ *     usaged.rejects with its error and every good row lands;
+ *   - a batch whose commit outcome is unknown (connection lost) is retried idempotently, so it is
+ *     stored once; a repeated id is stored once;
+ *   - at ingest.queue_rows, requests get overloaded and notification senders are paused; nothing
+ *     accepted is ever dropped. */
+#ifndef USAGED_BATCHER_H
+#define USAGED_BATCHER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "conn.h"
+#include "event.h"
+#include "pg.h"
+#include "rpc.h"
+
+struct batcher;
+struct spool;
+
+/* A durable request waiting for its batch. */
+struct batch_ack {
+    struct conn *conn;
+    uint32_t msgid;
+    uint32_t accepted;
+};
+
+struct batch {
+    struct buf rows;   /* COPY tuples, back to back */
+    uint32_t *row_off; /* start of each row in rows; row_off[nrows] is rows.len */
+    uint32_t nrows;
+    uint32_t cap_rows;
+    struct batch_ack **acks; /* durable requests answered when this batch is done */
+    uint32_t nacks, cap_acks;
+    uint64_t first_row_ms;  /* loop time of the first row */
+    uint64_t failing_since; /* loop time of the first failed attempt; 0: none */
+    bool idempotent;        /* write through a staging table with ON CONFLICT DO NOTHING */
+    struct batch_range {
+        uint32_t lo, hi;
+    } * ranges; /* rows still to write: a stack, split on data errors */
+    uint32_t nranges, cap_ranges;
+    struct batch *next;
+};
+
+struct batcher_table_stats {
+    uint64_t rows_queued;       /* events accepted into this table's queue */
+    uint64_t rows_written;      /* rows committed */
+    uint64_t rows_rejected;     /* rows refused by PostgreSQL and stored in usaged.rejects */
+    uint64_t rows_spooled;      /* rows handed to the spool */
+    uint64_t batches;           /* batches committed */
+    uint64_t statements;        /* COPY statements sent (splits and retries included) */
+    uint64_t idempotent_writes; /* statements through the staging table */
+    uint64_t retries;           /* attempts that failed for a reason other than the data */
+    uint64_t copy_us;           /* time spent in COPY statements, total */
+};
+
+struct batcher_table {
+    struct batcher *b;
+    enum event_kind kind;
+    const struct event_table *table;
+    struct pg_conn pg;         /* this table's writer connection */
+    struct batch *filling;     /* accepting rows */
+    struct batch *head, *tail; /* sealed batches, oldest first; head is written first */
+    bool writing;              /* head is being written */
+    bool rejecting;            /* the op in flight stores a bad row in usaged.rejects */
+    struct pg_op op;
+    uv_buf_t copy_bufs[3]; /* header, rows, trailer */
+    struct buf sql;        /* the statement of the op in flight */
+    struct buf json;       /* a rejected row, as JSON */
+    const char *params[4];
+    char reject_error[512];
+    char reject_sqlstate[6];
+    uint64_t op_started_us;
+    uint64_t queued_rows;   /* rows in this table's batches, written or not */
+    uv_timer_t flush_timer; /* batch_ms after the first row of the filling batch */
+    uv_timer_t retry_timer; /* backoff after a failed attempt */
+    uint32_t retry_ms;
+    char last_error[256];
+    struct batcher_table_stats stats;
+};
+
+struct batcher_stats {
+    uint64_t events_received;
+    uint64_t events_accepted;
+    uint64_t events_rejected[RPC_CODE_COUNT]; /* events of refused requests, by error code */
+    uint64_t requests_overloaded;
+    uint64_t notifications_paused; /* times a notification sender was paused */
+};
+
+struct batcher {
+    uv_loop_t *loop;
+    struct batcher_table tables[EVENT_KIND_COUNT];
+    uint64_t queued_rows; /* both tables */
+    uint32_t batch_rows;
+    uint32_t batch_ms;
+    uint32_t queue_rows;
+    enum config_ack default_ack;
+    struct uuid_v7_gen ids;
+    struct conn **paused; /* notification senders paused for room */
+    uint32_t npaused, cap_paused;
+    double rows_per_ms; /* recent commit throughput, for retry_after_ms */
+    bool draining;
+    void (*on_drained)(struct batcher *b, void *arg);
+    void *drained_arg;
+    int closing; /* handles still closing */
+    void (*on_closed)(struct batcher *b, void *arg);
+    void *closed_arg;
+    struct batcher_stats stats;
+};
+
+void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *config);
+/* Starts the writer connections. */
+void batcher_start(struct batcher *b);
+/* Applies batch_rows, batch_ms, queue_rows and ack from a reloaded config. */
+void batcher_configure(struct batcher *b, const struct config *config);
+
+/* Handles a log_usage or log_prompt request or notification. */
+enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind, struct conn *c,
+                                         const struct rpc_message *m);
+
+/* Queues the api_usage_logs row of a denied check (limits.log_denied). Dropped (and counted)
+ * when the queue is full: it is the daemon's own record, not a client's event. */
+void batcher_log_denied(struct batcher *b, const uint8_t user_id[16], const char *provider,
+                        size_t provider_len, const char *reason, int64_t now_ms);
+
+/* Seals every batch and calls on_drained once every queue is written. */
+void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void *arg), void *arg);
+/* Closes the connections and timers; on_closed runs when all are closed. */
+void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void *arg), void *arg);
+
+void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk);
+
+#endif
