@@ -8,6 +8,7 @@ packages=(
   libuv1-dev libhiredis-dev libpq-dev libmsgpack-dev libyaml-dev libsystemd-dev
   postgresql postgresql-contrib redis-server
   python3 python3-msgpack python3-psycopg2 python3-redis python3-pytest
+  python3-prometheus-client man-db  # man: systemd-analyze verify looks up Documentation= pages
   valgrind systemd procps iproute2 git ca-certificates
 )
 

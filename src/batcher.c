@@ -19,6 +19,7 @@
 
 static void batcher_kick(struct batcher_table *t);
 static void write_range(struct batcher_table *t);
+static void spill_for_room(struct batcher *b, uint64_t rows);
 
 static int64_t wall_ms(void)
 {
@@ -29,9 +30,10 @@ static int64_t wall_ms(void)
 
 /* ---- batches ---- */
 
-static struct batch *batch_new(uint32_t expected_rows)
+static struct batch *batch_new(struct batcher_table *t, uint32_t expected_rows)
 {
     struct batch *batch = xcalloc(1, sizeof(*batch));
+    batch->t = t;
     buf_init(&batch->rows);
     batch->cap_rows = expected_rows ? expected_rows : 64;
     batch->row_off = xmalloc((batch->cap_rows + 1) * sizeof(uint32_t));
@@ -85,22 +87,38 @@ static void batch_add_ack(struct batch *batch, struct batch_ack *ack)
 
 /* ---- setup ---- */
 
+static void report_state(struct batcher_table *t)
+{
+    if (t->b->on_state)
+        t->b->on_state(t->b->state_arg);
+}
+
 static void on_pg_ready(struct pg_conn *pg, void *arg)
 {
     (void)pg;
     batcher_kick(arg);
+    report_state(arg);
 }
 
 static void on_pg_lost(struct pg_conn *pg, void *arg)
 {
     (void)pg;
-    (void)arg;
+    batcher_kick(arg);
+    report_state(arg);
+}
+
+static void on_pg_connect_failed(struct pg_conn *pg, void *arg)
+{
+    (void)pg;
+    batcher_kick(arg);
+    report_state(arg);
 }
 
 static const struct pg_callbacks writer_callbacks = {
     .ready = on_pg_ready,
     .lost = on_pg_lost,
     .notify = NULL,
+    .connect_failed = on_pg_connect_failed,
 };
 
 void batcher_configure(struct batcher *b, const struct config *config)
@@ -109,6 +127,8 @@ void batcher_configure(struct batcher *b, const struct config *config)
     b->batch_ms = config->ingest.batch_ms;
     b->queue_rows = config->ingest.queue_rows;
     b->default_ack = config->ingest.ack;
+    b->spill_after_ms = config->ingest.spill_after_ms;
+    b->drain_timeout_s = config->ingest.drain_timeout_s;
 }
 
 void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *config)
@@ -134,7 +154,11 @@ void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *confi
         t->flush_timer.data = t;
         uv_timer_init(loop, &t->retry_timer);
         t->retry_timer.data = t;
+        uv_timer_init(loop, &t->spill_timer);
+        t->spill_timer.data = t;
     }
+    uv_timer_init(loop, &b->drain_timer);
+    b->drain_timer.data = b;
 }
 
 void batcher_start(struct batcher *b)
@@ -204,6 +228,7 @@ static void seal(struct batcher_table *t)
         return;
     t->filling = NULL;
     uv_timer_stop(&t->flush_timer);
+    batch->sealed_ms = uv_now(t->b->loop);
     batch_push_range(batch, 0, batch->nrows);
     if (t->tail)
         t->tail->next = batch;
@@ -221,7 +246,7 @@ static void on_flush_timer(uv_timer_t *timer)
 static struct batch *filling_batch(struct batcher_table *t)
 {
     if (!t->filling) {
-        t->filling = batch_new(t->b->batch_rows < 4096 ? t->b->batch_rows : 4096);
+        t->filling = batch_new(t, t->b->batch_rows < 4096 ? t->b->batch_rows : 4096);
         t->filling->first_row_ms = uv_now(t->b->loop);
         uv_timer_start(&t->flush_timer, on_flush_timer, t->b->batch_ms, 0);
     }
@@ -292,6 +317,8 @@ enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind
     if (!parse_log_params(b, m, &events, &ack, &err))
         return refuse(b, c, m, &err, 0);
     uint32_t n = events->size;
+    if (!has_room(b, n))
+        spill_for_room(b, n);
     if (!has_room(b, n)) {
         if (m->kind == RPC_KIND_NOTIFICATION) {
             pause_sender(b, c);
@@ -392,29 +419,27 @@ void batcher_log_denied(struct batcher *b, const uint8_t user_id[16], const char
 
 /* ---- writing ---- */
 
+/* Drained: every accepted row is committed or fsync'd in the spool. A batch replaying a spool
+ * record does not count: its record stays in the spool until committed. */
 static void check_drained(struct batcher *b)
 {
-    if (!b->draining || !b->on_drained)
+    if (!b->draining || !b->on_drained || b->spooling)
         return;
-    for (int k = 0; k < EVENT_KIND_COUNT; k++)
-        if (b->tables[k].filling || b->tables[k].head)
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        if (b->tables[k].filling)
             return;
+        for (struct batch *batch = b->tables[k].head; batch; batch = batch->next)
+            if (!batch->replay)
+                return;
+    }
+    uv_timer_stop(&b->drain_timer);
     void (*cb)(struct batcher *, void *) = b->on_drained;
     b->on_drained = NULL;
     cb(b, b->drained_arg);
 }
 
-static void finish_batch(struct batcher_table *t)
+static void answer_acks(struct batch *batch)
 {
-    struct batcher *b = t->b;
-    struct batch *batch = t->head;
-    t->head = batch->next;
-    if (!t->head)
-        t->tail = NULL;
-    t->writing = false;
-    t->stats.batches++;
-    t->queued_rows -= batch->nrows;
-    b->queued_rows -= batch->nrows;
     for (uint32_t i = 0; i < batch->nacks; i++) {
         struct batch_ack *a = batch->acks[i];
         msgpack_packer *pk = conn_reply(a->conn, a->msgid);
@@ -424,9 +449,198 @@ static void finish_batch(struct batcher_table *t)
         conn_unref(a->conn);
         free(a);
     }
+    batch->nacks = 0;
+}
+
+static void unlink_batch(struct batcher_table *t, struct batch *batch)
+{
+    struct batch **p = &t->head, *prev = NULL;
+    while (*p && *p != batch) {
+        prev = *p;
+        p = &(*p)->next;
+    }
+    if (!*p)
+        return;
+    *p = batch->next;
+    if (t->tail == batch)
+        t->tail = prev;
+    batch->next = NULL;
+}
+
+static void finish_batch(struct batcher_table *t)
+{
+    struct batcher *b = t->b;
+    struct batch *batch = t->current;
+    unlink_batch(t, batch);
+    t->current = NULL;
+    t->writing = false;
+    t->stats.batches++;
+    if (batch->replay) {
+        t->stats.rows_replayed += batch->nrows;
+        spool_release(b->spool, batch->replay, true);
+        batch->replay = NULL;
+    } else {
+        t->queued_rows -= batch->nrows;
+        b->queued_rows -= batch->nrows;
+    }
+    answer_acks(batch);
     batch_free(batch);
     resume_senders(b);
     check_drained(b);
+}
+
+/* ---- the spool: spilling and replay ---- */
+
+static bool writer_down(const struct batcher_table *t)
+{
+    return t->pg.state == PG_DOWN || t->pg.state == PG_CONNECTING;
+}
+
+static void on_spooled(void *arg, int status)
+{
+    struct batch *batch = arg;
+    struct batcher_table *t = batch->t;
+    struct batcher *b = t->b;
+    b->spooling--;
+    if (status < 0) {
+        /* Not on disk: the rows stay in memory, first in line again. */
+        t->queued_rows += batch->nrows;
+        b->queued_rows += batch->nrows;
+        batch->next = t->head;
+        t->head = batch;
+        if (!t->tail)
+            t->tail = batch;
+        batcher_kick(t);
+        return;
+    }
+    t->stats.rows_spooled += batch->nrows;
+    answer_acks(batch);
+    batch_free(batch);
+    resume_senders(b);
+    check_drained(b);
+}
+
+/* Hands a sealed batch to the spool. False when the spool cannot take it. */
+static bool spill(struct batcher_table *t, struct batch *batch)
+{
+    struct batcher *b = t->b;
+    if (!b->spool || batch->replay || (t->writing && batch == t->current))
+        return false;
+    if (spool_append(b->spool, t->kind, batch->rows.data, batch->rows.len, batch->nrows, on_spooled,
+                     batch) < 0)
+        return false;
+    unlink_batch(t, batch);
+    b->spooling++;
+    t->queued_rows -= batch->nrows;
+    b->queued_rows -= batch->nrows;
+    return true;
+}
+
+/* Spills what cannot be written now: everything when the writer is down (after a short grace
+ * for a quick reconnect) or has failed for ingest.spill_after_ms, or when the drain is out of
+ * time. */
+static void maybe_spill(struct batcher_table *t)
+{
+    struct batcher *b = t->b;
+    if (!b->spool || !b->spool->ready)
+        return;
+    uint64_t now = uv_now(b->loop);
+    uint64_t grace = b->spill_after_ms < 200 ? b->spill_after_ms : 200;
+    bool failing = t->failing_since && now - t->failing_since >= b->spill_after_ms;
+    bool down = writer_down(t);
+    struct batch *batch = t->head;
+    while (batch) {
+        struct batch *next = batch->next;
+        bool due = b->drain_expired || failing || (down && now - batch->sealed_ms >= grace);
+        if (due && !spill(t, batch) && !batch->replay && !(t->writing && batch == t->current))
+            break; /* the spool is full: the rest waits in memory */
+        batch = next;
+    }
+}
+
+static void on_spill_timer(uv_timer_t *timer)
+{
+    struct batcher_table *t = timer->data;
+    maybe_spill(t);
+    bool waiting = false;
+    for (struct batch *batch = t->head; batch; batch = batch->next)
+        if (!batch->replay)
+            waiting = true;
+    if (!waiting || pg_is_idle(&t->pg))
+        uv_timer_stop(timer);
+}
+
+/* Makes room for `rows` more by spilling sealed batches (the filling ones sealed first). */
+static void spill_for_room(struct batcher *b, uint64_t rows)
+{
+    if (!b->spool || !b->spool->ready)
+        return;
+    for (int k = 0; k < EVENT_KIND_COUNT && !has_room(b, rows); k++) {
+        struct batcher_table *t = &b->tables[k];
+        seal(t);
+        struct batch *batch = t->head;
+        while (batch && !has_room(b, rows)) {
+            struct batch *next = batch->next;
+            if (!spill(t, batch) && !batch->replay && !(t->writing && batch == t->current))
+                return;
+            batch = next;
+        }
+    }
+}
+
+/* A record read back from the spool becomes a batch, written idempotently before the others. */
+static void on_record(void *arg, struct spool_record *rec)
+{
+    struct batcher_table *t = arg;
+    struct batcher *b = t->b;
+    t->fetching = false;
+    if (!rec) {
+        batcher_kick(t);
+        return;
+    }
+    struct batch *batch = batch_new(t, rec->nrows ? rec->nrows : 1);
+    free(batch->rows.data);
+    batch->rows.data = rec->rows;
+    batch->rows.len = batch->rows.cap = rec->len;
+    rec->rows = NULL;
+    size_t off = 0;
+    bool ok = true;
+    for (uint32_t i = 0; i < rec->nrows && ok; i++) {
+        struct copy_field f[32];
+        size_t row_len;
+        ok = copy_row_fields(batch->rows.data + off, batch->rows.len - off, f, 32, &row_len) ==
+             t->table->ncolumns;
+        batch->row_off[i] = (uint32_t)off;
+        off += row_len;
+    }
+    if (!ok || off != batch->rows.len) {
+        /* The checksum held but the rows do not parse: keep the record, do not loop on it. */
+        log_error("spool %s: a record does not hold valid rows; it stays in the spool",
+                  t->table->name);
+        rec->rows = batch->rows.data;
+        batch->rows.data = NULL;
+        batch_free(batch);
+        spool_release(b->spool, rec, false);
+        return;
+    }
+    batch->nrows = rec->nrows;
+    batch->row_off[batch->nrows] = (uint32_t)off;
+    batch->replay = rec;
+    batch->idempotent = true;
+    batch->first_row_ms = batch->sealed_ms = uv_now(b->loop);
+    batch_push_range(batch, 0, batch->nrows);
+    batch->next = t->head;
+    t->head = batch;
+    if (!t->tail)
+        t->tail = batch;
+    batcher_kick(t);
+}
+
+void batcher_spool_changed(struct batcher *b)
+{
+    resume_senders(b);
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        batcher_kick(&b->tables[k]);
 }
 
 static bool is_data_error(const char *sqlstate)
@@ -613,10 +827,10 @@ static void on_retry_timer(uv_timer_t *timer)
 
 static void schedule_retry(struct batcher_table *t, const char *why)
 {
-    struct batch *batch = t->head;
+    struct batch *batch = t->current;
     uint64_t now = uv_now(t->b->loop);
-    if (!batch->failing_since)
-        batch->failing_since = now;
+    if (!t->failing_since)
+        t->failing_since = now;
     t->stats.retries++;
     if (strcmp(t->last_error, why) != 0 || t->retry_ms >= 1000)
         log_warn("ingest %s: batch of %u rows not written, retrying in %u ms: %s", t->table->name,
@@ -625,12 +839,14 @@ static void schedule_retry(struct batcher_table *t, const char *why)
     t->writing = false;
     uv_timer_start(&t->retry_timer, on_retry_timer, t->retry_ms, 0);
     t->retry_ms = t->retry_ms * 2 > 5000 ? 5000 : t->retry_ms * 2;
+    batcher_kick(t); /* spill what waits, if the writer stays down */
 }
 
-/* Stores row `index` of the head batch in usaged.rejects, with the error that refused it. */
+/* Stores row `index` of the batch being written in usaged.rejects, with the error that refused
+ * it. */
 static void reject_row(struct batcher_table *t, uint32_t index)
 {
-    struct batch *batch = t->head;
+    struct batch *batch = t->current;
     buf_clear(&t->json);
     copy_row_to_json(t->table->columns, t->table->ncolumns,
                      batch->rows.data + batch->row_off[index],
@@ -653,9 +869,10 @@ static void reject_row(struct batcher_table *t, uint32_t index)
     pg_submit(&t->pg, &t->op);
 }
 
+/* Writes the top range of t->current. */
 static void write_range(struct batcher_table *t)
 {
-    struct batch *batch = t->head;
+    struct batch *batch = t->current;
     const struct batch_range *r = &batch->ranges[batch->nranges - 1];
     build_copy_sql(t, batch, r);
     t->copy_bufs[0] = uv_buf_init((char *)copy_header, COPY_HEADER_LEN);
@@ -682,9 +899,11 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
 {
     (void)pg;
     struct batcher_table *t = arg;
-    struct batch *batch = t->head;
-    struct batch_range *r = &batch->ranges[batch->nranges - 1];
     t->writing = false;
+    if (t->b->closing)
+        return; /* the connection is being closed; the batch is dealt with by batcher_close */
+    struct batch *batch = t->current;
+    struct batch_range *r = &batch->ranges[batch->nranges - 1];
     if (!t->rejecting)
         t->stats.copy_us += uv_hrtime() / 1000 - t->op_started_us;
 
@@ -733,6 +952,7 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
         t->stats.rows_written += rows;
     }
     t->retry_ms = RETRY_START_MS;
+    t->failing_since = 0;
     t->last_error[0] = '\0';
     batch->nranges--;
     if (batch->nranges > 0) {
@@ -750,13 +970,45 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
 
 static void batcher_kick(struct batcher_table *t)
 {
-    if (t->writing || !t->head || !pg_is_idle(&t->pg) ||
-        uv_is_active((uv_handle_t *)&t->retry_timer))
+    struct batcher *b = t->b;
+    if (b->closing)
         return;
+    if (t->head && !t->writing && (!pg_is_idle(&t->pg) || t->failing_since || b->drain_expired)) {
+        maybe_spill(t);
+        if (t->head && !uv_is_active((uv_handle_t *)&t->spill_timer))
+            uv_timer_start(&t->spill_timer, on_spill_timer, 100, 100);
+    }
+    if (t->writing || !pg_is_idle(&t->pg) || uv_is_active((uv_handle_t *)&t->retry_timer))
+        return;
+    /* Take turns between memory and the spool, so that neither starves the other. */
+    bool spooled = b->spool && !b->draining && !t->fetching && spool_has_records(b->spool, t->kind);
+    bool head_is_replay = t->head && t->head->replay;
+    if (spooled && !head_is_replay && (!t->head || t->replay_turn)) {
+        t->fetching = true;
+        t->replay_turn = false;
+        spool_next(b->spool, t->kind, on_record, t);
+        return;
+    }
+    if (!t->head)
+        return;
+    t->replay_turn = true;
+    /* The batch written is remembered, not assumed to stay the head: a replayed record or a
+     * batch back from a failed spool write may be put in front of it meanwhile. */
+    t->current = t->head;
     write_range(t);
 }
 
 /* ---- drain and close ---- */
+
+static void on_drain_timer(uv_timer_t *timer)
+{
+    struct batcher *b = timer->data;
+    b->drain_expired = true;
+    log_warn("ingest: drain_timeout_s passed; spooling what is not written yet");
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        batcher_kick(&b->tables[k]);
+    check_drained(b);
+}
 
 void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void *arg), void *arg)
 {
@@ -765,6 +1017,8 @@ void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void
     b->drained_arg = arg;
     for (int k = 0; k < EVENT_KIND_COUNT; k++)
         seal(&b->tables[k]);
+    if (b->on_drained)
+        uv_timer_start(&b->drain_timer, on_drain_timer, (uint64_t)b->drain_timeout_s * 1000, 0);
     check_drained(b);
 }
 
@@ -789,11 +1043,14 @@ void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void 
 {
     b->on_closed = on_closed;
     b->closed_arg = arg;
-    b->closing = EVENT_KIND_COUNT * 3;
+    b->closing = EVENT_KIND_COUNT * 4 + 1;
+    b->drain_timer.data = &b->tables[0];
+    uv_close((uv_handle_t *)&b->drain_timer, on_handle_closed);
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         struct batcher_table *t = &b->tables[k];
         uv_close((uv_handle_t *)&t->flush_timer, on_handle_closed);
         uv_close((uv_handle_t *)&t->retry_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&t->spill_timer, on_handle_closed);
         pg_close(&t->pg, on_pg_closed);
         /* Whatever is left was not drained (the caller gave up): say so. */
         uint64_t left = t->queued_rows;
@@ -805,6 +1062,8 @@ void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void 
         t->filling = NULL;
         while (t->head) {
             struct batch *next = t->head->next;
+            if (t->head->replay) /* not committed: it stays in the spool for the next start */
+                spool_release(b->spool, t->head->replay, false);
             for (uint32_t i = 0; i < t->head->nacks; i++) {
                 conn_unref(t->head->acks[i]->conn);
                 free(t->head->acks[i]);

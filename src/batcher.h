@@ -26,9 +26,9 @@
 #include "event.h"
 #include "pg.h"
 #include "rpc.h"
+#include "spool.h"
 
 struct batcher;
-struct spool;
 
 /* A durable request waiting for its batch. */
 struct batch_ack {
@@ -38,15 +38,17 @@ struct batch_ack {
 };
 
 struct batch {
+    struct batcher_table *t;
     struct buf rows;   /* COPY tuples, back to back */
     uint32_t *row_off; /* start of each row in rows; row_off[nrows] is rows.len */
     uint32_t nrows;
     uint32_t cap_rows;
     struct batch_ack **acks; /* durable requests answered when this batch is done */
     uint32_t nacks, cap_acks;
-    uint64_t first_row_ms;  /* loop time of the first row */
-    uint64_t failing_since; /* loop time of the first failed attempt; 0: none */
-    bool idempotent;        /* write through a staging table with ON CONFLICT DO NOTHING */
+    uint64_t first_row_ms;       /* loop time of the first row */
+    uint64_t sealed_ms;          /* loop time it was sealed */
+    struct spool_record *replay; /* a record read back from the spool: never spilled again */
+    bool idempotent;             /* write through a staging table with ON CONFLICT DO NOTHING */
     struct batch_range {
         uint32_t lo, hi;
     } * ranges; /* rows still to write: a stack, split on data errors */
@@ -58,7 +60,8 @@ struct batcher_table_stats {
     uint64_t rows_queued;       /* events accepted into this table's queue */
     uint64_t rows_written;      /* rows committed */
     uint64_t rows_rejected;     /* rows refused by PostgreSQL and stored in usaged.rejects */
-    uint64_t rows_spooled;      /* rows handed to the spool */
+    uint64_t rows_spooled;      /* rows fsync'd to the spool */
+    uint64_t rows_replayed;     /* rows committed from the spool */
     uint64_t batches;           /* batches committed */
     uint64_t statements;        /* COPY statements sent (splits and retries included) */
     uint64_t idempotent_writes; /* statements through the staging table */
@@ -73,7 +76,9 @@ struct batcher_table {
     struct pg_conn pg;         /* this table's writer connection */
     struct batch *filling;     /* accepting rows */
     struct batch *head, *tail; /* sealed batches, oldest first; head is written first */
-    bool writing;              /* head is being written */
+    struct batch *current;     /* the batch being written (valid while writing, or waiting for
+                                  a retry of its write) */
+    bool writing;              /* current is being written */
     bool rejecting;            /* the op in flight stores a bad row in usaged.rejects */
     struct pg_op op;
     uv_buf_t copy_bufs[3]; /* header, rows, trailer */
@@ -86,7 +91,11 @@ struct batcher_table {
     uint64_t queued_rows;   /* rows in this table's batches, written or not */
     uv_timer_t flush_timer; /* batch_ms after the first row of the filling batch */
     uv_timer_t retry_timer; /* backoff after a failed attempt */
+    uv_timer_t spill_timer; /* while rows wait for a writer that is down or failing */
     uint32_t retry_ms;
+    uint64_t failing_since; /* loop time of the first failed attempt in a row; 0: none */
+    bool fetching;          /* a spool record is being read for replay */
+    bool replay_turn;       /* the next write replays a spool record, if there is one */
     char last_error[256];
     struct batcher_table_stats stats;
 };
@@ -102,7 +111,13 @@ struct batcher_stats {
 struct batcher {
     uv_loop_t *loop;
     struct batcher_table tables[EVENT_KIND_COUNT];
-    uint64_t queued_rows; /* both tables */
+    uint64_t queued_rows; /* rows in memory, not yet handed to the spool, both tables */
+    struct spool *spool;  /* NULL: no spool (rows wait in memory) */
+    uint32_t spill_after_ms;
+    uint32_t drain_timeout_s;
+    uv_timer_t drain_timer;
+    bool drain_expired; /* drain_timeout_s passed: spill whatever is left */
+    uint32_t spooling;  /* batches handed to the spool, not yet fsync'd */
     uint32_t batch_rows;
     uint32_t batch_ms;
     uint32_t queue_rows;
@@ -117,6 +132,11 @@ struct batcher {
     int closing; /* handles still closing */
     void (*on_closed)(struct batcher *b, void *arg);
     void *closed_arg;
+    /* Called when a writer connection connects, fails to connect or is lost (and after each
+     * statement, when it is idle again), so that the daemon can judge its readiness; set by the
+     * owner after batcher_init. NULL: nobody asks. */
+    void (*on_state)(void *arg);
+    void *state_arg;
     struct batcher_stats stats;
 };
 
@@ -135,7 +155,11 @@ enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind
 void batcher_log_denied(struct batcher *b, const uint8_t user_id[16], const char *provider,
                         size_t provider_len, const char *reason, int64_t now_ms);
 
-/* Seals every batch and calls on_drained once every queue is written. */
+/* Room appeared in the spool, or it finished recovery: spill or replay what waits. */
+void batcher_spool_changed(struct batcher *b);
+
+/* Seals every batch and calls on_drained once every queue is written (to PostgreSQL, or to the
+ * spool for what is left after ingest.drain_timeout_s). */
 void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void *arg), void *arg);
 /* Closes the connections and timers; on_closed runs when all are closed. */
 void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void *arg), void *arg);

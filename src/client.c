@@ -77,7 +77,36 @@ static int connect_unix(const char *path, char *err, size_t errlen)
     return fd;
 }
 
-static int connect_tcp(const char *address, char *err, size_t errlen)
+/* connect() with a deadline: the socket is non-blocking, so an unreachable host costs at most
+ * timeout_ms (< 0: no limit) instead of the kernel's minutes of SYN retries. */
+static int connect_within(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms)
+{
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    if (connect(fd, sa, len) == 0)
+        return 0;
+    if (errno != EINPROGRESS)
+        return -1;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int n;
+    do
+        n = poll(&p, 1, timeout_ms);
+    while (n < 0 && errno == EINTR);
+    if (n == 0) {
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    int soerr = 0;
+    socklen_t soerr_len = sizeof(soerr);
+    if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len) < 0)
+        return -1;
+    if (soerr) {
+        errno = soerr;
+        return -1;
+    }
+    return 0;
+}
+
+static int connect_tcp(const char *address, int timeout_ms, char *err, size_t errlen)
 {
     char host[256];
     const char *colon = strrchr(address, ':');
@@ -99,18 +128,21 @@ static int connect_tcp(const char *address, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", address, gai_strerror(rc));
         return -1;
     }
-    int fd = -1;
+    int fd = -1, saved = 0;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
         fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0)
+        if (fd < 0) {
+            saved = errno;
             continue;
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        }
+        if (connect_within(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms) == 0)
             break;
+        saved = errno;
         close(fd);
         fd = -1;
     }
     if (fd < 0)
-        snprintf(err, errlen, "%s: %s", address, strerror(errno));
+        snprintf(err, errlen, "%s: %s", address, strerror(saved));
     freeaddrinfo(res);
     return fd;
 }
@@ -123,7 +155,7 @@ usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, si
     else if (address[0] == '/' || address[0] == '.')
         fd = connect_unix(address, err, errlen);
     else
-        fd = connect_tcp(address, err, errlen);
+        fd = connect_tcp(address, timeout_ms, err, errlen);
     if (fd < 0)
         return NULL;
     /* Non-blocking from here on: every wait goes through poll() with the timeout. */
@@ -471,6 +503,8 @@ static struct usaged_quota get_quota(const msgpack_object *map, const char *key)
 int usaged_check(usaged_client *c, const char *user_id, const char *provider, uint32_t cost,
                  struct usaged_check_result *out)
 {
+    if (!user_id || !provider)
+        return set_error(c, USAGED_ERR_ARGUMENT, "argument", "check needs user_id and provider");
     uint32_t msgid;
     msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
     msgpack_pack_map(pk, 3);
@@ -637,9 +671,15 @@ static int send_events(usaged_client *c, const char *method, const void *events,
     return rc;
 }
 
+/* Refuses, before packing anything, events that lack a required field: a half-packed message
+ * could not be taken back out of the output buffer. */
 int usaged_log_usage(usaged_client *c, const struct usaged_usage_event *events, size_t count,
                      enum usaged_ack ack, bool notify, uint64_t *accepted)
 {
+    for (size_t i = 0; i < count; i++)
+        if (!events[i].user_id || !events[i].provider)
+            return set_error(c, USAGED_ERR_ARGUMENT, "argument",
+                             "event %zu: user_id and provider are required", i);
     return send_events(c, USAGED_METHOD_LOG_USAGE, events, sizeof(*events), count, usage_fields_any,
                        ack, notify, accepted);
 }
@@ -647,6 +687,10 @@ int usaged_log_usage(usaged_client *c, const struct usaged_usage_event *events, 
 int usaged_log_prompt(usaged_client *c, const struct usaged_prompt_event *events, size_t count,
                       enum usaged_ack ack, bool notify, uint64_t *accepted)
 {
+    for (size_t i = 0; i < count; i++)
+        if (!events[i].user_id || !events[i].status)
+            return set_error(c, USAGED_ERR_ARGUMENT, "argument",
+                             "event %zu: user_id and status are required", i);
     return send_events(c, USAGED_METHOD_LOG_PROMPT, events, sizeof(*events), count,
                        prompt_fields_any, ack, notify, accepted);
 }

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "methods.h"
+#include "stats.h"
 #include "xalloc.h"
 
 static void conn_limits_from(const struct config *c, struct conn_limits *l)
@@ -60,6 +61,68 @@ static void on_signal(uv_signal_t *sig, int signum)
     daemon_stop(d);
 }
 
+/* The spool finished its recovery, or has room again: let the batcher spill or replay. */
+static void on_spool_changed(void *arg)
+{
+    struct daemon *d = arg;
+    batcher_spool_changed(&d->batcher);
+}
+
+/* limits.log_denied: a denied check becomes an api_usage_logs row with status 429. */
+static void log_denied_check(void *arg, const uint8_t user_id[16], const char *provider, size_t len,
+                             const char *reason, int64_t now_ms)
+{
+    struct daemon *d = arg;
+    batcher_log_denied(&d->batcher, user_id, provider, len, reason, now_ms);
+}
+
+/* The ingest writer connections have each finished a first connect attempt: connected, or
+ * failed, in which case rows wait in the queue (and the spool) while it retries. Either way the
+ * daemon serves; a failed attempt means degraded mode is in force. */
+static bool ingest_settled(const struct batcher *b)
+{
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        const struct pg_stats *s = &b->tables[k].pg.stats;
+        if (s->connects + s->connect_failures == 0)
+            return false;
+    }
+    return true;
+}
+
+void daemon_check_ready(struct daemon *d)
+{
+    if (!d->started || d->ready || d->stopping)
+        return;
+    /* Every part that must settle before the daemon tells systemd it is up, one condition
+     * each; a part joins with its own condition and a call to daemon_check_ready from its state
+     * change callback (the Redis limiter: connected, or its first attempt failed and
+     * limits.on_redis_error is in force). */
+    if (d->listener.count == 0)
+        return;
+    if (!ingest_settled(&d->batcher))
+        return;
+    if (!limiter_settled(&d->limiter))
+        return;
+    d->ready = true;
+    log_info("ready");
+    notify_ready(&d->notify);
+}
+
+static void on_part_state(void *arg)
+{
+    daemon_check_ready(arg);
+}
+
+static void status_line(void *arg, char *out, size_t len)
+{
+    stats_summary(arg, out, len);
+}
+
+static void collect_stats(void *arg, msgpack_packer *pk)
+{
+    stats_pack(arg, pk);
+}
+
 static void start_signal(struct daemon *d, uv_signal_t *sig, int signum)
 {
     uv_signal_init(d->loop, sig);
@@ -85,15 +148,50 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     rc = listener_open(&d->listener, loop, config, &d->conns, err, errlen);
     if (rc < 0) {
         conn_set_close(&d->conns);
-        return rc;
+        goto fail;
     }
+    if (config->metrics.listen) {
+        rc = metrics_open(&d->metrics, loop, config->metrics.listen, collect_stats, d, err, errlen);
+        if (rc < 0) {
+            listener_close(&d->listener);
+            conn_set_close(&d->conns);
+            goto fail;
+        }
+    }
+    /* The spool directory is locked: another daemon holding it is a reason not to start. */
+    rc = spool_open(&d->spool, loop, config, on_spool_changed, on_spool_changed, d, err, errlen);
+    if (rc < 0) {
+        metrics_close(&d->metrics);
+        listener_close(&d->listener);
+        conn_set_close(&d->conns);
+        goto fail;
+    }
+    /* Before anything that can connect: the state callbacks may run from the start calls. */
+    notify_start(&d->notify, loop, status_line, d);
     batcher_init(&d->batcher, loop, config);
+    d->batcher.spool = &d->spool;
+    d->batcher.on_state = on_part_state;
+    d->batcher.state_arg = d;
     batcher_start(&d->batcher);
+    limiter_init(&d->limiter, loop, config);
+    d->limiter.on_denied = log_denied_check;
+    d->limiter.denied_arg = d;
+    d->limiter.on_state = on_part_state;
+    d->limiter.state_arg = d;
+    limiter_start(&d->limiter);
+    refresh_init(&d->refresh, loop, config);
+    refresh_start(&d->refresh);
     start_signal(d, &d->sig_term, SIGTERM);
     start_signal(d, &d->sig_int, SIGINT);
     start_signal(d, &d->sig_hup, SIGHUP);
     log_info("usaged %s started", USAGED_VERSION);
+    d->started = true;
+    daemon_check_ready(d);
     return 0;
+fail:
+    free(d->token);
+    d->token = NULL;
+    return rc;
 }
 
 /* Keys that only a restart applies; a reload that changes them says so. */
@@ -113,6 +211,8 @@ static void warn_restart_only(const struct config *old, const struct config *new
         log_warn("reload: redis settings changed; they take effect at the next restart");
     if (CHANGED_STR(old->spool.dir, new->spool.dir))
         log_warn("reload: spool.dir changed; it takes effect at the next restart");
+    if (CHANGED_STR(old->metrics.listen, new->metrics.listen))
+        log_warn("reload: metrics.listen changed; it takes effect at the next restart");
 #undef CHANGED_STR
 }
 
@@ -130,7 +230,7 @@ void daemon_reload(struct daemon *d)
     struct config *old = d->config;
     char *keep[] = {fresh->listen.unix_path,  fresh->listen.tcp,    fresh->auth.token_file,
                     fresh->postgres.conninfo, fresh->redis.address, fresh->redis.key_prefix,
-                    fresh->spool.dir};
+                    fresh->spool.dir,         fresh->metrics.listen};
     fresh->listen.unix_path = old->listen.unix_path;
     fresh->listen.tcp = old->listen.tcp;
     fresh->listen.unix_mode = old->listen.unix_mode;
@@ -139,6 +239,7 @@ void daemon_reload(struct daemon *d)
     fresh->redis.address = old->redis.address;
     fresh->redis.key_prefix = old->redis.key_prefix;
     fresh->spool.dir = old->spool.dir;
+    fresh->metrics.listen = old->metrics.listen;
     old->listen.unix_path = keep[0];
     old->listen.tcp = keep[1];
     old->auth.token_file = keep[2];
@@ -146,6 +247,7 @@ void daemon_reload(struct daemon *d)
     old->redis.address = keep[4];
     old->redis.key_prefix = keep[5];
     old->spool.dir = keep[6];
+    old->metrics.listen = keep[7];
 
     d->config = fresh;
     log_set_level((enum log_level)fresh->log.level);
@@ -153,8 +255,17 @@ void daemon_reload(struct daemon *d)
     conn_limits_from(fresh, &limits);
     conn_set_limits(&d->conns, &limits);
     batcher_configure(&d->batcher, fresh);
+    spool_configure(&d->spool, fresh);
+    limiter_configure(&d->limiter, fresh);
+    refresh_configure(&d->refresh, fresh);
     config_free(old);
     log_info("reloaded %s", fresh->path);
+}
+
+static void on_spool_closed(struct spool *s, void *arg)
+{
+    (void)s;
+    (void)arg;
 }
 
 static void close_signals(struct daemon *d)
@@ -170,12 +281,29 @@ static void on_batcher_closed(struct batcher *b, void *arg)
     (void)arg;
 }
 
+static void on_limiter_closed(struct limiter *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+}
+
+static void on_refresh_closed(struct refresh *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+}
+
 static void on_connections_finished(struct conn_set *set)
 {
     struct daemon *d = (struct daemon *)((char *)set - offsetof(struct daemon, conns));
     log_info("every connection is closed; stopping");
     conn_set_close(&d->conns);
+    limiter_close(&d->limiter, on_limiter_closed, d);
     batcher_close(&d->batcher, on_batcher_closed, d);
+    spool_close(&d->spool, on_spool_closed, d);
+    refresh_close(&d->refresh, on_refresh_closed, d);
+    metrics_close(&d->metrics);
+    notify_close(&d->notify);
     close_signals(d);
 }
 
@@ -192,7 +320,10 @@ void daemon_stop(struct daemon *d)
     if (d->stopping)
         return;
     d->stopping = true;
+    notify_stopping(&d->notify);
     listener_close(&d->listener);
+    /* A refresh or maintenance statement may run for minutes: cancel it, do not wait. */
+    refresh_stop(&d->refresh);
     batcher_drain(&d->batcher, on_drained, d);
 }
 

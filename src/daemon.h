@@ -11,7 +11,11 @@
 #include "batcher.h"
 #include "config.h"
 #include "conn.h"
+#include "limiter.h"
 #include "listener.h"
+#include "metrics.h"
+#include "notify.h"
+#include "refresh.h"
 
 struct daemon {
     uv_loop_t *loop;
@@ -20,10 +24,17 @@ struct daemon {
     size_t token_len;
     struct conn_set conns;
     struct listener listener;
+    struct spool spool;
     struct batcher batcher;
+    struct limiter limiter;
+    struct refresh refresh; /* analytics refresh and daily maintenance */
     uv_signal_t sig_term, sig_int, sig_hup;
-    uint64_t started_ms; /* loop time at start, for uptime */
-    bool stopping;       /* SIGTERM received: no new work */
+    struct notify notify;   /* sd_notify: READY=1, STATUS=, STOPPING=1, WATCHDOG=1 */
+    struct metrics metrics; /* the Prometheus endpoint, when metrics.listen is set */
+    bool started;           /* daemon_start has finished: readiness may be judged */
+    bool ready;             /* every part has settled and READY=1 was sent */
+    uint64_t started_ms;    /* loop time at start, for uptime */
+    bool stopping;          /* SIGTERM received: no new work */
     int exit_code;
 };
 
@@ -37,6 +48,9 @@ int daemon_run(struct daemon *d);
 void daemon_reload(struct daemon *d);
 /* Begins the drain: stop accepting, answer what is pending, flush, then stop. */
 void daemon_stop(struct daemon *d);
+/* Judges again whether the daemon is up, and tells systemd (READY=1) the first time it is.
+ * Parts call it when their state changes (a connection made, failed or lost). */
+void daemon_check_ready(struct daemon *d);
 
 /* Milliseconds since the daemon started. */
 uint64_t daemon_uptime_ms(const struct daemon *d);

@@ -10,6 +10,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#ifdef USAGED_HAVE_SYSTEMD
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <systemd/sd-daemon.h>
+#endif
+
 #include "log.h"
 #include "xalloc.h"
 
@@ -135,12 +141,94 @@ static int open_tcp(struct listener *l, uv_loop_t *loop, const char *spec, struc
     return 0;
 }
 
+#ifdef USAGED_HAVE_SYSTEMD
+/* Whether a passed TCP socket is bound to a loopback address, where the config rule "a
+ * non-loopback listener needs auth.token_file" does not apply. */
+static bool is_loopback_socket(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return false;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/* Takes the n listening sockets systemd passed (fds 3..3+n-1). The files behind passed Unix
+ * sockets belong to systemd's socket unit: unix_path stays NULL so that close never unlinks
+ * them. */
+static int open_passed(struct listener *l, uv_loop_t *loop, int n, const struct config *config,
+                       struct conn_set *conns, char *err, size_t errlen)
+{
+    if ((size_t)n > sizeof(l->sockets) / sizeof(l->sockets[0])) {
+        snprintf(err, errlen, "systemd passed %d sockets; at most %zu are supported", n,
+                 sizeof(l->sockets) / sizeof(l->sockets[0]));
+        return -EINVAL;
+    }
+    for (int i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        bool is_unix = sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) > 0;
+        bool is_inet = !is_unix && sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) > 0;
+        if (!is_unix && !is_inet) {
+            snprintf(err, errlen,
+                     "fd %d passed by systemd is not a listening stream socket (Unix or TCP)", fd);
+            return -EINVAL;
+        }
+        if (is_inet && !config->auth.token_file && !is_loopback_socket(fd)) {
+            snprintf(err, errlen,
+                     "fd %d passed by systemd is a non-loopback TCP socket: auth.token_file is "
+                     "required",
+                     fd);
+            return -EINVAL;
+        }
+        struct listener_socket *s = next_socket(l, loop, is_inet, conns);
+        int rc = is_inet ? uv_tcp_open(&s->h.tcp, fd) : uv_pipe_open(&s->h.pipe, fd);
+        if (rc == 0)
+            rc = uv_listen(&s->h.stream, BACKLOG, on_connection);
+        if (rc < 0) {
+            snprintf(err, errlen, "fd %d passed by systemd: %s", fd, uv_strerror(rc));
+            return rc;
+        }
+    }
+    log_info("listening on %d socket%s passed by systemd; listen.unix and listen.tcp are not "
+             "opened",
+             n, n == 1 ? "" : "s");
+    /* Under socket activation the config's addresses do nothing; say so, rather than let an
+     * operator believe a TCP listener is up. */
+    if (config->listen.tcp)
+        log_warn("listen.tcp %s is ignored under socket activation: add a ListenStream= line to "
+                 "usaged.socket instead",
+                 config->listen.tcp);
+    return 0;
+}
+#endif
+
 int listener_open(struct listener *l, uv_loop_t *loop, const struct config *config,
                   struct conn_set *conns, char *err, size_t errlen)
 {
     memset(l, 0, sizeof(*l));
     err[0] = '\0';
     int rc = 0;
+#ifdef USAGED_HAVE_SYSTEMD
+    /* Socket activation: LISTEN_FDS/LISTEN_PID name sockets systemd opened for this process.
+     * sd_listen_fds(1) also clears those variables, so that no child takes them for its own. */
+    int passed = sd_listen_fds(1);
+    if (passed < 0) {
+        snprintf(err, errlen, "sockets passed by systemd: %s", strerror(-passed));
+        return passed;
+    }
+    if (passed > 0) {
+        rc = open_passed(l, loop, passed, config, conns, err, errlen);
+        if (rc < 0)
+            listener_close(l);
+        return rc;
+    }
+#endif
     if (config->listen.unix_path)
         rc = open_unix(l, loop, config->listen.unix_path, config->listen.unix_mode, conns, err,
                        errlen);

@@ -101,7 +101,7 @@ int main(int argc, char **argv)
     if (daemon_start(&d, &loop, config, err, sizeof(err)) < 0) {
         log_error("cannot start: %s", err);
         config_free(config);
-        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_run(&loop, UV_RUN_DEFAULT); /* let what was opened finish closing */
         uv_loop_close(&loop);
         return 1;
     }

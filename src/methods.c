@@ -114,9 +114,7 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
             return batcher_submit(&d->batcher, EVENT_USAGE, c, m);
         if (m->method == RPC_LOG_PROMPT)
             return batcher_submit(&d->batcher, EVENT_PROMPT, c, m);
-        rpc_error_set(&e, RPC_UNKNOWN_METHOD, "%s is not available yet",
-                      rpc_method_name(m->method));
-        return refuse(c, m, &e);
+        return limiter_submit(&d->limiter, c, m);
     case RPC_METHOD_UNKNOWN:
         break;
     }

@@ -80,13 +80,13 @@ static void pg_drop(struct pg_conn *pg, const char *why)
     struct pg_op *op = pg->op;
     pg->op = NULL;
     pg->state = PG_DOWN;
-    if (was_up)
+    if (was_up && !pg->closing)
         pg->stats.losses++;
     if (op) {
         struct pg_outcome o = {.ok = false, .connection_lost = true, .error = pg->last_error};
         op->done(pg, &o, op->arg);
     }
-    if (was_up && pg->cb->lost)
+    if (was_up && !pg->closing && pg->cb->lost)
         pg->cb->lost(pg, pg->cb_arg);
 }
 
@@ -106,6 +106,8 @@ static void pg_fail_connection(struct pg_conn *pg, const char *why)
     pg_drop(pg, why);
     if (pg->state != PG_CLOSED)
         pg_schedule_reconnect(pg);
+    if (!was_up && pg->state != PG_CLOSED && pg->cb->connect_failed)
+        pg->cb->connect_failed(pg, pg->cb_arg);
 }
 
 static const char *conn_error(PGconn *conn)
@@ -165,6 +167,16 @@ static void on_connect_timeout(uv_timer_t *t)
         pg_fail_connection(pg, "connect timeout");
 }
 
+/* Server notices (NOTICE, and the FATAL sent before a server shuts a connection) go to the log,
+ * not to stderr raw as libpq's default would. */
+static void pg_notice(void *arg, const char *message)
+{
+    struct pg_conn *pg = arg;
+    char line[512];
+    copy_message(line, sizeof(line), message);
+    log_debug("postgres (%s): %s", pg->name, line);
+}
+
 static void pg_connect(struct pg_conn *pg)
 {
     pg->state = PG_CONNECTING;
@@ -175,6 +187,7 @@ static void pg_connect(struct pg_conn *pg)
         pg_fail_connection(pg, why);
         return;
     }
+    PQsetNoticeProcessor(pg->conn, pg_notice, pg);
     int fd = PQsocket(pg->conn);
     pg->poll = xmalloc(sizeof(*pg->poll));
     if (uv_poll_init(pg->loop, pg->poll, fd) != 0) {
@@ -479,8 +492,10 @@ static void on_timer_closed(uv_handle_t *h)
 
 void pg_close(struct pg_conn *pg, void (*on_closed)(struct pg_conn *pg))
 {
-    if (pg->state == PG_CLOSED)
+    if (pg->state == PG_CLOSED || pg->closing)
         return;
+    /* Marked first: the callbacks pg_drop runs (an op completing as lost) may call here again. */
+    pg->closing = true;
     pg->on_closed = on_closed;
     pg_drop(pg, "closing");
     pg->state = PG_CLOSED;

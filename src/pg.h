@@ -45,6 +45,8 @@ struct pg_callbacks {
     void (*ready)(struct pg_conn *pg, void *arg); /* connected (again), or idle after an op */
     void (*lost)(struct pg_conn *pg, void *arg);  /* the connection went down */
     void (*notify)(struct pg_conn *pg, const char *channel, const char *payload, void *arg);
+    /* an attempt to connect failed (a retry follows after the backoff); NULL: not told */
+    void (*connect_failed)(struct pg_conn *pg, void *arg);
 };
 
 enum pg_state { PG_DOWN = 0, PG_CONNECTING, PG_IDLE, PG_BUSY, PG_CLOSED };
@@ -85,6 +87,7 @@ struct pg_conn {
     uint64_t last_logged_ms; /* loop time a connect failure was last logged */
     struct pg_stats stats;
     void (*on_closed)(struct pg_conn *pg);
+    bool closing; /* pg_close has begun */
     int closing_handles;
 };
 

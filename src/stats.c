@@ -1,6 +1,8 @@
 /* stats: see stats.h. */
 #include "stats.h"
 
+#include <stdio.h>
+
 #include "daemon.h"
 #include "rpc.h"
 
@@ -21,7 +23,7 @@ static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *co
 void stats_pack(const struct daemon *d, msgpack_packer *pk)
 {
     const struct conn_stats *cs = &d->conns.stats;
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 11);
     rpc_pack_str(pk, "version");
     rpc_pack_str(pk, USAGED_VERSION);
     pack_u64(pk, "uptime_ms", daemon_uptime_ms(d));
@@ -47,4 +49,30 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
 
     rpc_pack_str(pk, "ingest");
     batcher_pack_stats(&d->batcher, pk);
+
+    rpc_pack_str(pk, "spool");
+    spool_pack_stats(&d->spool, pk);
+
+    rpc_pack_str(pk, "limits");
+    limiter_pack_stats(&d->limiter, pk);
+
+    rpc_pack_str(pk, "refresh");
+    refresh_pack_stats(&d->refresh, pk);
+    rpc_pack_str(pk, "maintenance");
+    refresh_pack_maintenance_stats(&d->refresh, pk);
+}
+
+void stats_summary(const struct daemon *d, char *out, size_t len)
+{
+    uint64_t written = 0;
+    int up = 0;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        const struct batcher_table *t = &d->batcher.tables[k];
+        written += t->stats.rows_written;
+        up += t->pg.state == PG_IDLE || t->pg.state == PG_BUSY;
+    }
+    unsigned long long queued = d->batcher.queued_rows;
+    snprintf(out, len, "%s%u connections, %llu rows queued, %llu rows written, postgres %d/%d up",
+             d->stopping ? "draining: " : "", d->conns.count, queued, (unsigned long long)written,
+             up, EVENT_KIND_COUNT);
 }

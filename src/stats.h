@@ -9,5 +9,8 @@
 struct daemon;
 
 void stats_pack(const struct daemon *d, msgpack_packer *pk);
+/* One line of the main figures (connections, queued and written rows, PostgreSQL), for
+ * systemd's STATUS= (systemctl status shows it). */
+void stats_summary(const struct daemon *d, char *out, size_t len);
 
 #endif

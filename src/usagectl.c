@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buf.h"
+#include "prom.h"
 #include "usaged/client.h"
 
 #define EXIT_DENIED 1
@@ -37,6 +39,51 @@ static const char *const usage_text =
     "  log-*: --ack queued|durable, --notify (fire-and-forget)\n"
     "\n"
     "exit codes: 0 ok, 1 error answer or denied, 2 usage, 3 connection, 4 timeout/protocol\n";
+
+/* `usagectl COMMAND --help`. */
+static const struct command_help {
+    const char *command;
+    const char *text;
+} command_help[] = {
+    {"ping", "usage: usagectl [OPTIONS] ping\n"
+             "Asks the daemon for its version, protocol and uptime. Exit 0 when it answers.\n"},
+    {"stats", "usage: usagectl [OPTIONS] stats [--json | --prometheus]\n"
+              "Prints the daemon's counters and gauges: one \"section.key value\" line each, or\n"
+              "the whole map as JSON, or the Prometheus text exposition format (the same text\n"
+              "as the metrics.listen endpoint serves).\n"},
+    {"check", "usage: usagectl [OPTIONS] check USER_ID PROVIDER [--cost N]\n"
+              "Spends N (default 1; 0 only looks) of USER_ID's quota with PROVIDER and prints the\n"
+              "answer as JSON. Exit 0 when allowed, 1 when denied or refused.\n"},
+    {"log-usage", "usage: usagectl [OPTIONS] log-usage KEY=VALUE... [--ack queued|durable] "
+                  "[--notify]\n"
+                  "Records one API call in api_usage_logs, e.g.\n"
+                  "  usagectl log-usage user_id=UUID provider=openai status_code=200\n"
+                  "Keys are the fields of log_usage (docs/protocol.md). --notify sends it as a\n"
+                  "notification (no answer); else the answer, {\"accepted\": 1}, is printed.\n"},
+    {"log-prompt", "usage: usagectl [OPTIONS] log-prompt KEY=VALUE... [--ack queued|durable] "
+                   "[--notify]\n"
+                   "Records one prompt generation in prompt_history, e.g.\n"
+                   "  usagectl log-prompt user_id=UUID status=completed model=gpt-4o\n"
+                   "Keys are the fields of log_prompt (docs/protocol.md).\n"},
+    {"call", "usage: usagectl [OPTIONS] call METHOD [VALUE...]\n"
+             "Sends any request with the VALUEs as params (int, float, true, false, null, else a\n"
+             "string) and prints the result as JSON.\n"},
+    {"migrate", "usage: usagectl migrate -c CONFIG\n"
+                "Applies pending database migrations: runs usaged --migrate -c CONFIG (the usaged\n"
+                "beside usagectl, else the one on PATH).\n"},
+};
+
+/* Prints COMMAND's help; false when there is no such command. */
+static bool print_command_help(const char *command)
+{
+    for (size_t i = 0; i < sizeof(command_help) / sizeof(command_help[0]); i++) {
+        if (strcmp(command_help[i].command, command) == 0) {
+            fputs(command_help[i].text, stdout);
+            return true;
+        }
+    }
+    return false;
+}
 
 static int exit_for(int rc)
 {
@@ -153,52 +200,6 @@ static void print_table(const msgpack_object *o, char *prefix, size_t plen)
         print_table(&o->via.map.ptr[i].val, prefix, plen + n < 256 ? plen + n : 255);
         prefix[plen] = '\0';
     }
-}
-
-/* Prometheus text exposition: every numeric or boolean leaf becomes a gauge named after its path,
- * usaged_<section>_<key>, with characters outside [a-zA-Z0-9_] replaced by '_'. */
-static void print_prometheus(const msgpack_object *o, char *name, size_t len)
-{
-    if (o->type == MSGPACK_OBJECT_MAP) {
-        for (uint32_t i = 0; i < o->via.map.size; i++) {
-            const msgpack_object *k = &o->via.map.ptr[i].key;
-            if (k->type != MSGPACK_OBJECT_STR)
-                continue;
-            size_t n = len;
-            if (n + 1 + k->via.str.size >= 256)
-                continue;
-            name[n++] = '_';
-            for (uint32_t j = 0; j < k->via.str.size; j++) {
-                char ch = k->via.str.ptr[j];
-                bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-                          (ch >= '0' && ch <= '9') || ch == '_';
-                name[n++] = ok ? ch : '_';
-            }
-            name[n] = '\0';
-            print_prometheus(&o->via.map.ptr[i].val, name, n);
-            name[len] = '\0';
-        }
-        return;
-    }
-    double v;
-    switch (o->type) {
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        v = (double)o->via.u64;
-        break;
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
-        v = (double)o->via.i64;
-        break;
-    case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        v = o->via.f64;
-        break;
-    case MSGPACK_OBJECT_BOOLEAN:
-        v = o->via.boolean ? 1 : 0;
-        break;
-    default:
-        return;
-    }
-    printf("# TYPE %s gauge\n%s %.17g\n", name, name, v);
 }
 
 /* ---- values from the command line ---- */
@@ -383,14 +384,17 @@ static int cmd_stats(usaged_client *c, int argc, char **argv)
     int rc = usaged_stats(c, &r);
     if (rc != USAGED_OK)
         return fail(c, rc);
-    char name[256] = "usaged";
+    char name[256] = "";
     if (format == JSON) {
         print_json(stdout, r, 0);
         putchar('\n');
     } else if (format == PROMETHEUS) {
-        print_prometheus(r, name, strlen(name));
+        struct buf text;
+        buf_init(&text);
+        prom_render(r, "usaged", &text);
+        fwrite(text.data, 1, text.len, stdout);
+        buf_free(&text);
     } else {
-        name[0] = '\0';
         print_table(r, name, 0);
     }
     return 0;
@@ -444,9 +448,16 @@ int main(int argc, char **argv)
         case 'T':
             token_file = optarg;
             break;
-        case 't':
-            timeout_ms = atoi(optarg);
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end || v < 1 || v > 3600000) {
+                fprintf(stderr, "usagectl: --timeout needs milliseconds, 1 to 3600000\n");
+                return EXIT_USAGE;
+            }
+            timeout_ms = (int)v;
             break;
+        }
         case 'h':
             fputs(usage_text, stdout);
             return 0;
@@ -462,6 +473,12 @@ int main(int argc, char **argv)
     const char *cmd = argv[optind];
     int cargc = argc - optind - 1;
     char **cargv = argv + optind + 1;
+    if (cargc == 1 && (strcmp(cargv[0], "--help") == 0 || strcmp(cargv[0], "-h") == 0)) {
+        if (print_command_help(cmd))
+            return 0;
+        fprintf(stderr, "usagectl: unknown command %s\n%s", cmd, usage_text);
+        return EXIT_USAGE;
+    }
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(cargc, cargv, argv[0]);
     bool known = strcmp(cmd, "ping") == 0 || strcmp(cmd, "stats") == 0 ||
@@ -470,10 +487,6 @@ int main(int argc, char **argv)
     if (!known) {
         fprintf(stderr, "usagectl: unknown command %s\n%s", cmd, usage_text);
         return EXIT_USAGE;
-    }
-    if (cargc == 1 && strcmp(cargv[0], "--help") == 0) {
-        fputs(usage_text, stdout);
-        return 0;
     }
 
     char err[512];

@@ -34,11 +34,12 @@ enum usaged_status {
     USAGED_ERR_TIMEOUT = -2,  /* no answer within the timeout */
     USAGED_ERR_PROTOCOL = -3, /* the daemon sent something that is not a valid answer */
     USAGED_ERR_SERVER = -4,   /* the daemon answered with an error */
-    USAGED_ERR_ARGUMENT = -5, /* a bad argument (e.g. a malformed uuid); nothing was sent */
+    USAGED_ERR_ARGUMENT = -5, /* a bad argument (a required field left NULL); nothing was sent,
+                                 the connection stays usable */
 };
 
-/* Connects to "unix:/path", "/path" (a Unix socket) or "host:port" (TCP). Returns NULL and
- * fills err on failure. */
+/* Connects to "unix:/path", "/path" (a Unix socket) or "host:port" (TCP). timeout_ms bounds the
+ * TCP connect and each later call (< 0: no limit). Returns NULL and fills err on failure. */
 usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, size_t errlen);
 void usaged_close(usaged_client *c);
 void usaged_set_timeout(usaged_client *c, int timeout_ms);

@@ -5,7 +5,9 @@ modules can run in parallel and a test that kills a server hurts no other module
 """
 
 import glob
+import itertools
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -35,6 +37,9 @@ def apply_migrations_with_psql(pg, dbname):
 def workdir():
     d = tempfile.mkdtemp(prefix="usaged-test-")
     yield d
+    # Servers are stopped by their own fixtures first (they are torn down before this one).
+    if not os.environ.get("USAGED_KEEP_TEST_DIRS"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,7 @@ def redis_server(workdir):
 
 
 _db_counter = [0]
+_daemon_counter = itertools.count(1)
 
 
 @pytest.fixture
@@ -63,6 +69,9 @@ def fresh_db(pg):
     yield name
 
 
+_spool_counter = [0]
+
+
 def base_config(workdir, extra="", pg=None, dbname=None, redis=None):
     """A config for a daemon under test: its socket and spool in workdir, the given servers."""
     lines = [f"listen:\n  unix: \"@SOCKET@\"\n  unix_mode: 0600\n"]
@@ -71,7 +80,9 @@ def base_config(workdir, extra="", pg=None, dbname=None, redis=None):
                      f"  admin_conninfo: \"{pg.dsn(dbname or 'postgres')}\"\n")
     if redis is not None:
         lines.append(f"redis:\n  address: \"{redis.address()}\"\n")
-    lines.append(f"spool:\n  dir: \"{os.path.join(workdir, 'spool')}\"\n")
+    _spool_counter[0] += 1
+    spool = os.path.join(workdir, f"spool{_spool_counter[0]}")
+    lines.append(f"spool:\n  dir: \"{spool}\"\n")
     return "".join(lines) + extra
 
 
@@ -80,11 +91,12 @@ def daemon_factory(workdir):
     """Starts daemons and stops every one of them at the end of the test."""
     from usaged_client import Daemon
     started = []
-    counter = [0]
 
     def make(config_text, start=True, name=None, **kw):
-        counter[0] += 1
-        d = Daemon(workdir, config_text, name=name or f"usaged{counter[0]}", **kw)
+        # Names are unique in the module's directory, so that each daemon has its own log
+        # (a sanitizer report in one test's log must not fail the tests after it).
+        n = next(_daemon_counter)
+        d = Daemon(workdir, config_text, name=f"{name}{n}" if name else f"usaged{n}", **kw)
         started.append(d)
         if start:
             d.start()

@@ -1,0 +1,846 @@
+/* limiter: see limiter.h.
+ *
+ * A check's path: params validated -> limits resolved (unknown, disabled and unlimited are
+ * answered at once) -> the key's entry in a fixed-size table (the over-limit cache, the local
+ * fallback windows, and the queue behind a call in flight) -> a denial from the cache, or a
+ * place in the queue, or a script call of its own. */
+#include "limiter.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "utf8.h"
+#include "uuid.h"
+#include "xalloc.h"
+
+#include "usaged/protocol.h"
+
+#define MINUTE_MS 60000ULL
+#define DAY_MS 86400000ULL
+#define KEY_CAPACITY 16384 /* entries of the key table; a power of two */
+#define KEY_PROBES 16      /* slots looked at per key */
+#define MAX_COSTS_PER_CALL 512
+#define CACHE_MARGIN_MS 50 /* the cache stops this long before a window ends */
+
+/* KEYS[1]: the key's base; ARGV: limit per minute, limit per day (-1: unlimited), then the cost
+ * of each check, applied in order. Returns {now_ms, then per check: deny bits, minute count,
+ * day count}. Keys live for their window (plus a margin) and share the base's hash tag, so both
+ * are in one Redis Cluster slot. */
+const char limiter_script[] =
+    "local t = redis.call('TIME')\n"
+    "local sec = tonumber(t[1])\n"
+    "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local lm = tonumber(ARGV[1])\n"
+    "local ld = tonumber(ARGV[2])\n"
+    "local km = KEYS[1] .. ':m:' .. math.floor(sec / 60)\n"
+    "local kd = KEYS[1] .. ':d:' .. math.floor(sec / 86400)\n"
+    "local um = 0\n"
+    "local ud = 0\n"
+    "if lm >= 0 then um = tonumber(redis.call('GET', km) or 0) end\n"
+    "if ld >= 0 then ud = tonumber(redis.call('GET', kd) or 0) end\n"
+    "local out = {now}\n"
+    "local spent = 0\n"
+    "for i = 3, #ARGV do\n"
+    "  local c = tonumber(ARGV[i])\n"
+    "  local deny = 0\n"
+    "  if lm >= 0 and um + c > lm then deny = deny + 1 end\n"
+    "  if ld >= 0 and ud + c > ld then deny = deny + 2 end\n"
+    "  if deny == 0 then\n"
+    "    um = um + c\n"
+    "    ud = ud + c\n"
+    "    spent = spent + c\n"
+    "  end\n"
+    "  out[#out + 1] = deny\n"
+    "  out[#out + 1] = um\n"
+    "  out[#out + 1] = ud\n"
+    "end\n"
+    "if spent > 0 then\n"
+    "  if lm >= 0 then redis.call('SET', km, um, 'EX', 120 - sec % 60) end\n"
+    "  if ld >= 0 then redis.call('SET', kd, ud, 'EX', 90000 - sec % 86400) end\n"
+    "end\n"
+    "return out\n";
+
+/* ---- pure core ---- */
+
+static int64_t left_in(int64_t limit, int64_t used)
+{
+    if (limit == RULES_UNLIMITED)
+        return RULES_UNLIMITED;
+    return used >= limit ? 0 : limit - used;
+}
+
+static void fill_resets(struct check_result *out, uint64_t now_ms)
+{
+    out->reset_minute_ms = MINUTE_MS - now_ms % MINUTE_MS;
+    out->reset_day_ms = DAY_MS - now_ms % DAY_MS;
+}
+
+void limiter_decide(const struct rules_resolved *lim, int deny, int64_t used_minute,
+                    int64_t used_day, uint64_t now_ms, struct check_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    fill_resets(out, now_ms);
+    out->limit_minute = lim->per_minute;
+    out->limit_day = lim->per_day;
+    out->remaining_minute = left_in(lim->per_minute, used_minute);
+    out->remaining_day = left_in(lim->per_day, used_day);
+    out->allowed = deny == 0;
+    if (deny & LIMITER_DENY_DAY)
+        out->reason = USAGED_REASON_DAY_LIMIT; /* the longer wait names the reason */
+    else if (deny & LIMITER_DENY_MINUTE)
+        out->reason = USAGED_REASON_MINUTE_LIMIT;
+    if (deny & LIMITER_DENY_MINUTE)
+        out->retry_after_ms = out->reset_minute_ms;
+    if ((deny & LIMITER_DENY_DAY) && out->reset_day_ms > out->retry_after_ms)
+        out->retry_after_ms = out->reset_day_ms;
+}
+
+void limiter_local_check(struct limiter_local *w, const struct rules_resolved *lim, uint32_t cost,
+                         uint64_t now_ms, struct check_result *out)
+{
+    int64_t minute = (int64_t)(now_ms / MINUTE_MS), day = (int64_t)(now_ms / DAY_MS);
+    if (w->minute != minute) {
+        w->minute = minute;
+        w->minute_used = 0;
+    }
+    if (w->day != day) {
+        w->day = day;
+        w->day_used = 0;
+    }
+    int deny = 0;
+    if (lim->per_minute != RULES_UNLIMITED && w->minute_used + cost > lim->per_minute)
+        deny |= LIMITER_DENY_MINUTE;
+    if (lim->per_day != RULES_UNLIMITED && w->day_used + cost > lim->per_day)
+        deny |= LIMITER_DENY_DAY;
+    if (deny == 0) {
+        w->minute_used += cost;
+        w->day_used += cost;
+    }
+    limiter_decide(lim, deny, w->minute_used, w->day_used, now_ms, out);
+    out->degraded = true;
+}
+
+static void pack_optional(msgpack_packer *pk, const char *key, int64_t v)
+{
+    rpc_pack_str(pk, key);
+    if (v == RULES_UNLIMITED)
+        msgpack_pack_nil(pk);
+    else
+        msgpack_pack_int64(pk, v);
+}
+
+void limiter_pack_result(msgpack_packer *pk, const struct check_result *r)
+{
+    msgpack_pack_map(pk, 10);
+    rpc_pack_str(pk, "allowed");
+    if (r->allowed)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    rpc_pack_str(pk, "reason");
+    if (r->reason)
+        rpc_pack_str(pk, r->reason);
+    else
+        msgpack_pack_nil(pk);
+    pack_optional(pk, "limit_minute", r->limit_minute);
+    pack_optional(pk, "limit_day", r->limit_day);
+    pack_optional(pk, "remaining_minute", r->remaining_minute);
+    pack_optional(pk, "remaining_day", r->remaining_day);
+    rpc_pack_str(pk, "reset_minute_ms");
+    msgpack_pack_uint64(pk, r->reset_minute_ms);
+    rpc_pack_str(pk, "reset_day_ms");
+    msgpack_pack_uint64(pk, r->reset_day_ms);
+    rpc_pack_str(pk, "retry_after_ms");
+    msgpack_pack_uint64(pk, r->retry_after_ms);
+    rpc_pack_str(pk, "degraded");
+    if (r->degraded)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+/* ---- the key table ---- */
+
+struct limiter_check {
+    struct conn *conn; /* NULL: a notification, nobody to answer */
+    uint32_t msgid;
+    uint32_t cost;
+    struct limiter_check *next;
+};
+
+struct limiter_key {
+    bool used;
+    bool inflight; /* a script call for this key is out */
+    uint8_t provider_len;
+    uint32_t hash;
+    uint8_t user_id[16];
+    char provider[RULES_PROVIDER_MAX + 1];
+    uint64_t last_used_ms; /* loop time, for eviction */
+    /* The over-limit cache: what was left in each window at the last answer from Redis, and
+     * until when (loop time) that window lasts. Valid for one limits generation. */
+    uint64_t generation;
+    uint64_t minute_end, day_end;
+    int64_t minute_left, day_left;
+    struct limiter_local local;  /* the fallback windows */
+    struct limiter_check *queue; /* checks waiting behind the call in flight */
+    struct limiter_check *queue_tail;
+    uint32_t queued;
+};
+
+/* One script call: checks of one key (or of no table entry), in arrival order. */
+struct limiter_call {
+    struct limiter *l;
+    struct limiter_key *key;
+    uint8_t user_id[16];
+    char provider[RULES_PROVIDER_MAX + 1];
+    uint8_t provider_len;
+    struct rules_resolved lim;
+    struct limiter_check *checks;
+    uint32_t n;
+};
+
+static uint32_t key_hash(const uint8_t user_id[16], const char *provider, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ user_id[i]) * 16777619u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)provider[i]) * 16777619u;
+    return h;
+}
+
+static bool key_is(const struct limiter_key *k, uint32_t h, const uint8_t user_id[16],
+                   const char *provider, size_t len)
+{
+    return k->used && k->hash == h && k->provider_len == len &&
+           memcmp(k->user_id, user_id, 16) == 0 && memcmp(k->provider, provider, len) == 0;
+}
+
+/* Finds or makes the entry of a key; NULL when every slot it could take is busy. */
+static struct limiter_key *key_get(struct limiter *l, const uint8_t user_id[16],
+                                   const char *provider, size_t len)
+{
+    uint32_t h = key_hash(user_id, provider, len);
+    uint32_t mask = l->key_capacity - 1;
+    struct limiter_key *victim = NULL;
+    for (uint32_t p = 0; p < KEY_PROBES; p++) {
+        struct limiter_key *k = &l->keys[(h + p) & mask];
+        if (key_is(k, h, user_id, provider, len))
+            return k;
+        if (!k->used) {
+            victim = k;
+            l->key_count++;
+            break;
+        }
+        if (!k->inflight && !k->queue && (!victim || k->last_used_ms < victim->last_used_ms))
+            victim = k;
+    }
+    if (!victim)
+        return NULL;
+    memset(victim, 0, sizeof(*victim));
+    victim->used = true;
+    victim->hash = h;
+    victim->provider_len = (uint8_t)len;
+    memcpy(victim->user_id, user_id, 16);
+    memcpy(victim->provider, provider, len);
+    return victim;
+}
+
+/* ---- answering ---- */
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void answer(struct limiter *l, struct limiter_check *check, const uint8_t user_id[16],
+                   const char *provider, size_t len, const struct check_result *r)
+{
+    if (r->allowed)
+        l->stats.allowed++;
+    else if (strcmp(r->reason, USAGED_REASON_DAY_LIMIT) == 0)
+        l->stats.denied_day++;
+    else if (strcmp(r->reason, USAGED_REASON_MINUTE_LIMIT) == 0)
+        l->stats.denied_minute++;
+    else if (strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0)
+        l->stats.denied_disabled++;
+    if (r->degraded)
+        l->stats.degraded++;
+    if (!r->allowed && l->log_denied && check->cost > 0 && l->on_denied)
+        l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)wall_ms());
+    if (check->conn) {
+        limiter_pack_result(conn_reply(check->conn, check->msgid), r);
+        conn_unref(check->conn);
+    }
+    free(check);
+}
+
+/* Redis could not decide: the configured policy does. */
+static void answer_degraded(struct limiter *l, struct limiter_key *key, struct limiter_check *check,
+                            const uint8_t user_id[16], const char *provider, size_t len,
+                            const struct rules_resolved *lim)
+{
+    struct check_result r;
+    uint64_t now = wall_ms();
+    switch (l->policy) {
+    case CONFIG_REDIS_LOCAL:
+        if (key) {
+            limiter_local_check(&key->local, lim, check->cost, now, &r);
+            break;
+        }
+        /* No table slot to count in (every one busy): fall through to allowing. */
+        /* fallthrough */
+    case CONFIG_REDIS_ALLOW:
+        limiter_decide(lim, 0, 0, 0, now, &r);
+        r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
+        r.degraded = true;
+        break;
+    case CONFIG_REDIS_DENY:
+        limiter_decide(lim, 0, 0, 0, now, &r);
+        r.allowed = false;
+        r.reason = USAGED_REASON_UNAVAILABLE;
+        r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
+        r.retry_after_ms = l->timeout_ms > 1000 ? l->timeout_ms : 1000;
+        r.degraded = true;
+        break;
+    }
+    answer(l, check, user_id, provider, len, &r);
+}
+
+/* The cache's verdict on a check of `cost`: a denial when some window has less left than it
+ * asks for. Exact: what is left can only shrink within a window (others spend, nobody gives
+ * back) until the limits change, which starts a new generation. */
+static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t cost,
+                          const struct rules_resolved *lim, struct check_result *r)
+{
+    if (cost == 0 || key->generation != l->rules.generation)
+        return false;
+    uint64_t now = uv_now(l->loop);
+    bool minute_valid = now < key->minute_end, day_valid = now < key->day_end;
+    int deny = 0;
+    if (minute_valid && lim->per_minute != RULES_UNLIMITED && cost > key->minute_left)
+        deny |= LIMITER_DENY_MINUTE;
+    if (day_valid && lim->per_day != RULES_UNLIMITED && cost > key->day_left)
+        deny |= LIMITER_DENY_DAY;
+    if (!deny)
+        return false;
+    limiter_decide(lim, deny, 0, 0, wall_ms(), r);
+    r->remaining_minute = lim->per_minute == RULES_UNLIMITED ? RULES_UNLIMITED
+                          : minute_valid                     ? key->minute_left
+                                                             : lim->per_minute;
+    r->remaining_day = lim->per_day == RULES_UNLIMITED ? RULES_UNLIMITED
+                       : day_valid                     ? key->day_left
+                                                       : lim->per_day;
+    /* Times to reset on Redis's clock, as remembered, rather than on this host's. */
+    if (minute_valid) {
+        r->reset_minute_ms = key->minute_end - now + CACHE_MARGIN_MS;
+        if (deny & LIMITER_DENY_MINUTE)
+            r->retry_after_ms = r->reset_minute_ms;
+    }
+    if (day_valid) {
+        r->reset_day_ms = key->day_end - now + CACHE_MARGIN_MS;
+        if ((deny & LIMITER_DENY_DAY) && r->reset_day_ms > r->retry_after_ms)
+            r->retry_after_ms = r->reset_day_ms;
+    }
+    return true;
+}
+
+static void remember(struct limiter *l, struct limiter_key *key, const struct check_result *r)
+{
+    uint64_t now = uv_now(l->loop);
+    key->generation = l->rules.generation;
+    key->minute_end = now + r->reset_minute_ms - CACHE_MARGIN_MS;
+    key->day_end = now + r->reset_day_ms - CACHE_MARGIN_MS;
+    key->minute_left = r->remaining_minute;
+    key->day_left = r->remaining_day;
+}
+
+/* ---- script calls ---- */
+
+static void send_call(struct limiter *l, struct limiter_call *call);
+
+static void free_call(struct limiter_call *call)
+{
+    free(call);
+}
+
+static void degrade_call(struct limiter *l, struct limiter_call *call)
+{
+    struct limiter_check *c = call->checks;
+    while (c) {
+        struct limiter_check *next = c->next;
+        answer_degraded(l, call->key, c, call->user_id, call->provider, call->provider_len,
+                        &call->lim);
+        c = next;
+    }
+    call->checks = NULL;
+}
+
+/* After a call for a key: the checks that queued behind it go out together. */
+static void next_call(struct limiter *l, struct limiter_key *key, bool redis_failed)
+{
+    key->inflight = false;
+    if (!key->queue)
+        return;
+    struct limiter_call *call = xcalloc(1, sizeof(*call));
+    call->l = l;
+    call->key = key;
+    memcpy(call->user_id, key->user_id, 16);
+    memcpy(call->provider, key->provider, key->provider_len);
+    call->provider_len = key->provider_len;
+    /* Up to MAX_COSTS_PER_CALL checks; the rest waits for this call. */
+    struct limiter_check **tail = &call->checks;
+    while (key->queue && call->n < MAX_COSTS_PER_CALL) {
+        struct limiter_check *c = key->queue;
+        key->queue = c->next;
+        c->next = NULL;
+        *tail = c;
+        tail = &c->next;
+        call->n++;
+        key->queued--;
+    }
+    if (!key->queue)
+        key->queue_tail = NULL;
+    l->stats.coalesced += call->n > 1 ? call->n - 1 : 0;
+    enum rules_lookup found =
+        rules_resolve(&l->rules, key->user_id, key->provider, key->provider_len, &call->lim);
+    if (found != RULES_FOUND || redis_failed || !redis_is_up(&l->redis)) {
+        /* The limits went away while they waited (or Redis is out): the policy decides. An
+         * unknown provider is rare enough here to be counted as allowed by the policy. */
+        if (found != RULES_FOUND)
+            call->lim = (struct rules_resolved){true, RULES_UNLIMITED, RULES_UNLIMITED};
+        degrade_call(l, call);
+        free_call(call);
+        next_call(l, key, redis_failed);
+        return;
+    }
+    send_call(l, call);
+}
+
+static bool reply_int(const redisReply *r, size_t i, int64_t *out)
+{
+    if (i >= r->elements || r->element[i]->type != REDIS_REPLY_INTEGER)
+        return false;
+    *out = r->element[i]->integer;
+    return true;
+}
+
+static void on_script_reply(enum redis_status status, const redisReply *reply, void *arg)
+{
+    struct limiter_call *call = arg;
+    struct limiter *l = call->l;
+    bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
+              reply->elements == 1 + 3 * (size_t)call->n;
+    if (status == REDIS_CALL_OK && !ok)
+        log_error("redis: the check script answered %s",
+                  reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
+    if (!ok) {
+        degrade_call(l, call);
+    } else {
+        int64_t now_ms = 0;
+        reply_int(reply, 0, &now_ms);
+        size_t i = 1;
+        struct limiter_check *c = call->checks;
+        while (c) {
+            struct limiter_check *next = c->next;
+            int64_t deny = 0, um = 0, ud = 0;
+            reply_int(reply, i, &deny);
+            reply_int(reply, i + 1, &um);
+            reply_int(reply, i + 2, &ud);
+            i += 3;
+            struct check_result r;
+            limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
+            if (call->key && !next)
+                remember(l, call->key, &r); /* the last answer is the freshest count */
+            answer(l, c, call->user_id, call->provider, call->provider_len, &r);
+            c = next;
+        }
+        call->checks = NULL;
+    }
+    struct limiter_key *key = call->key;
+    free_call(call);
+    if (key)
+        next_call(l, key, !ok);
+}
+
+static void append_str(char *dst, size_t *off, size_t cap, const char *s, size_t len)
+{
+    if (*off + len <= cap) {
+        memcpy(dst + *off, s, len);
+        *off += len;
+    }
+}
+
+static void send_call(struct limiter *l, struct limiter_call *call)
+{
+    /* The key: prefix{user:provider} */
+    char key[256 + RULES_PROVIDER_MAX * 4];
+    size_t klen = 0;
+    char uuid[UUID_STRING_LEN + 1];
+    uuid_format(call->user_id, uuid);
+    append_str(key, &klen, sizeof(key), l->key_prefix, strlen(l->key_prefix));
+    append_str(key, &klen, sizeof(key), "{", 1);
+    append_str(key, &klen, sizeof(key), uuid, UUID_STRING_LEN);
+    append_str(key, &klen, sizeof(key), ":", 1);
+    append_str(key, &klen, sizeof(key), call->provider, call->provider_len);
+    append_str(key, &klen, sizeof(key), "}", 1);
+
+    int argc = 2 + (int)call->n;
+    const char *argv_small[2 + 16];
+    size_t lens_small[2 + 16];
+    char nums_small[(2 + 16) * 24];
+    const char **argv = argv_small;
+    size_t *lens = lens_small;
+    char *nums = nums_small;
+    if (argc > 2 + 16) {
+        argv = xmalloc((size_t)argc * sizeof(*argv));
+        lens = xmalloc((size_t)argc * sizeof(*lens));
+        nums = xmalloc((size_t)argc * 24);
+    }
+    int64_t values[2] = {call->lim.per_minute, call->lim.per_day};
+    struct limiter_check *c = call->checks;
+    for (int i = 0; i < argc; i++) {
+        char *num = nums + i * 24;
+        int n = i < 2 ? snprintf(num, 24, "%" PRId64, values[i])
+                      : snprintf(num, 24, "%" PRIu32, c->cost);
+        if (i >= 2)
+            c = c->next;
+        argv[i] = num;
+        lens[i] = (size_t)n;
+    }
+    if (call->key)
+        call->key->inflight = true;
+    l->stats.script_calls++;
+    redis_eval(&l->redis, key, klen, argc, argv, lens, l->timeout_ms, on_script_reply, call);
+    if (argv != argv_small) {
+        free(argv);
+        free(lens);
+        free(nums);
+    }
+}
+
+/* ---- the method ---- */
+
+static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const char **provider,
+                        size_t *provider_len, uint32_t *cost, struct rpc_error *e)
+{
+    if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
+        rpc_error_set(
+            e, RPC_BAD_REQUEST,
+            "check takes params [{\"user_id\": uuid, \"provider\": str, \"cost\": uint}]");
+        return false;
+    }
+    const msgpack_object_map *map = &m->params->ptr[0].via.map;
+    bool has_user = false, has_provider = false;
+    *cost = 1;
+    for (uint32_t i = 0; i < map->size; i++) {
+        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+        if (rpc_str_eq(k, "user_id")) {
+            bool ok = false;
+            if (v->type == MSGPACK_OBJECT_STR) {
+                ok = uuid_parse(v->via.str.ptr, v->via.str.size, user_id);
+            } else if (v->type == MSGPACK_OBJECT_BIN && v->via.bin.size == 16) {
+                memcpy(user_id, v->via.bin.ptr, 16);
+                ok = true;
+            }
+            if (!ok) {
+                rpc_error_set(e, RPC_INVALID_FIELD, "user_id must be a uuid");
+                e->field = "user_id";
+                return false;
+            }
+            has_user = true;
+        } else if (rpc_str_eq(k, "provider")) {
+            size_t chars;
+            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
+                !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) ||
+                chars > RULES_PROVIDER_MAX || v->via.str.size > RULES_PROVIDER_MAX) {
+                rpc_error_set(e, RPC_INVALID_FIELD,
+                              "provider must be a UTF-8 string of 1 to 50 characters");
+                e->field = "provider";
+                return false;
+            }
+            *provider = v->via.str.ptr;
+            *provider_len = v->via.str.size;
+            has_provider = true;
+        } else if (rpc_str_eq(k, "cost")) {
+            if (v->type == MSGPACK_OBJECT_NIL)
+                continue;
+            if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX) {
+                rpc_error_set(e, RPC_INVALID_FIELD, "cost must be an integer from 0 to %d",
+                              INT32_MAX);
+                e->field = "cost";
+                return false;
+            }
+            *cost = (uint32_t)v->via.u64;
+        } else {
+            rpc_error_set(e, RPC_INVALID_FIELD,
+                          "unknown field; check takes user_id, provider "
+                          "and cost");
+            if (k->type == MSGPACK_OBJECT_STR) {
+                snprintf(e->field_name, sizeof(e->field_name), "%.*s",
+                         (int)(k->via.str.size < 60 ? k->via.str.size : 60), k->via.str.ptr);
+                for (char *p = e->field_name; *p; p++)
+                    if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+                        *p = '?';
+                e->field = e->field_name;
+            } else {
+                e->field = "";
+            }
+            return false;
+        }
+    }
+    if (!has_user || !has_provider) {
+        rpc_error_set(e, RPC_INVALID_FIELD, "%s is required", has_user ? "provider" : "user_id");
+        e->field = has_user ? "provider" : "user_id";
+        return false;
+    }
+    return true;
+}
+
+static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
+                                        const struct rpc_error *e)
+{
+    if (m->kind == RPC_KIND_REQUEST)
+        conn_reply_error(c, m->msgid, e);
+    else
+        conn_drop_notification(c, "check", e);
+    return CONN_DISPATCHED;
+}
+
+enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
+                                         const struct rpc_message *m)
+{
+    struct rpc_error e;
+    uint8_t user_id[16];
+    const char *provider = NULL;
+    size_t plen = 0;
+    uint32_t cost;
+    if (!parse_check(m, user_id, &provider, &plen, &cost, &e))
+        return refuse(c, m, &e);
+    l->stats.checks++;
+    struct rules_resolved lim;
+    switch (rules_resolve(&l->rules, user_id, provider, plen, &lim)) {
+    case RULES_UNKNOWN_PROVIDER:
+        l->stats.unknown_provider++;
+        rpc_error_set(&e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s", (int)plen,
+                      provider);
+        return refuse(c, m, &e);
+    case RULES_NOT_LOADED:
+        rpc_error_set(&e, RPC_UNAVAILABLE,
+                      "the providers' limits have not been read from PostgreSQL yet");
+        e.retry_after_ms = 1000;
+        return refuse(c, m, &e);
+    case RULES_FOUND:
+        break;
+    }
+
+    struct limiter_check *check = xmalloc(sizeof(*check));
+    check->conn = m->kind == RPC_KIND_REQUEST ? c : NULL;
+    check->msgid = m->msgid;
+    check->cost = cost;
+    check->next = NULL;
+    if (check->conn)
+        conn_ref(c);
+
+    struct check_result r;
+    if (!lim.enabled) {
+        limiter_decide(&lim, 0, 0, 0, wall_ms(), &r);
+        r.allowed = false;
+        r.reason = USAGED_REASON_PROVIDER_DISABLED;
+        r.remaining_minute = r.remaining_day = 0;
+        answer(l, check, user_id, provider, plen, &r);
+        return CONN_DISPATCHED;
+    }
+    if (lim.per_minute == RULES_UNLIMITED && lim.per_day == RULES_UNLIMITED) {
+        l->stats.unlimited++;
+        limiter_decide(&lim, 0, 0, 0, wall_ms(), &r);
+        answer(l, check, user_id, provider, plen, &r);
+        return CONN_DISPATCHED;
+    }
+    struct limiter_key *key = key_get(l, user_id, provider, plen);
+    if (key) {
+        key->last_used_ms = uv_now(l->loop);
+        if (cached_denial(l, key, cost, &lim, &r)) {
+            l->stats.cache_hits++;
+            answer(l, check, user_id, provider, plen, &r);
+            return CONN_DISPATCHED;
+        }
+    }
+    if (!redis_is_up(&l->redis)) {
+        answer_degraded(l, key, check, user_id, provider, plen, &lim);
+        return CONN_DISPATCHED;
+    }
+    if (key && key->inflight) {
+        if (key->queue_tail)
+            key->queue_tail->next = check;
+        else
+            key->queue = check;
+        key->queue_tail = check;
+        key->queued++;
+        return CONN_DISPATCHED;
+    }
+    struct limiter_call *call = xcalloc(1, sizeof(*call));
+    call->l = l;
+    call->key = key;
+    memcpy(call->user_id, user_id, 16);
+    memcpy(call->provider, provider, plen);
+    call->provider_len = (uint8_t)plen;
+    call->lim = lim;
+    call->checks = check;
+    call->n = 1;
+    send_call(l, call);
+    return CONN_DISPATCHED;
+}
+
+/* ---- lifecycle ---- */
+
+static void on_redis_state(struct redis_client *r, bool up, void *arg)
+{
+    (void)r;
+    (void)up;
+    struct limiter *l = arg;
+    if (l->on_state)
+        l->on_state(l->state_arg);
+}
+
+static void on_rules_state(void *arg)
+{
+    struct limiter *l = arg;
+    if (l->on_state)
+        l->on_state(l->state_arg);
+}
+
+bool limiter_settled(const struct limiter *l)
+{
+    const struct redis_stats *rs = &l->redis.stats;
+    const struct pg_stats *ps = &l->rules.pg.stats;
+    return rs->connects + rs->connect_failures > 0 && (l->rules.loaded || ps->connect_failures > 0);
+}
+
+void limiter_configure(struct limiter *l, const struct config *config)
+{
+    l->timeout_ms = config->redis.timeout_ms;
+    l->policy = config->limits.on_redis_error;
+    l->log_denied = config->limits.log_denied;
+    rules_configure(&l->rules, config);
+}
+
+void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *config)
+{
+    memset(l, 0, sizeof(*l));
+    l->loop = loop;
+    l->key_prefix = xstrdup(config->redis.key_prefix);
+    l->key_capacity = KEY_CAPACITY;
+    l->keys = xcalloc(KEY_CAPACITY, sizeof(*l->keys));
+    rules_init(&l->rules, loop, config, on_rules_state, l);
+    uint32_t connect_timeout =
+        config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
+    redis_init(&l->redis, loop, config->redis.address, limiter_script, connect_timeout,
+               config->redis.reconnect_max_ms, on_redis_state, l);
+    limiter_configure(l, config);
+}
+
+void limiter_start(struct limiter *l)
+{
+    rules_start(&l->rules);
+    redis_start(&l->redis);
+}
+
+static void part_closed(struct limiter *l)
+{
+    if (--l->closing > 0)
+        return;
+    /* Checks still queued behind a call: the call was answered DOWN, which moved them on, so
+     * the queues are empty here; free the table. */
+    for (uint32_t i = 0; i < l->key_capacity; i++) {
+        struct limiter_check *c = l->keys[i].queue;
+        while (c) {
+            struct limiter_check *next = c->next;
+            if (c->conn)
+                conn_unref(c->conn);
+            free(c);
+            c = next;
+        }
+    }
+    free(l->keys);
+    l->keys = NULL;
+    free(l->key_prefix);
+    l->key_prefix = NULL;
+    if (l->on_closed)
+        l->on_closed(l, l->closed_arg);
+}
+
+static void on_rules_closed(struct rules *lim, void *arg)
+{
+    (void)lim;
+    part_closed(arg);
+}
+
+static void on_redis_closed(struct redis_client *r, void *arg)
+{
+    (void)r;
+    part_closed(arg);
+}
+
+void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void *arg), void *arg)
+{
+    l->on_closed = on_closed;
+    l->closed_arg = arg;
+    l->closing = 2;
+    l->on_denied = NULL; /* the ingest queue is closing too */
+    rules_close(&l->rules, on_rules_closed, l);
+    redis_close(&l->redis, on_redis_closed, l);
+}
+
+/* ---- stats ---- */
+
+static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+    rpc_pack_str(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
+void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
+{
+    const struct redis_stats *rs = &l->redis.stats;
+    msgpack_pack_map(pk, 14);
+    pack_u64(pk, "checks", l->stats.checks);
+    pack_u64(pk, "allowed", l->stats.allowed);
+    rpc_pack_str(pk, "denied");
+    msgpack_pack_map(pk, 3);
+    pack_u64(pk, "minute_limit", l->stats.denied_minute);
+    pack_u64(pk, "day_limit", l->stats.denied_day);
+    pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
+    pack_u64(pk, "degraded", l->stats.degraded);
+    pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
+    pack_u64(pk, "unlimited", l->stats.unlimited);
+    pack_u64(pk, "cache_hits", l->stats.cache_hits);
+    pack_u64(pk, "coalesced", l->stats.coalesced);
+    pack_u64(pk, "redis_round_trips", l->stats.script_calls);
+    pack_u64(pk, "providers_loaded", l->rules.ndb);
+    pack_u64(pk, "limits_loads", l->rules.loads);
+    pack_u64(pk, "limits_notifications", l->rules.notifications);
+    rpc_pack_str(pk, "redis");
+    msgpack_pack_map(pk, 9);
+    rpc_pack_str(pk, "state");
+    rpc_pack_str(pk, l->redis.connected ? "up" : "down");
+    pack_u64(pk, "connects", rs->connects);
+    pack_u64(pk, "connect_failures", rs->connect_failures);
+    pack_u64(pk, "commands", rs->commands);
+    pack_u64(pk, "timeouts", rs->timeouts);
+    pack_u64(pk, "noscript_retries", rs->noscript);
+    uint64_t answered = 0;
+    for (int i = 0; i < 24; i++)
+        answered += rs->latency_buckets[i];
+    pack_u64(pk, "latency_avg_us", answered ? rs->latency_us_total / answered : 0);
+    pack_u64(pk, "latency_p50_us", redis_latency_quantile(rs, 0.5));
+    pack_u64(pk, "latency_p99_us", redis_latency_quantile(rs, 0.99));
+    rpc_pack_str(pk, "postgres");
+    rpc_pack_str(pk, pg_state_name(l->rules.pg.state));
+}

@@ -1,0 +1,908 @@
+/* spool: see spool.h.
+ *
+ * Record: 32-byte header then the rows. Header fields, little-endian:
+ *   0 magic "USP1"   4 crc32c of bytes 8 .. end of rows   8 rows length   12 row count
+ *   16 table kind    17 format version   18 reserved (2)   20 reserved (4)   24 created_ms
+ * Segment files are named by a 16-digit sequence number: 0000000000000001.seg, ...
+ *
+ * Threads: the loop owns every structure here, except that while write_busy the write job owns
+ * the table's fd/fd_segment/fd_size/next_id and the appends of its group, and while a recovery
+ * or read job runs it owns only what it was handed. */
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "log.h"
+#include "rpc.h"
+#include "xalloc.h"
+
+#define MAGIC 0x31505355u /* "USP1" read little-endian */
+#define FORMAT_VERSION 1
+#define GROUP_MAX_BYTES (8u << 20) /* one group commit writes at most this much */
+#define MAX_RECORD_LEN (1u << 30)
+
+struct spool_append {
+    const uint8_t *rows;
+    size_t len;
+    uint32_t nrows;
+    uint8_t header[SPOOL_HEADER_LEN];
+    spool_done_fn done;
+    void *arg;
+    uint64_t segment; /* where the write job put it */
+    uint64_t offset;
+    struct spool_append *next;
+};
+
+static const char *table_dir_name(enum event_kind kind)
+{
+    return event_table(kind)->name;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    put_le32(p, (uint32_t)v);
+    put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
+void spool_encode_header(uint8_t h[SPOOL_HEADER_LEN], enum event_kind kind, const uint8_t *rows,
+                         size_t len, uint32_t nrows, uint64_t created_ms)
+{
+    memset(h, 0, SPOOL_HEADER_LEN);
+    put_le32(h, MAGIC);
+    put_le32(h + 8, (uint32_t)len);
+    put_le32(h + 12, nrows);
+    h[16] = (uint8_t)kind;
+    h[17] = FORMAT_VERSION;
+    put_le64(h + 24, created_ms);
+    uint32_t crc = crc32c(0, h + 8, SPOOL_HEADER_LEN - 8);
+    crc = crc32c(crc, rows, len);
+    put_le32(h + 4, crc);
+}
+
+/* Checks the record at p (avail bytes): returns its total length, or 0 when it is not a whole,
+ * valid record of this table. */
+static size_t check_record(const uint8_t *p, size_t avail, enum event_kind kind)
+{
+    if (avail < SPOOL_HEADER_LEN || get_le32(p) != MAGIC)
+        return 0;
+    uint32_t len = get_le32(p + 8);
+    if (len > MAX_RECORD_LEN || len > avail - SPOOL_HEADER_LEN || p[16] != kind ||
+        p[17] != FORMAT_VERSION)
+        return 0;
+    uint32_t crc = crc32c(0, p + 8, SPOOL_HEADER_LEN - 8);
+    crc = crc32c(crc, p + SPOOL_HEADER_LEN, len);
+    if (crc != get_le32(p + 4))
+        return 0;
+    return SPOOL_HEADER_LEN + len;
+}
+
+static void segment_path(const struct spool_table *t, uint64_t id, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%016" PRIx64 ".seg", t->dir, id);
+}
+
+static struct spool_segment *segment_new(uint64_t id)
+{
+    struct spool_segment *seg = xcalloc(1, sizeof(*seg));
+    seg->id = id;
+    return seg;
+}
+
+static void segment_add_record(struct spool_segment *seg, uint64_t offset, uint32_t len,
+                               uint32_t nrows, uint64_t created_ms)
+{
+    if (seg->nrecords == seg->cap) {
+        seg->cap = seg->cap ? seg->cap * 2 : 16;
+        seg->records = xrealloc(seg->records, seg->cap * sizeof(*seg->records));
+    }
+    seg->records[seg->nrecords++] = (struct spool_index){offset, len, nrows, created_ms};
+    if (offset + len > seg->size)
+        seg->size = offset + len;
+}
+
+static void segment_free(struct spool_segment *seg)
+{
+    free(seg->records);
+    free(seg);
+}
+
+static struct spool_segment *find_segment(struct spool_table *t, uint64_t id)
+{
+    for (struct spool_segment *seg = t->head; seg; seg = seg->next)
+        if (seg->id == id)
+            return seg;
+    return NULL;
+}
+
+/* ---- recovery (thread pool) ---- */
+
+static int mkdir_p(const char *path)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static void fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* Copies damaged bytes into quarantine/ so that a person can look at them. */
+static void quarantine(struct spool_table *t, uint64_t id, uint64_t offset, const uint8_t *p,
+                       size_t len)
+{
+    char qdir[600], path[700];
+    snprintf(qdir, sizeof(qdir), "%s/quarantine", t->dir);
+    mkdir_p(qdir);
+    snprintf(path, sizeof(path), "%s/%016" PRIx64 "-%" PRIu64 ".bad", qdir, id, offset);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    fsync(fd);
+    close(fd);
+}
+
+/* The recovery job's findings, handed to the loop. */
+struct recovery {
+    struct spool_segment *head, *tail;
+    uint64_t next_id;
+    uint64_t bytes;
+    uint64_t corrupt_records;
+    uint64_t quarantined_bytes;
+    int error;
+};
+
+static struct recovery *recovery_of(struct spool_table *t)
+{
+    return t->recover_work.data;
+}
+
+static int compare_ids(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Indexes one segment file: every valid record; damaged ranges go to quarantine, and the file
+ * is rewritten without them so that replay reads only checked bytes. */
+static void recover_segment(struct spool_table *t, struct recovery *rec, uint64_t id)
+{
+    char path[700];
+    segment_path(t, id, path, sizeof(path));
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    size_t size = (size_t)st.st_size;
+    struct spool_segment *seg = segment_new(id);
+    uint8_t *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    if (size && map == MAP_FAILED) {
+        close(fd);
+        segment_free(seg);
+        rec->error = errno;
+        return;
+    }
+    bool damaged = false;
+    size_t off = 0;
+    while (off < size) {
+        size_t n = check_record(map + off, size - off, t->kind);
+        if (n) {
+            segment_add_record(seg, off, (uint32_t)n, get_le32(map + off + 12),
+                               get_le64(map + off + 24));
+            off += n;
+            continue;
+        }
+        /* Damage: find the next offset where a valid record starts, and quarantine the rest. */
+        damaged = true;
+        size_t next = off + 1;
+        while (next < size &&
+               !(get_le32(map + next) == MAGIC && check_record(map + next, size - next, t->kind)))
+            next++;
+        if (next + 4 > size)
+            next = size;
+        quarantine(t, id, off, map + off, next - off);
+        rec->corrupt_records++;
+        rec->quarantined_bytes += next - off;
+        off = next;
+    }
+    if (damaged && seg->nrecords > 0) {
+        /* Rewrite the segment with its valid records only, then replace it atomically. */
+        char tmp[720];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+        int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        uint64_t pos = 0;
+        bool ok = out >= 0;
+        for (uint32_t i = 0; ok && i < seg->nrecords; i++) {
+            struct spool_index *r = &seg->records[i];
+            size_t w = 0;
+            while (ok && w < r->len) {
+                ssize_t n = write(out, map + r->offset + w, r->len - w);
+                ok = n > 0;
+                w += n > 0 ? (size_t)n : 0;
+            }
+            r->offset = pos;
+            pos += r->len;
+        }
+        ok = ok && fsync(out) == 0;
+        if (out >= 0)
+            close(out);
+        if (ok && rename(tmp, path) == 0) {
+            seg->size = pos;
+            fsync_dir(t->dir);
+        } else {
+            unlink(tmp);
+            rec->error = errno ? errno : EIO;
+        }
+    }
+    if (map)
+        munmap(map, size);
+    close(fd);
+    if (seg->nrecords == 0) {
+        unlink(path); /* nothing valid left in it */
+        segment_free(seg);
+        return;
+    }
+    rec->bytes += seg->size;
+    if (rec->tail)
+        rec->tail->next = seg;
+    else
+        rec->head = seg;
+    rec->tail = seg;
+}
+
+static void recover_job(uv_work_t *w)
+{
+    struct spool_table *t =
+        (struct spool_table *)((char *)w - offsetof(struct spool_table, recover_work));
+    struct recovery *rec = recovery_of(t);
+    int rc = mkdir_p(t->dir);
+    if (rc < 0) {
+        rec->error = -rc;
+        return;
+    }
+    DIR *d = opendir(t->dir);
+    if (!d) {
+        rec->error = errno;
+        return;
+    }
+    uint64_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        unsigned long long id = strtoull(e->d_name, &end, 16);
+        if (end != e->d_name + 16 || strcmp(end, ".seg") != 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            ids = xrealloc(ids, cap * sizeof(*ids));
+        }
+        ids[n++] = id;
+    }
+    closedir(d);
+    if (n > 0)
+        qsort(ids, n, sizeof(*ids), compare_ids);
+    for (size_t i = 0; i < n; i++)
+        recover_segment(t, rec, ids[i]);
+    rec->next_id = n ? ids[n - 1] + 1 : 1;
+    free(ids);
+}
+
+static void recover_done(uv_work_t *w, int status)
+{
+    (void)status;
+    struct spool_table *t =
+        (struct spool_table *)((char *)w - offsetof(struct spool_table, recover_work));
+    struct spool *s = t->s;
+    struct recovery *rec = recovery_of(t);
+    t->head = rec->head;
+    t->tail = rec->tail;
+    t->next_id = rec->next_id;
+    s->bytes += rec->bytes;
+    s->stats.corrupt_records += rec->corrupt_records;
+    s->stats.quarantined_bytes += rec->quarantined_bytes;
+    if (rec->error) {
+        snprintf(s->error, sizeof(s->error), "%s: %s", t->dir, strerror(rec->error));
+        log_error("spool: %s", s->error);
+    }
+    if (rec->corrupt_records)
+        log_error("spool %s: %" PRIu64 " damaged record(s), %" PRIu64
+                  " bytes, moved to %s/quarantine; the valid records around them are kept",
+                  table_dir_name(t->kind), rec->corrupt_records, rec->quarantined_bytes, t->dir);
+    uint64_t records = 0;
+    for (struct spool_segment *seg = t->head; seg; seg = seg->next)
+        records += seg->nrecords;
+    if (records)
+        log_info("spool %s: %" PRIu64 " record(s) to replay", table_dir_name(t->kind), records);
+    free(rec);
+    w->data = NULL;
+    if (--s->recovering == 0) {
+        s->ready = s->error[0] == '\0';
+        if (s->on_ready)
+            s->on_ready(s->cb_arg);
+    }
+}
+
+/* ---- appends (group commit on the thread pool) ---- */
+
+static int open_segment(struct spool_table *t)
+{
+    char path[700];
+    uint64_t id = t->next_id++;
+    segment_path(t, id, path, sizeof(path));
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    fsync_dir(t->dir); /* the new name must survive a crash too */
+    t->fd = fd;
+    t->fd_segment = id;
+    t->fd_size = 0;
+    return 0;
+}
+
+static int write_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n > IOV_MAX ? IOV_MAX : n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        size_t left = (size_t)w;
+        while (n > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0 && left) {
+            iov->iov_base = (uint8_t *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return 0;
+}
+
+static void write_job(uv_work_t *w)
+{
+    struct spool_table *t = w->data;
+    struct spool *s = t->s;
+    int status = 0;
+    struct iovec iov[128];
+    int n = 0;
+    uint64_t group_start = t->fd_size;
+    for (struct spool_append *a = t->group; a && status == 0; a = a->next) {
+        size_t rec_len = SPOOL_HEADER_LEN + a->len;
+        bool rotate = t->fd >= 0 && t->fd_size > 0 && t->fd_size + rec_len > s->segment_bytes;
+        if (rotate || n == 128) {
+            status = write_all(t->fd, iov, n);
+            n = 0;
+            if (status == 0 && rotate) {
+                if (fdatasync(t->fd) < 0)
+                    status = -errno;
+                close(t->fd);
+                t->fd = -1;
+            }
+        }
+        if (status == 0 && t->fd < 0) {
+            status = open_segment(t);
+            group_start = 0;
+        }
+        if (status != 0)
+            break;
+        a->segment = t->fd_segment;
+        a->offset = t->fd_size;
+        iov[n].iov_base = a->header;
+        iov[n++].iov_len = SPOOL_HEADER_LEN;
+        iov[n].iov_base = (void *)a->rows;
+        iov[n++].iov_len = a->len;
+        t->fd_size += rec_len;
+        if (n == 128) {
+            status = write_all(t->fd, iov, n);
+            n = 0;
+        }
+    }
+    if (status == 0 && n)
+        status = write_all(t->fd, iov, n);
+    if (status == 0 && fdatasync(t->fd) < 0)
+        status = -errno;
+    if (status != 0 && t->fd >= 0) {
+        /* Nothing of a failed group may count: cut the file back and start a new segment. */
+        if (ftruncate(t->fd, (off_t)group_start) == 0)
+            fdatasync(t->fd);
+        close(t->fd);
+        t->fd = -1;
+    }
+    t->group_status = status;
+}
+
+static void start_group(struct spool_table *t);
+
+static void write_done(uv_work_t *w, int status)
+{
+    (void)status;
+    struct spool_table *t = w->data;
+    struct spool *s = t->s;
+    struct spool_append *a = t->group;
+    t->group = NULL;
+    t->write_busy = false;
+    s->stats.fsyncs++;
+    int rc = t->group_status;
+    if (rc < 0) {
+        s->stats.write_errors++;
+        if (rc == -ENOSPC)
+            s->disk_full = true;
+        log_error("spool %s: cannot write: %s", table_dir_name(t->kind), strerror(-rc));
+    }
+    while (a) {
+        struct spool_append *next = a->next;
+        if (rc < 0) {
+            s->bytes -= SPOOL_HEADER_LEN + a->len;
+        } else {
+            struct spool_segment *seg = find_segment(t, a->segment);
+            if (!seg) {
+                seg = segment_new(a->segment);
+                if (t->tail)
+                    t->tail->next = seg;
+                else
+                    t->head = seg;
+                t->tail = seg;
+            }
+            segment_add_record(seg, a->offset, (uint32_t)(SPOOL_HEADER_LEN + a->len), a->nrows,
+                               get_le64(a->header + 24));
+            s->stats.records_spooled++;
+            s->stats.rows_spooled += a->nrows;
+        }
+        a->done(a->arg, rc);
+        free(a);
+        a = next;
+    }
+    if (t->pending)
+        start_group(t);
+}
+
+static void start_group(struct spool_table *t)
+{
+    if (t->write_busy || !t->pending || t->s->closing)
+        return;
+    uv_timer_stop(&t->commit_timer);
+    /* Take the pending appends, up to GROUP_MAX_BYTES (at least one). */
+    size_t bytes = 0;
+    struct spool_append *last = NULL, *a = t->pending;
+    while (a && (bytes == 0 || bytes + a->len <= GROUP_MAX_BYTES)) {
+        bytes += SPOOL_HEADER_LEN + a->len;
+        last = a;
+        a = a->next;
+    }
+    t->group = t->pending;
+    t->pending = a;
+    if (!a)
+        t->pending_tail = NULL;
+    last->next = NULL;
+    t->pending_bytes -= bytes;
+    t->write_busy = true;
+    t->write_work.data = t;
+    if (uv_queue_work(t->s->loop, &t->write_work, write_job, write_done) != 0) {
+        t->write_busy = false;
+        log_error("spool: cannot queue a write");
+    }
+}
+
+static void on_commit_timer(uv_timer_t *timer)
+{
+    start_group(timer->data);
+}
+
+bool spool_has_room(const struct spool *s, size_t bytes)
+{
+    return s->ready && !s->disk_full && !s->closing &&
+           s->bytes + SPOOL_HEADER_LEN + bytes <= s->max_bytes;
+}
+
+int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, size_t len,
+                 uint32_t nrows, spool_done_fn done, void *arg)
+{
+    if (!spool_has_room(s, len) || len > MAX_RECORD_LEN)
+        return -ENOSPC;
+    struct spool_table *t = &s->tables[kind];
+    struct spool_append *a = xcalloc(1, sizeof(*a));
+    a->rows = rows;
+    a->len = len;
+    a->nrows = nrows;
+    a->done = done;
+    a->arg = arg;
+    spool_encode_header(a->header, kind, rows, len, nrows, wall_ms());
+    if (t->pending_tail)
+        t->pending_tail->next = a;
+    else
+        t->pending = a;
+    t->pending_tail = a;
+    t->pending_bytes += SPOOL_HEADER_LEN + len;
+    s->bytes += SPOOL_HEADER_LEN + len;
+    /* While a group is being written, this append waits for it (and shares the next fsync).
+     * Otherwise wait commit_ms for company, unless there is plenty already. */
+    if (!t->write_busy) {
+        if (s->commit_ms == 0 || t->pending_bytes >= GROUP_MAX_BYTES)
+            start_group(t);
+        else if (!uv_is_active((uv_handle_t *)&t->commit_timer))
+            uv_timer_start(&t->commit_timer, on_commit_timer, s->commit_ms, 0);
+    }
+    return 0;
+}
+
+/* ---- replay ---- */
+
+bool spool_has_records(const struct spool *s, enum event_kind kind)
+{
+    const struct spool_table *t = &s->tables[kind];
+    if (!s->ready || t->record_out || t->read_busy)
+        return false;
+    for (const struct spool_segment *seg = t->head; seg; seg = seg->next)
+        if (seg->replayed < seg->nrecords)
+            return true;
+    return false;
+}
+
+static void read_job(uv_work_t *w)
+{
+    struct spool_table *t = w->data;
+    struct spool_record *rec = t->reading;
+    const struct spool_index *idx = &rec->segment->records[rec->index];
+    char path[700];
+    segment_path(t, rec->segment->id, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        t->read_status = -errno;
+        return;
+    }
+    uint8_t *buf = xmalloc(idx->len);
+    size_t got = 0;
+    while (got < idx->len) {
+        ssize_t n = pread(fd, buf + got, idx->len - got, (off_t)(idx->offset + got));
+        if (n <= 0) {
+            t->read_status = n < 0 ? -errno : -EIO;
+            break;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    if (got == idx->len && check_record(buf, idx->len, t->kind) != idx->len)
+        t->read_status = -EBADMSG;
+    if (t->read_status < 0) {
+        free(buf);
+        return;
+    }
+    /* Keep the rows only: move them to the front of the buffer. */
+    rec->len = idx->len - SPOOL_HEADER_LEN;
+    memmove(buf, buf + SPOOL_HEADER_LEN, rec->len);
+    rec->rows = buf;
+}
+
+static void read_done(uv_work_t *w, int status)
+{
+    (void)status;
+    struct spool_table *t = w->data;
+    struct spool_record *rec = t->reading;
+    t->reading = NULL;
+    t->read_busy = false;
+    if (t->read_status < 0 || t->s->closing) {
+        if (t->read_status < 0)
+            log_error("spool %s: cannot read a record of segment %016" PRIx64 ": %s",
+                      table_dir_name(t->kind), rec->segment->id, strerror(-t->read_status));
+        free(rec->rows);
+        free(rec);
+        t->read_cb(t->read_arg, NULL);
+        return;
+    }
+    t->record_out = true;
+    t->read_cb(t->read_arg, rec);
+}
+
+void spool_next(struct spool *s, enum event_kind kind, spool_record_fn cb, void *arg)
+{
+    struct spool_table *t = &s->tables[kind];
+    struct spool_segment *seg = t->head;
+    while (seg && seg->replayed >= seg->nrecords)
+        seg = seg->next;
+    if (!seg || t->read_busy || t->record_out) {
+        cb(arg, NULL);
+        return;
+    }
+    struct spool_record *rec = xcalloc(1, sizeof(*rec));
+    rec->kind = kind;
+    rec->segment = seg;
+    rec->index = seg->replayed;
+    rec->nrows = seg->records[seg->replayed].nrows;
+    rec->created_ms = seg->records[seg->replayed].created_ms;
+    t->reading = rec;
+    t->read_status = 0;
+    t->read_cb = cb;
+    t->read_arg = arg;
+    t->read_busy = true;
+    t->read_work.data = t;
+    if (uv_queue_work(s->loop, &t->read_work, read_job, read_done) != 0) {
+        t->read_busy = false;
+        t->reading = NULL;
+        free(rec);
+        cb(arg, NULL);
+    }
+}
+
+static void on_unlinked(uv_fs_t *req)
+{
+    if (req->result < 0)
+        log_warn("spool: cannot delete %s: %s", req->path, uv_strerror((int)req->result));
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+/* Deletes fully replayed segments from the head, except the one still appended to. */
+static void collect_segments(struct spool_table *t)
+{
+    struct spool *s = t->s;
+    while (t->head && t->head->replayed == t->head->nrecords && !t->record_out) {
+        struct spool_segment *seg = t->head;
+        if (t->fd >= 0 && seg->id == t->fd_segment) {
+            if (t->write_busy || t->pending)
+                return;
+            /* The segment being appended to is drained: close it, the next append starts a
+             * new one. */
+            close(t->fd);
+            t->fd = -1;
+        }
+        t->head = seg->next;
+        if (!t->head)
+            t->tail = NULL;
+        char path[700];
+        segment_path(t, seg->id, path, sizeof(path));
+        uv_fs_t *req = xmalloc(sizeof(*req));
+        uv_fs_unlink(s->loop, req, path, on_unlinked);
+        s->bytes -= seg->size <= s->bytes ? seg->size : s->bytes;
+        s->stats.segments_deleted++;
+        s->disk_full = false;
+        segment_free(seg);
+        if (s->on_space)
+            s->on_space(s->cb_arg);
+    }
+}
+
+void spool_release(struct spool *s, struct spool_record *rec, bool committed)
+{
+    struct spool_table *t = &s->tables[rec->kind];
+    t->record_out = false;
+    if (committed) {
+        rec->segment->replayed = rec->index + 1;
+        s->stats.records_replayed++;
+        s->stats.rows_replayed += rec->nrows;
+        collect_segments(t);
+    }
+    free(rec->rows);
+    free(rec);
+}
+
+/* ---- setup and close ---- */
+
+void spool_configure(struct spool *s, const struct config *config)
+{
+    s->max_bytes = config->spool.max_bytes;
+    s->segment_bytes = config->spool.segment_bytes;
+    s->commit_ms = config->spool.commit_ms;
+}
+
+int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
+               void (*on_ready)(void *arg), void (*on_space)(void *arg), void *arg, char *err,
+               size_t errlen)
+{
+    memset(s, 0, sizeof(*s));
+    s->lock_fd = -1;
+    /* One daemon per spool: a second one replaying the same records would only waste work,
+     * but two appending to one segment sequence would collide. The lock goes with the process. */
+    int rc = mkdir_p(config->spool.dir);
+    char lock[600];
+    snprintf(lock, sizeof(lock), "%s/lock", config->spool.dir);
+    int fd = rc < 0 ? -1 : open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "spool.dir %s: %s", config->spool.dir,
+                 strerror(rc < 0 ? -rc : errno));
+        return rc < 0 ? rc : -errno;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "spool.dir %s is in use by another usaged", config->spool.dir);
+        return -e;
+    }
+    s->lock_fd = fd;
+    s->loop = loop;
+    s->dir = xstrdup(config->spool.dir);
+    s->on_ready = on_ready;
+    s->on_space = on_space;
+    s->cb_arg = arg;
+    spool_configure(s, config);
+    s->recovering = EVENT_KIND_COUNT;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        struct spool_table *t = &s->tables[k];
+        t->s = s;
+        t->kind = (enum event_kind)k;
+        t->fd = -1;
+        snprintf(t->dir, sizeof(t->dir), "%s/%s", s->dir, table_dir_name(t->kind));
+        uv_timer_init(loop, &t->commit_timer);
+        t->commit_timer.data = t;
+        t->recover_work.data = xcalloc(1, sizeof(struct recovery));
+        uv_queue_work(loop, &t->recover_work, recover_job, recover_done);
+    }
+    return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct spool_table *t = h->data;
+    struct spool *s = t->s;
+    if (--s->closing > 0)
+        return;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        struct spool_table *tk = &s->tables[k];
+        if (tk->fd >= 0)
+            close(tk->fd);
+        tk->fd = -1;
+        while (tk->head) {
+            struct spool_segment *next = tk->head->next;
+            segment_free(tk->head);
+            tk->head = next;
+        }
+        tk->tail = NULL;
+    }
+    free(s->dir);
+    s->dir = NULL;
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    s->lock_fd = -1;
+    if (s->on_closed)
+        s->on_closed(s, s->closed_arg);
+}
+
+/* Close waits for jobs in flight: their callbacks touch the tables. */
+static void close_when_idle(uv_timer_t *timer);
+
+void spool_close(struct spool *s, void (*on_closed)(struct spool *s, void *arg), void *arg)
+{
+    s->on_closed = on_closed;
+    s->closed_arg = arg;
+    s->closing = EVENT_KIND_COUNT;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        struct spool_table *t = &s->tables[k];
+        uv_timer_stop(&t->commit_timer);
+        /* Appends still pending (not written) fail: their owners keep the rows. */
+        struct spool_append *a = t->pending;
+        t->pending = t->pending_tail = NULL;
+        while (a) {
+            struct spool_append *next = a->next;
+            a->done(a->arg, -ECANCELED);
+            free(a);
+            a = next;
+        }
+        if (t->write_busy || t->read_busy || s->recovering) {
+            uv_timer_start(&t->commit_timer, close_when_idle, 10, 0);
+            continue;
+        }
+        uv_close((uv_handle_t *)&t->commit_timer, on_timer_closed);
+    }
+}
+
+static void close_when_idle(uv_timer_t *timer)
+{
+    struct spool_table *t = timer->data;
+    if (t->write_busy || t->read_busy || t->s->recovering) {
+        uv_timer_start(&t->commit_timer, close_when_idle, 10, 0);
+        return;
+    }
+    uv_close((uv_handle_t *)&t->commit_timer, on_timer_closed);
+}
+
+static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+    rpc_pack_str(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
+void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
+{
+    uint64_t segments = 0, records = 0, oldest = 0;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        for (const struct spool_segment *seg = s->tables[k].head; seg; seg = seg->next) {
+            segments++;
+            records += seg->nrecords - seg->replayed;
+            if (seg->replayed < seg->nrecords) {
+                uint64_t created = seg->records[seg->replayed].created_ms;
+                if (!oldest || created < oldest)
+                    oldest = created;
+            }
+        }
+    }
+    uint64_t now = wall_ms();
+    msgpack_pack_map(pk, 15);
+    rpc_pack_str(pk, "state");
+    rpc_pack_str(pk, s->error[0]    ? "error"
+                     : !s->ready    ? "recovering"
+                     : s->disk_full ? "disk_full"
+                                    : "ok");
+    pack_u64(pk, "bytes", s->bytes);
+    pack_u64(pk, "max_bytes", s->max_bytes);
+    pack_u64(pk, "segments", segments);
+    pack_u64(pk, "records_pending", records);
+    pack_u64(pk, "oldest_age_ms", oldest && now > oldest ? now - oldest : 0);
+    pack_u64(pk, "records_spooled", s->stats.records_spooled);
+    pack_u64(pk, "rows_spooled", s->stats.rows_spooled);
+    pack_u64(pk, "records_replayed", s->stats.records_replayed);
+    pack_u64(pk, "rows_replayed", s->stats.rows_replayed);
+    pack_u64(pk, "fsyncs", s->stats.fsyncs);
+    pack_u64(pk, "write_errors", s->stats.write_errors);
+    pack_u64(pk, "corrupt_records", s->stats.corrupt_records);
+    pack_u64(pk, "quarantined_bytes", s->stats.quarantined_bytes);
+    rpc_pack_str(pk, "error");
+    rpc_pack_str(pk, s->error);
+}
