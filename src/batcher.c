@@ -491,11 +491,6 @@ static void finish_batch(struct batcher_table *t)
 
 /* ---- the spool: spilling and replay ---- */
 
-static bool writer_down(const struct batcher_table *t)
-{
-    return t->pg.state == PG_DOWN || t->pg.state == PG_CONNECTING;
-}
-
 static void on_spooled(void *arg, int status)
 {
     struct batch *batch = arg;
@@ -547,11 +542,15 @@ static void maybe_spill(struct batcher_table *t)
     uint64_t now = uv_now(b->loop);
     uint64_t grace = b->spill_after_ms < 200 ? b->spill_after_ms : 200;
     bool failing = t->failing_since && now - t->failing_since >= b->spill_after_ms;
-    bool down = writer_down(t);
+    /* Down: waiting out the backoff after a failed attempt, so no write can happen soon.
+     * Connecting: an attempt is under way and may succeed within the grace. */
+    bool down = t->pg.state == PG_DOWN;
+    bool connecting = t->pg.state == PG_CONNECTING;
     struct batch *batch = t->head;
     while (batch) {
         struct batch *next = batch->next;
-        bool due = b->drain_expired || failing || (down && now - batch->sealed_ms >= grace);
+        bool due =
+            b->drain_expired || failing || down || (connecting && now - batch->sealed_ms >= grace);
         if (due && !spill(t, batch) && !batch->replay && !(t->writing && batch == t->current))
             break; /* the spool is full: the rest waits in memory */
         batch = next;
