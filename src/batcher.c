@@ -126,6 +126,8 @@ void batcher_configure(struct batcher *b, const struct config *config)
     b->batch_rows = config->ingest.batch_rows;
     b->batch_ms = config->ingest.batch_ms;
     b->queue_rows = config->ingest.queue_rows;
+    b->queue_bytes = config->ingest.queue_bytes;
+    b->batch_bytes = config->ingest.batch_bytes;
     b->default_ack = config->ingest.ack;
     b->spill_after_ms = config->ingest.spill_after_ms;
     b->drain_timeout_s = config->ingest.drain_timeout_s;
@@ -169,10 +171,13 @@ void batcher_start(struct batcher *b)
 
 /* ---- backpressure ---- */
 
+/* Room for `rows` more, by count and by bytes (rows can be large: a prompt's text). Bytes are
+ * checked before the rows are encoded, so the queue may pass queue_bytes by one message at most. A
+ * request larger than the whole queue could never fit: it is taken when the queue is empty. */
 static bool has_room(const struct batcher *b, uint64_t rows)
 {
-    /* A request larger than the whole queue could never fit: take it when the queue is empty. */
-    return b->queued_rows + rows <= b->queue_rows || b->queued_rows == 0;
+    return (b->queued_rows + rows <= b->queue_rows && b->queued_bytes < b->queue_bytes) ||
+           b->queued_rows == 0;
 }
 
 static uint32_t retry_after_ms(const struct batcher *b, uint64_t rows)
@@ -204,7 +209,8 @@ static void pause_sender(struct batcher *b, struct conn *c)
 static void resume_senders(struct batcher *b)
 {
     if (b->npaused == 0 ||
-        !(b->queued_rows + b->batch_rows <= b->queue_rows || b->queued_rows == 0))
+        !(b->queued_rows == 0 || (b->queued_rows + b->batch_rows <= b->queue_rows &&
+                                  b->queued_bytes + b->batch_bytes / 4 <= b->queue_bytes)))
         return;
     /* Take the list first: a resumed connection may pause again and re-register. */
     struct conn **list = b->paused;
@@ -359,6 +365,7 @@ enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind
     t->stats.rows_queued += n;
     t->queued_rows += n;
     b->queued_rows += n;
+    b->queued_bytes += batch->rows.len - saved_len;
 
     if (m->kind == RPC_KIND_REQUEST) {
         if (ack == CONFIG_ACK_DURABLE && n > 0) {
@@ -375,7 +382,7 @@ enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind
             msgpack_pack_uint32(pk, n);
         }
     }
-    if (batch->nrows >= b->batch_rows)
+    if (batch->nrows >= b->batch_rows || batch->rows.len >= b->batch_bytes)
         seal(t);
     else if (batch->nrows == 0) {
         uv_timer_stop(&t->flush_timer);
@@ -407,13 +414,15 @@ void batcher_log_denied(struct batcher *b, const uint8_t user_id[16], const char
         .error_message = message,
         .created_at_ms = now_ms,
     };
+    size_t before = batch->rows.len;
     batch_reserve_row(batch);
     event_encode_usage_row(&row, &ctx, &batch->rows);
     batch_end_row(batch);
     t->stats.rows_queued++;
     t->queued_rows++;
     b->queued_rows++;
-    if (batch->nrows >= b->batch_rows)
+    b->queued_bytes += batch->rows.len - before;
+    if (batch->nrows >= b->batch_rows || batch->rows.len >= b->batch_bytes)
         seal(t);
 }
 
@@ -482,6 +491,7 @@ static void finish_batch(struct batcher_table *t)
     } else {
         t->queued_rows -= batch->nrows;
         b->queued_rows -= batch->nrows;
+        b->queued_bytes -= batch->rows.len;
     }
     answer_acks(batch);
     batch_free(batch);
@@ -501,6 +511,7 @@ static void on_spooled(void *arg, int status)
         /* Not on disk: the rows stay in memory, first in line again. */
         t->queued_rows += batch->nrows;
         b->queued_rows += batch->nrows;
+        b->queued_bytes += batch->rows.len;
         batch->next = t->head;
         t->head = batch;
         if (!t->tail)
@@ -528,6 +539,7 @@ static bool spill(struct batcher_table *t, struct batch *batch)
     b->spooling++;
     t->queued_rows -= batch->nrows;
     b->queued_rows -= batch->nrows;
+    b->queued_bytes -= batch->rows.len;
     return true;
 }
 
@@ -614,12 +626,11 @@ static void on_record(void *arg, struct spool_record *rec)
     }
     if (!ok || off != batch->rows.len) {
         /* The checksum held but the rows do not parse: keep the record, do not loop on it. */
-        log_error("spool %s: a record does not hold valid rows; it stays in the spool",
-                  t->table->name);
         rec->rows = batch->rows.data;
         batch->rows.data = NULL;
         batch_free(batch);
-        spool_release(b->spool, rec, false);
+        spool_discard(b->spool, rec);
+        batcher_kick(t);
         return;
     }
     batch->nrows = rec->nrows;
@@ -733,9 +744,10 @@ static void append_usage_bump(struct batcher_table *t, const struct batch *batch
             table[i].last_pg_us = pg_us;
     }
     if (distinct > 0) {
+        /* Saturating: an overflowing counter must not fail the batch as if its rows were bad. */
         append_str(&t->sql, ";\nUPDATE public.api_configurations AS c SET usage_count = "
-                            "c.usage_count + v.n, last_used_at = GREATEST(c.last_used_at, v.t) "
-                            "FROM (VALUES ");
+                            "LEAST(c.usage_count::bigint + v.n, 2147483647), "
+                            "last_used_at = GREATEST(c.last_used_at, v.t) FROM (VALUES ");
         bool first = true;
         for (uint32_t i = 0; i < cap; i++) {
             if (!table[i].user_id)
@@ -808,8 +820,9 @@ static void build_copy_sql(struct batcher_table *t, const struct batch *batch,
         if (t->kind == EVENT_USAGE)
             append_str(&t->sql,
                        " RETURNING user_id, provider, created_at, status_code)\n"
-                       "UPDATE public.api_configurations AS c SET usage_count = c.usage_count + "
-                       "v.n, last_used_at = GREATEST(c.last_used_at, v.t) FROM (SELECT user_id, "
+                       "UPDATE public.api_configurations AS c SET usage_count = "
+                       "LEAST(c.usage_count::bigint + v.n, 2147483647), last_used_at = "
+                       "GREATEST(c.last_used_at, v.t) FROM (SELECT user_id, "
                        "provider, count(*)::int AS n, max(created_at) AS t FROM ins WHERE "
                        "status_code IS DISTINCT FROM 429 GROUP BY user_id, provider) AS v WHERE "
                        "c.user_id = v.user_id AND c.provider = v.provider");
@@ -1004,8 +1017,13 @@ static void on_drain_timer(uv_timer_t *timer)
     struct batcher *b = timer->data;
     b->drain_expired = true;
     log_warn("ingest: drain_timeout_s passed; spooling what is not written yet");
-    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
+        /* A COPY stuck on a lock would hold the exit forever: cancel it, and the batch, failed,
+         * goes to the spool like the rest (its replay is idempotent). */
+        if (b->tables[k].writing)
+            pg_cancel(&b->tables[k].pg);
         batcher_kick(&b->tables[k]);
+    }
     check_drained(b);
 }
 
@@ -1091,7 +1109,7 @@ static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
 
 void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 8);
     pack_u64(pk, "events_received", b->stats.events_received);
     pack_u64(pk, "events_accepted", b->stats.events_accepted);
     rpc_pack_str(pk, "events_rejected");
@@ -1099,6 +1117,7 @@ void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
     for (int i = 0; i < RPC_CODE_COUNT; i++)
         pack_u64(pk, rpc_code_name((enum rpc_code)i), b->stats.events_rejected[i]);
     pack_u64(pk, "queue_rows", b->queued_rows);
+    pack_u64(pk, "queue_bytes", b->queued_bytes);
     pack_u64(pk, "requests_overloaded", b->stats.requests_overloaded);
     pack_u64(pk, "notification_senders_paused", b->stats.notifications_paused);
     rpc_pack_str(pk, "tables");

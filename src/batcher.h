@@ -121,6 +121,9 @@ struct batcher {
     uint32_t batch_rows;
     uint32_t batch_ms;
     uint32_t queue_rows;
+    uint64_t queue_bytes;  /* bound of queued_bytes */
+    uint64_t batch_bytes;  /* a batch is also sealed at this size */
+    uint64_t queued_bytes; /* bytes of the rows counted in queued_rows */
     enum config_ack default_ack;
     struct uuid_v7_gen ids;
     struct conn **paused; /* notification senders paused for room */

@@ -447,6 +447,12 @@ static bool ingest_pair(struct parser *p, const char *key, yaml_node_t *v, void 
         return parse_u32(p, v, "ingest.batch_ms", 1, 600000, &c->ingest.batch_ms);
     if (strcmp(key, "queue_rows") == 0)
         return parse_u32(p, v, "ingest.queue_rows", 1, 100000000, &c->ingest.queue_rows);
+    if (strcmp(key, "queue_bytes") == 0)
+        return parse_uint(p, v, "ingest.queue_bytes", 1ULL << 20, 1ULL << 40, true,
+                          &c->ingest.queue_bytes);
+    if (strcmp(key, "batch_bytes") == 0)
+        return parse_uint(p, v, "ingest.batch_bytes", 64ULL << 10, 512ULL << 20, true,
+                          &c->ingest.batch_bytes);
     if (strcmp(key, "ack") == 0) {
         static const char *const names[] = {"queued", "durable"};
         int e;
@@ -623,6 +629,8 @@ static struct config *config_defaults(const char *path)
     c->ingest.batch_rows = 5000;
     c->ingest.batch_ms = 200;
     c->ingest.queue_rows = 200000;
+    c->ingest.queue_bytes = 256ULL << 20;
+    c->ingest.batch_bytes = 16ULL << 20;
     c->ingest.ack = CONFIG_ACK_QUEUED;
     c->ingest.spill_after_ms = 5000;
     c->ingest.drain_timeout_s = 30;

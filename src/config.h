@@ -87,6 +87,8 @@ struct config {
         uint32_t batch_rows;
         uint32_t batch_ms;
         uint32_t queue_rows;
+        uint64_t queue_bytes; /* bytes of queued rows before backpressure */
+        uint64_t batch_bytes; /* a batch is also sealed at this size */
         enum config_ack ack;
         uint32_t spill_after_ms;  /* a batch failing this long goes to the spool */
         uint32_t drain_timeout_s; /* at shutdown, rows not written by then go to the spool */

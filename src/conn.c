@@ -15,6 +15,7 @@
 #include "xalloc.h"
 
 static void conn_close(struct conn *c);
+static void conn_mark_dirty(struct conn *c);
 static void conn_flush(struct conn *c);
 static void conn_update_pause(struct conn *c);
 static void conn_start_reading(struct conn *c);
@@ -31,14 +32,18 @@ static void on_flush_check(uv_check_t *check)
         c->next_dirty = NULL;
         c->dirty = false;
         conn_flush(c);
+        /* Answers sent (or pending requests answered) may let a paused connection go on. */
+        conn_update_pause(c);
         conn_unref(c);
     }
 }
 
 static bool conn_is_idle(const struct conn *c, uint64_t now, uint64_t idle_ms)
 {
-    return c->pending == 0 && c->writing == 0 && c->out.len == 0 &&
-           now - c->last_active_ms >= idle_ms;
+    /* A paused connection, or one holding input it has not dispatched yet (a notification
+     * waiting for room), is not idle: closing it would drop what it sent. */
+    return c->pending == 0 && c->writing == 0 && c->out.len == 0 && c->pause == 0 &&
+           c->in.len == 0 && now - c->last_active_ms >= idle_ms;
 }
 
 static void on_idle_timer(uv_timer_t *timer)
@@ -150,6 +155,20 @@ void conn_set_close(struct conn_set *set)
 }
 
 /* ---- lifetime ---- */
+
+void conn_hold(struct conn *c)
+{
+    c->pending++;
+    conn_ref(c);
+}
+
+void conn_release(struct conn *c)
+{
+    if (c->pending > 0)
+        c->pending--;
+    conn_mark_dirty(c); /* the flush pass updates the pause state */
+    conn_unref(c);
+}
 
 void conn_ref(struct conn *c)
 {
@@ -278,8 +297,9 @@ msgpack_packer *conn_reply(struct conn *c, uint32_t msgid)
         return &c->set->scratch_pk;
     }
     rpc_pack_result_head(&c->pk, msgid);
+    /* No pause update here: the caller is about to pack the result, and a resume now would run
+     * held-back requests whose answers would land inside this one. The flush pass does it. */
     conn_mark_dirty(c);
-    conn_update_pause(c);
     return &c->pk;
 }
 
@@ -291,8 +311,7 @@ void conn_reply_error(struct conn *c, uint32_t msgid, const struct rpc_error *e)
     if (c->closing)
         return;
     rpc_pack_error_response(&c->pk, msgid, e);
-    conn_mark_dirty(c);
-    conn_update_pause(c);
+    conn_mark_dirty(c); /* the flush pass updates the pause state, as for conn_reply */
 }
 
 static void conn_notify_error(struct conn *c, const struct rpc_error *e)

@@ -137,6 +137,12 @@ void conn_drop_notification(struct conn *c, const char *method, const struct rpc
 /* Closes the connection once its output is sent; nothing more is read from it. */
 void conn_close_after_flush(struct conn *c);
 
+/* A notification whose work finishes later (a check) counts as pending like a request, so that
+ * a client sending them faster than they finish is paused at max_pending_requests: hold at
+ * dispatch, release when done. */
+void conn_hold(struct conn *c);
+void conn_release(struct conn *c);
+
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 void conn_pause(struct conn *c, unsigned reasons);

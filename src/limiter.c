@@ -166,7 +166,8 @@ void limiter_pack_result(msgpack_packer *pk, const struct check_result *r)
 /* ---- the key table ---- */
 
 struct limiter_check {
-    struct conn *conn; /* NULL: a notification, nobody to answer */
+    struct conn *conn;
+    bool notification; /* nobody to answer; the connection holds it as pending */
     uint32_t msgid;
     uint32_t cost;
     struct limiter_check *next;
@@ -201,6 +202,7 @@ struct limiter_call {
     struct rules_resolved lim;
     struct limiter_check *checks;
     uint32_t n;
+    uint64_t sent_ms; /* loop time the script call was sent */
 };
 
 static uint32_t key_hash(const uint8_t user_id[16], const char *provider, size_t len)
@@ -274,7 +276,9 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
         l->stats.degraded++;
     if (!r->allowed && l->log_denied && check->cost > 0 && l->on_denied)
         l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)wall_ms());
-    if (check->conn) {
+    if (check->notification) {
+        conn_release(check->conn);
+    } else {
         limiter_pack_result(conn_reply(check->conn, check->msgid), r);
         conn_unref(check->conn);
     }
@@ -351,12 +355,14 @@ static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t c
     return true;
 }
 
-static void remember(struct limiter *l, struct limiter_key *key, const struct check_result *r)
+/* The window ends are counted from when the call was sent, not when its answer is read: the
+ * script ran in between, so the true end is no earlier than this, whatever the reply's delay. */
+static void remember(struct limiter *l, struct limiter_key *key, const struct check_result *r,
+                     uint64_t sent_ms)
 {
-    uint64_t now = uv_now(l->loop);
     key->generation = l->rules.generation;
-    key->minute_end = now + r->reset_minute_ms - CACHE_MARGIN_MS;
-    key->day_end = now + r->reset_day_ms - CACHE_MARGIN_MS;
+    key->minute_end = sent_ms + r->reset_minute_ms - CACHE_MARGIN_MS;
+    key->day_end = sent_ms + r->reset_day_ms - CACHE_MARGIN_MS;
     key->minute_left = r->remaining_minute;
     key->day_left = r->remaining_day;
 }
@@ -457,7 +463,7 @@ static void on_script_reply(enum redis_status status, const redisReply *reply, v
             struct check_result r;
             limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
             if (call->key && !next)
-                remember(l, call->key, &r); /* the last answer is the freshest count */
+                remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
             answer(l, c, call->user_id, call->provider, call->provider_len, &r);
             c = next;
         }
@@ -516,6 +522,7 @@ static void send_call(struct limiter *l, struct limiter_call *call)
     }
     if (call->key)
         call->key->inflight = true;
+    call->sent_ms = uv_now(l->loop);
     l->stats.script_calls++;
     redis_eval(&l->redis, key, klen, argc, argv, lens, l->timeout_ms, on_script_reply, call);
     if (argv != argv_small) {
@@ -641,11 +648,14 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
     }
 
     struct limiter_check *check = xmalloc(sizeof(*check));
-    check->conn = m->kind == RPC_KIND_REQUEST ? c : NULL;
+    check->conn = c;
+    check->notification = m->kind == RPC_KIND_NOTIFICATION;
     check->msgid = m->msgid;
     check->cost = cost;
     check->next = NULL;
-    if (check->conn)
+    if (check->notification)
+        conn_hold(c); /* bounded by listen.max_pending_requests like requests */
+    else
         conn_ref(c);
 
     struct check_result r;
@@ -762,7 +772,9 @@ static void part_closed(struct limiter *l)
         struct limiter_check *c = l->keys[i].queue;
         while (c) {
             struct limiter_check *next = c->next;
-            if (c->conn)
+            if (c->notification)
+                conn_release(c->conn);
+            else
                 conn_unref(c->conn);
             free(c);
             c = next;

@@ -24,6 +24,7 @@ struct redis_call {
     redis_reply_fn cb;
     void *arg;
     uint64_t deadline_ms; /* loop time */
+    uint64_t sent_ms;     /* loop time */
     uint64_t sent_us;
     bool answered; /* cb has run */
     bool linked;   /* in r->calls */
@@ -98,19 +99,32 @@ static void arm_deadline(struct redis_client *r)
 }
 
 /* Answers every call whose deadline has passed, oldest first. */
-static void check_deadlines(struct redis_client *r)
+/* Answers every call whose deadline has passed, oldest first. Returns true when one of them was
+ * sent before the last reply arrived, i.e. Redis has answered nothing since: it is stalled. */
+static bool check_deadlines(struct redis_client *r)
 {
     uint64_t now = uv_now(r->loop);
+    bool stalled = false;
     while (r->calls && r->calls->deadline_ms <= now) {
         r->stats.timeouts++;
+        if (r->calls->sent_ms >= r->last_reply_ms)
+            stalled = true;
         call_answer(r->calls, REDIS_CALL_TIMEOUT, NULL);
     }
+    return stalled;
 }
+
+static void redis_drop(struct redis_client *r, const char *why);
 
 static void on_deadline(uv_timer_t *t)
 {
     struct redis_client *r = t->data;
-    check_deadlines(r);
+    if (check_deadlines(r) && r->connected) {
+        /* No answer to anything for a whole timeout: a stopped server or a silent partition.
+         * Keeping the connection would make every check wait out the timeout and pile calls up
+         * in hiredis; drop it, answer fast (degraded) while down, and reconnect. */
+        redis_drop(r, "no answer within the timeout");
+    }
     arm_deadline(r);
 }
 
@@ -145,6 +159,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
         send_call(r, c, true);
         return;
     }
+    r->last_reply_ms = uv_now(r->loop);
     if (!c->answered)
         record_latency(r, c);
     call_answer(c, REDIS_CALL_OK, reply);
@@ -200,7 +215,8 @@ void redis_eval(struct redis_client *r, const char *key, size_t key_len, int arg
         c->arg_lens[4 + i] = arg_lens[i];
         p += arg_lens[i];
     }
-    c->deadline_ms = uv_now(r->loop) + timeout_ms;
+    c->sent_ms = uv_now(r->loop);
+    c->deadline_ms = c->sent_ms + timeout_ms;
     c->sent_us = uv_hrtime() / 1000;
     c->linked = true;
     c->prev = r->calls_tail;
@@ -238,17 +254,30 @@ static void redis_fail(struct redis_client *r, const char *why, bool was_up)
         redis_schedule_reconnect(r);
 }
 
+/* Frees the context (never from inside a hiredis callback: from timers only) and goes through
+ * the failure path once: hiredis's own disconnect callback, which the free may run, stands
+ * aside meanwhile. Calls in flight are answered REDIS_CALL_DOWN by the free. */
+static void redis_drop(struct redis_client *r, const char *why)
+{
+    redisAsyncContext *ac = r->ac;
+    bool was_up = r->connected;
+    r->ac = NULL;
+    r->connecting = false;
+    r->connected = false;
+    if (ac) {
+        r->freeing = true;
+        redisAsyncFree(ac);
+        r->freeing = false;
+    }
+    redis_fail(r, why, was_up);
+}
+
 static void on_reconnect_timer(uv_timer_t *t)
 {
     struct redis_client *r = t->data;
     if (r->connecting) {
         /* The connect (or the script load) has not finished in time: give up on this one. */
-        redisAsyncContext *ac = r->ac;
-        r->ac = NULL;
-        r->connecting = false;
-        if (ac)
-            redisAsyncFree(ac);
-        redis_fail(r, "connect timeout", false);
+        redis_drop(r, "connect timeout");
         return;
     }
     if (!r->ac && !r->closing)
@@ -311,6 +340,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct redis_client *r = ac->data;
+    if (r->freeing)
+        return; /* redis_drop is freeing this context and reports the failure itself */
     bool was_up = r->connected;
     char why[256];
     snprintf(why, sizeof(why), "%s",

@@ -40,6 +40,8 @@ struct redis_client {
     bool connected; /* connected and the script loaded */
     bool connecting;
     bool closing;
+    bool freeing;               /* redis_drop is inside redisAsyncFree */
+    uint64_t last_reply_ms;     /* loop time of the last reply of any call */
     uv_timer_t reconnect_timer; /* backoff, and the connect deadline */
     uv_timer_t deadline_timer;  /* the deadline of the oldest call in flight */
     int closed_timers;

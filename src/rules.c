@@ -13,9 +13,7 @@
 static const char load_sql[] =
     "SELECT name, is_enabled, max_requests_per_minute, max_requests_per_day "
     "FROM public.api_providers";
-static const char listen_and_load_sql[] =
-    "LISTEN usaged_limits; SELECT name, is_enabled, max_requests_per_minute, "
-    "max_requests_per_day FROM public.api_providers";
+static const char listen_sql[] = "LISTEN usaged_limits";
 
 static int64_t at_least_zero(long long v)
 {
@@ -75,31 +73,45 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
     }
 }
 
-static void rules_load(struct rules *l, bool with_listen)
+static void rules_load(struct rules *l)
 {
     if (!pg_is_idle(&l->pg)) {
         l->reload_wanted = true;
         return;
     }
     l->reload_wanted = false;
-    l->op = (struct pg_op){
-        .sql = with_listen ? listen_and_load_sql : load_sql,
-        .done = on_load_done,
-        .arg = l,
-    };
+    l->op = (struct pg_op){.sql = load_sql, .done = on_load_done, .arg = l};
     pg_submit(&l->pg, &l->op);
+}
+
+static void on_listen_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
+{
+    struct rules *l = arg;
+    if (!o->ok) {
+        if (!o->connection_lost) {
+            /* A connection that cannot LISTEN misses changes: start over on a new one, after
+             * the reconnect backoff. */
+            log_warn("limits: LISTEN usaged_limits failed: %s", o->error ? o->error : "error");
+            pg_reset(pg, "LISTEN failed");
+        }
+        return;
+    }
+    /* Read the rows after LISTEN, in a statement of its own (a failed read must not undo the
+     * LISTEN): changes made while the connection was down are in them. */
+    l->reload_wanted = true;
 }
 
 static void on_pg_ready(struct pg_conn *pg, void *arg)
 {
     struct rules *l = arg;
-    /* ready runs after a connect and after every op: a new connection must LISTEN (and read
-     * what it may have missed while down); an idle one may owe a reload. */
+    /* ready runs after a connect and after every op: a new connection must LISTEN first, then
+     * read; an idle one may owe a reload. */
     if (pg->stats.connects != l->listen_connects) {
         l->listen_connects = pg->stats.connects;
-        rules_load(l, true);
+        l->op = (struct pg_op){.sql = listen_sql, .done = on_listen_done, .arg = l};
+        pg_submit(&l->pg, &l->op);
     } else if (l->reload_wanted) {
-        rules_load(l, false);
+        rules_load(l);
     }
 }
 
@@ -111,7 +123,7 @@ static void on_notify(struct pg_conn *pg, const char *channel, const char *paylo
     if (strcmp(channel, "usaged_limits") != 0)
         return;
     l->notifications++;
-    rules_load(l, false);
+    rules_load(l);
 }
 
 static void on_pg_connect_failed(struct pg_conn *pg, void *arg)
@@ -133,7 +145,7 @@ static void on_resync(uv_timer_t *t)
 {
     struct rules *l = t->data;
     if (l->listen_connects == l->pg.stats.connects && l->pg.state != PG_DOWN)
-        rules_load(l, false);
+        rules_load(l);
 }
 
 static int compare_users(const void *a, const void *b)

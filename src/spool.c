@@ -172,13 +172,14 @@ static int mkdir_p(const char *path)
     return 0;
 }
 
-static void fsync_dir(const char *dir)
+static int fsync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
 }
 
 /* Copies damaged bytes into quarantine/ so that a person can look at them. */
@@ -259,7 +260,7 @@ static void recover_segment(struct spool_table *t, struct recovery *rec, uint64_
         /* Damage: find the next offset where a valid record starts, and quarantine the rest. */
         damaged = true;
         size_t next = off + 1;
-        while (next < size &&
+        while (next + 4 <= size &&
                !(get_le32(map + next) == MAGIC && check_record(map + next, size - next, t->kind)))
             next++;
         if (next + 4 > size)
@@ -274,25 +275,27 @@ static void recover_segment(struct spool_table *t, struct recovery *rec, uint64_
         char tmp[720];
         snprintf(tmp, sizeof(tmp), "%s.tmp", path);
         int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        uint64_t pos = 0;
         bool ok = out >= 0;
         for (uint32_t i = 0; ok && i < seg->nrecords; i++) {
-            struct spool_index *r = &seg->records[i];
+            const struct spool_index *r = &seg->records[i];
             size_t w = 0;
             while (ok && w < r->len) {
                 ssize_t n = write(out, map + r->offset + w, r->len - w);
                 ok = n > 0;
                 w += n > 0 ? (size_t)n : 0;
             }
-            r->offset = pos;
-            pos += r->len;
         }
         ok = ok && fsync(out) == 0;
         if (out >= 0)
             close(out);
-        if (ok && rename(tmp, path) == 0) {
-            seg->size = pos;
-            fsync_dir(t->dir);
+        if (ok && rename(tmp, path) == 0 && fsync_dir(t->dir) == 0) {
+            /* Only now do the records sit at their new offsets. */
+            uint64_t at = 0;
+            for (uint32_t i = 0; i < seg->nrecords; i++) {
+                seg->records[i].offset = at;
+                at += seg->records[i].len;
+            }
+            seg->size = at;
         } else {
             unlink(tmp);
             rec->error = errno ? errno : EIO;
@@ -397,7 +400,13 @@ static int open_segment(struct spool_table *t)
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
-    fsync_dir(t->dir); /* the new name must survive a crash too */
+    /* The new name must survive a crash too, or records acked in it could vanish with it. */
+    int rc = fsync_dir(t->dir);
+    if (rc < 0) {
+        close(fd);
+        unlink(path);
+        return rc;
+    }
     t->fd = fd;
     t->fd_segment = id;
     t->fd_size = 0;
@@ -481,6 +490,7 @@ static void write_job(uv_work_t *w)
 }
 
 static void start_group(struct spool_table *t);
+static void collect_segments(struct spool_table *t);
 
 static void write_done(uv_work_t *w, int status)
 {
@@ -521,6 +531,7 @@ static void write_done(uv_work_t *w, int status)
         free(a);
         a = next;
     }
+    collect_segments(t);
     if (t->pending)
         start_group(t);
 }
@@ -607,13 +618,15 @@ bool spool_has_records(const struct spool *s, enum event_kind kind)
     return false;
 }
 
+/* The job reads only its own copy of where the record is: the loop may grow (reallocate) the
+ * segment's index meanwhile, when replay has caught up with the segment being appended to. */
 static void read_job(uv_work_t *w)
 {
     struct spool_table *t = w->data;
     struct spool_record *rec = t->reading;
-    const struct spool_index *idx = &rec->segment->records[rec->index];
+    const struct spool_index *idx = &rec->where;
     char path[700];
-    segment_path(t, rec->segment->id, path, sizeof(path));
+    segment_path(t, rec->segment_id, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         t->read_status = -errno;
@@ -649,12 +662,23 @@ static void read_done(uv_work_t *w, int status)
     struct spool_record *rec = t->reading;
     t->reading = NULL;
     t->read_busy = false;
-    if (t->read_status < 0 || t->s->closing) {
-        if (t->read_status < 0)
-            log_error("spool %s: cannot read a record of segment %016" PRIx64 ": %s",
-                      table_dir_name(t->kind), rec->segment->id, strerror(-t->read_status));
+    if (t->s->closing) {
         free(rec->rows);
         free(rec);
+        t->read_cb(t->read_arg, NULL);
+        return;
+    }
+    if (t->read_status < 0) {
+        /* A record that cannot be read back is damaged like one found at start: reported and
+         * passed over, so that it does not hold back every record after it. */
+        t->s->stats.corrupt_records++;
+        log_error("spool %s: record %u of segment %016" PRIx64 " cannot be read (%s); it is "
+                  "skipped, its rows are lost",
+                  table_dir_name(t->kind), rec->index, rec->segment_id, strerror(-t->read_status));
+        rec->segment->replayed = rec->index + 1;
+        free(rec->rows);
+        free(rec);
+        collect_segments(t);
         t->read_cb(t->read_arg, NULL);
         return;
     }
@@ -675,7 +699,9 @@ void spool_next(struct spool *s, enum event_kind kind, spool_record_fn cb, void 
     struct spool_record *rec = xcalloc(1, sizeof(*rec));
     rec->kind = kind;
     rec->segment = seg;
+    rec->segment_id = seg->id;
     rec->index = seg->replayed;
+    rec->where = seg->records[seg->replayed];
     rec->nrows = seg->records[seg->replayed].nrows;
     rec->created_ms = seg->records[seg->replayed].created_ms;
     t->reading = rec;
@@ -704,10 +730,14 @@ static void on_unlinked(uv_fs_t *req)
 static void collect_segments(struct spool_table *t)
 {
     struct spool *s = t->s;
+    /* While a group is written, the job owns fd and fd_segment (a rotation changes them) and
+     * may still be adding records to a segment that looks drained: wait for write_done. */
+    if (t->write_busy)
+        return;
     while (t->head && t->head->replayed == t->head->nrecords && !t->record_out) {
         struct spool_segment *seg = t->head;
         if (t->fd >= 0 && seg->id == t->fd_segment) {
-            if (t->write_busy || t->pending)
+            if (t->pending)
                 return;
             /* The segment being appended to is drained: close it, the next append starts a
              * new one. */
@@ -728,6 +758,56 @@ static void collect_segments(struct spool_table *t)
         if (s->on_space)
             s->on_space(s->cb_arg);
     }
+}
+
+/* Writing a quarantined record out, on the thread pool. */
+struct quarantine_job {
+    uv_work_t work;
+    struct spool_table *t;
+    uint64_t segment_id;
+    uint64_t offset;
+    uint8_t *rows;
+    size_t len;
+};
+
+static void quarantine_run(uv_work_t *w)
+{
+    struct quarantine_job *q = w->data;
+    quarantine(q->t, q->segment_id, q->offset, q->rows, q->len);
+}
+
+static void quarantine_done(uv_work_t *w, int status)
+{
+    (void)status;
+    struct quarantine_job *q = w->data;
+    free(q->rows);
+    free(q);
+}
+
+void spool_discard(struct spool *s, struct spool_record *rec)
+{
+    struct spool_table *t = &s->tables[rec->kind];
+    t->record_out = false;
+    s->stats.corrupt_records++;
+    s->stats.quarantined_bytes += rec->len;
+    log_error("spool %s: record %u of segment %016" PRIx64 " holds rows that do not parse; "
+              "moved to %s/quarantine",
+              table_dir_name(t->kind), rec->index, rec->segment_id, t->dir);
+    rec->segment->replayed = rec->index + 1;
+    struct quarantine_job *q = xcalloc(1, sizeof(*q));
+    q->t = t;
+    q->segment_id = rec->segment_id;
+    q->offset = rec->where.offset;
+    q->rows = rec->rows;
+    q->len = rec->len;
+    rec->rows = NULL;
+    q->work.data = q;
+    if (uv_queue_work(s->loop, &q->work, quarantine_run, quarantine_done) != 0) {
+        free(q->rows);
+        free(q);
+    }
+    free(rec);
+    collect_segments(t);
 }
 
 void spool_release(struct spool *s, struct spool_record *rec, bool committed)

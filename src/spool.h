@@ -29,6 +29,13 @@
 struct spool;
 struct spool_segment;
 
+struct spool_index {
+    uint64_t offset; /* of the header in the segment file */
+    uint32_t len;    /* header and rows */
+    uint32_t nrows;
+    uint64_t created_ms;
+};
+
 /* A record read back for replay. rows holds nrows COPY tuples. */
 struct spool_record {
     uint8_t *rows;
@@ -37,7 +44,9 @@ struct spool_record {
     uint64_t created_ms; /* wall clock of the append */
     enum event_kind kind;
     struct spool_segment *segment;
-    uint32_t index; /* in the segment */
+    uint64_t segment_id;
+    uint32_t index;           /* in the segment */
+    struct spool_index where; /* a copy of its index entry, for the read job */
 };
 
 /* 0, or a negative errno (-ENOSPC: the spool is full or the disk is). */
@@ -46,13 +55,6 @@ typedef void (*spool_done_fn)(void *arg, int status);
 typedef void (*spool_record_fn)(void *arg, struct spool_record *rec);
 
 struct spool_append;
-
-struct spool_index {
-    uint64_t offset; /* of the header in the segment file */
-    uint32_t len;    /* header and rows */
-    uint32_t nrows;
-    uint64_t created_ms;
-};
 
 struct spool_segment {
     uint64_t id;
@@ -150,6 +152,10 @@ void spool_next(struct spool *s, enum event_kind kind, spool_record_fn cb, void 
 /* Gives a record back: committed (the spool moves past it, deleting its segment when done), or
  * not (it will be read again). Frees the record. */
 void spool_release(struct spool *s, struct spool_record *rec, bool committed);
+
+/* Gives up on a record whose rows do not parse (the checksum held, so a bug or a format the
+ * daemon does not know): its bytes go to quarantine/, it is counted and passed over. */
+void spool_discard(struct spool *s, struct spool_record *rec);
 
 void spool_close(struct spool *s, void (*on_closed)(struct spool *s, void *arg), void *arg);
 void spool_pack_stats(const struct spool *s, msgpack_packer *pk);

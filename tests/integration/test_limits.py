@@ -340,3 +340,52 @@ def test_providers_unread_while_postgres_is_down_answer_unavailable(
                      "the limits to be loaded once PostgreSQL is back")
     with d.client() as c:
         assert check(c, str(uuid.uuid4()), "later")["allowed"]
+
+
+def test_answers_that_free_a_paused_pipeline_stay_whole(daemon_factory, workdir, pg, db,
+                                                        redis_server):
+    """An answer that brings a connection back under max_pending_requests must be sent whole
+    before the requests it lets through are answered (never one inside another)."""
+    add_provider(pg, db, "pipe", per_minute=1000, per_day=100000)
+    cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server).replace(
+        "  unix_mode: 0600\n", "  unix_mode: 0600\n  max_pending_requests: 4\n")
+    d = daemon_factory(cfg + "limits:\n  log_denied: false\n")
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
+                     "the limits to be loaded")
+    with d.client() as c:
+        req = {"user_id": str(uuid.uuid4()), "provider": "pipe"}
+        msgs = [msgpack.packb([0, i, "check", [req]]) for i in range(1, 9)]
+        msgs += [msgpack.packb([0, 100 + i, "ping", []]) for i in range(4)]
+        c.send_raw(b"".join(msgs))
+        seen = {}
+        while len(seen) < 12:
+            msg = c._read_message()
+            assert isinstance(msg, list) and msg[0] == 1 and msg[2] is None, msg
+            seen[msg[1]] = msg[3]
+    assert set(seen) == set(range(1, 9)) | set(range(100, 104))
+    assert all(seen[i]["allowed"] is True for i in range(1, 9))
+    assert all(seen[100 + i]["protocol"] == 1 for i in range(4))
+
+
+def test_a_stalled_redis_is_dropped_so_later_checks_do_not_wait(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "stall2", per_minute=3, per_day=1000)
+    user = str(uuid.uuid4())
+    d = start(daemon_factory, workdir, pg, db, redis_server,
+              limits="  on_redis_error: allow\n  log_denied: false\n",
+              redis_extra="  timeout_ms: 300\n  reconnect_max_ms: 200\n")
+    with d.client() as c:
+        assert check(c, user, "stall2", 0)["degraded"] is False
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            assert check(c, user, "stall2")["degraded"]  # waits out the timeout once
+            t0 = time.monotonic()
+            later = [check(c, user, "stall2") for _ in range(20)]
+            elapsed = time.monotonic() - t0
+            assert all(r["degraded"] for r in later)
+            assert elapsed < 300 * 20 / 1000 / 4, "later checks still waited for Redis"
+            assert c.call("stats")["limits"]["redis"]["state"] == "down"
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        servers.wait_for(lambda: check(c, user, "stall2", 0)["degraded"] is False, 15,
+                         "exact answers once Redis answers again")

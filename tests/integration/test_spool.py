@@ -185,3 +185,30 @@ def test_a_second_daemon_on_the_same_spool_refuses_to_start(daemon_factory, work
     assert other.proc.wait(timeout=30) == 1
     assert "in use by another usaged" in other.log_text()
     other.proc = None
+
+
+def test_sigterm_does_not_wait_for_a_copy_stuck_on_a_lock(daemon_factory, workdir, pg, db):
+    import psycopg2
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db,
+              ingest="  batch_rows: 100\n  batch_ms: 10\n  drain_timeout_s: 1\n",
+              name="stuck")
+    locker = psycopg2.connect(pg.dsn(db))
+    try:
+        cur = locker.cursor()
+        cur.execute("LOCK TABLE public.api_usage_logs IN ACCESS EXCLUSIVE MODE")
+        with d.client() as c:
+            sent = [event(user, i) for i in range(100)]
+            assert c.call("log_usage", sent) == {"accepted": 100}
+            servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                         "wait_event_type = 'Lock'")[0][0] >= 1, 10,
+                             "the COPY to wait for the lock")
+        t0 = time.monotonic()
+        assert d.stop(timeout=30) == 0
+        assert time.monotonic() - t0 < 10
+    finally:
+        locker.rollback()
+        locker.close()
+    d.start()
+    servers.wait_for(lambda: count(pg, db) >= 100, 60, "the spooled batch to be replayed")
+    assert sorted(ids_in(pg, db)) == sorted(e["id"] for e in sent)

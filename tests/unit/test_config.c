@@ -30,6 +30,8 @@ TEST(an_empty_file_gives_every_documented_default)
     CHECK_EQ_INT(c->ingest.batch_rows, 5000);
     CHECK_EQ_INT(c->ingest.batch_ms, 200);
     CHECK_EQ_INT(c->ingest.queue_rows, 200000);
+    CHECK_EQ_INT(c->ingest.queue_bytes, 256 << 20);
+    CHECK_EQ_INT(c->ingest.batch_bytes, 16 << 20);
     CHECK_EQ_INT(c->ingest.ack, CONFIG_ACK_QUEUED);
     CHECK_EQ_STR(c->spool.dir, "/var/lib/usaged/spool");
     CHECK_EQ_INT(c->spool.max_bytes, 1073741824);
