@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages usaged needs to build, test and run locally, when any is
-# missing. Runs apt-get through sudo when not root. Prints nothing when all are present.
+# Installs the Debian 12 packages usaged needs to build, test and run locally (and, with the
+# argument `bench`, to run bench/compare), when any is missing. Runs apt-get through sudo when
+# not root. Prints nothing when all are present.
 set -euo pipefail
 
 packages=(
@@ -11,6 +12,13 @@ packages=(
   python3-prometheus-client man-db  # man: systemd-analyze verify looks up Documentation= pages
   valgrind systemd procps iproute2 git ca-certificates
 )
+# `deps.sh bench`: also what bench/compare needs, and the tests do not: Node.js for the
+# rate-limiter-flexible peer, perf for profiles. npm: Debian's package, unless the installed
+# Node.js brings its own (NodeSource's nodejs provides npm and conflicts with Debian's).
+if [ "${1:-}" = bench ]; then
+  packages+=(nodejs linux-perf)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
