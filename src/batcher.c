@@ -636,7 +636,10 @@ static void on_record(void *arg, struct spool_record *rec)
     batch->nrows = rec->nrows;
     batch->row_off[batch->nrows] = (uint32_t)off;
     batch->replay = rec;
-    batch->idempotent = true;
+    /* A plain COPY first, like any batch: if some of its rows are already stored (a commit
+     * whose outcome was unknown, a replay cut short by a crash), the unique violation switches
+     * it to the staging table, which stores each row once. */
+    batch->idempotent = false;
     batch->first_row_ms = batch->sealed_ms = uv_now(b->loop);
     batch_push_range(batch, 0, batch->nrows);
     batch->next = t->head;
@@ -744,10 +747,14 @@ static void append_usage_bump(struct batcher_table *t, const struct batch *batch
             table[i].last_pg_us = pg_us;
     }
     if (distinct > 0) {
-        /* Saturating: an overflowing counter must not fail the batch as if its rows were bad. */
-        append_str(&t->sql, ";\nUPDATE public.api_configurations AS c SET usage_count = "
-                            "LEAST(c.usage_count::bigint + v.n, 2147483647), "
-                            "last_used_at = GREATEST(c.last_used_at, v.t) FROM (VALUES ");
+        /* Four array literals unnested, rather than a VALUES list: PostgreSQL parses and plans
+         * one constant per column instead of thousands of row expressions. Saturating: an
+         * overflowing counter must not fail the batch as if its rows were bad. */
+        struct buf ids, provs, counts, times;
+        buf_init(&ids);
+        buf_init(&provs);
+        buf_init(&counts);
+        buf_init(&times);
         bool first = true;
         for (uint32_t i = 0; i < cap; i++) {
             if (!table[i].user_id)
@@ -756,19 +763,41 @@ static void append_usage_bump(struct batcher_table *t, const struct batch *batch
             uuid_format(table[i].user_id, id);
             format_pg_timestamp(table[i].last_pg_us, ts, sizeof(ts));
             snprintf(num, sizeof(num), "%u", table[i].count);
-            char *prov = PQescapeLiteral(t->pg.conn, (const char *)table[i].provider,
-                                         (size_t)table[i].provider_len);
-            append_str(&t->sql, first ? "('" : ", ('");
-            append_str(&t->sql, id);
-            append_str(&t->sql, "'::uuid, ");
-            append_str(&t->sql, prov ? prov : "''");
-            append_str(&t->sql, ", ");
-            append_str(&t->sql, num);
-            append_str(&t->sql, ", '");
-            append_str(&t->sql, ts);
-            append_str(&t->sql, "'::timestamptz)");
-            PQfreemem(prov);
+            const char *sep = first ? "{" : ",";
+            append_str(&ids, sep);
+            append_str(&ids, id);
+            append_str(&counts, sep);
+            append_str(&counts, num);
+            append_str(&times, sep);
+            append_str(&times, "\"");
+            append_str(&times, ts);
+            append_str(&times, "\"");
+            /* An array element in double quotes, with " and \ escaped (any other byte is taken
+             * as it is; providers are valid UTF-8 without NUL). */
+            append_str(&provs, sep);
+            buf_put_u8(&provs, '"');
+            for (int32_t k = 0; k < table[i].provider_len; k++) {
+                uint8_t ch = table[i].provider[k];
+                if (ch == '"' || ch == '\\')
+                    buf_put_u8(&provs, '\\');
+                buf_put_u8(&provs, ch);
+            }
+            buf_put_u8(&provs, '"');
             first = false;
+        }
+        struct buf *arrays[4] = {&ids, &provs, &counts, &times};
+        static const char *const casts[4] = {"::uuid[], ", "::text[], ", "::int[], ",
+                                             "::timestamptz[]"};
+        append_str(&t->sql, ";\nUPDATE public.api_configurations AS c SET usage_count = "
+                            "LEAST(c.usage_count::bigint + v.n, 2147483647), "
+                            "last_used_at = GREATEST(c.last_used_at, v.t) FROM unnest(");
+        for (int a = 0; a < 4; a++) {
+            buf_put_u8(arrays[a], '}');
+            char *lit = PQescapeLiteral(t->pg.conn, (const char *)arrays[a]->data, arrays[a]->len);
+            append_str(&t->sql, lit ? lit : "'{}'");
+            append_str(&t->sql, casts[a]);
+            PQfreemem(lit);
+            buf_free(arrays[a]);
         }
         append_str(&t->sql, ") AS v(user_id, provider, n, t) WHERE c.user_id = v.user_id AND "
                             "c.provider = v.provider");

@@ -106,7 +106,7 @@ static bool parse_uint(struct parser *p, const yaml_node_t *n, const char *key, 
 static bool parse_u32(struct parser *p, const yaml_node_t *n, const char *key, uint32_t min,
                       uint32_t max, uint32_t *out)
 {
-    uint64_t v;
+    uint64_t v = 0;
     if (!parse_uint(p, n, key, min, max, false, &v))
         return false;
     *out = (uint32_t)v;
@@ -176,7 +176,7 @@ static bool parse_limit(struct parser *p, const yaml_node_t *n, const char *key,
         out->kind = CONFIG_LIMIT_UNLIMITED;
         return true;
     }
-    uint64_t v;
+    uint64_t v = 0;
     if (!parse_uint(p, n, key, 0, INT32_MAX, false, &v))
         return fail(p, n, "%s must be a number of requests (0 .. %d), or unlimited", key,
                     INT32_MAX);
@@ -421,7 +421,7 @@ static bool limits_pair(struct parser *p, const char *key, yaml_node_t *v, void 
     struct config *c = ctx;
     if (strcmp(key, "on_redis_error") == 0) {
         static const char *const names[] = {"local", "allow", "deny"};
-        int e;
+        int e = 0;
         if (!parse_enum(p, v, "limits.on_redis_error", names, 3, &e))
             return false;
         c->limits.on_redis_error = (enum config_redis_policy)e;
@@ -455,7 +455,7 @@ static bool ingest_pair(struct parser *p, const char *key, yaml_node_t *v, void 
                           &c->ingest.batch_bytes);
     if (strcmp(key, "ack") == 0) {
         static const char *const names[] = {"queued", "durable"};
-        int e;
+        int e = 0;
         if (!parse_enum(p, v, "ingest.ack", names, 2, &e))
             return false;
         c->ingest.ack = (enum config_ack)e;

@@ -22,6 +22,7 @@ enum field_kind {
 
 struct field_spec {
     const char *name;
+    uint8_t name_len; /* strlen(name), so that matching a key costs one memcmp */
     enum field_kind kind;
     bool required;
     uint32_t min_chars, max_chars; /* F_TEXT; max 0: no limit beyond the message size */
@@ -29,41 +30,42 @@ struct field_spec {
 };
 
 #define INT4_MAX 2147483647LL
+#define N(name) name, sizeof(name) - 1
 
 static const struct field_spec usage_fields[] = {
-    {"id", F_UUID, false, 0, 0, 0, 0},
-    {"user_id", F_UUID, true, 0, 0, 0, 0},
-    {"provider", F_TEXT, true, 1, 50, 0, 0},
-    {"endpoint", F_TEXT, false, 0, 0, 0, 0},
-    {"request_size", F_INT4, false, 0, 0, 0, INT4_MAX},
-    {"response_size", F_INT4, false, 0, 0, 0, INT4_MAX},
-    {"response_time_ms", F_INT4, false, 0, 0, 0, INT4_MAX},
-    {"status_code", F_INT4, false, 0, 0, 100, 599},
-    {"error_message", F_TEXT, false, 0, 0, 0, 0},
-    {"created_at", F_TIMESTAMP, false, 0, 0, 0, 0},
+    {N("id"), F_UUID, false, 0, 0, 0, 0},
+    {N("user_id"), F_UUID, true, 0, 0, 0, 0},
+    {N("provider"), F_TEXT, true, 1, 50, 0, 0},
+    {N("endpoint"), F_TEXT, false, 0, 0, 0, 0},
+    {N("request_size"), F_INT4, false, 0, 0, 0, INT4_MAX},
+    {N("response_size"), F_INT4, false, 0, 0, 0, INT4_MAX},
+    {N("response_time_ms"), F_INT4, false, 0, 0, 0, INT4_MAX},
+    {N("status_code"), F_INT4, false, 0, 0, 100, 599},
+    {N("error_message"), F_TEXT, false, 0, 0, 0, 0},
+    {N("created_at"), F_TIMESTAMP, false, 0, 0, 0, 0},
 };
 
 static const struct field_spec prompt_fields[] = {
-    {"id", F_UUID, false, 0, 0, 0, 0},
-    {"user_id", F_UUID, true, 0, 0, 0, 0},
-    {"framework_id", F_TEXT, false, 0, 50, 0, 0},
-    {"framework_name", F_TEXT, false, 0, 100, 0, 0},
-    {"model", F_TEXT, false, 0, 50, 0, 0},
-    {"provider", F_TEXT, false, 0, 50, 0, 0},
-    {"user_input", F_TEXT, false, 0, 0, 0, 0},
-    {"ai_response", F_TEXT, false, 0, 0, 0, 0},
-    {"tone", F_TEXT, false, 0, 50, 0, 0},
-    {"length", F_TEXT, false, 0, 50, 0, 0},
-    {"temperature", F_FLOAT, false, 0, 0, 0, 2},
-    {"max_tokens", F_INT4, false, 0, 0, 0, INT4_MAX},
-    {"vibe_coding", F_BOOL, false, 0, 0, 0, 0},
-    {"processing_time_ms", F_INT4, false, 0, 0, 0, INT4_MAX},
-    {"tokens_used", F_INT4, false, 0, 0, 0, INT4_MAX},
-    {"cost_usd", F_DECIMAL, false, 0, 0, 0, 0},
-    {"status", F_STATUS, true, 0, 0, 0, 0},
-    {"error_message", F_TEXT, false, 0, 0, 0, 0},
-    {"error_code", F_TEXT, false, 0, 50, 0, 0},
-    {"created_at", F_TIMESTAMP, false, 0, 0, 0, 0},
+    {N("id"), F_UUID, false, 0, 0, 0, 0},
+    {N("user_id"), F_UUID, true, 0, 0, 0, 0},
+    {N("framework_id"), F_TEXT, false, 0, 50, 0, 0},
+    {N("framework_name"), F_TEXT, false, 0, 100, 0, 0},
+    {N("model"), F_TEXT, false, 0, 50, 0, 0},
+    {N("provider"), F_TEXT, false, 0, 50, 0, 0},
+    {N("user_input"), F_TEXT, false, 0, 0, 0, 0},
+    {N("ai_response"), F_TEXT, false, 0, 0, 0, 0},
+    {N("tone"), F_TEXT, false, 0, 50, 0, 0},
+    {N("length"), F_TEXT, false, 0, 50, 0, 0},
+    {N("temperature"), F_FLOAT, false, 0, 0, 0, 2},
+    {N("max_tokens"), F_INT4, false, 0, 0, 0, INT4_MAX},
+    {N("vibe_coding"), F_BOOL, false, 0, 0, 0, 0},
+    {N("processing_time_ms"), F_INT4, false, 0, 0, 0, INT4_MAX},
+    {N("tokens_used"), F_INT4, false, 0, 0, 0, INT4_MAX},
+    {N("cost_usd"), F_DECIMAL, false, 0, 0, 0, 0},
+    {N("status"), F_STATUS, true, 0, 0, 0, 0},
+    {N("error_message"), F_TEXT, false, 0, 0, 0, 0},
+    {N("error_code"), F_TEXT, false, 0, 50, 0, 0},
+    {N("created_at"), F_TIMESTAMP, false, 0, 0, 0, 0},
 };
 
 #define USAGE_NFIELDS ((int)(sizeof(usage_fields) / sizeof(usage_fields[0])))
@@ -347,7 +349,7 @@ static bool encode_value(const struct field_spec *f, const msgpack_object *v, st
 static int find_field(const struct field_spec *specs, int n, const msgpack_object_str *key)
 {
     for (int i = 0; i < n; i++)
-        if (strlen(specs[i].name) == key->size && memcmp(specs[i].name, key->ptr, key->size) == 0)
+        if (specs[i].name_len == key->size && memcmp(specs[i].name, key->ptr, key->size) == 0)
             return i;
     return -1;
 }

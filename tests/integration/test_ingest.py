@@ -294,7 +294,11 @@ def test_api_configurations_usage_is_bumped_per_batch(daemon_factory, workdir, p
                              {"user_id": a, "provider": "openai", "created_at": t_late},
                              {"user_id": a, "provider": "openai", "status_code": 429,
                               "created_at": t_late + 5},
-                             {"user_id": b, "provider": "anthropic"}], {"ack": "durable"})
+                             {"user_id": b, "provider": "anthropic"},
+                             # Quotes, backslashes, commas and braces in a provider must neither
+                             # break the bump statement nor reach beyond it.
+                             {"user_id": a, "provider": "a\"b\\c'd{e},f); DROP TABLE x; --"}],
+                            {"ack": "durable"})
     rows = dict((r[0], r[1:]) for r in sql(
         pg, db, "SELECT user_id::text, usage_count, last_used_at FROM public.api_configurations"))
     assert rows[a] == (2, datetime.datetime.fromtimestamp(t_late / 1000, UTC))
