@@ -1,4 +1,4 @@
-/* redis: one Redis connection on the event loop (hiredis's async API and its libuv adapter).
+/* redis: one Redis connection on the event loop (hiredis's async API, on a uv_poll handle).
  *
  * Commands are pipelined: each is written as soon as it is issued and answered in order. The
  * connection reconnects with doubling backoff when it is lost, loads the registered Lua script
@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
+
+#include "buf.h"
 
 enum redis_status {
     REDIS_CALL_OK = 0,  /* reply holds the server's answer (maybe an error reply) */
@@ -48,7 +50,8 @@ struct redis_client {
     uint32_t backoff_ms;
     uint32_t backoff_max_ms;
     uint32_t connect_timeout_ms;
-    char *script; /* the Lua source run by redis_eval */
+    char *script;       /* the Lua source run by redis_eval */
+    struct buf command; /* a command being formatted */
     char script_sha[41];
     struct redis_call *calls; /* in flight, oldest first (a doubly linked list) */
     struct redis_call *calls_tail;
