@@ -693,21 +693,6 @@ static uint32_t bump_hash(const uint8_t *user, const uint8_t *provider, int32_t 
     return h;
 }
 
-static void format_pg_timestamp(int64_t pg_us, char *out, size_t cap)
-{
-    int64_t unix_us = pg_us + COPY_PG_EPOCH_US;
-    time_t secs = (time_t)(unix_us / 1000000);
-    int64_t frac = unix_us % 1000000;
-    if (frac < 0) {
-        frac += 1000000;
-        secs--;
-    }
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm);
-    snprintf(out + n, cap - n, ".%06" PRId64 "+00", frac);
-}
-
 /* Appends the UPDATE of api_configurations for rows [lo, hi) of a usage batch, counted in C:
  * rows with status 429 (rate limited, including usaged's own denial records) are not calls. */
 static void append_usage_bump(struct batcher_table *t, const struct batch *batch, uint32_t lo,
@@ -761,7 +746,7 @@ static void append_usage_bump(struct batcher_table *t, const struct batch *batch
                 continue;
             char id[UUID_STRING_LEN + 1], ts[48], num[16];
             uuid_format(table[i].user_id, id);
-            format_pg_timestamp(table[i].last_pg_us, ts, sizeof(ts));
+            copy_format_timestamp(table[i].last_pg_us, ' ', "+00", ts, sizeof(ts));
             snprintf(num, sizeof(num), "%u", table[i].count);
             const char *sep = first ? "{" : ",";
             append_str(&ids, sep);
@@ -1130,45 +1115,39 @@ void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void 
 
 /* ---- stats ---- */
 
-static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-    rpc_pack_str(pk, key);
-    msgpack_pack_uint64(pk, v);
-}
-
 void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
 {
     msgpack_pack_map(pk, 8);
-    pack_u64(pk, "events_received", b->stats.events_received);
-    pack_u64(pk, "events_accepted", b->stats.events_accepted);
+    rpc_pack_u64(pk, "events_received", b->stats.events_received);
+    rpc_pack_u64(pk, "events_accepted", b->stats.events_accepted);
     rpc_pack_str(pk, "events_rejected");
     msgpack_pack_map(pk, RPC_CODE_COUNT);
     for (int i = 0; i < RPC_CODE_COUNT; i++)
-        pack_u64(pk, rpc_code_name((enum rpc_code)i), b->stats.events_rejected[i]);
-    pack_u64(pk, "queue_rows", b->queued_rows);
-    pack_u64(pk, "queue_bytes", b->queued_bytes);
-    pack_u64(pk, "requests_overloaded", b->stats.requests_overloaded);
-    pack_u64(pk, "notification_senders_paused", b->stats.notifications_paused);
+        rpc_pack_u64(pk, rpc_code_name((enum rpc_code)i), b->stats.events_rejected[i]);
+    rpc_pack_u64(pk, "queue_rows", b->queued_rows);
+    rpc_pack_u64(pk, "queue_bytes", b->queued_bytes);
+    rpc_pack_u64(pk, "requests_overloaded", b->stats.requests_overloaded);
+    rpc_pack_u64(pk, "notification_senders_paused", b->stats.notifications_paused);
     rpc_pack_str(pk, "tables");
     msgpack_pack_map(pk, EVENT_KIND_COUNT);
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         const struct batcher_table *t = &b->tables[k];
         rpc_pack_str(pk, t->table->name);
         msgpack_pack_map(pk, 13);
-        pack_u64(pk, "queue_rows", t->queued_rows);
-        pack_u64(pk, "rows_queued", t->stats.rows_queued);
-        pack_u64(pk, "rows_written", t->stats.rows_written);
-        pack_u64(pk, "rows_rejected", t->stats.rows_rejected);
-        pack_u64(pk, "rows_spooled", t->stats.rows_spooled);
-        pack_u64(pk, "batches", t->stats.batches);
-        pack_u64(pk, "statements", t->stats.statements);
-        pack_u64(pk, "idempotent_writes", t->stats.idempotent_writes);
-        pack_u64(pk, "retries", t->stats.retries);
-        pack_u64(pk, "copy_ms", t->stats.copy_us / 1000);
+        rpc_pack_u64(pk, "queue_rows", t->queued_rows);
+        rpc_pack_u64(pk, "rows_queued", t->stats.rows_queued);
+        rpc_pack_u64(pk, "rows_written", t->stats.rows_written);
+        rpc_pack_u64(pk, "rows_rejected", t->stats.rows_rejected);
+        rpc_pack_u64(pk, "rows_spooled", t->stats.rows_spooled);
+        rpc_pack_u64(pk, "batches", t->stats.batches);
+        rpc_pack_u64(pk, "statements", t->stats.statements);
+        rpc_pack_u64(pk, "idempotent_writes", t->stats.idempotent_writes);
+        rpc_pack_u64(pk, "retries", t->stats.retries);
+        rpc_pack_u64(pk, "copy_ms", t->stats.copy_us / 1000);
         rpc_pack_str(pk, "postgres");
         rpc_pack_str(pk, pg_state_name(t->pg.state));
         rpc_pack_str(pk, "last_error");
         rpc_pack_str(pk, t->last_error);
-        pack_u64(pk, "postgres_connects", t->pg.stats.connects);
+        rpc_pack_u64(pk, "postgres_connects", t->pg.stats.connects);
     }
 }

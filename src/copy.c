@@ -181,6 +181,24 @@ static void json_numeric(struct buf *out, const uint8_t *p, int32_t len)
     buf_append(out, text, n);
 }
 
+size_t copy_format_timestamp(int64_t pg_us, char sep, const char *zone, char *out, size_t cap)
+{
+    int64_t unix_us = pg_us + COPY_PG_EPOCH_US;
+    time_t secs = (time_t)(unix_us / 1000000);
+    int64_t frac = unix_us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs--;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm);
+    if (n > 10)
+        out[10] = sep; /* between the date and the time */
+    int m = snprintf(out + n, cap - n, ".%06" PRId64 "%s", frac, zone);
+    return m > 0 && n + (size_t)m < cap ? n + (size_t)m : n;
+}
+
 static void json_field(struct buf *out, enum copy_type type, const struct copy_field *f)
 {
     char tmp[64];
@@ -220,18 +238,9 @@ static void json_field(struct buf *out, enum copy_type type, const struct copy_f
             break;
         }
         int64_t pg_us = (int64_t)((uint64_t)be32(f->data) << 32 | be32(f->data + 4));
-        int64_t unix_us = pg_us + COPY_PG_EPOCH_US;
-        time_t secs = (time_t)(unix_us / 1000000);
-        int64_t frac = unix_us % 1000000;
-        if (frac < 0) {
-            frac += 1000000;
-            secs--;
-        }
-        struct tm tm;
-        gmtime_r(&secs, &tm);
-        size_t n = strftime(tmp, sizeof(tmp), "\"%Y-%m-%dT%H:%M:%S", &tm);
-        snprintf(tmp + n, sizeof(tmp) - n, ".%06" PRId64 "Z\"", frac);
-        buf_append(out, tmp, strlen(tmp));
+        buf_put_u8(out, '"');
+        buf_append(out, tmp, copy_format_timestamp(pg_us, 'T', "Z", tmp, sizeof(tmp)));
+        buf_put_u8(out, '"');
         break;
     }
     }

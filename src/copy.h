@@ -82,6 +82,10 @@ struct copy_field {
 int copy_row_fields(const uint8_t *row, size_t len, struct copy_field *fields, int max_fields,
                     size_t *row_len);
 
+/* Formats a timestamptz value (microseconds since PostgreSQL's epoch) as
+ * YYYY-MM-DD<sep>HH:MM:SS.ffffff<zone>, e.g. sep 'T' and zone "Z"; returns the length. */
+size_t copy_format_timestamp(int64_t pg_us, char sep, const char *zone, char *out, size_t cap);
+
 /* Appends the tuple as a JSON object keyed by column name. */
 void copy_row_to_json(const struct copy_column *columns, int ncolumns, const uint8_t *row,
                       size_t len, struct buf *out);

@@ -814,47 +814,41 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 
 /* ---- stats ---- */
 
-static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-    rpc_pack_str(pk, key);
-    msgpack_pack_uint64(pk, v);
-}
-
 void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
     const struct redis_stats *rs = &l->redis.stats;
     msgpack_pack_map(pk, 14);
-    pack_u64(pk, "checks", l->stats.checks);
-    pack_u64(pk, "allowed", l->stats.allowed);
+    rpc_pack_u64(pk, "checks", l->stats.checks);
+    rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
     msgpack_pack_map(pk, 3);
-    pack_u64(pk, "minute_limit", l->stats.denied_minute);
-    pack_u64(pk, "day_limit", l->stats.denied_day);
-    pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
-    pack_u64(pk, "degraded", l->stats.degraded);
-    pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
-    pack_u64(pk, "unlimited", l->stats.unlimited);
-    pack_u64(pk, "cache_hits", l->stats.cache_hits);
-    pack_u64(pk, "coalesced", l->stats.coalesced);
-    pack_u64(pk, "redis_round_trips", l->stats.script_calls);
-    pack_u64(pk, "providers_loaded", l->rules.ndb);
-    pack_u64(pk, "limits_loads", l->rules.loads);
-    pack_u64(pk, "limits_notifications", l->rules.notifications);
+    rpc_pack_u64(pk, "minute_limit", l->stats.denied_minute);
+    rpc_pack_u64(pk, "day_limit", l->stats.denied_day);
+    rpc_pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
+    rpc_pack_u64(pk, "degraded", l->stats.degraded);
+    rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
+    rpc_pack_u64(pk, "unlimited", l->stats.unlimited);
+    rpc_pack_u64(pk, "cache_hits", l->stats.cache_hits);
+    rpc_pack_u64(pk, "coalesced", l->stats.coalesced);
+    rpc_pack_u64(pk, "redis_round_trips", l->stats.script_calls);
+    rpc_pack_u64(pk, "providers_loaded", l->rules.ndb);
+    rpc_pack_u64(pk, "limits_loads", l->rules.loads);
+    rpc_pack_u64(pk, "limits_notifications", l->rules.notifications);
     rpc_pack_str(pk, "redis");
     msgpack_pack_map(pk, 9);
     rpc_pack_str(pk, "state");
     rpc_pack_str(pk, l->redis.connected ? "up" : "down");
-    pack_u64(pk, "connects", rs->connects);
-    pack_u64(pk, "connect_failures", rs->connect_failures);
-    pack_u64(pk, "commands", rs->commands);
-    pack_u64(pk, "timeouts", rs->timeouts);
-    pack_u64(pk, "noscript_retries", rs->noscript);
+    rpc_pack_u64(pk, "connects", rs->connects);
+    rpc_pack_u64(pk, "connect_failures", rs->connect_failures);
+    rpc_pack_u64(pk, "commands", rs->commands);
+    rpc_pack_u64(pk, "timeouts", rs->timeouts);
+    rpc_pack_u64(pk, "noscript_retries", rs->noscript);
     uint64_t answered = 0;
     for (int i = 0; i < 24; i++)
         answered += rs->latency_buckets[i];
-    pack_u64(pk, "latency_avg_us", answered ? rs->latency_us_total / answered : 0);
-    pack_u64(pk, "latency_p50_us", redis_latency_quantile(rs, 0.5));
-    pack_u64(pk, "latency_p99_us", redis_latency_quantile(rs, 0.99));
+    rpc_pack_u64(pk, "latency_avg_us", answered ? rs->latency_us_total / answered : 0);
+    rpc_pack_u64(pk, "latency_p50_us", redis_latency_quantile(rs, 0.5));
+    rpc_pack_u64(pk, "latency_p99_us", redis_latency_quantile(rs, 0.99));
     rpc_pack_str(pk, "postgres");
     rpc_pack_str(pk, pg_state_name(l->rules.pg.state));
 }

@@ -932,12 +932,6 @@ void refresh_close(struct refresh *r, void (*on_closed)(struct refresh *r, void 
 
 /* ---- stats ---- */
 
-static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-    rpc_pack_str(pk, key);
-    msgpack_pack_uint64(pk, v);
-}
-
 static void pack_i64(msgpack_packer *pk, const char *key, int64_t v)
 {
     rpc_pack_str(pk, key);
@@ -965,18 +959,18 @@ void refresh_pack_stats(const struct refresh *r, msgpack_packer *pk)
             continue;
         rpc_pack_str(pk, v->name);
         msgpack_pack_map(pk, 8);
-        pack_u64(pk, "every_s", v->every_ms / 1000);
+        rpc_pack_u64(pk, "every_s", v->every_ms / 1000);
         rpc_pack_str(pk, "running");
         if (r->job.view == v)
             msgpack_pack_true(pk);
         else
             msgpack_pack_false(pk);
         pack_i64(pk, "last_refresh_ms", v->stats.last_refresh_ms);
-        pack_u64(pk, "duration_ms", v->stats.duration_ms);
+        rpc_pack_u64(pk, "duration_ms", v->stats.duration_ms);
         pack_str(pk, "last_error", v->last_error);
-        pack_u64(pk, "refreshes", v->stats.refreshes);
-        pack_u64(pk, "skipped", v->stats.skipped);
-        pack_u64(pk, "failed", v->stats.failed);
+        rpc_pack_u64(pk, "refreshes", v->stats.refreshes);
+        rpc_pack_u64(pk, "skipped", v->stats.skipped);
+        rpc_pack_u64(pk, "failed", v->stats.failed);
     }
 }
 
@@ -997,9 +991,9 @@ void refresh_pack_maintenance_stats(const struct refresh *r, msgpack_packer *pk)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    pack_u64(pk, "runs", m->stats.runs);
-    pack_u64(pk, "claimed_elsewhere", m->stats.claimed_elsewhere);
-    pack_u64(pk, "failed", m->stats.failed);
+    rpc_pack_u64(pk, "runs", m->stats.runs);
+    rpc_pack_u64(pk, "claimed_elsewhere", m->stats.claimed_elsewhere);
+    rpc_pack_u64(pk, "failed", m->stats.failed);
     pack_str(pk, "last_run_date", m->stats.last_run_date);
     pack_i64(pk, "last_started_ms", m->stats.last_started_ms);
     pack_i64(pk, "last_finished_ms", m->stats.last_finished_ms);

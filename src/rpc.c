@@ -140,6 +140,12 @@ void rpc_pack_strn(msgpack_packer *pk, const char *s, size_t len)
     msgpack_pack_str_body(pk, s, len);
 }
 
+void rpc_pack_u64(msgpack_packer *pk, const char *key, uint64_t value)
+{
+    rpc_pack_str(pk, key);
+    msgpack_pack_uint64(pk, value);
+}
+
 void rpc_pack_error(msgpack_packer *pk, const struct rpc_error *e)
 {
     bool retry = e->code == RPC_OVERLOADED || e->code == RPC_UNAVAILABLE;

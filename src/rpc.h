@@ -83,6 +83,9 @@ void rpc_pack_error(msgpack_packer *pk, const struct rpc_error *e);
 void rpc_pack_str(msgpack_packer *pk, const char *s);
 void rpc_pack_strn(msgpack_packer *pk, const char *s, size_t len);
 
+/* Packs "key": value, for the stats maps. */
+void rpc_pack_u64(msgpack_packer *pk, const char *key, uint64_t value);
+
 /* True when o is a str equal to s. */
 bool rpc_str_eq(const msgpack_object *o, const char *s);
 

@@ -943,12 +943,6 @@ static void close_when_idle(uv_timer_t *timer)
     uv_close((uv_handle_t *)&t->commit_timer, on_timer_closed);
 }
 
-static void pack_u64(msgpack_packer *pk, const char *key, uint64_t v)
-{
-    rpc_pack_str(pk, key);
-    msgpack_pack_uint64(pk, v);
-}
-
 void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
 {
     uint64_t segments = 0, records = 0, oldest = 0;
@@ -970,19 +964,19 @@ void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
                      : !s->ready    ? "recovering"
                      : s->disk_full ? "disk_full"
                                     : "ok");
-    pack_u64(pk, "bytes", s->bytes);
-    pack_u64(pk, "max_bytes", s->max_bytes);
-    pack_u64(pk, "segments", segments);
-    pack_u64(pk, "records_pending", records);
-    pack_u64(pk, "oldest_age_ms", oldest && now > oldest ? now - oldest : 0);
-    pack_u64(pk, "records_spooled", s->stats.records_spooled);
-    pack_u64(pk, "rows_spooled", s->stats.rows_spooled);
-    pack_u64(pk, "records_replayed", s->stats.records_replayed);
-    pack_u64(pk, "rows_replayed", s->stats.rows_replayed);
-    pack_u64(pk, "fsyncs", s->stats.fsyncs);
-    pack_u64(pk, "write_errors", s->stats.write_errors);
-    pack_u64(pk, "corrupt_records", s->stats.corrupt_records);
-    pack_u64(pk, "quarantined_bytes", s->stats.quarantined_bytes);
+    rpc_pack_u64(pk, "bytes", s->bytes);
+    rpc_pack_u64(pk, "max_bytes", s->max_bytes);
+    rpc_pack_u64(pk, "segments", segments);
+    rpc_pack_u64(pk, "records_pending", records);
+    rpc_pack_u64(pk, "oldest_age_ms", oldest && now > oldest ? now - oldest : 0);
+    rpc_pack_u64(pk, "records_spooled", s->stats.records_spooled);
+    rpc_pack_u64(pk, "rows_spooled", s->stats.rows_spooled);
+    rpc_pack_u64(pk, "records_replayed", s->stats.records_replayed);
+    rpc_pack_u64(pk, "rows_replayed", s->stats.rows_replayed);
+    rpc_pack_u64(pk, "fsyncs", s->stats.fsyncs);
+    rpc_pack_u64(pk, "write_errors", s->stats.write_errors);
+    rpc_pack_u64(pk, "corrupt_records", s->stats.corrupt_records);
+    rpc_pack_u64(pk, "quarantined_bytes", s->stats.quarantined_bytes);
     rpc_pack_str(pk, "error");
     rpc_pack_str(pk, s->error);
 }

@@ -6,18 +6,12 @@
 #include "daemon.h"
 #include "rpc.h"
 
-static void pack_u64(msgpack_packer *pk, const char *key, uint64_t value)
-{
-    rpc_pack_str(pk, key);
-    msgpack_pack_uint64(pk, value);
-}
-
 static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *counts)
 {
     rpc_pack_str(pk, key);
     msgpack_pack_map(pk, RPC_CODE_COUNT);
     for (int i = 0; i < RPC_CODE_COUNT; i++)
-        pack_u64(pk, rpc_code_name((enum rpc_code)i), counts[i]);
+        rpc_pack_u64(pk, rpc_code_name((enum rpc_code)i), counts[i]);
 }
 
 void stats_pack(const struct daemon *d, msgpack_packer *pk)
@@ -26,23 +20,23 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
     msgpack_pack_map(pk, 11);
     rpc_pack_str(pk, "version");
     rpc_pack_str(pk, USAGED_VERSION);
-    pack_u64(pk, "uptime_ms", daemon_uptime_ms(d));
+    rpc_pack_u64(pk, "uptime_ms", daemon_uptime_ms(d));
 
     rpc_pack_str(pk, "connections");
     msgpack_pack_map(pk, 7);
-    pack_u64(pk, "open", d->conns.count);
-    pack_u64(pk, "accepted", cs->accepted);
-    pack_u64(pk, "refused", cs->refused);
-    pack_u64(pk, "closed_idle", cs->closed_idle);
-    pack_u64(pk, "stream_errors", cs->stream_errors);
-    pack_u64(pk, "paused_output", cs->paused_output);
-    pack_u64(pk, "paused_pending", cs->paused_pending);
+    rpc_pack_u64(pk, "open", d->conns.count);
+    rpc_pack_u64(pk, "accepted", cs->accepted);
+    rpc_pack_u64(pk, "refused", cs->refused);
+    rpc_pack_u64(pk, "closed_idle", cs->closed_idle);
+    rpc_pack_u64(pk, "stream_errors", cs->stream_errors);
+    rpc_pack_u64(pk, "paused_output", cs->paused_output);
+    rpc_pack_u64(pk, "paused_pending", cs->paused_pending);
 
     rpc_pack_str(pk, "messages");
     msgpack_pack_map(pk, 3);
-    pack_u64(pk, "received", cs->messages);
-    pack_u64(pk, "bytes_in", cs->bytes_in);
-    pack_u64(pk, "bytes_out", cs->bytes_out);
+    rpc_pack_u64(pk, "received", cs->messages);
+    rpc_pack_u64(pk, "bytes_in", cs->bytes_in);
+    rpc_pack_u64(pk, "bytes_out", cs->bytes_out);
 
     pack_by_code(pk, "errors", cs->errors);
     pack_by_code(pk, "dropped_notifications", cs->dropped);
