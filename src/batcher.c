@@ -18,7 +18,7 @@
 #define RETRY_START_MS 100
 
 static void batcher_kick(struct batcher_table *t);
-static void write_range(struct batcher_table *t);
+static void write_range(struct batcher_writer *w);
 static void spill_for_room(struct batcher *b, uint64_t rows);
 
 static int64_t wall_ms(void)
@@ -93,32 +93,21 @@ static void report_state(struct batcher_table *t)
         t->b->on_state(t->b->state_arg);
 }
 
-static void on_pg_ready(struct pg_conn *pg, void *arg)
+/* A writer's connection came up, went idle, went down or failed to connect: the table may
+ * have batches for it, or batches to spill. */
+static void on_writer_state(struct pg_conn *pg, void *arg)
 {
     (void)pg;
-    batcher_kick(arg);
-    report_state(arg);
-}
-
-static void on_pg_lost(struct pg_conn *pg, void *arg)
-{
-    (void)pg;
-    batcher_kick(arg);
-    report_state(arg);
-}
-
-static void on_pg_connect_failed(struct pg_conn *pg, void *arg)
-{
-    (void)pg;
-    batcher_kick(arg);
-    report_state(arg);
+    struct batcher_writer *w = arg;
+    batcher_kick(w->t);
+    report_state(w->t);
 }
 
 static const struct pg_callbacks writer_callbacks = {
-    .ready = on_pg_ready,
-    .lost = on_pg_lost,
+    .ready = on_writer_state,
+    .lost = on_writer_state,
     .notify = NULL,
-    .connect_failed = on_pg_connect_failed,
+    .connect_failed = on_writer_state,
 };
 
 void batcher_configure(struct batcher *b, const struct config *config)
@@ -144,18 +133,24 @@ void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *confi
         t->b = b;
         t->kind = (enum event_kind)k;
         t->table = event_table(t->kind);
-        buf_init(&t->sql);
-        buf_init(&t->json);
-        t->retry_ms = RETRY_START_MS;
-        char name[24];
-        snprintf(name, sizeof(name), "ingest %s", k == EVENT_USAGE ? "usage" : "prompt");
-        pg_init(&t->pg, loop, name, config->postgres.conninfo,
-                config->postgres.connect_timeout_s * 1000, config->postgres.reconnect_max_ms,
-                &writer_callbacks, t);
+        t->nwriters = config->ingest.connections;
+        for (uint32_t i = 0; i < t->nwriters; i++) {
+            struct batcher_writer *w = &t->writers[i];
+            w->t = t;
+            buf_init(&w->sql);
+            buf_init(&w->json);
+            w->retry_ms = RETRY_START_MS;
+            char name[24];
+            snprintf(name, sizeof(name), "ingest %s %u", k == EVENT_USAGE ? "usage" : "prompt",
+                     i + 1);
+            pg_init(&w->pg, loop, name, config->postgres.conninfo,
+                    config->postgres.connect_timeout_s * 1000, config->postgres.reconnect_max_ms,
+                    &writer_callbacks, w);
+            uv_timer_init(loop, &w->retry_timer);
+            w->retry_timer.data = w;
+        }
         uv_timer_init(loop, &t->flush_timer);
         t->flush_timer.data = t;
-        uv_timer_init(loop, &t->retry_timer);
-        t->retry_timer.data = t;
         uv_timer_init(loop, &t->spill_timer);
         t->spill_timer.data = t;
     }
@@ -166,7 +161,8 @@ void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *confi
 void batcher_start(struct batcher *b)
 {
     for (int k = 0; k < EVENT_KIND_COUNT; k++)
-        pg_start(&b->tables[k].pg);
+        for (uint32_t i = 0; i < b->tables[k].nwriters; i++)
+            pg_start(&b->tables[k].writers[i].pg);
 }
 
 /* ---- backpressure ---- */
@@ -476,13 +472,14 @@ static void unlink_batch(struct batcher_table *t, struct batch *batch)
     batch->next = NULL;
 }
 
-static void finish_batch(struct batcher_table *t)
+static void finish_batch(struct batcher_writer *w)
 {
+    struct batcher_table *t = w->t;
     struct batcher *b = t->b;
-    struct batch *batch = t->current;
+    struct batch *batch = w->current;
     unlink_batch(t, batch);
-    t->current = NULL;
-    t->writing = false;
+    w->current = NULL;
+    batch->writer = NULL;
     t->stats.batches++;
     if (batch->replay) {
         t->stats.rows_replayed += batch->nrows;
@@ -530,7 +527,7 @@ static void on_spooled(void *arg, int status)
 static bool spill(struct batcher_table *t, struct batch *batch)
 {
     struct batcher *b = t->b;
-    if (!b->spool || batch->replay || (t->writing && batch == t->current))
+    if (!b->spool || batch->replay || (batch->writer && batch->writer->writing))
         return false;
     if (spool_append(b->spool, t->kind, batch->rows.data, batch->rows.len, batch->nrows, on_spooled,
                      batch) < 0)
@@ -554,16 +551,22 @@ static void maybe_spill(struct batcher_table *t)
     uint64_t now = uv_now(b->loop);
     uint64_t grace = b->spill_after_ms < 200 ? b->spill_after_ms : 200;
     bool failing = t->failing_since && now - t->failing_since >= b->spill_after_ms;
-    /* Down: waiting out the backoff after a failed attempt, so no write can happen soon.
-     * Connecting: an attempt is under way and may succeed within the grace. */
-    bool down = t->pg.state == PG_DOWN;
-    bool connecting = t->pg.state == PG_CONNECTING;
+    /* Down: every writer is waiting out the backoff after a failed attempt, so no write can
+     * happen soon. Connecting: an attempt is under way and may succeed within the grace. */
+    uint32_t up = 0, connecting_writers = 0;
+    for (uint32_t i = 0; i < t->nwriters; i++) {
+        enum pg_state st = t->writers[i].pg.state;
+        up += st == PG_IDLE || st == PG_BUSY;
+        connecting_writers += st == PG_CONNECTING;
+    }
+    bool down = up == 0 && connecting_writers == 0;
+    bool connecting = up == 0 && connecting_writers > 0;
     struct batch *batch = t->head;
     while (batch) {
         struct batch *next = batch->next;
         bool due =
             b->drain_expired || failing || down || (connecting && now - batch->sealed_ms >= grace);
-        if (due && !spill(t, batch) && !batch->replay && !(t->writing && batch == t->current))
+        if (due && !spill(t, batch) && !batch->replay && !(batch->writer && batch->writer->writing))
             break; /* the spool is full: the rest waits in memory */
         batch = next;
     }
@@ -573,11 +576,13 @@ static void on_spill_timer(uv_timer_t *timer)
 {
     struct batcher_table *t = timer->data;
     maybe_spill(t);
-    bool waiting = false;
+    bool waiting = false, writable = false;
     for (struct batch *batch = t->head; batch; batch = batch->next)
         if (!batch->replay)
             waiting = true;
-    if (!waiting || pg_is_idle(&t->pg))
+    for (uint32_t i = 0; i < t->nwriters; i++)
+        writable |= pg_is_idle(&t->writers[i].pg);
+    if (!waiting || writable)
         uv_timer_stop(timer);
 }
 
@@ -592,7 +597,7 @@ static void spill_for_room(struct batcher *b, uint64_t rows)
         struct batch *batch = t->head;
         while (batch && !has_room(b, rows)) {
             struct batch *next = batch->next;
-            if (!spill(t, batch) && !batch->replay && !(t->writing && batch == t->current))
+            if (!spill(t, batch) && !batch->replay && !(batch->writer && batch->writer->writing))
                 return;
             batch = next;
         }
@@ -695,9 +700,10 @@ static uint32_t bump_hash(const uint8_t *user, const uint8_t *provider, int32_t 
 
 /* Appends the UPDATE of api_configurations for rows [lo, hi) of a usage batch, counted in C:
  * rows with status 429 (rate limited, including usaged's own denial records) are not calls. */
-static void append_usage_bump(struct batcher_table *t, const struct batch *batch, uint32_t lo,
+static void append_usage_bump(struct batcher_writer *w, const struct batch *batch, uint32_t lo,
                               uint32_t hi)
 {
+    struct batcher_table *t = w->t;
     uint32_t rows = hi - lo, cap = 16;
     while (cap < rows * 2)
         cap *= 2;
@@ -773,66 +779,67 @@ static void append_usage_bump(struct batcher_table *t, const struct batch *batch
         struct buf *arrays[4] = {&ids, &provs, &counts, &times};
         static const char *const casts[4] = {"::uuid[], ", "::text[], ", "::int[], ",
                                              "::timestamptz[]"};
-        append_str(&t->sql, ";\nUPDATE public.api_configurations AS c SET usage_count = "
+        append_str(&w->sql, ";\nUPDATE public.api_configurations AS c SET usage_count = "
                             "LEAST(c.usage_count::bigint + v.n, 2147483647), "
                             "last_used_at = GREATEST(c.last_used_at, v.t) FROM unnest(");
         for (int a = 0; a < 4; a++) {
             buf_put_u8(arrays[a], '}');
-            char *lit = PQescapeLiteral(t->pg.conn, (const char *)arrays[a]->data, arrays[a]->len);
-            append_str(&t->sql, lit ? lit : "'{}'");
-            append_str(&t->sql, casts[a]);
+            char *lit = PQescapeLiteral(w->pg.conn, (const char *)arrays[a]->data, arrays[a]->len);
+            append_str(&w->sql, lit ? lit : "'{}'");
+            append_str(&w->sql, casts[a]);
             PQfreemem(lit);
             buf_free(arrays[a]);
         }
-        append_str(&t->sql, ") AS v(user_id, provider, n, t) WHERE c.user_id = v.user_id AND "
+        append_str(&w->sql, ") AS v(user_id, provider, n, t) WHERE c.user_id = v.user_id AND "
                             "c.provider = v.provider");
     }
     free(table);
 }
 
-static void build_copy_sql(struct batcher_table *t, const struct batch *batch,
+static void build_copy_sql(struct batcher_writer *w, const struct batch *batch,
                            const struct batch_range *r)
 {
+    struct batcher_table *t = w->t;
     const struct event_table *tab = t->table;
-    buf_clear(&t->sql);
+    buf_clear(&w->sql);
     if (!batch->idempotent) {
-        append_str(&t->sql, "COPY ");
-        append_str(&t->sql, tab->relation);
-        append_str(&t->sql, " ");
-        append_str(&t->sql, tab->column_list);
-        append_str(&t->sql, " FROM STDIN (FORMAT binary)");
+        append_str(&w->sql, "COPY ");
+        append_str(&w->sql, tab->relation);
+        append_str(&w->sql, " ");
+        append_str(&w->sql, tab->column_list);
+        append_str(&w->sql, " FROM STDIN (FORMAT binary)");
         if (t->kind == EVENT_USAGE)
-            append_usage_bump(t, batch, r->lo, r->hi);
+            append_usage_bump(w, batch, r->lo, r->hi);
     } else {
         /* Idempotent: stage the rows, insert what is not there yet, bump for what was
          * inserted. The temporary table lives as long as the connection; ON COMMIT DELETE ROWS
          * empties it with every transaction. */
         char stage[64];
         snprintf(stage, sizeof(stage), "usaged_stage_%s", tab->name);
-        append_str(&t->sql, "CREATE TEMP TABLE IF NOT EXISTS ");
-        append_str(&t->sql, stage);
-        append_str(&t->sql, " (LIKE ");
-        append_str(&t->sql, tab->relation);
-        append_str(&t->sql, " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;\nCOPY ");
-        append_str(&t->sql, stage);
-        append_str(&t->sql, " ");
-        append_str(&t->sql, tab->column_list);
-        append_str(&t->sql, " FROM STDIN (FORMAT binary);\n");
+        append_str(&w->sql, "CREATE TEMP TABLE IF NOT EXISTS ");
+        append_str(&w->sql, stage);
+        append_str(&w->sql, " (LIKE ");
+        append_str(&w->sql, tab->relation);
+        append_str(&w->sql, " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;\nCOPY ");
+        append_str(&w->sql, stage);
+        append_str(&w->sql, " ");
+        append_str(&w->sql, tab->column_list);
+        append_str(&w->sql, " FROM STDIN (FORMAT binary);\n");
         if (t->kind == EVENT_USAGE)
-            append_str(&t->sql, "WITH ins AS (");
-        append_str(&t->sql, "INSERT INTO ");
-        append_str(&t->sql, tab->relation);
-        append_str(&t->sql, " ");
-        append_str(&t->sql, tab->column_list);
-        append_str(&t->sql, " SELECT ");
+            append_str(&w->sql, "WITH ins AS (");
+        append_str(&w->sql, "INSERT INTO ");
+        append_str(&w->sql, tab->relation);
+        append_str(&w->sql, " ");
+        append_str(&w->sql, tab->column_list);
+        append_str(&w->sql, " SELECT ");
         /* the column list without its parentheses */
-        append_str(&t->sql, tab->column_list + 1);
-        t->sql.len--; /* drop ')' */
-        append_str(&t->sql, " FROM ");
-        append_str(&t->sql, stage);
-        append_str(&t->sql, " ON CONFLICT DO NOTHING");
+        append_str(&w->sql, tab->column_list + 1);
+        w->sql.len--; /* drop ')' */
+        append_str(&w->sql, " FROM ");
+        append_str(&w->sql, stage);
+        append_str(&w->sql, " ON CONFLICT DO NOTHING");
         if (t->kind == EVENT_USAGE)
-            append_str(&t->sql,
+            append_str(&w->sql,
                        " RETURNING user_id, provider, created_at, status_code)\n"
                        "UPDATE public.api_configurations AS c SET usage_count = "
                        "LEAST(c.usage_count::bigint + v.n, 2147483647), last_used_at = "
@@ -841,122 +848,129 @@ static void build_copy_sql(struct batcher_table *t, const struct batch *batch,
                        "status_code IS DISTINCT FROM 429 GROUP BY user_id, provider) AS v WHERE "
                        "c.user_id = v.user_id AND c.provider = v.provider");
     }
-    buf_put_u8(&t->sql, '\0');
+    buf_put_u8(&w->sql, '\0');
 }
 
 static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg);
 
 static void on_retry_timer(uv_timer_t *timer)
 {
-    batcher_kick(timer->data);
+    struct batcher_writer *w = timer->data;
+    batcher_kick(w->t);
 }
 
-static void schedule_retry(struct batcher_table *t, const char *why)
+/* The writer's attempt failed for a reason other than the rows: it backs off, and lets go of
+ * its batch, which another writer (whose connection may be fine) can take meanwhile. */
+static void schedule_retry(struct batcher_writer *w, const char *why)
 {
-    struct batch *batch = t->current;
+    struct batcher_table *t = w->t;
+    struct batch *batch = w->current;
     uint64_t now = uv_now(t->b->loop);
     if (!t->failing_since)
         t->failing_since = now;
     t->stats.retries++;
-    if (strcmp(t->last_error, why) != 0 || t->retry_ms >= 1000)
+    if (strcmp(t->last_error, why) != 0 || w->retry_ms >= 1000)
         log_warn("ingest %s: batch of %u rows not written, retrying in %u ms: %s", t->table->name,
-                 batch->nrows, t->retry_ms, why);
+                 batch->nrows, w->retry_ms, why);
     snprintf(t->last_error, sizeof(t->last_error), "%s", why);
-    t->writing = false;
-    uv_timer_start(&t->retry_timer, on_retry_timer, t->retry_ms, 0);
-    t->retry_ms = t->retry_ms * 2 > 5000 ? 5000 : t->retry_ms * 2;
-    batcher_kick(t); /* spill what waits, if the writer stays down */
+    batch->writer = NULL;
+    w->current = NULL;
+    uv_timer_start(&w->retry_timer, on_retry_timer, w->retry_ms, 0);
+    w->retry_ms = w->retry_ms * 2 > 5000 ? 5000 : w->retry_ms * 2;
+    batcher_kick(t); /* another writer may take the batch, or it spills */
 }
 
-/* Stores row `index` of the batch being written in usaged.rejects, with the error that refused
- * it. */
-static void reject_row(struct batcher_table *t, uint32_t index)
+/* Stores row `index` of the writer's batch in usaged.rejects, with the error that refused it. */
+static void reject_row(struct batcher_writer *w, uint32_t index)
 {
-    struct batch *batch = t->current;
-    buf_clear(&t->json);
+    struct batcher_table *t = w->t;
+    struct batch *batch = w->current;
+    buf_clear(&w->json);
     copy_row_to_json(t->table->columns, t->table->ncolumns,
                      batch->rows.data + batch->row_off[index],
-                     batch->row_off[index + 1] - batch->row_off[index], &t->json);
-    buf_put_u8(&t->json, '\0');
-    t->params[0] = t->table->name;
-    t->params[1] = (const char *)t->json.data;
-    t->params[2] = t->reject_error;
-    t->params[3] = t->reject_sqlstate;
-    t->op = (struct pg_op){
+                     batch->row_off[index + 1] - batch->row_off[index], &w->json);
+    buf_put_u8(&w->json, '\0');
+    w->params[0] = t->table->name;
+    w->params[1] = (const char *)w->json.data;
+    w->params[2] = w->reject_error;
+    w->params[3] = w->reject_sqlstate;
+    w->op = (struct pg_op){
         .sql = "INSERT INTO usaged.rejects (table_name, row_data, error, sqlstate) "
                "VALUES ($1, $2::jsonb, $3, $4)",
         .nparams = 4,
-        .params = t->params,
+        .params = w->params,
         .done = on_write_done,
-        .arg = t,
+        .arg = w,
     };
-    t->rejecting = true;
-    t->writing = true;
-    pg_submit(&t->pg, &t->op);
+    w->rejecting = true;
+    w->writing = true;
+    pg_submit(&w->pg, &w->op);
 }
 
-/* Writes the top range of t->current. */
-static void write_range(struct batcher_table *t)
+/* Writes the top range of the writer's batch. */
+static void write_range(struct batcher_writer *w)
 {
-    struct batch *batch = t->current;
+    struct batcher_table *t = w->t;
+    struct batch *batch = w->current;
     const struct batch_range *r = &batch->ranges[batch->nranges - 1];
-    build_copy_sql(t, batch, r);
-    t->copy_bufs[0] = uv_buf_init((char *)copy_header, COPY_HEADER_LEN);
-    t->copy_bufs[1] = uv_buf_init((char *)batch->rows.data + batch->row_off[r->lo],
+    build_copy_sql(w, batch, r);
+    w->copy_bufs[0] = uv_buf_init((char *)copy_header, COPY_HEADER_LEN);
+    w->copy_bufs[1] = uv_buf_init((char *)batch->rows.data + batch->row_off[r->lo],
                                   batch->row_off[r->hi] - batch->row_off[r->lo]);
-    t->copy_bufs[2] = uv_buf_init((char *)copy_trailer, COPY_TRAILER_LEN);
-    t->op = (struct pg_op){
-        .sql = (const char *)t->sql.data,
-        .copy_bufs = t->copy_bufs,
+    w->copy_bufs[2] = uv_buf_init((char *)copy_trailer, COPY_TRAILER_LEN);
+    w->op = (struct pg_op){
+        .sql = (const char *)w->sql.data,
+        .copy_bufs = w->copy_bufs,
         .copy_nbufs = 3,
         .done = on_write_done,
-        .arg = t,
+        .arg = w,
     };
-    t->rejecting = false;
-    t->writing = true;
+    w->rejecting = false;
+    w->writing = true;
     t->stats.statements++;
     if (batch->idempotent)
         t->stats.idempotent_writes++;
-    t->op_started_us = uv_hrtime() / 1000;
-    pg_submit(&t->pg, &t->op);
+    w->op_started_us = uv_hrtime() / 1000;
+    pg_submit(&w->pg, &w->op);
 }
 
 static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
 {
     (void)pg;
-    struct batcher_table *t = arg;
-    t->writing = false;
+    struct batcher_writer *w = arg;
+    struct batcher_table *t = w->t;
+    w->writing = false;
     if (t->b->closing)
         return; /* the connection is being closed; the batch is dealt with by batcher_close */
-    struct batch *batch = t->current;
+    struct batch *batch = w->current;
     struct batch_range *r = &batch->ranges[batch->nranges - 1];
-    if (!t->rejecting)
-        t->stats.copy_us += uv_hrtime() / 1000 - t->op_started_us;
+    if (!w->rejecting)
+        t->stats.copy_us += uv_hrtime() / 1000 - w->op_started_us;
 
     if (o->connection_lost) {
         /* It may or may not have committed: from now on this batch is written idempotently. */
         batch->idempotent = true;
-        schedule_retry(t, o->error ? o->error : "connection lost");
+        schedule_retry(w, o->error ? o->error : "connection lost");
         return;
     }
     if (!o->ok) {
-        if (t->rejecting || !is_data_error(o->sqlstate)) {
+        if (w->rejecting || !is_data_error(o->sqlstate)) {
             char why[600];
             snprintf(why, sizeof(why), "%s%s%s", o->sqlstate, *o->sqlstate ? ": " : "",
                      o->error ? o->error : "error");
-            schedule_retry(t, why);
+            schedule_retry(w, why);
             return;
         }
         if (strcmp(o->sqlstate, "23505") == 0 && !batch->idempotent) {
             /* A repeated id: the rows go through the staging table, stored once. */
             batch->idempotent = true;
-            write_range(t);
+            write_range(w);
             return;
         }
         if (r->hi - r->lo == 1) {
-            snprintf(t->reject_error, sizeof(t->reject_error), "%s", o->error ? o->error : "");
-            snprintf(t->reject_sqlstate, sizeof(t->reject_sqlstate), "%s", o->sqlstate);
-            reject_row(t, r->lo);
+            snprintf(w->reject_error, sizeof(w->reject_error), "%s", o->error ? o->error : "");
+            snprintf(w->reject_sqlstate, sizeof(w->reject_sqlstate), "%s", o->sqlstate);
+            reject_row(w, r->lo);
             return;
         }
         /* Split: the first half is written first (it ends up on top of the stack). */
@@ -964,25 +978,25 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
         batch->nranges--;
         batch_push_range(batch, mid, hi);
         batch_push_range(batch, lo, mid);
-        write_range(t);
+        write_range(w);
         return;
     }
 
     /* Success. */
     uint32_t rows = r->hi - r->lo;
-    if (t->rejecting) {
+    if (w->rejecting) {
         t->stats.rows_rejected++;
         log_warn("ingest %s: a row was refused (%s: %s) and stored in usaged.rejects",
-                 t->table->name, t->reject_sqlstate, t->reject_error);
+                 t->table->name, w->reject_sqlstate, w->reject_error);
     } else {
         t->stats.rows_written += rows;
     }
-    t->retry_ms = RETRY_START_MS;
+    w->retry_ms = RETRY_START_MS;
     t->failing_since = 0;
     t->last_error[0] = '\0';
     batch->nranges--;
     if (batch->nranges > 0) {
-        write_range(t);
+        write_range(w);
         return;
     }
     uint64_t elapsed = uv_now(t->b->loop) - batch->first_row_ms;
@@ -990,8 +1004,44 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
         double rate = (double)batch->nrows / (double)elapsed;
         t->b->rows_per_ms = t->b->rows_per_ms > 0 ? 0.8 * t->b->rows_per_ms + 0.2 * rate : rate;
     }
-    finish_batch(t);
+    finish_batch(w);
     batcher_kick(t);
+}
+
+/* The first sealed batch no writer has taken. */
+static struct batch *free_batch(struct batcher_table *t)
+{
+    for (struct batch *batch = t->head; batch; batch = batch->next)
+        if (!batch->writer)
+            return batch;
+    return NULL;
+}
+
+/* Gives an idle writer work: a batch from memory, or a record read back from the spool (they
+ * take turns, so that neither starves the other). */
+static void writer_kick(struct batcher_writer *w)
+{
+    struct batcher_table *t = w->t;
+    struct batcher *b = t->b;
+    if (w->writing || w->current || !pg_is_idle(&w->pg) ||
+        uv_is_active((uv_handle_t *)&w->retry_timer))
+        return;
+    struct batch *batch = free_batch(t);
+    bool spooled = b->spool && !b->draining && !t->fetching && spool_has_records(b->spool, t->kind);
+    if (spooled && (!batch || t->replay_turn)) {
+        t->fetching = true;
+        t->replay_turn = false;
+        spool_next(b->spool, t->kind, on_record, t); /* on_record kicks the writers again */
+        batch = free_batch(t);
+        if (!batch)
+            return;
+    }
+    if (!batch)
+        return;
+    t->replay_turn = true;
+    batch->writer = w;
+    w->current = batch;
+    write_range(w);
 }
 
 static void batcher_kick(struct batcher_table *t)
@@ -999,29 +1049,16 @@ static void batcher_kick(struct batcher_table *t)
     struct batcher *b = t->b;
     if (b->closing)
         return;
-    if (t->head && !t->writing && (!pg_is_idle(&t->pg) || t->failing_since || b->drain_expired)) {
+    bool writable = false;
+    for (uint32_t i = 0; i < t->nwriters; i++)
+        writable |= pg_is_idle(&t->writers[i].pg);
+    if (t->head && (!writable || t->failing_since || b->drain_expired)) {
         maybe_spill(t);
         if (t->head && !uv_is_active((uv_handle_t *)&t->spill_timer))
             uv_timer_start(&t->spill_timer, on_spill_timer, 100, 100);
     }
-    if (t->writing || !pg_is_idle(&t->pg) || uv_is_active((uv_handle_t *)&t->retry_timer))
-        return;
-    /* Take turns between memory and the spool, so that neither starves the other. */
-    bool spooled = b->spool && !b->draining && !t->fetching && spool_has_records(b->spool, t->kind);
-    bool head_is_replay = t->head && t->head->replay;
-    if (spooled && !head_is_replay && (!t->head || t->replay_turn)) {
-        t->fetching = true;
-        t->replay_turn = false;
-        spool_next(b->spool, t->kind, on_record, t);
-        return;
-    }
-    if (!t->head)
-        return;
-    t->replay_turn = true;
-    /* The batch written is remembered, not assumed to stay the head: a replayed record or a
-     * batch back from a failed spool write may be put in front of it meanwhile. */
-    t->current = t->head;
-    write_range(t);
+    for (uint32_t i = 0; i < t->nwriters; i++)
+        writer_kick(&t->writers[i]);
 }
 
 /* ---- drain and close ---- */
@@ -1034,8 +1071,9 @@ static void on_drain_timer(uv_timer_t *timer)
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         /* A COPY stuck on a lock would hold the exit forever: cancel it, and the batch, failed,
          * goes to the spool like the rest (its replay is idempotent). */
-        if (b->tables[k].writing)
-            pg_cancel(&b->tables[k].pg);
+        for (uint32_t i = 0; i < b->tables[k].nwriters; i++)
+            if (b->tables[k].writers[i].writing)
+                pg_cancel(&b->tables[k].writers[i].pg);
         batcher_kick(&b->tables[k]);
     }
     check_drained(b);
@@ -1053,36 +1091,49 @@ void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void
     check_drained(b);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void part_closed(struct batcher *b)
 {
-    struct batcher_table *t = h->data;
-    struct batcher *b = t->b;
     if (--b->closing == 0 && b->on_closed)
         b->on_closed(b, b->closed_arg);
 }
 
+static void on_handle_closed(uv_handle_t *h)
+{
+    part_closed(h->data);
+}
+
 static void on_pg_closed(struct pg_conn *pg)
 {
-    struct batcher_table *t =
-        (struct batcher_table *)((char *)pg - offsetof(struct batcher_table, pg));
-    struct batcher *b = t->b;
-    if (--b->closing == 0 && b->on_closed)
-        b->on_closed(b, b->closed_arg);
+    struct batcher_writer *w =
+        (struct batcher_writer *)((char *)pg - offsetof(struct batcher_writer, pg));
+    part_closed(w->t->b);
 }
 
 void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void *arg), void *arg)
 {
     b->on_closed = on_closed;
     b->closed_arg = arg;
-    b->closing = EVENT_KIND_COUNT * 4 + 1;
-    b->drain_timer.data = &b->tables[0];
+    /* Every handle and connection is counted before the first close: a callback may run
+     * before the last close is started. */
+    b->closing = 1;
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        b->closing += 2 + 2 * (int)b->tables[k].nwriters;
+    b->drain_timer.data = b;
     uv_close((uv_handle_t *)&b->drain_timer, on_handle_closed);
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         struct batcher_table *t = &b->tables[k];
+        t->flush_timer.data = b;
+        t->spill_timer.data = b;
         uv_close((uv_handle_t *)&t->flush_timer, on_handle_closed);
-        uv_close((uv_handle_t *)&t->retry_timer, on_handle_closed);
         uv_close((uv_handle_t *)&t->spill_timer, on_handle_closed);
-        pg_close(&t->pg, on_pg_closed);
+        for (uint32_t i = 0; i < t->nwriters; i++) {
+            struct batcher_writer *w = &t->writers[i];
+            w->retry_timer.data = b;
+            uv_close((uv_handle_t *)&w->retry_timer, on_handle_closed);
+            pg_close(&w->pg, on_pg_closed);
+            buf_free(&w->sql);
+            buf_free(&w->json);
+        }
         /* Whatever is left was not drained (the caller gave up): say so. */
         uint64_t left = t->queued_rows;
         if (left)
@@ -1103,8 +1154,6 @@ void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void 
             t->head = next;
         }
         t->tail = NULL;
-        buf_free(&t->sql);
-        buf_free(&t->json);
     }
     for (uint32_t i = 0; i < b->npaused; i++)
         conn_unref(b->paused[i]);
@@ -1133,7 +1182,7 @@ void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         const struct batcher_table *t = &b->tables[k];
         rpc_pack_str(pk, t->table->name);
-        msgpack_pack_map(pk, 13);
+        msgpack_pack_map(pk, 16);
         rpc_pack_u64(pk, "queue_rows", t->queued_rows);
         rpc_pack_u64(pk, "rows_queued", t->stats.rows_queued);
         rpc_pack_u64(pk, "rows_written", t->stats.rows_written);
@@ -1144,10 +1193,19 @@ void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
         rpc_pack_u64(pk, "idempotent_writes", t->stats.idempotent_writes);
         rpc_pack_u64(pk, "retries", t->stats.retries);
         rpc_pack_u64(pk, "copy_ms", t->stats.copy_us / 1000);
+        uint64_t up = 0, connects = 0;
+        for (uint32_t i = 0; i < t->nwriters; i++) {
+            enum pg_state st = t->writers[i].pg.state;
+            up += st == PG_IDLE || st == PG_BUSY;
+            connects += t->writers[i].pg.stats.connects;
+        }
+        rpc_pack_u64(pk, "rows_replayed", t->stats.rows_replayed);
+        rpc_pack_u64(pk, "writers", t->nwriters);
+        rpc_pack_u64(pk, "writers_up", up);
         rpc_pack_str(pk, "postgres");
-        rpc_pack_str(pk, pg_state_name(t->pg.state));
+        rpc_pack_str(pk, up == t->nwriters ? "up" : up ? "partly up" : "down");
         rpc_pack_str(pk, "last_error");
         rpc_pack_str(pk, t->last_error);
-        rpc_pack_u64(pk, "postgres_connects", t->pg.stats.connects);
+        rpc_pack_u64(pk, "postgres_connects", connects);
     }
 }

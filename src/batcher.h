@@ -37,10 +37,13 @@ struct batch_ack {
     uint32_t accepted;
 };
 
+struct batcher_writer;
+
 struct batch {
     struct batcher_table *t;
-    struct buf rows;   /* COPY tuples, back to back */
-    uint32_t *row_off; /* start of each row in rows; row_off[nrows] is rows.len */
+    struct batcher_writer *writer; /* the writer it is assigned to; NULL: any may take it */
+    struct buf rows;               /* COPY tuples, back to back */
+    uint32_t *row_off;             /* start of each row in rows; row_off[nrows] is rows.len */
     uint32_t nrows;
     uint32_t cap_rows;
     struct batch_ack **acks; /* durable requests answered when this batch is done */
@@ -69,17 +72,16 @@ struct batcher_table_stats {
     uint64_t copy_us;           /* time spent in COPY statements, total */
 };
 
-struct batcher_table {
-    struct batcher *b;
-    enum event_kind kind;
-    const struct event_table *table;
-    struct pg_conn pg;         /* this table's writer connection */
-    struct batch *filling;     /* accepting rows */
-    struct batch *head, *tail; /* sealed batches, oldest first; head is written first */
-    struct batch *current;     /* the batch being written (valid while writing, or waiting for
-                                  a retry of its write) */
-    bool writing;              /* current is being written */
-    bool rejecting;            /* the op in flight stores a bad row in usaged.rejects */
+/* Most writer connections a table may have (ingest.connections). */
+#define BATCHER_MAX_WRITERS 8
+
+/* One writer connection of a table and the batch it is writing. */
+struct batcher_writer {
+    struct batcher_table *t;
+    struct pg_conn pg;
+    struct batch *current; /* the batch being written (NULL: none) */
+    bool writing;          /* an op is in flight */
+    bool rejecting;        /* the op in flight stores a bad row in usaged.rejects */
     struct pg_op op;
     uv_buf_t copy_bufs[3]; /* header, rows, trailer */
     struct buf sql;        /* the statement of the op in flight */
@@ -88,14 +90,24 @@ struct batcher_table {
     char reject_error[512];
     char reject_sqlstate[6];
     uint64_t op_started_us;
-    uint64_t queued_rows;   /* rows in this table's batches, written or not */
-    uv_timer_t flush_timer; /* batch_ms after the first row of the filling batch */
     uv_timer_t retry_timer; /* backoff after a failed attempt */
-    uv_timer_t spill_timer; /* while rows wait for a writer that is down or failing */
     uint32_t retry_ms;
-    uint64_t failing_since; /* loop time of the first failed attempt in a row; 0: none */
-    bool fetching;          /* a spool record is being read for replay */
-    bool replay_turn;       /* the next write replays a spool record, if there is one */
+};
+
+struct batcher_table {
+    struct batcher *b;
+    enum event_kind kind;
+    const struct event_table *table;
+    struct batcher_writer writers[BATCHER_MAX_WRITERS]; /* each with its own connection */
+    uint32_t nwriters;
+    struct batch *filling;     /* accepting rows */
+    struct batch *head, *tail; /* sealed batches, oldest first; writers take the first free */
+    uint64_t queued_rows;      /* rows in this table's batches, written or not */
+    uv_timer_t flush_timer;    /* batch_ms after the first row of the filling batch */
+    uv_timer_t spill_timer;    /* while rows wait for writers that are down or failing */
+    uint64_t failing_since;    /* loop time of the first failed attempt in a row; 0: none */
+    bool fetching;             /* a spool record is being read for replay */
+    bool replay_turn;          /* the next batch taken replays a spool record, if there is one */
     char last_error[256];
     struct batcher_table_stats stats;
 };

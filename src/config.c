@@ -447,6 +447,8 @@ static bool ingest_pair(struct parser *p, const char *key, yaml_node_t *v, void 
         return parse_u32(p, v, "ingest.batch_ms", 1, 600000, &c->ingest.batch_ms);
     if (strcmp(key, "queue_rows") == 0)
         return parse_u32(p, v, "ingest.queue_rows", 1, 100000000, &c->ingest.queue_rows);
+    if (strcmp(key, "connections") == 0)
+        return parse_u32(p, v, "ingest.connections", 1, 8, &c->ingest.connections);
     if (strcmp(key, "queue_bytes") == 0)
         return parse_uint(p, v, "ingest.queue_bytes", 1ULL << 20, 1ULL << 40, true,
                           &c->ingest.queue_bytes);
@@ -630,6 +632,7 @@ static struct config *config_defaults(const char *path)
     c->ingest.batch_ms = 200;
     c->ingest.queue_rows = 200000;
     c->ingest.queue_bytes = 256ULL << 20;
+    c->ingest.connections = 2;
     c->ingest.batch_bytes = 16ULL << 20;
     c->ingest.ack = CONFIG_ACK_QUEUED;
     c->ingest.spill_after_ms = 5000;

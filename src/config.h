@@ -87,6 +87,7 @@ struct config {
         uint32_t batch_rows;
         uint32_t batch_ms;
         uint32_t queue_rows;
+        uint32_t connections; /* writer connections per table */
         uint64_t queue_bytes; /* bytes of queued rows before backpressure */
         uint64_t batch_bytes; /* a batch is also sealed at this size */
         enum config_ack ack;

@@ -82,9 +82,11 @@ static void log_denied_check(void *arg, const uint8_t user_id[16], const char *p
 static bool ingest_settled(const struct batcher *b)
 {
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        const struct pg_stats *s = &b->tables[k].pg.stats;
-        if (s->connects + s->connect_failures == 0)
-            return false;
+        for (uint32_t i = 0; i < b->tables[k].nwriters; i++) {
+            const struct pg_stats *s = &b->tables[k].writers[i].pg.stats;
+            if (s->connects + s->connect_failures == 0)
+                return false;
+        }
     }
     return true;
 }

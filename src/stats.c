@@ -59,14 +59,15 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
 void stats_summary(const struct daemon *d, char *out, size_t len)
 {
     uint64_t written = 0;
-    int up = 0;
+    unsigned up = 0, writers = 0;
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         const struct batcher_table *t = &d->batcher.tables[k];
         written += t->stats.rows_written;
-        up += t->pg.state == PG_IDLE || t->pg.state == PG_BUSY;
+        for (uint32_t i = 0; i < t->nwriters; i++, writers++)
+            up += t->writers[i].pg.state == PG_IDLE || t->writers[i].pg.state == PG_BUSY;
     }
     unsigned long long queued = d->batcher.queued_rows;
-    snprintf(out, len, "%s%u connections, %llu rows queued, %llu rows written, postgres %d/%d up",
+    snprintf(out, len, "%s%u connections, %llu rows queued, %llu rows written, postgres %u/%u up",
              d->stopping ? "draining: " : "", d->conns.count, queued, (unsigned long long)written,
-             up, EVENT_KIND_COUNT);
+             up, writers);
 }
