@@ -3,14 +3,16 @@
 -- Schema usaged belongs to the daemon's role: its bookkeeping tables live here, and so do the
 -- partition and retention functions, which run as usaged (SECURITY DEFINER) so that every
 -- partition they create is owned by usaged. The daemon may have created the schema already
--- (for usaged.schema_migrations, which it manages itself), hence IF NOT EXISTS.
+-- (an older daemon did, for its bookkeeping), hence IF NOT EXISTS.
 CREATE SCHEMA IF NOT EXISTS usaged;
 ALTER SCHEMA usaged OWNER TO usaged;
 REVOKE ALL ON SCHEMA usaged FROM PUBLIC;
 
--- usaged creates the monthly partitions of public.api_usage_logs and public.prompt_history next
--- to their parents, in schema public; that takes CREATE on public (and a non-superuser runner
--- can only give usaged a table in public if usaged has it).
+-- The log tables in public are handed to usaged (0004, 0005), and a runner that is not a
+-- superuser can only hand a table to a role that may create in its schema: CREATE on public is
+-- granted for the migrations and revoked at the end of 0009. usaged must not keep it: functions
+-- it could create in public would be found on everyone's search path (CVE-2018-1058). The monthly
+-- partitions live in schema usaged (0007).
 GRANT USAGE, CREATE ON SCHEMA public TO usaged;
 
 -- Rows the daemon could not store, isolated from their batch, with the reason.

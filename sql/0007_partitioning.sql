@@ -108,10 +108,10 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', v_parent, v_default);
     END IF;
 
-    EXECUTE format('CREATE TABLE public.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+    EXECUTE format('CREATE TABLE usaged.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
                    v_name, v_parent, v_start, v_end);
-    EXECUTE format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', v_name);
-    EXECUTE format('REVOKE ALL ON public.%I FROM PUBLIC, anon, authenticated, service_role',
+    EXECUTE format('ALTER TABLE usaged.%I ENABLE ROW LEVEL SECURITY', v_name);
+    EXECUTE format('REVOKE ALL ON usaged.%I FROM PUBLIC, anon, authenticated, service_role',
                    v_name);
 
     IF v_has_rows THEN
@@ -119,7 +119,7 @@ BEGIN
           FROM pg_attribute a
          WHERE a.attrelid = v_parent AND a.attnum > 0 AND NOT a.attisdropped;
         EXECUTE format('WITH moved AS (DELETE FROM %s WHERE created_at >= $1 AND created_at < $2 '
-                       'RETURNING %s) INSERT INTO public.%I (%s) SELECT %s FROM moved',
+                       'RETURNING %s) INSERT INTO usaged.%I (%s) SELECT %s FROM moved',
                        v_default, v_columns, v_name, v_columns, v_columns)
            USING v_start, v_end;
         GET DIAGNOSTICS v_moved = ROW_COUNT;
@@ -158,7 +158,7 @@ BEGIN
             v_month := (v_first + make_interval(months => i))::date;
             v_moved := usaged.create_partition(parent_table, v_month);
             IF v_moved IS NOT NULL THEN
-                partition_name := 'public.' || parent_table || '_' || to_char(v_month, 'YYYY_MM');
+                partition_name := 'usaged.' || parent_table || '_' || to_char(v_month, 'YYYY_MM');
                 range_start := v_month::timestamp AT TIME ZONE 'UTC';
                 range_end := (v_month + interval '1 month') AT TIME ZONE 'UTC';
                 rows_moved := v_moved;

@@ -210,3 +210,6 @@ GRANT SELECT (user_id, max_history_days, auto_cleanup) ON public.user_preference
 CREATE POLICY system_config_usaged_select ON public.system_config
     FOR SELECT TO usaged USING (category = 'maintenance');
 GRANT SELECT ON public.system_config TO usaged;
+
+-- The migrations have handed usaged its tables in public: it keeps USAGE only (see 0002).
+REVOKE CREATE ON SCHEMA public FROM usaged;

@@ -81,6 +81,10 @@ COMMENT ON FUNCTION public.compute_feedback_analytics(date, text) IS
     'returns the rows written.';
 
 -- The daily job: partitions ahead, retention, expired sessions, yesterday's feedback metrics.
+-- What the daily maintenance needs the owner's rights for. It is SECURITY DEFINER (owned by the
+-- migration runner) and executable by usaged, so it must never call anything usaged owns or can
+-- replace (usaged.create_partitions, usaged.apply_retention): usaged would get the runner's
+-- rights. The daemon calls those two itself, as usaged.
 CREATE FUNCTION public.daily_maintenance()
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -90,23 +94,9 @@ SET timezone = 'UTC'
 AS $$
 DECLARE
     v_started timestamptz := clock_timestamp();
-    v_setting jsonb;
-    v_months integer := 3;
-    v_partitions jsonb;
-    v_retention jsonb;
     v_sessions bigint;
     v_feedback integer;
 BEGIN
-    SELECT c.value INTO v_setting FROM public.system_config c WHERE c.key = 'partition_months_ahead';
-    IF jsonb_typeof(v_setting) = 'number' THEN
-        v_months := v_setting::numeric::integer;
-    END IF;
-
-    SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]'::jsonb) INTO v_partitions
-      FROM usaged.create_partitions(v_months) p;
-
-    v_retention := usaged.apply_retention();
-
     DELETE FROM public.user_sessions s
      WHERE s.expires_at < now()
         OR (s.ended_at IS NOT NULL AND s.ended_at < now() - interval '30 days');
@@ -117,17 +107,18 @@ BEGIN
     RETURN jsonb_build_object(
         'started_at', v_started,
         'finished_at', clock_timestamp(),
-        'partitions_created', v_partitions,
-        'retention', v_retention,
         'expired_sessions_deleted', v_sessions,
         'feedback_analytics_rows', v_feedback,
+        'partitions_and_retention', 'not run here: usaged.create_partitions() and '
+                                    'usaged.apply_retention(), called by their owner',
         'vacuum', 'not run here: run the statements of public.vacuum_all_tables() outside a '
                   'transaction');
 END
 $$;
 COMMENT ON FUNCTION public.daily_maintenance() IS
-    'Daily job: create partitions ahead, apply retention, delete expired user_sessions, '
-    'compute yesterday''s feedback_analytics. Returns a jsonb summary. Does not VACUUM.';
+    'Daily job: delete expired user_sessions, compute yesterday''s feedback_analytics. Returns a '
+    'jsonb summary. Partitions, retention (usaged.create_partitions/apply_retention) and VACUUM '
+    'are run by the daemon separately.';
 
 -- ANALYZE every table of the application (public, usaged) and the analytics views.
 CREATE FUNCTION public.analyze_all_tables()

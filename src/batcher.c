@@ -140,7 +140,7 @@ void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *confi
             buf_init(&w->sql);
             buf_init(&w->json);
             w->retry_ms = RETRY_START_MS;
-            char name[24];
+            char name[32];
             snprintf(name, sizeof(name), "ingest %s %u", k == EVENT_USAGE ? "usage" : "prompt",
                      i + 1);
             pg_init(&w->pg, loop, name, config->postgres.conninfo,

@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The bookkeeping lives in schema usaged_meta, owned by the migration runner, not in schema
+ * usaged: usaged owns that one, and could put a view with a function of its own in place of the
+ * table, which the runner (a superuser) would then run. */
+
 /* An arbitrary constant naming the lock that keeps two migrators from running at once. */
 #define MIGRATE_LOCK_KEY 7823465501LL
 
@@ -60,16 +64,17 @@ int migrate_apply(const char *conninfo, char *err, size_t errlen)
     snprintf(sql, sizeof(sql), "SELECT pg_advisory_lock(%lld)", MIGRATE_LOCK_KEY);
     if (!exec_ok(conn, sql, err, errlen, "lock") ||
         !exec_ok(conn,
-                 "CREATE SCHEMA IF NOT EXISTS usaged;"
-                 "CREATE TABLE IF NOT EXISTS usaged.schema_migrations ("
+                 "CREATE SCHEMA IF NOT EXISTS usaged_meta;"
+                 "CREATE TABLE IF NOT EXISTS usaged_meta.schema_migrations ("
                  " version integer PRIMARY KEY, name text NOT NULL,"
                  " applied_at timestamptz NOT NULL DEFAULT now())",
-                 err, errlen, "usaged.schema_migrations"))
+                 err, errlen, "usaged_meta.schema_migrations"))
         goto out;
 
-    PGresult *r = PQexec(conn, "SELECT coalesce(max(version), 0) FROM usaged.schema_migrations");
+    PGresult *r =
+        PQexec(conn, "SELECT coalesce(max(version), 0) FROM usaged_meta.schema_migrations");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        snprintf(err, errlen, "reading usaged.schema_migrations: %s", PQresultErrorMessage(r));
+        snprintf(err, errlen, "reading usaged_meta.schema_migrations: %s", PQresultErrorMessage(r));
         PQclear(r);
         goto out;
     }
@@ -96,9 +101,9 @@ int migrate_apply(const char *conninfo, char *err, size_t errlen)
         snprintf(version, sizeof(version), "%d", m->version);
         params[0] = version;
         params[1] = m->name;
-        r = PQexecParams(conn,
-                         "INSERT INTO usaged.schema_migrations (version, name) VALUES ($1, $2)", 2,
-                         NULL, params, NULL, NULL, 0);
+        r = PQexecParams(
+            conn, "INSERT INTO usaged_meta.schema_migrations (version, name) VALUES ($1, $2)", 2,
+            NULL, params, NULL, NULL, 0);
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
         if (!ok)
             snprintf(err, errlen, "%s: recording it: %s", what, PQresultErrorMessage(r));
@@ -113,8 +118,9 @@ int migrate_apply(const char *conninfo, char *err, size_t errlen)
     /* The daemon's role reads the bookkeeping at start (the migrations create the role). */
     if (!exec_ok(conn,
                  "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'usaged') THEN "
-                 "GRANT SELECT ON usaged.schema_migrations TO usaged; END IF; END $$",
-                 err, errlen, "granting usaged.schema_migrations"))
+                 "GRANT USAGE ON SCHEMA usaged_meta TO usaged; "
+                 "GRANT SELECT ON usaged_meta.schema_migrations TO usaged; END IF; END $$",
+                 err, errlen, "granting usaged_meta.schema_migrations"))
         goto out;
     if (applied == 0)
         printf("the database is up to date (migration %d)\n", current);
@@ -130,14 +136,15 @@ enum migrate_check migrate_check(const char *conninfo, int timeout_s, char *err,
     if (!conn)
         return MIGRATE_UNREACHABLE;
     enum migrate_check result = MIGRATE_CURRENT;
-    PGresult *r = PQexec(conn, "SELECT coalesce(max(version), 0) FROM usaged.schema_migrations");
+    PGresult *r =
+        PQexec(conn, "SELECT coalesce(max(version), 0) FROM usaged_meta.schema_migrations");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         if (state && strcmp(state, "42P01") == 0) {
             snprintf(err, errlen, "the database has no usaged schema; run usaged --migrate");
             result = MIGRATE_BEHIND;
         } else {
-            snprintf(err, errlen, "cannot read usaged.schema_migrations: %s",
+            snprintf(err, errlen, "cannot read usaged_meta.schema_migrations: %s",
                      PQresultErrorMessage(r));
             result = MIGRATE_UNREACHABLE;
         }

@@ -1,7 +1,8 @@
 /* migrate: the database migrations (sql/NNNN_name.sql), embedded in the binary at build time.
  * `usaged --migrate` applies the pending ones, each in its own transaction, and records them in
- * usaged.schema_migrations; running it again changes nothing. The daemon checks at start that
- * the database is not behind the binary. These run before the event loop, so they may block. */
+ * usaged_meta.schema_migrations (a schema the runner owns); running it again changes nothing. The
+ * daemon checks at start that the database is not behind the binary. These run before the event
+ * loop, so they may block. */
 #ifndef USAGED_MIGRATE_H
 #define USAGED_MIGRATE_H
 

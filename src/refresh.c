@@ -456,13 +456,14 @@ static const char claim_sql[] =
     MAINT_ADD("'create_partitions', (SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]'::jsonb) "        \
               "FROM usaged.create_partitions(%" PRIu32 ") p)")
 
-/* daily_maintenance() applies retention itself (and, besides, deletes expired sessions and
- * computes yesterday's feedback_analytics, which usaged may do only through it). So with
- * retention off it cannot run at all: nothing may be deleted. */
-static const char daily_sql[] = MAINT_ADD("'daily_maintenance', public.daily_maintenance()");
+/* Retention runs as usaged, which owns the log tables and the function; daily_maintenance()
+ * (deleting expired sessions and computing yesterday's feedback_analytics, which usaged may do
+ * only through it) runs with its owner's rights and calls nothing usaged owns. */
+static const char daily_sql[] = MAINT_ADD("'retention', usaged.apply_retention(), "
+                                          "'daily_maintenance', public.daily_maintenance()");
 static const char daily_skipped_sql[] =
-    MAINT_ADD("'daily_maintenance', 'skipped: maintenance.retention is false, and "
-              "daily_maintenance() applies retention'");
+    MAINT_ADD("'retention', 'skipped: maintenance.retention is false', "
+              "'daily_maintenance', public.daily_maintenance()");
 static const char analyze_sql[] =
     MAINT_ADD("'analyze', (SELECT jsonb_build_object('tables', count(*), 'ms', "
               "coalesce(sum(a.duration_ms), 0)) FROM public.analyze_all_tables() a)");

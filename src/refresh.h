@@ -12,7 +12,7 @@
  *
  * Maintenance: at `maintenance.at` (UTC), or at start when that time has passed today and today's
  * run is missing, the daemon that claims the day in usaged.maintenance_runs runs the steps on a
- * connection opened for the run: create_partitions, daily_maintenance() (which applies retention),
+ * connection opened for the run: create_partitions, apply_retention, daily_maintenance(),
  * analyze_all_tables(), and VACUUM (ANALYZE) of the log tables outside any transaction. Each step's
  * outcome is added to the day's result; a failed step does not stop the next ones.
  *

@@ -22,20 +22,20 @@ def test_migrate_applies_every_migration_in_order_then_is_a_no_op(workdir, pg, f
     first = migrate(workdir, pg, fresh_db)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == [w for name in files for w in ("applied", name)]
-    rows = sql(pg, fresh_db, "SELECT version, name FROM usaged.schema_migrations ORDER BY 1")
+    rows = sql(pg, fresh_db, "SELECT version, name FROM usaged_meta.schema_migrations ORDER BY 1")
     assert [r[1] for r in rows] == files
     assert [r[0] for r in rows] == list(range(1, len(files) + 1))
     again = migrate(workdir, pg, fresh_db)
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stdout
-    assert len(sql(pg, fresh_db, "SELECT 1 FROM usaged.schema_migrations")) == len(files)
+    assert len(sql(pg, fresh_db, "SELECT 1 FROM usaged_meta.schema_migrations")) == len(files)
 
 
 def test_the_daemon_role_can_read_the_bookkeeping(workdir, pg, fresh_db):
     assert migrate(workdir, pg, fresh_db).returncode == 0
     r = subprocess.run(["/usr/lib/postgresql/15/bin/psql", "-X", "-At", "-d",
                         pg.dsn(fresh_db, user="usaged"), "-c",
-                        "SELECT count(*) FROM usaged.schema_migrations"],
+                        "SELECT count(*) FROM usaged_meta.schema_migrations"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) > 0
@@ -47,7 +47,7 @@ def test_a_failing_migration_is_rolled_back_and_reported(workdir, pg, fresh_db):
     r = migrate(workdir, pg, fresh_db)
     assert r.returncode == 1
     assert "migration 0002_core" in r.stderr and "already exists" in r.stderr
-    versions = [v for (v,) in sql(pg, fresh_db, "SELECT version FROM usaged.schema_migrations")]
+    versions = [v for (v,) in sql(pg, fresh_db, "SELECT version FROM usaged_meta.schema_migrations")]
     assert versions == [1]
 
 
@@ -67,8 +67,22 @@ def test_the_daemon_refuses_to_start_on_a_database_without_the_schema(workdir, p
 
 def test_the_daemon_refuses_to_start_on_a_database_that_is_behind(workdir, pg, fresh_db):
     assert migrate(workdir, pg, fresh_db).returncode == 0
-    sql(pg, fresh_db, "DELETE FROM usaged.schema_migrations "
-        "WHERE version = (SELECT max(version) FROM usaged.schema_migrations)")
+    sql(pg, fresh_db, "DELETE FROM usaged_meta.schema_migrations "
+        "WHERE version = (SELECT max(version) FROM usaged_meta.schema_migrations)")
     r = _start(workdir, pg, fresh_db)
     assert r.returncode == 1
     assert "run usaged --migrate first" in r.stderr
+
+
+def test_the_bookkeeping_is_out_of_the_daemon_roles_reach(workdir, pg, fresh_db):
+    """usaged owns schema usaged; the migrator runs as a superuser: nothing it reads or writes may
+    be something usaged could replace."""
+    assert migrate(workdir, pg, fresh_db).returncode == 0
+    owner = sql(pg, fresh_db, "SELECT nspowner::regrole::text FROM pg_namespace "
+                "WHERE nspname = 'usaged_meta'")[0][0]
+    assert owner != "usaged"
+    r = subprocess.run(["/usr/lib/postgresql/15/bin/psql", "-X", "-At", "-d",
+                        pg.dsn(fresh_db, user="usaged"), "-c",
+                        "DROP TABLE usaged_meta.schema_migrations"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "must be owner" in r.stderr

@@ -267,7 +267,7 @@ def test_maintenance_creates_the_coming_partitions_and_applies_retention(
     today = datetime.datetime.now(UTC).date()
     next_month = month_start(today, 1).strftime("%Y_%m")
     for table in ("api_usage_logs", "prompt_history"):
-        sql(pg, db, f"DROP TABLE public.{table}_{next_month}")
+        sql(pg, db, f"DROP TABLE usaged.{table}_{next_month}")
     old = sql(pg, db, "INSERT INTO public.api_usage_logs (user_id, provider, status_code, "
               "created_at) VALUES (%s, 'openai', 200, now() - interval '400 days') "
               "RETURNING id::text", (user,))[0][0]
@@ -294,8 +294,8 @@ def test_maintenance_creates_the_coming_partitions_and_applies_retention(
                               "WHERE run_date = %s", (today,))
     assert finished is not None and result["ok"] is True
     created = {p["partition_name"] for p in result["create_partitions"]}
-    assert f"public.api_usage_logs_{next_month}" in created
-    assert result["daily_maintenance"]["retention"]["api_usage_logs"]["rows_deleted"] == 1
+    assert f"usaged.api_usage_logs_{next_month}" in created
+    assert result["retention"]["api_usage_logs"]["rows_deleted"] == 1
     assert result["analyze"]["tables"] > 0
     assert "ms" in result["vacuum_api_usage_logs"] and "ms" in result["vacuum_prompt_history"]
 

@@ -162,10 +162,12 @@ def test_migrations_apply_to_an_empty_database(db):
                                   "ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
                                   "AND c.relkind IN ('r', 'p') AND NOT c.relispartition")}
     assert tables == set(ALL_TABLES)
-    assert {r[0] for r in q(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'usaged'")} \
+    # Schema usaged: the daemon's own tables, and the monthly partitions of the log tables.
+    assert {r[0] for r in q(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'usaged'")
+            if not re.match(r"^(api_usage_logs|prompt_history)_\d{4}_\d{2}$", r[0])} \
         == {"rejects", "refresh_state", "maintenance_runs"}
-    # usaged.schema_migrations belongs to the daemon, not to the migrations.
-    assert q1(db, "SELECT to_regclass('usaged.schema_migrations')") is None
+    # usaged_meta.schema_migrations belongs to `usaged --migrate`, not to the migrations.
+    assert q1(db, "SELECT to_regclass('usaged_meta.schema_migrations')") is None
 
 
 def test_migrations_hold_only_sql_that_runs_in_a_transaction():
@@ -273,7 +275,7 @@ def test_migrations_apply_as_a_non_superuser_runner_with_supabase_default_privil
             for table in USER_TABLES:
                 assert set(visible_owners(conn, table)) == {a}, table
         summary = q1(conn, "SET ROLE usaged; SELECT public.daily_maintenance()")
-        assert "retention" in summary
+        assert "expired_sessions_deleted" in summary
     finally:
         conn.close()
 
@@ -706,8 +708,8 @@ def test_row_of_a_month_without_partition_lands_in_default_and_moves_when_it_get
         # Again: the partition exists, nothing to do.
         assert q1(db, "SELECT usaged.create_partition('api_usage_logs', '2031-01-01')") is None
 
-    assert partition_of(db, "api_usage_logs", log_id) == "api_usage_logs_2031_01"
-    assert partition_of(db, "prompt_history", hist_id) == "prompt_history_2031_01"
+    assert partition_of(db, "api_usage_logs", log_id) == "usaged.api_usage_logs_2031_01"
+    assert partition_of(db, "prompt_history", hist_id) == "usaged.prompt_history_2031_01"
     assert q1(db, "SELECT count(*) FROM public.api_usage_logs_default") == 0
     assert q1(db, "SELECT pg_get_userbyid(relowner) FROM pg_class "
                   "WHERE relname = 'api_usage_logs_2031_01'") == "usaged"
@@ -729,10 +731,10 @@ def test_create_partitions_moves_rows_out_of_default_and_is_idempotent(db):
     for table in ("api_usage_logs", "prompt_history"):
         for i in (4, 5, 6):
             moved = 1 if (table, i) == ("api_usage_logs", 5) else 0
-            expected.append((table, f"public.{table}_{month_start(db, i).strftime('%Y_%m')}",
+            expected.append((table, f"usaged.{table}_{month_start(db, i).strftime('%Y_%m')}",
                              moved))
     assert created == expected
-    assert partition_of(db, "api_usage_logs", row) == f"api_usage_logs_{far.strftime('%Y_%m')}"
+    assert partition_of(db, "api_usage_logs", row) == f"usaged.api_usage_logs_{far.strftime('%Y_%m')}"
     assert q(db, "SELECT * FROM usaged.create_partitions(6)") == []
 
 
@@ -749,7 +751,7 @@ def test_retention_removes_what_it_should_and_nothing_else(db):
         for uid in (keep_user, clean_user):
             q(db, "INSERT INTO public.api_usage_logs (user_id, provider, endpoint, created_at) "
                   "VALUES (%s, 'openai', %s, now() - %s::interval)", (uid, age, age))
-    assert q1(db, f"SELECT count(*) FROM public.{old_partition}") == 2
+    assert q1(db, f"SELECT count(*) FROM usaged.{old_partition}") == 2
 
     # prompt_history: only users with auto_cleanup lose rows older than their max_history_days.
     q(db, "INSERT INTO public.user_preferences (user_id, max_history_days, auto_cleanup) "
@@ -762,8 +764,8 @@ def test_retention_removes_what_it_should_and_nothing_else(db):
     with acting_as(db, "usaged"):
         result = q1(db, "SELECT usaged.apply_retention()")
 
-    assert q1(db, "SELECT to_regclass(%s)", (f"public.{old_partition}",)) is None
-    assert f"public.{old_partition}" in result["api_usage_logs"]["partitions_dropped"]
+    assert q1(db, "SELECT to_regclass(%s)", (f"usaged.{old_partition}",)) is None
+    assert f"usaged.{old_partition}" in result["api_usage_logs"]["partitions_dropped"]
     assert result["api_usage_logs"]["retention_days"] == 90
     left = q(db, "SELECT endpoint, count(*) FROM public.api_usage_logs GROUP BY 1 ORDER BY 1")
     assert dict(left) == {age: 2 for age, kept in ages.items() if kept}
@@ -774,7 +776,7 @@ def test_retention_removes_what_it_should_and_nothing_else(db):
     assert result["prompt_history"]["rows_deleted"] == 1
     # The current month's partition is untouched.
     assert q1(db, "SELECT to_regclass(%s)",
-              (f"public.api_usage_logs_{month_start(db, 0).strftime('%Y_%m')}",)) is not None
+              (f"usaged.api_usage_logs_{month_start(db, 0).strftime('%Y_%m')}",)) is not None
 
 
 def test_retention_keeps_every_log_when_the_setting_is_missing(db):
@@ -868,7 +870,9 @@ def test_usaged_reads_only_what_the_daemon_needs(pg, db):
             == {"maintenance"}
         # The maintenance functions, VACUUM of its own tables.
         summary = q1(daemon, "SELECT public.daily_maintenance()")
-        assert {"partitions_created", "retention", "expired_sessions_deleted"} <= set(summary)
+        assert {"expired_sessions_deleted", "feedback_analytics_rows"} <= set(summary)
+        assert q1(daemon, "SELECT count(*) FROM usaged.create_partitions(3)") >= 0
+        assert "api_usage_logs" in q1(daemon, "SELECT usaged.apply_retention()")
         assert q1(daemon, "SELECT count(*) FROM public.analyze_all_tables()") >= 14
         assert q1(daemon, "SELECT count(*) FROM public.get_database_stats()") >= 14
         for table, owner, statement in q(daemon, "SELECT * FROM public.vacuum_all_tables()"):
@@ -976,3 +980,47 @@ def test_users_cannot_insert_api_keys_around_store_api_key(db):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             q(db, "INSERT INTO public.api_configurations (user_id, provider, api_key_encrypted) "
                   "VALUES (%s, 'openai', 'x')", (a,))
+
+
+def connect_as_daemon(db):
+    p = db.get_dsn_parameters()
+    conn = psycopg2.connect(host=p["host"], port=p["port"], dbname=p["dbname"], user="usaged")
+    conn.autocommit = True
+    return conn
+
+
+def test_the_daemon_role_cannot_create_in_public(db):
+    """A function usaged could put in public would be on everyone's search path
+    (CVE-2018-1058); its tables there were handed over by the migrations."""
+    daemon = connect_as_daemon(db)
+    try:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            q(daemon, "CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql "
+                      "AS 'SELECT 1::text'")
+    finally:
+        daemon.close()
+
+
+def test_daily_maintenance_runs_nothing_the_daemon_role_can_replace(db):
+    """daily_maintenance() runs with its owner's rights: replacing a function of schema usaged
+    (which usaged owns) must not get that function run by it."""
+    daemon = connect_as_daemon(db)
+    try:
+        q(daemon, "CREATE OR REPLACE FUNCTION usaged.apply_retention() RETURNS jsonb "
+                  "LANGUAGE sql SECURITY INVOKER AS $$ SELECT jsonb_build_object('ran_as', "
+                  "current_user::text) $$")
+        summary = q1(daemon, "SELECT public.daily_maintenance()")
+        assert "ran_as" not in json.dumps(summary)
+    finally:
+        daemon.close()
+    assert q1(db, "SELECT rolsuper FROM pg_roles WHERE rolname = 'usaged'") is False
+
+
+def test_partitions_are_created_in_the_daemon_schema(db):
+    q(db, "SET ROLE usaged")
+    try:
+        q(db, "SELECT usaged.create_partition('api_usage_logs', '2032-02-01')")
+    finally:
+        q(db, "RESET ROLE")
+    assert q1(db, "SELECT relnamespace::regnamespace::text FROM pg_class "
+                  "WHERE relname = 'api_usage_logs_2032_02'") == "usaged"
