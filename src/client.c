@@ -1,6 +1,7 @@
-/* client: the C client library (include/usaged/client.h). Blocking sockets with poll() for the
- * timeout; msgpack-c's streaming unpacker for answers; answers that arrive for another msgid are
- * kept, each with its own zone, until their wait. */
+/* client: the C client library (include/usaged/client.h). Non-blocking sockets with poll() for
+ * the timeout; msgpack-c's streaming unpacker for answers. Every answer received is kept, each with
+ * its own zone, until its wait; sending also reads, so a long pipeline never has both sides stuck
+ * writing to each other. */
 #include "usaged/client.h"
 
 #include <errno.h>
@@ -18,6 +19,7 @@
 
 struct kept_answer {
     uint32_t msgid;
+    bool taken;
     msgpack_unpacked msg;
 };
 
@@ -29,8 +31,10 @@ struct usaged_client {
     msgpack_packer pk;
     msgpack_unpacker unpacker;
     msgpack_unpacked current; /* the answer last returned by usaged_wait */
+    /* Answers not yet waited for, in arrival order from kept_head; taken ones leave holes that
+     * the head skips and compaction drops, so waiting in order costs O(1) each. */
     struct kept_answer *kept;
-    size_t kept_count, kept_cap;
+    size_t kept_head, kept_count, kept_cap;
     char err_code[32];
     char err_message[256];
     char err_field[64];
@@ -52,14 +56,26 @@ static int set_error(usaged_client *c, int status, const char *code, const char 
     c->err_index = -1;
     c->err_retry_after_ms = 0;
     if (status == USAGED_ERR_IO || status == USAGED_ERR_TIMEOUT || status == USAGED_ERR_PROTOCOL) {
+        /* The stream is unusable: whatever was packed for it is dropped with it. */
         if (c->fd >= 0)
             close(c->fd);
         c->fd = -1;
+        msgpack_sbuffer_clear(&c->out);
     }
     return status;
 }
 
-static int connect_unix(const char *path, char *err, size_t errlen)
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A Unix socket whose listen queue is full refuses a non-blocking connect() with EAGAIN (a
+ * blocking one would wait without limit), and there is nothing to poll for until it is accepted:
+ * so retry, backing off to 50 ms, until timeout_ms (< 0: no limit) has passed. */
+static int connect_unix(const char *path, int timeout_ms, char *err, size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sa.sun_path)) {
@@ -67,14 +83,32 @@ static int connect_unix(const char *path, char *err, size_t errlen)
         return -1;
     }
     strcpy(sa.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
         return -1;
     }
-    return fd;
+    int64_t deadline = now_ms() + timeout_ms;
+    int delay_ms = 1;
+    for (;;) {
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            return fd;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN)
+            break;
+        int64_t left = deadline - now_ms();
+        if (timeout_ms >= 0 && left <= 0) {
+            errno = ETIMEDOUT;
+            break;
+        }
+        poll(NULL, 0, timeout_ms >= 0 && left < delay_ms ? (int)left : delay_ms);
+        if (delay_ms < 50)
+            delay_ms *= 2;
+    }
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    close(fd);
+    return -1;
 }
 
 /* connect() with a deadline: the socket is non-blocking, so an unreachable host costs at most
@@ -151,9 +185,9 @@ usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, si
 {
     int fd;
     if (strncmp(address, "unix:", 5) == 0)
-        fd = connect_unix(address + 5, err, errlen);
+        fd = connect_unix(address + 5, timeout_ms, err, errlen);
     else if (address[0] == '/' || address[0] == '.')
-        fd = connect_unix(address, err, errlen);
+        fd = connect_unix(address, timeout_ms, err, errlen);
     else
         fd = connect_tcp(address, timeout_ms, err, errlen);
     if (fd < 0)
@@ -186,8 +220,9 @@ void usaged_close(usaged_client *c)
     msgpack_sbuffer_destroy(&c->out);
     msgpack_unpacker_destroy(&c->unpacker);
     msgpack_unpacked_destroy(&c->current);
-    for (size_t i = 0; i < c->kept_count; i++)
-        msgpack_unpacked_destroy(&c->kept[i].msg);
+    for (size_t i = c->kept_head; i < c->kept_count; i++)
+        if (!c->kept[i].taken)
+            msgpack_unpacked_destroy(&c->kept[i].msg);
     free(c->kept);
     free(c);
 }
@@ -250,15 +285,8 @@ msgpack_packer *usaged_begin_notification(usaged_client *c, const char *method, 
     return &c->pk;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Waits until fd is ready for `events` or the deadline passes. */
-static int wait_fd(usaged_client *c, short events, int64_t deadline)
+/* Waits until fd is ready for `events` or the deadline passes; *revents says for what. */
+static int wait_fd(usaged_client *c, short events, int64_t deadline, short *revents)
 {
     for (;;) {
         int64_t left = c->timeout_ms < 0 ? -1 : deadline - now_ms();
@@ -267,10 +295,38 @@ static int wait_fd(usaged_client *c, short events, int64_t deadline)
                              c->timeout_ms);
         struct pollfd p = {.fd = c->fd, .events = events};
         int n = poll(&p, 1, (int)left);
-        if (n > 0)
+        if (n > 0) {
+            *revents = p.revents;
             return USAGED_OK;
+        }
         if (n < 0 && errno != EINTR)
             return set_error(c, USAGED_ERR_IO, "io", "poll: %s", strerror(errno));
+    }
+}
+
+static int take_answers(usaged_client *c);
+
+/* Reads whatever the daemon has sent, without waiting, and keeps the answers in it. */
+static int receive(usaged_client *c)
+{
+    for (;;) {
+        if (!msgpack_unpacker_reserve_buffer(&c->unpacker, 64 * 1024))
+            return set_error(c, USAGED_ERR_IO, "io", "out of memory");
+        ssize_t n = recv(c->fd, msgpack_unpacker_buffer(&c->unpacker),
+                         msgpack_unpacker_buffer_capacity(&c->unpacker), 0);
+        if (n > 0) {
+            msgpack_unpacker_buffer_consumed(&c->unpacker, (size_t)n);
+            int rc = take_answers(c);
+            if (rc != USAGED_OK)
+                return rc;
+            continue;
+        }
+        if (n == 0)
+            return set_error(c, USAGED_ERR_IO, "io", "the daemon closed the connection");
+        if (errno == EAGAIN)
+            return USAGED_OK;
+        if (errno != EINTR)
+            return set_error(c, USAGED_ERR_IO, "io", "recv: %s", strerror(errno));
     }
 }
 
@@ -286,13 +342,17 @@ int usaged_flush(usaged_client *c)
             off += (size_t)n;
             continue;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            int rc = wait_fd(c, POLLOUT, deadline);
-            if (rc != USAGED_OK)
-                return rc;
+        if (n < 0 && errno == EINTR)
             continue;
-        }
-        return set_error(c, USAGED_ERR_IO, "io", "send: %s", strerror(errno));
+        if (n < 0 && errno != EAGAIN)
+            return set_error(c, USAGED_ERR_IO, "io", "send: %s", strerror(errno));
+        /* The daemon stops reading while its answers to us wait unread: read them meanwhile. */
+        short revents;
+        int rc = wait_fd(c, POLLIN | POLLOUT, deadline, &revents);
+        if (rc == USAGED_OK && (revents & (POLLIN | POLLHUP | POLLERR)))
+            rc = receive(c);
+        if (rc != USAGED_OK)
+            return rc;
     }
     msgpack_sbuffer_clear(&c->out);
     return USAGED_OK;
@@ -363,75 +423,91 @@ static int notification_error(usaged_client *c, const msgpack_object *o)
     return USAGED_ERR_SERVER;
 }
 
-int usaged_wait(usaged_client *c, uint32_t msgid, const msgpack_object **result)
+/* Keeps one answer, compacting out the taken ones before growing. */
+static bool keep_answer(usaged_client *c, uint32_t msgid, msgpack_unpacked *msg)
 {
-    int rc = usaged_flush(c);
-    if (rc != USAGED_OK)
-        return rc;
-    for (size_t i = 0; i < c->kept_count; i++) {
-        if (c->kept[i].msgid == msgid) {
-            msgpack_unpacked_destroy(&c->current);
-            c->current = c->kept[i].msg;
-            c->kept[i] = c->kept[--c->kept_count];
-            return deliver(c, result);
+    if (c->kept_count == c->kept_cap) {
+        size_t live = 0;
+        for (size_t i = c->kept_head; i < c->kept_count; i++)
+            if (!c->kept[i].taken)
+                c->kept[live++] = c->kept[i];
+        c->kept_head = 0;
+        c->kept_count = live;
+        if (live > c->kept_cap / 2 || c->kept_cap == 0) {
+            size_t cap = c->kept_cap ? c->kept_cap * 2 : 8;
+            struct kept_answer *k = realloc(c->kept, cap * sizeof(*k));
+            if (!k)
+                return false;
+            c->kept = k;
+            c->kept_cap = cap;
         }
     }
-    int64_t deadline = now_ms() + c->timeout_ms;
+    c->kept[c->kept_count++] = (struct kept_answer){.msgid = msgid, .msg = *msg};
+    return true;
+}
+
+/* Moves the kept answer to msgid into c->current, if it has come. */
+static bool take_kept(usaged_client *c, uint32_t msgid)
+{
+    for (size_t i = c->kept_head; i < c->kept_count; i++) {
+        if (c->kept[i].taken || c->kept[i].msgid != msgid)
+            continue;
+        msgpack_unpacked_destroy(&c->current);
+        c->current = c->kept[i].msg;
+        c->kept[i].taken = true;
+        while (c->kept_head < c->kept_count && c->kept[c->kept_head].taken)
+            c->kept_head++;
+        if (c->kept_head == c->kept_count)
+            c->kept_head = c->kept_count = 0;
+        return true;
+    }
+    return false;
+}
+
+/* Decodes every complete message received so far and keeps the answers. */
+static int take_answers(usaged_client *c)
+{
     for (;;) {
         msgpack_unpacked msg;
         msgpack_unpacked_init(&msg);
         msgpack_unpack_return ret = msgpack_unpacker_next(&c->unpacker, &msg);
-        if (ret == MSGPACK_UNPACK_SUCCESS) {
-            const msgpack_object *o = &msg.data;
-            if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size >= 1 &&
-                o->via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-                o->via.array.ptr[0].via.u64 == USAGED_MSG_NOTIFICATION) {
-                rc = notification_error(c, o);
-                msgpack_unpacked_destroy(&msg);
-                return rc;
-            }
-            if (!is_answer(o)) {
-                msgpack_unpacked_destroy(&msg);
-                return set_error(c, USAGED_ERR_PROTOCOL, "protocol", "unexpected message");
-            }
-            uint32_t id = (uint32_t)o->via.array.ptr[1].via.u64;
-            if (id == msgid) {
-                msgpack_unpacked_destroy(&c->current);
-                c->current = msg;
-                return deliver(c, result);
-            }
-            if (c->kept_count == c->kept_cap) {
-                size_t cap = c->kept_cap ? c->kept_cap * 2 : 8;
-                struct kept_answer *k = realloc(c->kept, cap * sizeof(*k));
-                if (!k) {
-                    msgpack_unpacked_destroy(&msg);
-                    return set_error(c, USAGED_ERR_IO, "io", "out of memory");
-                }
-                c->kept = k;
-                c->kept_cap = cap;
-            }
-            c->kept[c->kept_count].msgid = id;
-            c->kept[c->kept_count++].msg = msg;
-            continue;
+        if (ret != MSGPACK_UNPACK_SUCCESS) {
+            msgpack_unpacked_destroy(&msg);
+            if (ret == MSGPACK_UNPACK_PARSE_ERROR || ret == MSGPACK_UNPACK_NOMEM_ERROR)
+                return set_error(c, USAGED_ERR_PROTOCOL, "protocol", "undecodable answer");
+            return USAGED_OK;
         }
+        const msgpack_object *o = &msg.data;
+        int rc = USAGED_OK;
+        if (o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size >= 1 &&
+            o->via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            o->via.array.ptr[0].via.u64 == USAGED_MSG_NOTIFICATION)
+            rc = notification_error(c, o);
+        else if (!is_answer(o))
+            rc = set_error(c, USAGED_ERR_PROTOCOL, "protocol", "unexpected message");
+        else if (!keep_answer(c, (uint32_t)o->via.array.ptr[1].via.u64, &msg))
+            rc = set_error(c, USAGED_ERR_IO, "io", "out of memory");
+        else
+            continue;
         msgpack_unpacked_destroy(&msg);
-        if (ret == MSGPACK_UNPACK_PARSE_ERROR || ret == MSGPACK_UNPACK_NOMEM_ERROR)
-            return set_error(c, USAGED_ERR_PROTOCOL, "protocol", "undecodable answer");
-        rc = wait_fd(c, POLLIN, deadline);
+        return rc;
+    }
+}
+
+int usaged_wait(usaged_client *c, uint32_t msgid, const msgpack_object **result)
+{
+    /* An answer that came before the stream failed is still handed out. */
+    int rc = usaged_flush(c);
+    int64_t deadline = now_ms() + c->timeout_ms;
+    for (;;) {
+        if (take_kept(c, msgid))
+            return deliver(c, result);
         if (rc != USAGED_OK)
             return rc;
-        if (!msgpack_unpacker_reserve_buffer(&c->unpacker, 64 * 1024))
-            return set_error(c, USAGED_ERR_IO, "io", "out of memory");
-        ssize_t n = recv(c->fd, msgpack_unpacker_buffer(&c->unpacker),
-                         msgpack_unpacker_buffer_capacity(&c->unpacker), 0);
-        if (n == 0)
-            return set_error(c, USAGED_ERR_IO, "io", "the daemon closed the connection");
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            return set_error(c, USAGED_ERR_IO, "io", "recv: %s", strerror(errno));
-        }
-        msgpack_unpacker_buffer_consumed(&c->unpacker, (size_t)n);
+        short revents;
+        rc = wait_fd(c, POLLIN, deadline, &revents);
+        if (rc == USAGED_OK)
+            rc = receive(c);
     }
 }
 

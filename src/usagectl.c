@@ -433,17 +433,23 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *address = getenv("USAGED_SOCKET");
+    /* A socket path is always a path, even one that looks like host:port ("usaged.sock"). */
+    const char *socket_path = getenv("USAGED_SOCKET");
+    const char *address = NULL;
     const char *token_file = NULL;
     int timeout_ms = 5000;
     int opt;
-    if (!address)
-        address = "/run/usaged/usaged.sock";
+    if (!socket_path)
+        socket_path = "/run/usaged/usaged.sock";
     while ((opt = getopt_long(argc, argv, "+s:a:T:t:h", options, NULL)) != -1) {
         switch (opt) {
         case 's':
+            socket_path = optarg;
+            address = NULL;
+            break;
         case 'a':
             address = optarg;
+            socket_path = NULL;
             break;
         case 'T':
             token_file = optarg;
@@ -489,7 +495,11 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    char err[512];
+    char err[512], unix_address[4096];
+    if (socket_path) {
+        snprintf(unix_address, sizeof(unix_address), "unix:%s", socket_path);
+        address = unix_address;
+    }
     usaged_client *c = usaged_connect(address, timeout_ms, err, sizeof(err));
     if (!c) {
         fprintf(stderr, "usagectl: cannot connect: %s\n", err);

@@ -39,7 +39,9 @@ enum usaged_status {
 };
 
 /* Connects to "unix:/path", "/path" (a Unix socket) or "host:port" (TCP). timeout_ms bounds the
- * TCP connect and each later call (< 0: no limit). Returns NULL and fills err on failure. */
+ * connect (a Unix socket's full listen queue included) and each later call (< 0: no limit).
+ * Returns NULL and fills err on failure. After an "io", "timeout" or "protocol" error the
+ * connection is closed and what was begun but not sent is dropped; connect again. */
 usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, size_t errlen);
 void usaged_close(usaged_client *c);
 void usaged_set_timeout(usaged_client *c, int timeout_ms);
@@ -61,7 +63,8 @@ msgpack_packer *usaged_begin_request(usaged_client *c, const char *method, uint3
                                      uint32_t *msgid);
 /* Starts a notification: [2, method, [ ... */
 msgpack_packer *usaged_begin_notification(usaged_client *c, const char *method, uint32_t nparams);
-/* Sends everything begun so far. */
+/* Sends everything begun so far, reading (and keeping) answers meanwhile, so a pipeline of any
+ * length cannot stall on full socket buffers both ways. */
 int usaged_flush(usaged_client *c);
 /* Waits for the answer to msgid. On USAGED_OK *result points at the result, valid until the next
  * call on this client. Answers to other msgids that arrive meanwhile are kept for their wait. */

@@ -157,7 +157,15 @@ def test_waiting_for_an_unsent_msgid_times_out(authed):
     passes(authed, "waiting_for_an_unsent_msgid_times_out")
 
 
-def test_check_answers_or_says_the_method_is_not_there_yet(authed):
+def test_a_long_pipeline_is_flushed_without_waiting_first(authed):
+    passes(authed, "a_long_pipeline_is_flushed_without_waiting_first")
+
+
+def test_connecting_to_a_full_listen_queue_times_out(authed):
+    passes(authed, "connecting_to_a_full_listen_queue_times_out")
+
+
+def test_check_answers_with_a_coherent_result(authed):
     passes(authed, "check")
 
 
@@ -243,6 +251,15 @@ def test_usagectl_bad_usage_exits_two(plain, args):
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith("usage: usagectl") or r.stderr.startswith("usagectl: "), r.stderr
     assert r.stdout == ""
+
+
+def test_usagectl_socket_is_a_path_even_a_relative_one_without_a_slash(plain):
+    # "usaged.sock" alone would read as host:port if it were taken as an address.
+    directory, name = os.path.split(plain.daemon.socket)
+    r = subprocess.run([USAGECTL_BIN, "-s", name, "ping"], capture_output=True, text=True,
+                       timeout=30, cwd=directory)
+    assert r.returncode == 0, r.stderr
+    assert "protocol 1" in r.stdout
 
 
 def test_usagectl_an_unreachable_daemon_exits_three(workdir):
