@@ -32,6 +32,8 @@ struct metrics_conn {
     size_t len;                       /* bytes of req received */
     int handles;                      /* handles not yet closed; freed at 0 */
     bool answered;                    /* the answer is written: later bytes are read and dropped */
+    bool written;                     /* ... and its write has completed */
+    bool peer_done;                   /* the client's EOF came before that */
     bool closing;
     char req[METRICS_MAX_REQUEST]; /* the request head; after the answer, a discard buffer */
 };
@@ -80,6 +82,11 @@ static void on_written(uv_write_t *req, int status)
     struct metrics_conn *c = req->data;
     if (c->closing)
         return;
+    c->written = true;
+    if (status == 0 && c->peer_done) {
+        conn_close(c); /* nothing left unread, so the close is a plain FIN after the answer */
+        return;
+    }
     if (status < 0 || uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         conn_close(c);
         return;
@@ -206,7 +213,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (c->closing)
         return;
     if (nread < 0) {
-        conn_close(c); /* EOF: after the answer, the normal end; before it, nothing to answer */
+        /* EOF with the answer still being written (a client that half-closes after its request):
+         * finish the write first. Otherwise after the answer it is the normal end, and before it
+         * there is nothing to answer. */
+        if (nread == UV_EOF && c->answered && !c->written) {
+            c->peer_done = true;
+            uv_read_stop(s);
+            return;
+        }
+        conn_close(c);
         return;
     }
     if (nread == 0 || c->answered)

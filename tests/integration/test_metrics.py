@@ -3,6 +3,7 @@ exposition format; everything else gets a plain HTTP error; a slow or odd client
 
 import http.client
 import os
+import re
 import socket
 import subprocess
 
@@ -82,6 +83,25 @@ def test_scrapes_see_live_figures(metrics):
     with d.client() as c:
         c.call("ping")
     assert accepted() == before + 1
+
+
+def test_a_client_that_closes_its_side_after_the_request_still_gets_the_whole_answer(metrics):
+    # As `nc -N` or a shell's exec 3<> do: request, EOF, then read. A small receive buffer keeps
+    # part of the answer in the daemon's buffers when it reads the EOF.
+    _, port = metrics
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+    assert len(body) == length
 
 
 def test_head_gets_the_headers_without_the_body(metrics):
