@@ -106,12 +106,6 @@ CREATE TABLE public.system_config (
             WHEN key !~ '_days$' THEN true
             WHEN jsonb_typeof(value) <> 'number' THEN false
             ELSE value::numeric >= 1 AND value::numeric = trunc(value::numeric)
-        END),
-    CONSTRAINT system_config_months_ahead_check CHECK (
-        CASE
-            WHEN key <> 'partition_months_ahead' THEN true
-            WHEN jsonb_typeof(value) <> 'number' THEN false
-            ELSE value::numeric BETWEEN 0 AND 24 AND value::numeric = trunc(value::numeric)
         END)
 );
 COMMENT ON TABLE public.system_config IS

@@ -146,9 +146,7 @@ VALUES
      'are in api_providers, enforced by usaged.', 'rate_limits', false),
     ('api_usage_logs_retention_days', '90',
      'usaged.apply_retention() removes api_usage_logs rows older than this many days',
-     'maintenance', false),
-    ('partition_months_ahead', '3',
-     'daily_maintenance() keeps monthly partitions this many months ahead', 'maintenance', false)
+     'maintenance', false)
 ON CONFLICT (key) DO NOTHING;
 
 -- Built-in public templates (no owner).
