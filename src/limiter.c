@@ -21,50 +21,61 @@
 
 #define MINUTE_MS 60000ULL
 #define DAY_MS 86400000ULL
-#define KEY_CAPACITY 16384 /* entries of the key table; a power of two */
-#define KEY_PROBES 16      /* slots looked at per key */
-#define MAX_COSTS_PER_CALL 512
-#define CACHE_MARGIN_MS 50 /* the cache stops this long before a window ends */
+#define KEY_CAPACITY 16384        /* entries of the key table; a power of two */
+#define KEY_PROBES 16             /* slots looked at per key */
+#define MAX_COSTS_PER_CALL 512    /* checks of one key in one call */
+#define MAX_CHECKS_PER_BATCH 1024 /* checks of all keys in one script call */
+#define CACHE_MARGIN_MS 50        /* the cache stops this long before a window ends */
 
-/* KEYS[1]: the key's base; ARGV: limit per minute, limit per day (-1: unlimited), then the cost
- * of each check, applied in order. Returns {now_ms, then per check: deny bits, minute count,
- * day count}. Each check adds its cost to both windows and takes it back if either is over:
- * the script is atomic, so nobody sees the difference, and the common case (allowed) costs two
- * INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin); both
- * keys share the base's hash tag, so both are in one Redis Cluster slot. */
-const char limiter_script[] =
-    "local t = redis.call('TIME')\n"
-    "local sec = tonumber(t[1])\n"
-    "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local lm = tonumber(ARGV[1])\n"
-    "local ld = tonumber(ARGV[2])\n"
-    "local km = KEYS[1] .. ':m:' .. math.floor(sec / 60)\n"
-    "local kd = KEYS[1] .. ':d:' .. math.floor(sec / 86400)\n"
-    "local out = {now}\n"
-    "for i = 3, #ARGV do\n"
-    "  local c = tonumber(ARGV[i])\n"
-    "  local um = 0\n"
-    "  local ud = 0\n"
-    "  if lm >= 0 then\n"
-    "    um = redis.call('INCRBY', km, c)\n"
-    "    if um == c then redis.call('EXPIRE', km, 120 - sec % 60) end\n"
-    "  end\n"
-    "  if ld >= 0 then\n"
-    "    ud = redis.call('INCRBY', kd, c)\n"
-    "    if ud == c then redis.call('EXPIRE', kd, 90000 - sec % 86400) end\n"
-    "  end\n"
-    "  local deny = 0\n"
-    "  if lm >= 0 and um > lm then deny = deny + 1 end\n"
-    "  if ld >= 0 and ud > ld then deny = deny + 2 end\n"
-    "  if deny ~= 0 and c > 0 then\n"
-    "    if lm >= 0 then um = redis.call('DECRBY', km, c) end\n"
-    "    if ld >= 0 then ud = redis.call('DECRBY', kd, c) end\n"
-    "  end\n"
-    "  out[#out + 1] = deny\n"
-    "  out[#out + 1] = um\n"
-    "  out[#out + 1] = ud\n"
-    "end\n"
-    "return out\n";
+/* KEYS: the bases of one or more keys. ARGV, for each key in turn: limit per minute, limit per
+ * day (-1: unlimited), the number of checks n, then the cost of each of the n checks, applied in
+ * order. Returns {now_ms, then per check of every key in turn: deny bits, minute count, day
+ * count}. Each check adds its cost to both windows and takes it back if either is over: the
+ * script is atomic, so nobody sees the difference, and the common case (allowed) costs two
+ * INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin).
+ * Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
+ * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster. */
+const char limiter_script[] = "local t = redis.call('TIME')\n"
+                              "local sec = tonumber(t[1])\n"
+                              "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+                              "local sm = ':m:' .. math.floor(sec / 60)\n"
+                              "local sd = ':d:' .. math.floor(sec / 86400)\n"
+                              "local em = 120 - sec % 60\n"
+                              "local ed = 90000 - sec % 86400\n"
+                              "local out = {now}\n"
+                              "local a = 1\n"
+                              "for k = 1, #KEYS do\n"
+                              "  local lm = tonumber(ARGV[a])\n"
+                              "  local ld = tonumber(ARGV[a + 1])\n"
+                              "  local last = a + 2 + tonumber(ARGV[a + 2])\n"
+                              "  local km = KEYS[k] .. sm\n"
+                              "  local kd = KEYS[k] .. sd\n"
+                              "  for i = a + 3, last do\n"
+                              "    local c = tonumber(ARGV[i])\n"
+                              "    local um = 0\n"
+                              "    local ud = 0\n"
+                              "    if lm >= 0 then\n"
+                              "      um = redis.call('INCRBY', km, c)\n"
+                              "      if um == c then redis.call('EXPIRE', km, em) end\n"
+                              "    end\n"
+                              "    if ld >= 0 then\n"
+                              "      ud = redis.call('INCRBY', kd, c)\n"
+                              "      if ud == c then redis.call('EXPIRE', kd, ed) end\n"
+                              "    end\n"
+                              "    local deny = 0\n"
+                              "    if lm >= 0 and um > lm then deny = deny + 1 end\n"
+                              "    if ld >= 0 and ud > ld then deny = deny + 2 end\n"
+                              "    if deny ~= 0 and c > 0 then\n"
+                              "      if lm >= 0 then um = redis.call('DECRBY', km, c) end\n"
+                              "      if ld >= 0 then ud = redis.call('DECRBY', kd, c) end\n"
+                              "    end\n"
+                              "    out[#out + 1] = deny\n"
+                              "    out[#out + 1] = um\n"
+                              "    out[#out + 1] = ud\n"
+                              "  end\n"
+                              "  a = last + 1\n"
+                              "end\n"
+                              "return out\n";
 
 /* ---- pure core ---- */
 
@@ -177,7 +188,8 @@ struct limiter_check {
 
 struct limiter_key {
     bool used;
-    bool inflight; /* a script call for this key is out */
+    bool inflight; /* a script call for this key is out, or in the batch not yet sent */
+    struct limiter_call *unsent; /* its call while in the batch: later checks can join it */
     uint8_t provider_len;
     uint32_t hash;
     uint8_t user_id[16];
@@ -194,15 +206,16 @@ struct limiter_key {
     uint32_t queued;
 };
 
-/* One script call: checks of one key (or of no table entry), in arrival order. */
+/* One key's part of a script call: checks of one key (or of no table entry), in arrival order. */
 struct limiter_call {
     struct limiter *l;
+    struct limiter_call *next; /* in the batch */
     struct limiter_key *key;
     uint8_t user_id[16];
     char provider[RULES_PROVIDER_MAX + 1];
     uint8_t provider_len;
     struct rules_resolved lim;
-    struct limiter_check *checks;
+    struct limiter_check *checks, *checks_tail;
     uint32_t n;
     uint64_t sent_ms; /* loop time the script call was sent */
 };
@@ -403,13 +416,15 @@ static void next_call(struct limiter *l, struct limiter_key *key, bool redis_fai
     memcpy(call->provider, key->provider, key->provider_len);
     call->provider_len = key->provider_len;
     /* Up to MAX_COSTS_PER_CALL checks; the rest waits for this call. */
-    struct limiter_check **tail = &call->checks;
     while (key->queue && call->n < MAX_COSTS_PER_CALL) {
         struct limiter_check *c = key->queue;
         key->queue = c->next;
         c->next = NULL;
-        *tail = c;
-        tail = &c->next;
+        if (call->checks_tail)
+            call->checks_tail->next = c;
+        else
+            call->checks = c;
+        call->checks_tail = c;
         call->n++;
         key->queued--;
     }
@@ -439,42 +454,62 @@ static bool reply_int(const redisReply *r, size_t i, int64_t *out)
     return true;
 }
 
+/* Answers the checks of one key call from its part of the reply, from element *i on. */
+static void answer_call(struct limiter *l, struct limiter_call *call, const redisReply *reply,
+                        size_t *i)
+{
+    int64_t now_ms = 0;
+    reply_int(reply, 0, &now_ms);
+    struct limiter_check *c = call->checks;
+    while (c) {
+        struct limiter_check *next = c->next;
+        int64_t deny = 0, um = 0, ud = 0;
+        reply_int(reply, *i, &deny);
+        reply_int(reply, *i + 1, &um);
+        reply_int(reply, *i + 2, &ud);
+        *i += 3;
+        struct check_result r;
+        limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
+        if (call->key && !next)
+            remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
+        answer(l, c, call->user_id, call->provider, call->provider_len, &r);
+        c = next;
+    }
+    call->checks = NULL;
+}
+
+/* The key calls of one script call, in the order of its KEYS. */
+struct limiter_batch {
+    struct limiter *l;
+    struct limiter_call *calls;
+    uint32_t nchecks;
+};
+
 static void on_script_reply(enum redis_status status, const redisReply *reply, void *arg)
 {
-    struct limiter_call *call = arg;
-    struct limiter *l = call->l;
+    struct limiter_batch *batch = arg;
+    struct limiter *l = batch->l;
     bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
-              reply->elements == 1 + 3 * (size_t)call->n;
+              reply->elements == 1 + 3 * (size_t)batch->nchecks;
     if (status == REDIS_CALL_OK && !ok)
         log_error("redis: the check script answered %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
-    if (!ok) {
-        degrade_call(l, call);
-    } else {
-        int64_t now_ms = 0;
-        reply_int(reply, 0, &now_ms);
-        size_t i = 1;
-        struct limiter_check *c = call->checks;
-        while (c) {
-            struct limiter_check *next = c->next;
-            int64_t deny = 0, um = 0, ud = 0;
-            reply_int(reply, i, &deny);
-            reply_int(reply, i + 1, &um);
-            reply_int(reply, i + 2, &ud);
-            i += 3;
-            struct check_result r;
-            limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
-            if (call->key && !next)
-                remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
-            answer(l, c, call->user_id, call->provider, call->provider_len, &r);
-            c = next;
-        }
-        call->checks = NULL;
+    size_t i = 1;
+    struct limiter_call *call = batch->calls;
+    free(batch);
+    while (call) {
+        struct limiter_call *next = call->next;
+        if (ok)
+            answer_call(l, call, reply, &i);
+        else
+            degrade_call(l, call);
+        struct limiter_key *key = call->key;
+        free_call(call);
+        /* The checks queued behind this key join the next batch. */
+        if (key)
+            next_call(l, key, !ok);
+        call = next;
     }
-    struct limiter_key *key = call->key;
-    free_call(call);
-    if (key)
-        next_call(l, key, !ok);
 }
 
 static void append_str(char *dst, size_t *off, size_t cap, const char *s, size_t len)
@@ -485,53 +520,90 @@ static void append_str(char *dst, size_t *off, size_t cap, const char *s, size_t
     }
 }
 
+/* Sends the key calls gathered so far as one script call. */
+static void flush_batch(struct limiter *l)
+{
+    if (!l->batch)
+        return;
+    struct limiter_batch *batch = xmalloc(sizeof(*batch));
+    batch->l = l;
+    batch->calls = l->batch;
+    batch->nchecks = l->batch_checks;
+    uint32_t ncalls = l->batch_calls;
+    l->batch = l->batch_tail = NULL;
+    l->batch_calls = l->batch_checks = 0;
+    for (struct limiter_call *call = batch->calls; call; call = call->next)
+        if (call->key)
+            call->key->unsent = NULL;
+
+    /* argv: the keys (prefix{user:provider}), then per key: limits, count, costs. */
+    size_t prefix_len = strlen(l->key_prefix);
+    int argc = (int)(ncalls * 4 + batch->nchecks);
+    size_t key_cap = prefix_len + UUID_STRING_LEN + RULES_PROVIDER_MAX + 3;
+    const char **argv = xmalloc((size_t)argc * sizeof(*argv));
+    size_t *lens = xmalloc((size_t)argc * sizeof(*lens));
+    char *text = xmalloc(ncalls * key_cap + (size_t)(argc - (int)ncalls) * 24);
+    char *p = text;
+    int a = 0;
+    for (struct limiter_call *call = batch->calls; call; call = call->next) {
+        char uuid[UUID_STRING_LEN + 1];
+        uuid_format(call->user_id, uuid);
+        size_t klen = 0;
+        append_str(p, &klen, key_cap, l->key_prefix, prefix_len);
+        append_str(p, &klen, key_cap, "{", 1);
+        append_str(p, &klen, key_cap, uuid, UUID_STRING_LEN);
+        append_str(p, &klen, key_cap, ":", 1);
+        append_str(p, &klen, key_cap, call->provider, call->provider_len);
+        append_str(p, &klen, key_cap, "}", 1);
+        argv[a] = p;
+        lens[a++] = klen;
+        p += klen;
+    }
+    for (struct limiter_call *call = batch->calls; call; call = call->next) {
+        int64_t head[3] = {call->lim.per_minute, call->lim.per_day, call->n};
+        for (int h = 0; h < 3; h++) {
+            argv[a] = p;
+            lens[a++] = (size_t)snprintf(p, 24, "%" PRId64, head[h]);
+            p += 24;
+        }
+        for (struct limiter_check *c = call->checks; c; c = c->next) {
+            argv[a] = p;
+            lens[a++] = (size_t)snprintf(p, 24, "%" PRIu32, c->cost);
+            p += 24;
+        }
+    }
+    l->stats.script_calls++;
+    l->stats.batched += ncalls - 1;
+    redis_eval(&l->redis, (int)ncalls, argc, argv, lens, l->timeout_ms, on_script_reply, batch);
+    free(argv);
+    free(lens);
+    free(text);
+}
+
+/* Adds a key call to the batch that the end of this loop iteration sends (on_flush). */
 static void send_call(struct limiter *l, struct limiter_call *call)
 {
-    /* The key: prefix{user:provider} */
-    char key[256 + RULES_PROVIDER_MAX * 4];
-    size_t klen = 0;
-    char uuid[UUID_STRING_LEN + 1];
-    uuid_format(call->user_id, uuid);
-    append_str(key, &klen, sizeof(key), l->key_prefix, strlen(l->key_prefix));
-    append_str(key, &klen, sizeof(key), "{", 1);
-    append_str(key, &klen, sizeof(key), uuid, UUID_STRING_LEN);
-    append_str(key, &klen, sizeof(key), ":", 1);
-    append_str(key, &klen, sizeof(key), call->provider, call->provider_len);
-    append_str(key, &klen, sizeof(key), "}", 1);
-
-    int argc = 2 + (int)call->n;
-    const char *argv_small[2 + 16];
-    size_t lens_small[2 + 16];
-    char nums_small[(2 + 16) * 24];
-    const char **argv = argv_small;
-    size_t *lens = lens_small;
-    char *nums = nums_small;
-    if (argc > 2 + 16) {
-        argv = xmalloc((size_t)argc * sizeof(*argv));
-        lens = xmalloc((size_t)argc * sizeof(*lens));
-        nums = xmalloc((size_t)argc * 24);
-    }
-    int64_t values[2] = {call->lim.per_minute, call->lim.per_day};
-    struct limiter_check *c = call->checks;
-    for (int i = 0; i < argc; i++) {
-        char *num = nums + i * 24;
-        int n = i < 2 ? snprintf(num, 24, "%" PRId64, values[i])
-                      : snprintf(num, 24, "%" PRIu32, c->cost);
-        if (i >= 2)
-            c = c->next;
-        argv[i] = num;
-        lens[i] = (size_t)n;
-    }
-    if (call->key)
+    if (l->batch && l->batch_checks + call->n > MAX_CHECKS_PER_BATCH)
+        flush_batch(l);
+    if (call->key) {
         call->key->inflight = true;
-    call->sent_ms = uv_now(l->loop);
-    l->stats.script_calls++;
-    redis_eval(&l->redis, key, klen, argc, argv, lens, l->timeout_ms, on_script_reply, call);
-    if (argv != argv_small) {
-        free(argv);
-        free(lens);
-        free(nums);
+        call->key->unsent = call;
     }
+    call->sent_ms = uv_now(l->loop);
+    call->next = NULL;
+    if (l->batch_tail)
+        l->batch_tail->next = call;
+    else
+        l->batch = call;
+    l->batch_tail = call;
+    l->batch_calls++;
+    l->batch_checks += call->n;
+}
+
+/* A check handle runs after each iteration's I/O: every check read in it goes out together. */
+static void on_flush(uv_check_t *h)
+{
+    flush_batch(h->data);
 }
 
 /* ---- the method ---- */
@@ -688,6 +760,17 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
         answer_degraded(l, key, check, user_id, provider, plen, &lim);
         return CONN_DISPATCHED;
     }
+    if (key && key->unsent && key->unsent->n < MAX_COSTS_PER_CALL &&
+        l->batch_checks < MAX_CHECKS_PER_BATCH) {
+        /* Its key's call has not gone yet: the check joins it. */
+        struct limiter_call *call = key->unsent;
+        call->checks_tail->next = check;
+        call->checks_tail = check;
+        call->n++;
+        l->batch_checks++;
+        l->stats.coalesced++;
+        return CONN_DISPATCHED;
+    }
     if (key && key->inflight) {
         if (key->queue_tail)
             key->queue_tail->next = check;
@@ -704,7 +787,7 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
     memcpy(call->provider, provider, plen);
     call->provider_len = (uint8_t)plen;
     call->lim = lim;
-    call->checks = check;
+    call->checks = call->checks_tail = check;
     call->n = 1;
     send_call(l, call);
     return CONN_DISPATCHED;
@@ -755,6 +838,10 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
         config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
     redis_init(&l->redis, loop, config->redis.address, limiter_script, connect_timeout,
                config->redis.reconnect_max_ms, on_redis_state, l);
+    uv_check_init(loop, &l->flush);
+    l->flush.data = l;
+    uv_check_start(&l->flush, on_flush);
+    uv_unref((uv_handle_t *)&l->flush);
     limiter_configure(l, config);
 }
 
@@ -802,12 +889,19 @@ static void on_redis_closed(struct redis_client *r, void *arg)
     part_closed(arg);
 }
 
+static void on_flush_closed(uv_handle_t *h)
+{
+    part_closed(h->data);
+}
+
 void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void *arg), void *arg)
 {
     l->on_closed = on_closed;
     l->closed_arg = arg;
-    l->closing = 2;
+    l->closing = 3;
     l->on_denied = NULL; /* the ingest queue is closing too */
+    flush_batch(l);      /* closing Redis answers it (DOWN: the policy decides) */
+    uv_close((uv_handle_t *)&l->flush, on_flush_closed);
     rules_close(&l->rules, on_rules_closed, l);
     redis_close(&l->redis, on_redis_closed, l);
 }
@@ -817,7 +911,7 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
     const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 14);
+    msgpack_pack_map(pk, 15);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
@@ -830,6 +924,7 @@ void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "unlimited", l->stats.unlimited);
     rpc_pack_u64(pk, "cache_hits", l->stats.cache_hits);
     rpc_pack_u64(pk, "coalesced", l->stats.coalesced);
+    rpc_pack_u64(pk, "batched", l->stats.batched);
     rpc_pack_u64(pk, "redis_round_trips", l->stats.script_calls);
     rpc_pack_u64(pk, "providers_loaded", l->rules.ndb);
     rpc_pack_u64(pk, "limits_loads", l->rules.loads);

@@ -1,8 +1,10 @@
 /* limiter: the `check` method. Per-user, per-provider limits per UTC minute and per UTC day,
- * counted in Redis by one atomic Lua script per check (windows from Redis's TIME, both windows
- * checked, both incremented only when both allow), exact across every daemon sharing the Redis.
+ * counted in Redis by an atomic Lua script (windows from Redis's TIME, both windows checked, both
+ * incremented only when both allow), exact across every daemon sharing the Redis.
  *
- * Two ways past Redis's own rate, neither giving up exactness:
+ * Three ways past Redis's own rate, none giving up exactness:
+ *   - batching: the checks of all keys read in one loop iteration go in one script call (up to
+ *     MAX_CHECKS_PER_BATCH), which applies them in order: Redis's cost per call is shared;
  *   - coalescing: checks of one key that arrive while a script call for that key is in flight
  *     wait, and then go together in one call that applies them one after the other, exactly as
  *     if sent one by one;
@@ -78,7 +80,8 @@ struct limiter_stats {
     uint64_t degraded;
     uint64_t unknown_provider;
     uint64_t cache_hits; /* denied from the over-limit cache, no round trip */
-    uint64_t coalesced;  /* checks that shared a script call with an earlier one */
+    uint64_t coalesced;  /* checks that shared a script call with an earlier one of their key */
+    uint64_t batched;    /* keys whose checks shared a script call with another key's */
     uint64_t script_calls;
     uint64_t unlimited; /* allowed without Redis: both windows unlimited */
 };
@@ -92,6 +95,10 @@ struct limiter {
     enum config_redis_policy policy;
     bool log_denied;
     struct limiter_key *keys; /* open addressing, fixed capacity */
+    /* Key calls made during this loop iteration, sent as one script call after its I/O. */
+    uv_check_t flush;
+    struct limiter_call *batch, *batch_tail;
+    uint32_t batch_calls, batch_checks;
     uint32_t key_capacity;
     uint32_t key_count;
     void (*on_denied)(void *arg, const uint8_t user_id[16], const char *provider, size_t len,

@@ -287,9 +287,8 @@ static void send_call(struct redis_client *r, struct redis_call *c, bool with_so
     }
 }
 
-void redis_eval(struct redis_client *r, const char *key, size_t key_len, int argc,
-                const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
-                redis_reply_fn cb, void *arg)
+void redis_eval(struct redis_client *r, int numkeys, int argc, const char *const *argv,
+                const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
     if (!r->connected || !r->ac) {
         cb(REDIS_CALL_DOWN, NULL, arg);
@@ -297,8 +296,10 @@ void redis_eval(struct redis_client *r, const char *key, size_t key_len, int arg
     }
     /* One allocation holds the call and copies of its arguments, which a NOSCRIPT retry needs
      * after the caller's buffers are gone. Layout: call, argv[], lens[], then the bytes. */
-    int total = argc + 4; /* EVALSHA sha numkeys key args... */
-    size_t bytes = key_len + 8;
+    int total = argc + 3; /* EVALSHA sha numkeys args... */
+    char nk[16];
+    size_t nk_len = (size_t)snprintf(nk, sizeof(nk), "%d", numkeys);
+    size_t bytes = nk_len;
     for (int i = 0; i < argc; i++)
         bytes += arg_lens[i];
     struct redis_call *c =
@@ -311,16 +312,14 @@ void redis_eval(struct redis_client *r, const char *key, size_t key_len, int arg
     c->argv = (const char **)(c + 1);
     c->arg_lens = (size_t *)(c->argv + total);
     char *p = (char *)(c->arg_lens + total);
-    c->argv[2] = "1";
-    c->arg_lens[2] = 1;
-    memcpy(p, key, key_len);
-    c->argv[3] = p;
-    c->arg_lens[3] = key_len;
-    p += key_len;
+    memcpy(p, nk, nk_len);
+    c->argv[2] = p;
+    c->arg_lens[2] = nk_len;
+    p += nk_len;
     for (int i = 0; i < argc; i++) {
         memcpy(p, argv[i], arg_lens[i]);
-        c->argv[4 + i] = p;
-        c->arg_lens[4 + i] = arg_lens[i];
+        c->argv[3 + i] = p;
+        c->arg_lens[3 + i] = arg_lens[i];
         p += arg_lens[i];
     }
     c->sent_ms = uv_now(r->loop);

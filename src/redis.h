@@ -69,11 +69,10 @@ void redis_init(struct redis_client *r, uv_loop_t *loop, const char *address, co
                 void (*on_state)(struct redis_client *r, bool up, void *arg), void *arg);
 void redis_start(struct redis_client *r);
 
-/* Runs the script with one key and string arguments; cb runs once, within timeout_ms. When not
- * connected, cb runs at once with REDIS_CALL_DOWN. */
-void redis_eval(struct redis_client *r, const char *key, size_t key_len, int argc,
-                const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
-                redis_reply_fn cb, void *arg);
+/* Runs the script with string arguments, the first numkeys of them its KEYS; cb runs once,
+ * within timeout_ms. When not connected, cb runs at once with REDIS_CALL_DOWN. */
+void redis_eval(struct redis_client *r, int numkeys, int argc, const char *const *argv,
+                const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg);
 
 static inline bool redis_is_up(const struct redis_client *r)
 {

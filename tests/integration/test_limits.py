@@ -269,6 +269,33 @@ def test_hammering_one_key_is_answered_from_the_cache_and_coalesced(
     assert s["redis_round_trips"] < 1000
 
 
+def test_checks_of_many_keys_share_script_calls_and_each_key_stays_exact(
+        daemon_factory, workdir, pg, db, redis_server):
+    # 200 users x 2 providers x 4 checks each, interleaved, in one write: the daemon reads them
+    # in a few loop iterations, so many keys, with different limits, go out in each script call;
+    # each key still gets exactly its limit, the first of its checks in arrival order.
+    add_provider(pg, db, "batch", per_minute=3, per_day=100000)
+    add_provider(pg, db, "batchday", per_day=2)
+    users = [str(uuid.uuid4()) for _ in range(200)]
+    d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n")
+    wait_for_fresh_minute(redis_server)
+    order = [(u, p) for _ in range(4) for u in users for p in ("batch", "batchday")]
+    with d.client() as c:
+        c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": p}]])
+                            for i, (u, p) in enumerate(order, 1)))
+        answers = [c.wait(i) for i in range(1, len(order) + 1)]
+        s = c.call("stats")["limits"]
+    assert all(a[0] is None for a in answers), answers[0]
+    allowed = {}
+    for key, a in zip(order, answers):
+        allowed.setdefault(key, []).append(a[1]["allowed"])
+    assert len(allowed) == 400
+    want = {"batch": [True, True, True, False], "batchday": [True, True, False, False]}
+    assert all(v == want[p] for (u, p), v in allowed.items())
+    assert s["batched"] > 0
+    assert s["redis_round_trips"] < len(order) - s["cache_hits"] - s["coalesced"]
+
+
 @pytest.mark.parametrize("policy", ["local", "allow", "deny"])
 def test_redis_stopped_answers_degraded_within_the_timeout_then_exact_again(
         daemon_factory, workdir, pg, db, redis_server, policy):
