@@ -34,7 +34,10 @@
  * script is atomic, so nobody sees the difference, and the common case (allowed) costs two
  * INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin).
  * Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
- * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster. */
+ * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster.
+ * An error inside the script (a key of another type, written by someone else) fails the whole
+ * call: all of its checks get the policy's answer, and Redis keeps the increments made before
+ * the error (scripts are not rolled back). */
 const char limiter_script[] = "local t = redis.call('TIME')\n"
                               "local sec = tonumber(t[1])\n"
                               "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -573,14 +576,14 @@ static void flush_batch(struct limiter *l)
         }
     }
     l->stats.script_calls++;
-    l->stats.batched += ncalls - 1;
+    l->stats.batched += ncalls - 1; /* round trips saved */
     redis_eval(&l->redis, (int)ncalls, argc, argv, lens, l->timeout_ms, on_script_reply, batch);
     free(argv);
     free(lens);
     free(text);
 }
 
-/* Adds a key call to the batch that the end of this loop iteration sends (on_flush). */
+/* Adds a key call to the batch that goes before the loop next waits for I/O (on_flush). */
 static void send_call(struct limiter *l, struct limiter_call *call)
 {
     if (l->batch && l->batch_checks + call->n > MAX_CHECKS_PER_BATCH)
@@ -600,8 +603,10 @@ static void send_call(struct limiter *l, struct limiter_call *call)
     l->batch_checks += call->n;
 }
 
-/* A check handle runs after each iteration's I/O: every check read in it goes out together. */
-static void on_flush(uv_check_t *h)
+/* A prepare handle runs just before the loop waits for I/O: every check submitted since the last
+ * wait (read from sockets, or resumed from a paused connection in the check phase) goes out
+ * together, and none waits for a later wake-up. */
+static void on_flush(uv_prepare_t *h)
 {
     flush_batch(h->data);
 }
@@ -798,8 +803,11 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
 static void on_redis_state(struct redis_client *r, bool up, void *arg)
 {
     (void)r;
-    (void)up;
     struct limiter *l = arg;
+    /* Checks not sent yet are answered now, by the policy, before any check submitted after
+     * this (which redis_is_up sends to the policy at once): each key's order holds. */
+    if (!up)
+        flush_batch(l);
     if (l->on_state)
         l->on_state(l->state_arg);
 }
@@ -838,9 +846,9 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
         config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
     redis_init(&l->redis, loop, config->redis.address, limiter_script, connect_timeout,
                config->redis.reconnect_max_ms, on_redis_state, l);
-    uv_check_init(loop, &l->flush);
+    uv_prepare_init(loop, &l->flush);
     l->flush.data = l;
-    uv_check_start(&l->flush, on_flush);
+    uv_prepare_start(&l->flush, on_flush);
     uv_unref((uv_handle_t *)&l->flush);
     limiter_configure(l, config);
 }

@@ -81,7 +81,7 @@ struct limiter_stats {
     uint64_t unknown_provider;
     uint64_t cache_hits; /* denied from the over-limit cache, no round trip */
     uint64_t coalesced;  /* checks that shared a script call with an earlier one of their key */
-    uint64_t batched;    /* keys whose checks shared a script call with another key's */
+    uint64_t batched;    /* key calls sent in another key's script call: round trips saved */
     uint64_t script_calls;
     uint64_t unlimited; /* allowed without Redis: both windows unlimited */
 };
@@ -96,7 +96,7 @@ struct limiter {
     bool log_denied;
     struct limiter_key *keys; /* open addressing, fixed capacity */
     /* Key calls made during this loop iteration, sent as one script call after its I/O. */
-    uv_check_t flush;
+    uv_prepare_t flush;
     struct limiter_call *batch, *batch_tail;
     uint32_t batch_calls, batch_checks;
     uint32_t key_capacity;

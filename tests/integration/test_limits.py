@@ -394,6 +394,29 @@ def test_answers_that_free_a_paused_pipeline_stay_whole(daemon_factory, workdir,
     assert all(seen[100 + i]["protocol"] == 1 for i in range(4))
 
 
+def test_checks_let_through_by_a_paused_pipeline_go_out_without_waiting(
+        daemon_factory, workdir, pg, db, redis_server):
+    """A connection paused at max_pending_requests is resumed after the loop has read the
+    answers that free it; the checks it then submits must go to Redis in that turn of the loop,
+    not wait for whatever wakes the loop next (a timer: before the fix, 200 checks took 10 s
+    here; 100 pauses now take milliseconds)."""
+    add_provider(pg, db, "resume", per_minute=1000, per_day=100000)
+    cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server).replace(
+        "  unix_mode: 0600\n", "  unix_mode: 0600\n  max_pending_requests: 4\n")
+    d = daemon_factory(cfg + "limits:\n  log_denied: false\n")
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
+                     "the limits to be loaded")
+    users = [str(uuid.uuid4()) for _ in range(400)]
+    with d.client() as c:
+        start_s = time.monotonic()
+        c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": "resume"}]])
+                            for i, u in enumerate(users, 1)))
+        answers = [c.wait(i) for i in range(1, len(users) + 1)]
+        elapsed = time.monotonic() - start_s
+    assert all(a[0] is None and a[1]["allowed"] for a in answers)
+    assert elapsed < 5, f"400 checks through a 4-deep pipeline took {elapsed:.1f} s"
+
+
 def test_a_stalled_redis_is_dropped_so_later_checks_do_not_wait(
         daemon_factory, workdir, pg, db, redis_server):
     add_provider(pg, db, "stall2", per_minute=3, per_day=1000)
