@@ -2,6 +2,8 @@
 #include "daemon.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +127,27 @@ static void collect_stats(void *arg, msgpack_packer *pk)
     stats_pack(arg, pk);
 }
 
+static sigset_t exit_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    return set;
+}
+
+static void no_work(uv_work_t *w)
+{
+    (void)w;
+}
+
+static void no_work_done(uv_work_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
 static void start_signal(struct daemon *d, uv_signal_t *sig, int signum)
 {
     uv_signal_init(d->loop, sig);
@@ -138,6 +161,12 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     d->loop = loop;
     d->config = config;
     d->started_ms = uv_now(loop);
+    /* The thread pool's workers are started now, with the exit signals blocked, which they
+     * keep: only this thread ever takes those signals (close_signals relies on it). */
+    sigset_t set = exit_signals(), old;
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    uv_queue_work(loop, &d->threads_work, no_work, no_work_done);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     int rc;
     if (config->auth.token_file) {
         rc = read_token(config->auth.token_file, &d->token, &d->token_len, err, errlen);
@@ -272,9 +301,23 @@ static void on_spool_closed(struct spool *s, void *arg)
 
 static void close_signals(struct daemon *d)
 {
+    /* Closing the last handle of a signal gives it back its default action, which for these
+     * is to die: a second SIGTERM (systemd's and an operator's) in the last moments of the exit
+     * would turn a clean exit 0 into death by signal. The exit is under way: these signals are
+     * ignored from here on. No thread takes one in between: the workers never do (see
+     * daemon_start) and this thread blocks them meanwhile; one that came is dropped when the
+     * action becomes SIG_IGN. */
+    sigset_t set = exit_signals();
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     uv_close((uv_handle_t *)&d->sig_term, NULL);
     uv_close((uv_handle_t *)&d->sig_int, NULL);
     uv_close((uv_handle_t *)&d->sig_hup, NULL);
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGTERM, &ign, NULL);
+    sigaction(SIGINT, &ign, NULL);
+    sigaction(SIGHUP, &ign, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
 static void on_batcher_closed(struct batcher *b, void *arg)

@@ -29,6 +29,7 @@ struct daemon {
     struct limiter limiter;
     struct refresh refresh; /* analytics refresh and daily maintenance */
     uv_signal_t sig_term, sig_int, sig_hup;
+    uv_work_t threads_work; /* starts the thread pool with the exit signals blocked */
     struct notify notify;   /* sd_notify: READY=1, STATUS=, STOPPING=1, WATCHDOG=1 */
     struct metrics metrics; /* the Prometheus endpoint, when metrics.listen is set */
     bool started;           /* daemon_start has finished: readiness may be judged */

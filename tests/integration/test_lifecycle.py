@@ -72,6 +72,24 @@ def test_sigterm_answers_requests_already_received(daemon_factory, workdir):
     assert d.wait_exit() == 0
 
 
+def test_signals_repeated_until_the_exit_still_give_exit_zero(daemon_factory, workdir):
+    """systemd and an operator may both send SIGTERM, and a reload may come during a stop: a
+    signal arriving at any moment of the exit, including after the daemon has closed its signal
+    handles, must not turn the clean exit into death by that signal."""
+    d = daemon_factory(base_config(workdir))
+    proc = d.proc
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    sent = 0
+    while proc.poll() is None:
+        try:
+            proc.send_signal(sigs[sent % 3])
+        except ProcessLookupError:
+            break
+        sent += 1
+    assert d.wait_exit() == 0
+    assert sent > 1
+
+
 def test_the_socket_file_gets_the_configured_mode(daemon_factory, workdir):
     d = daemon_factory(base_config(workdir))
     assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o600
