@@ -483,6 +483,7 @@ static void finish_batch(struct batcher_writer *w)
     t->stats.batches++;
     if (batch->replay) {
         t->stats.rows_replayed += batch->nrows;
+        t->replays--;
         spool_release(b->spool, batch->replay, true);
         batch->replay = NULL;
     } else {
@@ -641,6 +642,7 @@ static void on_record(void *arg, struct spool_record *rec)
     batch->nrows = rec->nrows;
     batch->row_off[batch->nrows] = (uint32_t)off;
     batch->replay = rec;
+    t->replays++;
     /* A plain COPY first, like any batch: if some of its rows are already stored (a commit
      * whose outcome was unknown, a replay cut short by a crash), the unique violation switches
      * it to the staging table, which stores each row once. */
@@ -1027,7 +1029,9 @@ static void writer_kick(struct batcher_writer *w)
         uv_is_active((uv_handle_t *)&w->retry_timer))
         return;
     struct batch *batch = free_batch(t);
-    bool spooled = b->spool && !b->draining && !t->fetching && spool_has_records(b->spool, t->kind);
+    /* Each writer may hold a record: the replay of a spilled burst keeps every writer busy. */
+    bool spooled = b->spool && !b->draining && !t->fetching && t->replays < t->nwriters &&
+                   spool_has_records(b->spool, t->kind);
     if (spooled && (!batch || t->replay_turn)) {
         t->fetching = true;
         t->replay_turn = false;
@@ -1144,8 +1148,10 @@ void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void 
         t->filling = NULL;
         while (t->head) {
             struct batch *next = t->head->next;
-            if (t->head->replay) /* not committed: it stays in the spool for the next start */
+            if (t->head->replay) { /* not committed: it stays in the spool for the next start */
+                t->replays--;
                 spool_release(b->spool, t->head->replay, false);
+            }
             for (uint32_t i = 0; i < t->head->nacks; i++) {
                 conn_unref(t->head->acks[i]->conn);
                 free(t->head->acks[i]);

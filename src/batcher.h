@@ -107,6 +107,7 @@ struct batcher_table {
     uv_timer_t spill_timer;    /* while rows wait for writers that are down or failing */
     uint64_t failing_since;    /* loop time of the first failed attempt in a row; 0: none */
     bool fetching;             /* a spool record is being read for replay */
+    uint32_t replays;          /* spool records read back and not yet committed: <= nwriters */
     bool replay_turn;          /* the next batch taken replays a spool record, if there is one */
     char last_error[256];
     struct batcher_table_stats stats;

@@ -134,7 +134,7 @@ static void segment_add_record(struct spool_segment *seg, uint64_t offset, uint3
         seg->cap = seg->cap ? seg->cap * 2 : 16;
         seg->records = xrealloc(seg->records, seg->cap * sizeof(*seg->records));
     }
-    seg->records[seg->nrecords++] = (struct spool_index){offset, len, nrows, created_ms};
+    seg->records[seg->nrecords++] = (struct spool_index){offset, len, nrows, created_ms, false};
     if (offset + len > seg->size)
         seg->size = offset + len;
 }
@@ -607,13 +607,27 @@ int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, siz
 
 /* ---- replay ---- */
 
+static void collect_segments(struct spool_table *t);
+
+/* A record read back is done: committed, or passed over as damaged. Records may be done in any
+ * order (several writers); the segment goes once all of its records are. */
+static void mark_done(struct spool_table *t, const struct spool_record *rec)
+{
+    struct spool_segment *seg = rec->segment;
+    seg->records[rec->index].done = true;
+    seg->ndone++;
+    while (seg->low < seg->nrecords && seg->records[seg->low].done)
+        seg->low++;
+    collect_segments(t);
+}
+
 bool spool_has_records(const struct spool *s, enum event_kind kind)
 {
     const struct spool_table *t = &s->tables[kind];
-    if (!s->ready || t->record_out || t->read_busy)
+    if (!s->ready || t->read_busy)
         return false;
     for (const struct spool_segment *seg = t->head; seg; seg = seg->next)
-        if (seg->replayed < seg->nrecords)
+        if (seg->cursor < seg->nrecords)
             return true;
     return false;
 }
@@ -675,14 +689,12 @@ static void read_done(uv_work_t *w, int status)
         log_error("spool %s: record %u of segment %016" PRIx64 " cannot be read (%s); it is "
                   "skipped, its rows are lost",
                   table_dir_name(t->kind), rec->index, rec->segment_id, strerror(-t->read_status));
-        rec->segment->replayed = rec->index + 1;
+        mark_done(t, rec);
         free(rec->rows);
         free(rec);
-        collect_segments(t);
         t->read_cb(t->read_arg, NULL);
         return;
     }
-    t->record_out = true;
     t->read_cb(t->read_arg, rec);
 }
 
@@ -690,9 +702,9 @@ void spool_next(struct spool *s, enum event_kind kind, spool_record_fn cb, void 
 {
     struct spool_table *t = &s->tables[kind];
     struct spool_segment *seg = t->head;
-    while (seg && seg->replayed >= seg->nrecords)
+    while (seg && seg->cursor >= seg->nrecords)
         seg = seg->next;
-    if (!seg || t->read_busy || t->record_out) {
+    if (!seg || t->read_busy) {
         cb(arg, NULL);
         return;
     }
@@ -700,17 +712,19 @@ void spool_next(struct spool *s, enum event_kind kind, spool_record_fn cb, void 
     rec->kind = kind;
     rec->segment = seg;
     rec->segment_id = seg->id;
-    rec->index = seg->replayed;
-    rec->where = seg->records[seg->replayed];
-    rec->nrows = seg->records[seg->replayed].nrows;
-    rec->created_ms = seg->records[seg->replayed].created_ms;
+    rec->index = seg->cursor;
+    rec->where = seg->records[seg->cursor];
+    rec->nrows = rec->where.nrows;
+    rec->created_ms = rec->where.created_ms;
     t->reading = rec;
     t->read_status = 0;
     t->read_cb = cb;
     t->read_arg = arg;
     t->read_busy = true;
+    seg->cursor++;
     t->read_work.data = t;
     if (uv_queue_work(s->loop, &t->read_work, read_job, read_done) != 0) {
+        seg->cursor--;
         t->read_busy = false;
         t->reading = NULL;
         free(rec);
@@ -734,7 +748,7 @@ static void collect_segments(struct spool_table *t)
      * may still be adding records to a segment that looks drained: wait for write_done. */
     if (t->write_busy)
         return;
-    while (t->head && t->head->replayed == t->head->nrecords && !t->record_out) {
+    while (t->head && t->head->low == t->head->nrecords) {
         struct spool_segment *seg = t->head;
         if (t->fd >= 0 && seg->id == t->fd_segment) {
             if (t->pending)
@@ -787,13 +801,11 @@ static void quarantine_done(uv_work_t *w, int status)
 void spool_discard(struct spool *s, struct spool_record *rec)
 {
     struct spool_table *t = &s->tables[rec->kind];
-    t->record_out = false;
     s->stats.corrupt_records++;
     s->stats.quarantined_bytes += rec->len;
     log_error("spool %s: record %u of segment %016" PRIx64 " holds rows that do not parse; "
               "moved to %s/quarantine",
               table_dir_name(t->kind), rec->index, rec->segment_id, t->dir);
-    rec->segment->replayed = rec->index + 1;
     struct quarantine_job *q = xcalloc(1, sizeof(*q));
     q->t = t;
     q->segment_id = rec->segment_id;
@@ -806,19 +818,19 @@ void spool_discard(struct spool *s, struct spool_record *rec)
         free(q->rows);
         free(q);
     }
+    mark_done(t, rec);
     free(rec);
-    collect_segments(t);
 }
 
 void spool_release(struct spool *s, struct spool_record *rec, bool committed)
 {
     struct spool_table *t = &s->tables[rec->kind];
-    t->record_out = false;
     if (committed) {
-        rec->segment->replayed = rec->index + 1;
         s->stats.records_replayed++;
         s->stats.rows_replayed += rec->nrows;
-        collect_segments(t);
+        mark_done(t, rec);
+    } else if (rec->index + 1 == rec->segment->cursor) {
+        rec->segment->cursor--; /* read again next time */
     }
     free(rec->rows);
     free(rec);
@@ -949,9 +961,9 @@ void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         for (const struct spool_segment *seg = s->tables[k].head; seg; seg = seg->next) {
             segments++;
-            records += seg->nrecords - seg->replayed;
-            if (seg->replayed < seg->nrecords) {
-                uint64_t created = seg->records[seg->replayed].created_ms;
+            records += seg->nrecords - seg->ndone;
+            if (seg->low < seg->nrecords) {
+                uint64_t created = seg->records[seg->low].created_ms;
                 if (!oldest || created < oldest)
                     oldest = created;
             }

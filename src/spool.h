@@ -6,8 +6,9 @@
  * arrives while one fsync runs shares the next. An append's callback runs after its fsync, which
  * is when a durable ack may be sent.
  *
- * Records are replayed oldest first, one at a time per table, by the table's writer (which
- * inserts them idempotently); a segment is deleted once every record in it is committed. At
+ * Records are read back oldest first, one read at a time per table, and may be out with several
+ * writers at once (which insert them idempotently, and may commit them in any order); a segment
+ * is deleted once every record in it is committed. At
  * start every segment is checked: a record whose checksum fails (a torn write at power loss, a
  * flipped bit) is moved aside into quarantine/ and reported, the records around it are kept, and
  * the daemon starts anyway. spool.max_bytes caps the spool; a full disk is treated as a full
@@ -34,6 +35,7 @@ struct spool_index {
     uint32_t len;    /* header and rows */
     uint32_t nrows;
     uint64_t created_ms;
+    bool done; /* replay: committed in PostgreSQL, or passed over as damaged */
 };
 
 /* A record read back for replay. rows holds nrows COPY tuples. */
@@ -61,7 +63,9 @@ struct spool_segment {
     uint64_t size; /* bytes in the file */
     struct spool_index *records;
     uint32_t nrecords, cap;
-    uint32_t replayed; /* records [0, replayed) are committed in PostgreSQL */
+    uint32_t cursor; /* replay: records [0, cursor) have been read back (or are being read) */
+    uint32_t low;    /* records [0, low) are all done; the segment goes when low == nrecords */
+    uint32_t ndone;  /* records done, in any order */
     bool deleting;
     struct spool_segment *next;
 };
@@ -96,14 +100,14 @@ struct spool_table {
     bool write_busy;
     uv_work_t write_work;
     uv_timer_t commit_timer;
-    /* Replay: one record out at a time. */
+    /* Replay: one read at a time; any number of records out with the writers, each of them
+     * done when its release says it is committed. */
     bool read_busy;
     uv_work_t read_work;
     struct spool_record *reading;
     int read_status;
     spool_record_fn read_cb;
     void *read_arg;
-    bool record_out; /* a record is with the writer */
     uv_work_t recover_work;
 };
 
