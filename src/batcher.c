@@ -1013,8 +1013,10 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
 /* The first sealed batch no writer has taken. */
 static struct batch *free_batch(struct batcher_table *t)
 {
+    /* While draining, records read back from the spool wait: the rows accepted in memory go
+     * first, and the records stay in the spool for the next start. */
     for (struct batch *batch = t->head; batch; batch = batch->next)
-        if (!batch->writer)
+        if (!batch->writer && !(batch->replay && t->b->draining))
             return batch;
     return NULL;
 }

@@ -149,12 +149,14 @@ bool spool_has_room(const struct spool *s, size_t bytes);
 int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, size_t len,
                  uint32_t nrows, spool_done_fn done, void *arg);
 
-/* True when the table has a record waiting for replay (and none out). */
+/* True when the table has a record not yet read back for replay (and no read under way). */
 bool spool_has_records(const struct spool *s, enum event_kind kind);
-/* Reads the table's oldest record not yet replayed; cb runs with it (or NULL on error). */
+/* Reads the table's oldest record not yet read back; cb runs with it (or NULL on error). Several
+ * records may be out at once. */
 void spool_next(struct spool *s, enum event_kind kind, spool_record_fn cb, void *arg);
-/* Gives a record back: committed (the spool moves past it, deleting its segment when done), or
- * not (it will be read again). Frees the record. */
+/* Gives a record back: committed (done; its segment is deleted once all of its records are), or
+ * not, which is for closing only: the record stays on disk for the next start (it is read again
+ * in this run only if it was the last one read). Frees the record. */
 void spool_release(struct spool *s, struct spool_record *rec, bool committed);
 
 /* Gives up on a record whose rows do not parse (the checksum held, so a bug or a format the
