@@ -20,7 +20,11 @@ psql=(/usr/lib/postgresql/15/bin/psql -X -q -h 127.0.0.1 -p 54329 -U postgres)
 if [ -z "$("${psql[@]}" -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'promptcraft'")" ]; then
   "${psql[@]}" -d postgres -c "CREATE DATABASE promptcraft"
 fi
-build/usaged --migrate -c conf/dev.yaml
+if ! build/usaged --migrate -c conf/dev.yaml; then
+  echo "run-local: the migrations failed on the database in .local/ (a database left by an" \
+       "older checkout, before its migrations were final?); 'rm -rf .local' starts afresh" >&2
+  exit 1
+fi
 
 echo "usaged: socket .local/usaged.sock, tcp 127.0.0.1:7878; try: build/usagectl -s .local/usaged.sock ping"
 build/usaged -c conf/dev.yaml
