@@ -61,3 +61,24 @@ int buf_msgpack_write(void *data, const char *bytes, size_t len)
     buf_append(data, bytes, len);
     return 0;
 }
+
+size_t fmt_u64(char *dst, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
+size_t fmt_i64(char *dst, int64_t v)
+{
+    if (v >= 0)
+        return fmt_u64(dst, (uint64_t)v);
+    dst[0] = '-';
+    return 1 + fmt_u64(dst + 1, (uint64_t)0 - (uint64_t)v);
+}

@@ -111,11 +111,15 @@ static int events_attach(redisAsyncContext *ac, uv_loop_t *loop)
 static void format_command(struct buf *out, int argc, const char *const *argv, const size_t *lens)
 {
     char num[32];
-    int n = snprintf(num, sizeof(num), "*%d\r\n", argc);
-    buf_append(out, num, (size_t)n);
+    num[0] = '*';
+    size_t n = 1 + fmt_u64(num + 1, (uint64_t)argc);
+    memcpy(num + n, "\r\n", 2);
+    buf_append(out, num, n + 2);
+    num[0] = '$';
     for (int i = 0; i < argc; i++) {
-        n = snprintf(num, sizeof(num), "$%zu\r\n", lens[i]);
-        buf_append(out, num, (size_t)n);
+        n = 1 + fmt_u64(num + 1, lens[i]);
+        memcpy(num + n, "\r\n", 2);
+        buf_append(out, num, n + 2);
         buf_append(out, argv[i], lens[i]);
         buf_append(out, "\r\n", 2);
     }
@@ -298,7 +302,7 @@ void redis_eval(struct redis_client *r, int numkeys, int argc, const char *const
      * after the caller's buffers are gone. Layout: call, argv[], lens[], then the bytes. */
     int total = argc + 3; /* EVALSHA sha numkeys args... */
     char nk[16];
-    size_t nk_len = (size_t)snprintf(nk, sizeof(nk), "%d", numkeys);
+    size_t nk_len = fmt_u64(nk, (uint64_t)numkeys);
     size_t bytes = nk_len;
     for (int i = 0; i < argc; i++)
         bytes += arg_lens[i];

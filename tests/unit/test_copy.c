@@ -1,4 +1,5 @@
-/* The binary COPY encoder: numeric from decimal text, and rows back to JSON. */
+/* The binary COPY encoder: numeric from decimal text, and rows back to JSON; and the decimal
+ * formatting of integers (buf.h) that the encoders and the Redis client share. */
 #include "check.h"
 #include "copy.h"
 
@@ -103,6 +104,23 @@ TEST(a_truncated_row_is_reported_not_overread)
     buf_free(&row);
 }
 
+TEST(integers_are_formatted_in_decimal_at_both_ends_of_their_range)
+{
+    char out[24];
+    CHECK_EQ_INT(fmt_u64(out, 0), 1);
+    CHECK(memcmp(out, "0", 1) == 0);
+    CHECK_EQ_INT(fmt_u64(out, 1024), 4);
+    CHECK(memcmp(out, "1024", 4) == 0);
+    CHECK_EQ_INT(fmt_u64(out, UINT64_MAX), 20);
+    CHECK(memcmp(out, "18446744073709551615", 20) == 0);
+    CHECK_EQ_INT(fmt_i64(out, -1), 2);
+    CHECK(memcmp(out, "-1", 2) == 0);
+    CHECK_EQ_INT(fmt_i64(out, INT64_MIN), 20);
+    CHECK(memcmp(out, "-9223372036854775808", 20) == 0);
+    CHECK_EQ_INT(fmt_i64(out, INT64_MAX), 19);
+    CHECK(memcmp(out, "9223372036854775807", 19) == 0);
+}
+
 int main(void)
 {
     buf_init(&b);
@@ -111,7 +129,8 @@ int main(void)
             T(an_integer_part_is_grouped_from_the_right), T(zero_has_no_digits_and_keeps_its_scale),
             T(malformed_or_too_long_decimals_are_refused),
             T(a_row_reads_back_as_json_with_nulls_text_numbers_and_timestamps),
-            T(a_truncated_row_is_reported_not_overread));
+            T(a_truncated_row_is_reported_not_overread),
+            T(integers_are_formatted_in_decimal_at_both_ends_of_their_range));
     buf_free(&b);
     return rc;
 }
