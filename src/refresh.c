@@ -441,9 +441,19 @@ static const struct pg_callbacks refresh_callbacks = {
 
 /* ---- maintenance ---- */
 
+/* The daemon running the day holds a session advisory lock on the run's connection until the
+ * run ends; PostgreSQL frees it when that session ends in any way. So a day whose row has no
+ * finished_at while nobody holds the lock was cut short (its daemon stopped, crashed or lost the
+ * connection), and is claimed again: every step can run twice. While the lock is held elsewhere,
+ * the day is claimed elsewhere. */
 static const char claim_sql[] =
-    "INSERT INTO usaged.maintenance_runs (run_date, started_at) VALUES ($1::date, now()) "
-    "ON CONFLICT (run_date) DO NOTHING RETURNING run_date";
+    "INSERT INTO usaged.maintenance_runs AS m (run_date, started_at) "
+    "SELECT $1::date, now() "
+    "WHERE pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('usaged maintenance')) "
+    "ON CONFLICT (run_date) DO UPDATE SET started_at = now(), finished_at = NULL, "
+    "result = jsonb_build_object('resumed_after', m.result) "
+    "WHERE m.finished_at IS NULL "
+    "RETURNING run_date";
 
 /* Each step adds its outcome to the day's result in the statement that runs it, so the table
  * shows how far a run has come. */

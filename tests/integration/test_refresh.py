@@ -308,3 +308,40 @@ def test_maintenance_runs_once_a_day_between_daemons(daemon_factory, workdir, pg
     m = wait_maintenance(b, "the day found claimed", lambda m: m["claimed_elsewhere"] == 1)
     assert m["runs"] == 0 and not m["running"]
     assert sql(pg, db, "SELECT count(*) FROM usaged.maintenance_runs") == [(1,)]
+
+
+def test_a_maintenance_run_cut_short_is_run_again_the_same_day(daemon_factory, workdir, pg, db):
+    # What a daemon killed mid-run leaves: the day claimed, one step recorded, no finished_at,
+    # and no session holding the run's lock any more.
+    today = datetime.datetime.now(UTC).date()
+    sql(pg, db, "INSERT INTO usaged.maintenance_runs (run_date, started_at, result) VALUES "
+        "(%s, now() - interval '1 hour', '{\"create_partitions\": []}')", (today,))
+    d = daemon_factory(config(workdir, pg, db, maintenance_yaml("00:00", "  vacuum: false\n")))
+    m = wait_maintenance(d, "a finished run", lambda m: m["last_finished_ms"] > 0)
+    assert (m["runs"], m["claimed_elsewhere"], m["failed"]) == (1, 0, 0), m
+    (finished, result), = sql(pg, db, "SELECT finished_at, result FROM usaged.maintenance_runs "
+                              "WHERE run_date = %s", (today,))
+    assert finished is not None and result["ok"] is True
+    assert result["resumed_after"] == {"create_partitions": []}
+    assert "daily_maintenance" in result and "analyze" in result
+
+
+def test_a_maintenance_run_under_way_elsewhere_is_left_to_its_daemon(
+        daemon_factory, workdir, pg, db):
+    import psycopg2
+    today = datetime.datetime.now(UTC).date()
+    sql(pg, db, "INSERT INTO usaged.maintenance_runs (run_date, started_at) VALUES (%s, now())",
+        (today,))
+    # Another daemon's run: its session holds the lock.
+    other = psycopg2.connect(pg.dsn(db))
+    other.autocommit = True
+    try:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext('usaged maintenance'))")
+        d = daemon_factory(config(workdir, pg, db, maintenance_yaml("00:00", "  vacuum: false\n")))
+        m = wait_maintenance(d, "the day found claimed", lambda m: m["claimed_elsewhere"] == 1)
+        assert m["runs"] == 0 and not m["running"]
+        assert sql(pg, db, "SELECT finished_at, result FROM usaged.maintenance_runs "
+                   "WHERE run_date = %s", (today,)) == [(None, None)]
+    finally:
+        other.close()
