@@ -37,9 +37,10 @@
  * from strings (printf, strtod) were a tenth of Redis's work per check.
  * Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
  * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster.
- * An error inside the script (a key of another type, written by someone else) fails the whole
- * call: all of its checks get the policy's answer, and Redis keeps the increments made before
- * the error (scripts are not rolled back). */
+ * A key that Redis refuses to count (of another type, or not a number: written by someone
+ * else) fails that key alone: its checks come back with deny -1 and the error in place of the
+ * minute count, the minute increment already made for the check is taken back, and the checks
+ * of the other keys in the call are answered as usual. */
 const char limiter_script[] = "local t = redis.call('TIME')\n"
                               "local sec = tonumber(t[1])\n"
                               "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -55,26 +56,37 @@ const char limiter_script[] = "local t = redis.call('TIME')\n"
                               "  local last = a + 2 + tonumber(ARGV[a + 2])\n"
                               "  local km = KEYS[k] .. sm\n"
                               "  local kd = KEYS[k] .. sd\n"
+                              "  local err = nil\n"
                               "  for i = a + 3, last do\n"
                               "    local s = ARGV[i]\n"
                               "    local c = 1\n"
                               "    if s ~= '1' then c = tonumber(s) end\n"
                               "    local um = 0\n"
                               "    local ud = 0\n"
-                              "    if lm >= 0 then\n"
-                              "      um = redis.call('INCRBY', km, s)\n"
-                              "      if um == c then redis.call('EXPIRE', km, em) end\n"
+                              "    local deny = -1\n"
+                              "    if not err and lm >= 0 then\n"
+                              "      um = redis.pcall('INCRBY', km, s)\n"
+                              "      if type(um) == 'table' then err = um.err\n"
+                              "      elseif um == c then redis.call('EXPIRE', km, em) end\n"
                               "    end\n"
-                              "    if ld >= 0 then\n"
-                              "      ud = redis.call('INCRBY', kd, s)\n"
-                              "      if ud == c then redis.call('EXPIRE', kd, ed) end\n"
+                              "    if not err and ld >= 0 then\n"
+                              "      ud = redis.pcall('INCRBY', kd, s)\n"
+                              "      if type(ud) == 'table' then\n"
+                              "        err = ud.err\n"
+                              "        if lm >= 0 then redis.call('DECRBY', km, s) end\n"
+                              "      elseif ud == c then redis.call('EXPIRE', kd, ed) end\n"
                               "    end\n"
-                              "    local deny = 0\n"
-                              "    if lm >= 0 and um > lm then deny = deny + 1 end\n"
-                              "    if ld >= 0 and ud > ld then deny = deny + 2 end\n"
-                              "    if deny ~= 0 and c > 0 then\n"
-                              "      if lm >= 0 then um = redis.call('DECRBY', km, s) end\n"
-                              "      if ld >= 0 then ud = redis.call('DECRBY', kd, s) end\n"
+                              "    if err then\n"
+                              "      um = err\n"
+                              "      ud = 0\n"
+                              "    else\n"
+                              "      deny = 0\n"
+                              "      if lm >= 0 and um > lm then deny = deny + 1 end\n"
+                              "      if ld >= 0 and ud > ld then deny = deny + 2 end\n"
+                              "      if deny ~= 0 and c > 0 then\n"
+                              "        if lm >= 0 then um = redis.call('DECRBY', km, s) end\n"
+                              "        if ld >= 0 then ud = redis.call('DECRBY', kd, s) end\n"
+                              "      end\n"
                               "    end\n"
                               "    out[#out + 1] = deny\n"
                               "    out[#out + 1] = um\n"
@@ -461,6 +473,24 @@ static bool reply_int(const redisReply *r, size_t i, int64_t *out)
     return true;
 }
 
+/* Logs a key Redis refused to count (at most every 10 s: a client may hammer it). */
+static void key_refused(struct limiter *l, const struct limiter_call *call, const redisReply *reply,
+                        size_t i)
+{
+    uint64_t now = uv_now(l->loop);
+    l->stats.key_errors++;
+    if (l->key_error_logged_ms && now - l->key_error_logged_ms < 10000)
+        return;
+    l->key_error_logged_ms = now;
+    char uuid[UUID_STRING_LEN + 1];
+    uuid_format(call->user_id, uuid);
+    const redisReply *e = i < reply->elements ? reply->element[i] : NULL;
+    log_error("redis: the counters of user %s, provider %.*s cannot be counted (%s); its checks "
+              "are answered by limits.on_redis_error",
+              uuid, (int)call->provider_len, call->provider,
+              e && e->type == REDIS_REPLY_STRING ? e->str : "error");
+}
+
 /* Answers the checks of one key call from its part of the reply, from element *i on. */
 static void answer_call(struct limiter *l, struct limiter_call *call, const redisReply *reply,
                         size_t *i)
@@ -474,6 +504,15 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
         reply_int(reply, *i, &deny);
         reply_int(reply, *i + 1, &um);
         reply_int(reply, *i + 2, &ud);
+        if (deny < 0) {
+            /* Redis refused to count this key: the policy answers, as when Redis is away. */
+            key_refused(l, call, reply, *i + 1);
+            answer_degraded(l, call->key, c, call->user_id, call->provider, call->provider_len,
+                            &call->lim);
+            *i += 3;
+            c = next;
+            continue;
+        }
         *i += 3;
         struct check_result r;
         limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
@@ -923,7 +962,7 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
     const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 15);
+    msgpack_pack_map(pk, 16);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
@@ -937,6 +976,7 @@ void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "cache_hits", l->stats.cache_hits);
     rpc_pack_u64(pk, "coalesced", l->stats.coalesced);
     rpc_pack_u64(pk, "batched", l->stats.batched);
+    rpc_pack_u64(pk, "key_errors", l->stats.key_errors);
     rpc_pack_u64(pk, "redis_round_trips", l->stats.script_calls);
     rpc_pack_u64(pk, "providers_loaded", l->rules.ndb);
     rpc_pack_u64(pk, "limits_loads", l->rules.loads);

@@ -82,6 +82,7 @@ struct limiter_stats {
     uint64_t cache_hits; /* denied from the over-limit cache, no round trip */
     uint64_t coalesced;  /* checks that shared a script call with an earlier one of their key */
     uint64_t batched;    /* key calls sent in another key's script call: round trips saved */
+    uint64_t key_errors; /* checks of keys Redis refused to count (wrong type), by the policy */
     uint64_t script_calls;
     uint64_t unlimited; /* allowed without Redis: both windows unlimited */
 };
@@ -94,7 +95,8 @@ struct limiter {
     uint32_t timeout_ms;
     enum config_redis_policy policy;
     bool log_denied;
-    struct limiter_key *keys; /* open addressing, fixed capacity */
+    uint64_t key_error_logged_ms; /* loop time of the last key_refused log line */
+    struct limiter_key *keys;     /* open addressing, fixed capacity */
     /* Key calls made during this loop iteration, sent as one script call after its I/O. */
     uv_prepare_t flush;
     struct limiter_call *batch, *batch_tail;

@@ -296,6 +296,40 @@ def test_checks_of_many_keys_share_script_calls_and_each_key_stays_exact(
     assert s["redis_round_trips"] < len(order) - s["cache_hits"] - s["coalesced"]
 
 
+def test_a_key_redis_cannot_count_fails_alone_and_the_batch_around_it_stays_exact(
+        daemon_factory, workdir, pg, db, redis_server):
+    # Someone stored a list where one user's day counter belongs. Its checks go out in the same
+    # script calls as 20 other users' (one write), and only they get the policy's answer.
+    add_provider(pg, db, "wrongtype", per_minute=3, per_day=1000)
+    bad = str(uuid.uuid4())
+    good = [str(uuid.uuid4()) for _ in range(20)]
+    d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n")
+    wait_for_fresh_minute(redis_server)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    sec = int(r.time()[0])
+    r.rpush(f"usaged:{{{bad}:wrongtype}}:d:{sec // 86400}", "not a counter")
+    order = [u for _ in range(4) for u in [bad] + good]
+    with d.client() as c:
+        c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": "wrongtype"}]])
+                            for i, u in enumerate(order, 1)))
+        answers = [c.wait(i) for i in range(1, len(order) + 1)]
+        s = c.call("stats")["limits"]
+    assert all(a[0] is None for a in answers), answers[0]
+    by_user = {}
+    for u, a in zip(order, answers):
+        by_user.setdefault(u, []).append(a[1])
+    assert all(a["degraded"] for a in by_user[bad])
+    for u in good:
+        assert [a["allowed"] for a in by_user[u]] == [True, True, True, False]
+        assert [a["remaining_minute"] for a in by_user[u]] == [2, 1, 0, 0]
+        assert not any(a["degraded"] for a in by_user[u])
+    assert s["key_errors"] == 4 and s["batched"] > 0
+    # The minute increment made before the day counter failed was taken back.
+    assert int(r.get(f"usaged:{{{bad}:wrongtype}}:m:{sec // 60}") or 0) == 0
+    r.close()
+    assert "cannot be counted" in d.log_text()
+
+
 @pytest.mark.parametrize("policy", ["local", "allow", "deny"])
 def test_redis_stopped_answers_degraded_within_the_timeout_then_exact_again(
         daemon_factory, workdir, pg, db, redis_server, policy):
