@@ -24,9 +24,11 @@ def add_provider(pg, db, name, per_minute=None, per_day=None, enabled=True):
         (name, name.title(), per_minute, per_day, enabled))
 
 
-def start(daemon_factory, workdir, pg, db, redis_server, limits="", redis_extra="", name=None):
+def start(daemon_factory, workdir, pg, db, redis_server, limits="", redis_extra="", name=None,
+          listen_extra=""):
     cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server)
     cfg = cfg.replace("redis:\n", "redis:\n" + redis_extra, 1)
+    cfg = cfg.replace("  unix_mode: 0600\n", "  unix_mode: 0600\n" + listen_extra, 1)
     cfg += "limits:\n  resync_s: 60\n" + limits
     cfg += "ingest:\n  batch_ms: 20\n"
     d = daemon_factory(cfg, name=name)
@@ -41,6 +43,14 @@ def check(c, user, provider, cost=None):
     if cost is not None:
         p["cost"] = cost
     return c.call("check", p)
+
+
+def pipelined_checks(c, keys):
+    """Sends a check of each (user, provider) in one write, then reads every answer in order:
+    [error, result] per check."""
+    c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": p}]])
+                        for i, (u, p) in enumerate(keys, 1)))
+    return [c.wait(i) for i in range(1, len(keys) + 1)]
 
 
 def wait_for_fresh_minute(redis_server):
@@ -258,9 +268,7 @@ def test_hammering_one_key_is_answered_from_the_cache_and_coalesced(
               limits="  log_denied: false\n")
     wait_for_fresh_minute(redis_server)
     with d.client() as c:
-        req = {"user_id": user, "provider": "hammer"}
-        c.send_raw(b"".join(msgpack.packb([0, i, "check", [req]]) for i in range(1, 2001)))
-        answers = [c.wait(i) for i in range(1, 2001)]
+        answers = pipelined_checks(c, [(user, "hammer")] * 2000)
         s = c.call("stats")["limits"]
     assert sum(a[1]["allowed"] for a in answers) == 10
     # The first ten allowed in order: coalesced calls apply checks in arrival order.
@@ -281,9 +289,7 @@ def test_checks_of_many_keys_share_script_calls_and_each_key_stays_exact(
     wait_for_fresh_minute(redis_server)
     order = [(u, p) for _ in range(4) for u in users for p in ("batch", "batchday")]
     with d.client() as c:
-        c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": p}]])
-                            for i, (u, p) in enumerate(order, 1)))
-        answers = [c.wait(i) for i in range(1, len(order) + 1)]
+        answers = pipelined_checks(c, order)
         s = c.call("stats")["limits"]
     assert all(a[0] is None for a in answers), answers[0]
     allowed = {}
@@ -310,9 +316,7 @@ def test_a_key_redis_cannot_count_fails_alone_and_the_batch_around_it_stays_exac
     r.rpush(f"usaged:{{{bad}:wrongtype}}:d:{sec // 86400}", "not a counter")
     order = [u for _ in range(4) for u in [bad] + good]
     with d.client() as c:
-        c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": "wrongtype"}]])
-                            for i, u in enumerate(order, 1)))
-        answers = [c.wait(i) for i in range(1, len(order) + 1)]
+        answers = pipelined_checks(c, [(u, "wrongtype") for u in order])
         s = c.call("stats")["limits"]
     assert all(a[0] is None for a in answers), answers[0]
     by_user = {}
@@ -408,11 +412,8 @@ def test_answers_that_free_a_paused_pipeline_stay_whole(daemon_factory, workdir,
     """An answer that brings a connection back under max_pending_requests must be sent whole
     before the requests it lets through are answered (never one inside another)."""
     add_provider(pg, db, "pipe", per_minute=1000, per_day=100000)
-    cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server).replace(
-        "  unix_mode: 0600\n", "  unix_mode: 0600\n  max_pending_requests: 4\n")
-    d = daemon_factory(cfg + "limits:\n  log_denied: false\n")
-    servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
-                     "the limits to be loaded")
+    d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n",
+              listen_extra="  max_pending_requests: 4\n")
     with d.client() as c:
         req = {"user_id": str(uuid.uuid4()), "provider": "pipe"}
         msgs = [msgpack.packb([0, i, "check", [req]]) for i in range(1, 9)]
@@ -435,17 +436,12 @@ def test_checks_let_through_by_a_paused_pipeline_go_out_without_waiting(
     not wait for whatever wakes the loop next (a timer: before the fix, 200 checks took 10 s
     here; 100 pauses now take milliseconds)."""
     add_provider(pg, db, "resume", per_minute=1000, per_day=100000)
-    cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server).replace(
-        "  unix_mode: 0600\n", "  unix_mode: 0600\n  max_pending_requests: 4\n")
-    d = daemon_factory(cfg + "limits:\n  log_denied: false\n")
-    servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
-                     "the limits to be loaded")
+    d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n",
+              listen_extra="  max_pending_requests: 4\n")
     users = [str(uuid.uuid4()) for _ in range(400)]
     with d.client() as c:
         start_s = time.monotonic()
-        c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": "resume"}]])
-                            for i, u in enumerate(users, 1)))
-        answers = [c.wait(i) for i in range(1, len(users) + 1)]
+        answers = pipelined_checks(c, [(u, "resume") for u in users])
         elapsed = time.monotonic() - start_s
     assert all(a[0] is None and a[1]["allowed"] for a in answers)
     assert elapsed < 5, f"400 checks through a 4-deep pipeline took {elapsed:.1f} s"
