@@ -80,13 +80,16 @@ def test_signals_repeated_until_the_exit_still_give_exit_zero(daemon_factory, wo
     pid = d.proc.pid
     # A shell sends HUP, INT and TERM in a tight loop from before the exit begins until the
     # process is gone (reaped below), so signals keep arriving through every moment of the exit.
-    storm = subprocess.Popen(["bash", "-c", f"n=0; while kill -HUP {pid} && kill -INT {pid} && "
-                              f"kill -TERM {pid}; do n=$((n+1)); done 2>/dev/null; echo $n"],
+    # It counts each signal delivered: a fast exit may be reaped before the first TERM goes out.
+    storm = subprocess.Popen(["bash", "-c", f"n=0; while kill -HUP {pid} && n=$((n+1)) && "
+                              f"kill -INT {pid} && n=$((n+1)) && kill -TERM {pid}; do "
+                              f"n=$((n+1)); done 2>/dev/null; echo $n"],
                              stdout=subprocess.PIPE, text=True)
     rc = d.wait_exit()
-    rounds = int(storm.communicate(timeout=30)[0])
+    delivered = int(storm.communicate(timeout=30)[0])
     assert rc == 0
-    assert rounds >= 1
+    # The storm is what stopped the daemon: a reload, then at least one exit signal.
+    assert delivered >= 2
 
 
 def test_the_socket_file_gets_the_configured_mode(daemon_factory, workdir):
