@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "resolve.h"
 #include "xalloc.h"
 
 #define BACKOFF_START_MS 100
@@ -68,6 +69,11 @@ static void pg_drop(struct pg_conn *pg, const char *why)
         pg->poll = NULL;
         pg->poll_events = 0;
     }
+    if (pg->resolve) {
+        resolve_abandon(pg->resolve);
+        pg->resolve = NULL;
+    }
+    pg_target_free(&pg->target);
     if (pg->conn) {
         PQfinish(pg->conn);
         pg->conn = NULL;
@@ -129,6 +135,7 @@ static void pg_connected(struct pg_conn *pg)
 {
     PQsetnonblocking(pg->conn, 1);
     uv_timer_stop(&pg->timer);
+    pg_target_free(&pg->target);
     pg->state = PG_IDLE;
     pg->backoff_ms = BACKOFF_START_MS;
     pg->stats.connects++;
@@ -177,12 +184,21 @@ static void pg_notice(void *arg, const char *message)
     log_debug("postgres (%s): %s", pg->name, line);
 }
 
-static void pg_connect(struct pg_conn *pg)
+/* The lookups are done (or none was needed): libpq connects to numbers only. */
+static void pg_connect_now(struct pg_conn *pg)
 {
-    pg->state = PG_CONNECTING;
-    pg->conn = PQconnectStart(pg->conninfo);
+    char why[512];
+    if (pg->target.verbatim) {
+        pg->conn = PQconnectStart(pg->conninfo);
+    } else {
+        const char **keys, **vals;
+        if (!pg_target_params(&pg->target, &keys, &vals, why, sizeof(why))) {
+            pg_fail_connection(pg, why);
+            return;
+        }
+        pg->conn = PQconnectStartParams(keys, vals, 0);
+    }
     if (!pg->conn || PQstatus(pg->conn) == CONNECTION_BAD) {
-        char why[512];
         copy_message(why, sizeof(why), conn_error(pg->conn));
         pg_fail_connection(pg, why);
         return;
@@ -198,9 +214,50 @@ static void pg_connect(struct pg_conn *pg)
     }
     pg->poll->data = pg;
     pg->poll_events = 0;
-    uv_timer_start(&pg->timer, on_connect_timeout, pg->connect_timeout_ms, 0);
     /* PQconnectStart leaves the first step to PQconnectPoll once the socket is writable. */
     pg_set_poll(pg, UV_WRITABLE);
+}
+
+static void pg_lookup_next(struct pg_conn *pg, size_t from);
+
+static void on_resolved(int status, const char *const *addrs, size_t naddrs, void *arg)
+{
+    struct pg_conn *pg = arg;
+    pg->resolve = NULL;
+    pg_target_set_addrs(&pg->target, pg->lookup_host, status, addrs, naddrs);
+    pg_lookup_next(pg, pg->lookup_host + 1);
+}
+
+/* Looks up the conninfo's host names one after another on the thread pool: libpq would look
+ * them up itself inside PQconnectPoll, blocking the loop for as long as DNS takes. */
+static void pg_lookup_next(struct pg_conn *pg, size_t from)
+{
+    size_t i = pg_target_next_lookup(&pg->target, from);
+    if (i == pg->target.nhosts) {
+        pg_connect_now(pg);
+        return;
+    }
+    int err = 0;
+    pg->lookup_host = i;
+    pg->resolve = resolve_start(pg->loop, pg->target.hosts[i], on_resolved, pg, &err);
+    if (!pg->resolve) {
+        pg_target_set_addrs(&pg->target, i, err, NULL, 0);
+        pg_lookup_next(pg, i + 1);
+    }
+}
+
+static void pg_connect(struct pg_conn *pg)
+{
+    pg->state = PG_CONNECTING;
+    /* The timeout covers the lookups as well as the connect itself. */
+    uv_timer_start(&pg->timer, on_connect_timeout, pg->connect_timeout_ms, 0);
+    char why[512];
+    if (!pg_target_parse(&pg->target, pg->conninfo, getenv("PGHOST"), getenv("PGHOSTADDR"), why,
+                         sizeof(why))) {
+        pg_fail_connection(pg, why);
+        return;
+    }
+    pg_lookup_next(pg, 0);
 }
 
 static void on_reconnect_timer(uv_timer_t *t)

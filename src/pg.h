@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "resolve.h"
+
 struct pg_conn;
 
 /* What became of an operation. */
@@ -64,6 +66,9 @@ struct pg_conn {
     char name[24]; /* for log lines: "ingest", "limits", "refresh" */
     char *conninfo;
     PGconn *conn;
+    struct pg_target target; /* the conninfo's hosts, while connecting */
+    struct resolve *resolve; /* the lookup of target.hosts[lookup_host] in flight */
+    size_t lookup_host;
     uv_poll_t *poll; /* watches PQsocket(conn); a new one per connection */
     int poll_events;
     uv_timer_t timer; /* reconnect backoff and connect timeout */

@@ -375,6 +375,10 @@ static void redis_drop(struct redis_client *r, const char *why)
     r->ac = NULL;
     r->connecting = false;
     r->connected = false;
+    if (r->resolve) {
+        resolve_abandon(r->resolve);
+        r->resolve = NULL;
+    }
     if (ac) {
         r->freeing = true;
         redisAsyncFree(ac);
@@ -466,19 +470,10 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     redis_fail(r, why, was_up);
 }
 
-static void redis_connect(struct redis_client *r)
+/* Connects to a numeric address (or a socket path): hiredis then looks nothing up. */
+static void redis_connect_to(struct redis_client *r, const char *host, uint16_t port)
 {
-    redisAsyncContext *ac;
-    char host[256];
-    uint16_t port = 0;
-    if (strncmp(r->address, "unix:", 5) == 0) {
-        ac = redisAsyncConnectUnix(r->address + 5);
-    } else if (config_split_host_port(r->address, host, sizeof(host), &port)) {
-        ac = redisAsyncConnect(host, port);
-    } else {
-        redis_fail(r, "bad address", false);
-        return;
-    }
+    redisAsyncContext *ac = port ? redisAsyncConnect(host, port) : redisAsyncConnectUnix(host);
     if (!ac || ac->err) {
         char why[256];
         snprintf(why, sizeof(why), "%s", ac && ac->errstr ? ac->errstr : "out of memory");
@@ -496,8 +491,45 @@ static void redis_connect(struct redis_client *r)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
+}
+
+static void on_resolved(int status, const char *const *addrs, size_t naddrs, void *arg)
+{
+    struct redis_client *r = arg;
+    r->resolve = NULL;
+    if (status != 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "cannot resolve: %s", uv_strerror(status));
+        redis_fail(r, why, false);
+        return;
+    }
+    /* A name with several addresses: each attempt takes the next, so one that does not answer
+     * is not tried forever. */
+    redis_connect_to(r, addrs[r->attempts++ % naddrs], r->port);
+}
+
+/* A host name is looked up on the thread pool first: hiredis's own lookup would block the loop
+ * for as long as DNS takes. The connect deadline covers the lookup. */
+static void redis_connect(struct redis_client *r)
+{
+    char host[256];
     r->connecting = true;
     uv_timer_start(&r->reconnect_timer, on_reconnect_timer, r->connect_timeout_ms, 0);
+    if (strncmp(r->address, "unix:", 5) == 0) {
+        redis_connect_to(r, r->address + 5, 0);
+    } else if (!config_split_host_port(r->address, host, sizeof(host), &r->port)) {
+        redis_fail(r, "bad address", false);
+    } else if (resolve_is_numeric(host)) {
+        redis_connect_to(r, host, r->port);
+    } else {
+        int err = 0;
+        r->resolve = resolve_start(r->loop, host, on_resolved, r, &err);
+        if (!r->resolve) {
+            char why[256];
+            snprintf(why, sizeof(why), "cannot resolve: %s", uv_strerror(err));
+            redis_fail(r, why, false);
+        }
+    }
 }
 
 void redis_start(struct redis_client *r)
@@ -526,6 +558,10 @@ void redis_close(struct redis_client *r, void (*on_closed)(struct redis_client *
     r->on_closed = on_closed;
     r->closed_arg = arg;
     uv_timer_stop(&r->reconnect_timer);
+    if (r->resolve) {
+        resolve_abandon(r->resolve);
+        r->resolve = NULL;
+    }
     if (r->ac) {
         redisAsyncContext *ac = r->ac;
         r->ac = NULL;

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "resolve.h"
 
 enum redis_status {
     REDIS_CALL_OK = 0,  /* reply holds the server's answer (maybe an error reply) */
@@ -39,7 +40,10 @@ struct redis_client {
     uv_loop_t *loop;
     char *address; /* "host:port" or "unix:/path" */
     redisAsyncContext *ac;
-    bool connected; /* connected and the script loaded */
+    struct resolve *resolve; /* the host name's lookup in flight */
+    uint16_t port;
+    unsigned attempts; /* connects to a looked-up name: picks among its addresses */
+    bool connected;    /* connected and the script loaded */
     bool connecting;
     bool closing;
     bool freeing;               /* redis_drop is inside redisAsyncFree */

@@ -70,6 +70,38 @@ def test_a_queued_request_is_acked_and_its_rows_land_with_every_field(
                        "überlastet 🚀", ts)
 
 
+def test_a_postgres_host_given_by_name_is_looked_up_and_the_rows_land(
+        daemon_factory, workdir, pg, db):
+    """The daemon looks host names up itself, off the event loop (libpq would block it inside
+    PQconnectPoll), and hands libpq the address beside the name."""
+    user = make_users(pg, db, 1)[0]
+    cfg = base_config(workdir, pg=pg, dbname=db)
+    cfg = cfg.replace(f"conninfo: \"host={pg.sockdir} ", "conninfo: \"host=localhost ", 1)
+    assert "host=localhost" in cfg
+    d = daemon_factory(cfg + "ingest:\n  batch_ms: 20\n")
+    with d.client() as c:
+        assert c.call("log_usage", [{"user_id": user, "provider": "byname", "status_code": 200}],
+                      {"ack": "durable"}) == {"accepted": 1}
+    assert count(pg, db, where="provider = 'byname'") == 1
+    # The ingest connections came over TCP to the address localhost names.
+    addrs = sql(pg, db, "SELECT DISTINCT host(client_addr) FROM pg_stat_activity "
+                "WHERE usename = 'usaged'")
+    assert ("127.0.0.1",) in addrs
+
+
+def test_a_postgres_name_that_does_not_resolve_is_logged_and_the_daemon_answers(
+        daemon_factory, workdir, pg, db):
+    cfg = base_config(workdir, pg=pg, dbname=db)
+    cfg = cfg.replace(f"conninfo: \"host={pg.sockdir} ", "conninfo: \"host=no-such-host.invalid ",
+                      1)
+    d = daemon_factory(cfg)
+    servers.wait_for(lambda: "cannot resolve no-such-host.invalid" in d.log_text(), 30,
+                     "the lookup failure logged")
+    assert "postgres (ingest" in d.log_text()
+    with d.client() as c:
+        assert c.call("ping")["protocol"] == 1
+
+
 def test_a_durable_request_is_committed_when_acked(daemon_factory, workdir, pg, db):
     user = make_users(pg, db, 1)[0]
     d = start(daemon_factory, workdir, pg, db, "  batch_rows: 100000\n  batch_ms: 300\n")

@@ -389,6 +389,42 @@ def test_a_stalled_redis_is_answered_by_the_timeout(daemon_factory, workdir, pg,
         assert c.call("stats")["limits"]["redis"]["timeouts"] >= 1
 
 
+def test_a_redis_host_given_by_name_is_looked_up_and_counted_exactly(
+        daemon_factory, workdir, pg, db):
+    """The daemon looks a Redis host name up itself, off the event loop (hiredis would block it
+    in connect), and connects to the address found."""
+    add_provider(pg, db, "named", per_minute=2, per_day=1000)
+    tcp_redis = servers.Redis(os.path.join(workdir, "redistcp"), tcp=True).start()
+    try:
+        cfg = base_config(workdir, pg=pg, dbname=db, redis=tcp_redis).replace(
+            tcp_redis.address(), f"localhost:{tcp_redis.port}")
+        d = daemon_factory(cfg + "limits:\n  log_denied: false\n")
+        user = str(uuid.uuid4())
+        with d.client() as c:
+            servers.wait_for(lambda: c.call("stats")["limits"]["redis"]["connects"] >= 1, 30,
+                             "a connection to Redis by name")
+            answers = [check(c, user, "named") for _ in range(3)]
+        assert [a["allowed"] for a in answers] == [True, True, False]
+        assert not any(a["degraded"] for a in answers)
+    finally:
+        tcp_redis.stop()
+
+
+def test_a_redis_name_that_does_not_resolve_is_logged_and_checks_are_degraded(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "nowhere", per_minute=2, per_day=1000)
+    cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server).replace(
+        redis_server.address(), "no-such-host.invalid:6379")
+    d = daemon_factory(cfg + "limits:\n  on_redis_error: local\n  log_denied: false\n")
+    servers.wait_for(lambda: "cannot resolve" in d.log_text(), 30, "the lookup failure logged")
+    assert "redis: cannot connect to no-such-host.invalid:6379: cannot resolve" in d.log_text()
+    with d.client() as c:
+        servers.wait_for(lambda: c.call("stats")["limits"]["limits_loads"] >= 1, 30,
+                         "the limits to be loaded")
+        a = check(c, str(uuid.uuid4()), "nowhere")
+    assert a["allowed"] and a["degraded"]
+
+
 def test_providers_unread_while_postgres_is_down_answer_unavailable(
         daemon_factory, workdir, pg, db, redis_server):
     add_provider(pg, db, "later", per_minute=3)

@@ -1,0 +1,138 @@
+/* How a PostgreSQL conninfo's host names are found, and how their addresses go back to libpq. */
+#include "check.h"
+#include "resolve.h"
+
+static const char *param(const char **keys, const char **vals, const char *key)
+{
+    for (size_t i = 0; keys[i]; i++)
+        if (strcmp(keys[i], key) == 0)
+            return vals[i];
+    return NULL;
+}
+
+TEST(numbers_and_socket_directories_need_no_lookup)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(pg_target_parse(&t, "host=127.0.0.1,::1,/run/postgresql port=5432 dbname=x", NULL, NULL,
+                          why, sizeof(why)));
+    CHECK(t.verbatim);
+    CHECK_EQ_INT(pg_target_next_lookup(&t, 0), t.nhosts);
+    pg_target_free(&t);
+    CHECK(pg_target_parse(&t, "dbname=x", NULL, NULL, why, sizeof(why)));
+    CHECK(t.verbatim);
+    pg_target_free(&t);
+}
+
+TEST(a_hostaddr_means_libpq_looks_nothing_up)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(pg_target_parse(&t, "host=db.example hostaddr=10.0.0.5", NULL, NULL, why, sizeof(why)));
+    CHECK(t.verbatim);
+    pg_target_free(&t);
+    CHECK(pg_target_parse(&t, "host=db.example", NULL, "10.0.0.5", why, sizeof(why)));
+    CHECK(t.verbatim);
+    pg_target_free(&t);
+}
+
+TEST(each_address_of_a_name_becomes_one_host_entry_with_its_hostaddr)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(pg_target_parse(&t, "host=db.example,/tmp,other.example port=5433 dbname=d user=u", NULL,
+                          NULL, why, sizeof(why)));
+    CHECK(!t.verbatim);
+    CHECK_EQ_INT(pg_target_next_lookup(&t, 0), 0);
+    CHECK_EQ_INT(pg_target_next_lookup(&t, 1), 2);
+    const char *a[] = {"10.0.0.1", "fd00::1"};
+    pg_target_set_addrs(&t, 0, 0, a, 2);
+    const char *b[] = {"10.0.0.9"};
+    pg_target_set_addrs(&t, 2, 0, b, 1);
+    const char **keys, **vals;
+    CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
+    CHECK_EQ_STR(param(keys, vals, "host"), "db.example,db.example,/tmp,other.example");
+    CHECK_EQ_STR(param(keys, vals, "hostaddr"), "10.0.0.1,fd00::1,,10.0.0.9");
+    CHECK_EQ_STR(param(keys, vals, "port"), "5433");
+    CHECK_EQ_STR(param(keys, vals, "dbname"), "d");
+    CHECK_EQ_STR(param(keys, vals, "user"), "u");
+    pg_target_free(&t);
+}
+
+TEST(a_port_per_host_follows_its_host_through_the_expansion)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(pg_target_parse(&t, "postgresql://a.example:5001,b.example:5002/db", NULL, NULL, why,
+                          sizeof(why)));
+    const char *a[] = {"10.0.0.1", "10.0.0.2"};
+    const char *b[] = {"10.0.1.1"};
+    pg_target_set_addrs(&t, 0, 0, a, 2);
+    pg_target_set_addrs(&t, 1, 0, b, 1);
+    const char **keys, **vals;
+    CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
+    CHECK_EQ_STR(param(keys, vals, "host"), "a.example,a.example,b.example");
+    CHECK_EQ_STR(param(keys, vals, "port"), "5001,5001,5002");
+    CHECK_EQ_STR(param(keys, vals, "dbname"), "db");
+    pg_target_free(&t);
+}
+
+TEST(pghost_is_looked_up_where_the_conninfo_names_no_host)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(pg_target_parse(&t, "dbname=x", "db.example", NULL, why, sizeof(why)));
+    CHECK(!t.verbatim);
+    CHECK_EQ_STR(t.hosts[0], "db.example");
+    pg_target_free(&t);
+}
+
+TEST(a_name_that_resolves_to_nothing_is_left_out_and_none_left_is_an_error)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(pg_target_parse(&t, "host=gone.example,db.example", NULL, NULL, why, sizeof(why)));
+    pg_target_set_addrs(&t, 0, UV_EAI_NONAME, NULL, 0);
+    const char *b[] = {"10.0.0.1"};
+    pg_target_set_addrs(&t, 1, 0, b, 1);
+    const char **keys, **vals;
+    CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
+    CHECK_EQ_STR(param(keys, vals, "host"), "db.example");
+    CHECK_EQ_STR(param(keys, vals, "hostaddr"), "10.0.0.1");
+    pg_target_free(&t);
+
+    CHECK(pg_target_parse(&t, "host=gone.example", NULL, NULL, why, sizeof(why)));
+    pg_target_set_addrs(&t, 0, UV_EAI_NONAME, NULL, 0);
+    CHECK(!pg_target_params(&t, &keys, &vals, why, sizeof(why)));
+    CHECK(strstr(why, "cannot resolve gone.example") != NULL);
+    pg_target_free(&t);
+}
+
+TEST(a_malformed_conninfo_is_refused_with_libpqs_reason)
+{
+    struct pg_target t;
+    char why[256];
+    CHECK(!pg_target_parse(&t, "host", NULL, NULL, why, sizeof(why)));
+    CHECK(strstr(why, "host") != NULL);
+    CHECK(why[strlen(why) - 1] != '\n');
+}
+
+TEST(numeric_addresses_are_told_from_names)
+{
+    CHECK(resolve_is_numeric("127.0.0.1"));
+    CHECK(resolve_is_numeric("::1"));
+    CHECK(!resolve_is_numeric("localhost"));
+    CHECK(!resolve_is_numeric("10.0.0"));
+}
+
+int main(void)
+{
+    return RUN(T(numbers_and_socket_directories_need_no_lookup),
+               T(a_hostaddr_means_libpq_looks_nothing_up),
+               T(each_address_of_a_name_becomes_one_host_entry_with_its_hostaddr),
+               T(a_port_per_host_follows_its_host_through_the_expansion),
+               T(pghost_is_looked_up_where_the_conninfo_names_no_host),
+               T(a_name_that_resolves_to_nothing_is_left_out_and_none_left_is_an_error),
+               T(a_malformed_conninfo_is_refused_with_libpqs_reason),
+               T(numeric_addresses_are_told_from_names));
+}
