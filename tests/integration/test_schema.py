@@ -912,6 +912,35 @@ def test_daily_maintenance_deletes_expired_sessions_and_computes_feedback_analyt
     assert rows == {"all": 2, "bug": 1, "praise": 1}
 
 
+def test_daily_maintenance_catches_up_every_day_no_run_computed(db):
+    """A day on which no maintenance ran leaves the day before it uncomputed; the next run
+    computes each day since the last computed one, at most the last 31."""
+    uid = new_user(db)
+    today = q1(db, "SELECT (now() AT TIME ZONE 'UTC')::date")
+    day = datetime.timedelta(days=1)
+    q(db, "SELECT public.compute_feedback_analytics(%s, 'day')", (today - 5 * day,))
+    for back in (3, 2, 2):
+        q(db, "INSERT INTO public.feedback (user_id, message, feedback_type, created_at) "
+              "VALUES (%s, 'x', 'bug', (%s::date)::timestamp AT TIME ZONE 'UTC' "
+              "+ interval '12 hours')", (uid, today - back * day))
+    summary = q1(db, "SELECT public.daily_maintenance()")
+    assert summary["feedback_analytics_days"] == [str(today - 4 * day), str(today - day)]
+    totals = dict(q(db, "SELECT period_start, total_count FROM public.feedback_analytics "
+                        "WHERE period_type = 'day' AND feedback_type = 'all'"))
+    assert totals == {today - 5 * day: 0, today - 4 * day: 0, today - 3 * day: 1,
+                      today - 2 * day: 2, today - day: 0}
+    # Run again the same day: yesterday only, recomputed.
+    summary = q1(db, "SELECT public.daily_maintenance()")
+    assert summary["feedback_analytics_days"] == [str(today - day), str(today - day)]
+    # After a long gap, the last 31 days only.
+    q(db, "DELETE FROM public.feedback_analytics")
+    q(db, "SELECT public.compute_feedback_analytics(%s, 'day')", (today - 100 * day,))
+    summary = q1(db, "SELECT public.daily_maintenance()")
+    assert summary["feedback_analytics_days"] == [str(today - 31 * day), str(today - day)]
+    assert q1(db, "SELECT count(*) FROM public.feedback_analytics WHERE period_type = 'day' "
+                  "AND feedback_type = 'all'") == 32
+
+
 # ------------------------------------------------------------------------------------------
 # API keys at rest
 # ------------------------------------------------------------------------------------------
