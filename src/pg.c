@@ -196,8 +196,18 @@ static void pg_connect_now(struct pg_conn *pg)
             pg_fail_connection(pg, why);
             return;
         }
+        /* Some names did not resolve, but others did: try those, and say so. */
+        uint64_t now = uv_now(pg->loop);
+        if (why[0] && (strcmp(why, pg->lookup_error) != 0 || now - pg->lookup_logged_ms >= 60000)) {
+            log_warn("postgres (%s): %s", pg->name, why);
+            snprintf(pg->lookup_error, sizeof(pg->lookup_error), "%s", why);
+            pg->lookup_logged_ms = now;
+        }
         pg->conn = PQconnectStartParams(keys, vals, 0);
     }
+    /* The deadline starts now: a lookup has its own, the resolver's timeouts. A lookup cut short
+     * by a deadline shorter than a slow resolver would never let the connection start. */
+    uv_timer_start(&pg->timer, on_connect_timeout, pg->connect_timeout_ms, 0);
     if (!pg->conn || PQstatus(pg->conn) == CONNECTION_BAD) {
         copy_message(why, sizeof(why), conn_error(pg->conn));
         pg_fail_connection(pg, why);
@@ -239,7 +249,7 @@ static void pg_lookup_next(struct pg_conn *pg, size_t from)
     }
     int err = 0;
     pg->lookup_host = i;
-    pg->resolve = resolve_start(pg->loop, pg->target.hosts[i], on_resolved, pg, &err);
+    pg->resolve = resolve_start(pg->loop, pg->target.hosts[i], false, on_resolved, pg, &err);
     if (!pg->resolve) {
         pg_target_set_addrs(&pg->target, i, err, NULL, 0);
         pg_lookup_next(pg, i + 1);
@@ -249,11 +259,10 @@ static void pg_lookup_next(struct pg_conn *pg, size_t from)
 static void pg_connect(struct pg_conn *pg)
 {
     pg->state = PG_CONNECTING;
-    /* The timeout covers the lookups as well as the connect itself. */
-    uv_timer_start(&pg->timer, on_connect_timeout, pg->connect_timeout_ms, 0);
+    const struct pg_env env = {getenv("PGHOST"), getenv("PGHOSTADDR"), getenv("PGPORT"),
+                               getenv("PGSERVICE")};
     char why[512];
-    if (!pg_target_parse(&pg->target, pg->conninfo, getenv("PGHOST"), getenv("PGHOSTADDR"), why,
-                         sizeof(why))) {
+    if (!pg_target_parse(&pg->target, pg->conninfo, &env, why, sizeof(why))) {
         pg_fail_connection(pg, why);
         return;
     }

@@ -69,7 +69,9 @@ struct pg_conn {
     struct pg_target target; /* the conninfo's hosts, while connecting */
     struct resolve *resolve; /* the lookup of target.hosts[lookup_host] in flight */
     size_t lookup_host;
-    uv_poll_t *poll; /* watches PQsocket(conn); a new one per connection */
+    char lookup_error[512];    /* the last names that did not resolve, as logged */
+    uint64_t lookup_logged_ms; /* loop time that was logged */
+    uv_poll_t *poll;           /* watches PQsocket(conn); a new one per connection */
     int poll_events;
     uv_timer_t timer; /* reconnect backoff and connect timeout */
     enum pg_state state;

@@ -355,8 +355,10 @@ static void redis_fail(struct redis_client *r, const char *why, bool was_up)
         r->last_logged_ms = now;
     }
     snprintf(r->last_error, sizeof(r->last_error), "%s", why);
-    if (!was_up)
+    if (!was_up) {
         r->stats.connect_failures++;
+        r->addr_next++;
+    }
     r->connected = false;
     r->connecting = false;
     if (r->on_state)
@@ -491,6 +493,9 @@ static void redis_connect_to(struct redis_client *r, const char *host, uint16_t 
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
+    /* The deadline starts here, not before the lookup: a resolver slower than the deadline would
+     * otherwise never let a connect start. */
+    uv_timer_start(&r->reconnect_timer, on_reconnect_timer, r->connect_timeout_ms, 0);
 }
 
 static void on_resolved(int status, const char *const *addrs, size_t naddrs, void *arg)
@@ -503,9 +508,9 @@ static void on_resolved(int status, const char *const *addrs, size_t naddrs, voi
         redis_fail(r, why, false);
         return;
     }
-    /* A name with several addresses: each attempt takes the next, so one that does not answer
-     * is not tried forever. */
-    redis_connect_to(r, addrs[r->attempts++ % naddrs], r->port);
+    /* A name with several addresses: an attempt that fails moves on to the next, so one that does
+     * not answer is not tried forever. */
+    redis_connect_to(r, addrs[r->addr_next % naddrs], r->port);
 }
 
 /* A host name is looked up on the thread pool first: hiredis's own lookup would block the loop
@@ -514,7 +519,6 @@ static void redis_connect(struct redis_client *r)
 {
     char host[256];
     r->connecting = true;
-    uv_timer_start(&r->reconnect_timer, on_reconnect_timer, r->connect_timeout_ms, 0);
     if (strncmp(r->address, "unix:", 5) == 0) {
         redis_connect_to(r, r->address + 5, 0);
     } else if (!config_split_host_port(r->address, host, sizeof(host), &r->port)) {
@@ -523,7 +527,7 @@ static void redis_connect(struct redis_client *r)
         redis_connect_to(r, host, r->port);
     } else {
         int err = 0;
-        r->resolve = resolve_start(r->loop, host, on_resolved, r, &err);
+        r->resolve = resolve_start(r->loop, host, true, on_resolved, r, &err);
         if (!r->resolve) {
             char why[256];
             snprintf(why, sizeof(why), "cannot resolve: %s", uv_strerror(err));

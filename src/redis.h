@@ -42,8 +42,8 @@ struct redis_client {
     redisAsyncContext *ac;
     struct resolve *resolve; /* the host name's lookup in flight */
     uint16_t port;
-    unsigned attempts; /* connects to a looked-up name: picks among its addresses */
-    bool connected;    /* connected and the script loaded */
+    unsigned addr_next; /* which of a looked-up name's addresses to connect to next */
+    bool connected;     /* connected and the script loaded */
     bool connecting;
     bool closing;
     bool freeing;               /* redis_drop is inside redisAsyncFree */

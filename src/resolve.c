@@ -2,6 +2,7 @@
 #include "resolve.h"
 
 #include <arpa/inet.h>
+#include <net/if.h>
 #include <libpq-fe.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -17,26 +18,44 @@ struct resolve {
     uv_getaddrinfo_t req;
     resolve_fn cb; /* NULL once abandoned */
     void *arg;
+    bool ipv4_first;
 };
+
+/* The address as text, with its interface for a link-local IPv6 one (fe80::1%eth0): without the
+ * scope the connect would fail. */
+static bool address_text(const struct addrinfo *ai, char *out, size_t outlen)
+{
+    if (ai->ai_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)ai->ai_addr;
+        return inet_ntop(AF_INET, &in->sin_addr, out, (socklen_t)outlen) != NULL;
+    }
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ai->ai_addr;
+    if (!inet_ntop(AF_INET6, &in6->sin6_addr, out, (socklen_t)outlen))
+        return false;
+    char ifname[IF_NAMESIZE];
+    if (in6->sin6_scope_id != 0 && if_indextoname(in6->sin6_scope_id, ifname)) {
+        size_t n = strlen(out);
+        if ((size_t)snprintf(out + n, outlen - n, "%%%s", ifname) >= outlen - n)
+            return false;
+    }
+    return true;
+}
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct resolve *r = req->data;
-    char text[MAX_ADDRS][INET6_ADDRSTRLEN];
+    char text[MAX_ADDRS][INET6_ADDRSTRLEN + IF_NAMESIZE + 1];
     const char *addrs[MAX_ADDRS];
     size_t n = 0;
-    /* IPv4 first, then IPv6: the order hiredis tries, and a server listening on 127.0.0.1 only
-     * is then not first tried at ::1 for "localhost". */
-    for (int family = AF_INET; status == 0 && family != 0;
-         family = family == AF_INET ? AF_INET6 : 0) {
+    /* In getaddrinfo's order (RFC 6724, as libpq tries them), or IPv4 first (as hiredis does). */
+    for (int pass = 0; status == 0 && pass < 2; pass++) {
         for (const struct addrinfo *ai = res; ai && n < MAX_ADDRS; ai = ai->ai_next) {
-            if (ai->ai_family != family)
-                continue;
-            const void *a =
-                family == AF_INET
-                    ? (const void *)&((const struct sockaddr_in *)ai->ai_addr)->sin_addr
-                    : (const void *)&((const struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
-            if (!inet_ntop(family, a, text[n], sizeof(text[n])))
+            bool take = ai->ai_family == AF_INET || ai->ai_family == AF_INET6;
+            if (r->ipv4_first)
+                take = ai->ai_family == (pass == 0 ? AF_INET : AF_INET6);
+            else if (pass == 1)
+                take = false;
+            if (!take || !address_text(ai, text[n], sizeof(text[n])))
                 continue;
             bool seen = false;
             for (size_t i = 0; i < n && !seen; i++)
@@ -57,11 +76,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     free(r);
 }
 
-struct resolve *resolve_start(uv_loop_t *loop, const char *host, resolve_fn cb, void *arg, int *err)
+struct resolve *resolve_start(uv_loop_t *loop, const char *host, bool ipv4_first, resolve_fn cb,
+                              void *arg, int *err)
 {
     struct resolve *r = xcalloc(1, sizeof(*r));
     r->cb = cb;
     r->arg = arg;
+    r->ipv4_first = ipv4_first;
     r->req.data = r;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     int rc = uv_getaddrinfo(loop, &r->req, on_resolved, host, NULL, &hints);
@@ -81,8 +102,13 @@ void resolve_abandon(struct resolve *r)
 
 bool resolve_is_numeric(const char *host)
 {
-    unsigned char a[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+    /* AI_NUMERICHOST never asks DNS; it takes a scoped IPv6 literal (fe80::1%eth0) too. */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_flags = AI_NUMERICHOST};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0)
+        return false;
+    freeaddrinfo(res);
+    return true;
 }
 
 /* ---- a PostgreSQL conninfo's hosts ---- */
@@ -117,8 +143,8 @@ static bool is_name(const char *host)
     return host[0] != '\0' && host[0] != '/' && host[0] != '@' && !resolve_is_numeric(host);
 }
 
-bool pg_target_parse(struct pg_target *t, const char *conninfo, const char *env_host,
-                     const char *env_hostaddr, char *why, size_t whylen)
+bool pg_target_parse(struct pg_target *t, const char *conninfo, const struct pg_env *env, char *why,
+                     size_t whylen)
 {
     memset(t, 0, sizeof(*t));
     char *err = NULL;
@@ -131,7 +157,8 @@ bool pg_target_parse(struct pg_target *t, const char *conninfo, const char *env_
         PQfreemem(err);
         return false;
     }
-    const char *host = env_host, *hostaddr = env_hostaddr, *port = NULL;
+    const char *host = env->host, *hostaddr = env->hostaddr, *port = env->port;
+    bool keep = env->service != NULL;
     size_t nset = 0;
     for (const PQconninfoOption *o = opts; o->keyword; o++)
         nset += o->val != NULL;
@@ -140,6 +167,7 @@ bool pg_target_parse(struct pg_target *t, const char *conninfo, const char *env_
     for (const PQconninfoOption *o = opts; o->keyword; o++) {
         if (!o->val)
             continue;
+        keep |= o->val[0] == '\0' || strcmp(o->keyword, "service") == 0;
         if (strcmp(o->keyword, "host") == 0) {
             host = o->val;
         } else if (strcmp(o->keyword, "hostaddr") == 0) {
@@ -160,13 +188,13 @@ bool pg_target_parse(struct pg_target *t, const char *conninfo, const char *env_
     t->naddrs = xcalloc(t->nhosts, sizeof(*t->naddrs));
     t->status = xcalloc(t->nhosts, sizeof(*t->status));
     /* With hostaddr given, libpq looks nothing up; nor does it when every host is a socket
-     * directory or a number. A port list that pairs with no host list is libpq's to refuse. */
+     * directory or a number. */
     bool names = false;
     for (size_t i = 0; i < t->nhosts; i++) {
         t->lookup[i] = (!hostaddr || !*hostaddr) && is_name(t->hosts[i]);
         names |= t->lookup[i];
     }
-    t->verbatim = !names || (t->nports > 1 && t->nports != t->nhosts);
+    t->verbatim = keep || !names || (t->nports > 1 && t->nports != t->nhosts);
     PQconninfoFree(opts);
     return true;
 }

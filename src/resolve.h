@@ -15,20 +15,22 @@
 #include <stddef.h>
 #include <uv.h>
 
-/* addrs holds the numeric addresses found, IPv4 ones first (as hiredis and libpq order them),
- * valid during the call. status is 0, or a libuv error code and naddrs 0. */
+/* addrs holds the numeric addresses found (a link-local IPv6 one with its %interface), valid
+ * during the call. status is 0, or a libuv error code and naddrs 0. */
 typedef void (*resolve_fn)(int status, const char *const *addrs, size_t naddrs, void *arg);
 
 struct resolve;
 
-/* Starts looking host up; cb runs on the loop. Returns NULL and sets *err (a libuv error code)
- * when the lookup cannot even start. */
-struct resolve *resolve_start(uv_loop_t *loop, const char *host, resolve_fn cb, void *arg,
-                              int *err);
+/* Starts looking host up; cb runs on the loop, with the addresses in getaddrinfo's order (RFC
+ * 6724, the order libpq tries them in), or IPv4 ones first (hiredis's order). Returns NULL and
+ * sets *err (a libuv error code) when the lookup cannot even start. A lookup has no deadline of
+ * its own: the resolver's timeouts (resolv.conf) end it. */
+struct resolve *resolve_start(uv_loop_t *loop, const char *host, bool ipv4_first, resolve_fn cb,
+                              void *arg, int *err);
 /* The callback will not run; the request goes away when the thread pool returns it. */
 void resolve_abandon(struct resolve *r);
 
-/* host is a numeric IPv4 or IPv6 address: nothing to look up. */
+/* host is a numeric IPv4 or IPv6 address (a scoped one too): nothing to look up. */
 bool resolve_is_numeric(const char *host);
 
 /* ---- a PostgreSQL conninfo's hosts ---- */
@@ -53,10 +55,20 @@ struct pg_target {
     char *out_port;
 };
 
-/* Parses conninfo. env_host and env_hostaddr are PGHOST and PGHOSTADDR (NULL when unset), which
- * libpq would use where the conninfo names no host. Returns false with the reason in why. */
-bool pg_target_parse(struct pg_target *t, const char *conninfo, const char *env_host,
-                     const char *env_hostaddr, char *why, size_t whylen);
+/* What libpq takes from the environment where the conninfo is silent (NULL when unset). */
+struct pg_env {
+    const char *host;     /* PGHOST */
+    const char *hostaddr; /* PGHOSTADDR */
+    const char *port;     /* PGPORT */
+    const char *service;  /* PGSERVICE */
+};
+
+/* Parses conninfo. The conninfo goes to libpq untouched (verbatim) wherever a rewrite could
+ * change its meaning: a hostaddr given, a service file in use, an empty value (which libpq keeps
+ * in a string but treats as unset in keyword arrays), a port list that pairs with no host list.
+ * Returns false with the reason in why. */
+bool pg_target_parse(struct pg_target *t, const char *conninfo, const struct pg_env *env, char *why,
+                     size_t whylen);
 /* The index of the next host to look up at or after from, or nhosts when none is left. */
 size_t pg_target_next_lookup(const struct pg_target *t, size_t from);
 /* Records what the lookup of host i found. */

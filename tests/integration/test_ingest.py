@@ -3,6 +3,7 @@ PostgreSQL, acks, repeated ids, poison rows, outages, backpressure and the drain
 
 import datetime
 import decimal
+import os
 import signal
 import threading
 import time
@@ -100,6 +101,28 @@ def test_a_postgres_name_that_does_not_resolve_is_logged_and_the_daemon_answers(
     assert "postgres (ingest" in d.log_text()
     with d.client() as c:
         assert c.call("ping")["protocol"] == 1
+
+
+def test_a_slow_lookup_holds_up_no_client_and_outlasts_the_connect_timeout(
+        daemon_factory, workdir, pg, db):
+    """A resolver slower than postgres.connect_timeout_s (slowdns.c, preloaded): the daemon
+    answers while the lookups run, which are off its loop, and connects once they are done (the
+    deadline is the connect's; a lookup ends by the resolver's own timeouts)."""
+    user = make_users(pg, db, 1)[0]
+    cfg = base_config(workdir, pg=pg, dbname=db)
+    cfg = cfg.replace(f"conninfo: \"host={pg.sockdir} ", "conninfo: \"host=slow-localhost ", 1)
+    cfg = cfg.replace("postgres:\n", "postgres:\n  connect_timeout_s: 1\n", 1)
+    env = {"LD_PRELOAD": os.environ["USAGED_SLOWDNS_LIB"], "USAGED_SLOWDNS_MS": "3000",
+           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    d = daemon_factory(cfg + "ingest:\n  batch_ms: 20\n", extra_env=env)
+    with d.client() as c:
+        assert c.call("ping")["protocol"] == 1
+        # Answered while every connection is still waiting for its lookup.
+        assert "): connected" not in d.log_text()
+        c.call("log_usage", [{"user_id": user, "provider": "slowdns"}])
+    wait_count(pg, db, 1)
+    assert not [line for line in d.log_text().splitlines()
+                if "postgres (" in line and "connect timeout" in line]
 
 
 def test_a_durable_request_is_committed_when_acked(daemon_factory, workdir, pg, db):

@@ -403,6 +403,8 @@ def test_a_redis_host_given_by_name_is_looked_up_and_counted_exactly(
         with d.client() as c:
             servers.wait_for(lambda: c.call("stats")["limits"]["redis"]["connects"] >= 1, 30,
                              "a connection to Redis by name")
+            servers.wait_for(lambda: c.call("stats")["limits"]["limits_loads"] >= 1, 30,
+                             "the limits to be loaded")
             answers = [check(c, user, "named") for _ in range(3)]
         assert [a["allowed"] for a in answers] == [True, True, False]
         assert not any(a["degraded"] for a in answers)

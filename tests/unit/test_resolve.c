@@ -2,6 +2,8 @@
 #include "check.h"
 #include "resolve.h"
 
+static const struct pg_env no_env;
+
 static const char *param(const char **keys, const char **vals, const char *key)
 {
     for (size_t i = 0; keys[i]; i++)
@@ -10,38 +12,37 @@ static const char *param(const char **keys, const char **vals, const char *key)
     return NULL;
 }
 
-TEST(numbers_and_socket_directories_need_no_lookup)
+/* The conninfo parses and goes to libpq as it is, with nothing to look up. */
+static bool verbatim(const char *conninfo, const struct pg_env *env)
 {
     struct pg_target t;
     char why[256];
-    CHECK(pg_target_parse(&t, "host=127.0.0.1,::1,/run/postgresql port=5432 dbname=x", NULL, NULL,
-                          why, sizeof(why)));
-    CHECK(t.verbatim);
-    CHECK_EQ_INT(pg_target_next_lookup(&t, 0), t.nhosts);
+    bool parsed = pg_target_parse(&t, conninfo, env, why, sizeof(why));
+    bool result = parsed && t.verbatim && pg_target_next_lookup(&t, 0) == t.nhosts;
     pg_target_free(&t);
-    CHECK(pg_target_parse(&t, "dbname=x", NULL, NULL, why, sizeof(why)));
-    CHECK(t.verbatim);
-    pg_target_free(&t);
+    return result;
+}
+
+TEST(numbers_and_socket_directories_need_no_lookup)
+{
+    CHECK(verbatim("host=127.0.0.1,::1,/run/postgresql port=5432 dbname=x", &no_env));
+    CHECK(verbatim("dbname=x", &no_env));
+    CHECK(!verbatim("host=db.example", &no_env));
 }
 
 TEST(a_hostaddr_means_libpq_looks_nothing_up)
 {
-    struct pg_target t;
-    char why[256];
-    CHECK(pg_target_parse(&t, "host=db.example hostaddr=10.0.0.5", NULL, NULL, why, sizeof(why)));
-    CHECK(t.verbatim);
-    pg_target_free(&t);
-    CHECK(pg_target_parse(&t, "host=db.example", NULL, "10.0.0.5", why, sizeof(why)));
-    CHECK(t.verbatim);
-    pg_target_free(&t);
+    CHECK(verbatim("host=db.example hostaddr=10.0.0.5", &no_env));
+    const struct pg_env env = {.hostaddr = "10.0.0.5"};
+    CHECK(verbatim("host=db.example", &env));
 }
 
 TEST(each_address_of_a_name_becomes_one_host_entry_with_its_hostaddr)
 {
     struct pg_target t;
     char why[256];
-    CHECK(pg_target_parse(&t, "host=db.example,/tmp,other.example port=5433 dbname=d user=u", NULL,
-                          NULL, why, sizeof(why)));
+    CHECK(pg_target_parse(&t, "host=db.example,/tmp,other.example port=5433 dbname=d user=u",
+                          &no_env, why, sizeof(why)));
     CHECK(!t.verbatim);
     CHECK_EQ_INT(pg_target_next_lookup(&t, 0), 0);
     CHECK_EQ_INT(pg_target_next_lookup(&t, 1), 2);
@@ -63,7 +64,7 @@ TEST(a_port_per_host_follows_its_host_through_the_expansion)
 {
     struct pg_target t;
     char why[256];
-    CHECK(pg_target_parse(&t, "postgresql://a.example:5001,b.example:5002/db", NULL, NULL, why,
+    CHECK(pg_target_parse(&t, "postgresql://a.example:5001,b.example:5002/db", &no_env, why,
                           sizeof(why)));
     const char *a[] = {"10.0.0.1", "10.0.0.2"};
     const char *b[] = {"10.0.1.1"};
@@ -77,13 +78,21 @@ TEST(a_port_per_host_follows_its_host_through_the_expansion)
     pg_target_free(&t);
 }
 
-TEST(pghost_is_looked_up_where_the_conninfo_names_no_host)
+TEST(pghost_and_pgport_stand_in_where_the_conninfo_names_no_host)
 {
     struct pg_target t;
     char why[256];
-    CHECK(pg_target_parse(&t, "dbname=x", "db.example", NULL, why, sizeof(why)));
+    const struct pg_env env = {.host = "a.example,b.example", .port = "5001,5002"};
+    CHECK(pg_target_parse(&t, "dbname=x", &env, why, sizeof(why)));
     CHECK(!t.verbatim);
-    CHECK_EQ_STR(t.hosts[0], "db.example");
+    CHECK_EQ_STR(t.hosts[0], "a.example");
+    const char *a[] = {"10.0.0.1", "10.0.0.2"};
+    const char *b[] = {"10.0.1.1"};
+    pg_target_set_addrs(&t, 0, 0, a, 2);
+    pg_target_set_addrs(&t, 1, 0, b, 1);
+    const char **keys, **vals;
+    CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
+    CHECK_EQ_STR(param(keys, vals, "port"), "5001,5001,5002");
     pg_target_free(&t);
 }
 
@@ -91,7 +100,7 @@ TEST(a_name_that_resolves_to_nothing_is_left_out_and_none_left_is_an_error)
 {
     struct pg_target t;
     char why[256];
-    CHECK(pg_target_parse(&t, "host=gone.example,db.example", NULL, NULL, why, sizeof(why)));
+    CHECK(pg_target_parse(&t, "host=gone.example,db.example", &no_env, why, sizeof(why)));
     pg_target_set_addrs(&t, 0, UV_EAI_NONAME, NULL, 0);
     const char *b[] = {"10.0.0.1"};
     pg_target_set_addrs(&t, 1, 0, b, 1);
@@ -101,7 +110,7 @@ TEST(a_name_that_resolves_to_nothing_is_left_out_and_none_left_is_an_error)
     CHECK_EQ_STR(param(keys, vals, "hostaddr"), "10.0.0.1");
     pg_target_free(&t);
 
-    CHECK(pg_target_parse(&t, "host=gone.example", NULL, NULL, why, sizeof(why)));
+    CHECK(pg_target_parse(&t, "host=gone.example", &no_env, why, sizeof(why)));
     pg_target_set_addrs(&t, 0, UV_EAI_NONAME, NULL, 0);
     CHECK(!pg_target_params(&t, &keys, &vals, why, sizeof(why)));
     CHECK(strstr(why, "cannot resolve gone.example") != NULL);
@@ -112,17 +121,28 @@ TEST(a_malformed_conninfo_is_refused_with_libpqs_reason)
 {
     struct pg_target t;
     char why[256];
-    CHECK(!pg_target_parse(&t, "host", NULL, NULL, why, sizeof(why)));
+    CHECK(!pg_target_parse(&t, "host", &no_env, why, sizeof(why)));
     CHECK(strstr(why, "host") != NULL);
     CHECK(why[strlen(why) - 1] != '\n');
 }
 
+TEST(a_service_or_an_empty_value_keeps_the_conninfo_as_it_is)
+{
+    /* A service file can name hosts of its own; an empty value means "empty" in a string but
+     * "unset, take the default" in PQconnectStartParams' arrays. */
+    CHECK(verbatim("service=main host=db.example", &no_env));
+    const struct pg_env env = {.service = "main"};
+    CHECK(verbatim("host=db.example", &env));
+    CHECK(verbatim("host=db.example password=''", &no_env));
+}
+
 TEST(numeric_addresses_are_told_from_names)
 {
+    CHECK(resolve_is_numeric("fe80::1%lo"));
     CHECK(resolve_is_numeric("127.0.0.1"));
     CHECK(resolve_is_numeric("::1"));
     CHECK(!resolve_is_numeric("localhost"));
-    CHECK(!resolve_is_numeric("10.0.0"));
+    CHECK(!resolve_is_numeric("db.example"));
 }
 
 int main(void)
@@ -131,8 +151,9 @@ int main(void)
                T(a_hostaddr_means_libpq_looks_nothing_up),
                T(each_address_of_a_name_becomes_one_host_entry_with_its_hostaddr),
                T(a_port_per_host_follows_its_host_through_the_expansion),
-               T(pghost_is_looked_up_where_the_conninfo_names_no_host),
+               T(pghost_and_pgport_stand_in_where_the_conninfo_names_no_host),
                T(a_name_that_resolves_to_nothing_is_left_out_and_none_left_is_an_error),
                T(a_malformed_conninfo_is_refused_with_libpqs_reason),
+               T(a_service_or_an_empty_value_keeps_the_conninfo_as_it_is),
                T(numeric_addresses_are_told_from_names));
 }
