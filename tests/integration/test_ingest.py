@@ -440,9 +440,11 @@ def test_postgres_stopped_for_5s_under_load_loses_and_duplicates_nothing(
                for k in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)  # let the load get going before the outage
+    # The outage begins under load: once the daemon has taken some of the events.
+    servers.wait_for(lambda: d.client().call("stats")["ingest"]["events_accepted"] >= 2000, 30,
+                     "the load to be under way")
     pg.stop()
-    time.sleep(5)
+    time.sleep(5)  # the outage itself: a duration, not a wait for a condition
     pg.start()
     for t in threads:
         t.join()

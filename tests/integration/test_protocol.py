@@ -62,7 +62,7 @@ def test_a_message_split_into_single_bytes_is_answered(daemon_factory, workdir):
         data = msgpack.packb([0, 77, "ping", []])
         for b in data:
             c.send_raw(bytes([b]))
-            time.sleep(0.001)
+            time.sleep(0.001)  # pacing, so that the bytes arrive in separate reads
         assert c.wait(77)[0] is None
 
 
