@@ -514,7 +514,7 @@ static void on_resolved(int status, const char *const *addrs, size_t naddrs, voi
 }
 
 /* A host name is looked up on the thread pool first: hiredis's own lookup would block the loop
- * for as long as DNS takes. The connect deadline covers the lookup. */
+ * for as long as DNS takes. The connect deadline starts once the lookup is done. */
 static void redis_connect(struct redis_client *r)
 {
     char host[256];
