@@ -125,7 +125,7 @@ def write_config(path, text):
 class Daemon:
     """A usaged process on a config file; stderr goes to DIR/usaged.log."""
 
-    def __init__(self, workdir, config_text, name="usaged", extra_env=None):
+    def __init__(self, workdir, config_text, name="usaged", extra_env=None, wrapper=None):
         self.workdir = workdir
         self.config = os.path.join(workdir, f"{name}.yaml")
         self.socket = os.path.join(workdir, f"{name}.sock")
@@ -133,12 +133,13 @@ class Daemon:
         write_config(self.config, config_text.replace("@SOCKET@", self.socket))
         self.proc = None
         self.extra_env = extra_env or {}
+        self.wrapper = wrapper or []  # a command the daemon runs under (bench: callgrind)
 
     def start(self, wait=True, args=()):
         env = dict(os.environ)
         env.update(self.extra_env)
-        cmd = [USAGED_BIN, "-c", self.config, *args]
-        if os.environ.get("USAGED_VALGRIND"):
+        cmd = [*self.wrapper, USAGED_BIN, "-c", self.config, *args]
+        if os.environ.get("USAGED_VALGRIND") and not self.wrapper:
             cmd = ["valgrind", "--error-exitcode=99", "--leak-check=full",
                    "--errors-for-leak-kinds=definite", "-q"] + cmd
         self.logf = open(self.log, "ab")
