@@ -2,7 +2,10 @@
 #include "check.h"
 #include "limiter.h"
 
+#include "rpc.h"
 #include "usaged/protocol.h"
+
+#include <msgpack.h>
 
 static const struct rules_resolved five_per_minute = {true, 5, 100};
 
@@ -88,6 +91,98 @@ TEST(a_local_denial_spends_nothing_in_either_window)
     CHECK(r.allowed);
 }
 
+/* The answer as msgpack-c packs it, key by key: the reference for the daemon's own encoder. */
+static void reference_pack(msgpack_packer *pk, const struct check_result *r)
+{
+    msgpack_pack_map(pk, 10);
+    rpc_pack_str(pk, "allowed");
+    r->allowed ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    rpc_pack_str(pk, "reason");
+    if (r->reason)
+        rpc_pack_str(pk, r->reason);
+    else
+        msgpack_pack_nil(pk);
+    const char *names[] = {"limit_minute", "limit_day", "remaining_minute", "remaining_day"};
+    const int64_t values[] = {r->limit_minute, r->limit_day, r->remaining_minute, r->remaining_day};
+    for (int i = 0; i < 4; i++) {
+        rpc_pack_str(pk, names[i]);
+        values[i] == RULES_UNLIMITED ? msgpack_pack_nil(pk) : msgpack_pack_int64(pk, values[i]);
+    }
+    rpc_pack_str(pk, "reset_minute_ms");
+    msgpack_pack_uint64(pk, r->reset_minute_ms);
+    rpc_pack_str(pk, "reset_day_ms");
+    msgpack_pack_uint64(pk, r->reset_day_ms);
+    rpc_pack_str(pk, "retry_after_ms");
+    msgpack_pack_uint64(pk, r->retry_after_ms);
+    rpc_pack_str(pk, "degraded");
+    r->degraded ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+}
+
+static bool packs_like_msgpack_c(const struct check_result *r)
+{
+    msgpack_sbuffer a, b;
+    msgpack_sbuffer_init(&a);
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pa, pb;
+    msgpack_packer_init(&pa, &a, msgpack_sbuffer_write);
+    msgpack_packer_init(&pb, &b, msgpack_sbuffer_write);
+    limiter_pack_result(&pa, r);
+    reference_pack(&pb, r);
+    bool same = a.size == b.size && memcmp(a.data, b.data, a.size) == 0;
+    msgpack_sbuffer_destroy(&a);
+    msgpack_sbuffer_destroy(&b);
+    return same;
+}
+
+TEST(the_answer_is_encoded_byte_for_byte_as_msgpack_c_would)
+{
+    static const int64_t ints[] = {RULES_UNLIMITED,
+                                   0,
+                                   1,
+                                   127,
+                                   128,
+                                   255,
+                                   256,
+                                   65535,
+                                   65536,
+                                   4294967295LL,
+                                   4294967296LL,
+                                   INT64_MAX,
+                                   -32,
+                                   -33,
+                                   -128,
+                                   -129,
+                                   -32768,
+                                   -32769,
+                                   INT32_MIN,
+                                   (int64_t)INT32_MIN - 1,
+                                   INT64_MIN};
+    static const uint64_t uints[] = {0,     127,   128,           255,           256,
+                                     65535, 65536, 4294967295ULL, 4294967296ULL, UINT64_MAX};
+    static const char *const reasons[] = {NULL,
+                                          USAGED_REASON_MINUTE_LIMIT,
+                                          USAGED_REASON_DAY_LIMIT,
+                                          USAGED_REASON_UNAVAILABLE,
+                                          USAGED_REASON_PROVIDER_DISABLED,
+                                          "a reason of more than thirty-one bytes"};
+    size_t n = sizeof(ints) / sizeof(ints[0]), m = sizeof(uints) / sizeof(uints[0]);
+    for (size_t i = 0; i < n; i++) {
+        struct check_result r = {
+            .allowed = i % 2 == 0,
+            .reason = reasons[i % 6],
+            .limit_minute = ints[i],
+            .limit_day = ints[(i + 1) % n],
+            .remaining_minute = ints[(i + 2) % n],
+            .remaining_day = ints[(i + 3) % n],
+            .reset_minute_ms = uints[i % m],
+            .reset_day_ms = uints[(i + 1) % m],
+            .retry_after_ms = uints[(i + 2) % m],
+            .degraded = i % 3 == 0,
+        };
+        CHECK(packs_like_msgpack_c(&r));
+    }
+}
+
 int main(void)
 {
     return RUN(T(an_allowed_check_reports_what_is_left_and_no_retry),
@@ -96,5 +191,6 @@ int main(void)
                T(unlimited_windows_report_nil_limits_and_remaining),
                T(a_count_over_a_lowered_limit_reports_zero_left),
                T(the_local_windows_allow_up_to_the_limit_and_reset_with_the_minute),
-               T(a_local_denial_spends_nothing_in_either_window));
+               T(a_local_denial_spends_nothing_in_either_window),
+               T(the_answer_is_encoded_byte_for_byte_as_msgpack_c_would));
 }
