@@ -107,22 +107,30 @@ static int events_attach(redisAsyncContext *ac, uv_loop_t *loop)
     return 0;
 }
 
-/* Appends one command in the Redis protocol (RESP): *argc, then $len and the bytes of each. */
+/* Appends one command in the Redis protocol (RESP): *argc, then $len and the bytes of each. The
+ * room for all of it is reserved once: a check's script call has thousands of arguments. */
 static void format_command(struct buf *out, int argc, const char *const *argv, const size_t *lens)
 {
-    char num[32];
-    num[0] = '*';
-    size_t n = 1 + fmt_u64(num + 1, (uint64_t)argc);
-    memcpy(num + n, "\r\n", 2);
-    buf_append(out, num, n + 2);
-    num[0] = '$';
+    size_t need = 24;
+    for (int i = 0; i < argc; i++)
+        need += lens[i] + 25; /* "$" 20 digits "\r\n" ... "\r\n" */
+    char *start = (char *)buf_reserve(out, need);
+    char *p = start;
+    *p++ = '*';
+    p += fmt_u64(p, (uint64_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
     for (int i = 0; i < argc; i++) {
-        n = 1 + fmt_u64(num + 1, lens[i]);
-        memcpy(num + n, "\r\n", 2);
-        buf_append(out, num, n + 2);
-        buf_append(out, argv[i], lens[i]);
-        buf_append(out, "\r\n", 2);
+        *p++ = '$';
+        p += fmt_u64(p, lens[i]);
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+        *p++ = '\r';
+        *p++ = '\n';
     }
+    out->len += (size_t)(p - start);
 }
 
 struct redis_call {

@@ -1,36 +1,31 @@
 /* uuid: see uuid.h. */
 #include "uuid.h"
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+/* Each byte as a hex digit plus 0x10, 0 for anything else: every check parses a user_id, so
+ * this is a table, not a chain of comparisons. */
+static const uint8_t hex_digit[256] = {
+    ['0'] = 0x10, ['1'] = 0x11, ['2'] = 0x12, ['3'] = 0x13, ['4'] = 0x14, ['5'] = 0x15,
+    ['6'] = 0x16, ['7'] = 0x17, ['8'] = 0x18, ['9'] = 0x19, ['a'] = 0x1a, ['b'] = 0x1b,
+    ['c'] = 0x1c, ['d'] = 0x1d, ['e'] = 0x1e, ['f'] = 0x1f, ['A'] = 0x1a, ['B'] = 0x1b,
+    ['C'] = 0x1c, ['D'] = 0x1d, ['E'] = 0x1e, ['F'] = 0x1f,
+};
 
 bool uuid_parse(const char *s, size_t len, uint8_t out[16])
 {
-    if (len != UUID_STRING_LEN)
+    /* Where each byte's two digits begin in 8-4-4-4-12. */
+    static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+    if (len != UUID_STRING_LEN || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-')
         return false;
-    size_t o = 0;
-    for (size_t i = 0; i < len;) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-            i++;
-            continue;
-        }
-        int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
-        if (hi < 0 || lo < 0)
-            return false;
-        out[o++] = (uint8_t)(hi << 4 | lo);
-        i += 2;
+    /* The table holds digit + 0x10, so that 0 marks a non-digit: all are digits when every
+     * entry has that bit. */
+    unsigned all = 0x10;
+    for (int i = 0; i < 16; i++) {
+        unsigned hi = hex_digit[(unsigned char)s[at[i]]];
+        unsigned lo = hex_digit[(unsigned char)s[at[i] + 1]];
+        all &= hi & lo;
+        out[i] = (uint8_t)((hi & 0xf) << 4 | (lo & 0xf));
     }
-    return o == 16;
+    return all != 0;
 }
 
 void uuid_format(const uint8_t id[16], char *out)

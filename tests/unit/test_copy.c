@@ -119,6 +119,21 @@ TEST(integers_are_formatted_in_decimal_at_both_ends_of_their_range)
     CHECK(memcmp(out, "-9223372036854775808", 20) == 0);
     CHECK_EQ_INT(fmt_i64(out, INT64_MAX), 19);
     CHECK(memcmp(out, "9223372036854775807", 19) == 0);
+    /* Every number up to 200,000, and each power of ten and its neighbours, as printf has it. */
+    char want[24];
+    int wrong = 0;
+    for (uint64_t v = 0; v < 200000; v++) {
+        size_t n = fmt_u64(out, v);
+        wrong += n != (size_t)snprintf(want, sizeof(want), "%" PRIu64, v) || memcmp(out, want, n);
+    }
+    for (uint64_t p = 10; p <= UINT64_MAX / 10; p *= 10) {
+        for (uint64_t v = p - 1; v <= p + 1; v++) {
+            size_t n = fmt_u64(out, v);
+            wrong +=
+                n != (size_t)snprintf(want, sizeof(want), "%" PRIu64, v) || memcmp(out, want, n);
+        }
+    }
+    CHECK_EQ_INT(wrong, 0);
 }
 
 int main(void)

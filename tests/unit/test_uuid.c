@@ -20,6 +20,24 @@ TEST(malformed_uuids_are_refused)
     CHECK(!uuid_parse("{189d2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6}", 36, id));
 }
 
+TEST(every_byte_in_every_position_is_taken_exactly_when_it_belongs_there)
+{
+    static const char valid[] = "0189d2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d";
+    int wrong = 0;
+    for (size_t i = 0; i < UUID_STRING_LEN; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        for (int c = 0; c < 256; c++) {
+            char s[UUID_STRING_LEN];
+            uint8_t id[16];
+            memcpy(s, valid, UUID_STRING_LEN);
+            s[i] = (char)c;
+            bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+            wrong += uuid_parse(s, UUID_STRING_LEN, id) != (dash ? c == '-' : hex);
+        }
+    }
+    CHECK_EQ_INT(wrong, 0);
+}
+
 TEST(v7_ids_carry_their_timestamp_version_and_variant)
 {
     struct uuid_v7_gen g;
@@ -58,6 +76,7 @@ TEST(a_v4_uuid_has_no_v7_time)
 int main(void)
 {
     return RUN(T(a_canonical_uuid_round_trips_in_lower_case), T(malformed_uuids_are_refused),
+               T(every_byte_in_every_position_is_taken_exactly_when_it_belongs_there),
                T(v7_ids_carry_their_timestamp_version_and_variant),
                T(v7_ids_increase_strictly_within_a_millisecond_and_when_the_clock_steps_back),
                T(a_v4_uuid_has_no_v7_time));
