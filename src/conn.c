@@ -38,12 +38,15 @@ static void on_flush_check(uv_check_t *check)
     }
 }
 
+/* Closed by the idle timeout: a connection that has made no progress (no byte read or written)
+ * for idle_ms and is owed no answer. It holds nothing, or a message it stopped sending halfway
+ * (its bytes would otherwise stay buffered as long as the client likes), or answers it does not
+ * read. Input held back by the daemon's own doing (backpressure, max_pending_requests) is not
+ * the client's stall: closing would drop what it sent. */
 static bool conn_is_idle(const struct conn *c, uint64_t now, uint64_t idle_ms)
 {
-    /* A paused connection, or one holding input it has not dispatched yet (a notification
-     * waiting for room), is not idle: closing it would drop what it sent. */
-    return c->pending == 0 && c->writing == 0 && c->out.len == 0 && c->pause == 0 &&
-           c->in.len == 0 && now - c->last_active_ms >= idle_ms;
+    return c->pending == 0 && !(c->pause & (CONN_PAUSE_BACKPRESSURE | CONN_PAUSE_PENDING)) &&
+           now - c->last_active_ms >= idle_ms;
 }
 
 static void on_idle_timer(uv_timer_t *timer)
@@ -56,8 +59,11 @@ static void on_idle_timer(uv_timer_t *timer)
     for (struct conn *c = set->head, *next; c; c = next) {
         next = c->next;
         if (conn_is_idle(c, now, idle_ms)) {
-            log_debug("conn %llu (%s): idle for %llu ms, closing", (unsigned long long)c->id,
-                      c->peer, (unsigned long long)idle_ms);
+            const char *what = c->writing || c->out.len ? "with answers it does not read"
+                               : c->in.len              ? "halfway through a message"
+                                                        : "idle";
+            log_debug("conn %llu (%s): %s for %llu ms, closing", (unsigned long long)c->id, c->peer,
+                      what, (unsigned long long)idle_ms);
             set->stats.closed_idle++;
             conn_close(c);
         }
@@ -98,6 +104,8 @@ void conn_set_init(struct conn_set *set, uv_loop_t *loop, const struct conn_limi
     uv_timer_init(loop, &set->idle_timer);
     set->idle_timer.data = set;
     uv_unref((uv_handle_t *)&set->idle_timer);
+    uv_timer_init(loop, &set->finish_timer);
+    set->finish_timer.data = set;
     start_idle_timer(set);
 }
 
@@ -135,10 +143,25 @@ static void conn_maybe_close(struct conn *c)
         conn_close(c);
 }
 
+static void on_finish_timeout(uv_timer_t *timer)
+{
+    struct conn_set *set = timer->data;
+    if (set->count == 0)
+        return;
+    log_warn("%u connection%s still open %llu ms into the stop (answers not read, or not yet "
+             "given); closing %s",
+             set->count, set->count == 1 ? "" : "s",
+             (unsigned long long)set->limits.finish_timeout_ms, set->count == 1 ? "it" : "them");
+    while (set->head)
+        conn_close(set->head);
+}
+
 void conn_set_finish(struct conn_set *set, void (*on_done)(struct conn_set *set))
 {
     set->finishing = true;
     set->on_finished = on_done;
+    /* A client that does not read its answers must not hold the exit up. */
+    uv_timer_start(&set->finish_timer, on_finish_timeout, set->limits.finish_timeout_ms, 0);
     for (struct conn *c = set->head, *next; c; c = next) {
         next = c->next;
         conn_maybe_close(c);
@@ -150,6 +173,7 @@ void conn_set_close(struct conn_set *set)
 {
     uv_close((uv_handle_t *)&set->flush_check, NULL);
     uv_close((uv_handle_t *)&set->idle_timer, NULL);
+    uv_close((uv_handle_t *)&set->finish_timer, NULL);
     msgpack_zone_destroy(&set->zone);
     buf_free(&set->scratch);
 }

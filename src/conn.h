@@ -43,7 +43,8 @@ struct conn_limits {
     uint32_t max_message_bytes;
     uint32_t max_output_bytes;
     uint32_t max_pending_requests;
-    uint64_t idle_timeout_ms; /* 0: never */
+    uint64_t idle_timeout_ms;   /* 0: never */
+    uint64_t finish_timeout_ms; /* at a stop, connections still open this long are closed */
 };
 
 struct conn_stats {
@@ -70,8 +71,9 @@ struct conn_set {
     struct conn *dirty; /* connections with output waiting for the flush pass */
     uv_check_t flush_check;
     uv_timer_t idle_timer;
-    msgpack_zone zone;  /* decoded objects of the message being dispatched */
-    struct buf scratch; /* where replies to closed connections go, to be dropped */
+    uv_timer_t finish_timer; /* the stop's deadline for the connections */
+    msgpack_zone zone;       /* decoded objects of the message being dispatched */
+    struct buf scratch;      /* where replies to closed connections go, to be dropped */
     msgpack_packer scratch_pk;
     bool finishing; /* shutdown: close each connection once it has nothing pending */
     void (*on_finished)(struct conn_set *set); /* runs when finishing and the last one closed */
@@ -118,8 +120,8 @@ void conn_set_init(struct conn_set *set, uv_loop_t *loop, const struct conn_limi
                    conn_dispatch_fn dispatch, void *ctx);
 /* Applies new limits to the set (a config reload). */
 void conn_set_limits(struct conn_set *set, const struct conn_limits *limits);
-/* Shutdown: each connection closes once its pending answers are sent; on_done runs when the
- * last one has closed (at once when there are none). */
+/* Shutdown: each connection closes once its pending answers are sent, or at
+ * limits.finish_timeout_ms; on_done runs when the last one has closed (at once when none). */
 void conn_set_finish(struct conn_set *set, void (*on_done)(struct conn_set *set));
 /* Closes the set's own handles; call once every connection is closed. */
 void conn_set_close(struct conn_set *set);

@@ -21,6 +21,9 @@ static void conn_limits_from(const struct config *c, struct conn_limits *l)
     l->max_output_bytes = c->listen.max_output_bytes;
     l->max_pending_requests = c->listen.max_pending_requests;
     l->idle_timeout_ms = (uint64_t)c->listen.idle_timeout_s * 1000;
+    /* Clients get as long to read their last answers as the queues got to be written. */
+    l->finish_timeout_ms =
+        (uint64_t)(c->ingest.drain_timeout_s ? c->ingest.drain_timeout_s : 1) * 1000;
 }
 
 /* Reads the auth token: the file's first line, without its newline. */

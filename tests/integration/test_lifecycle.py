@@ -72,6 +72,19 @@ def test_sigterm_answers_requests_already_received(daemon_factory, workdir):
     assert d.wait_exit() == 0
 
 
+def test_a_client_that_never_reads_its_answers_does_not_hold_up_the_stop(daemon_factory, workdir):
+    """Its unread answers get ingest.drain_timeout_s, then the connection is closed and the
+    daemon exits 0, well inside systemd's TimeoutStopSec."""
+    d = daemon_factory(base_config(workdir, extra="ingest:\n  drain_timeout_s: 1\n").replace(
+        "  unix_mode: 0600\n", "  unix_mode: 0600\n  max_output_bytes: 65536\n"))
+    slow = d.client()
+    assert slow.stop_reading() > 0
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(timeout=30) == 0
+    assert "1 connection still open 1000 ms into the stop" in d.log_text()
+    slow.close()
+
+
 def test_signals_repeated_until_the_exit_still_give_exit_zero(daemon_factory, workdir):
     """systemd and an operator may both send SIGTERM, and a reload may come during a stop: a
     signal arriving at any moment of the exit, including after the daemon has closed its signal

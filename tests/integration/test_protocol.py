@@ -165,20 +165,8 @@ def test_an_invalid_notification_is_dropped_and_counted(daemon_factory, workdir)
 def test_a_client_that_never_reads_is_paused_not_buffered(daemon_factory, workdir):
     d = make(daemon_factory, workdir, "  max_output_bytes: 65536\n")
     slow = d.client()
-    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    ping = msgpack.packb([0, 1, "ping", []])
     # Far more answers than the output bound and the socket buffers can hold.
-    chunk = ping * 1000
-    sent = 0
-    slow.sock.setblocking(False)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            sent += slow.sock.send(chunk)
-        except BlockingIOError:
-            # The daemon stopped reading: our send buffer and its receive buffer are full.
-            break
-    slow.sock.setblocking(True)
+    sent = slow.stop_reading()
     assert sent > 0
     servers.wait_for(lambda: stats(d)["connections"]["paused_output"] >= 1, 10,
                      "the slow reader to be paused")
@@ -190,7 +178,7 @@ def test_a_client_that_never_reads_is_paused_not_buffered(daemon_factory, workdi
     # And the slow one gets every answer once it reads.
     slow.sock.settimeout(30)
     answers = 0
-    while answers < sent // len(ping):
+    while answers < sent:
         msg = slow._read_message()
         assert msg[0] == 1 and msg[2] is None
         answers += 1
@@ -228,6 +216,27 @@ def test_an_idle_connection_is_closed_after_idle_timeout(daemon_factory, workdir
         c.wait_closed(timeout=10)
         assert time.monotonic() - t0 >= 0.9
     assert stats(d)["connections"]["closed_idle"] >= 1
+
+
+def test_a_connection_stalled_halfway_through_a_message_is_closed_after_idle_timeout(
+        daemon_factory, workdir):
+    """Its bytes would otherwise stay buffered for as long as the client likes."""
+    d = make(daemon_factory, workdir, "  idle_timeout_s: 1\n")
+    with d.client() as c:
+        c.send_raw(b"\x94\x00\x01")
+        t0 = time.monotonic()
+        c.wait_closed(timeout=10)
+        assert time.monotonic() - t0 >= 0.9
+    assert stats(d)["connections"]["closed_idle"] >= 1
+
+
+def test_a_client_that_stops_reading_is_closed_after_idle_timeout(daemon_factory, workdir):
+    d = make(daemon_factory, workdir, "  idle_timeout_s: 1\n  max_output_bytes: 65536\n")
+    slow = d.client()
+    assert slow.stop_reading() > 0
+    servers.wait_for(lambda: stats(d)["connections"]["closed_idle"] >= 1, 10,
+                     "the connection that reads nothing to be closed")
+    slow.close()
 
 
 def test_auth_is_required_first_and_a_wrong_token_closes(daemon_factory, workdir):

@@ -60,6 +60,26 @@ class Client:
     def notify(self, method, params):
         self.sock.sendall(msgpack.packb([2, method, params], use_bin_type=True))
 
+    def stop_reading(self, timeout=20):
+        """Acts as a client that sends but never reads: a small receive buffer, then pings until
+        the daemon stops reading this connection (every buffer on the way is full). Returns how
+        many pings went out."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ping = msgpack.packb([0, 1, "ping", []])
+        chunk = ping * 1000
+        sent = 0
+        self.sock.setblocking(False)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    sent += self.sock.send(chunk)
+                except BlockingIOError:
+                    break
+        finally:
+            self.sock.setblocking(True)
+        return sent // len(ping)
+
     # --- receiving ---
     def _read_message(self):
         while True:
