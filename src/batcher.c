@@ -1,8 +1,9 @@
 /* batcher: see batcher.h.
  *
  * A batch's life: filling (rows appended by requests) -> sealed (in its table's list) -> written
- * (one COPY per range of rows still to write; a data error splits the range in two until a bad
- * row stands alone and is moved to usaged.rejects) -> done (durable acks answered, memory freed).
+ * (one COPY per range of rows still to write; rows of unknown users are set aside at once, any
+ * other data error splits the range in two until a bad row stands alone; bad rows go to
+ * usaged.rejects) -> done (durable acks answered, memory freed).
  * Each table has its own connection, so the two tables' batches are written in parallel. */
 #include "batcher.h"
 
@@ -13,6 +14,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "uuid.h"
 #include "xalloc.h"
 
 #define RETRY_START_MS 100
@@ -47,6 +49,7 @@ static void batch_free(struct batch *batch)
     free(batch->row_off);
     free(batch->acks);
     free(batch->ranges);
+    free(batch->reject_error);
     free(batch);
 }
 
@@ -65,7 +68,7 @@ static void batch_end_row(struct batch *batch)
     batch->row_off[batch->nrows] = (uint32_t)batch->rows.len;
 }
 
-static void batch_push_range(struct batch *batch, uint32_t lo, uint32_t hi)
+static void batch_push_range(struct batch *batch, uint32_t lo, uint32_t hi, bool reject)
 {
     if (batch->nranges == batch->cap_ranges) {
         batch->cap_ranges = batch->cap_ranges ? batch->cap_ranges * 2 : 8;
@@ -73,6 +76,7 @@ static void batch_push_range(struct batch *batch, uint32_t lo, uint32_t hi)
     }
     batch->ranges[batch->nranges].lo = lo;
     batch->ranges[batch->nranges].hi = hi;
+    batch->ranges[batch->nranges].reject = reject;
     batch->nranges++;
 }
 
@@ -133,6 +137,8 @@ void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *confi
         t->b = b;
         t->kind = (enum event_kind)k;
         t->table = event_table(t->kind);
+        t->reject_log.period_ms = 10000;
+        t->reject_log.burst = 10;
         t->nwriters = config->ingest.connections;
         for (uint32_t i = 0; i < t->nwriters; i++) {
             struct batcher_writer *w = &t->writers[i];
@@ -231,7 +237,7 @@ static void seal(struct batcher_table *t)
     t->filling = NULL;
     uv_timer_stop(&t->flush_timer);
     batch->sealed_ms = uv_now(t->b->loop);
-    batch_push_range(batch, 0, batch->nrows);
+    batch_push_range(batch, 0, batch->nrows, false);
     if (t->tail)
         t->tail->next = batch;
     else
@@ -648,7 +654,7 @@ static void on_record(void *arg, struct spool_record *rec)
      * it to the staging table, which stores each row once. */
     batch->idempotent = false;
     batch->first_row_ms = batch->sealed_ms = uv_now(b->loop);
-    batch_push_range(batch, 0, batch->nrows);
+    batch_push_range(batch, 0, batch->nrows, false);
     batch->next = t->head;
     t->head = batch;
     if (!t->tail)
@@ -882,23 +888,30 @@ static void schedule_retry(struct batcher_writer *w, const char *why)
     batcher_kick(t); /* another writer may take the batch, or it spills */
 }
 
-/* Stores row `index` of the writer's batch in usaged.rejects, with the error that refused it. */
-static void reject_row(struct batcher_writer *w, uint32_t index)
+/* Stores rows [lo, hi) of the writer's batch in usaged.rejects, with the error that refused
+ * them, in one statement. */
+static void reject_rows(struct batcher_writer *w, uint32_t lo, uint32_t hi)
 {
     struct batcher_table *t = w->t;
     struct batch *batch = w->current;
     buf_clear(&w->json);
-    copy_row_to_json(t->table->columns, t->table->ncolumns,
-                     batch->rows.data + batch->row_off[index],
-                     batch->row_off[index + 1] - batch->row_off[index], &w->json);
+    buf_put_u8(&w->json, '[');
+    for (uint32_t i = lo; i < hi; i++) {
+        if (i > lo)
+            buf_put_u8(&w->json, ',');
+        copy_row_to_json(t->table->columns, t->table->ncolumns,
+                         batch->rows.data + batch->row_off[i],
+                         batch->row_off[i + 1] - batch->row_off[i], &w->json);
+    }
+    buf_put_u8(&w->json, ']');
     buf_put_u8(&w->json, '\0');
     w->params[0] = t->table->name;
     w->params[1] = (const char *)w->json.data;
-    w->params[2] = w->reject_error;
-    w->params[3] = w->reject_sqlstate;
+    w->params[2] = batch->reject_error ? batch->reject_error : "";
+    w->params[3] = batch->reject_sqlstate;
     w->op = (struct pg_op){
         .sql = "INSERT INTO usaged.rejects (table_name, row_data, error, sqlstate) "
-               "VALUES ($1, $2::jsonb, $3, $4)",
+               "SELECT $1, r, $3, $4 FROM jsonb_array_elements($2::jsonb) AS r",
         .nparams = 4,
         .params = w->params,
         .done = on_write_done,
@@ -909,12 +922,168 @@ static void reject_row(struct batcher_writer *w, uint32_t index)
     pg_submit(&w->pg, &w->op);
 }
 
+/* The user id of row i (column 1 of both tables, after the id); false when the row has none. */
+static bool row_user_id(const struct batch *batch, uint32_t i, uint8_t id[16])
+{
+    const uint8_t *row = batch->rows.data + batch->row_off[i];
+    size_t len = batch->row_off[i + 1] - batch->row_off[i];
+    /* int16 field count, then each field as int32 length (-1: NULL) and its bytes. */
+    if (len < 2 + 4)
+        return false;
+    int32_t len0 = (int32_t)be32_at(row + 2);
+    size_t off = 2 + 4 + (len0 > 0 ? (size_t)len0 : 0);
+    if (off + 4 + 16 > len || (int32_t)be32_at(row + off) != 16)
+        return false;
+    memcpy(id, row + off + 4, 16);
+    return true;
+}
+
+static void on_users_checked(struct pg_conn *pg, const struct pg_outcome *o, void *arg);
+
+/* A range was refused for a row of a user that does not exist (23503: the tables' one foreign
+ * key). Rather than splitting it in halves until each such row stands alone (2n statements for
+ * n of them), ask which of its users are unknown (one statement), set their rows aside and
+ * write the rest in one COPY. */
+static void check_users(struct batcher_writer *w)
+{
+    struct batch *batch = w->current;
+    const struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    buf_clear(&w->json);
+    buf_put_u8(&w->json, '{');
+    for (uint32_t i = r->lo; i < r->hi; i++) {
+        uint8_t id[16];
+        char text[UUID_STRING_LEN + 1];
+        if (!row_user_id(batch, i, id))
+            continue;
+        uuid_format(id, text);
+        if (w->json.len > 1)
+            buf_put_u8(&w->json, ',');
+        buf_append(&w->json, text, UUID_STRING_LEN);
+    }
+    buf_put_u8(&w->json, '}');
+    buf_put_u8(&w->json, '\0');
+    w->params[0] = (const char *)w->json.data;
+    w->op = (struct pg_op){
+        .sql = "SELECT public.usaged_unknown_users($1::uuid[])",
+        .nparams = 1,
+        .params = w->params,
+        .done = on_users_checked,
+        .arg = w,
+    };
+    w->rejecting = false;
+    w->writing = true;
+    pg_submit(&w->pg, &w->op);
+}
+
+/* Splits the top range in halves: the data error is in one of them. */
+static void split_range(struct batcher_writer *w)
+{
+    struct batch *batch = w->current;
+    struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    /* The first half is written first (it ends up on top of the stack). */
+    uint32_t lo = r->lo, hi = r->hi, mid = lo + (hi - lo) / 2;
+    batch->nranges--;
+    batch_push_range(batch, mid, hi, false);
+    batch_push_range(batch, lo, mid, false);
+    write_range(w);
+}
+
+static int compare_ids(const void *a, const void *b)
+{
+    return memcmp(a, b, 16);
+}
+
+static void on_users_checked(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
+{
+    (void)pg;
+    struct batcher_writer *w = arg;
+    struct batcher_table *t = w->t;
+    w->writing = false;
+    if (t->b->closing)
+        return;
+    if (o->connection_lost) {
+        schedule_retry(w, o->error ? o->error : "connection lost");
+        return;
+    }
+    struct batch *batch = w->current;
+    struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    int n = o->ok && o->result ? PQntuples(o->result) : 0;
+    uint8_t(*unknown)[16] = xcalloc(n > 0 ? (size_t)n : 1, 16);
+    size_t nunknown = 0;
+    for (int i = 0; i < n; i++)
+        if (uuid_parse(PQgetvalue(o->result, i, 0), (size_t)PQgetlength(o->result, i, 0),
+                       unknown[nunknown]))
+            nunknown++;
+    if (nunknown == 0) {
+        /* Every user exists (one was deleted and created again?), or the question failed:
+         * find the bad row by halves, as for any other data error. */
+        if (!o->ok && log_limiter_allow(&t->reject_log, uv_now(t->b->loop)))
+            log_warn("ingest %s: cannot ask which users are unknown (%s); splitting the batch "
+                     "instead",
+                     t->table->name, o->error ? o->error : "error");
+        free(unknown);
+        split_range(w);
+        return;
+    }
+    qsort(unknown, nunknown, 16, compare_ids);
+    /* Reorder the range's rows, known users first (their order does not matter: acks are per
+     * batch), and give each part a range of its own. */
+    uint32_t lo = r->lo, hi = r->hi;
+    size_t start = batch->row_off[lo], bytes = batch->row_off[hi] - start;
+    uint8_t *sorted = xmalloc(bytes);
+    uint32_t *offs = xmalloc((hi - lo) * sizeof(*offs));
+    size_t at = 0;
+    uint32_t k = 0, ngood = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = lo; i < hi; i++) {
+            uint8_t id[16];
+            bool bad = row_user_id(batch, i, id) && bsearch(id, unknown, nunknown, 16, compare_ids);
+            if (bad != (pass == 1))
+                continue;
+            size_t len = batch->row_off[i + 1] - batch->row_off[i];
+            memcpy(sorted + at, batch->rows.data + batch->row_off[i], len);
+            offs[k++] = (uint32_t)(start + at);
+            at += len;
+            ngood += pass == 0;
+        }
+    }
+    memcpy(batch->rows.data + start, sorted, bytes);
+    memcpy(batch->row_off + lo, offs, (hi - lo) * sizeof(*offs));
+    free(sorted);
+    free(offs);
+    free(unknown);
+    /* The error's detail names the one row PostgreSQL stopped at; each set-aside row gets the
+     * error without it, and says why it is set aside. */
+    char *detail = batch->reject_error ? strstr(batch->reject_error, "DETAIL:") : NULL;
+    if (detail) {
+        while (detail > batch->reject_error && (detail[-1] == ' ' || detail[-1] == '\n'))
+            detail--;
+        *detail = '\0';
+    }
+    size_t elen = strlen(batch->reject_error ? batch->reject_error : "") + 64;
+    char *error = xmalloc(elen);
+    snprintf(error, elen, "%s (user_id not in auth.users)",
+             batch->reject_error ? batch->reject_error : "");
+    free(batch->reject_error);
+    batch->reject_error = error;
+    batch->nranges--;
+    /* The rejects go first, while batch->reject_error is still the error that refused them. */
+    if (ngood > 0)
+        batch_push_range(batch, lo, lo + ngood, false);
+    batch_push_range(batch, lo + ngood, hi, true);
+    write_range(w);
+}
+
 /* Writes the top range of the writer's batch. */
 static void write_range(struct batcher_writer *w)
 {
     struct batcher_table *t = w->t;
     struct batch *batch = w->current;
     const struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    if (r->reject) {
+        reject_rows(w, r->lo, r->hi);
+        return;
+    }
     build_copy_sql(w, batch, r);
     w->copy_bufs[0] = uv_buf_init((char *)copy_header, COPY_HEADER_LEN);
     w->copy_bufs[1] = uv_buf_init((char *)batch->rows.data + batch->row_off[r->lo],
@@ -969,27 +1138,30 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
             write_range(w);
             return;
         }
+        /* Kept on the batch: another writer may store its rejects after a retry. */
+        free(batch->reject_error);
+        batch->reject_error = xstrdup(o->error ? o->error : "");
+        snprintf(batch->reject_sqlstate, sizeof(batch->reject_sqlstate), "%s", o->sqlstate);
         if (r->hi - r->lo == 1) {
-            snprintf(w->reject_error, sizeof(w->reject_error), "%s", o->error ? o->error : "");
-            snprintf(w->reject_sqlstate, sizeof(w->reject_sqlstate), "%s", o->sqlstate);
-            reject_row(w, r->lo);
+            reject_rows(w, r->lo, r->hi);
             return;
         }
-        /* Split: the first half is written first (it ends up on top of the stack). */
-        uint32_t lo = r->lo, hi = r->hi, mid = lo + (hi - lo) / 2;
-        batch->nranges--;
-        batch_push_range(batch, mid, hi);
-        batch_push_range(batch, lo, mid);
-        write_range(w);
+        if (strcmp(o->sqlstate, "23503") == 0) {
+            check_users(w);
+            return;
+        }
+        split_range(w);
         return;
     }
 
     /* Success. */
     uint32_t rows = r->hi - r->lo;
     if (w->rejecting) {
-        t->stats.rows_rejected++;
-        log_warn("ingest %s: a row was refused (%s: %s) and stored in usaged.rejects",
-                 t->table->name, w->reject_sqlstate, w->reject_error);
+        t->stats.rows_rejected += rows;
+        if (log_limiter_allow(&t->reject_log, uv_now(t->b->loop)))
+            log_warn("ingest %s: %u row%s refused (%s: %s) and stored in usaged.rejects",
+                     t->table->name, rows, rows == 1 ? " was" : "s were", batch->reject_sqlstate,
+                     batch->reject_error ? batch->reject_error : "");
     } else {
         t->stats.rows_written += rows;
     }

@@ -54,8 +54,11 @@ struct batch {
     bool idempotent;             /* write through a staging table with ON CONFLICT DO NOTHING */
     struct batch_range {
         uint32_t lo, hi;
-    } * ranges; /* rows still to write: a stack, split on data errors */
+        bool reject; /* rows of unknown users: straight to usaged.rejects */
+    } * ranges;      /* rows still to write: a stack, split on data errors */
     uint32_t nranges, cap_ranges;
+    char *reject_error; /* what refused the rows of the reject ranges (NULL: none) */
+    char reject_sqlstate[6];
     struct batch *next;
 };
 
@@ -81,14 +84,12 @@ struct batcher_writer {
     struct pg_conn pg;
     struct batch *current; /* the batch being written (NULL: none) */
     bool writing;          /* an op is in flight */
-    bool rejecting;        /* the op in flight stores a bad row in usaged.rejects */
+    bool rejecting;        /* the op in flight stores bad rows in usaged.rejects */
     struct pg_op op;
     uv_buf_t copy_bufs[3]; /* header, rows, trailer */
     struct buf sql;        /* the statement of the op in flight */
-    struct buf json;       /* a rejected row, as JSON */
+    struct buf json;       /* rejected rows, as JSON; the user ids of a range, as uuid[] */
     const char *params[4];
-    char reject_error[512];
-    char reject_sqlstate[6];
     uint64_t op_started_us;
     uv_timer_t retry_timer; /* backoff after a failed attempt */
     uint32_t retry_ms;
@@ -110,6 +111,7 @@ struct batcher_table {
     uint32_t replays;          /* spool records read back and not yet committed: <= nwriters */
     bool replay_turn;          /* the next batch taken replays a spool record, if there is one */
     char last_error[256];
+    struct log_limiter reject_log; /* a client sending bad rows must not flood the log */
     struct batcher_table_stats stats;
 };
 

@@ -336,6 +336,48 @@ def test_rows_for_unknown_users_are_rejected_alone_and_the_rest_land(
     assert s["ingest"]["tables"]["api_usage_logs"]["rows_written"] == 297
 
 
+def test_many_rows_of_unknown_users_are_set_aside_at_once_not_found_by_halves(
+        daemon_factory, workdir, pg, db):
+    """A batch refused for rows of users that do not exist is not split until each stands
+    alone (about 2 statements per bad row, holding up every client's rows): the daemon asks
+    which users are unknown, stores their rows in usaged.rejects in one statement and writes the
+    rest in one COPY."""
+    users = make_users(pg, db, 10)
+    d = start(daemon_factory, workdir, pg, db, "  batch_rows: 100000\n  batch_ms: 100\n")
+    ghosts = [str(uuid.uuid4()) for _ in range(1000)]
+    events = []
+    for i in range(2000):
+        u = ghosts[i // 2] if i % 2 else users[i % 10]
+        events.append({"user_id": u, "provider": "openai", "request_size": i})
+    with d.client() as c:
+        assert c.call("log_usage", events, {"ack": "durable"}) == {"accepted": 2000}
+        s = c.call("stats")["ingest"]["tables"]["api_usage_logs"]
+    assert count(pg, db) == 1000
+    assert sql(pg, db, "SELECT count(*) FROM public.api_usage_logs WHERE request_size % 2 = 1"
+               ) == [(0,)]
+    rejects = sql(pg, db, "SELECT row_data->>'user_id', sqlstate, error FROM usaged.rejects")
+    assert sorted(r[0] for r in rejects) == sorted(ghosts)
+    assert all(r[1] == "23503" and "foreign key" in r[2] and "not in auth.users" in r[2]
+               and "DETAIL" not in r[2] for r in rejects)
+    assert (s["rows_rejected"], s["rows_written"]) == (1000, 1000)
+    # The refused COPY and the COPY of the rest: no splitting.
+    assert s["statements"] == 2
+    assert d.log_text().count("stored in usaged.rejects") == 1
+
+
+def test_refused_rows_are_logged_at_most_ten_times_in_ten_seconds(daemon_factory, workdir, pg,
+                                                                  db):
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db)
+    with d.client() as c:
+        for _ in range(30):
+            c.call("log_usage", [{"user_id": str(uuid.uuid4()), "provider": "openai"},
+                                 {"user_id": user, "provider": "openai"}], {"ack": "durable"})
+        s = c.call("stats")["ingest"]["tables"]["api_usage_logs"]
+    assert (s["rows_rejected"], s["rows_written"]) == (30, 30)
+    assert 1 <= d.log_text().count("stored in usaged.rejects") <= 10
+
+
 def test_api_configurations_usage_is_bumped_per_batch(daemon_factory, workdir, pg, db):
     a, b = make_users(pg, db, 2)
     armored = "-----BEGIN PGP MESSAGE-----\\nx\\n-----END PGP MESSAGE-----"

@@ -875,6 +875,10 @@ def test_usaged_reads_only_what_the_daemon_needs(pg, db):
         assert "api_usage_logs" in q1(daemon, "SELECT usaged.apply_retention()")
         assert q1(daemon, "SELECT count(*) FROM public.analyze_all_tables()") >= 14
         assert q1(daemon, "SELECT count(*) FROM public.get_database_stats()") >= 14
+        # Which of some users do not exist (it cannot read auth.users itself).
+        ghost = str(uuid.uuid4())
+        assert [r[0] for r in q(daemon, "SELECT public.usaged_unknown_users(%s::uuid[])",
+                                ([uid, ghost, ghost],))] == [ghost]
         for table, owner, statement in q(daemon, "SELECT * FROM public.vacuum_all_tables()"):
             if owner == "usaged":
                 q(daemon, statement)
@@ -888,7 +892,8 @@ def test_usaged_reads_only_what_the_daemon_needs(pg, db):
 def test_users_cannot_run_maintenance_functions(db, role):
     for fn in ("public.daily_maintenance()", "public.analyze_all_tables()",
                "public.get_database_stats()", "public.vacuum_all_tables()",
-               "usaged.create_partitions(3)", "usaged.apply_retention()"):
+               "usaged.create_partitions(3)", "usaged.apply_retention()",
+               "public.usaged_unknown_users('{}')"):
         with acting_as(db, role, new_user(db) if role == "authenticated" else None):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 q(db, f"SELECT {fn}")
