@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "utf8.h"
 #include "uuid.h"
 #include "xalloc.h"
 
@@ -359,10 +360,17 @@ static bool override_pair(struct parser *p, const char *key, yaml_node_t *v, voi
     return fail(p, p->key_node, "unknown key %s", name);
 }
 
+/* 1 to 50 characters of UTF-8, as api_providers.name (varchar(50)) and the check method take. */
+static bool provider_name_ok(const char *name)
+{
+    size_t chars;
+    return name[0] != '\0' && utf8_valid(name, strlen(name), &chars) && chars <= 50;
+}
+
 static bool providers_pair(struct parser *p, const char *key, yaml_node_t *v, void *ctx)
 {
     struct config *c = ctx;
-    if (strlen(key) == 0 || strlen(key) > 50)
+    if (!provider_name_ok(key))
         return fail(p, v, "limits.providers: a provider name must be 1 to 50 characters");
     c->limits.providers = xrealloc(c->limits.providers,
                                    (c->limits.provider_count + 1) * sizeof(*c->limits.providers));
@@ -407,6 +415,8 @@ static bool parse_users(struct parser *p, yaml_node_t *list, struct config *c)
             return fail(p, item, "%s needs a user_id", what);
         if (!oc.has_provider)
             return fail(p, item, "%s needs a provider", what);
+        if (!provider_name_ok(u->provider))
+            return fail(p, item, "%s: a provider name must be 1 to 50 characters", what);
         for (size_t j = 0; j < i; j++)
             if (memcmp(c->limits.users[j].user_id, u->user_id, 16) == 0 &&
                 strcmp(c->limits.users[j].provider, u->provider) == 0)

@@ -347,6 +347,11 @@ static void conn_notify_error(struct conn *c, const struct rpc_error *e)
     conn_mark_dirty(c);
 }
 
+bool conn_log_allowed(struct conn *c)
+{
+    return log_limiter_allow(&c->set->drop_log, uv_now(c->set->loop));
+}
+
 void conn_drop_notification(struct conn *c, const char *method, const struct rpc_error *e)
 {
     struct conn_set *set = c->set;

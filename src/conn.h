@@ -135,6 +135,8 @@ msgpack_packer *conn_reply(struct conn *c, uint32_t msgid);
 void conn_reply_error(struct conn *c, uint32_t msgid, const struct rpc_error *e);
 /* Counts an error that has no one to answer (an invalid notification) and logs it, rate-limited. */
 void conn_drop_notification(struct conn *c, const char *method, const struct rpc_error *e);
+/* True when a line about a client's misbehaviour may be logged now (10 per 10 s, all clients). */
+bool conn_log_allowed(struct conn *c);
 
 /* Closes the connection once its output is sent; nothing more is read from it. */
 void conn_close_after_flush(struct conn *c);

@@ -288,7 +288,7 @@ struct limiter_key {
     uint8_t provider_len;
     uint32_t hash;
     uint8_t user_id[16];
-    char provider[RULES_PROVIDER_MAX + 1];
+    char provider[RULES_PROVIDER_BYTES + 1];
     uint64_t last_used_ms; /* loop time, for eviction */
     /* The over-limit cache: what was left in each window at the last answer from Redis, and
      * until when (loop time) that window lasts. Valid for one limits generation. */
@@ -307,7 +307,7 @@ struct limiter_call {
     struct limiter_call *next; /* in the batch */
     struct limiter_key *key;
     uint8_t user_id[16];
-    char provider[RULES_PROVIDER_MAX + 1];
+    char provider[RULES_PROVIDER_BYTES + 1];
     uint8_t provider_len;
     struct rules_resolved lim;
     struct limiter_check *checks, *checks_tail;
@@ -661,7 +661,7 @@ static void flush_batch(struct limiter *l)
     /* argv: the keys (prefix{user:provider}), then per key: limits, count, costs. */
     size_t prefix_len = strlen(l->key_prefix);
     int argc = (int)(ncalls * 4 + batch->nchecks);
-    size_t key_cap = prefix_len + UUID_STRING_LEN + RULES_PROVIDER_MAX + 3;
+    size_t key_cap = prefix_len + UUID_STRING_LEN + RULES_PROVIDER_BYTES + 3;
     const char **argv = xmalloc((size_t)argc * sizeof(*argv));
     size_t *lens = xmalloc((size_t)argc * sizeof(*lens));
     char *text = xmalloc(ncalls * key_cap + (size_t)(argc - (int)ncalls) * 24);
@@ -764,7 +764,7 @@ static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const 
             size_t chars;
             if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
                 !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) ||
-                chars > RULES_PROVIDER_MAX || v->via.str.size > RULES_PROVIDER_MAX) {
+                chars > RULES_PROVIDER_MAX) {
                 rpc_error_set(e, RPC_INVALID_FIELD,
                               "provider must be a UTF-8 string of 1 to 50 characters");
                 e->field = "provider";

@@ -63,9 +63,21 @@ void log_msg(enum log_level level, const char *fmt, ...)
     size_t end = len + (size_t)n;
     if (end > sizeof(line) - 2)
         end = sizeof(line) - 2;
-    for (size_t i = len; i < end; i++)
-        if (line[i] == '\n' || line[i] == '\r')
-            line[i] = ' ';
+    /* One event, one line, and nothing a terminal or a log viewer would act on: client text
+     * (a provider name, a method) can reach here. C0 controls and DEL become spaces; C1
+     * controls (U+0080..U+009F) and the line and paragraph separators (U+2028, U+2029) become
+     * question marks, byte for byte. */
+    unsigned char *u = (unsigned char *)line;
+    for (size_t i = len; i < end; i++) {
+        if (u[i] < 0x20 || u[i] == 0x7f) {
+            u[i] = ' ';
+        } else if (u[i] == 0xc2 && i + 1 < end && u[i + 1] >= 0x80 && u[i + 1] <= 0x9f) {
+            u[i] = u[i + 1] = '?';
+        } else if (u[i] == 0xe2 && i + 2 < end && u[i + 1] == 0x80 &&
+                   (u[i + 2] == 0xa8 || u[i + 2] == 0xa9)) {
+            u[i] = u[i + 1] = u[i + 2] = '?';
+        }
+    }
     line[end] = '\n';
     fwrite(line, 1, end + 1, stderr);
 }

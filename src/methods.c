@@ -66,6 +66,10 @@ static enum conn_dispatch_result do_auth(struct daemon *d, struct conn *c,
     const msgpack_object_str *t = &m->params->ptr[0].via.str;
     if (d->token && !token_equal(t->ptr, t->size, d->token, d->token_len)) {
         rpc_error_set(&e, RPC_UNAUTHORIZED, "wrong token");
+        /* A notification's refusal is logged as a dropped notification; say it for a request. */
+        if (m->kind == RPC_KIND_REQUEST && conn_log_allowed(c))
+            log_warn("conn %llu (%s): auth with a wrong token; closing", (unsigned long long)c->id,
+                     c->peer);
         refuse(c, m, &e);
         conn_close_after_flush(c);
         return CONN_DISPATCHED;

@@ -42,7 +42,7 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
     size_t count = 0;
     for (int i = 0; i < n; i++) {
         const char *name = PQgetvalue(r, i, 0);
-        if (strlen(name) > RULES_PROVIDER_MAX)
+        if (strlen(name) > RULES_PROVIDER_BYTES)
             continue;
         struct rules_provider *p = &rows[count++];
         strcpy(p->name, name);
@@ -239,7 +239,7 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
                                 const char *provider, size_t provider_len,
                                 struct rules_resolved *out)
 {
-    if (provider_len > RULES_PROVIDER_MAX)
+    if (provider_len > RULES_PROVIDER_BYTES)
         return RULES_UNKNOWN_PROVIDER;
     const struct rules_provider *db = find_provider(l->db, l->ndb, provider, provider_len);
     const struct rules_provider *ov =

@@ -15,11 +15,12 @@
 #include "config.h"
 #include "pg.h"
 
-#define RULES_PROVIDER_MAX 50
+#define RULES_PROVIDER_MAX 50 /* characters, as api_providers.name is varchar(50) */
+#define RULES_PROVIDER_BYTES (RULES_PROVIDER_MAX * 4) /* their UTF-8 bytes, at most */
 #define RULES_UNLIMITED (-1)
 
 struct rules_provider {
-    char name[RULES_PROVIDER_MAX + 1];
+    char name[RULES_PROVIDER_BYTES + 1];
     bool enabled;
     int64_t per_minute; /* RULES_UNLIMITED or >= 0 */
     int64_t per_day;
@@ -27,7 +28,7 @@ struct rules_provider {
 
 struct rules_user {
     uint8_t user_id[16];
-    char provider[RULES_PROVIDER_MAX + 1];
+    char provider[RULES_PROVIDER_BYTES + 1];
     struct config_limit per_minute;
     struct config_limit per_day;
 };

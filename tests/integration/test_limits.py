@@ -205,12 +205,16 @@ def test_unknown_and_disabled_providers_and_bad_params(
     with d.client() as c:
         assert c.call_err("check", [{"user_id": user, "provider": "nope"}])["code"] == \
             "unknown_provider"
+        # Names are up to 50 characters (api_providers.name is varchar(50)), not 50 bytes.
+        assert c.call_err("check", [{"user_id": user, "provider": "é" * 49 + "😀"}])["code"] == \
+            "unknown_provider"
         r = check(c, user, "off")
         assert (r["allowed"], r["reason"]) == (False, "provider_disabled")
         for params, field in [([{"provider": "off"}], "user_id"),
                               ([{"user_id": "x", "provider": "off"}], "user_id"),
                               ([{"user_id": user}], "provider"),
                               ([{"user_id": user, "provider": ""}], "provider"),
+                              ([{"user_id": user, "provider": "é" * 51}], "provider"),
                               ([{"user_id": user, "provider": "off", "cost": -1}], "cost"),
                               ([{"user_id": user, "provider": "off", "cost": 1.5}], "cost"),
                               ([{"user_id": user, "provider": "off", "colour": 1}], "colour")]:

@@ -253,6 +253,7 @@ def test_auth_is_required_first_and_a_wrong_token_closes(daemon_factory, workdir
         c.send_request("auth", ["wrong"], msgid=3)
         got = c.wait_closed()
         assert got[0][1] == 3 and got[0][2]["code"] == "unauthorized"
+    assert "auth with a wrong token; closing" in d.log_text()
 
 
 def test_the_tcp_listener_speaks_the_same_protocol(daemon_factory, workdir):

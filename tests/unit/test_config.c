@@ -163,6 +163,27 @@ TEST(user_overrides_need_a_uuid_and_a_provider)
     CHECK(check_contains(err, "limits.users[0].user_id must be a UUID"));
 }
 
+TEST(provider_names_are_one_to_fifty_characters_not_bytes)
+{
+    /* 50 two-byte characters: 100 bytes, as varchar(50) and the check method take them. */
+    char fifty[128] = "", yaml[512];
+    for (int i = 0; i < 50; i++)
+        strcat(fifty, "\xc3\xa9");
+    snprintf(yaml, sizeof(yaml), "limits: { providers: { \"%s\": { per_minute: 1 } } }", fifty);
+    struct config *c = parse(yaml);
+    CHECK(c != NULL);
+    config_free(c);
+    snprintf(yaml, sizeof(yaml), "limits: { providers: { \"%sx\": { per_minute: 1 } } }", fifty);
+    CHECK(parse(yaml) == NULL);
+    CHECK(check_contains(err, "1 to 50 characters"));
+    snprintf(yaml, sizeof(yaml),
+             "limits: { users: [ { user_id: 0189d2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d, "
+             "provider: \"%sx\" } ] }",
+             fifty);
+    CHECK(parse(yaml) == NULL);
+    CHECK(check_contains(err, "limits.users[0]: a provider name must be 1 to 50 characters"));
+}
+
 TEST(refresh_entries_need_a_qualified_view_and_an_interval)
 {
     CHECK(parse("refresh: [ { view: daily, every_s: 5 } ]") == NULL);
@@ -186,6 +207,7 @@ TEST(maintenance_time_is_a_utc_time_of_day)
 int main(void)
 {
     return RUN(T(an_empty_file_gives_every_documented_default),
+               T(provider_names_are_one_to_fifty_characters_not_bytes),
                T(the_design_example_parses_with_its_values),
                T(an_unknown_key_is_named_with_its_line_and_column),
                T(a_value_out_of_range_says_the_range), T(a_value_of_the_wrong_type_is_refused),
