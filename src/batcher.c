@@ -290,6 +290,11 @@ static bool parse_log_params(const struct batcher *b, const struct rpc_message *
                 err->field = "ack";
                 return false;
             }
+            if (i > 0) { /* only ack is known, so a second key is ack again */
+                rpc_error_set(err, RPC_INVALID_FIELD, "ack is given twice");
+                err->field = "ack";
+                return false;
+            }
             if (rpc_str_eq(v, "queued")) {
                 *ack = CONFIG_ACK_QUEUED;
             } else if (rpc_str_eq(v, "durable")) {

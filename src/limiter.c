@@ -732,6 +732,14 @@ static void on_flush(uv_prepare_t *h)
 
 /* ---- the method ---- */
 
+/* As in the log methods' events, a field given twice is invalid: no silent "last one wins". */
+static bool given_twice(struct rpc_error *e, const char *field)
+{
+    rpc_error_set(e, RPC_INVALID_FIELD, "%s is given twice", field);
+    e->field = field;
+    return false;
+}
+
 static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const char **provider,
                         size_t *provider_len, uint32_t *cost, struct rpc_error *e)
 {
@@ -742,11 +750,13 @@ static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const 
         return false;
     }
     const msgpack_object_map *map = &m->params->ptr[0].via.map;
-    bool has_user = false, has_provider = false;
+    bool has_user = false, has_provider = false, has_cost = false;
     *cost = 1;
     for (uint32_t i = 0; i < map->size; i++) {
         const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
         if (rpc_str_eq(k, "user_id")) {
+            if (has_user)
+                return given_twice(e, "user_id");
             bool ok = false;
             if (v->type == MSGPACK_OBJECT_STR) {
                 ok = uuid_parse(v->via.str.ptr, v->via.str.size, user_id);
@@ -761,6 +771,8 @@ static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const 
             }
             has_user = true;
         } else if (rpc_str_eq(k, "provider")) {
+            if (has_provider)
+                return given_twice(e, "provider");
             size_t chars;
             if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
                 !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) ||
@@ -774,6 +786,9 @@ static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const 
             *provider_len = v->via.str.size;
             has_provider = true;
         } else if (rpc_str_eq(k, "cost")) {
+            if (has_cost)
+                return given_twice(e, "cost");
+            has_cost = true;
             if (v->type == MSGPACK_OBJECT_NIL)
                 continue;
             if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX) {

@@ -277,6 +277,10 @@ def test_bad_params_shapes_get_bad_request_and_bad_options_invalid_field(
         assert (err["code"], err["field"]) == ("invalid_field", "ack")
         err = c.call_err("log_usage", [[5]])
         assert (err["code"], err["index"]) == ("invalid_field", 0)
+        c.send_raw(b"\x94\x00\x07\xa9log_usage\x92\x90\x82\xa3ack\xa6queued\xa3ack\xa7durable")
+        err = c.wait(7)[0]
+        assert (err["code"], err["field"], err["message"]) == ("invalid_field", "ack",
+                                                              "ack is given twice")
         assert c.call("log_usage", []) == {"accepted": 0}
 
 

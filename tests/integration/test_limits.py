@@ -222,6 +222,13 @@ def test_unknown_and_disabled_providers_and_bad_params(
             assert (err["code"], err["field"]) == ("invalid_field", field), params
         assert c.call_err("check", [])["code"] == "bad_request"
         assert c.call_err("check", [user, "off"])["code"] == "bad_request"
+        # A field given twice (a map msgpack allows, a dict cannot hold): refused, not last-wins.
+        for key, value in (("provider", "off"), ("user_id", user), ("cost", 1)):
+            pairs = [("user_id", user), ("provider", "off"), (key, value), (key, value)]
+            c.send_raw(b"\x94\x00\xcd\x01\x00\xa5check\x91\x84"
+                       + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in pairs))
+            err = c.wait(256)[0]
+            assert (err["code"], err["field"]) == ("invalid_field", key), key
 
 
 def test_config_overrides_apply_per_provider_then_per_user(
