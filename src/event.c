@@ -301,6 +301,8 @@ static bool encode_value(const struct field_spec *f, const msgpack_object *v, st
             if (i < 0)
                 return bad_field(err, f->name, "%s must be >= 0", f->name);
             n = (size_t)snprintf(text, sizeof(text), "%lld", (long long)i);
+        } else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) { /* above INT64_MAX */
+            n = (size_t)snprintf(text, sizeof(text), "%llu", (unsigned long long)v->via.u64);
         } else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64) {
             if (!isfinite(v->via.f64) || v->via.f64 < 0)
                 return bad_field(err, f->name, "%s must be a finite number >= 0", f->name);

@@ -171,6 +171,12 @@ def test_prompt_events_land_with_numeric_text_and_defaults(daemon_factory, workd
     assert rows[1][11] is False  # vibe_coding defaults to false
     assert rows[1][14] == decimal.Decimal("0.0012")
     assert rows[1][1:9] == (None,) * 8
+    # An integer above int64 (msgpack's uint64) is a number too.
+    huge = {"user_id": user, "status": "failed", "cost_usd": 2**64 - 1}
+    with d.client() as c:
+        assert c.call("log_prompt", [huge], {"ack": "durable"}) == {"accepted": 1}
+    assert sql(pg, db, "SELECT cost_usd FROM public.prompt_history WHERE status = 'failed'") == \
+        [(decimal.Decimal(2**64 - 1),)]
 
 
 def test_events_without_id_get_time_ordered_uuidv7_and_created_at_from_it(
