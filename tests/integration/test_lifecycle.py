@@ -79,6 +79,9 @@ def test_a_client_that_never_reads_its_answers_does_not_hold_up_the_stop(daemon_
         "  unix_mode: 0600\n", "  unix_mode: 0600\n  max_output_bytes: 65536\n"))
     slow = d.client()
     assert slow.stop_reading() > 0
+    # Its answers are stuck: the daemon has paused it for unread output.
+    servers.wait_for(lambda: d.client().call("stats")["connections"]["paused_output"] >= 1, 30,
+                     "the reader of nothing to be paused")
     d.signal(signal.SIGTERM)
     assert d.wait_exit(timeout=30) == 0
     assert "1 connection still open 1000 ms into the stop" in d.log_text()

@@ -234,6 +234,8 @@ def test_a_client_that_stops_reading_is_closed_after_idle_timeout(daemon_factory
     d = make(daemon_factory, workdir, "  idle_timeout_s: 1\n  max_output_bytes: 65536\n")
     slow = d.client()
     assert slow.stop_reading() > 0
+    servers.wait_for(lambda: stats(d)["connections"]["paused_output"] >= 1, 30,
+                     "the reader of nothing to be paused")
     servers.wait_for(lambda: stats(d)["connections"]["closed_idle"] >= 1, 10,
                      "the connection that reads nothing to be closed")
     slow.close()
