@@ -1,4 +1,5 @@
--- 0014_unknown_users: which of some user ids are not in auth.users, for the daemon.
+-- 0014_unknown_users: which of some user ids are not in auth.users, for the daemon; rejects
+-- found by event id.
 --
 -- A batch refused because a row names a user that does not exist (23503) was split in halves
 -- until each such row stood alone: about 2n statements for n rows of unknown users, every one
@@ -23,3 +24,7 @@ COMMENT ON FUNCTION public.usaged_unknown_users(uuid[]) IS
 REVOKE ALL ON FUNCTION public.usaged_unknown_users(uuid[])
     FROM PUBLIC, anon, authenticated, service_role;
 GRANT EXECUTE ON FUNCTION public.usaged_unknown_users(uuid[]) TO usaged;
+
+-- The daemon stores a refused row only when it is not there yet (a batch written again after a
+-- lost commit, or replayed from the spool, would store it twice): found by its event id.
+CREATE INDEX rejects_table_name_row_id_idx ON usaged.rejects (table_name, (row_data->>'id'));

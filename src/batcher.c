@@ -893,20 +893,32 @@ static void schedule_retry(struct batcher_writer *w, const char *why)
     batcher_kick(t); /* another writer may take the batch, or it spills */
 }
 
-/* Stores rows [lo, hi) of the writer's batch in usaged.rejects, with the error that refused
- * them, in one statement. */
-static void reject_rows(struct batcher_writer *w, uint32_t lo, uint32_t hi)
+/* JSON of rejected rows per statement, at most (past one row): far below jsonb's 256 MB. */
+#define REJECT_JSON_MAX (4u << 20)
+
+/* Stores the top range's rows, all refused, in usaged.rejects with the error that refused them:
+ * in one statement, or in several when their JSON is large (the rest becomes a range of its
+ * own, under this one). A row already there (a batch written again after a lost commit, or
+ * replayed from the spool) is not stored twice. */
+static void reject_rows(struct batcher_writer *w)
 {
     struct batcher_table *t = w->t;
     struct batch *batch = w->current;
+    struct batch_range *r = &batch->ranges[batch->nranges - 1];
+    uint32_t lo = r->lo, hi = r->hi, i;
     buf_clear(&w->json);
     buf_put_u8(&w->json, '[');
-    for (uint32_t i = lo; i < hi; i++) {
+    for (i = lo; i < hi && (i == lo || w->json.len < REJECT_JSON_MAX); i++) {
         if (i > lo)
             buf_put_u8(&w->json, ',');
         copy_row_to_json(t->table->columns, t->table->ncolumns,
                          batch->rows.data + batch->row_off[i],
                          batch->row_off[i + 1] - batch->row_off[i], &w->json);
+    }
+    if (i < hi) {
+        batch->nranges--;
+        batch_push_range(batch, i, hi, true);
+        batch_push_range(batch, lo, i, true);
     }
     buf_put_u8(&w->json, ']');
     buf_put_u8(&w->json, '\0');
@@ -916,7 +928,9 @@ static void reject_rows(struct batcher_writer *w, uint32_t lo, uint32_t hi)
     w->params[3] = batch->reject_sqlstate;
     w->op = (struct pg_op){
         .sql = "INSERT INTO usaged.rejects (table_name, row_data, error, sqlstate) "
-               "SELECT $1, r, $3, $4 FROM jsonb_array_elements($2::jsonb) AS r",
+               "SELECT $1, r, $3, $4 FROM jsonb_array_elements($2::jsonb) AS r "
+               "WHERE NOT EXISTS (SELECT 1 FROM usaged.rejects AS x "
+               "WHERE x.table_name = $1 AND x.row_data->>'id' = r->>'id')",
         .nparams = 4,
         .params = w->params,
         .done = on_write_done,
@@ -980,6 +994,21 @@ static void check_users(struct batcher_writer *w)
     pg_submit(&w->pg, &w->op);
 }
 
+/* Goes on with the writer's batch: its next range, unless drain_timeout_s has passed, when the
+ * batch is let go to be spilled (on_drain_timer cancels the statements then running; one begun
+ * after it would not be cancelled, and could hold the exit). */
+static void continue_batch(struct batcher_writer *w)
+{
+    struct batcher_table *t = w->t;
+    if (!t->b->drain_expired) {
+        write_range(w);
+        return;
+    }
+    w->current->writer = NULL;
+    w->current = NULL;
+    batcher_kick(t);
+}
+
 /* Splits the top range in halves: the data error is in one of them. */
 static void split_range(struct batcher_writer *w)
 {
@@ -990,7 +1019,7 @@ static void split_range(struct batcher_writer *w)
     batch->nranges--;
     batch_push_range(batch, mid, hi, false);
     batch_push_range(batch, lo, mid, false);
-    write_range(w);
+    continue_batch(w);
 }
 
 static int compare_ids(const void *a, const void *b)
@@ -1076,7 +1105,7 @@ static void on_users_checked(struct pg_conn *pg, const struct pg_outcome *o, voi
     if (ngood > 0)
         batch_push_range(batch, lo, lo + ngood, false);
     batch_push_range(batch, lo + ngood, hi, true);
-    write_range(w);
+    continue_batch(w);
 }
 
 /* Writes the top range of the writer's batch. */
@@ -1086,7 +1115,7 @@ static void write_range(struct batcher_writer *w)
     struct batch *batch = w->current;
     const struct batch_range *r = &batch->ranges[batch->nranges - 1];
     if (r->reject) {
-        reject_rows(w, r->lo, r->hi);
+        reject_rows(w);
         return;
     }
     build_copy_sql(w, batch, r);
@@ -1140,7 +1169,7 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
         if (strcmp(o->sqlstate, "23505") == 0 && !batch->idempotent) {
             /* A repeated id: the rows go through the staging table, stored once. */
             batch->idempotent = true;
-            write_range(w);
+            continue_batch(w);
             return;
         }
         /* Kept on the batch: another writer may store its rejects after a retry. */
@@ -1148,7 +1177,7 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
         batch->reject_error = xstrdup(o->error ? o->error : "");
         snprintf(batch->reject_sqlstate, sizeof(batch->reject_sqlstate), "%s", o->sqlstate);
         if (r->hi - r->lo == 1) {
-            reject_rows(w, r->lo, r->hi);
+            reject_rows(w);
             return;
         }
         if (strcmp(o->sqlstate, "23503") == 0) {
@@ -1175,7 +1204,7 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
     t->last_error[0] = '\0';
     batch->nranges--;
     if (batch->nranges > 0) {
-        write_range(w);
+        continue_batch(w);
         return;
     }
     uint64_t elapsed = uv_now(t->b->loop) - batch->first_row_ms;

@@ -375,6 +375,65 @@ def test_many_rows_of_unknown_users_are_set_aside_at_once_not_found_by_halves(
     assert d.log_text().count("stored in usaged.rejects") == 1
 
 
+def test_a_refused_event_sent_twice_is_stored_in_rejects_once(daemon_factory, workdir, pg, db):
+    """Like a repeated id in the tables: the same refused row (a batch written again after a
+    lost commit, replayed from the spool, or sent twice) is one row of usaged.rejects."""
+    d = start(daemon_factory, workdir, pg, db)
+    event = {"id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "provider": "openai"}
+    with d.client() as c:
+        for _ in range(2):
+            assert c.call("log_usage", [event], {"ack": "durable"}) == {"accepted": 1}
+    assert sql(pg, db, "SELECT count(*) FROM usaged.rejects WHERE row_data->>'id' = %s",
+               (event["id"],)) == [(1,)]
+
+
+def test_rejects_larger_than_one_statement_are_stored_in_several(daemon_factory, workdir, pg,
+                                                                 db):
+    """Rows of unknown users whose JSON passes 4 MiB go to usaged.rejects in more than one
+    INSERT (jsonb refuses values past 256 MB: one statement per batch could fail for ever)."""
+    d = start(daemon_factory, workdir, pg, db, "  batch_rows: 100000\n  batch_ms: 2000\n")
+    text = "x" * 100000
+    with d.client() as c:
+        for k in range(8):
+            c.notify("log_prompt", [[{"user_id": str(uuid.uuid4()), "status": "failed",
+                                      "user_input": text} for _ in range(8)]])
+        c.call("ping")
+    servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM usaged.rejects")[0][0] >= 64, 60,
+                     "64 rejected prompts")
+    assert sql(pg, db, "SELECT count(*), min(length(row_data->>'user_input')) "
+               "FROM usaged.rejects") == [(64, 100000)]
+
+
+def test_a_stop_during_the_unknown_users_question_spools_the_batch_and_loses_nothing(
+        daemon_factory, workdir, pg, db):
+    """drain_timeout_s cancels what is running; a batch whose question about unknown users was
+    cancelled goes to the spool, not on to more statements that nothing would cancel."""
+    users = make_users(pg, db, 2)
+    sql(pg, db, "ALTER FUNCTION public.usaged_unknown_users(uuid[]) RENAME TO real_unknown_users")
+    sql(pg, db, "CREATE FUNCTION public.usaged_unknown_users(ids uuid[]) RETURNS SETOF uuid "
+        "LANGUAGE sql SECURITY DEFINER AS $$ SELECT NULL::uuid FROM pg_sleep(120) "
+        "UNION ALL SELECT * FROM public.real_unknown_users(ids) $$")
+    sql(pg, db, "GRANT EXECUTE ON FUNCTION public.usaged_unknown_users(uuid[]) TO usaged")
+    d = start(daemon_factory, workdir, pg, db, "  batch_ms: 20\n  drain_timeout_s: 1\n")
+    ghost = str(uuid.uuid4())
+    with d.client() as c:
+        events = [{"user_id": users[i % 2], "provider": "good"} for i in range(20)]
+        events.append({"user_id": ghost, "provider": "ghost"})
+        assert c.call("log_usage", events) == {"accepted": 21}
+    servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM pg_stat_activity "
+                                 "WHERE query LIKE '%usaged_unknown_users%' AND usename = "
+                                 "'usaged'")[0][0] >= 1, 30, "the question to be asked")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(timeout=30) == 0
+    assert count(pg, db) == 0
+    # The real question again, and a restart on the same spool: every row lands or is rejected.
+    sql(pg, db, "DROP FUNCTION public.usaged_unknown_users(uuid[])")
+    sql(pg, db, "ALTER FUNCTION public.real_unknown_users(uuid[]) RENAME TO usaged_unknown_users")
+    d.start()
+    wait_count(pg, db, 20)
+    assert sql(pg, db, "SELECT row_data->>'user_id' FROM usaged.rejects") == [(ghost,)]
+
+
 def test_refused_rows_are_logged_at_most_ten_times_in_ten_seconds(daemon_factory, workdir, pg,
                                                                   db):
     user = make_users(pg, db, 1)[0]
