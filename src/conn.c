@@ -58,6 +58,12 @@ static void on_idle_timer(uv_timer_t *timer)
     uint64_t now = uv_now(set->loop);
     for (struct conn *c = set->head, *next; c; c = next) {
         next = c->next;
+        /* A write in flight that the kernel keeps taking from is progress too. */
+        size_t queued = c->writing ? uv_stream_get_write_queue_size(&c->h.stream) : 0;
+        if (queued != c->seen_write_queue) {
+            c->seen_write_queue = queued;
+            c->last_active_ms = now;
+        }
         if (conn_is_idle(c, now, idle_ms)) {
             const char *what = c->writing || c->out.len ? "with answers it does not read"
                                : c->in.len              ? "halfway through a message"
@@ -281,6 +287,8 @@ static void conn_flush(struct conn *c)
     }
     size_t written = n > 0 ? (size_t)n : 0;
     c->set->stats.bytes_out += written;
+    if (written > 0)
+        c->last_active_ms = uv_now(c->set->loop); /* a slow reader is still reading */
     if (written == c->out.len) {
         buf_clear(&c->out);
         c->last_active_ms = uv_now(c->set->loop);
@@ -419,6 +427,9 @@ void conn_pause(struct conn *c, unsigned reasons)
 
 void conn_resume(struct conn *c, unsigned reasons)
 {
+    /* The time spent paused was the daemon's (or its reader's) doing: the idle clock restarts. */
+    if (c->pause & reasons)
+        c->last_active_ms = uv_now(c->set->loop);
     c->pause &= ~reasons;
     if (c->pause || c->closing || c->close_after_flush)
         return;

@@ -103,6 +103,7 @@ struct conn {
     uv_write_t write_req;
     uint8_t *write_data;     /* the buffer of the write in flight */
     size_t writing;          /* its length; 0: no write in flight */
+    size_t seen_write_queue; /* libuv's unsent bytes of it at the last idle sweep */
     uint32_t pending;        /* requests received and not yet answered */
     uint32_t refs;           /* the open handle holds one; each deferred answer one more */
     uint64_t last_active_ms; /* loop time of the last byte read or written */

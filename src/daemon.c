@@ -345,13 +345,15 @@ static void on_connections_finished(struct conn_set *set)
 {
     struct daemon *d = (struct daemon *)((char *)set - offsetof(struct daemon, conns));
     log_info("every connection is closed; stopping");
-    conn_set_close(&d->conns);
+    /* Closing the limiter answers its calls in flight, to connections already closed: their
+     * replies go to the set's scratch buffer, so the set closes after it. */
     limiter_close(&d->limiter, on_limiter_closed, d);
     batcher_close(&d->batcher, on_batcher_closed, d);
     spool_close(&d->spool, on_spool_closed, d);
     refresh_close(&d->refresh, on_refresh_closed, d);
     metrics_close(&d->metrics);
     notify_close(&d->notify);
+    conn_set_close(&d->conns);
     close_signals(d);
 }
 
