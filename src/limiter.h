@@ -103,6 +103,11 @@ struct limiter {
     uint32_t batch_calls, batch_checks;
     uint32_t key_capacity;
     uint32_t key_count;
+    /* Checks and calls answered, kept for reuse (at most LIMITER_SPARE each): the check path
+     * would otherwise allocate and free both for every check. */
+    struct limiter_check *spare_checks;
+    struct limiter_call *spare_calls;
+    uint32_t nspare_checks, nspare_calls;
     void (*on_denied)(void *arg, const uint8_t user_id[16], const char *provider, size_t len,
                       const char *reason, int64_t now_ms);
     void *denied_arg;
