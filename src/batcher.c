@@ -176,14 +176,29 @@ void batcher_start(struct batcher *b)
 /* Room for `rows` more, by count and by bytes (rows can be large: a prompt's text). Bytes are
  * checked before the rows are encoded, so the queue may pass queue_bytes by one message at most. A
  * request larger than the whole queue could never fit: it is taken when the queue is empty. */
-static bool has_room(const struct batcher *b, uint64_t rows)
+static bool queue_has_room(const struct batcher *b, uint64_t rows)
 {
     return (b->queued_rows + rows <= b->queue_rows && b->queued_bytes < b->queue_bytes) ||
            b->queued_rows == 0;
 }
 
+/* Batches handed to the spool stay in memory until their fsync; a disk slower than the clients
+ * would otherwise let them pile up without bound. At most an eighth of queue_bytes is on its way
+ * there; past that, requests wait (overloaded, a short retry_after) as for a full queue. */
+static bool spooling_has_room(const struct batcher *b)
+{
+    return b->spooling_bytes < b->queue_bytes / 8;
+}
+
+static bool has_room(const struct batcher *b, uint64_t rows)
+{
+    return queue_has_room(b, rows) && spooling_has_room(b);
+}
+
 static uint32_t retry_after_ms(const struct batcher *b, uint64_t rows)
 {
+    if (queue_has_room(b, rows))
+        return 20; /* only the spool's writes are behind: a group commit takes milliseconds */
     uint64_t excess = b->queued_rows + rows - b->queue_rows;
     double ms = b->rows_per_ms > 0 ? (double)excess / b->rows_per_ms : 100;
     if (ms < 10)
@@ -210,7 +225,7 @@ static void pause_sender(struct batcher *b, struct conn *c)
 
 static void resume_senders(struct batcher *b)
 {
-    if (b->npaused == 0 ||
+    if (b->npaused == 0 || !spooling_has_room(b) ||
         !(b->queued_rows == 0 || (b->queued_rows + b->batch_rows <= b->queue_rows &&
                                   b->queued_bytes + b->batch_bytes / 4 <= b->queue_bytes)))
         return;
@@ -516,6 +531,7 @@ static void on_spooled(void *arg, int status)
     struct batcher_table *t = batch->t;
     struct batcher *b = t->b;
     b->spooling--;
+    b->spooling_bytes -= batch->rows.len;
     if (status < 0) {
         /* Not on disk: the rows stay in memory, first in line again. */
         t->queued_rows += batch->nrows;
@@ -546,6 +562,7 @@ static bool spill(struct batcher_table *t, struct batch *batch)
         return false;
     unlink_batch(t, batch);
     b->spooling++;
+    b->spooling_bytes += batch->rows.len;
     t->queued_rows -= batch->nrows;
     b->queued_rows -= batch->nrows;
     b->queued_bytes -= batch->rows.len;
@@ -603,11 +620,12 @@ static void spill_for_room(struct batcher *b, uint64_t rows)
 {
     if (!b->spool || !b->spool->ready)
         return;
-    for (int k = 0; k < EVENT_KIND_COUNT && !has_room(b, rows); k++) {
+    /* Room in the queue: spilling more cannot help while the spool's writes are behind. */
+    for (int k = 0; k < EVENT_KIND_COUNT && !queue_has_room(b, rows) && spooling_has_room(b); k++) {
         struct batcher_table *t = &b->tables[k];
         seal(t);
         struct batch *batch = t->head;
-        while (batch && !has_room(b, rows)) {
+        while (batch && !queue_has_room(b, rows) && spooling_has_room(b)) {
             struct batch *next = batch->next;
             if (!spill(t, batch) && !batch->replay && !(batch->writer && batch->writer->writing))
                 return;
@@ -1380,7 +1398,7 @@ void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void 
 
 void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 8);
+    msgpack_pack_map(pk, 9);
     rpc_pack_u64(pk, "events_received", b->stats.events_received);
     rpc_pack_u64(pk, "events_accepted", b->stats.events_accepted);
     rpc_pack_str(pk, "events_rejected");
@@ -1389,6 +1407,7 @@ void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk)
         rpc_pack_u64(pk, rpc_code_name((enum rpc_code)i), b->stats.events_rejected[i]);
     rpc_pack_u64(pk, "queue_rows", b->queued_rows);
     rpc_pack_u64(pk, "queue_bytes", b->queued_bytes);
+    rpc_pack_u64(pk, "spooling_bytes", b->spooling_bytes);
     rpc_pack_u64(pk, "requests_overloaded", b->stats.requests_overloaded);
     rpc_pack_u64(pk, "notification_senders_paused", b->stats.notifications_paused);
     rpc_pack_str(pk, "tables");

@@ -131,8 +131,9 @@ struct batcher {
     uint32_t spill_after_ms;
     uint32_t drain_timeout_s;
     uv_timer_t drain_timer;
-    bool drain_expired; /* drain_timeout_s passed: spill whatever is left */
-    uint32_t spooling;  /* batches handed to the spool, not yet fsync'd */
+    bool drain_expired;      /* drain_timeout_s passed: spill whatever is left */
+    uint32_t spooling;       /* batches handed to the spool, not yet fsync'd */
+    uint64_t spooling_bytes; /* their rows' bytes, still in memory until then */
     uint32_t batch_rows;
     uint32_t batch_ms;
     uint32_t queue_rows;

@@ -111,6 +111,43 @@ def test_durable_acks_survive_sigkill_with_postgres_down(daemon_factory, workdir
     assert set(got) == set(acked)
 
 
+def test_a_disk_slower_than_the_clients_holds_them_back_not_the_memory(
+        daemon_factory, workdir, pg, db):
+    """Batches on their way to the spool stay in memory until their fsync: with a slow disk
+    (slowsync.c, preloaded: 300 ms per flush) and PostgreSQL down, at most queue_bytes / 8 of
+    them wait there, and clients are told to come back in 20 ms, not taken in without bound."""
+    user = make_users(pg, db, 1)[0]
+    cfg = base_config(workdir, pg=pg, dbname=db) + (
+        "ingest:\n  batch_rows: 500\n  batch_ms: 20\n  queue_bytes: 1MiB\n")
+    d = daemon_factory(cfg, extra_env={"LD_PRELOAD": os.environ["USAGED_SLOWSYNC_LIB"],
+                                       "USAGED_SLOWSYNC_MS": "300",
+                                       "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "")
+                                       + ":verify_asan_link_order=0"})
+    pg.stop()
+    sent, overloaded, peak = [], 0, 0
+    try:
+        with d.client() as c:
+            for i in range(40):
+                batch = [event(user, i * 500 + k) for k in range(500)]
+                while True:
+                    try:
+                        c.call("log_usage", batch)
+                        break
+                    except RpcError as e:
+                        assert e.code == "overloaded" and e.err["retry_after_ms"] == 20, e.err
+                        overloaded += 1
+                        peak = max(peak, c.call("stats")["ingest"]["spooling_bytes"])
+                        time.sleep(0.02)  # what retry_after_ms asks of a client
+                sent += batch
+        assert overloaded > 0
+        # Bounded: the cap (128 KiB) plus what one spill may add past it (the queue, 1 MiB).
+        assert 0 < peak <= 128 * 1024 + 1024 * 1024
+    finally:
+        pg.start()
+    servers.wait_for(lambda: count(pg, db) >= len(sent), 120, "the spool to be replayed")
+    assert sorted(ids_in(pg, db)) == sorted(e["id"] for e in sent)
+
+
 def test_sigterm_with_postgres_down_spools_the_queue_and_the_next_start_replays_it(
         daemon_factory, workdir, pg, db):
     user = make_users(pg, db, 1)[0]
