@@ -911,6 +911,14 @@ static void schedule_retry(struct batcher_writer *w, const char *why)
     batcher_kick(t); /* another writer may take the batch, or it spills */
 }
 
+/* Sends the writer's op (set up in w->op): the one statement in flight on its connection. */
+static void writer_submit(struct batcher_writer *w, bool rejecting)
+{
+    w->rejecting = rejecting;
+    w->writing = true;
+    pg_submit(&w->pg, &w->op);
+}
+
 /* JSON of rejected rows per statement, at most (past one row): far below jsonb's 256 MB. */
 #define REJECT_JSON_MAX (4u << 20)
 
@@ -954,9 +962,7 @@ static void reject_rows(struct batcher_writer *w)
         .done = on_write_done,
         .arg = w,
     };
-    w->rejecting = true;
-    w->writing = true;
-    pg_submit(&w->pg, &w->op);
+    writer_submit(w, true);
 }
 
 /* The user id of row i (column 1 of both tables, after the id); false when the row has none. */
@@ -1007,9 +1013,7 @@ static void check_users(struct batcher_writer *w)
         .done = on_users_checked,
         .arg = w,
     };
-    w->rejecting = false;
-    w->writing = true;
-    pg_submit(&w->pg, &w->op);
+    writer_submit(w, false);
 }
 
 /* Goes on with the writer's batch: its next range, unless drain_timeout_s has passed, when the
@@ -1148,13 +1152,11 @@ static void write_range(struct batcher_writer *w)
         .done = on_write_done,
         .arg = w,
     };
-    w->rejecting = false;
-    w->writing = true;
     t->stats.statements++;
     if (batch->idempotent)
         t->stats.idempotent_writes++;
     w->op_started_us = uv_hrtime() / 1000;
-    pg_submit(&w->pg, &w->op);
+    writer_submit(w, false);
 }
 
 static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)

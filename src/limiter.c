@@ -328,6 +328,52 @@ struct limiter_call {
     uint64_t sent_ms; /* loop time the script call was sent */
 };
 
+/* Checks and calls come from, and go back to, the limiter's spares (at most LIMITER_SPARE
+ * each; "+ 1 <=" rather than "<" because LIMITER_SPARE may be 0). */
+static struct limiter_check *new_check(struct limiter *l)
+{
+    struct limiter_check *check = l->spare_checks;
+    if (!check)
+        return xmalloc(sizeof(*check));
+    l->spare_checks = check->next;
+    l->nspare_checks--;
+    return check;
+}
+
+static void free_check(struct limiter *l, struct limiter_check *check)
+{
+    if (l->nspare_checks + 1 > LIMITER_SPARE) {
+        free(check);
+        return;
+    }
+    check->next = l->spare_checks;
+    l->spare_checks = check;
+    l->nspare_checks++;
+}
+
+static struct limiter_call *new_call(struct limiter *l)
+{
+    struct limiter_call *call = l->spare_calls;
+    if (!call)
+        return xcalloc(1, sizeof(*call));
+    l->spare_calls = call->next;
+    l->nspare_calls--;
+    memset(call, 0, sizeof(*call));
+    return call;
+}
+
+static void free_call(struct limiter_call *call)
+{
+    struct limiter *l = call->l;
+    if (l->nspare_calls + 1 > LIMITER_SPARE) {
+        free(call);
+        return;
+    }
+    call->next = l->spare_calls;
+    l->spare_calls = call;
+    l->nspare_calls++;
+}
+
 static uint32_t key_hash(const uint8_t user_id[16], const char *provider, size_t len)
 {
     uint32_t h = 2166136261u;
@@ -405,13 +451,7 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
         limiter_pack_result(conn_reply(check->conn, check->msgid), r);
         conn_unref(check->conn);
     }
-    if (l->nspare_checks + 1 <= LIMITER_SPARE) { /* (not "<": LIMITER_SPARE may be 0) */
-        check->next = l->spare_checks;
-        l->spare_checks = check;
-        l->nspare_checks++;
-    } else {
-        free(check);
-    }
+    free_check(l, check);
 }
 
 /* Redis could not decide: the configured policy does. */
@@ -499,30 +539,6 @@ static void remember(struct limiter *l, struct limiter_key *key, const struct ch
 /* ---- script calls ---- */
 
 static void send_call(struct limiter *l, struct limiter_call *call);
-
-static struct limiter_call *new_call(struct limiter *l)
-{
-    struct limiter_call *call = l->spare_calls;
-    if (call) {
-        l->spare_calls = call->next;
-        l->nspare_calls--;
-        memset(call, 0, sizeof(*call));
-        return call;
-    }
-    return xcalloc(1, sizeof(*call));
-}
-
-static void free_call(struct limiter_call *call)
-{
-    struct limiter *l = call->l;
-    if (l->nspare_calls + 1 <= LIMITER_SPARE) {
-        call->next = l->spare_calls;
-        l->spare_calls = call;
-        l->nspare_calls++;
-        return;
-    }
-    free(call);
-}
 
 static void degrade_call(struct limiter *l, struct limiter_call *call)
 {
@@ -898,13 +914,7 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
         break;
     }
 
-    struct limiter_check *check = l->spare_checks;
-    if (check) {
-        l->spare_checks = check->next;
-        l->nspare_checks--;
-    } else {
-        check = xmalloc(sizeof(*check));
-    }
+    struct limiter_check *check = new_check(l);
     check->conn = c;
     check->notification = m->kind == RPC_KIND_NOTIFICATION;
     check->msgid = m->msgid;

@@ -12,6 +12,18 @@ static const char *param(const char **keys, const char **vals, const char *key)
     return NULL;
 }
 
+/* What the lookup of host i found: addresses separated by spaces. */
+static void found(struct pg_target *t, size_t i, const char *list)
+{
+    char copy[256];
+    const char *addrs[8];
+    size_t n = 0;
+    snprintf(copy, sizeof(copy), "%s", list);
+    for (char *save, *a = strtok_r(copy, " ", &save); a && n < 8; a = strtok_r(NULL, " ", &save))
+        addrs[n++] = a;
+    pg_target_set_addrs(t, i, 0, addrs, n);
+}
+
 /* The conninfo parses and goes to libpq as it is, with nothing to look up. */
 static bool verbatim(const char *conninfo, const struct pg_env *env)
 {
@@ -46,10 +58,8 @@ TEST(each_address_of_a_name_becomes_one_host_entry_with_its_hostaddr)
     CHECK(!t.verbatim);
     CHECK_EQ_INT(pg_target_next_lookup(&t, 0), 0);
     CHECK_EQ_INT(pg_target_next_lookup(&t, 1), 2);
-    const char *a[] = {"10.0.0.1", "fd00::1"};
-    pg_target_set_addrs(&t, 0, 0, a, 2);
-    const char *b[] = {"10.0.0.9"};
-    pg_target_set_addrs(&t, 2, 0, b, 1);
+    found(&t, 0, "10.0.0.1 fd00::1");
+    found(&t, 2, "10.0.0.9");
     const char **keys, **vals;
     CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
     CHECK_EQ_STR(param(keys, vals, "host"), "db.example,db.example,/tmp,other.example");
@@ -66,10 +76,8 @@ TEST(a_port_per_host_follows_its_host_through_the_expansion)
     char why[256];
     CHECK(pg_target_parse(&t, "postgresql://a.example:5001,b.example:5002/db", &no_env, why,
                           sizeof(why)));
-    const char *a[] = {"10.0.0.1", "10.0.0.2"};
-    const char *b[] = {"10.0.1.1"};
-    pg_target_set_addrs(&t, 0, 0, a, 2);
-    pg_target_set_addrs(&t, 1, 0, b, 1);
+    found(&t, 0, "10.0.0.1 10.0.0.2");
+    found(&t, 1, "10.0.1.1");
     const char **keys, **vals;
     CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
     CHECK_EQ_STR(param(keys, vals, "host"), "a.example,a.example,b.example");
@@ -86,10 +94,8 @@ TEST(pghost_and_pgport_stand_in_where_the_conninfo_names_no_host)
     CHECK(pg_target_parse(&t, "dbname=x", &env, why, sizeof(why)));
     CHECK(!t.verbatim);
     CHECK_EQ_STR(t.hosts[0], "a.example");
-    const char *a[] = {"10.0.0.1", "10.0.0.2"};
-    const char *b[] = {"10.0.1.1"};
-    pg_target_set_addrs(&t, 0, 0, a, 2);
-    pg_target_set_addrs(&t, 1, 0, b, 1);
+    found(&t, 0, "10.0.0.1 10.0.0.2");
+    found(&t, 1, "10.0.1.1");
     const char **keys, **vals;
     CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
     CHECK_EQ_STR(param(keys, vals, "port"), "5001,5001,5002");
@@ -102,8 +108,7 @@ TEST(a_name_that_resolves_to_nothing_is_left_out_and_none_left_is_an_error)
     char why[256];
     CHECK(pg_target_parse(&t, "host=gone.example,db.example", &no_env, why, sizeof(why)));
     pg_target_set_addrs(&t, 0, UV_EAI_NONAME, NULL, 0);
-    const char *b[] = {"10.0.0.1"};
-    pg_target_set_addrs(&t, 1, 0, b, 1);
+    found(&t, 1, "10.0.0.1");
     const char **keys, **vals;
     CHECK(pg_target_params(&t, &keys, &vals, why, sizeof(why)));
     CHECK_EQ_STR(param(keys, vals, "host"), "db.example");
