@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "resolve.h"
 #include "utf8.h"
 #include "uuid.h"
 #include "xalloc.h"
@@ -298,11 +299,71 @@ static bool postgres_pair(struct parser *p, const char *key, yaml_node_t *v, voi
     return unknown_key(p, "postgres", key);
 }
 
+#define REDIS_DEFAULT_ADDRESS "127.0.0.1:6379"
+
+/* redis.address, redis.sentinels and redis.cluster name three ways to reach Redis: one of them.
+ * Called at each of those keys, as it is read: the error points at the second one given. */
+static bool redis_one_mode(struct parser *p, const yaml_node_t *v, const struct config *c,
+                           const char *key)
+{
+    int modes = (strcmp(c->redis.address, REDIS_DEFAULT_ADDRESS) != 0) +
+                (c->redis.sentinel_count > 0) + (c->redis.cluster_count > 0);
+    if (modes > 1)
+        return fail(p, v,
+                    "redis.%s: redis.address, redis.sentinels and redis.cluster are exclusive; "
+                    "give one of them",
+                    key);
+    return true;
+}
+
+/* A list of host:port strings (numeric_only: an IP address, not a name). */
+static bool parse_host_list(struct parser *p, yaml_node_t *list, const char *key,
+                            bool numeric_only, char ***out, size_t *count)
+{
+    for (size_t i = 0; i < *count; i++)
+        free((*out)[i]);
+    free(*out);
+    *out = NULL;
+    *count = 0;
+    if (is_null(list))
+        return true;
+    if (list->type != YAML_SEQUENCE_NODE)
+        return fail(p, list, "%s must be a list of host:port", key);
+    for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top;
+         it++) {
+        yaml_node_t *item = node_at(p, *it);
+        char *value = NULL;
+        if (!parse_string(p, item, key, false, false, &value))
+            return false;
+        *out = xrealloc(*out, (*count + 1) * sizeof(**out));
+        (*out)[(*count)++] = value;
+        char host[256];
+        uint16_t port;
+        if (!config_split_host_port(value, host, sizeof(host), &port))
+            return fail(p, item, "%s: each must be host:port (e.g. 10.0.0.5:26379), not \"%s\"",
+                        key, value);
+        if (numeric_only && !resolve_is_numeric(host))
+            return fail(p, item, "%s: %s must be an IP address, not a name", key, value);
+        for (size_t j = 0; j + 1 < *count; j++)
+            if (strcmp((*out)[j], value) == 0)
+                return fail(p, item, "%s: %s is given twice", key, value);
+    }
+    return true;
+}
+
 static bool redis_pair(struct parser *p, const char *key, yaml_node_t *v, void *ctx)
 {
     struct config *c = ctx;
     if (strcmp(key, "address") == 0) {
         if (!parse_string(p, v, "redis.address", false, false, &c->redis.address))
+            return false;
+        if (strncmp(c->redis.address, "rediss://", 9) == 0)
+            return fail(p, v,
+                        "redis.address: rediss:// (TLS) is not supported (hiredis 0.14 has no "
+                        "TLS); reach a TLS Redis through a local stunnel, see docs/operations.md");
+        if (strstr(c->redis.address, "://"))
+            return fail(p, v, "redis.address takes host:port or unix:/path, not a URL");
+        if (!redis_one_mode(p, v, c, key))
             return false;
         if (strncmp(c->redis.address, "unix:", 5) == 0) {
             if (c->redis.address[5] != '/')
@@ -311,6 +372,21 @@ static bool redis_pair(struct parser *p, const char *key, yaml_node_t *v, void *
         }
         return check_host_port(p, v, "redis.address", c->redis.address);
     }
+    if (strcmp(key, "username") == 0)
+        return parse_string(p, v, "redis.username", true, false, &c->redis.username);
+    if (strcmp(key, "password_file") == 0)
+        return parse_string(p, v, "redis.password_file", true, false, &c->redis.password_file);
+    if (strcmp(key, "sentinels") == 0)
+        return parse_host_list(p, v, "redis.sentinels", true, &c->redis.sentinels,
+                               &c->redis.sentinel_count) &&
+               redis_one_mode(p, v, c, key);
+    if (strcmp(key, "sentinel_master") == 0)
+        return parse_string(p, v, "redis.sentinel_master", true, false,
+                            &c->redis.sentinel_master);
+    if (strcmp(key, "cluster") == 0)
+        return parse_host_list(p, v, "redis.cluster", false, &c->redis.cluster,
+                               &c->redis.cluster_count) &&
+               redis_one_mode(p, v, c, key);
     if (strcmp(key, "key_prefix") == 0)
         return parse_string(p, v, "redis.key_prefix", false, true, &c->redis.key_prefix);
     if (strcmp(key, "timeout_ms") == 0)
@@ -631,7 +707,7 @@ static struct config *config_defaults(const char *path)
     c->postgres.conninfo = xstrdup("host=/run/postgresql dbname=promptcraft user=usaged");
     c->postgres.connect_timeout_s = 10;
     c->postgres.reconnect_max_ms = 5000;
-    c->redis.address = xstrdup("127.0.0.1:6379");
+    c->redis.address = xstrdup(REDIS_DEFAULT_ADDRESS);
     c->redis.key_prefix = xstrdup("usaged:");
     c->redis.timeout_ms = 250;
     c->redis.reconnect_max_ms = 2000;
@@ -713,6 +789,12 @@ static bool check_whole(struct parser *p, struct config *c, yaml_node_t *root)
     if (c->ingest.batch_rows > c->ingest.queue_rows)
         return fail(p, root, "ingest.batch_rows (%u) must not exceed ingest.queue_rows (%u)",
                     c->ingest.batch_rows, c->ingest.queue_rows);
+    if (c->redis.sentinel_count && !c->redis.sentinel_master)
+        return fail(p, root, "redis.sentinels needs redis.sentinel_master (the primary's name)");
+    if (c->redis.sentinel_master && !c->redis.sentinel_count)
+        return fail(p, root, "redis.sentinel_master needs redis.sentinels");
+    if (c->redis.username && !c->redis.password_file)
+        return fail(p, root, "redis.username needs redis.password_file");
     if (c->spool.segment_bytes > c->spool.max_bytes)
         return fail(p, root, "spool.segment_bytes must not exceed spool.max_bytes");
     return true;
@@ -804,6 +886,15 @@ void config_free(struct config *c)
     free(c->postgres.admin_conninfo);
     free(c->redis.address);
     free(c->redis.key_prefix);
+    free(c->redis.username);
+    free(c->redis.password_file);
+    free(c->redis.sentinel_master);
+    for (size_t i = 0; i < c->redis.sentinel_count; i++)
+        free(c->redis.sentinels[i]);
+    free(c->redis.sentinels);
+    for (size_t i = 0; i < c->redis.cluster_count; i++)
+        free(c->redis.cluster[i]);
+    free(c->redis.cluster);
     for (size_t i = 0; i < c->limits.provider_count; i++)
         free(c->limits.providers[i].provider);
     free(c->limits.providers);

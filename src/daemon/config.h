@@ -67,7 +67,14 @@ struct config {
     } postgres;
 
     struct {
-        char *address; /* "host:port" or "unix:/path" */
+        char *address;       /* "host:port" or "unix:/path" */
+        char *username;      /* ACL user of AUTH; NULL: the default user */
+        char *password_file; /* its first line is the password; NULL: no AUTH */
+        char **sentinels;    /* "ip:port" of each; none: no Sentinel */
+        size_t sentinel_count;
+        char *sentinel_master; /* the primary's name in Sentinel */
+        char **cluster;        /* "host:port" seed nodes of a Redis Cluster; none: no Cluster */
+        size_t cluster_count;
         char *key_prefix;
         uint32_t timeout_ms;       /* per command, before the fallback policy answers */
         uint32_t reconnect_max_ms; /* cap of the reconnect backoff */

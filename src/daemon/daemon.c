@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "methods.h"
+#include "secret.h"
 #include "stats.h"
 #include "xalloc.h"
 
@@ -24,31 +25,6 @@ static void conn_limits_from(const struct config *c, struct conn_limits *l)
     /* Clients get as long to read their last answers as the queues got to be written. */
     l->finish_timeout_ms =
         (uint64_t)(c->ingest.drain_timeout_s ? c->ingest.drain_timeout_s : 1) * 1000;
-}
-
-/* Reads the auth token: the file's first line, without its newline. */
-static int read_token(const char *path, char **token, size_t *len, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "auth.token_file %s: %s", path, strerror(errno));
-        return -errno;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) == 0 && (st.st_mode & 0004))
-        log_warn("auth.token_file %s is readable by everyone", path);
-    char line[1024];
-    if (!fgets(line, sizeof(line), f))
-        line[0] = '\0';
-    fclose(f);
-    size_t n = strcspn(line, "\r\n");
-    if (n == 0) {
-        snprintf(err, errlen, "auth.token_file %s: the first line (the token) is empty", path);
-        return -EINVAL;
-    }
-    *token = xstrndup(line, n);
-    *len = n;
-    return 0;
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -172,7 +148,8 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int rc;
     if (config->auth.token_file) {
-        rc = read_token(config->auth.token_file, &d->token, &d->token_len, err, errlen);
+        rc = secret_read("auth.token_file", config->auth.token_file, &d->token, &d->token_len,
+                         err, errlen);
         if (rc < 0)
             return rc;
     }

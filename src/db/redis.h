@@ -1,93 +1,101 @@
-/* redis: one Redis connection on the event loop (hiredis's async API, on a uv_poll handle).
+/* redis: the limiter's Redis, in whichever of Redis's deployments it runs (redis.* keys).
  *
- * Commands are pipelined: each is written as soon as it is issued and answered in order. The
- * connection reconnects with doubling backoff when it is lost, loads the registered Lua script
- * at every connect, and runs it with EVALSHA (falling back to EVAL when the server has lost its
- * script cache). hiredis 0.14 has no timeouts of its own: every command carries a uv deadline
- * here, and its callback runs exactly once, with the reply, or on timeout, or on disconnect. */
+ * - one server (redis.address): one connection (redis_conn.h), reconnected with backoff;
+ * - Sentinel (redis.sentinels, redis.sentinel_master): the sentinels are asked for the primary,
+ *   which must confirm with ROLE; a lost connection, a -READONLY reply or Sentinel's
+ *   +switch-master moves the connection to the primary the sentinels name (redis_sentinel.h);
+ * - Cluster (redis.cluster): the slot map from CLUSTER SLOTS, one connection per primary, each
+ *   call sent to the node that owns its first key's slot, MOVED and ASK followed
+ *   (redis_cluster.h). Every KEY of one call must hash to one slot (redis_key_slot).
+ * Every connection authenticates first when redis.password_file is set (with redis.username as
+ * the ACL user). The password is read once, at start; it appears in no log line, stat or error.
+ *
+ * Calls run the registered Lua script; each callback runs exactly once, within its timeout. */
 #ifndef USAGED_REDIS_H
 #define USAGED_REDIS_H
 
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <msgpack.h>
 #include <stdint.h>
 #include <uv.h>
 
-#include "buf.h"
-#include "resolve.h"
+#include "redis_conn.h"
 
-enum redis_status {
-    REDIS_CALL_OK = 0,  /* reply holds the server's answer (maybe an error reply) */
-    REDIS_CALL_TIMEOUT, /* no answer within the command's timeout */
-    REDIS_CALL_DOWN,    /* not connected, or the connection broke */
-};
+struct config;
+struct redis_sentinel;
+struct redis_cluster;
 
-/* reply is valid during the call only, and NULL unless status is REDIS_CALL_OK. */
-typedef void (*redis_reply_fn)(enum redis_status status, const redisReply *reply, void *arg);
+enum redis_mode { REDIS_MODE_SINGLE = 0, REDIS_MODE_SENTINEL, REDIS_MODE_CLUSTER };
 
-struct redis_stats {
-    uint64_t connects;
-    uint64_t connect_failures;
-    uint64_t commands;            /* commands sent */
-    uint64_t timeouts;            /* commands answered by their deadline */
-    uint64_t noscript;            /* EVALSHA refused for an unknown script, retried with EVAL */
-    uint64_t latency_us_total;    /* sum of reply latencies, for the average */
-    uint64_t latency_buckets[24]; /* reply latencies, bucket i: < 2^i microseconds */
-};
+#define REDIS_SLOTS 16384
 
 struct redis_client {
     uv_loop_t *loop;
-    char *address; /* "host:port" or "unix:/path" */
-    redisAsyncContext *ac;
-    struct resolve *resolve; /* the host name's lookup in flight */
-    uint16_t port;
-    unsigned addr_next; /* which of a looked-up name's addresses to connect to next */
-    bool connected;     /* connected and the script loaded */
-    bool connecting;
-    bool closing;
-    bool freeing;               /* redis_drop is inside redisAsyncFree */
-    uint64_t last_reply_ms;     /* loop time of the last reply of any call */
-    uv_timer_t reconnect_timer; /* backoff, and the connect deadline */
-    uv_timer_t deadline_timer;  /* the deadline of the oldest call in flight */
-    int closed_timers;
-    uint32_t backoff_ms;
-    uint32_t backoff_max_ms;
-    uint32_t connect_timeout_ms;
-    char *script;       /* the Lua source run by redis_eval */
-    struct buf command; /* a command being formatted */
-    char script_sha[41];
-    struct redis_call *calls; /* in flight, oldest first (a doubly linked list) */
-    struct redis_call *calls_tail;
+    enum redis_mode mode;
+    struct redis_conn_setup setup; /* shared by every connection */
+    char *username;
+    char *password; /* from redis.password_file; NULL: no AUTH */
+    char *script;
+    char *address;            /* one server's, or the primary's the sentinels named */
+    bool password_missing;    /* redis.password_file could not be read: never connects */
+    struct redis_conn single; /* one server, or the Sentinel-steered primary */
+    struct redis_sentinel *sentinel;
+    struct redis_cluster *cluster;
+    bool up;
+    struct redis_stats stats;
     void (*on_state)(struct redis_client *r, bool up, void *arg);
     void *state_arg;
-    char last_error[256];
-    uint64_t last_logged_ms;
-    struct redis_stats stats;
     void (*on_closed)(struct redis_client *r, void *arg);
     void *closed_arg;
+    int closing; /* parts still closing */
 };
 
-void redis_init(struct redis_client *r, uv_loop_t *loop, const char *address, const char *script,
-                uint32_t connect_timeout_ms, uint32_t backoff_max_ms,
-                void (*on_state)(struct redis_client *r, bool up, void *arg), void *arg);
+/* Reads redis.* from config (and the password from redis.password_file, now, before the loop
+ * runs). on_state runs when the client goes up (a primary, or a slot map, is known and
+ * connected) or down. */
+void redis_init(struct redis_client *r, uv_loop_t *loop, const struct config *config,
+                const char *script, void (*on_state)(struct redis_client *r, bool up, void *arg),
+                void *arg);
 void redis_start(struct redis_client *r);
 
-/* Runs the script with string arguments, the first numkeys of them its KEYS; cb runs once,
- * within timeout_ms. When not connected, cb runs at once with REDIS_CALL_DOWN. */
+/* Runs the script with string arguments, the first numkeys of them its KEYS (in Cluster, all in
+ * one slot: the call goes to the node owning argv[0]'s); cb runs once, within timeout_ms. When
+ * the server (or the slot's node) is not connected, cb runs at once with REDIS_CALL_DOWN. */
 void redis_eval(struct redis_client *r, int numkeys, int argc, const char *const *argv,
                 const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg);
 
+/* Some server can take calls (in Cluster: the slot map is known and a node is connected; the
+ * slots of a node that is down still answer REDIS_CALL_DOWN). */
 static inline bool redis_is_up(const struct redis_client *r)
 {
-    return r->connected;
+    return r->up;
 }
+
+static inline bool redis_is_cluster(const struct redis_client *r)
+{
+    return r->mode == REDIS_MODE_CLUSTER;
+}
+
+/* The Cluster slot of a key: CRC16 of its hash tag (the part between the first { and the next
+ * }, when not empty) or of the whole key, modulo 16384. Calls are grouped by it. */
+uint16_t redis_key_slot(const char *key, size_t len);
 
 /* Closes for good; calls in flight complete with REDIS_CALL_DOWN; on_closed runs at the end. */
 void redis_close(struct redis_client *r, void (*on_closed)(struct redis_client *r, void *arg),
                  void *arg);
 
+/* The "redis" map of stats: state, mode, counters, latency. No password, ever. */
+void redis_pack_stats(const struct redis_client *r, msgpack_packer *pk);
+
 /* An estimate of the q-quantile (0..1) of reply latency, in microseconds. */
 uint64_t redis_latency_quantile(const struct redis_stats *s, double q);
+
+/* ---- for the modes' modules ---- */
+
+/* A mode's module reports its state (each failed attempt too); the client tells its owner. */
+void redis_set_up(struct redis_client *r, bool up);
+/* A mode's module has closed. */
+void redis_part_closed(struct redis_client *r);
 
 #endif

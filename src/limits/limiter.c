@@ -696,21 +696,30 @@ static void append_str(char *dst, size_t *off, size_t cap, const char *s, size_t
     }
 }
 
-/* Sends the key calls gathered so far as one script call. */
-static void flush_batch(struct limiter *l)
+/* A key call's Redis key: prefix{user:provider}; returns its length (at most cap). */
+static size_t format_key(const struct limiter *l, const struct limiter_call *call, char *dst,
+                         size_t cap)
 {
-    if (!l->batch)
-        return;
+    char uuid[UUID_STRING_LEN + 1];
+    uuid_format(call->user_id, uuid);
+    size_t klen = 0;
+    append_str(dst, &klen, cap, l->key_prefix, strlen(l->key_prefix));
+    append_str(dst, &klen, cap, "{", 1);
+    append_str(dst, &klen, cap, uuid, UUID_STRING_LEN);
+    append_str(dst, &klen, cap, ":", 1);
+    append_str(dst, &klen, cap, call->provider, call->provider_len);
+    append_str(dst, &klen, cap, "}", 1);
+    return klen;
+}
+
+/* Sends key calls (a list) as one script call. */
+static void send_script_call(struct limiter *l, struct limiter_call *calls, uint32_t ncalls,
+                             uint32_t nchecks)
+{
     struct limiter_batch *batch = xmalloc(sizeof(*batch));
     batch->l = l;
-    batch->calls = l->batch;
-    batch->nchecks = l->batch_checks;
-    uint32_t ncalls = l->batch_calls;
-    l->batch = l->batch_tail = NULL;
-    l->batch_calls = l->batch_checks = 0;
-    for (struct limiter_call *call = batch->calls; call; call = call->next)
-        if (call->key)
-            call->key->unsent = NULL;
+    batch->calls = calls;
+    batch->nchecks = nchecks;
 
     /* argv: the keys (prefix{user:provider}), then per key: limits, count, costs. */
     size_t prefix_len = strlen(l->key_prefix);
@@ -722,15 +731,7 @@ static void flush_batch(struct limiter *l)
     char *p = text;
     int a = 0;
     for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        char uuid[UUID_STRING_LEN + 1];
-        uuid_format(call->user_id, uuid);
-        size_t klen = 0;
-        append_str(p, &klen, key_cap, l->key_prefix, prefix_len);
-        append_str(p, &klen, key_cap, "{", 1);
-        append_str(p, &klen, key_cap, uuid, UUID_STRING_LEN);
-        append_str(p, &klen, key_cap, ":", 1);
-        append_str(p, &klen, key_cap, call->provider, call->provider_len);
-        append_str(p, &klen, key_cap, "}", 1);
+        size_t klen = format_key(l, call, p, key_cap);
         argv[a] = p;
         lens[a++] = klen;
         p += klen;
@@ -754,6 +755,64 @@ static void flush_batch(struct limiter *l)
     free(argv);
     free(lens);
     free(text);
+}
+
+struct slot_call {
+    uint16_t slot;
+    uint32_t order; /* keeps the batch's order within a slot */
+    struct limiter_call *call;
+};
+
+static int slot_call_cmp(const void *a, const void *b)
+{
+    const struct slot_call *x = a, *y = b;
+    if (x->slot != y->slot)
+        return x->slot < y->slot ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Redis Cluster runs a script only with KEYS of one slot: one script call per slot, each sent
+ * to the slot's node (where they are pipelined on its connection). */
+static void send_per_slot(struct limiter *l, struct limiter_call *calls, uint32_t ncalls)
+{
+    struct slot_call *sc = xmalloc(ncalls * sizeof(*sc));
+    size_t key_cap = strlen(l->key_prefix) + UUID_STRING_LEN + RULES_PROVIDER_BYTES + 3;
+    char *key = xmalloc(key_cap);
+    uint32_t n = 0;
+    for (struct limiter_call *call = calls; call; call = call->next, n++) {
+        size_t klen = format_key(l, call, key, key_cap);
+        sc[n] = (struct slot_call){redis_key_slot(key, klen), n, call};
+    }
+    free(key);
+    qsort(sc, n, sizeof(*sc), slot_call_cmp);
+    for (uint32_t i = 0; i < n;) {
+        uint32_t j = i, nchecks = 0;
+        for (; j < n && sc[j].slot == sc[i].slot; j++) {
+            sc[j].call->next = j + 1 < n && sc[j + 1].slot == sc[i].slot ? sc[j + 1].call : NULL;
+            nchecks += sc[j].call->n;
+        }
+        send_script_call(l, sc[i].call, j - i, nchecks);
+        i = j;
+    }
+    free(sc);
+}
+
+/* Sends the key calls gathered so far: one script call (one per slot on a Redis Cluster). */
+static void flush_batch(struct limiter *l)
+{
+    if (!l->batch)
+        return;
+    struct limiter_call *calls = l->batch;
+    uint32_t ncalls = l->batch_calls, nchecks = l->batch_checks;
+    l->batch = l->batch_tail = NULL;
+    l->batch_calls = l->batch_checks = 0;
+    for (struct limiter_call *call = calls; call; call = call->next)
+        if (call->key)
+            call->key->unsent = NULL;
+    if (redis_is_cluster(&l->redis))
+        send_per_slot(l, calls, ncalls);
+    else
+        send_script_call(l, calls, ncalls, nchecks);
 }
 
 /* Adds a key call to the batch that goes before the loop next waits for I/O (on_flush). */
@@ -1030,10 +1089,7 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     l->key_capacity = KEY_CAPACITY;
     l->keys = xcalloc(KEY_CAPACITY, sizeof(*l->keys));
     rules_init(&l->rules, loop, config, on_rules_state, l);
-    uint32_t connect_timeout =
-        config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
-    redis_init(&l->redis, loop, config->redis.address, limiter_script, connect_timeout,
-               config->redis.reconnect_max_ms, on_redis_state, l);
+    redis_init(&l->redis, loop, config, limiter_script, on_redis_state, l);
     uv_prepare_init(loop, &l->flush);
     l->flush.data = l;
     uv_prepare_start(&l->flush, on_flush);
@@ -1117,7 +1173,6 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 
 void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
-    const struct redis_stats *rs = &l->redis.stats;
     msgpack_pack_map(pk, 16);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
@@ -1138,20 +1193,7 @@ void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "limits_loads", l->rules.loads);
     rpc_pack_u64(pk, "limits_notifications", l->rules.notifications);
     rpc_pack_str(pk, "redis");
-    msgpack_pack_map(pk, 9);
-    rpc_pack_str(pk, "state");
-    rpc_pack_str(pk, l->redis.connected ? "up" : "down");
-    rpc_pack_u64(pk, "connects", rs->connects);
-    rpc_pack_u64(pk, "connect_failures", rs->connect_failures);
-    rpc_pack_u64(pk, "commands", rs->commands);
-    rpc_pack_u64(pk, "timeouts", rs->timeouts);
-    rpc_pack_u64(pk, "noscript_retries", rs->noscript);
-    uint64_t answered = 0;
-    for (int i = 0; i < 24; i++)
-        answered += rs->latency_buckets[i];
-    rpc_pack_u64(pk, "latency_avg_us", answered ? rs->latency_us_total / answered : 0);
-    rpc_pack_u64(pk, "latency_p50_us", redis_latency_quantile(rs, 0.5));
-    rpc_pack_u64(pk, "latency_p99_us", redis_latency_quantile(rs, 0.99));
+    redis_pack_stats(&l->redis, pk);
     rpc_pack_str(pk, "postgres");
     rpc_pack_str(pk, pg_state_name(l->rules.pg.state));
 }

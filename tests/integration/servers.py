@@ -178,46 +178,8 @@ class Postgres:
         self.psql(f'CREATE DATABASE "{name}"')
 
 
-class Redis:
-    """A redis-server on DIR/redis.sock (and a loopback TCP port when tcp is True or a port)."""
-
-    def __init__(self, root, tcp=False):
-        self.root = os.path.abspath(root)
-        self.sock = os.path.join(self.root, "redis.sock")
-        self.port = tcp if isinstance(tcp, int) and not isinstance(tcp, bool) else (
-            free_port() if tcp else 0)
-        self.pid = None
-        self.log = os.path.join(self.root, "redis.log")
-
-    def address(self):
-        return f"unix:{self.sock}"
-
-    def start(self):
-        os.makedirs(self.root, exist_ok=True)
-        proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--unixsocket", self.sock, "--unixsocketperm", "777", "--save", "",
-             "--appendonly", "no", "--dir", self.root, "--logfile", self.log,
-             "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self._proc = proc
-        wait_for(lambda: self._ready() or proc.poll() is not None, 30, "Redis to start")
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {self.log}")
-        self.pid = proc.pid
-        return self
-
-    def _ready(self):
-        if not os.path.exists(self.sock):
-            return False
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(1)
-                s.connect(self.sock)
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+class _Server:
+    """A server process started by this module: stopped (SIGTERM) or killed by its PID."""
 
     def stop(self):
         if self.pid is not None:
@@ -235,9 +197,264 @@ class Redis:
             self._proc.wait()
             self._proc = None
 
+
+class Redis(_Server):
+    """A redis-server on DIR/redis.sock (and a loopback TCP port when tcp is True or a port).
+
+    password: requirepass (the default user's); users: ACL users as {name: password}, each
+    allowed every key and command; args: more redis-server options (e.g. a replica's)."""
+
+    def __init__(self, root, tcp=False, password=None, users=None, args=()):
+        self.root = os.path.abspath(root)
+        self.sock = os.path.join(self.root, "redis.sock")
+        self.port = tcp if isinstance(tcp, int) and not isinstance(tcp, bool) else (
+            free_port() if tcp else 0)
+        self.pid = None
+        self.log = os.path.join(self.root, "redis.log")
+        self.password = password
+        self.users = users or {}
+        self.args = list(args)
+
+    def address(self):
+        return f"unix:{self.sock}"
+
+    def tcp_address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kw):
+        """A redis-py client on the Unix socket, as the default user."""
+        import redis as redis_py
+        return redis_py.Redis(unix_socket_path=self.sock, password=self.password, **kw)
+
+    def start(self):
+        os.makedirs(self.root, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--unixsocket", self.sock, "--unixsocketperm", "777", "--save", "",
+                "--appendonly", "no", "--dir", self.root, "--logfile", self.log,
+                "--daemonize", "no"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        for name, pw in self.users.items():
+            argv += ["--user", name, "on", f">{pw}", "~*", "&*", "+@all"]
+        argv += self.args
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self._proc = proc
+        wait_for(lambda: self._ready() or proc.poll() is not None, 30, "Redis to start")
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {self.log}")
+        self.pid = proc.pid
+        return self
+
+    def _ready(self):
+        if not os.path.exists(self.sock):
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(self.sock)
+                s.sendall(b"PING\r\n")
+                answer = s.recv(16)
+                # With a password, the server is up when it asks for one.
+                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
+        except OSError:
+            return False
+
     def restart(self):
         self.stop()
         return self.start()
+
+
+class Sentinel(_Server):
+    """redis-server --sentinel on a loopback TCP port, watching one primary as `master`."""
+
+    def __init__(self, root, primary_port, master="mymaster", quorum=2, down_after_ms=1000):
+        self.root = os.path.abspath(root)
+        self.port = free_port()
+        self.master = master
+        self.conf = os.path.join(self.root, "sentinel.conf")
+        self.log = os.path.join(self.root, "sentinel.log")
+        self.primary_port = primary_port
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.pid = None
+
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def client(self):
+        import redis as redis_py
+        return redis_py.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+
+    def start(self):
+        os.makedirs(self.root, exist_ok=True)
+        with open(self.conf, "w") as f:
+            f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.root}\n"
+                    f"logfile {self.log}\n"
+                    f"sentinel monitor {self.master} 127.0.0.1 {self.primary_port} "
+                    f"{self.quorum}\n"
+                    f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
+                    f"sentinel failover-timeout {self.master} 4000\n"
+                    f"sentinel parallel-syncs {self.master} 1\n")
+        proc = subprocess.Popen(["redis-server", self.conf, "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        self._proc = proc
+        wait_for(lambda: self._ready() or proc.poll() is not None, 30, "a sentinel to start")
+        if proc.poll() is not None:
+            raise RuntimeError(f"sentinel exited with {proc.returncode}; see {self.log}")
+        self.pid = proc.pid
+        return self
+
+    def _ready(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+
+class SentinelGroup:
+    """A primary, one replica and three sentinels (quorum 2), all on loopback TCP ports."""
+
+    def __init__(self, root, master="mymaster"):
+        self.root = os.path.abspath(root)
+        self.master = master
+        self.primary = Redis(os.path.join(self.root, "primary"), tcp=True)
+        self.replica = Redis(os.path.join(self.root, "replica"), tcp=True,
+                             args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        self.sentinels = [Sentinel(os.path.join(self.root, f"sentinel{i}"), self.primary.port,
+                                   master) for i in range(3)]
+
+    def start(self):
+        self.primary.start()
+        self.replica.start()
+        for s in self.sentinels:
+            s.start()
+        self.wait_settled()
+        return self
+
+    def current_primary(self):
+        """The primary's address as the first sentinel that answers names it."""
+        for s in self.sentinels:
+            if s.pid is None:
+                continue
+            try:
+                ip, port = s.client().sentinel_get_master_addr_by_name(self.master)
+                return f"{ip}:{port}"
+            except Exception:
+                continue
+        return None
+
+    def wait_settled(self, timeout=60):
+        """Until every sentinel knows the others and a replica in sync, so that a failover
+        can happen."""
+        def settled():
+            for s in self.sentinels:
+                try:
+                    c = s.client()
+                    m = c.sentinel_master(self.master)
+                    if int(m["num-other-sentinels"]) < 2 or int(m["num-slaves"]) < 1:
+                        return False
+                    if not any(r.get("master-link-status") == "ok"
+                               for r in c.sentinel_slaves(self.master)):
+                        return False
+                except Exception:
+                    return False
+            return True
+        wait_for(settled, timeout, "the sentinels to know each other and the replica")
+
+    def servers(self):
+        return [self.primary, self.replica]
+
+    def stop(self):
+        for s in self.sentinels:
+            s.stop()
+        self.replica.stop()
+        self.primary.stop()
+
+
+class Cluster:
+    """A Redis Cluster of n primaries (no replicas) on loopback TCP ports, made with
+    redis-cli --cluster create. A stopped primary leaves only its own slots unserved
+    (cluster-require-full-coverage no)."""
+
+    def __init__(self, root, n=3, password=None):
+        self.root = os.path.abspath(root)
+        self.password = password
+        self.nodes = []
+        for i in range(n):
+            port = _free_port_with_bus()
+            d = os.path.join(self.root, f"node{i}")
+            args = ["--cluster-enabled", "yes",
+                    "--cluster-config-file", os.path.join(d, "nodes.conf"),
+                    "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"]
+            if password:
+                args += ["--masterauth", password]
+            self.nodes.append(Redis(d, tcp=port, password=password, args=args))
+
+    def addresses(self):
+        return [n.tcp_address() for n in self.nodes]
+
+    def start(self):
+        for n in self.nodes:
+            n.start()
+        argv = ["redis-cli", "--cluster", "create"] + self.addresses() + [
+            "--cluster-replicas", "0", "--cluster-yes"]
+        if self.password:
+            argv += ["-a", self.password, "--no-auth-warning"]
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout=60):
+        def ok():
+            for n in self.nodes:
+                if n.pid is None:
+                    continue
+                info = n.client(decode_responses=True).execute_command("CLUSTER", "INFO")
+                if "cluster_state:ok" not in info:
+                    return False
+            return True
+        wait_for(ok, timeout, "the cluster to be ok")
+
+    def node_of_slot(self, slot):
+        """The node (a Redis) serving slot, by CLUSTER SLOTS of a running node."""
+        for n in self.nodes:
+            if n.pid is None:
+                continue
+            for start, end, primary, *_ in n.client().execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    port = primary[1]
+                    return next(m for m in self.nodes if m.port == port)
+        return None
+
+    def keyslot(self, key):
+        n = next(n for n in self.nodes if n.pid is not None)
+        return n.client().execute_command("CLUSTER", "KEYSLOT", key)
+
+    def node_id(self, node):
+        return node.client(decode_responses=True).execute_command("CLUSTER", "MYID")
+
+    def stop(self):
+        for n in self.nodes:
+            n.stop()
+
+
+def _free_port_with_bus():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _children(pid):

@@ -1,0 +1,732 @@
+/* redis_conn: see redis_conn.h.
+ *
+ * A call lives until hiredis hands its reply back (or frees it on disconnect), because hiredis
+ * holds its pointer; whether the caller was already answered (by the deadline) is a flag on it.
+ * Calls waiting for an answer sit in a list in issue order; one timer stands at the earliest of
+ * their deadlines (calls may carry different timeouts: a redirected Cluster call keeps what is
+ * left of its own). */
+#include "redis_conn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "xalloc.h"
+
+#define BACKOFF_START_MS 50
+
+/* ---- the event hooks hiredis asks for, on a uv_poll handle ----
+ *
+ * hiredis ships an adapter for libuv, but it restarts the poll handle at every command and
+ * every read (an epoll_ctl each time, most of them failing: 5% of the daemon's time per check in
+ * bench/RESULTS.md) and leaks its state when the handle cannot be made. This one touches the
+ * handle only when the set of events it waits for changes. */
+struct redis_events {
+    redisAsyncContext *ac; /* NULL once hiredis has let go of it */
+    uv_poll_t poll;
+    int events; /* UV_READABLE | UV_WRITABLE the handle is started with */
+};
+
+static void events_on_poll(uv_poll_t *handle, int status, int events)
+{
+    struct redis_events *e = handle->data;
+    /* On an error, a read lets hiredis see it and disconnect the right way. */
+    if (status < 0)
+        events = UV_READABLE;
+    if (e->ac && (events & UV_READABLE))
+        redisAsyncHandleRead(e->ac);
+    if (e->ac && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(e->ac);
+}
+
+static void events_set(struct redis_events *e, int events)
+{
+    if (events == e->events)
+        return;
+    e->events = events;
+    if (events)
+        uv_poll_start(&e->poll, events, events_on_poll);
+    else
+        uv_poll_stop(&e->poll);
+}
+
+static void events_add_read(void *arg)
+{
+    struct redis_events *e = arg;
+    events_set(e, e->events | UV_READABLE);
+}
+
+static void events_del_read(void *arg)
+{
+    struct redis_events *e = arg;
+    events_set(e, e->events & ~UV_READABLE);
+}
+
+static void events_add_write(void *arg)
+{
+    struct redis_events *e = arg;
+    events_set(e, e->events | UV_WRITABLE);
+}
+
+static void events_del_write(void *arg)
+{
+    struct redis_events *e = arg;
+    events_set(e, e->events & ~UV_WRITABLE);
+}
+
+static void events_free(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+static void events_cleanup(void *arg)
+{
+    struct redis_events *e = arg;
+    e->ac = NULL; /* hiredis is freeing the context */
+    uv_close((uv_handle_t *)&e->poll, events_free);
+}
+
+int redis_events_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct redis_events *e = xcalloc(1, sizeof(*e));
+    if (uv_poll_init(loop, &e->poll, ac->c.fd) != 0) {
+        free(e);
+        return -1;
+    }
+    e->ac = ac;
+    e->poll.data = e;
+    ac->ev.data = e;
+    ac->ev.addRead = events_add_read;
+    ac->ev.delRead = events_del_read;
+    ac->ev.addWrite = events_add_write;
+    ac->ev.delWrite = events_del_write;
+    ac->ev.cleanup = events_cleanup;
+    return 0;
+}
+
+/* Appends one command in the Redis protocol (RESP): *argc, then $len and the bytes of each. The
+ * room for all of it is reserved once: a check's script call has thousands of arguments. */
+static void format_command(struct buf *out, int argc, const char *const *argv, const size_t *lens)
+{
+    size_t need = 24;
+    for (int i = 0; i < argc; i++)
+        need += lens[i] + 25; /* "$" 20 digits "\r\n" ... "\r\n" */
+    char *start = (char *)buf_reserve(out, need);
+    char *p = start;
+    *p++ = '*';
+    p += fmt_u64(p, (uint64_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p += fmt_u64(p, lens[i]);
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    out->len += (size_t)(p - start);
+}
+struct redis_call {
+    struct redis_conn *c;
+    redis_reply_fn cb;
+    void *arg;
+    uint64_t deadline_ms; /* loop time */
+    uint64_t sent_ms;     /* loop time */
+    uint64_t sent_us;
+    bool answered; /* cb has run */
+    bool linked;   /* in c->calls */
+    bool script;   /* argv[0..1] are EVALSHA and the sha (or EVAL and the source) */
+    struct redis_call *prev, *next;
+    int argc; /* of argv, kept for a retry with EVAL */
+    const char **argv;
+    size_t *arg_lens;
+};
+
+static void conn_connect(struct redis_conn *c);
+
+void redis_conn_init(struct redis_conn *c, uv_loop_t *loop, const struct redis_conn_setup *setup,
+                     void (*on_state)(struct redis_conn *c, bool up, void *arg), void *arg)
+{
+    memset(c, 0, sizeof(*c));
+    c->loop = loop;
+    c->setup = setup;
+    c->backoff_ms = BACKOFF_START_MS;
+    c->on_state = on_state;
+    c->state_arg = arg;
+    uv_timer_init(loop, &c->reconnect_timer);
+    c->reconnect_timer.data = c;
+    uv_timer_init(loop, &c->deadline_timer);
+    c->deadline_timer.data = c;
+    buf_init(&c->command);
+}
+
+/* ---- calls ---- */
+
+static void call_unlink(struct redis_conn *c, struct redis_call *call)
+{
+    if (!call->linked)
+        return;
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        c->calls = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    else
+        c->calls_tail = call->prev;
+    call->prev = call->next = NULL;
+    call->linked = false;
+}
+
+static void call_answer(struct redis_call *call, enum redis_status status, const redisReply *reply)
+{
+    if (call->answered)
+        return;
+    call->answered = true;
+    call_unlink(call->c, call);
+    call->cb(status, reply, call->arg);
+}
+
+static void call_free(struct redis_call *call)
+{
+    free(call);
+}
+
+static void on_deadline(uv_timer_t *t);
+
+/* Answers every call whose deadline has passed, oldest first. Returns true when one of them was
+ * sent before the last reply arrived, i.e. Redis has answered nothing since: it is stalled.
+ * Calls may carry different timeouts (a redirected call keeps what is left of its own), so the
+ * list is walked whole; it holds what one round trip keeps in flight. */
+static bool check_deadlines(struct redis_conn *c)
+{
+    uint64_t now = uv_now(c->loop);
+    bool stalled = false;
+    struct redis_call *call = c->calls;
+    while (call) {
+        struct redis_call *next = call->next;
+        if (call->deadline_ms <= now) {
+            c->setup->stats->timeouts++;
+            if (call->sent_ms >= c->last_reply_ms)
+                stalled = true;
+            call_answer(call, REDIS_CALL_TIMEOUT, NULL);
+        }
+        call = next;
+    }
+    return stalled;
+}
+
+static void arm_deadline_earliest(struct redis_conn *c)
+{
+    uint64_t due = UINT64_MAX;
+    for (struct redis_call *call = c->calls; call; call = call->next)
+        if (call->deadline_ms < due)
+            due = call->deadline_ms;
+    if (due == UINT64_MAX)
+        return;
+    uint64_t now = uv_now(c->loop);
+    uv_timer_start(&c->deadline_timer, on_deadline, due > now ? due - now : 0, 0);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct redis_conn *c = t->data;
+    if (check_deadlines(c) && c->connected) {
+        /* No answer to anything for a whole timeout: a stopped server or a silent partition.
+         * Keeping the connection would make every check wait out the timeout and pile calls up
+         * in hiredis; drop it, answer fast (degraded) while down, and reconnect. */
+        redis_conn_drop(c, "no answer within the timeout");
+    }
+    arm_deadline_earliest(c);
+}
+
+static void record_latency(struct redis_conn *c, const struct redis_call *call)
+{
+    struct redis_stats *s = c->setup->stats;
+    uint64_t us = uv_hrtime() / 1000 - call->sent_us;
+    s->latency_us_total += us;
+    unsigned b = 0;
+    while (b < 23 && (1ULL << b) <= us)
+        b++;
+    s->latency_buckets[b]++;
+}
+
+static void send_call(struct redis_conn *c, struct redis_call *call, bool with_source);
+
+static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
+{
+    struct redis_call *call = privdata;
+    struct redis_conn *c = call->c;
+    redisReply *reply = reply_ptr;
+    if (!reply) {
+        /* hiredis is freeing the connection: the call never got its answer. */
+        call_answer(call, REDIS_CALL_DOWN, NULL);
+        call_free(call);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && call->script &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !call->answered && c->ac) {
+        /* The server lost its script cache (restart, SCRIPT FLUSH): run the source itself. */
+        c->setup->stats->noscript++;
+        send_call(c, call, true);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "READONLY", 8) == 0 &&
+        c->ac == ac && !c->drop_why[0]) {
+        /* The server has become a replica (a failover): this connection is of no more use.
+         * Its owner finds the new primary (Sentinel) or it reconnects (one server). */
+        snprintf(c->drop_why, sizeof(c->drop_why), "the server is a replica now (READONLY)");
+        redisAsyncDisconnect(ac);
+    }
+    c->last_reply_ms = uv_now(c->loop);
+    if (!call->answered)
+        record_latency(c, call);
+    call_answer(call, REDIS_CALL_OK, reply);
+    call_free(call);
+}
+
+static void send_call(struct redis_conn *c, struct redis_call *call, bool with_source)
+{
+    if (call->script) {
+        /* argv[0] is EVALSHA or EVAL, argv[1] the sha or the source; the rest the caller's. */
+        call->argv[0] = with_source ? "EVAL" : "EVALSHA";
+        call->arg_lens[0] = with_source ? 4 : 7;
+        call->argv[1] = with_source ? c->setup->script : c->script_sha;
+        call->arg_lens[1] = strlen(call->argv[1]);
+    }
+    /* Formatted here, into a buffer the connection reuses: hiredis's own formatting allocates
+     * and was a quarter of the daemon's work per check. */
+    buf_clear(&c->command);
+    format_command(&c->command, call->argc, call->argv, call->arg_lens);
+    if (redisAsyncFormattedCommand(c->ac, on_reply, call, (const char *)c->command.data,
+                                   c->command.len) != REDIS_OK) {
+        call_answer(call, REDIS_CALL_DOWN, NULL);
+        call_free(call);
+    }
+}
+
+/* Issues a call: skip leading argv slots are left for send_call (EVALSHA and the sha), then
+ * head[] (e.g. numkeys), then the caller's arguments, all copied into one allocation, which a
+ * NOSCRIPT retry needs after the caller's buffers are gone. Layout: call, argv[], lens[], bytes. */
+static void issue(struct redis_conn *c, int skip, const char *head, size_t head_len, int argc,
+                  const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
+                  redis_reply_fn cb, void *arg)
+{
+    if (!c->connected || !c->ac) {
+        cb(REDIS_CALL_DOWN, NULL, arg);
+        return;
+    }
+    int nhead = head ? 1 : 0;
+    int total = skip + nhead + argc;
+    size_t bytes = head_len;
+    for (int i = 0; i < argc; i++)
+        bytes += arg_lens[i];
+    struct redis_call *call =
+        xmalloc(sizeof(*call) + (size_t)total * (sizeof(char *) + sizeof(size_t)) + bytes);
+    memset(call, 0, sizeof(*call));
+    call->c = c;
+    call->cb = cb;
+    call->arg = arg;
+    call->argc = total;
+    call->script = skip > 0;
+    call->argv = (const char **)(call + 1);
+    call->arg_lens = (size_t *)(call->argv + total);
+    char *p = (char *)(call->arg_lens + total);
+    if (head) {
+        memcpy(p, head, head_len);
+        call->argv[skip] = p;
+        call->arg_lens[skip] = head_len;
+        p += head_len;
+    }
+    for (int i = 0; i < argc; i++) {
+        memcpy(p, argv[i], arg_lens[i]);
+        call->argv[skip + nhead + i] = p;
+        call->arg_lens[skip + nhead + i] = arg_lens[i];
+        p += arg_lens[i];
+    }
+    call->sent_ms = uv_now(c->loop);
+    call->deadline_ms = call->sent_ms + timeout_ms;
+    call->sent_us = uv_hrtime() / 1000;
+    call->linked = true;
+    call->prev = c->calls_tail;
+    if (c->calls_tail)
+        c->calls_tail->next = call;
+    else
+        c->calls = call;
+    c->calls_tail = call;
+    c->setup->stats->commands++;
+    /* The timer stands at the earliest deadline of the calls in flight. */
+    if (!uv_is_active((uv_handle_t *)&c->deadline_timer) ||
+        call->sent_ms + uv_timer_get_due_in(&c->deadline_timer) > call->deadline_ms)
+        uv_timer_start(&c->deadline_timer, on_deadline, timeout_ms, 0);
+    send_call(c, call, false);
+}
+
+static void ignore_reply(enum redis_status status, const redisReply *reply, void *arg)
+{
+    (void)status;
+    (void)reply;
+    (void)arg;
+}
+
+void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *const *argv,
+                     const size_t *arg_lens, uint32_t timeout_ms, bool asking, redis_reply_fn cb,
+                     void *arg)
+{
+    if (asking && c->connected) {
+        /* Its reply (+OK) comes first, and only the next command on this connection is let in. */
+        const char *ask[] = {"ASKING"};
+        size_t ask_len[] = {6};
+        issue(c, 0, NULL, 0, 1, ask, ask_len, timeout_ms, ignore_reply, NULL);
+    }
+    char nk[24];
+    size_t nk_len = fmt_u64(nk, (uint64_t)numkeys);
+    issue(c, 2, nk, nk_len, argc, argv, arg_lens, timeout_ms, cb, arg);
+}
+
+void redis_conn_command(struct redis_conn *c, int argc, const char *const *argv,
+                        const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
+{
+    issue(c, 0, NULL, 0, argc, argv, arg_lens, timeout_ms, cb, arg);
+}
+
+/* ---- connection ---- */
+
+static void conn_schedule_reconnect(struct redis_conn *c);
+
+static void conn_fail(struct redis_conn *c, const char *why, bool was_up)
+{
+    uint64_t now = uv_now(c->loop);
+    if (was_up) {
+        log_warn("redis: connection to %s lost: %s", c->address, why);
+    } else if (strcmp(why, c->last_error) != 0 || now - c->last_logged_ms >= 60000) {
+        log_warn("redis: cannot connect to %s: %s", c->address ? c->address : "?", why);
+        c->last_logged_ms = now;
+    }
+    snprintf(c->last_error, sizeof(c->last_error), "%s", why);
+    if (!was_up) {
+        c->setup->stats->connect_failures++;
+        c->addr_next++;
+    }
+    c->connected = false;
+    c->connecting = false;
+    c->drop_why[0] = '\0';
+    if (!c->closing && !c->managed)
+        conn_schedule_reconnect(c);
+    if (c->on_state)
+        c->on_state(c, false, c->state_arg);
+}
+
+/* Frees the context (never from inside a hiredis callback: from timers only) and goes through
+ * the failure path once: hiredis's own disconnect callback, which the free may run, stands
+ * aside meanwhile. Calls in flight are answered REDIS_CALL_DOWN by the free. */
+void redis_conn_drop(struct redis_conn *c, const char *why)
+{
+    redisAsyncContext *ac = c->ac;
+    bool was_up = c->connected;
+    c->ac = NULL;
+    c->connecting = false;
+    c->connected = false;
+    uv_timer_stop(&c->reconnect_timer);
+    if (c->resolve) {
+        resolve_abandon(c->resolve);
+        c->resolve = NULL;
+    }
+    if (ac) {
+        c->freeing = true;
+        redisAsyncFree(ac);
+        c->freeing = false;
+    }
+    conn_fail(c, why, was_up);
+}
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    struct redis_conn *c = t->data;
+    if (c->connecting) {
+        /* The connect (or the handshake) has not finished in time: give up on this one. */
+        redis_conn_drop(c, "connect timeout");
+        return;
+    }
+    if (!c->ac && !c->closing && c->address)
+        conn_connect(c);
+}
+
+static void conn_schedule_reconnect(struct redis_conn *c)
+{
+    uint32_t delay = c->backoff_ms;
+    uint32_t max = c->setup->backoff_max_ms;
+    c->backoff_ms = c->backoff_ms * 2 > max ? max : c->backoff_ms * 2;
+    uv_timer_start(&c->reconnect_timer, on_reconnect_timer, delay, 0);
+}
+
+/* ---- the handshake: AUTH, ROLE, SCRIPT LOAD, each only where it applies ---- */
+
+enum { STEP_AUTH = 0, STEP_ROLE, STEP_SCRIPT, STEP_DONE };
+
+static void handshake_send(struct redis_conn *c);
+
+/* A handshake that failed: the reason goes through the failure path's log, which says a
+ * repeated reason once a minute (a wrong password must not fill the log at every retry). */
+static void handshake_fail(struct redis_conn *c, redisAsyncContext *ac, const char *what,
+                           const char *detail)
+{
+    snprintf(c->drop_why, sizeof(c->drop_why), "%s: %s", what, detail);
+    redisAsyncDisconnect(ac);
+}
+
+static const char *reply_text(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR || reply->type == REDIS_REPLY_STATUS ||
+                   reply->type == REDIS_REPLY_STRING
+               ? reply->str
+               : "an unexpected reply";
+}
+
+static void on_handshake(redisAsyncContext *ac, void *reply_ptr, void *privdata)
+{
+    struct redis_conn *c = privdata;
+    redisReply *reply = reply_ptr;
+    if (!reply || c->ac != ac || c->drop_why[0])
+        return; /* the connection went away meanwhile; the disconnect path handles it */
+    switch (c->handshake_step) {
+    case STEP_AUTH:
+        if (reply->type == REDIS_REPLY_ERROR) {
+            /* The reply names no password (WRONGPASS, or an ERR for a server without one);
+             * neither does this line. */
+            c->setup->stats->auth_failures++;
+            handshake_fail(c, ac, "AUTH refused", reply_text(reply));
+            return;
+        }
+        break;
+    case STEP_ROLE:
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+            reply->element[0]->type != REDIS_REPLY_STRING ||
+            strcmp(reply->element[0]->str, "master") != 0) {
+            handshake_fail(c, ac, "not the primary; ROLE",
+                           reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+                                   reply->element[0]->type == REDIS_REPLY_STRING
+                               ? reply->element[0]->str
+                               : reply_text(reply));
+            return;
+        }
+        break;
+    case STEP_SCRIPT:
+        if (reply->type != REDIS_REPLY_STRING || reply->len != 40) {
+            handshake_fail(c, ac, "SCRIPT LOAD failed", reply_text(reply));
+            return;
+        }
+        memcpy(c->script_sha, reply->str, 40);
+        c->script_sha[40] = '\0';
+        break;
+    }
+    c->handshake_step++;
+    handshake_send(c);
+}
+
+static void handshake_send(struct redis_conn *c)
+{
+    const struct redis_conn_setup *s = c->setup;
+    if (c->handshake_step == STEP_AUTH && !s->password)
+        c->handshake_step++;
+    if (c->handshake_step == STEP_ROLE && !c->require_primary)
+        c->handshake_step++;
+    if (c->handshake_step == STEP_SCRIPT && !s->script)
+        c->handshake_step++;
+    const char *argv[3];
+    size_t lens[3];
+    int argc = 0;
+    switch (c->handshake_step) {
+    case STEP_AUTH:
+        argv[argc++] = "AUTH";
+        if (s->username)
+            argv[argc++] = s->username;
+        argv[argc++] = s->password;
+        break;
+    case STEP_ROLE:
+        argv[argc++] = "ROLE";
+        break;
+    case STEP_SCRIPT:
+        argv[argc++] = "SCRIPT";
+        argv[argc++] = "LOAD";
+        argv[argc++] = s->script;
+        break;
+    default:
+        uv_timer_stop(&c->reconnect_timer);
+        c->connecting = false;
+        c->connected = true;
+        c->backoff_ms = BACKOFF_START_MS;
+        c->last_error[0] = '\0';
+        s->stats->connects++;
+        log_info("redis: connected to %s", c->address);
+        if (c->on_state)
+            c->on_state(c, true, c->state_arg);
+        return;
+    }
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    redisAsyncCommandArgv(c->ac, on_handshake, c, argc, argv, lens);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct redis_conn *c = ac->data;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback. */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", ac->errstr[0] ? ac->errstr : "connect failed");
+        c->ac = NULL;
+        uv_timer_stop(&c->reconnect_timer);
+        conn_fail(c, why, false);
+        return;
+    }
+    c->handshake_step = STEP_AUTH;
+    handshake_send(c);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct redis_conn *c = ac->data;
+    if (c->freeing || c->ac != ac)
+        return; /* redis_conn_drop is freeing this context and reports the failure itself */
+    bool was_up = c->connected;
+    char why[256];
+    snprintf(why, sizeof(why), "%s",
+             c->drop_why[0]     ? c->drop_why
+             : status == REDIS_OK ? "closed"
+                                  : (ac->errstr[0] ? ac->errstr : "error"));
+    c->ac = NULL;
+    uv_timer_stop(&c->reconnect_timer);
+    if (c->closing) {
+        c->connected = false;
+        return;
+    }
+    conn_fail(c, why, was_up);
+}
+
+/* Connects to a numeric address (or a socket path): hiredis then looks nothing up. */
+static void conn_connect_to(struct redis_conn *c, const char *host, uint16_t port)
+{
+    redisAsyncContext *ac = port ? redisAsyncConnect(host, port) : redisAsyncConnectUnix(host);
+    if (!ac || ac->err) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        conn_fail(c, why, false);
+        return;
+    }
+    ac->data = c;
+    if (redis_events_attach(ac, c->loop) < 0) {
+        redisAsyncFree(ac);
+        conn_fail(c, "cannot watch the socket", false);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    c->ac = ac;
+    c->drop_why[0] = '\0';
+    /* The deadline starts here, not before the lookup: a resolver slower than the deadline would
+     * otherwise never let a connect start. */
+    uv_timer_start(&c->reconnect_timer, on_reconnect_timer, c->setup->connect_timeout_ms, 0);
+}
+
+static void on_resolved(int status, const char *const *addrs, size_t naddrs, void *arg)
+{
+    struct redis_conn *c = arg;
+    c->resolve = NULL;
+    if (status != 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "cannot resolve: %s", uv_strerror(status));
+        conn_fail(c, why, false);
+        return;
+    }
+    /* A name with several addresses: an attempt that fails moves on to the next, so one that does
+     * not answer is not tried forever. */
+    conn_connect_to(c, addrs[c->addr_next % naddrs], c->port);
+}
+
+/* A host name is looked up on the thread pool first: hiredis's own lookup would block the loop
+ * for as long as DNS takes. The connect deadline starts once the lookup is done. */
+static void conn_connect(struct redis_conn *c)
+{
+    char host[256];
+    c->connecting = true;
+    if (strncmp(c->address, "unix:", 5) == 0) {
+        conn_connect_to(c, c->address + 5, 0);
+    } else if (!config_split_host_port(c->address, host, sizeof(host), &c->port)) {
+        conn_fail(c, "bad address", false);
+    } else if (resolve_is_numeric(host)) {
+        conn_connect_to(c, host, c->port);
+    } else {
+        int err = 0;
+        c->resolve = resolve_start(c->loop, host, true, on_resolved, c, &err);
+        if (!c->resolve) {
+            char why[256];
+            snprintf(why, sizeof(why), "cannot resolve: %s", uv_strerror(err));
+            conn_fail(c, why, false);
+        }
+    }
+}
+
+void redis_conn_connect(struct redis_conn *c, const char *address)
+{
+    if (c->closing)
+        return;
+    if (c->ac || c->resolve) {
+        bool managed = c->managed;
+        c->managed = true; /* no reconnect of its own to the old address */
+        c->moving = true;
+        redis_conn_drop(c, "moving to another server");
+        c->moving = false;
+        c->managed = managed;
+    }
+    uv_timer_stop(&c->reconnect_timer);
+    if (!c->address || strcmp(c->address, address) != 0) {
+        free(c->address);
+        c->address = xstrdup(address);
+        c->addr_next = 0;
+        c->last_error[0] = '\0';
+    }
+    conn_connect(c);
+}
+
+/* ---- close ---- */
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct redis_conn *c = h->data;
+    if (++c->closed_timers < 2)
+        return;
+    free(c->address);
+    c->address = NULL;
+    buf_free(&c->command);
+    if (c->on_closed)
+        c->on_closed(c, c->closed_arg);
+}
+
+void redis_conn_close(struct redis_conn *c, void (*on_closed)(struct redis_conn *c, void *arg),
+                      void *arg)
+{
+    c->closing = true;
+    c->on_closed = on_closed;
+    c->closed_arg = arg;
+    uv_timer_stop(&c->reconnect_timer);
+    if (c->resolve) {
+        resolve_abandon(c->resolve);
+        c->resolve = NULL;
+    }
+    if (c->ac) {
+        redisAsyncContext *ac = c->ac;
+        c->ac = NULL;
+        redisAsyncFree(ac); /* answers every call in flight with REDIS_CALL_DOWN */
+    }
+    c->connected = false;
+    uv_close((uv_handle_t *)&c->reconnect_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&c->deadline_timer, on_timer_closed);
+}
