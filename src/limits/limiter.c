@@ -40,16 +40,21 @@
 #define MAX_CHECKS_PER_BATCH 1024 /* checks of all keys in one script call */
 #define CACHE_MARGIN_MS 50        /* the cache stops this long before a window ends */
 
-/* KEYS: the bases of one or more keys. ARGV, for each key in turn: limit per minute, limit per
- * day (-1: unlimited), the number of checks n, then the cost of each of the n checks, applied in
- * order. Returns {now_ms, then per check of every key in turn: deny bits, minute count, day
+/* KEYS: one hash per (user, provider) key. ARGV, for each key in turn: limit per minute, limit
+ * per day (-1: unlimited), the number of checks n, then the cost of each of the n checks, applied
+ * in order. Returns {now_ms, then per check of every key in turn: deny bits, minute count, day
  * count}. Each check adds its cost to both windows and takes it back if either is over: the
  * script is atomic, so nobody sees the difference, and the common case (allowed) costs two
- * INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin).
- * The cost goes to INCRBY as the string it came as, and "1" needs no tonumber: Lua numbers to and
- * from strings (printf, strtod) were a tenth of Redis's work per check.
- * Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
- * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster.
+ * HINCRBYs instead of reads and writes. The cost goes to HINCRBY as the string it came as, and
+ * "1" needs no tonumber: Lua numbers to and from strings (printf, strtod) were a tenth of Redis's
+ * work per check.
+ * A key's windows are fields of its one hash (m<minute>, d<day>; cm and cd name the current
+ * ones, so that a new window deletes the last), and the hash expires with the longest window it
+ * holds (plus a margin). One hash, and the only key the script touches is the one it declares:
+ * on a Redis Cluster, a slot being migrated moves the whole count at once, and the ASK that
+ * sends the call to the importing node comes only once the count is there.
+ * Many keys in one call share Redis's per-call cost (most of a short script's); on a Cluster,
+ * the keys of one call must share a slot (the limiter groups them).
  * A key that Redis refuses to count (of another type, or not a number: written by someone
  * else) fails that key alone: its checks come back with deny -1 and the error in place of the
  * minute count, the minute increment already made for the check is taken back, and the checks
@@ -57,18 +62,25 @@
 const char limiter_script[] = "local t = redis.call('TIME')\n"
                               "local sec = tonumber(t[1])\n"
                               "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-                              "local sm = ':m:' .. math.floor(sec / 60)\n"
-                              "local sd = ':d:' .. math.floor(sec / 86400)\n"
-                              "local em = tostring(120 - sec % 60)\n"
-                              "local ed = tostring(90000 - sec % 86400)\n"
+                              "local fm = 'm' .. math.floor(sec / 60)\n"
+                              "local fd = 'd' .. math.floor(sec / 86400)\n"
+                              "local em = 120 - sec % 60\n"
+                              "local ed = 90000 - sec % 86400\n"
+                              "local function fresh(k, mark, f, ttl)\n"
+                              "  local old = redis.call('HGET', k, mark)\n"
+                              "  if old ~= f then\n"
+                              "    if old then redis.call('HDEL', k, old) end\n"
+                              "    redis.call('HSET', k, mark, f)\n"
+                              "  end\n"
+                              "  if redis.call('TTL', k) < ttl then redis.call('EXPIRE', k, ttl) end\n"
+                              "end\n"
                               "local out = {now}\n"
                               "local a = 1\n"
                               "for k = 1, #KEYS do\n"
                               "  local lm = tonumber(ARGV[a])\n"
                               "  local ld = tonumber(ARGV[a + 1])\n"
                               "  local last = a + 2 + tonumber(ARGV[a + 2])\n"
-                              "  local km = KEYS[k] .. sm\n"
-                              "  local kd = KEYS[k] .. sd\n"
+                              "  local key = KEYS[k]\n"
                               "  local err = nil\n"
                               "  for i = a + 3, last do\n"
                               "    local s = ARGV[i]\n"
@@ -78,16 +90,16 @@ const char limiter_script[] = "local t = redis.call('TIME')\n"
                               "    local ud = 0\n"
                               "    local deny = -1\n"
                               "    if not err and lm >= 0 then\n"
-                              "      um = redis.pcall('INCRBY', km, s)\n"
+                              "      um = redis.pcall('HINCRBY', key, fm, s)\n"
                               "      if type(um) == 'table' then err = um.err\n"
-                              "      elseif um == c then redis.call('EXPIRE', km, em) end\n"
+                              "      elseif um == c then fresh(key, 'cm', fm, em) end\n"
                               "    end\n"
                               "    if not err and ld >= 0 then\n"
-                              "      ud = redis.pcall('INCRBY', kd, s)\n"
+                              "      ud = redis.pcall('HINCRBY', key, fd, s)\n"
                               "      if type(ud) == 'table' then\n"
                               "        err = ud.err\n"
-                              "        if lm >= 0 then redis.call('DECRBY', km, s) end\n"
-                              "      elseif ud == c then redis.call('EXPIRE', kd, ed) end\n"
+                              "        if lm >= 0 then redis.call('HINCRBY', key, fm, -c) end\n"
+                              "      elseif ud == c then fresh(key, 'cd', fd, ed) end\n"
                               "    end\n"
                               "    if err then\n"
                               "      um = err\n"
@@ -97,8 +109,8 @@ const char limiter_script[] = "local t = redis.call('TIME')\n"
                               "      if lm >= 0 and um > lm then deny = deny + 1 end\n"
                               "      if ld >= 0 and ud > ld then deny = deny + 2 end\n"
                               "      if deny ~= 0 and c > 0 then\n"
-                              "        if lm >= 0 then um = redis.call('DECRBY', km, s) end\n"
-                              "        if ld >= 0 then ud = redis.call('DECRBY', kd, s) end\n"
+                              "        if lm >= 0 then um = redis.call('HINCRBY', key, fm, -c) end\n"
+                              "        if ld >= 0 then ud = redis.call('HINCRBY', key, fd, -c) end\n"
                               "      end\n"
                               "    end\n"
                               "    out[#out + 1] = deny\n"
