@@ -15,6 +15,7 @@
 
 #define REFRESH_MIN_MS 100   /* between two CLUSTER SLOTS */
 #define REFRESH_RETRY_MS 500 /* after one that failed */
+#define TRYAGAIN_MS 10       /* before a call refused with TRYAGAIN goes again */
 
 struct cluster_node {
     struct redis_cluster *cl;
@@ -38,8 +39,10 @@ struct redis_cluster {
     bool sweep_due;      /* the timer closes the nodes out of the map */
     uint64_t refreshed_ms; /* loop time the last CLUSTER SLOTS was answered */
     uv_timer_t timer;
+    struct cluster_call *retry; /* calls waiting to go again after a TRYAGAIN */
+    uv_timer_t retry_timer;
     bool closing;
-    int open; /* nodes still closing, and the timer */
+    int open; /* nodes still closing, and the timers */
     char last_error[256];
     uint64_t last_logged_ms;
 };
@@ -53,6 +56,7 @@ struct cluster_call {
     uint8_t redirects;
     int numkeys;
     int argc;
+    struct cluster_call *next; /* in cl->retry */
     const char **argv; /* copies, for a redirect after the caller's buffers are gone */
     size_t *lens;
 };
@@ -320,6 +324,22 @@ static void call_done(struct cluster_call *cc, enum redis_status status, const r
     free(cc);
 }
 
+static void on_retry_timer(uv_timer_t *t)
+{
+    struct redis_cluster *cl = t->data;
+    struct cluster_call *cc = cl->retry;
+    cl->retry = NULL;
+    while (cc) {
+        struct cluster_call *next = cc->next;
+        struct cluster_node *n = cl->slots ? cl->slots[cc->slot] : NULL;
+        if (n)
+            call_send(cc, n, false);
+        else
+            call_done(cc, REDIS_CALL_DOWN, NULL);
+        cc = next;
+    }
+}
+
 static void on_call_reply(enum redis_status status, const redisReply *reply, void *arg)
 {
     struct cluster_call *cc = arg;
@@ -342,6 +362,15 @@ static void on_call_reply(enum redis_status status, const redisReply *reply, voi
                 refresh_soon(cl, 0);
             }
             call_send(cc, n, ask);
+            return;
+        }
+        if (strncmp(reply->str, "TRYAGAIN", 8) == 0) {
+            /* Keys of a slot being migrated, some moved and some not yet: a moment later they
+             * all are (or the slot has moved). */
+            cc->next = cl->retry;
+            cl->retry = cc;
+            if (!uv_is_active((uv_handle_t *)&cl->retry_timer))
+                uv_timer_start(&cl->retry_timer, on_retry_timer, TRYAGAIN_MS, 0);
             return;
         }
         if (strncmp(reply->str, "CLUSTERDOWN", 11) == 0)
@@ -419,7 +448,9 @@ struct redis_cluster *redis_cluster_new(struct redis_client *r, uv_loop_t *loop,
     cl->timeout_ms = timeout_ms;
     uv_timer_init(loop, &cl->timer);
     cl->timer.data = cl;
-    cl->open = 1; /* the timer */
+    uv_timer_init(loop, &cl->retry_timer);
+    cl->retry_timer.data = cl;
+    cl->open = 2; /* the timers */
     return cl;
 }
 
@@ -444,5 +475,13 @@ void redis_cluster_close(struct redis_cluster *cl)
         node_close(n);
         n = next;
     }
+    struct cluster_call *cc = cl->retry;
+    cl->retry = NULL;
+    while (cc) {
+        struct cluster_call *next = cc->next;
+        call_done(cc, REDIS_CALL_DOWN, NULL);
+        cc = next;
+    }
     uv_close((uv_handle_t *)&cl->timer, on_timer_closed);
+    uv_close((uv_handle_t *)&cl->retry_timer, on_timer_closed);
 }

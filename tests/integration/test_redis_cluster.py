@@ -1,0 +1,177 @@
+"""Redis Cluster: checks routed by their key's slot to the primary that owns it, grouped into one
+script call per slot; exact limits across two daemons; a slot migrated in the middle of a check
+stream (ASK, then MOVED) loses and doubles no count; a primary stopped affects only the checks
+whose slots it owns."""
+
+import os
+import threading
+import time
+import uuid
+
+import msgpack
+import pytest
+
+from conftest import base_config
+import servers
+from test_limits import add_provider, check
+
+
+@pytest.fixture
+def cluster(workdir):
+    """A fresh three-primary cluster for each test: the tests move slots and stop nodes."""
+    root = os.path.join(workdir, f"cluster-{uuid.uuid4().hex[:8]}")
+    c = servers.Cluster(root, n=3).start()
+    yield c
+    c.stop()
+
+
+def start(daemon_factory, workdir, pg, db, cluster, policy="local", seeds=None):
+    cfg = base_config(workdir, pg=pg, dbname=db)
+    nodes = ", ".join(f"\"{a}\"" for a in (seeds or cluster.addresses()[:2]))
+    cfg += f"redis:\n  cluster: [{nodes}]\n  timeout_ms: 2000\n  reconnect_max_ms: 200\n"
+    cfg += f"limits:\n  resync_s: 60\n  log_denied: false\n  on_redis_error: {policy}\n"
+    d = daemon_factory(cfg)
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
+                     "the limits to be loaded")
+    servers.wait_for(lambda: redis_stats(d)["state"] == "up", 30, "the slot map")
+    return d
+
+
+def redis_stats(d):
+    return d.client().call("stats")["limits"]["redis"]
+
+
+def key_slot(cluster, user, provider):
+    return cluster.keyslot(f"{user}:{provider}")
+
+
+def pipelined(c, checks):
+    """One write of many checks; [error, result] of each, in order."""
+    c.send_raw(b"".join(msgpack.packb([0, i, "check", [{"user_id": u, "provider": p}]])
+                        for i, (u, p) in enumerate(checks, 1)))
+    return [c.wait(i) for i in range(1, len(checks) + 1)]
+
+
+def test_two_daemons_share_exact_limits_over_three_primaries(
+        daemon_factory, workdir, pg, db, cluster):
+    add_provider(pg, db, "clfive", per_day=5)
+    a = start(daemon_factory, workdir, pg, db, cluster)
+    b = start(daemon_factory, workdir, pg, db, cluster, seeds=cluster.addresses()[2:])
+    users = [str(uuid.uuid4()) for _ in range(60)]
+    results = {}
+
+    def run(d, name):
+        with d.client() as c:
+            results[name] = pipelined(c, [(u, "clfive") for _ in range(4) for u in users])
+
+    threads = [threading.Thread(target=run, args=(d, n)) for d, n in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    allowed = {u: 0 for u in users}
+    for name in ("a", "b"):
+        order = [u for _ in range(4) for u in users]
+        for u, (err, r) in zip(order, results[name]):
+            assert err is None and not r["degraded"]
+            allowed[u] += r["allowed"]
+    assert all(n == 5 for n in allowed.values()), allowed
+    # The users' keys are spread over every primary, and each daemon sent one script call per
+    # slot (more round trips than batches).
+    assert all(n.client().dbsize() > 0 for n in cluster.nodes)
+    assert redis_stats(a)["mode"] == "cluster"
+
+
+def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
+        daemon_factory, workdir, pg, db, cluster):
+    add_provider(pg, db, "clmig", per_day=1000000)
+    a = start(daemon_factory, workdir, pg, db, cluster)
+    b = start(daemon_factory, workdir, pg, db, cluster)
+    user = str(uuid.uuid4())
+    slot = key_slot(cluster, user, "clmig")
+    source = cluster.node_of_slot(slot)
+    target = next(n for n in cluster.nodes if n is not source)
+    src_id, tgt_id = cluster.node_id(source), cluster.node_id(target)
+
+    stop = threading.Event()
+    answers = {"a": [], "b": []}
+    errors = []
+
+    def stream(d, name):
+        try:
+            with d.client() as c:
+                while not stop.is_set():
+                    answers[name].append(check(c, user, "clmig"))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    def total():
+        return len(answers["a"]) + len(answers["b"])
+
+    def more(n, what):
+        want = total() + n
+        servers.wait_for(lambda: total() >= want or errors, 30, what)
+
+    threads = [threading.Thread(target=stream, args=(d, n)) for d, n in ((a, "a"), (b, "b"))]
+    for t in threads:
+        t.start()
+    try:
+        more(40, "the streams to run")
+        target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", tgt_id)
+        more(40, "checks while the slot is migrating, its key still on the source")
+        keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        assert keys, "the user's key is on the source"
+        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                                        "KEYS", *keys)
+        more(40, "checks sent on by ASK, the key on the target")
+        for n in cluster.nodes:
+            n.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", tgt_id)
+        more(40, "checks sent on by MOVED, then straight to the target")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors
+    every = answers["a"] + answers["b"]
+    assert not any(r["degraded"] for r in every)
+    assert all(r["allowed"] for r in every)
+    # Every check counted once: each saw a count of its own, and the count on the target is the
+    # number of checks.
+    remaining = [r["remaining_day"] for r in every]
+    assert len(set(remaining)) == len(every)
+    day = int(target.client().time()[0]) // 86400
+    assert int(target.client().hget(f"usaged:{{{user}:clmig}}", f"d{day}")) == len(every)
+    assert cluster.node_of_slot(slot) is target
+    redirects = redis_stats(a)["redirects"] + redis_stats(b)["redirects"]
+    assert redirects >= 2
+
+
+def test_a_stopped_primary_affects_only_its_own_slots(daemon_factory, workdir, pg, db, cluster):
+    add_provider(pg, db, "clstop", per_day=1000)
+    d = start(daemon_factory, workdir, pg, db, cluster, policy="deny")
+    users = [str(uuid.uuid4()) for _ in range(40)]
+    owner = {u: cluster.node_of_slot(key_slot(cluster, u, "clstop")) for u in users}
+    victim = cluster.nodes[1]
+    lost = [u for u in users if owner[u] is victim]
+    kept = [u for u in users if owner[u] is not victim]
+    assert lost and kept
+    victim.kill()
+    servers.wait_for(lambda: all(check(d.client(), u, "clstop", 0)["degraded"] for u in lost),
+                     30, "the checks of the stopped primary's slots to be degraded")
+    with d.client() as c:
+        for u in lost:
+            r = check(c, u, "clstop")
+            assert r["degraded"] and not r["allowed"]  # on_redis_error: deny
+        for u in kept:
+            r = check(c, u, "clstop")
+            assert not r["degraded"] and r["allowed"] and r["remaining_day"] == 999
+    assert redis_stats(d)["state"] == "up"
+    # Back, with its slots: exact again.
+    victim.start()
+    cluster.wait_ok()
+    servers.wait_for(lambda: not check(d.client(), lost[0], "clstop", 0)["degraded"], 30,
+                     "the checks of the restarted primary's slots to be exact again")
+    with d.client() as c:
+        r = check(c, lost[1] if len(lost) > 1 else lost[0], "clstop")
+    assert not r["degraded"] and r["allowed"]
