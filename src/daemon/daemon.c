@@ -228,28 +228,6 @@ fail:
     return rc;
 }
 
-/* Keys that only a restart applies; a reload that changes them says so. */
-static void warn_restart_only(const struct config *old, const struct config *new)
-{
-#define CHANGED_STR(a, b) (((a) == NULL) != ((b) == NULL) || ((a) && strcmp((a), (b)) != 0))
-    if (CHANGED_STR(old->listen.unix_path, new->listen.unix_path) ||
-        CHANGED_STR(old->listen.tcp, new->listen.tcp) ||
-        old->listen.unix_mode != new->listen.unix_mode)
-        log_warn("reload: listen addresses changed; they take effect at the next restart");
-    if (CHANGED_STR(old->auth.token_file, new->auth.token_file))
-        log_warn("reload: auth.token_file changed; it takes effect at the next restart");
-    if (CHANGED_STR(old->postgres.conninfo, new->postgres.conninfo))
-        log_warn("reload: postgres.conninfo changed; it takes effect at the next restart");
-    if (CHANGED_STR(old->redis.address, new->redis.address) ||
-        CHANGED_STR(old->redis.key_prefix, new->redis.key_prefix))
-        log_warn("reload: redis settings changed; they take effect at the next restart");
-    if (CHANGED_STR(old->spool.dir, new->spool.dir))
-        log_warn("reload: spool.dir changed; it takes effect at the next restart");
-    if (CHANGED_STR(old->metrics.listen, new->metrics.listen))
-        log_warn("reload: metrics.listen changed; it takes effect at the next restart");
-#undef CHANGED_STR
-}
-
 void daemon_reload(struct daemon *d)
 {
     char err[512];
@@ -258,31 +236,12 @@ void daemon_reload(struct daemon *d)
         log_error("reload refused, keeping the running config: %s", err);
         return;
     }
-    warn_restart_only(d->config, fresh);
     /* The restart-only values stay as they are in force, so that stats and later reloads
      * compare against what is really running. */
     struct config *old = d->config;
-    char *keep[] = {fresh->listen.unix_path,  fresh->listen.tcp,    fresh->auth.token_file,
-                    fresh->postgres.conninfo, fresh->redis.address, fresh->redis.key_prefix,
-                    fresh->spool.dir,         fresh->metrics.listen};
-    fresh->listen.unix_path = old->listen.unix_path;
-    fresh->listen.tcp = old->listen.tcp;
-    fresh->listen.unix_mode = old->listen.unix_mode;
-    fresh->auth.token_file = old->auth.token_file;
-    fresh->postgres.conninfo = old->postgres.conninfo;
-    fresh->redis.address = old->redis.address;
-    fresh->redis.key_prefix = old->redis.key_prefix;
-    fresh->spool.dir = old->spool.dir;
-    fresh->metrics.listen = old->metrics.listen;
-    old->listen.unix_path = keep[0];
-    old->listen.tcp = keep[1];
-    old->auth.token_file = keep[2];
-    old->postgres.conninfo = keep[3];
-    old->redis.address = keep[4];
-    old->redis.key_prefix = keep[5];
-    old->spool.dir = keep[6];
-    old->metrics.listen = keep[7];
-
+    char changed[512];
+    if (config_keep_restart_only(fresh, old, changed, sizeof(changed)) > 0)
+        log_warn("reload: these take effect at the next restart: %s", changed);
     d->config = fresh;
     log_set_level((enum log_level)fresh->log.level);
     struct conn_limits limits;
