@@ -10,8 +10,6 @@
 #include <sys/stat.h>
 
 #include "log.h"
-#include "methods.h"
-#include "stats.h"
 #include "xalloc.h"
 
 static void conn_limits_from(const struct config *c, struct conn_limits *l)
@@ -122,12 +120,33 @@ static void on_part_state(void *arg)
 
 static void status_line(void *arg, char *out, size_t len)
 {
-    stats_summary(arg, out, len);
+    struct daemon *d = arg;
+    stats_summary(&d->stats, out, len);
 }
 
 static void collect_stats(void *arg, msgpack_packer *pk)
 {
-    stats_pack(arg, pk);
+    struct daemon *d = arg;
+    stats_pack(&d->stats, pk);
+}
+
+/* The views of the daemon's parts that the protocol layer and the stats answer get. */
+static void wire_views(struct daemon *d)
+{
+    d->stats = (struct stats_sources){.loop = d->loop,
+                                      .started_ms = uv_now(d->loop),
+                                      .stopping = &d->stopping,
+                                      .conns = &d->conns,
+                                      .batcher = &d->batcher,
+                                      .spool = &d->spool,
+                                      .limiter = &d->limiter,
+                                      .refresh = &d->refresh};
+    d->methods = (struct methods){.token = d->token,
+                                  .token_len = d->token_len,
+                                  .stopping = &d->stopping,
+                                  .batcher = &d->batcher,
+                                  .limiter = &d->limiter,
+                                  .stats = &d->stats};
 }
 
 static sigset_t exit_signals(void)
@@ -163,7 +182,6 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     memset(d, 0, sizeof(*d));
     d->loop = loop;
     d->config = config;
-    d->started_ms = uv_now(loop);
     /* The thread pool's workers are started now, with the exit signals blocked, which they
      * keep: only this thread ever takes those signals (close_signals relies on it). */
     sigset_t set = exit_signals(), old;
@@ -176,9 +194,10 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
         if (rc < 0)
             return rc;
     }
+    wire_views(d);
     struct conn_limits limits;
     conn_limits_from(config, &limits);
-    conn_set_init(&d->conns, loop, &limits, methods_dispatch, d);
+    conn_set_init(&d->conns, loop, &limits, methods_dispatch, &d->methods);
     rc = listener_open(&d->listener, loop, config, &d->conns, err, errlen);
     if (rc < 0) {
         conn_set_close(&d->conns);
@@ -334,11 +353,6 @@ void daemon_stop(struct daemon *d)
     /* A refresh or maintenance statement may run for minutes: cancel it, do not wait. */
     refresh_stop(&d->refresh);
     batcher_drain(&d->batcher, on_drained, d);
-}
-
-uint64_t daemon_uptime_ms(const struct daemon *d)
-{
-    return uv_now(d->loop) - d->started_ms;
 }
 
 static void close_leftover(uv_handle_t *handle, void *arg)
