@@ -140,7 +140,8 @@ static void wire_views(struct daemon *d)
                                       .batcher = &d->batcher,
                                       .spool = &d->spool,
                                       .limiter = &d->limiter,
-                                      .refresh = &d->refresh};
+                                      .refresh = &d->refresh,
+                                      .maintenance = &d->maintenance};
     d->methods = (struct methods){.token = d->token,
                                   .token_len = d->token_len,
                                   .stopping = &d->stopping,
@@ -234,6 +235,8 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     limiter_start(&d->limiter);
     refresh_init(&d->refresh, loop, config);
     refresh_start(&d->refresh);
+    maintenance_init(&d->maintenance, loop, config);
+    maintenance_start(&d->maintenance);
     start_signal(d, &d->sig_term, SIGTERM);
     start_signal(d, &d->sig_int, SIGINT);
     start_signal(d, &d->sig_hup, SIGHUP);
@@ -270,6 +273,7 @@ void daemon_reload(struct daemon *d)
     spool_configure(&d->spool, fresh);
     limiter_configure(&d->limiter, fresh);
     refresh_configure(&d->refresh, fresh);
+    maintenance_configure(&d->maintenance, fresh);
     config_free(old);
     log_info("reloaded %s", fresh->path);
 }
@@ -319,6 +323,12 @@ static void on_refresh_closed(struct refresh *r, void *arg)
     (void)arg;
 }
 
+static void on_maintenance_closed(struct maintenance *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+}
+
 static void on_connections_finished(struct conn_set *set)
 {
     struct daemon *d = (struct daemon *)((char *)set - offsetof(struct daemon, conns));
@@ -329,6 +339,7 @@ static void on_connections_finished(struct conn_set *set)
     batcher_close(&d->batcher, on_batcher_closed, d);
     spool_close(&d->spool, on_spool_closed, d);
     refresh_close(&d->refresh, on_refresh_closed, d);
+    maintenance_close(&d->maintenance, on_maintenance_closed, d);
     metrics_close(&d->metrics);
     notify_close(&d->notify);
     conn_set_close(&d->conns);
@@ -352,6 +363,7 @@ void daemon_stop(struct daemon *d)
     listener_close(&d->listener);
     /* A refresh or maintenance statement may run for minutes: cancel it, do not wait. */
     refresh_stop(&d->refresh);
+    maintenance_stop(&d->maintenance);
     batcher_drain(&d->batcher, on_drained, d);
 }
 

@@ -13,6 +13,7 @@
 #include "conn.h"
 #include "limiter.h"
 #include "listener.h"
+#include "maintenance.h"
 #include "methods.h"
 #include "metrics.h"
 #include "notify.h"
@@ -29,7 +30,8 @@ struct daemon {
     struct spool spool;
     struct batcher batcher;
     struct limiter limiter;
-    struct refresh refresh; /* analytics refresh and daily maintenance */
+    struct refresh refresh;         /* analytics refresh */
+    struct maintenance maintenance; /* the daily database maintenance */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_work_t threads_work;     /* starts the thread pool with the exit signals blocked */
     struct notify notify;       /* sd_notify: READY=1, STATUS=, STOPPING=1, WATCHDOG=1 */

@@ -57,7 +57,7 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     rpc_pack_str(pk, "refresh");
     refresh_pack_stats(s->refresh, pk);
     rpc_pack_str(pk, "maintenance");
-    refresh_pack_maintenance_stats(s->refresh, pk);
+    maintenance_pack_stats(s->maintenance, pk);
 }
 
 void stats_summary(const struct stats_sources *s, char *out, size_t len)

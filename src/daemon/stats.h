@@ -16,6 +16,7 @@
 #include "batcher.h"
 #include "conn.h"
 #include "limiter.h"
+#include "maintenance.h"
 #include "refresh.h"
 #include "spool.h"
 
@@ -29,6 +30,7 @@ struct stats_sources {
     const struct spool *spool;
     const struct limiter *limiter;
     const struct refresh *refresh;
+    const struct maintenance *maintenance;
 };
 
 /* Milliseconds since the daemon started. */
