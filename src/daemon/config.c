@@ -13,6 +13,9 @@
  *   with its default and what it does, to conf/usaged.yaml (test_config checks both ways). The
  *   field's C type must be the type's storage (see key_storage; test_config checks that too).
  *   A string that needs a test of its own beyond nullable/empty names a .check function.
+ * - a list of strings (hosts, names): a CONFIG_STRINGS line naming its `char **` field and, with
+ *   COUNT(), its `size_t` count field; .check tests each string. Parsing, freeing and reload
+ *   (restart-only too) come with the type.
  * - a list or map: in config_lists.c, write a parser, `bool parse_x(struct config_reader *,
  *   yaml_node_t *, struct config *)`, and a release that frees what it built, export them as a
  *   `const struct config_list` (declared in config_reader.h), and add a CONFIG_LIST line here
@@ -31,9 +34,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool check_redis_address(struct config_reader *p, const yaml_node_t *n, const char *key,
-                                const char *value)
+/* Checks of a string value beyond nullable and empty, given the config read so far. */
+static bool check_host_port(struct config_reader *p, const yaml_node_t *n, const struct config *c,
+                            const char *key, const char *value)
 {
+    (void)c;
+    return config_check_host_port(p, n, key, value);
+}
+
+static bool check_redis_address(struct config_reader *p, const yaml_node_t *n,
+                                const struct config *c, const char *key, const char *value)
+{
+    (void)c;
     if (strncmp(value, "unix:", 5) == 0) {
         if (value[5] != '/')
             return config_fail(p, n, "%s: unix: must be followed by an absolute path", key);
@@ -51,11 +63,12 @@ enum config_type {
     CONFIG_ENUM,          /* an enum of int size; .names lists its values in order */
     CONFIG_MODE,          /* uint32_t, octal permission bits */
     CONFIG_MINUTE_OF_DAY, /* int32_t, a UTC time HH:MM as minutes; null: -1 */
+    CONFIG_STRINGS,       /* char **, a list of strings; its size_t count field is COUNT() */
     CONFIG_LIST,          /* parsed and freed by .list */
 };
 
 #define CONFIG_NULLABLE 1u /* strings: null gives NULL */
-#define CONFIG_EMPTY_OK 2u /* strings: "" is a value */
+#define CONFIG_EMPTY_OK 2u /* strings and lists of strings: "" is a value */
 #define CONFIG_RESTART 4u  /* a reload keeps the running value and says it needs a restart */
 
 struct config_key {
@@ -68,9 +81,12 @@ struct config_key {
     int64_t def;              /* default of numbers, bools, enums, modes, minutes */
     const char *def_str;      /* default of strings; NULL: null */
     const char *const *names; /* CONFIG_ENUM: the values, NULL-terminated */
-    bool (*check)(struct config_reader *p, const yaml_node_t *n, const char *key,
-                  const char *value);
-    const struct config_list *list; /* CONFIG_LIST */
+    /* A string's (or each listed string's) own test, given the config read so far (a list's
+     * count already includes the string). */
+    bool (*check)(struct config_reader *p, const yaml_node_t *n, const struct config *c,
+                  const char *key, const char *value);
+    size_t count_offset, count_size; /* CONFIG_STRINGS: its count field, see COUNT() */
+    const struct config_list *list;  /* CONFIG_LIST */
 };
 
 #define KEY(n, t, field, ...)                                                                      \
@@ -78,6 +94,10 @@ struct config_key {
         .name = n, .type = CONFIG_##t, .offset = offsetof(struct config, field),                   \
         .size = sizeof(((struct config *)0)->field), __VA_ARGS__                                   \
     }
+/* The count field of a CONFIG_STRINGS key. */
+#define COUNT(field)                                                                               \
+    .count_offset = offsetof(struct config, field),                                                \
+    .count_size = sizeof(((struct config *)0)->field)
 
 static const char *const redis_policies[] = {"local", "allow", "deny", NULL};
 static const char *const acks[] = {"queued", "durable", NULL};
@@ -92,7 +112,7 @@ static const struct config_key config_keys[] = {
         .def_str = "/run/usaged/usaged.sock"),
     KEY("listen.unix_mode", MODE, listen.unix_mode, .flags = CONFIG_RESTART, .def = 0660),
     KEY("listen.tcp", STRING, listen.tcp, .flags = CONFIG_NULLABLE | CONFIG_RESTART,
-        .check = config_check_host_port),
+        .check = check_host_port),
     KEY("listen.max_connections", U32, listen.max_connections, .min = 1, .max = 1000000,
         .def = 4096),
     KEY("listen.max_message_bytes", U32_SIZE, listen.max_message_bytes, .min = KIB, .max = 64 * MIB,
@@ -161,7 +181,7 @@ static const struct config_key config_keys[] = {
     KEY("log.level", ENUM, log.level, .names = log_levels, .def = LOG_INFO),
 
     KEY("metrics.listen", STRING, metrics.listen, .flags = CONFIG_NULLABLE | CONFIG_RESTART,
-        .check = config_check_host_port),
+        .check = check_host_port),
 };
 
 #define CONFIG_KEY_COUNT (sizeof(config_keys) / sizeof(config_keys[0]))
@@ -235,6 +255,51 @@ static bool parse_minute_of_day(struct config_reader *p, const yaml_node_t *v, c
     return true;
 }
 
+static char ***strings_of(struct config *c, const struct config_key *k)
+{
+    return (char ***)field(c, k);
+}
+
+static size_t *count_of(struct config *c, const struct config_key *k)
+{
+    return (size_t *)(void *)((char *)c + k->count_offset);
+}
+
+static void release_strings(struct config *c, const struct config_key *k)
+{
+    char **list = *strings_of(c, k);
+    for (size_t i = 0; i < *count_of(c, k); i++)
+        free(list[i]);
+    free(list);
+    *strings_of(c, k) = NULL;
+    *count_of(c, k) = 0;
+}
+
+/* A list of strings; null is the empty list. A later occurrence replaces an earlier one. */
+static bool parse_strings(struct config_reader *p, const struct config_key *k, yaml_node_t *v,
+                          struct config *c)
+{
+    release_strings(c, k);
+    if (config_is_null(v))
+        return true;
+    if (v->type != YAML_SEQUENCE_NODE)
+        return config_fail(p, v, "%s must be a list of strings", k->name);
+    for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+         it++) {
+        yaml_node_t *item = config_node_at(p, *it);
+        char *value = NULL;
+        if (!config_read_string(p, item, k->name, false, k->flags & CONFIG_EMPTY_OK, &value))
+            return false;
+        char ***list = strings_of(c, k);
+        size_t *count = count_of(c, k);
+        *list = xrealloc(*list, (*count + 1) * sizeof(**list));
+        (*list)[(*count)++] = value;
+        if (k->check && !k->check(p, item, c, k->name, value))
+            return false;
+    }
+    return true;
+}
+
 static bool parse_value(struct config_reader *p, const struct config_key *k, yaml_node_t *v,
                         struct config *c)
 {
@@ -257,8 +322,10 @@ static bool parse_value(struct config_reader *p, const struct config_key *k, yam
         if (!config_read_string(p, v, k->name, k->flags & CONFIG_NULLABLE,
                                 k->flags & CONFIG_EMPTY_OK, s))
             return false;
-        return !k->check || !*s || k->check(p, v, k->name, *s);
+        return !k->check || !*s || k->check(p, v, c, k->name, *s);
     }
+    case CONFIG_STRINGS:
+        return parse_strings(p, k, v, c);
     case CONFIG_ENUM: {
         size_t count = 0;
         while (k->names[count])
@@ -330,6 +397,7 @@ static struct config *config_defaults(const char *path)
         case CONFIG_MINUTE_OF_DAY:
             *(int32_t *)f = (int32_t)k->def;
             break;
+        case CONFIG_STRINGS:
         case CONFIG_LIST:
             break; /* empty: calloc's zeroes */
         }
@@ -355,6 +423,8 @@ static size_t key_storage(enum config_type t)
         return sizeof(int);
     case CONFIG_MINUTE_OF_DAY:
         return sizeof(int32_t);
+    case CONFIG_STRINGS:
+        return sizeof(char **);
     case CONFIG_LIST:
         return sizeof(void *);
     }
@@ -390,6 +460,9 @@ bool config_table_check(char *err, size_t errlen)
                  (!k->list || !k->list->parse || !k->list->release ||
                   ((k->flags & CONFIG_RESTART) && (!k->list->same || !k->list->swap))))
             bad = "a list needs parse and release (and same and swap if restart-only)";
+        else if (k->type == CONFIG_STRINGS &&
+                 (k->count_offset == 0 || k->count_size != sizeof(size_t)))
+            bad = "a list of strings needs its size_t count field, COUNT()";
         else if (k->type == CONFIG_STRING && !k->def_str && !(k->flags & CONFIG_NULLABLE))
             bad = "a string that cannot be null needs a default";
         for (size_t j = 0; j < i && !bad; j++)
@@ -407,6 +480,16 @@ static bool key_same(const struct config_key *k, const struct config *a, const s
 {
     if (k->type == CONFIG_LIST)
         return k->list->same(a, b);
+    if (k->type == CONFIG_STRINGS) {
+        size_t n = *(const size_t *)(const void *)((const char *)a + k->count_offset);
+        if (n != *(const size_t *)(const void *)((const char *)b + k->count_offset))
+            return false;
+        char *const *x = *(char **const *)cfield(a, k), *const *y = *(char **const *)cfield(b, k);
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(x[i], y[i]) != 0)
+                return false;
+        return true;
+    }
     if (k->type == CONFIG_STRING) {
         const char *x = *(char *const *)cfield(a, k), *y = *(char *const *)cfield(b, k);
         return x == y || (x && y && strcmp(x, y) == 0);
@@ -434,6 +517,11 @@ size_t config_keep_restart_only(struct config *fresh, struct config *running, ch
         if (k->type == CONFIG_LIST) {
             k->list->swap(fresh, running);
             continue;
+        }
+        if (k->type == CONFIG_STRINGS) {
+            size_t n = *count_of(fresh, k);
+            *count_of(fresh, k) = *count_of(running, k);
+            *count_of(running, k) = n;
         }
         unsigned char tmp[sizeof(uint64_t)];
         memcpy(tmp, field(fresh, k), k->size);
@@ -583,6 +671,8 @@ void config_free(struct config *c)
         const struct config_key *k = &config_keys[i];
         if (k->type == CONFIG_STRING)
             free(*(char **)field(c, k));
+        else if (k->type == CONFIG_STRINGS)
+            release_strings(c, k);
         else if (k->type == CONFIG_LIST)
             k->list->release(c);
     }
