@@ -69,6 +69,11 @@ static void session_fail(struct redis_sentinel *s, const char *why)
     snprintf(s->last_error, sizeof(s->last_error), "%s", why);
     s->next++;
     session_restart(s, backoff(s));
+    /* Counted as a failed connect, and told while no primary is known: with every sentinel
+     * away, the daemon must still come up, with the fallback policy in force. */
+    s->r->stats.connect_failures++;
+    if (!s->primary->connected)
+        redis_set_up(s->r, false);
 }
 
 static void on_switch(redisAsyncContext *ac, void *reply_ptr, void *privdata)

@@ -138,3 +138,20 @@ def test_a_manual_failover_moves_the_daemon_off_the_demoted_primary(
     servers.wait_for(lambda: group.primary.client().execute_command("ROLE")[0] == b"slave", 30,
                      "the old primary to become a replica")
     assert exact_across([d], "sentmove", 5) == 5
+
+
+def test_with_every_sentinel_away_the_daemon_starts_on_the_policy_then_finds_the_primary(
+        daemon_factory, workdir, pg, db, group):
+    add_provider(pg, db, "sentaway", per_day=4)
+    for s in group.sentinels:
+        s.stop()
+    d = start(daemon_factory, workdir, pg, db, group, policy="deny")
+    user = str(uuid.uuid4())
+    with d.client() as c:
+        r = check(c, user, "sentaway")
+    assert r["degraded"] and not r["allowed"]
+    assert redis_stats(d)["state"] == "down"
+    for s in group.sentinels:
+        s.start()
+    wait_primary(d, group.primary.tcp_address())
+    assert exact_across([d], "sentaway", 4) == 4
