@@ -201,8 +201,9 @@ class _Server:
 class Redis(_Server):
     """A redis-server on DIR/redis.sock (and a loopback TCP port when tcp is True or a port).
 
-    password: requirepass (the default user's); users: ACL users as {name: password}, each
-    allowed every key and command; args: more redis-server options (e.g. a replica's)."""
+    password: requirepass (the default user's); users: ACL users as {name: password} (allowed
+    every key and command) or {name: (password, [ACL rules])}; args: more redis-server options
+    (e.g. a replica's)."""
 
     def __init__(self, root, tcp=False, password=None, users=None, args=()):
         self.root = os.path.abspath(root)
@@ -234,8 +235,9 @@ class Redis(_Server):
                 "--daemonize", "no"]
         if self.password:
             argv += ["--requirepass", self.password]
-        for name, pw in self.users.items():
-            argv += ["--user", name, "on", f">{pw}", "~*", "&*", "+@all"]
+        for name, user in self.users.items():
+            pw, rules = user if isinstance(user, tuple) else (user, ["~*", "&*", "+@all"])
+            argv += ["--user", name, "on", f">{pw}", *rules]
         argv += self.args
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
