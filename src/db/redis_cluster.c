@@ -22,6 +22,7 @@ struct cluster_node {
     struct redis_conn conn;
     char *address; /* "host:port" as the map (or the seed list) names it */
     bool in_map;   /* owns slots in the last map */
+    bool ever_up;  /* has been connected: while it reconnects, its calls fail at once */
     struct cluster_node *next;
 };
 
@@ -79,6 +80,7 @@ static void on_node_state(struct redis_conn *c, bool up, void *arg)
     (void)c;
     struct cluster_node *n = arg;
     struct redis_cluster *cl = n->cl;
+    n->ever_up |= up;
     /* A node that came up may be the first to ask for the map; one that went down may have
      * handed its slots to a replica. */
     if (!up || !cl->map_known)
@@ -340,6 +342,16 @@ static void on_retry_timer(uv_timer_t *t)
     }
 }
 
+/* Sends the call again (to its slot's node) TRYAGAIN_MS from now. */
+static void retry_later(struct cluster_call *cc)
+{
+    struct redis_cluster *cl = cc->cl;
+    cc->next = cl->retry;
+    cl->retry = cc;
+    if (!uv_is_active((uv_handle_t *)&cl->retry_timer))
+        uv_timer_start(&cl->retry_timer, on_retry_timer, TRYAGAIN_MS, 0);
+}
+
 static void on_call_reply(enum redis_status status, const redisReply *reply, void *arg)
 {
     struct cluster_call *cc = arg;
@@ -367,10 +379,7 @@ static void on_call_reply(enum redis_status status, const redisReply *reply, voi
         if (strncmp(reply->str, "TRYAGAIN", 8) == 0) {
             /* Keys of a slot being migrated, some moved and some not yet: a moment later they
              * all are (or the slot has moved). */
-            cc->next = cl->retry;
-            cl->retry = cc;
-            if (!uv_is_active((uv_handle_t *)&cl->retry_timer))
-                uv_timer_start(&cl->retry_timer, on_retry_timer, TRYAGAIN_MS, 0);
+            retry_later(cc);
             return;
         }
         if (strncmp(reply->str, "CLUSTERDOWN", 11) == 0)
@@ -388,6 +397,16 @@ static void call_send(struct cluster_call *cc, struct cluster_node *n, bool aski
         return;
     }
     if (!n->conn.connected) {
+        if (!n->ever_up && n->conn.connecting) {
+            /* A node first met (at start, or named by a MOVED or an ASK): its connect is a
+             * moment away. The call waits, within its timeout, and goes again to its slot's
+             * node (which says ASK again, if that is how it came here) by the retry timer.
+             * Waiting is no redirect: an ASK that will come again is not counted twice. */
+            if (asking)
+                cc->redirects--;
+            retry_later(cc);
+            return;
+        }
         call_done(cc, REDIS_CALL_DOWN, NULL);
         return;
     }
@@ -400,7 +419,8 @@ void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, in
                         redis_reply_fn cb, void *arg)
 {
     struct cluster_node *n = cl->slots ? cl->slots[slot] : NULL;
-    if (!n || !n->conn.connected || cl->closing) {
+    bool first_connect = n && !n->ever_up && n->conn.connecting;
+    if (!n || (!n->conn.connected && !first_connect) || cl->closing) {
         if (!n)
             refresh_soon(cl, 0);
         cb(REDIS_CALL_DOWN, NULL, arg);

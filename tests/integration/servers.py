@@ -386,19 +386,34 @@ class Cluster:
     def __init__(self, root, n=3, password=None):
         self.root = os.path.abspath(root)
         self.password = password
-        self.nodes = []
-        for i in range(n):
-            port = _free_port_with_bus()
-            d = os.path.join(self.root, f"node{i}")
-            args = ["--cluster-enabled", "yes",
-                    "--cluster-config-file", os.path.join(d, "nodes.conf"),
-                    "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"]
-            if password:
-                args += ["--masterauth", password]
-            self.nodes.append(Redis(d, tcp=port, password=password, args=args))
+        self.nodes = [self._node(i) for i in range(n)]
 
     def addresses(self):
         return [n.tcp_address() for n in self.nodes]
+
+    def _node(self, i):
+        port = _free_port_with_bus()
+        d = os.path.join(self.root, f"node{i}")
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", os.path.join(d, "nodes.conf"),
+                "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"]
+        if self.password:
+            args += ["--masterauth", self.password]
+        return Redis(d, tcp=port, password=self.password, args=args)
+
+    def add_node(self):
+        """Starts one more primary, without slots, and introduces it to the cluster; returns it
+        once every node knows it."""
+        node = self._node(len(self.nodes)).start()
+        self.nodes[0].client().execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        self.nodes.append(node)
+
+        def known():
+            return all(len(n.client(decode_responses=True).execute_command("CLUSTER", "NODES")
+                           .strip().splitlines()) == len(self.nodes)
+                       for n in self.nodes if n.pid is not None)
+        wait_for(known, 30, "every node to know the new one")
+        self.wait_ok()
+        return node
 
     def start(self):
         for n in self.nodes:

@@ -5,7 +5,6 @@ whose slots it owns."""
 
 import os
 import threading
-import time
 import uuid
 
 import msgpack
@@ -82,6 +81,71 @@ def test_two_daemons_share_exact_limits_over_three_primaries(
     assert redis_stats(a)["mode"] == "cluster"
 
 
+class Streams:
+    """Checks of one user from each daemon, in a loop each, until stopped."""
+
+    def __init__(self, daemons, user, provider):
+        self.stop_event = threading.Event()
+        self.answers = [[] for _ in daemons]
+        self.errors = []
+        self.threads = [threading.Thread(target=self._run, args=(d, i, user, provider))
+                        for i, d in enumerate(daemons)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, d, i, user, provider):
+        try:
+            with d.client() as c:
+                while not self.stop_event.is_set():
+                    self.answers[i].append(check(c, user, provider))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion of the test
+            self.errors.append(e)
+
+    def total(self):
+        return sum(len(a) for a in self.answers)
+
+    def more(self, n, what):
+        want = self.total() + n
+        servers.wait_for(lambda: self.total() >= want or self.errors, 30, what)
+
+    def stop(self):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(30)
+        return [a for answers in self.answers for a in answers]
+
+
+def migrate_slot(cluster, slot, source, target, streams):
+    """Moves slot from source to target the way redis-cli --cluster reshard does, with checks
+    flowing at each step."""
+    src_id, tgt_id = cluster.node_id(source), cluster.node_id(target)
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", tgt_id)
+    streams.more(40, "checks while the slot is migrating, its key still on the source")
+    keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    assert keys, "the user's key is on the source"
+    source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS",
+                                    *keys)
+    streams.more(40, "checks sent on by ASK, the key on the target")
+    # The target first, then the source, then the others, as redis-cli does: a source that let
+    # go before the target took over would send calls back and forth with MOVED.
+    order = [target, source] + [n for n in cluster.nodes if n not in (target, source)]
+    for n in order:
+        if n.pid is not None:
+            n.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", tgt_id)
+    streams.more(40, "checks sent on by MOVED, then straight to the target")
+
+
+def assert_counted_once(every, target, user, provider):
+    """Every check allowed, exact (none degraded), and counted once: each saw a count of its
+    own, and the count on the target is the number of checks."""
+    assert not any(r["degraded"] for r in every)
+    assert all(r["allowed"] for r in every)
+    assert len(set(r["remaining_day"] for r in every)) == len(every)
+    day = int(target.client().time()[0]) // 86400
+    assert int(target.client().hget(f"usaged:{{{user}:{provider}}}", f"d{day}")) == len(every)
+
+
 def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
         daemon_factory, workdir, pg, db, cluster):
     add_provider(pg, db, "clmig", per_day=1000000)
@@ -91,60 +155,37 @@ def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
     slot = key_slot(cluster, user, "clmig")
     source = cluster.node_of_slot(slot)
     target = next(n for n in cluster.nodes if n is not source)
-    src_id, tgt_id = cluster.node_id(source), cluster.node_id(target)
-
-    stop = threading.Event()
-    answers = {"a": [], "b": []}
-    errors = []
-
-    def stream(d, name):
-        try:
-            with d.client() as c:
-                while not stop.is_set():
-                    answers[name].append(check(c, user, "clmig"))
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
-            errors.append(e)
-
-    def total():
-        return len(answers["a"]) + len(answers["b"])
-
-    def more(n, what):
-        want = total() + n
-        servers.wait_for(lambda: total() >= want or errors, 30, what)
-
-    threads = [threading.Thread(target=stream, args=(d, n)) for d, n in ((a, "a"), (b, "b"))]
-    for t in threads:
-        t.start()
+    streams = Streams([a, b], user, "clmig")
     try:
-        more(40, "the streams to run")
-        target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", tgt_id)
-        more(40, "checks while the slot is migrating, its key still on the source")
-        keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
-        assert keys, "the user's key is on the source"
-        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
-                                        "KEYS", *keys)
-        more(40, "checks sent on by ASK, the key on the target")
-        for n in cluster.nodes:
-            n.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", tgt_id)
-        more(40, "checks sent on by MOVED, then straight to the target")
+        streams.more(40, "the streams to run")
+        migrate_slot(cluster, slot, source, target, streams)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert not errors, errors
-    every = answers["a"] + answers["b"]
-    assert not any(r["degraded"] for r in every)
-    assert all(r["allowed"] for r in every)
-    # Every check counted once: each saw a count of its own, and the count on the target is the
-    # number of checks.
-    remaining = [r["remaining_day"] for r in every]
-    assert len(set(remaining)) == len(every)
-    day = int(target.client().time()[0]) // 86400
-    assert int(target.client().hget(f"usaged:{{{user}:clmig}}", f"d{day}")) == len(every)
+        every = streams.stop()
+    assert not streams.errors, streams.errors
+    assert_counted_once(every, target, user, "clmig")
     assert cluster.node_of_slot(slot) is target
-    redirects = redis_stats(a)["redirects"] + redis_stats(b)["redirects"]
-    assert redirects >= 2
+    assert redis_stats(a)["redirects"] + redis_stats(b)["redirects"] >= 2
+
+
+def test_a_slot_moved_to_a_node_added_mid_stream_waits_for_its_connection(
+        daemon_factory, workdir, pg, db, cluster):
+    add_provider(pg, db, "clgrow", per_day=1000000)
+    d = start(daemon_factory, workdir, pg, db, cluster)
+    user = str(uuid.uuid4())
+    slot = key_slot(cluster, user, "clgrow")
+    source = cluster.node_of_slot(slot)
+    streams = Streams([d], user, "clgrow")
+    try:
+        streams.more(40, "the stream to run")
+        added = cluster.add_node()
+        migrate_slot(cluster, slot, source, added, streams)
+    finally:
+        every = streams.stop()
+    assert not streams.errors, streams.errors
+    # The daemon first heard of the new node from ASK and MOVED: no check was answered by the
+    # policy while it connected.
+    assert_counted_once(every, added, user, "clgrow")
+    assert f"redis: connected to {added.tcp_address()}" in d.log_text()
 
 
 def test_a_stopped_primary_affects_only_its_own_slots(daemon_factory, workdir, pg, db, cluster):
