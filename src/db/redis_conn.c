@@ -258,6 +258,24 @@ static void record_latency(struct redis_conn *c, const struct redis_call *call)
 
 static void send_call(struct redis_conn *c, struct redis_call *call, bool with_source);
 
+static bool is_readonly_error(const redisReply *r)
+{
+    return (r->type == REDIS_REPLY_ERROR || r->type == REDIS_REPLY_STRING) && r->len >= 8 &&
+           memcmp(r->str, "READONLY", 8) == 0;
+}
+
+/* The reply is a -READONLY error, or an array holding one: a script that catches its write's
+ * error (redis.pcall) hands it back as one of its results. */
+static bool says_readonly(const redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY)
+        return is_readonly_error(r);
+    for (size_t i = 0; i < r->elements; i++)
+        if (is_readonly_error(r->element[i]))
+            return true;
+    return false;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
 {
     struct redis_call *call = privdata;
@@ -276,8 +294,7 @@ static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
         send_call(c, call, true);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "READONLY", 8) == 0 &&
-        c->ac == ac && !c->drop_why[0]) {
+    if (says_readonly(reply) && c->ac == ac && !c->drop_why[0]) {
         /* The server has become a replica (a failover): this connection is of no more use.
          * Its owner finds the new primary (Sentinel) or it reconnects (one server). */
         snprintf(c->drop_why, sizeof(c->drop_why), "the server is a replica now (READONLY)");
@@ -403,7 +420,13 @@ static void conn_fail(struct redis_conn *c, const char *why, bool was_up)
 {
     uint64_t now = uv_now(c->loop);
     if (was_up) {
-        log_warn("redis: connection to %s lost: %s", c->address, why);
+        /* A loss for the same reason as the last within a minute (a server that keeps turning
+         * out to be a replica, say) is not logged again. */
+        if (strcmp(why, c->last_lost) != 0 || now - c->last_lost_ms >= 60000) {
+            log_warn("redis: connection to %s lost: %s", c->address, why);
+            c->last_lost_ms = now;
+        }
+        snprintf(c->last_lost, sizeof(c->last_lost), "%s", why);
     } else if (strcmp(why, c->last_error) != 0 || now - c->last_logged_ms >= 60000) {
         log_warn("redis: cannot connect to %s: %s", c->address ? c->address : "?", why);
         c->last_logged_ms = now;

@@ -11,7 +11,8 @@
  *
  * A lost connection is retried with doubling backoff at the same address, unless the connection
  * is managed: then its owner (the Sentinel client) is told, and decides where and when to
- * connect next. A -READONLY reply (the server has become a replica) drops the connection. */
+ * connect next. A -READONLY reply, or a reply holding one (a script's caught error), says the
+ * server has become a replica: the connection is dropped. */
 #ifndef USAGED_REDIS_CONN_H
 #define USAGED_REDIS_CONN_H
 
@@ -85,8 +86,10 @@ struct redis_conn {
     struct redis_call *calls_tail;
     void (*on_state)(struct redis_conn *c, bool up, void *arg);
     void *state_arg;
-    char last_error[256];
+    char last_error[256];     /* of the last failed connect, to log a repeated one rarely */
     uint64_t last_logged_ms;
+    char last_lost[128];      /* why the last established connection was lost, likewise */
+    uint64_t last_lost_ms;
     void (*on_closed)(struct redis_conn *c, void *arg);
     void *closed_arg;
 };

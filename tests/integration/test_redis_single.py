@@ -145,3 +145,38 @@ def test_a_tls_address_is_refused_at_start_with_the_way_to_reach_one(workdir):
     assert r.returncode != 0
     assert f"{cfg}:2:12: redis.address: rediss:// (TLS) is not supported" in r.stderr
     assert "stunnel" in r.stderr
+
+
+def test_a_server_turned_replica_drops_the_connection_until_it_is_a_primary_again(
+        daemon_factory, workdir, pg, db):
+    add_provider(pg, db, "turned", per_day=1000)
+    root = os.path.join(workdir, f"turned-{uuid.uuid4().hex[:8]}")
+    a = servers.Redis(os.path.join(root, "a"), tcp=True).start()
+    b = servers.Redis(os.path.join(root, "b"), tcp=True).start()
+    try:
+        cfg = base_config(workdir, pg=pg, dbname=db)
+        cfg += f"redis:\n  address: \"{a.address()}\"\n  reconnect_max_ms: 100\n"
+        cfg += "limits:\n  resync_s: 60\n  log_denied: false\n  on_redis_error: deny\n"
+        d = daemon_factory(cfg)
+        servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
+                         "the limits to be loaded")
+        user = str(uuid.uuid4())
+        with d.client() as c:
+            assert not check(c, user, "turned")["degraded"]
+            a.client().replicaof("127.0.0.1", b.port)
+            # The script's write is refused (READONLY): the policy answers, and the connection
+            # goes, again at each reconnect, with one log line.
+            r = check(c, user, "turned")
+            assert r["degraded"] and not r["allowed"]
+            def refused_again():
+                assert check(c, user, "turned")["degraded"]
+                return d.client().call("stats")["limits"]["redis"]["connects"] >= 4
+            servers.wait_for(refused_again, 30, "several connects to the replica")
+            lines = [x for x in d.log_text().splitlines() if "READONLY" in x and "lost" in x]
+            assert len(lines) == 1, lines
+            a.client().replicaof("NO", "ONE")
+            servers.wait_for(lambda: not check(c, user, "turned", 0)["degraded"], 30,
+                             "exact answers once it is a primary again")
+    finally:
+        a.stop()
+        b.stop()
