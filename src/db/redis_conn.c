@@ -129,6 +129,9 @@ static void format_command(struct buf *out, int argc, const char *const *argv, c
         *p++ = '\r';
         *p++ = '\n';
     }
+    /* Not part of the command: hiredis 0.14 looks one byte past a command's first argument
+     * (whether a second one follows), which for ASKING is past the end. */
+    *p = '\0';
     out->len += (size_t)(p - start);
 }
 struct redis_call {

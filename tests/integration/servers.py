@@ -270,8 +270,10 @@ class Redis(_Server):
 class Sentinel(_Server):
     """redis-server --sentinel on a loopback TCP port, watching one primary as `master`."""
 
-    def __init__(self, root, primary_port, master="mymaster", quorum=2, down_after_ms=1000):
+    def __init__(self, root, primary_port, master="mymaster", quorum=2, down_after_ms=1000,
+                 auth_pass=None):
         self.root = os.path.abspath(root)
+        self.auth_pass = auth_pass
         self.port = free_port()
         self.master = master
         self.conf = os.path.join(self.root, "sentinel.conf")
@@ -298,6 +300,8 @@ class Sentinel(_Server):
                     f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {self.master} 4000\n"
                     f"sentinel parallel-syncs {self.master} 1\n")
+            if self.auth_pass:
+                f.write(f"sentinel auth-pass {self.master} {self.auth_pass}\n")
         proc = subprocess.Popen(["redis-server", self.conf, "--sentinel"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -319,16 +323,19 @@ class Sentinel(_Server):
 
 
 class SentinelGroup:
-    """A primary, one replica and three sentinels (quorum 2), all on loopback TCP ports."""
+    """A primary, one replica and three sentinels (quorum 2), all on loopback TCP ports; with a
+    password, the primary and the replica require it (and use it with each other)."""
 
-    def __init__(self, root, master="mymaster"):
+    def __init__(self, root, master="mymaster", password=None):
         self.root = os.path.abspath(root)
         self.master = master
-        self.primary = Redis(os.path.join(self.root, "primary"), tcp=True)
-        self.replica = Redis(os.path.join(self.root, "replica"), tcp=True,
-                             args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        auth = ["--masterauth", password] if password else []
+        self.primary = Redis(os.path.join(self.root, "primary"), tcp=True, password=password,
+                             args=auth)
+        self.replica = Redis(os.path.join(self.root, "replica"), tcp=True, password=password,
+                             args=["--replicaof", "127.0.0.1", str(self.primary.port)] + auth)
         self.sentinels = [Sentinel(os.path.join(self.root, f"sentinel{i}"), self.primary.port,
-                                   master) for i in range(3)]
+                                   master, auth_pass=password) for i in range(3)]
 
     def start(self):
         self.primary.start()

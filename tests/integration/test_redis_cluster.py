@@ -216,3 +216,35 @@ def test_a_stopped_primary_affects_only_its_own_slots(daemon_factory, workdir, p
     with d.client() as c:
         r = check(c, lost[1] if len(lost) > 1 else lost[0], "clstop")
     assert not r["degraded"] and r["allowed"]
+
+
+def test_a_password_protected_cluster_authenticates_every_node(
+        daemon_factory, workdir, pg, db):
+    add_provider(pg, db, "clauth", per_day=2)
+    c = servers.Cluster(os.path.join(workdir, f"cluster-{uuid.uuid4().hex[:8]}"), n=3,
+                        password="cluster-Pw").start()
+    try:
+        pw = os.path.join(workdir, "cluster-password")
+        with open(pw, "w") as f:
+            f.write("cluster-Pw\n")
+        cfg = base_config(workdir, pg=pg, dbname=db)
+        cfg += (f"redis:\n  cluster: [\"{c.addresses()[0]}\"]\n"
+                f"  password_file: \"{pw}\"\n")
+        cfg += "limits:\n  resync_s: 60\n  log_denied: false\n  on_redis_error: deny\n"
+        d = daemon_factory(cfg)
+        servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
+                         "the limits to be loaded")
+        servers.wait_for(lambda: redis_stats(d)["state"] == "up", 30, "the slot map")
+        users = [str(uuid.uuid4()) for _ in range(30)]
+        with d.client() as cl:
+            answers = pipelined(cl, [(u, "clauth") for _ in range(3) for u in users])
+        assert all(err is None and not r["degraded"] for err, r in answers)
+        allowed = {}
+        for u, (_, r) in zip([u for _ in range(3) for u in users], answers):
+            allowed[u] = allowed.get(u, 0) + r["allowed"]
+        assert set(allowed.values()) == {2}
+        # Every node was reached, each after its own AUTH.
+        assert all(n.client().dbsize() > 0 for n in c.nodes)
+        assert redis_stats(d)["auth_failures"] == 0
+    finally:
+        c.stop()

@@ -23,11 +23,11 @@ def group(workdir):
     g.stop()
 
 
-def start(daemon_factory, workdir, pg, db, group, policy="local"):
+def start(daemon_factory, workdir, pg, db, group, policy="local", redis_extra=""):
     cfg = base_config(workdir, pg=pg, dbname=db)
     sentinels = ", ".join(f"\"{s.address()}\"" for s in group.sentinels)
     cfg += (f"redis:\n  sentinels: [{sentinels}]\n  sentinel_master: {group.master}\n"
-            "  timeout_ms: 1000\n  reconnect_max_ms: 200\n")
+            "  timeout_ms: 1000\n  reconnect_max_ms: 200\n" + redis_extra)
     cfg += f"limits:\n  resync_s: 60\n  log_denied: false\n  on_redis_error: {policy}\n"
     d = daemon_factory(cfg)
     servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
@@ -155,3 +155,21 @@ def test_with_every_sentinel_away_the_daemon_starts_on_the_policy_then_finds_the
         s.start()
     wait_primary(d, group.primary.tcp_address())
     assert exact_across([d], "sentaway", 4) == 4
+
+
+def test_a_password_protected_primary_is_found_and_authenticated(
+        daemon_factory, workdir, pg, db):
+    add_provider(pg, db, "sentauth", per_day=3)
+    g = servers.SentinelGroup(os.path.join(workdir, f"sentinel-{uuid.uuid4().hex[:8]}"),
+                              password="sentinel-group-Pw").start()
+    try:
+        pw = os.path.join(workdir, "sentinel-group-password")
+        with open(pw, "w") as f:
+            f.write("sentinel-group-Pw\n")
+        d = start(daemon_factory, workdir, pg, db, g,
+                  redis_extra=f"  password_file: \"{pw}\"\n")
+        wait_primary(d, g.primary.tcp_address())
+        assert exact_across([d], "sentauth", 3) == 3
+        assert "sentinel-group-Pw" not in d.log_text()
+    finally:
+        g.stop()
