@@ -136,14 +136,14 @@ def migrate_slot(cluster, slot, source, target, streams):
     streams.more(40, "checks sent on by MOVED, then straight to the target")
 
 
-def assert_counted_once(every, target, user, provider):
-    """Every check allowed, exact (none degraded), and counted once: each saw a count of its
-    own, and the count on the target is the number of checks."""
+def assert_counted_once(every, per_day):
+    """Every check allowed, exact (none degraded), and counted once: each saw a count of its own
+    (none lost, none doubled), and the last count is the number of checks."""
     assert not any(r["degraded"] for r in every)
     assert all(r["allowed"] for r in every)
-    assert len(set(r["remaining_day"] for r in every)) == len(every)
-    day = int(target.client().time()[0]) // 86400
-    assert int(target.client().hget(f"usaged:{{{user}:{provider}}}", f"d{day}")) == len(every)
+    remaining = [r["remaining_day"] for r in every]
+    assert len(set(remaining)) == len(every)
+    assert min(remaining) == per_day - len(every)
 
 
 def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
@@ -162,7 +162,7 @@ def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
     finally:
         every = streams.stop()
     assert not streams.errors, streams.errors
-    assert_counted_once(every, target, user, "clmig")
+    assert_counted_once(every, 1000000)
     assert cluster.node_of_slot(slot) is target
     assert redis_stats(a)["redirects"] + redis_stats(b)["redirects"] >= 2
 
@@ -184,7 +184,7 @@ def test_a_slot_moved_to_a_node_added_mid_stream_waits_for_its_connection(
     assert not streams.errors, streams.errors
     # The daemon first heard of the new node from ASK and MOVED: no check was answered by the
     # policy while it connected.
-    assert_counted_once(every, added, user, "clgrow")
+    assert_counted_once(every, 1000000)
     assert f"redis: connected to {added.tcp_address()}" in d.log_text()
 
 
