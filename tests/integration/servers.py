@@ -386,13 +386,14 @@ class SentinelGroup:
 
 
 class Cluster:
-    """A Redis Cluster of n primaries (no replicas) on loopback TCP ports, made with
-    redis-cli --cluster create. A stopped primary leaves only its own slots unserved
-    (cluster-require-full-coverage no)."""
+    """A Redis Cluster of n nodes on loopback TCP ports (primaries only, or with replicas per
+    primary), made with redis-cli --cluster create. A stopped primary without a replica leaves
+    only its own slots unserved (cluster-require-full-coverage no)."""
 
-    def __init__(self, root, n=3, password=None):
+    def __init__(self, root, n=3, password=None, replicas=0):
         self.root = os.path.abspath(root)
         self.password = password
+        self.replicas = replicas  # per primary: n is primaries * (1 + replicas)
         self.nodes = [self._node(i) for i in range(n)]
 
     def addresses(self):
@@ -426,11 +427,19 @@ class Cluster:
         for n in self.nodes:
             n.start()
         argv = ["redis-cli", "--cluster", "create"] + self.addresses() + [
-            "--cluster-replicas", "0", "--cluster-yes"]
+            "--cluster-replicas", str(self.replicas), "--cluster-yes"]
         if self.password:
             argv += ["-a", self.password, "--no-auth-warning"]
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
         self.wait_ok()
+        if self.replicas:
+            # A replica that never synced is too stale to be promoted: wait for every link.
+            def synced():
+                roles = [n.client().execute_command("ROLE") for n in self.nodes]
+                replicas = [r for r in roles if r[0] == b"slave"]
+                return (len(replicas) == len(self.nodes) - len(self.nodes) // (1 + self.replicas)
+                        and all(r[3] == b"connected" for r in replicas))
+            wait_for(synced, 60, "every replica to sync with its primary")
         return self
 
     def wait_ok(self, timeout=60):
@@ -454,6 +463,11 @@ class Cluster:
                     port = primary[1]
                     return next(m for m in self.nodes if m.port == port)
         return None
+
+    def primaries(self):
+        """The running nodes that say they are primaries."""
+        return [n for n in self.nodes if n.pid is not None and
+                n.client().execute_command("ROLE")[0] == b"master"]
 
     def keyslot(self, key):
         n = next(n for n in self.nodes if n.pid is not None)

@@ -248,3 +248,31 @@ def test_a_password_protected_cluster_authenticates_every_node(
         assert redis_stats(d)["auth_failures"] == 0
     finally:
         c.stop()
+
+
+def test_a_stopped_primary_s_replica_takes_over_its_slots_exact_again(
+        daemon_factory, workdir, pg, db):
+    add_provider(pg, db, "clrep", per_day=1000)
+    c = servers.Cluster(os.path.join(workdir, f"cluster-{uuid.uuid4().hex[:8]}"), n=6,
+                        replicas=1).start()
+    try:
+        d = start(daemon_factory, workdir, pg, db, c, policy="deny")
+        users = [str(uuid.uuid4()) for _ in range(40)]
+        victim = c.primaries()[0]
+        lost = [u for u in users if c.node_of_slot(key_slot(c, u, "clrep")) is victim]
+        assert lost
+        with d.client() as cl:
+            for u in lost:
+                assert not check(cl, u, "clrep")["degraded"]
+        victim.kill()
+        # The replica is promoted after cluster-node-timeout; the daemon reads the new map and
+        # moves those slots' checks to it, whose counts it had replicated.
+        servers.wait_for(lambda: not check(d.client(), lost[0], "clrep", 0)["degraded"], 60,
+                         "the checks of the lost primary's slots to be exact again")
+        with d.client() as cl:
+            for u in lost:
+                r = check(cl, u, "clrep")
+                assert not r["degraded"] and r["allowed"] and r["remaining_day"] == 998
+        assert victim not in c.primaries()
+    finally:
+        c.stop()
