@@ -139,6 +139,13 @@ static void on_master_addr(redisAsyncContext *ac, void *reply_ptr, void *privdat
     redis_conn_connect(s->primary, addr);
 }
 
+static void on_auth(redisAsyncContext *ac, void *reply_ptr, void *privdata)
+{
+    (void)ac;
+    (void)reply_ptr;
+    (void)privdata;
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct redis_sentinel *s = ac->data;
@@ -150,6 +157,23 @@ static void on_connect(const redisAsyncContext *ac, int status)
             s->ac = NULL;
         session_fail(s, why);
         return;
+    }
+    const struct redis_conn_setup *setup = &s->r->setup;
+    if (setup->password) {
+        /* "AUTH on every connection": a sentinel with requirepass (Redis 6.2+) takes the same
+         * credentials. One without a password refuses AUTH, which is no reason to stop: the
+         * question follows regardless, and a NOAUTH answer to it is what says the sentinel
+         * needs another password. */
+        const char *argv[3];
+        size_t lens[3];
+        int argc = 0;
+        argv[argc++] = "AUTH";
+        if (setup->username)
+            argv[argc++] = setup->username;
+        argv[argc++] = setup->password;
+        for (int i = 0; i < argc; i++)
+            lens[i] = strlen(argv[i]);
+        redisAsyncCommandArgv(s->ac, on_auth, s, argc, argv, lens);
     }
     redisAsyncCommand(s->ac, on_master_addr, s, "SENTINEL get-master-addr-by-name %s", s->master);
 }

@@ -1,7 +1,9 @@
 /* redis_sentinel: finds the primary through Redis Sentinel and keeps the client's connection on
  * it (redis.sentinels, redis.sentinel_master).
  *
- * One session at a time with one sentinel: ask SENTINEL get-master-addr-by-name, then SUBSCRIBE
+ * One session at a time with one sentinel: AUTH with the client's credentials when it has some
+ * (a sentinel without a password refuses it, harmlessly), ask SENTINEL get-master-addr-by-name,
+ * then SUBSCRIBE
  * +switch-master on the same connection. The primary's connection (a managed redis_conn, which
  * confirms with ROLE) is sent to the named address; it moves on +switch-master, and when it is
  * lost (a dead primary, -READONLY, ROLE not master) a new session asks again, with backoff. A

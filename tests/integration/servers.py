@@ -271,9 +271,10 @@ class Sentinel(_Server):
     """redis-server --sentinel on a loopback TCP port, watching one primary as `master`."""
 
     def __init__(self, root, primary_port, master="mymaster", quorum=2, down_after_ms=1000,
-                 auth_pass=None):
+                 auth_pass=None, password=None):
         self.root = os.path.abspath(root)
-        self.auth_pass = auth_pass
+        self.auth_pass = auth_pass  # the primary's and replicas' password
+        self.password = password  # the sentinels' own (requirepass and sentinel-pass)
         self.port = free_port()
         self.master = master
         self.conf = os.path.join(self.root, "sentinel.conf")
@@ -288,7 +289,8 @@ class Sentinel(_Server):
 
     def client(self):
         import redis as redis_py
-        return redis_py.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+        return redis_py.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
+                              password=self.password)
 
     def start(self):
         os.makedirs(self.root, exist_ok=True)
@@ -302,6 +304,8 @@ class Sentinel(_Server):
                     f"sentinel parallel-syncs {self.master} 1\n")
             if self.auth_pass:
                 f.write(f"sentinel auth-pass {self.master} {self.auth_pass}\n")
+            if self.password:
+                f.write(f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n")
         proc = subprocess.Popen(["redis-server", self.conf, "--sentinel"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
@@ -316,7 +320,8 @@ class Sentinel(_Server):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                answer = s.recv(16)
+                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
         except OSError:
             return False
 
@@ -324,9 +329,10 @@ class Sentinel(_Server):
 
 class SentinelGroup:
     """A primary, one replica and three sentinels (quorum 2), all on loopback TCP ports; with a
-    password, the primary and the replica require it (and use it with each other)."""
+    password, the primary and the replica require it (and use it with each other); with a
+    sentinel_password, the sentinels require theirs."""
 
-    def __init__(self, root, master="mymaster", password=None):
+    def __init__(self, root, master="mymaster", password=None, sentinel_password=None):
         self.root = os.path.abspath(root)
         self.master = master
         auth = ["--masterauth", password] if password else []
@@ -335,7 +341,8 @@ class SentinelGroup:
         self.replica = Redis(os.path.join(self.root, "replica"), tcp=True, password=password,
                              args=["--replicaof", "127.0.0.1", str(self.primary.port)] + auth)
         self.sentinels = [Sentinel(os.path.join(self.root, f"sentinel{i}"), self.primary.port,
-                                   master, auth_pass=password) for i in range(3)]
+                                   master, auth_pass=password, password=sentinel_password)
+                          for i in range(3)]
 
     def start(self):
         self.primary.start()

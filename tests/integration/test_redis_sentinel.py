@@ -157,11 +157,16 @@ def test_with_every_sentinel_away_the_daemon_starts_on_the_policy_then_finds_the
     assert exact_across([d], "sentaway", 4) == 4
 
 
+@pytest.mark.parametrize("sentinels_too", [False, True])
 def test_a_password_protected_primary_is_found_and_authenticated(
-        daemon_factory, workdir, pg, db):
+        daemon_factory, workdir, pg, db, sentinels_too):
+    # The same password on the primary and the replica, and on the sentinels or not: AUTH goes
+    # to every connection, and a sentinel without a password is not put off by it.
     add_provider(pg, db, "sentauth", per_day=3)
     g = servers.SentinelGroup(os.path.join(workdir, f"sentinel-{uuid.uuid4().hex[:8]}"),
-                              password="sentinel-group-Pw").start()
+                              password="sentinel-group-Pw",
+                              sentinel_password="sentinel-group-Pw" if sentinels_too else None
+                              ).start()
     try:
         pw = os.path.join(workdir, "sentinel-group-password")
         with open(pw, "w") as f:
