@@ -4,6 +4,7 @@ stream (ASK, then MOVED) loses and doubles no count; a primary stopped affects o
 whose slots it owns."""
 
 import os
+import subprocess
 import threading
 import uuid
 
@@ -41,7 +42,14 @@ def redis_stats(d):
 
 
 def key_slot(cluster, user, provider):
-    return cluster.keyslot(f"{user}:{provider}")
+    """The slot of a user's key for a provider: CRC16 (XMODEM) of its hash tag, as Redis
+    computes it (test_redis.c checks the daemon's against CLUSTER KEYSLOT)."""
+    crc = 0
+    for byte in f"{user}:{provider}".encode():
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc % 16384
 
 
 def pipelined(c, checks):
@@ -165,6 +173,36 @@ def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
     assert_counted_once(every, 1000000)
     assert cluster.node_of_slot(slot) is target
     assert redis_stats(a)["redirects"] + redis_stats(b)["redirects"] >= 2
+
+
+def test_redis_cli_reshard_mid_stream_loses_and_doubles_no_count(
+        daemon_factory, workdir, pg, db, cluster):
+    add_provider(pg, db, "clcli", per_day=1000000)
+    a = start(daemon_factory, workdir, pg, db, cluster)
+    b = start(daemon_factory, workdir, pg, db, cluster)
+    source = cluster.nodes[0]
+    first = min(start for start, end, primary, *_ in
+                source.client().execute_command("CLUSTER", "SLOTS")
+                if primary[1] == source.port)
+    # A user whose slot is among the first 20 of the source's: redis-cli moves the lowest first.
+    user = next(u for u in (str(uuid.uuid4()) for _ in range(100000))
+                if first <= key_slot(cluster, u, "clcli") < first + 20)
+    assert key_slot(cluster, user, "clcli") == cluster.keyslot(f"{user}:clcli")
+    target = cluster.nodes[1]
+    streams = Streams([a, b], user, "clcli")
+    try:
+        streams.more(40, "the streams to run")
+        subprocess.run(["redis-cli", "--cluster", "reshard", source.tcp_address(),
+                        "--cluster-from", cluster.node_id(source),
+                        "--cluster-to", cluster.node_id(target),
+                        "--cluster-slots", "20", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=120)
+        streams.more(40, "checks after the reshard")
+    finally:
+        every = streams.stop()
+    assert not streams.errors, streams.errors
+    assert cluster.node_of_slot(key_slot(cluster, user, "clcli")) is target
+    assert_counted_once(every, 1000000)
 
 
 def test_a_slot_moved_to_a_node_added_mid_stream_waits_for_its_connection(
