@@ -369,6 +369,16 @@ void conn_drop_notification(struct conn *c, const char *method, const struct rpc
                  (unsigned long long)c->id, c->peer, method, rpc_code_name(e->code), e->message);
 }
 
+enum conn_dispatch_result conn_refuse(struct conn *c, const struct rpc_message *m,
+                                      const struct rpc_error *e)
+{
+    if (m->kind == RPC_KIND_REQUEST)
+        conn_reply_error(c, m->msgid, e);
+    else
+        conn_drop_notification(c, rpc_method_name(m->method), e);
+    return CONN_DISPATCHED;
+}
+
 void conn_close_after_flush(struct conn *c)
 {
     c->close_after_flush = true;

@@ -136,6 +136,9 @@ msgpack_packer *conn_reply(struct conn *c, uint32_t msgid);
 void conn_reply_error(struct conn *c, uint32_t msgid, const struct rpc_error *e);
 /* Counts an error that has no one to answer (an invalid notification) and logs it, rate-limited. */
 void conn_drop_notification(struct conn *c, const char *method, const struct rpc_error *e);
+/* Answers a request with e, or counts and drops a notification's (above). */
+enum conn_dispatch_result conn_refuse(struct conn *c, const struct rpc_message *m,
+                                      const struct rpc_error *e);
 /* True when a line about a client's misbehaviour may be logged now (10 per 10 s, all clients). */
 bool conn_log_allowed(struct conn *c);
 

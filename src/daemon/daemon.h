@@ -13,6 +13,7 @@
 #include "conn.h"
 #include "limiter.h"
 #include "listener.h"
+#include "methods_log.h"
 #include "metrics.h"
 #include "notify.h"
 #include "refresh.h"
@@ -26,6 +27,7 @@ struct daemon {
     struct listener listener;
     struct spool spool;
     struct batcher batcher;
+    struct methods_log log_methods; /* log_usage and log_prompt over the batcher */
     struct limiter limiter;
     struct refresh refresh; /* analytics refresh and daily maintenance */
     uv_signal_t sig_term, sig_int, sig_hup;

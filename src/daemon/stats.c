@@ -42,10 +42,10 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
     pack_by_code(pk, "dropped_notifications", cs->dropped);
 
     rpc_pack_str(pk, "ingest");
-    batcher_pack_stats(&d->batcher, pk);
+    methods_log_pack_stats(&d->batcher, pk);
 
     rpc_pack_str(pk, "spool");
-    spool_pack_stats(&d->spool, pk);
+    methods_log_pack_spool_stats(&d->spool, pk);
 
     rpc_pack_str(pk, "limits");
     limiter_pack_stats(&d->limiter, pk);
@@ -58,14 +58,8 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
 
 void stats_summary(const struct daemon *d, char *out, size_t len)
 {
-    uint64_t written = 0;
-    unsigned up = 0, writers = 0;
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        const struct batcher_table *t = &d->batcher.tables[k];
-        written += t->stats.rows_written;
-        for (uint32_t i = 0; i < t->nwriters; i++, writers++)
-            up += t->writers[i].pg.state == PG_IDLE || t->writers[i].pg.state == PG_BUSY;
-    }
+    uint64_t written = batcher_rows_written(&d->batcher);
+    unsigned up = batcher_writers_up(&d->batcher), writers = batcher_writers(&d->batcher);
     unsigned long long queued = d->batcher.queued_rows;
     snprintf(out, len, "%s%u connections, %llu rows queued, %llu rows written, postgres %u/%u up",
              d->stopping ? "draining: " : "", d->conns.count, queued, (unsigned long long)written,

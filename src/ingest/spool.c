@@ -27,7 +27,6 @@
 
 #include "crc32c.h"
 #include "log.h"
-#include "rpc.h"
 #include "xalloc.h"
 
 #define MAGIC 0x31505355u /* "USP1" read little-endian */
@@ -955,7 +954,7 @@ static void close_when_idle(uv_timer_t *timer)
     uv_close((uv_handle_t *)&t->commit_timer, on_timer_closed);
 }
 
-void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
+void spool_figures(const struct spool *s, struct spool_figures *out)
 {
     uint64_t segments = 0, records = 0, oldest = 0;
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
@@ -970,25 +969,11 @@ void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
         }
     }
     uint64_t now = wall_ms();
-    msgpack_pack_map(pk, 15);
-    rpc_pack_str(pk, "state");
-    rpc_pack_str(pk, s->error[0]    ? "error"
-                     : !s->ready    ? "recovering"
-                     : s->disk_full ? "disk_full"
-                                    : "ok");
-    rpc_pack_u64(pk, "bytes", s->bytes);
-    rpc_pack_u64(pk, "max_bytes", s->max_bytes);
-    rpc_pack_u64(pk, "segments", segments);
-    rpc_pack_u64(pk, "records_pending", records);
-    rpc_pack_u64(pk, "oldest_age_ms", oldest && now > oldest ? now - oldest : 0);
-    rpc_pack_u64(pk, "records_spooled", s->stats.records_spooled);
-    rpc_pack_u64(pk, "rows_spooled", s->stats.rows_spooled);
-    rpc_pack_u64(pk, "records_replayed", s->stats.records_replayed);
-    rpc_pack_u64(pk, "rows_replayed", s->stats.rows_replayed);
-    rpc_pack_u64(pk, "fsyncs", s->stats.fsyncs);
-    rpc_pack_u64(pk, "write_errors", s->stats.write_errors);
-    rpc_pack_u64(pk, "corrupt_records", s->stats.corrupt_records);
-    rpc_pack_u64(pk, "quarantined_bytes", s->stats.quarantined_bytes);
-    rpc_pack_str(pk, "error");
-    rpc_pack_str(pk, s->error);
+    out->state = s->error[0]    ? "error"
+                 : !s->ready    ? "recovering"
+                 : s->disk_full ? "disk_full"
+                                : "ok";
+    out->segments = segments;
+    out->records_pending = records;
+    out->oldest_age_ms = oldest && now > oldest ? now - oldest : 0;
 }
