@@ -11,9 +11,14 @@
 
 const char statements_unknown_users[] = "SELECT public.usaged_unknown_users($1::uuid[])";
 
+/* A durable ack is usaged's own promise, whatever the server's synchronous_commit says: every
+ * transaction that stores rows commits with it on (one WAL flush per statement). */
+#define SYNC_COMMIT "SET LOCAL synchronous_commit TO on;\n"
+
 const char statements_rejects[] =
     "INSERT INTO usaged.rejects (table_name, row_data, error, sqlstate) "
-    "SELECT $1, r, $3, $4 FROM jsonb_array_elements($2::jsonb) AS r "
+    "SELECT $1, r, $3, $4 FROM (SELECT set_config('synchronous_commit', 'on', true)) AS sync, "
+    "jsonb_array_elements($2::jsonb) AS r "
     "WHERE NOT EXISTS (SELECT 1 FROM usaged.rejects AS x "
     "WHERE x.table_name = $1 AND x.row_data->>'id' = r->>'id')";
 
@@ -160,6 +165,9 @@ void statements_copy(struct buf *sql, enum event_kind kind, const struct batch *
 {
     const struct event_table *tab = event_table(kind);
     buf_clear(sql);
+    /* With a second statement, the string runs as one implicit transaction, which SET LOCAL
+     * applies to. */
+    append_str(sql, SYNC_COMMIT);
     if (!idempotent) {
         append_str(sql, "COPY ");
         append_str(sql, tab->relation);

@@ -3,7 +3,8 @@
  * A batch's range is written with one COPY ... FROM STDIN (FORMAT binary), or, once the batch may
  * be stored already (a commit whose outcome was unknown, a repeated id), through a staging table
  * with INSERT ... ON CONFLICT DO NOTHING. A usage range also bumps api_configurations (calls and
- * last use per user and provider) in the same implicit transaction. Pure: no connection, no
+ * last use per user and provider) in the same implicit transaction. Every statement that stores
+ * rows commits with synchronous_commit on, whatever the server's setting. Pure: no connection, no
  * clock; string literals are escaped here, in the E'' form every server setting reads alike. */
 #ifndef USAGED_STATEMENTS_H
 #define USAGED_STATEMENTS_H

@@ -36,6 +36,7 @@ TEST(a_usage_copy_bumps_each_user_and_provider_once_without_rate_limited_rows)
     buf_init(&sql);
     statements_copy(&sql, EVENT_USAGE, batch, 0, 4, false);
     CHECK(check_contains(text(&sql), "COPY public.api_usage_logs (id, user_id, provider,"));
+    CHECK(strncmp(text(&sql), "SET LOCAL synchronous_commit TO on;\nCOPY", 40) == 0);
     CHECK(check_contains(text(&sql),
                          "FROM STDIN (FORMAT binary);\nUPDATE public.api_configurations"));
     /* Two pairs; 2 calls for the first (the 429 row is not one), 1 for the second, in some
@@ -79,6 +80,7 @@ TEST(an_idempotent_write_goes_through_a_staging_table)
     CHECK(check_contains(text(&sql), "status_code IS DISTINCT FROM 429"));
     statements_copy(&sql, EVENT_PROMPT, batch, 0, 1, true);
     CHECK(check_contains(text(&sql), "INSERT INTO public.prompt_history"));
+    CHECK(strncmp(text(&sql), "SET LOCAL synchronous_commit TO on;\n", 36) == 0);
     CHECK(!check_contains(text(&sql), "api_configurations"));
     buf_free(&sql);
     batch_free(batch);
