@@ -612,6 +612,7 @@ struct config *config_parse(const char *path, const char *text, size_t len, char
         return NULL;
     }
     yaml_node_t *root = yaml_document_get_root_node(&p.doc);
+    c->empty = root == NULL || config_is_null(root);
     if (root == NULL) {
         ok = check_whole(&p, c, NULL); /* an empty file: all defaults */
     } else if (root->type != YAML_MAPPING_NODE && !config_is_null(root)) {

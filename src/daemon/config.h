@@ -44,6 +44,7 @@ enum config_ack { CONFIG_ACK_QUEUED = 0, CONFIG_ACK_DURABLE };
 
 struct config {
     char *path; /* the file it was read from */
+    bool empty; /* the file held no settings (nothing, comments, or null): every default */
 
     struct {
         char *unix_path;    /* NULL: no Unix listener */

@@ -244,6 +244,15 @@ void daemon_reload(struct daemon *d)
         log_error("reload refused, keeping the running config: %s", err);
         return;
     }
+    /* An empty file starts a daemon with every default, but a reload to it would silently reset
+     * every live setting: more likely a file cut short by an editor or a deploy than a wish. */
+    if (fresh->empty) {
+        log_error("reload refused, keeping the running config: %s holds no settings (an empty "
+                  "file is taken only at start)",
+                  fresh->path);
+        config_free(fresh);
+        return;
+    }
     /* The restart-only values stay as they are in force, so that stats and later reloads
      * compare against what is really running. */
     struct config *old = d->config;
