@@ -55,6 +55,7 @@ struct config {
         uint32_t idle_timeout_s;       /* 0: never close idle connections */
         uint32_t max_output_bytes;     /* unsent output per connection before its reads pause */
         uint32_t max_pending_requests; /* unanswered requests per connection before reads pause */
+        uint64_t max_input_bytes;      /* input buffered by all connections before reads pause */
     } listen;
 
     struct {

@@ -18,6 +18,7 @@ static void conn_limits_from(const struct config *c, struct conn_limits *l)
     l->max_message_bytes = c->listen.max_message_bytes;
     l->max_output_bytes = c->listen.max_output_bytes;
     l->max_pending_requests = c->listen.max_pending_requests;
+    l->max_input_bytes = c->listen.max_input_bytes;
     l->idle_timeout_ms = (uint64_t)c->listen.idle_timeout_s * 1000;
     /* Clients get as long to read their last answers as the queues got to be written. */
     l->finish_timeout_ms =

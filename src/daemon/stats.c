@@ -28,7 +28,7 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     rpc_pack_u64(pk, "uptime_ms", stats_uptime_ms(s));
 
     rpc_pack_str(pk, "connections");
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 9);
     rpc_pack_u64(pk, "open", s->conns->count);
     rpc_pack_u64(pk, "accepted", cs->accepted);
     rpc_pack_u64(pk, "refused", cs->refused);
@@ -36,6 +36,8 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     rpc_pack_u64(pk, "stream_errors", cs->stream_errors);
     rpc_pack_u64(pk, "paused_output", cs->paused_output);
     rpc_pack_u64(pk, "paused_pending", cs->paused_pending);
+    rpc_pack_u64(pk, "paused_input", cs->paused_input);
+    rpc_pack_u64(pk, "input_bytes", s->conns->input_bytes);
 
     rpc_pack_str(pk, "messages");
     msgpack_pack_map(pk, 3);
