@@ -2,10 +2,21 @@
  *
  * N connections (Unix socket or TCP), each keeping up to a pipeline depth of requests in flight,
  * send a mix of check, log_usage and log_prompt with realistic values (gen.c), either as fast as
- * the answers come back (closed loop) or at a fixed total rate (--rate; latency then counts from
- * when a request was due, so that a stalled daemon cannot hide its stall). It reports
+ * the answers come back (closed loop) or open loop at a fixed total rate (--rate). It reports
  * throughput, latency quantiles from a log-bucketed histogram (hist.c), and, when told where to
  * look, the rows PostgreSQL committed meanwhile and the daemon's peak RSS and CPU time.
+ *
+ * Open loop: request i is due at start + i / rate, whatever happened to the ones before it, and
+ * its latency counts from that moment, not from when it was sent: a stall of the daemon (or of
+ * this client, or a full pipeline) delays every request due during it, and each of them counts
+ * the delay, so the stall cannot hide behind the few requests that were in flight (no
+ * coordinated omission). The window holds the requests due in it; each of them is waited for
+ * after the window ends, and one never answered counts as late as the wait lasted. The client's
+ * own part is reported apart: "send lag", from due to handed to the socket.
+ *
+ * --redis drives Redis itself with the daemon's check script, one EVALSHA per check with the
+ * daemon's key shape and the same users and providers, on the same schedule and the same
+ * latency accounting: the floor that a daemon in front of Redis cannot beat.
  *
  * One libuv loop, one thread. Requests are assembled from pre-packed events (memcpy, plus a
  * fresh UUIDv7 when the client assigns ids) and answers are read by a small MessagePack reader
@@ -24,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -34,6 +46,7 @@
 
 #include "gen.h"
 #include "hist.h"
+#include "resp.h"
 
 enum kind { K_CHECK, K_USAGE, K_PROMPT, K_COUNT, K_PING = K_COUNT };
 static const char *const kind_names[K_COUNT] = {"check", "log_usage", "log_prompt"};
@@ -87,6 +100,12 @@ struct options {
     const char *emit_csv;
     uint64_t csv_rows;
     const char *label;
+    /* --redis: Redis itself is the target, with the check script */
+    bool redis;
+    const char *evalsha;      /* the sha1 of the loaded script */
+    const char *redis_limits; /* "PER_MINUTE,PER_DAY", as the daemon passes them */
+    const char *key_prefix;   /* the daemon's redis.key_prefix */
+    uint32_t tick_us;         /* open loop: the shortest wait between two wake-ups */
 };
 
 struct pool {
@@ -103,7 +122,7 @@ struct obuf {
 };
 
 struct slot {
-    uint64_t t_ns; /* when it was due (rate) or sent (closed loop) */
+    uint64_t t_ns; /* when it was due (open loop) or sent (closed loop), monotonic ns */
     uint32_t events;
     uint16_t seq;
     uint8_t kind;
@@ -117,7 +136,9 @@ struct counters {
     uint64_t events[K_COUNT];   /* log events accepted (or sent as notifications) */
     uint64_t allowed, denied, degraded;
     uint64_t codes[NCODES];
+    uint64_t unanswered; /* open loop: due in the window, never answered (counted as late) */
     struct hist lat[K_COUNT];
+    struct hist send_lag; /* open loop: from due to handed to the socket */
 };
 
 struct bench;
@@ -143,14 +164,12 @@ struct bconn {
     uint32_t nfree;
     uint16_t seq;
     int next_kind;
+    /* --redis: replies come in order; the slots of the requests sent, oldest first */
+    uint32_t *fifo;
+    uint32_t fifo_head, fifo_len;
 };
 
 enum phase { PHASE_CONNECTING, PHASE_RUN, PHASE_DRAIN, PHASE_DONE };
-
-struct backlog_group {
-    uint64_t t_ns;
-    uint64_t n;
-};
 
 struct bench {
     struct options o;
@@ -168,17 +187,17 @@ struct bench {
     /* --total-events */
     uint64_t events_reserved; /* in flight or accepted */
     uint64_t events_accepted;
-    /* --rate: a timerfd ticks every tick_ns (libuv's timers count whole milliseconds, which
-     * would send a millisecond's requests in one burst) */
+    /* --rate: a one-shot timerfd wakes the loop when the next request is due (libuv's timers
+     * count whole milliseconds, which would send a millisecond's requests in one burst) */
     uv_poll_t tick;
     int tick_fd;
-    uint64_t tick_ns;
-    uint64_t scheduled;
-    struct backlog_group *backlog;
-    uint32_t backlog_head, backlog_tail, backlog_cap;
+    double period_ns;   /* 1e9 / rate */
+    uint64_t scheduled; /* requests due so far: 0 .. scheduled-1 */
+    uint64_t issued;    /* of those, handed to a connection */
     uint32_t rr;
     uv_timer_t phase_timer;
-    uint64_t max_backlog;
+    uint64_t max_backlog; /* open loop: most requests due and not yet sent */
+    bool pinged;          /* the closing pings of --notify are sent */
     bool failed;
     /* what the daemon and the watched processes had spent when measuring began and ended */
     struct proc_sample {
@@ -261,6 +280,15 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* CLOCK_MONOTONIC in ns: the clock of the timerfd that schedules the open loop, so that due
+ * times and the timer agree (uv_hrtime reads the same clock, but does not promise to). */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static double secs(uint64_t ns)
 {
     return (double)ns / 1e9;
@@ -295,6 +323,32 @@ static void pool_free(struct pool *p)
     memset(p, 0, sizeof(*p));
 }
 
+/* --redis: one whole EVALSHA command per (user, provider) key, as the daemon would send for
+ * one check of that key alone: KEYS prefix{user:provider}, ARGV per minute, per day, 1 check,
+ * its cost. */
+static void build_redis_pool(struct bench *b)
+{
+    const struct options *o = &b->o;
+    char minute[24], day[24], cost[24];
+    if (sscanf(o->redis_limits, "%23[-0-9],%23[-0-9]", minute, day) != 2)
+        die("--redis-limits takes PER_MINUTE,PER_DAY");
+    snprintf(cost, sizeof(cost), "%" PRId64, o->cost >= 0 ? o->cost : 1);
+    uint32_t keys = b->gen.users * b->gen.nproviders;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    for (uint32_t k = 0; k < keys; k++) {
+        char user[GEN_UUID_LEN + 1], key[256];
+        gen_user_id(k / b->gen.nproviders, user);
+        snprintf(key, sizeof(key), "%s{%s:%s}", o->key_prefix, user,
+                 b->gen.providers[k % b->gen.nproviders]);
+        const char *argv[] = {"EVALSHA", o->evalsha, "1", key, minute, day, "1", cost};
+        size_t start = sb.size;
+        resp_command(msgpack_sbuffer_write, &sb, 8, argv);
+        pool_add(&b->check_pool, keys, &sb, start, 0);
+    }
+    pool_finish(&b->check_pool, &sb);
+}
+
 static void build_pools(struct bench *b)
 {
     const struct options *o = &b->o;
@@ -327,7 +381,9 @@ static void build_pools(struct bench *b)
         free(p);
         pool_finish(&b->prompt_pool, &sb);
     }
-    if (b->o.mix[K_CHECK]) {
+    if (b->o.mix[K_CHECK] && o->redis) {
+        build_redis_pool(b);
+    } else if (b->o.mix[K_CHECK]) {
         /* One params map per (user, provider) key. */
         uint32_t keys = b->gen.users * b->gen.nproviders;
         msgpack_sbuffer_init(&sb);
@@ -614,6 +670,15 @@ static void finish_run(struct bench *b);
 static void check_finished(struct bench *b);
 static void sample_processes(struct bench *b, struct proc_sample *d, double *w, uint64_t *t_ns);
 
+/* Whether a request due (open loop) or sent (closed loop) at t_ns is one of the measured: in
+ * the open loop, the window is of due times, and its requests are waited for after it ends. */
+static bool counted(const struct bench *b, uint64_t t_ns)
+{
+    if (b->o.rate <= 0)
+        return b->recording;
+    return b->t_measure_ns != 0 && t_ns >= b->t_measure_ns && (b->recording || t_ns < b->t_end_ns);
+}
+
 static int pick_kind(struct bench *b)
 {
     uint32_t r = gen_below(&b->gen, b->mix_total);
@@ -681,11 +746,19 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
         slot->kind = (uint8_t)kind;
         slot->events = nevents;
         slot->seq = ++c->seq;
+        b->inflight++;
+        if (b->o.redis) {
+            /* The command was formatted whole, ahead of the run; the reply will come in order. */
+            c->fifo[(c->fifo_head + c->fifo_len++) % b->o.pipeline] = s;
+            const struct pool *p = &b->check_pool;
+            uint32_t i = gen_below(&b->gen, p->n);
+            obuf_append(&c->out, p->data + p->off[i], p->len[i]);
+            return true;
+        }
         msgpack_pack_array(&pk, 4);
         msgpack_pack_uint8(&pk, 0);
         msgpack_pack_uint32(&pk, (uint32_t)slot->seq << 16 | s);
         pack_method(&pk, kind);
-        b->inflight++;
     } else {
         msgpack_pack_array(&pk, 3);
         msgpack_pack_uint8(&pk, 2);
@@ -717,7 +790,7 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
             msgpack_pack_str_with_body(&pk, b->o.ack, strlen(b->o.ack));
         }
         b->events_reserved += nevents;
-        if (!request && b->recording) {
+        if (!request && counted(b, t_ns)) {
             b->c.notified[kind]++;
             b->c.events[kind] += nevents;
         }
@@ -766,7 +839,7 @@ static void pump(struct bconn *c)
     struct bench *b = c->b;
     if (b->phase != PHASE_RUN || b->o.rate > 0)
         return;
-    uint64_t now = uv_hrtime();
+    uint64_t now = mono_ns();
     while (conn_can_issue(c, c->next_kind)) {
         if (!issue(c, c->next_kind, now)) {
             /* The events budget is spent: only checks may go on. */
@@ -781,33 +854,32 @@ static void pump(struct bconn *c)
     check_finished(b);
 }
 
-/* ---- fixed rate ---- */
+/* ---- open loop ---- */
 
-static void backlog_push(struct bench *b, uint64_t t_ns, uint64_t n)
+/* When request i is due. */
+static uint64_t due_ns(const struct bench *b, uint64_t i)
 {
-    if (n == 0)
-        return;
-    if (b->backlog_tail == b->backlog_cap) {
-        if (b->backlog_head > 0) {
-            memmove(b->backlog, b->backlog + b->backlog_head,
-                    (b->backlog_tail - b->backlog_head) * sizeof(*b->backlog));
-            b->backlog_tail -= b->backlog_head;
-            b->backlog_head = 0;
-        }
-        if (b->backlog_tail == b->backlog_cap) {
-            b->backlog_cap = b->backlog_cap ? b->backlog_cap * 2 : 1024;
-            b->backlog = xrealloc(b->backlog, b->backlog_cap * sizeof(*b->backlog));
-        }
-    }
-    b->backlog[b->backlog_tail++] = (struct backlog_group){t_ns, n};
+    return b->t_start_ns + (uint64_t)((double)i * b->period_ns);
 }
 
-/* Hands the due ops to connections that can take them, round robin. */
+/* Makes every request due by t_ns (at most) due: the schedule does not wait for anyone. */
+static void schedule_due(struct bench *b, uint64_t t_ns)
+{
+    if (b->phase != PHASE_RUN || t_ns < b->t_start_ns)
+        return;
+    uint64_t due = (uint64_t)((double)(t_ns - b->t_start_ns) / b->period_ns) + 1;
+    if (due > b->scheduled)
+        b->scheduled = due;
+}
+
+/* Hands the due requests, oldest first, to the connections that can take them, round robin;
+ * the rest wait for a free slot, their clocks running. */
 static void drain_backlog(struct bench *b)
 {
     uint32_t n = b->o.connections, idle = 0;
-    uint64_t pending = 0;
-    while (b->backlog_head < b->backlog_tail && idle < n && b->phase == PHASE_RUN) {
+    uint64_t now = mono_ns();
+    while (b->issued < b->scheduled && idle < n &&
+           (b->phase == PHASE_RUN || b->phase == PHASE_DRAIN)) {
         struct bconn *c = &b->conns[b->rr];
         b->rr = (b->rr + 1) % n;
         if (!conn_can_issue(c, c->next_kind)) {
@@ -815,26 +887,40 @@ static void drain_backlog(struct bench *b)
             continue;
         }
         idle = 0;
-        struct backlog_group *g = &b->backlog[b->backlog_head];
-        if (!issue(c, c->next_kind, g->t_ns)) {
+        uint64_t due = due_ns(b, b->issued);
+        if (!issue(c, c->next_kind, due)) {
             if (b->o.mix[K_CHECK] == 0) {
-                b->backlog_head = b->backlog_tail; /* nothing more to send */
+                b->issued = b->scheduled; /* the events budget is spent: nothing more to send */
                 break;
             }
             c->next_kind = K_CHECK;
             continue;
         }
+        if (counted(b, due))
+            hist_record(&b->c.send_lag, now > due ? now - due : 0);
         c->next_kind = pick_kind(b);
-        if (--g->n == 0)
-            b->backlog_head++;
+        b->issued++;
     }
-    for (uint32_t i = b->backlog_head; i < b->backlog_tail; i++)
-        pending += b->backlog[i].n;
-    if (pending > b->max_backlog)
-        b->max_backlog = pending;
+    if (b->scheduled - b->issued > b->max_backlog)
+        b->max_backlog = b->scheduled - b->issued;
     for (uint32_t i = 0; i < n; i++)
         conn_flush(&b->conns[i]);
     check_finished(b);
+}
+
+/* Wakes the loop when the next request is due, but not sooner than --tick-us from now: at high
+ * rates a wake-up per request would cost the client more than it measures. */
+static void arm_tick(struct bench *b, uint64_t now)
+{
+    uint64_t at = due_ns(b, b->scheduled);
+    uint64_t soonest = now + (uint64_t)b->o.tick_us * 1000;
+    if (at < soonest)
+        at = soonest;
+    struct itimerspec its = {
+        .it_value = {(time_t)(at / 1000000000), (long)(at % 1000000000)},
+    };
+    if (timerfd_settime(b->tick_fd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+        die("timerfd: %s", strerror(errno));
 }
 
 static void on_tick(uv_poll_t *t, int status, int events)
@@ -847,13 +933,27 @@ static void on_tick(uv_poll_t *t, int status, int events)
         die("timerfd: %s", strerror(errno));
     if (b->phase != PHASE_RUN)
         return;
-    uint64_t now = uv_hrtime();
-    uint64_t due = (uint64_t)(secs(now - b->t_start_ns) * b->o.rate);
-    if (due > b->scheduled) {
-        backlog_push(b, now, due - b->scheduled);
-        b->scheduled = due;
-    }
+    uint64_t now = mono_ns();
+    schedule_due(b, now);
     drain_backlog(b);
+    if (b->phase == PHASE_RUN)
+        arm_tick(b, now);
+}
+
+static void start_ticking(struct bench *b)
+{
+    /* The kernel may defer a timer by the thread's slack (50 us by default): 1 us here. */
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    b->period_ns = 1e9 / b->o.rate;
+    b->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (b->tick_fd < 0)
+        die("timerfd: %s", strerror(errno));
+    uv_poll_init(b->loop, &b->tick, b->tick_fd);
+    b->tick.data = b;
+    uv_poll_start(&b->tick, UV_READABLE, on_tick);
+    schedule_due(b, b->t_start_ns);
+    drain_backlog(b);
+    arm_tick(b, b->t_start_ns);
 }
 
 /* ---- answers ---- */
@@ -881,13 +981,36 @@ static void on_backoff(uv_timer_t *t)
 
 static void begin_drain(struct bench *b);
 
+static void send_pings(struct bench *b);
+
 static void check_finished(struct bench *b)
 {
     if (b->phase == PHASE_RUN && b->o.total_events > 0 && b->o.mix[K_CHECK] == 0 &&
-        b->events_accepted >= b->o.total_events && b->inflight == 0)
+        b->events_accepted >= b->o.total_events && b->inflight == 0) {
         begin_drain(b);
-    else if (b->phase == PHASE_DRAIN && b->inflight == 0)
+        return;
+    }
+    if (b->phase != PHASE_DRAIN || b->issued < b->scheduled)
+        return;
+    if (b->o.notify && !b->pinged) {
+        b->pinged = true;
+        send_pings(b);
+    }
+    if (b->inflight == 0)
         finish_run(b);
+}
+
+/* A request has its answer: its slot is free again (but for the closing ping's). */
+static struct slot *slot_answered(struct bconn *c, uint32_t s, uint64_t now)
+{
+    struct bench *b = c->b;
+    struct slot *slot = &c->slots[s];
+    slot->used = false;
+    b->inflight--;
+    b->t_last_answer_ns = now;
+    if (slot->kind != K_PING)
+        c->free_slots[c->nfree++] = s;
+    return slot;
 }
 
 /* One whole answer [1, msgid, error, result] or notification [2, method, params]. */
@@ -916,14 +1039,11 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
         fprintf(stderr, "usage-bench: an answer to an unknown msgid %" PRIu64 "\n", msgid);
         return;
     }
-    struct slot *slot = &c->slots[s];
-    slot->used = false;
-    b->inflight--;
-    b->t_last_answer_ns = now;
+    struct slot *slot = slot_answered(c, s, now);
     int kind = slot->kind;
     if (kind == K_PING)
         return;
-    c->free_slots[c->nfree++] = s;
+    bool rec = counted(b, slot->t_ns);
 
     bool ok = *p == 0xc0;
     uint64_t retry_after = 0;
@@ -950,7 +1070,7 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
                 }
             }
         }
-        if (b->recording) {
+        if (rec) {
             b->c.errors[kind]++;
             count_error(b, code, code_len);
         }
@@ -981,7 +1101,7 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
                     }
                 }
             }
-            if (b->recording) {
+            if (rec) {
                 if (allowed)
                     b->c.allowed++;
                 else
@@ -991,14 +1111,77 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
             }
         } else {
             b->events_accepted += slot->events;
-            if (b->recording)
+            if (rec)
                 b->c.events[kind] += slot->events;
         }
-        if (b->recording)
+        if (rec)
             b->c.ok[kind]++;
     }
-    if (b->recording)
+    if (rec)
         hist_record(&b->c.lat[kind], now > slot->t_ns ? now - slot->t_ns : 0);
+}
+
+/* One whole reply of Redis to the oldest request of the connection: the check script's
+ * {now_ms, deny, minute count, day count}, or an error. */
+static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t *end, uint64_t now)
+{
+    struct bench *b = c->b;
+    if (c->fifo_len == 0) {
+        fprintf(stderr, "usage-bench: Redis sent a reply to no request\n");
+        b->failed = true;
+        return;
+    }
+    uint32_t s = c->fifo[c->fifo_head];
+    c->fifo_head = (c->fifo_head + 1) % b->o.pipeline;
+    c->fifo_len--;
+    struct slot *slot = slot_answered(c, s, now);
+    bool rec = counted(b, slot->t_ns);
+    const uint8_t *reply = p;
+    int64_t n, now_ms, deny;
+    if (resp_array(&p, end, &n) == 1 && n >= 4 && resp_integer(&p, end, &now_ms) == 1 &&
+        resp_integer(&p, end, &deny) == 1) {
+        if (rec) {
+            b->c.ok[K_CHECK]++;
+            if (deny == 0)
+                b->c.allowed++;
+            else
+                b->c.denied++;
+        }
+    } else {
+        /* NOSCRIPT (the script is not loaded), a wrong type, ...: the run measures nothing. */
+        const uint8_t *cr = memchr(reply, '\r', (size_t)(end - reply));
+        if (!b->failed)
+            fprintf(stderr, "usage-bench: Redis answered %.*s\n", cr ? (int)(cr - reply) : 0,
+                    (const char *)reply);
+        b->failed = true;
+        if (rec) {
+            b->c.errors[K_CHECK]++;
+            b->c.codes[CODE_OTHER]++;
+        }
+    }
+    if (rec)
+        hist_record(&b->c.lat[K_CHECK], now > slot->t_ns ? now - slot->t_ns : 0);
+}
+
+/* The requests of a connection that will never be answered (it closed, or the wait after the
+ * run is over): measured ones count as unanswered, and in the open loop as late as they are
+ * now, so that a lost request is not a fast one. */
+static void give_up_on(struct bconn *c, uint64_t now)
+{
+    struct bench *b = c->b;
+    for (uint32_t i = 0; i <= b->o.pipeline; i++) {
+        struct slot *slot = &c->slots[i];
+        if (!slot->used)
+            continue;
+        slot->used = false;
+        b->inflight--;
+        if (slot->kind == K_PING || !counted(b, slot->t_ns))
+            continue;
+        b->c.unanswered++;
+        if (b->o.rate > 0)
+            hist_record(&b->c.lat[slot->kind], now > slot->t_ns ? now - slot->t_ns : 0);
+    }
+    c->fifo_len = 0;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1021,37 +1204,35 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         if (!c->closed && b->phase == PHASE_RUN) {
-            fprintf(stderr, "usage-bench: the daemon closed a connection: %s\n",
-                    uv_strerror((int)nread));
+            fprintf(stderr, "usage-bench: the %s closed a connection: %s\n",
+                    b->o.redis ? "Redis server" : "daemon", uv_strerror((int)nread));
             b->failed = true;
         }
         uv_read_stop(s);
         c->closed = true;
-        /* Its requests will never be answered. */
-        for (uint32_t i = 0; i <= b->o.pipeline; i++) {
-            if (c->slots[i].used) {
-                c->slots[i].used = false;
-                b->inflight--;
-            }
-        }
+        give_up_on(c, mono_ns()); /* its requests will never be answered */
         check_finished(b);
         return;
     }
     c->in_len += (size_t)nread;
-    uint64_t now = uv_hrtime();
+    uint64_t now = mono_ns();
     const uint8_t *p = c->in, *end = c->in + c->in_len;
     while (p < end) {
         const uint8_t *q = p;
-        int r = mp_skip(&q, end);
+        int r = b->o.redis ? resp_skip(&q, end) : mp_skip(&q, end);
         if (r == 0)
             break;
         if (r < 0) {
-            fprintf(stderr, "usage-bench: the daemon sent bytes that are not MessagePack\n");
+            fprintf(stderr, "usage-bench: the %s sent bytes that are not %s\n",
+                    b->o.redis ? "Redis server" : "daemon", b->o.redis ? "RESP" : "MessagePack");
             b->failed = true;
             p = end;
             break;
         }
-        handle_answer(c, p, q, now);
+        if (b->o.redis)
+            handle_redis_reply(c, p, q, now);
+        else
+            handle_answer(c, p, q, now);
         p = q;
     }
     size_t used = (size_t)(p - c->in);
@@ -1090,7 +1271,7 @@ static void finish_run(struct bench *b)
     if (b->phase == PHASE_DONE)
         return;
     if (b->recording) {
-        b->t_end_ns = uv_hrtime();
+        b->t_end_ns = mono_ns();
         b->recording = false;
     }
     b->phase = PHASE_DONE;
@@ -1100,10 +1281,23 @@ static void finish_run(struct bench *b)
 static void on_drain_timeout(uv_timer_t *t)
 {
     struct bench *b = t->data;
-    fprintf(stderr, "usage-bench: %" PRIu64 " requests still unanswered after the run\n",
-            b->inflight);
+    uint64_t now = mono_ns();
+    fprintf(stderr,
+            "usage-bench: %" PRIu64 " requests still unanswered and %" PRIu64
+            " not sent after the run\n",
+            b->inflight, b->scheduled - b->issued);
     if (b->phase == PHASE_RUN)
         b->failed = true; /* --total-events not reached within --duration */
+    for (uint32_t i = 0; i < b->o.connections; i++)
+        give_up_on(&b->conns[i], now);
+    for (; b->issued < b->scheduled; b->issued++) {
+        uint64_t due = due_ns(b, b->issued);
+        int kind = pick_kind(b);
+        if (!is_request(b, kind) || !counted(b, due))
+            continue;
+        b->c.unanswered++;
+        hist_record(&b->c.lat[kind], now > due ? now - due : 0);
+    }
     finish_run(b);
 }
 
@@ -1113,7 +1307,7 @@ static void start_measuring(struct bench *b)
 {
     memset(&b->c, 0, sizeof(b->c));
     b->recording = true;
-    b->t_measure_ns = uv_hrtime();
+    b->t_measure_ns = mono_ns();
     sample_processes(b, &b->d0, b->w0, &b->d0_ns);
 }
 
@@ -1129,7 +1323,7 @@ static void send_pings(struct bench *b)
         struct slot *slot = &c->slots[s];
         slot->used = true;
         slot->kind = K_PING;
-        slot->t_ns = uv_hrtime();
+        slot->t_ns = mono_ns();
         slot->seq = ++c->seq;
         msgpack_packer pk;
         msgpack_packer_init(&pk, &c->out, obuf_write);
@@ -1143,21 +1337,22 @@ static void send_pings(struct bench *b)
     }
 }
 
-/* No more new work: wait for what is in flight (10 s at most). */
+/* No more new work: in the open loop, send what fell due before the window ended; then wait
+ * for every answer (10 s at most). */
 static void begin_drain(struct bench *b)
 {
     if (b->phase != PHASE_RUN)
         return;
-    b->phase = PHASE_DRAIN;
-    if (b->o.rate > 0)
+    if (b->o.rate > 0) {
+        schedule_due(b, b->t_end_ns ? b->t_end_ns : mono_ns());
         uv_poll_stop(&b->tick);
-    if (b->o.notify)
-        send_pings(b);
-    if (b->inflight == 0) {
-        finish_run(b);
-        return;
     }
+    b->phase = PHASE_DRAIN;
     uv_timer_start(&b->phase_timer, on_drain_timeout, 10000, 0);
+    if (b->o.rate > 0)
+        drain_backlog(b);
+    else
+        check_finished(b);
 }
 
 static void on_phase_timer(uv_timer_t *t)
@@ -1172,7 +1367,7 @@ static void on_phase_timer(uv_timer_t *t)
         return;
     }
     /* The window is over: answers after now are not counted. */
-    b->t_end_ns = uv_hrtime();
+    b->t_end_ns = mono_ns();
     b->recording = false;
     sample_processes(b, &b->d1, b->w1, &b->d1_ns);
     begin_drain(b);
@@ -1181,7 +1376,7 @@ static void on_phase_timer(uv_timer_t *t)
 static void start_run(struct bench *b)
 {
     b->phase = PHASE_RUN;
-    b->t_start_ns = uv_hrtime();
+    b->t_start_ns = mono_ns();
     if (b->o.total_events > 0 || b->o.warmup_s <= 0) {
         start_measuring(b);
         b->t_measure_ns = b->t_start_ns;
@@ -1196,19 +1391,7 @@ static void start_run(struct bench *b)
                        0);
     }
     if (b->o.rate > 0) {
-        /* About two requests per tick, between 50 us and 1 ms. */
-        double tick = 2e9 / b->o.rate;
-        b->tick_ns = tick < 50e3 ? 50000 : tick > 1e6 ? 1000000 : (uint64_t)tick;
-        struct itimerspec its = {
-            .it_interval = {(time_t)(b->tick_ns / 1000000000), (long)(b->tick_ns % 1000000000)},
-            .it_value = {(time_t)(b->tick_ns / 1000000000), (long)(b->tick_ns % 1000000000)},
-        };
-        b->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (b->tick_fd < 0 || timerfd_settime(b->tick_fd, 0, &its, NULL) < 0)
-            die("timerfd: %s", strerror(errno));
-        uv_poll_init(b->loop, &b->tick, b->tick_fd);
-        b->tick.data = b;
-        uv_poll_start(&b->tick, UV_READABLE, on_tick);
+        start_ticking(b);
     } else {
         for (uint32_t i = 0; i < b->o.connections; i++)
             pump(&b->conns[i]);
@@ -1264,6 +1447,8 @@ static void connect_all(struct bench *b)
         for (uint32_t s = 0; s < b->o.pipeline; s++)
             c->free_slots[s] = b->o.pipeline - 1 - s;
         c->nfree = b->o.pipeline;
+        if (b->o.redis)
+            c->fifo = xmalloc(b->o.pipeline * sizeof(*c->fifo));
         c->next_kind = pick_kind(b);
         c->connect_req.data = c;
         uv_timer_init(b->loop, &c->backoff);
@@ -1439,7 +1624,7 @@ static double watch_cpu(const struct options *o, int w)
 
 static void sample_processes(struct bench *b, struct proc_sample *d, double *w, uint64_t *t_ns)
 {
-    *t_ns = uv_hrtime();
+    *t_ns = mono_ns();
     if (b->o.pid)
         *d = proc_read(b->o.pid);
     for (int i = 0; i < b->o.nwatch; i++)
@@ -1555,10 +1740,11 @@ static void print_lat_row(const char *name, const struct hist *h)
 static void json_lat(const char *name, const struct hist *h, bool comma)
 {
     printf("\"%s\": {\"count\": %" PRIu64 ", \"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, "
-           "\"p999\": %.1f, \"max\": %.1f, \"mean\": %.1f}%s",
+           "\"p999\": %.1f, \"p9999\": %.1f, \"max\": %.1f, \"mean\": %.1f}%s",
            name, h->total, (double)hist_quantile(h, 0.5) / 1e3, (double)hist_quantile(h, 0.9) / 1e3,
            (double)hist_quantile(h, 0.99) / 1e3, (double)hist_quantile(h, 0.999) / 1e3,
-           (double)h->max / 1e3, hist_mean(h) / 1e3, comma ? ", " : "");
+           (double)hist_quantile(h, 0.9999) / 1e3, (double)h->max / 1e3, hist_mean(h) / 1e3,
+           comma ? ", " : "");
 }
 
 static void mix_string(const struct options *o, char *out, size_t cap)
@@ -1581,11 +1767,13 @@ static void report(const struct bench *b, const struct result *r)
         rows_committed =
             (double)(r->rows_after[0] - r->rows_before[0] + r->rows_after[1] - r->rows_before[1]);
     if (o->json) {
-        printf("{\"label\": \"%s\", \"connections\": %u, \"pipeline\": %u, \"mix\": \"%s\", "
+        printf("{\"label\": \"%s\", \"target\": \"%s\", \"connections\": %u, \"pipeline\": %u, "
+               "\"mix\": \"%s\", "
                "\"events_per_request\": %u, \"ack\": \"%s\", \"notify\": %s, \"rate\": %.0f, "
                "\"window_s\": %.3f, ",
-               o->label ? o->label : "", o->connections, o->pipeline, mix, o->events_per_request,
-               o->ack ? o->ack : "default", o->notify ? "true" : "false", o->rate, r->window_s);
+               o->label ? o->label : "", o->redis ? "redis" : "usaged", o->connections, o->pipeline,
+               mix, o->events_per_request, o->ack ? o->ack : "default",
+               o->notify ? "true" : "false", o->rate, r->window_s);
         printf("\"requests_ok\": %" PRIu64 ", \"requests_err\": %" PRIu64
                ", \"notifications\": %" PRIu64 ", \"requests_per_s\": %.1f, \"events_per_s\": "
                "%.1f, \"checks_per_s\": %.1f, \"notifications_per_s\": %.1f, ",
@@ -1605,7 +1793,14 @@ static void report(const struct bench *b, const struct result *r)
         json_lat("all", &r->all, true);
         for (int k = 0; k < K_COUNT; k++)
             json_lat(kind_names[k], &b->c.lat[k], k < K_COUNT - 1);
-        printf("}, \"max_backlog\": %" PRIu64 ", ", b->max_backlog);
+        printf("}, ");
+        if (o->rate > 0) {
+            printf("\"open_loop\": {\"tick_us\": %u, \"unanswered\": %" PRIu64
+                   ", \"max_backlog\": %" PRIu64 ", ",
+                   o->tick_us, b->c.unanswered, b->max_backlog);
+            json_lat("send_lag_us", &b->c.send_lag, false);
+            printf("}, ");
+        }
         if (r->have_pg)
             printf("\"postgres\": {\"rows_before\": %" PRId64 ", \"rows_after\": %" PRId64
                    ", \"prompt_rows_before\": %" PRId64 ", \"prompt_rows_after\": %" PRId64
@@ -1628,14 +1823,15 @@ static void report(const struct bench *b, const struct result *r)
                b->failed ? "true" : "false");
         return;
     }
-    printf("usage-bench%s%s: %u connections x pipeline %u over %s, mix %s", o->label ? " " : "",
+    printf("usage-bench%s%s: %u connections x pipeline %u over %s%s, mix %s", o->label ? " " : "",
            o->label ? o->label : "", o->connections, o->pipeline,
-           o->socket_path ? o->socket_path : o->tcp, mix);
+           o->socket_path ? o->socket_path : o->tcp,
+           o->redis ? " (Redis itself: EVALSHA of the check script)" : "", mix);
     if (o->mix[K_USAGE] || o->mix[K_PROMPT])
         printf(", %u events/request, ack %s%s", o->events_per_request, o->ack ? o->ack : "default",
                o->notify ? ", as notifications" : "");
     if (o->rate > 0)
-        printf(", fixed rate %.0f/s", o->rate);
+        printf(", open loop at %.0f/s", o->rate);
     else
         printf(", closed loop");
     printf("\nwindow: %.2f s\n", r->window_s);
@@ -1662,9 +1858,17 @@ static void report(const struct bench *b, const struct result *r)
         for (int k = 0; k < K_COUNT; k++)
             if (b->c.lat[k].total && b->c.lat[k].total != r->all.total)
                 print_lat_row(kind_names[k], &b->c.lat[k]);
+        if (o->rate > 0)
+            print_lat_row("send lag", &b->c.send_lag);
     }
-    if (o->rate > 0)
-        printf("backlog: at most %" PRIu64 " requests waited for a free slot\n", b->max_backlog);
+    if (o->rate > 0) {
+        if (b->c.unanswered)
+            printf("unanswered: %" PRIu64 " requests (counted as late as the wait lasted)\n",
+                   b->c.unanswered);
+        printf("(latency from when each request was due; send lag: due -> handed to the socket, "
+               "the client's own part; at most %" PRIu64 " requests waited to be sent)\n",
+               b->max_backlog);
+    }
     if (r->have_pg) {
         printf("postgres: %.0f rows committed (api_usage_logs %+" PRId64 ", prompt_history "
                "%+" PRId64 ") in %.2f s = %.0f rows/s%s\n",
@@ -1691,6 +1895,7 @@ static void report(const struct bench *b, const struct result *r)
 static void usage(FILE *f)
 {
     fputs("usage: usage-bench (-s SOCKET | -t HOST:PORT) [options]\n"
+          "       usage-bench --redis (unix:PATH | HOST:PORT) --evalsha SHA [options]\n"
           "       usage-bench --emit-csv FILE --rows N [--users N] [--providers LIST] "
           "[--client-ids]\n"
           "\n"
@@ -1706,7 +1911,9 @@ static void usage(FILE *f)
           "  -u, --users N              users b0000000-0000-4000-8000-<i> (default 1000)\n"
           "  -P, --providers LIST       (default openai,anthropic,google,mistral,groq)\n"
           "      --cost N               cost sent with each check (default: not sent, 1)\n"
-          "  -r, --rate N               total requests per second (default 0: closed loop)\n"
+          "  -r, --rate N               open loop: total requests per second, latency from\n"
+          "                             when each was due (default 0: closed loop)\n"
+          "      --tick-us N            open loop: shortest wait between wake-ups (default 20)\n"
           "  -d, --duration S           measured seconds (default 10)\n"
           "  -w, --warmup S             seconds before measuring (default 1)\n"
           "      --total-events N       stop once N log events were accepted (ingest runs)\n"
@@ -1720,7 +1927,14 @@ static void usage(FILE *f)
           "      --label TEXT           a name for this run in the report\n"
           "      --json                 one JSON object instead of text\n"
           "      --emit-csv FILE        write --rows usage rows as CSV (for psql \\copy) and exit\n"
-          "      --rows N\n",
+          "      --rows N\n"
+          "\n"
+          "  Redis itself, with the daemon's check script (checks only):\n"
+          "      --redis ADDR           unix:PATH or HOST:PORT of Redis\n"
+          "      --evalsha SHA          the script's sha1 (SCRIPT LOAD of bench/limiter-script)\n"
+          "      --redis-limits M,D     limits per minute and per day passed to it\n"
+          "                             (default 2000000000,2100000000)\n"
+          "      --key-prefix TEXT      the daemon's redis.key_prefix (default usaged:)\n",
           f);
 }
 
@@ -1803,6 +2017,11 @@ enum {
     OPT_EMIT_CSV,
     OPT_ROWS,
     OPT_LABEL,
+    OPT_REDIS,
+    OPT_EVALSHA,
+    OPT_REDIS_LIMITS,
+    OPT_KEY_PREFIX,
+    OPT_TICK_US,
 };
 
 static void parse_options(struct options *o, int argc, char **argv)
@@ -1834,6 +2053,11 @@ static void parse_options(struct options *o, int argc, char **argv)
         {"emit-csv", required_argument, NULL, OPT_EMIT_CSV},
         {"rows", required_argument, NULL, OPT_ROWS},
         {"label", required_argument, NULL, OPT_LABEL},
+        {"redis", required_argument, NULL, OPT_REDIS},
+        {"evalsha", required_argument, NULL, OPT_EVALSHA},
+        {"redis-limits", required_argument, NULL, OPT_REDIS_LIMITS},
+        {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
+        {"tick-us", required_argument, NULL, OPT_TICK_US},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1850,6 +2074,9 @@ static void parse_options(struct options *o, int argc, char **argv)
         .seed = 1,
         .prompt_input_chars = 300,
         .prompt_response_chars = 1200,
+        .redis_limits = "2000000000,2100000000",
+        .key_prefix = "usaged:",
+        .tick_us = 20,
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "s:t:c:p:m:e:u:P:r:d:w:h", longopts, NULL)) != -1) {
@@ -1935,6 +2162,25 @@ static void parse_options(struct options *o, int argc, char **argv)
         case OPT_LABEL:
             o->label = optarg;
             break;
+        case OPT_REDIS:
+            o->redis = true;
+            if (strncmp(optarg, "unix:", 5) == 0)
+                o->socket_path = optarg + 5;
+            else
+                o->tcp = optarg;
+            break;
+        case OPT_EVALSHA:
+            o->evalsha = optarg;
+            break;
+        case OPT_REDIS_LIMITS:
+            o->redis_limits = optarg;
+            break;
+        case OPT_KEY_PREFIX:
+            o->key_prefix = optarg;
+            break;
+        case OPT_TICK_US:
+            o->tick_us = (uint32_t)parse_u64(optarg, "--tick-us");
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1948,7 +2194,15 @@ static void parse_options(struct options *o, int argc, char **argv)
     if (o->emit_csv)
         return;
     if (!o->socket_path == !o->tcp)
-        die("give one of --socket and --tcp");
+        die("give one of --socket, --tcp and --redis");
+    if (o->redis) {
+        if (!o->evalsha || strlen(o->evalsha) != 40 || strspn(o->evalsha, "0123456789abcdef") != 40)
+            die("--redis needs --evalsha with the 40 hex digits of the loaded script");
+        if (o->mix[K_USAGE] || o->mix[K_PROMPT] || o->notify || o->pg || o->total_events)
+            die("--redis sends checks only (no log methods, --notify, --pg or --total-events)");
+    }
+    if (o->tick_us > 1000000)
+        die("--tick-us must be at most 1000000");
     if (o->connections == 0 || o->connections > 10000)
         die("--connections must be 1..10000");
     if (o->pipeline == 0 || o->pipeline > 65535)
@@ -2005,7 +2259,7 @@ int main(int argc, char **argv)
     b->phase_timer.data = b;
     connect_all(b);
     uv_run(b->loop, UV_RUN_DEFAULT);
-    uint64_t t_loop_end = uv_hrtime();
+    uint64_t t_loop_end = mono_ns();
 
     if (b->o.total_events > 0 && b->o.mix[K_CHECK] == 0)
         b->t_end_ns = b->t_last_answer_ns ? b->t_last_answer_ns : t_loop_end;
@@ -2016,10 +2270,10 @@ int main(int argc, char **argv)
         /* Until the daemon has written every accepted row; then PostgreSQL's count says what
          * is really there. */
         uint64_t expected = b->events_accepted;
-        uint64_t deadline = uv_hrtime() + (uint64_t)(b->o.wait_committed_s * 1e9);
+        uint64_t deadline = mono_ns() + (uint64_t)(b->o.wait_committed_s * 1e9);
         for (;;) {
             uint64_t written[2] = {0, 0};
-            uint64_t now = uv_hrtime();
+            uint64_t now = mono_ns();
             if (have_written && daemon_rows_written(&b->o, written) &&
                 written[0] + written[1] - written_before[0] - written_before[1] >= expected) {
                 r.all_committed = true;
@@ -2043,7 +2297,7 @@ int main(int argc, char **argv)
             nanosleep(&ts, NULL);
         }
     } else if (b->o.pg) {
-        r.commit_s = secs(uv_hrtime() - b->t_measure_ns);
+        r.commit_s = secs(mono_ns() - b->t_measure_ns);
     }
     r.client_cpu_s = self_cpu() - cpu0;
     if (b->d1_ns == 0)
@@ -2076,12 +2330,12 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < b->o.connections; i++) {
         free(b->conns[i].slots);
         free(b->conns[i].free_slots);
+        free(b->conns[i].fifo);
         free(b->conns[i].out.data);
         free(b->conns[i].wbuf.data);
         free(b->conns[i].in);
     }
     free(b->conns);
-    free(b->backlog);
     pool_free(&b->usage_pool);
     pool_free(&b->prompt_pool);
     pool_free(&b->check_pool);

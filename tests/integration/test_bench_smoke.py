@@ -4,7 +4,9 @@ bench/RESULTS.md, never asserted in a test."""
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import servers
 from conftest import base_config, sql
@@ -89,3 +91,94 @@ def test_the_csv_of_usage_rows_loads_with_psql_copy(workdir, pg, db):
                     f"\\copy public.api_usage_logs ({cols}) FROM '{path}' "
                     "WITH (FORMAT csv, HEADER true)"], check=True, capture_output=True)
     assert sql(pg, db, "SELECT count(*) FROM public.api_usage_logs")[0][0] == 200
+
+
+LIMITER_SCRIPT = os.path.join(BUILD_DIR, "bench", "limiter-script")
+
+
+def assert_quantiles(lat):
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["p9999"] <= lat["max"]
+
+
+def test_an_open_loop_run_counts_every_request_due_in_its_window(
+        daemon_factory, workdir, pg, db, redis_server):
+    d = start(daemon_factory, workdir, pg, db, redis_server)
+    r = bench("-s", d.socket, "--mix", "check=100", "-c", "2", "-p", "8", "-u", str(USERS),
+              "--rate", "2000", "-d", "1", "-w", "0.2")
+    assert r["target"] == "usaged" and r["rate"] == 2000
+    assert r["errors"] == {}
+    lat = r["latency_us"]["all"]
+    # Every request due in the window is in the figures, however fast or slow the daemon was:
+    # the window's length times the rate, answered or counted as unanswered.
+    assert abs(lat["count"] - 2000 * r["window_s"]) <= 2
+    assert r["requests_ok"] + r["open_loop"]["unanswered"] == lat["count"]
+    assert_quantiles(lat)
+    lag = r["open_loop"]["send_lag_us"]
+    assert abs(lag["count"] - lat["count"]) <= 2
+    assert lag["p50"] <= lag["p99"] <= lag["max"]
+
+
+def test_a_stall_of_the_daemon_counts_for_every_request_due_during_it(
+        daemon_factory, workdir, pg, db, redis_server):
+    """The daemon is stopped for a second at the start of a 2-second open-loop run. About half
+    of the requests fall due while it is stopped, and each counts its wait, so the 90th
+    percentile is hundreds of milliseconds. (A closed loop with 16 in flight would have counted
+    the stall for 16 requests, and shown it at most in the p99.9.)"""
+    d = start(daemon_factory, workdir, pg, db, redis_server)
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        p = subprocess.Popen([BENCH, "-s", d.socket, "--mix", "check=100", "-c", "2", "-p", "8",
+                              "-u", str(USERS), "--rate", "500", "-d", "2", "-w", "0", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # the stall being measured, not a wait for a condition
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    r = json.loads(out)
+    lat = r["latency_us"]["all"]
+    assert r["errors"] == {} and r["open_loop"]["unanswered"] == 0
+    assert lat["count"] >= 900
+    assert lat["max"] >= 500_000
+    assert lat["p90"] >= 200_000
+
+
+def load_script(redis_server):
+    import redis
+    script = subprocess.run([LIMITER_SCRIPT], capture_output=True, text=True,
+                            check=True).stdout
+    conn = redis.Redis(unix_socket_path=redis_server.sock)
+    try:
+        return conn, conn.script_load(script)
+    except Exception:
+        conn.close()
+        raise
+
+
+def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server):
+    conn, sha = load_script(redis_server)
+    try:
+        r = bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "2", "-p", "8",
+                  "-u", str(USERS), "-P", "openai", "--key-prefix", "smoke:",
+                  "--rate", "2000", "-d", "0.5", "-w", "0.1")
+        assert r["target"] == "redis" and r["errors"] == {}
+        lat = r["latency_us"]["all"]
+        assert abs(lat["count"] - 2000 * r["window_s"]) <= 2
+        assert r["checks"]["allowed"] == r["requests_ok"] == lat["count"]
+        assert_quantiles(lat)
+        # The daemon's key shape: prefix{user:provider}:m:<minute> and :d:<day>.
+        keys = {k.decode() for k in conn.scan_iter("smoke:*", count=1000)}
+        assert "smoke:{b0000000-0000-4000-8000-000000000000:openai}" in {
+            k.rsplit(":", 2)[0] for k in keys}
+        assert {k.rsplit(":", 2)[1] for k in keys} == {"m", "d"}
+    finally:
+        conn.close()
+
+
+def test_a_script_redis_does_not_have_fails_the_run_and_says_so(redis_server):
+    r = subprocess.run([BENCH, "--redis", f"unix:{redis_server.sock}", "--evalsha", "0" * 40,
+                        "-c", "1", "-p", "1", "--rate", "100", "-d", "0.2", "-w", "0", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "NOSCRIPT" in r.stderr
+    assert json.loads(r.stdout)["requests_err"] > 0
