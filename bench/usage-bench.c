@@ -203,11 +203,12 @@ struct bench {
     struct proc_sample {
         bool ok;
         double cpu_s;     /* utime + stime */
+        double wait_s;    /* runnable but waiting for a CPU (schedstat run_delay), main thread */
         uint64_t hwm_kib; /* VmHWM */
         uint64_t rss_kib; /* VmRSS */
-    } d0, d1;
+    } d0, d1, self0, self1;
     uint64_t d0_ns, d1_ns;
-    double w0[MAX_WATCH], w1[MAX_WATCH];
+    struct proc_sample w0[MAX_WATCH], w1[MAX_WATCH]; /* sums of cpu_s and wait_s */
 };
 
 /* ---- small helpers ---- */
@@ -668,7 +669,8 @@ static void conn_flush(struct bconn *c);
 static void pump(struct bconn *c);
 static void finish_run(struct bench *b);
 static void check_finished(struct bench *b);
-static void sample_processes(struct bench *b, struct proc_sample *d, double *w, uint64_t *t_ns);
+static void sample_processes(struct bench *b, struct proc_sample *d, struct proc_sample *w,
+                             struct proc_sample *self, uint64_t *t_ns);
 
 /* Whether a request due (open loop) or sent (closed loop) at t_ns is one of the measured: in
  * the open loop, the window is of due times, and its requests are waited for after it ends. */
@@ -1308,7 +1310,7 @@ static void start_measuring(struct bench *b)
     memset(&b->c, 0, sizeof(b->c));
     b->recording = true;
     b->t_measure_ns = mono_ns();
-    sample_processes(b, &b->d0, b->w0, &b->d0_ns);
+    sample_processes(b, &b->d0, b->w0, &b->self0, &b->d0_ns);
 }
 
 /* Notifications have no answer: a ping behind them on each connection is answered once the
@@ -1369,7 +1371,7 @@ static void on_phase_timer(uv_timer_t *t)
     /* The window is over: answers after now are not counted. */
     b->t_end_ns = mono_ns();
     b->recording = false;
-    sample_processes(b, &b->d1, b->w1, &b->d1_ns);
+    sample_processes(b, &b->d1, b->w1, &b->self1, &b->d1_ns);
     begin_drain(b);
 }
 
@@ -1595,6 +1597,16 @@ static struct proc_sample proc_read(int pid)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
         return s;
     s.cpu_s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    /* The time the main thread (the event loop) spent runnable without a CPU: on a machine whose
+     * cores are shared, the latency the process could not help. */
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", pid);
+    f = fopen(path, "r");
+    if (f) {
+        unsigned long long on_cpu, delay;
+        if (fscanf(f, "%llu %llu", &on_cpu, &delay) == 2)
+            s.wait_s = (double)delay / 1e9;
+        fclose(f);
+    }
     snprintf(path, sizeof(path), "/proc/%d/status", pid);
     f = fopen(path, "r");
     if (f) {
@@ -1611,24 +1623,28 @@ static struct proc_sample proc_read(int pid)
     return s;
 }
 
-static double watch_cpu(const struct options *o, int w)
+static struct proc_sample watch_sample(const struct options *o, int w)
 {
-    double sum = 0;
+    struct proc_sample sum = {.ok = true};
     for (int i = 0; i < o->watch[w].npids; i++) {
         struct proc_sample s = proc_read(o->watch[w].pids[i]);
-        if (s.ok)
-            sum += s.cpu_s;
+        if (s.ok) {
+            sum.cpu_s += s.cpu_s;
+            sum.wait_s += s.wait_s;
+        }
     }
     return sum;
 }
 
-static void sample_processes(struct bench *b, struct proc_sample *d, double *w, uint64_t *t_ns)
+static void sample_processes(struct bench *b, struct proc_sample *d, struct proc_sample *w,
+                             struct proc_sample *self, uint64_t *t_ns)
 {
     *t_ns = mono_ns();
     if (b->o.pid)
         *d = proc_read(b->o.pid);
     for (int i = 0; i < b->o.nwatch; i++)
-        w[i] = watch_cpu(&b->o, i);
+        w[i] = watch_sample(&b->o, i);
+    *self = proc_read(getpid());
 }
 
 static double self_cpu(void)
@@ -1760,6 +1776,7 @@ static void mix_string(const struct options *o, char *out, size_t cap)
 static void report(const struct bench *b, const struct result *r)
 {
     const struct options *o = &b->o;
+    double sampled = r->sampled_s > 0 ? r->sampled_s : 1e-9;
     char mix[128];
     mix_string(o, mix, sizeof(mix));
     double rows_committed = 0;
@@ -1811,16 +1828,19 @@ static void report(const struct bench *b, const struct result *r)
                    r->commit_s > 0 ? rows_committed / r->commit_s : 0.0);
         if (r->have_pid)
             printf("\"daemon\": {\"pid\": %d, \"peak_rss_kib\": %" PRIu64 ", \"rss_kib\": %" PRIu64
-                   ", \"cpu_s\": %.2f, \"cpu_pct\": %.1f}, ",
+                   ", \"cpu_s\": %.2f, \"cpu_pct\": %.1f, \"wait_s\": %.3f}, ",
                    o->pid, b->d1.hwm_kib, b->d1.rss_kib, b->d1.cpu_s - b->d0.cpu_s,
-                   100.0 * (b->d1.cpu_s - b->d0.cpu_s) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
+                   100.0 * (b->d1.cpu_s - b->d0.cpu_s) / sampled, b->d1.wait_s - b->d0.wait_s);
         printf("\"watch\": {");
         for (int w = 0; w < o->nwatch; w++)
-            printf("%s\"%s\": {\"cpu_s\": %.2f, \"cpu_pct\": %.1f}", w ? ", " : "",
-                   o->watch[w].name, b->w1[w] - b->w0[w],
-                   100.0 * (b->w1[w] - b->w0[w]) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
-        printf("}, \"client_cpu_s\": %.2f, \"failed\": %s}\n", r->client_cpu_s,
-               b->failed ? "true" : "false");
+            printf("%s\"%s\": {\"cpu_s\": %.2f, \"cpu_pct\": %.1f, \"wait_s\": %.3f}",
+                   w ? ", " : "", o->watch[w].name, b->w1[w].cpu_s - b->w0[w].cpu_s,
+                   100.0 * (b->w1[w].cpu_s - b->w0[w].cpu_s) / sampled,
+                   b->w1[w].wait_s - b->w0[w].wait_s);
+        printf("}, \"client_cpu_s\": %.2f, \"client\": {\"cpu_pct\": %.1f, \"wait_s\": %.3f}, "
+               "\"failed\": %s}\n",
+               r->client_cpu_s, 100.0 * (b->self1.cpu_s - b->self0.cpu_s) / sampled,
+               b->self1.wait_s - b->self0.wait_s, b->failed ? "true" : "false");
         return;
     }
     printf("usage-bench%s%s: %u connections x pipeline %u over %s%s, mix %s", o->label ? " " : "",
@@ -1880,14 +1900,17 @@ static void report(const struct bench *b, const struct result *r)
                    : "");
     }
     if (r->have_pid)
-        printf("daemon pid %d: peak RSS %.1f MiB (now %.1f MiB), CPU %.2f s (%.0f%% of a core)\n",
+        printf("daemon pid %d: peak RSS %.1f MiB (now %.1f MiB), CPU %.2f s (%.0f%% of a core), "
+               "waited %.0f ms for a CPU\n",
                o->pid, (double)b->d1.hwm_kib / 1024.0, (double)b->d1.rss_kib / 1024.0,
-               b->d1.cpu_s - b->d0.cpu_s,
-               100.0 * (b->d1.cpu_s - b->d0.cpu_s) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
+               b->d1.cpu_s - b->d0.cpu_s, 100.0 * (b->d1.cpu_s - b->d0.cpu_s) / sampled,
+               1e3 * (b->d1.wait_s - b->d0.wait_s));
     for (int w = 0; w < o->nwatch; w++)
-        printf("%s: CPU %.2f s (%.0f%% of a core)\n", o->watch[w].name, b->w1[w] - b->w0[w],
-               100.0 * (b->w1[w] - b->w0[w]) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
-    printf("client: CPU %.2f s\n", r->client_cpu_s);
+        printf("%s: CPU %.2f s (%.0f%% of a core), waited %.0f ms for a CPU\n", o->watch[w].name,
+               b->w1[w].cpu_s - b->w0[w].cpu_s, 100.0 * (b->w1[w].cpu_s - b->w0[w].cpu_s) / sampled,
+               1e3 * (b->w1[w].wait_s - b->w0[w].wait_s));
+    printf("client: CPU %.2f s, waited %.0f ms for a CPU in the window\n", r->client_cpu_s,
+           1e3 * (b->self1.wait_s - b->self0.wait_s));
 }
 
 /* ---- options ---- */
@@ -2301,7 +2324,7 @@ int main(int argc, char **argv)
     }
     r.client_cpu_s = self_cpu() - cpu0;
     if (b->d1_ns == 0)
-        sample_processes(b, &b->d1, b->w1, &b->d1_ns);
+        sample_processes(b, &b->d1, b->w1, &b->self1, &b->d1_ns);
     else if (b->o.pid)
         b->d1.hwm_kib = proc_read(b->o.pid).hwm_kib; /* the peak over the whole run */
     r.sampled_s = secs(b->d1_ns - b->d0_ns);
