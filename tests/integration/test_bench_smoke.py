@@ -110,7 +110,7 @@ def test_an_open_loop_run_counts_every_request_due_in_its_window(
     lat = r["latency_us"]["all"]
     # Every request due in the window is in the figures, however fast or slow the daemon was:
     # the window's length times the rate, answered or counted as unanswered.
-    assert abs(lat["count"] - 2000 * r["window_s"]) <= 2
+    assert abs(lat["count"] - 2000 * r["window_s"]) <= 4
     assert r["requests_ok"] + r["open_loop"]["unanswered"] == lat["count"]
     assert_quantiles(lat)
     lag = r["open_loop"]["send_lag_us"]
@@ -120,18 +120,32 @@ def test_an_open_loop_run_counts_every_request_due_in_its_window(
     assert r["daemon"]["wait_s"] >= 0 and r["client"]["wait_s"] >= 0
 
 
+def has_timerfd(pid):
+    """Whether the process has a timerfd open: usage-bench makes its open loop's when the run
+    begins, once every connection is made."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        return any(os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:[timerfd]"
+                   for fd in os.listdir(fd_dir))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_a_stall_of_the_daemon_counts_for_every_request_due_during_it(
         daemon_factory, workdir, pg, db, redis_server):
-    """The daemon is stopped for a second at the start of a 2-second open-loop run. About half
-    of the requests fall due while it is stopped, and each counts its wait, so the 90th
-    percentile is hundreds of milliseconds. (A closed loop with 16 in flight would have counted
-    the stall for 16 requests, and shown it at most in the p99.9.)"""
+    """The daemon is stopped for the first second of a 2-second open-loop run. Half of the
+    requests fall due while it is stopped, and each counts its wait, so the 90th percentile is
+    most of a second. (A closed loop with 16 in flight would have counted the stall for 16
+    requests, and shown it at most in the p99.9.)"""
     d = start(daemon_factory, workdir, pg, db, redis_server)
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
+        # Connecting needs only the listening socket's backlog, not the stopped daemon.
         p = subprocess.Popen([BENCH, "-s", d.socket, "--mix", "check=100", "-c", "2", "-p", "8",
                               "-u", str(USERS), "--rate", "500", "-d", "2", "-w", "0", "--json"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        servers.wait_for(lambda: has_timerfd(p.pid) or p.poll() is not None, 30,
+                         "usage-bench to begin its run")
         time.sleep(1.0)  # the stall being measured, not a wait for a condition
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
@@ -140,9 +154,9 @@ def test_a_stall_of_the_daemon_counts_for_every_request_due_during_it(
     r = json.loads(out)
     lat = r["latency_us"]["all"]
     assert r["errors"] == {} and r["open_loop"]["unanswered"] == 0
-    assert lat["count"] >= 900
-    assert lat["max"] >= 500_000
-    assert lat["p90"] >= 200_000
+    assert abs(lat["count"] - 500 * r["window_s"]) <= 4
+    assert lat["max"] >= 900_000
+    assert lat["p90"] >= 400_000
 
 
 def load_script(redis_server):
@@ -165,7 +179,7 @@ def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redi
                   "--rate", "2000", "-d", "0.5", "-w", "0.1")
         assert r["target"] == "redis" and r["errors"] == {}
         lat = r["latency_us"]["all"]
-        assert abs(lat["count"] - 2000 * r["window_s"]) <= 2
+        assert abs(lat["count"] - 2000 * r["window_s"]) <= 4
         assert r["checks"]["allowed"] == r["requests_ok"] == lat["count"]
         assert_quantiles(lat)
         # The daemon's key shape: prefix{user:provider}:m:<minute> and :d:<day>.
