@@ -1855,7 +1855,14 @@ static void report(const struct bench *b, const struct result *r)
     else
         printf(", closed loop");
     printf("\nwindow: %.2f s\n", r->window_s);
-    printf("throughput: %.0f requests/s, %.0f events/s, %.0f checks/s", r->requests_per_s,
+    if (o->rate > 0)
+        printf("due in the window: %" PRIu64 " requests, of which %" PRIu64 " answered (%" PRIu64
+               " with an error) by %.2f s after the window began\n",
+               r->all.total + r->notifications, r->requests_ok + r->requests_err, r->requests_err,
+               b->t_last_answer_ns > b->t_measure_ns ? secs(b->t_last_answer_ns - b->t_measure_ns)
+                                                     : 0.0);
+    printf("%s: %.0f requests/s, %.0f events/s, %.0f checks/s",
+           o->rate > 0 ? "per second of the window" : "throughput", r->requests_per_s,
            r->events_per_s, r->checks_per_s);
     if (r->notifications)
         printf(", %.0f notifications/s", r->notifications_per_s);
