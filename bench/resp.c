@@ -5,18 +5,13 @@
 #include <stdio.h>
 #include <string.h>
 
-void resp_command(resp_write_fn write, void *data, int argc, const char *const *argv)
+void resp_bulk(resp_write_fn write, void *data, const char *s, size_t len)
 {
     char head[32];
-    int n = snprintf(head, sizeof(head), "*%d\r\n", argc);
+    int n = snprintf(head, sizeof(head), "$%zu\r\n", len);
     write(data, head, (size_t)n);
-    for (int i = 0; i < argc; i++) {
-        size_t len = strlen(argv[i]);
-        n = snprintf(head, sizeof(head), "$%zu\r\n", len);
-        write(data, head, (size_t)n);
-        write(data, argv[i], len);
-        write(data, "\r\n", 2);
-    }
+    write(data, s, len);
+    write(data, "\r\n", 2);
 }
 
 /* The line after a type byte: its end (the '\r') in *eol, or 0 / -1. */

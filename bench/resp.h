@@ -1,5 +1,6 @@
 /* resp: the little of Redis's protocol (RESP2) that usage-bench needs to drive Redis itself:
- * commands formatted once, ahead of the run, and replies skipped or read without allocating.
+ * commands assembled from pieces formatted ahead of the run, and replies skipped or read
+ * without allocating.
  *
  * Each reader returns 1 when it read a whole item, 0 when the bytes end first and -1 on bytes
  * that are not RESP. */
@@ -9,11 +10,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Where resp_command writes: msgpack_sbuffer_write has this shape. */
+/* Where resp_bulk writes: msgpack_sbuffer_write has this shape. */
 typedef int (*resp_write_fn)(void *data, const char *buf, size_t len);
 
-/* Appends the command argv[0..argc) as an array of bulk strings. */
-void resp_command(resp_write_fn write, void *data, int argc, const char *const *argv);
+/* Appends one bulk string: a piece of a command whose array header is written apart. */
+void resp_bulk(resp_write_fn write, void *data, const char *s, size_t len);
 
 /* Steps over one whole reply (with everything inside it). */
 int resp_skip(const uint8_t **pp, const uint8_t *end);

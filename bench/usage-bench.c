@@ -105,6 +105,7 @@ struct options {
     const char *evalsha;      /* the sha1 of the loaded script */
     const char *redis_limits; /* "PER_MINUTE,PER_DAY", as the daemon passes them */
     const char *key_prefix;   /* the daemon's redis.key_prefix */
+    uint32_t redis_batch;     /* most checks in one script call, as the daemon batches them */
     uint32_t tick_us;         /* open loop: the shortest wait between two wake-ups */
 };
 
@@ -176,6 +177,7 @@ struct bench {
     uv_loop_t *loop;
     struct gen gen;
     struct pool usage_pool, prompt_pool, check_pool;
+    struct obuf redis_argv; /* --redis: the ARGV of one check, in RESP */
     uint32_t mix_total;
     struct bconn *conns;
     uint32_t connected;
@@ -324,9 +326,9 @@ static void pool_free(struct pool *p)
     memset(p, 0, sizeof(*p));
 }
 
-/* --redis: one whole EVALSHA command per (user, provider) key, as the daemon would send for
- * one check of that key alone: KEYS prefix{user:provider}, ARGV per minute, per day, 1 check,
- * its cost. */
+/* --redis: the pieces of the daemon's script call, in RESP: one key per (user, provider), as
+ * prefix{user:provider}, and the ARGV of one check of a key (per minute, per day, 1 check, its
+ * cost). A call of k checks is EVALSHA sha k, k keys, k times the ARGV. */
 static void build_redis_pool(struct bench *b)
 {
     const struct options *o = &b->o;
@@ -340,14 +342,16 @@ static void build_redis_pool(struct bench *b)
     for (uint32_t k = 0; k < keys; k++) {
         char user[GEN_UUID_LEN + 1], key[256];
         gen_user_id(k / b->gen.nproviders, user);
-        snprintf(key, sizeof(key), "%s{%s:%s}", o->key_prefix, user,
-                 b->gen.providers[k % b->gen.nproviders]);
-        const char *argv[] = {"EVALSHA", o->evalsha, "1", key, minute, day, "1", cost};
+        int n = snprintf(key, sizeof(key), "%s{%s:%s}", o->key_prefix, user,
+                         b->gen.providers[k % b->gen.nproviders]);
         size_t start = sb.size;
-        resp_command(msgpack_sbuffer_write, &sb, 8, argv);
+        resp_bulk(msgpack_sbuffer_write, &sb, key, (size_t)n);
         pool_add(&b->check_pool, keys, &sb, start, 0);
     }
     pool_finish(&b->check_pool, &sb);
+    const char *argv[] = {minute, day, "1", cost};
+    for (int i = 0; i < 4; i++)
+        resp_bulk(obuf_write, &b->redis_argv, argv[i], strlen(argv[i]));
 }
 
 static void build_pools(struct bench *b)
@@ -749,14 +753,6 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
         slot->events = nevents;
         slot->seq = ++c->seq;
         b->inflight++;
-        if (b->o.redis) {
-            /* The command was formatted whole, ahead of the run; the reply will come in order. */
-            c->fifo[(c->fifo_head + c->fifo_len++) % b->o.pipeline] = s;
-            const struct pool *p = &b->check_pool;
-            uint32_t i = gen_below(&b->gen, p->n);
-            obuf_append(&c->out, p->data + p->off[i], p->len[i]);
-            return true;
-        }
         msgpack_pack_array(&pk, 4);
         msgpack_pack_uint8(&pk, 0);
         msgpack_pack_uint32(&pk, (uint32_t)slot->seq << 16 | s);
@@ -802,6 +798,37 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
     return true;
 }
 
+static uint64_t due_ns(const struct bench *b, uint64_t i);
+
+/* --redis: one script call of k checks (k slots free on c) of random keys. Check j is due at
+ * due_ns(first + j) in the open loop, or sent now in the closed loop. Replies come in order: the
+ * slots go to the connection's FIFO, the first with the call's count of checks. */
+static void issue_redis(struct bconn *c, uint32_t k, uint64_t first, uint64_t now)
+{
+    struct bench *b = c->b;
+    const struct pool *p = &b->check_pool;
+    char head[128];
+    int n = snprintf(head, sizeof(head), "*%u\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", 3 + 5 * k,
+                     b->o.evalsha);
+    obuf_append(&c->out, head, (size_t)n);
+    n = snprintf(head, sizeof(head), "%u", k);
+    resp_bulk(obuf_write, &c->out, head, (size_t)n);
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t s = c->free_slots[--c->nfree];
+        struct slot *slot = &c->slots[s];
+        slot->used = true;
+        slot->t_ns = b->o.rate > 0 ? due_ns(b, first + j) : now;
+        slot->kind = K_CHECK;
+        slot->events = j == 0 ? k : 0;
+        c->fifo[(c->fifo_head + c->fifo_len++) % b->o.pipeline] = s;
+        b->inflight++;
+        uint32_t i = gen_below(&b->gen, p->n);
+        obuf_append(&c->out, p->data + p->off[i], p->len[i]);
+    }
+    for (uint32_t j = 0; j < k; j++)
+        obuf_append(&c->out, b->redis_argv.data, b->redis_argv.len);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     struct bconn *c = req->data;
@@ -843,6 +870,10 @@ static void pump(struct bconn *c)
         return;
     uint64_t now = mono_ns();
     while (conn_can_issue(c, c->next_kind)) {
+        if (b->o.redis) {
+            issue_redis(c, c->nfree < b->o.redis_batch ? c->nfree : b->o.redis_batch, 0, now);
+            continue;
+        }
         if (!issue(c, c->next_kind, now)) {
             /* The events budget is spent: only checks may go on. */
             if (b->o.mix[K_CHECK] == 0)
@@ -889,8 +920,15 @@ static void drain_backlog(struct bench *b)
             continue;
         }
         idle = 0;
-        uint64_t due = due_ns(b, b->issued);
-        if (!issue(c, c->next_kind, due)) {
+        uint64_t k = 1;
+        if (b->o.redis) {
+            k = b->scheduled - b->issued;
+            if (k > b->o.redis_batch)
+                k = b->o.redis_batch;
+            if (k > c->nfree)
+                k = c->nfree;
+            issue_redis(c, (uint32_t)k, b->issued, now);
+        } else if (!issue(c, c->next_kind, due_ns(b, b->issued))) {
             if (b->o.mix[K_CHECK] == 0) {
                 b->issued = b->scheduled; /* the events budget is spent: nothing more to send */
                 break;
@@ -898,10 +936,13 @@ static void drain_backlog(struct bench *b)
             c->next_kind = K_CHECK;
             continue;
         }
-        if (counted(b, due))
-            hist_record(&b->c.send_lag, now > due ? now - due : 0);
+        for (uint64_t j = 0; j < k; j++) {
+            uint64_t due = due_ns(b, b->issued + j);
+            if (counted(b, due))
+                hist_record(&b->c.send_lag, now > due ? now - due : 0);
+        }
         c->next_kind = pick_kind(b);
-        b->issued++;
+        b->issued += k;
     }
     if (b->scheduled - b->issued > b->max_backlog)
         b->max_backlog = b->scheduled - b->issued;
@@ -1123,46 +1164,57 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
         hist_record(&b->c.lat[kind], now > slot->t_ns ? now - slot->t_ns : 0);
 }
 
-/* One whole reply of Redis to the oldest request of the connection: the check script's
- * {now_ms, deny, minute count, day count}, or an error. */
+/* The oldest request of a connection, answered. */
+static struct slot *redis_pop(struct bconn *c, uint64_t now)
+{
+    uint32_t s = c->fifo[c->fifo_head];
+    c->fifo_head = (c->fifo_head + 1) % c->b->o.pipeline;
+    c->fifo_len--;
+    return slot_answered(c, s, now);
+}
+
+/* One whole reply of Redis to the oldest call of the connection: the check script's {now_ms,
+ * then per check: deny, minute count, day count}, or an error. */
 static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t *end, uint64_t now)
 {
     struct bench *b = c->b;
-    if (c->fifo_len == 0) {
+    if (c->fifo_len == 0 || c->fifo_len < c->slots[c->fifo[c->fifo_head]].events) {
         fprintf(stderr, "usage-bench: Redis sent a reply to no request\n");
         b->failed = true;
         return;
     }
-    uint32_t s = c->fifo[c->fifo_head];
-    c->fifo_head = (c->fifo_head + 1) % b->o.pipeline;
-    c->fifo_len--;
-    struct slot *slot = slot_answered(c, s, now);
-    bool rec = counted(b, slot->t_ns);
     const uint8_t *reply = p;
-    int64_t n, now_ms, deny;
-    if (resp_array(&p, end, &n) == 1 && n >= 4 && resp_integer(&p, end, &now_ms) == 1 &&
-        resp_integer(&p, end, &deny) == 1) {
-        if (rec) {
+    uint32_t k = c->slots[c->fifo[c->fifo_head]].events;
+    int64_t n, now_ms, deny, minute, day;
+    bool ok = resp_array(&p, end, &n) == 1 && n == 1 + 3 * (int64_t)k &&
+              resp_integer(&p, end, &now_ms) == 1;
+    for (uint32_t j = 0; j < k; j++) {
+        struct slot *slot = redis_pop(c, now);
+        /* A key Redis refuses to count answers an error string in place of its count. */
+        ok = ok && resp_integer(&p, end, &deny) == 1 && resp_integer(&p, end, &minute) == 1 &&
+             resp_integer(&p, end, &day) == 1;
+        if (!counted(b, slot->t_ns))
+            continue;
+        if (ok) {
             b->c.ok[K_CHECK]++;
             if (deny == 0)
                 b->c.allowed++;
             else
                 b->c.denied++;
+        } else {
+            b->c.errors[K_CHECK]++;
+            b->c.codes[CODE_OTHER]++;
         }
-    } else {
+        hist_record(&b->c.lat[K_CHECK], now > slot->t_ns ? now - slot->t_ns : 0);
+    }
+    if (!ok) {
         /* NOSCRIPT (the script is not loaded), a wrong type, ...: the run measures nothing. */
         const uint8_t *cr = memchr(reply, '\r', (size_t)(end - reply));
         if (!b->failed)
             fprintf(stderr, "usage-bench: Redis answered %.*s\n", cr ? (int)(cr - reply) : 0,
                     (const char *)reply);
         b->failed = true;
-        if (rec) {
-            b->c.errors[K_CHECK]++;
-            b->c.codes[CODE_OTHER]++;
-        }
     }
-    if (rec)
-        hist_record(&b->c.lat[K_CHECK], now > slot->t_ns ? now - slot->t_ns : 0);
 }
 
 /* The requests of a connection that will never be answered (it closed, or the wait after the
@@ -1964,7 +2016,10 @@ static void usage(FILE *f)
           "      --evalsha SHA          the script's sha1 (SCRIPT LOAD of bench/limiter-script)\n"
           "      --redis-limits M,D     limits per minute and per day passed to it\n"
           "                             (default 2000000000,2100000000)\n"
-          "      --key-prefix TEXT      the daemon's redis.key_prefix (default usaged:)\n",
+          "      --key-prefix TEXT      the daemon's redis.key_prefix (default usaged:)\n"
+          "      --redis-batch N        at most N checks of N keys in one call, of those due\n"
+          "                             together (the daemon batches a loop iteration's checks;\n"
+          "                             default 1: a call per check)\n",
           f);
 }
 
@@ -2052,6 +2107,7 @@ enum {
     OPT_REDIS_LIMITS,
     OPT_KEY_PREFIX,
     OPT_TICK_US,
+    OPT_REDIS_BATCH,
 };
 
 static void parse_options(struct options *o, int argc, char **argv)
@@ -2088,6 +2144,7 @@ static void parse_options(struct options *o, int argc, char **argv)
         {"redis-limits", required_argument, NULL, OPT_REDIS_LIMITS},
         {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
         {"tick-us", required_argument, NULL, OPT_TICK_US},
+        {"redis-batch", required_argument, NULL, OPT_REDIS_BATCH},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -2107,6 +2164,7 @@ static void parse_options(struct options *o, int argc, char **argv)
         .redis_limits = "2000000000,2100000000",
         .key_prefix = "usaged:",
         .tick_us = 20,
+        .redis_batch = 1,
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "s:t:c:p:m:e:u:P:r:d:w:h", longopts, NULL)) != -1) {
@@ -2211,6 +2269,9 @@ static void parse_options(struct options *o, int argc, char **argv)
         case OPT_TICK_US:
             o->tick_us = (uint32_t)parse_u64(optarg, "--tick-us");
             break;
+        case OPT_REDIS_BATCH:
+            o->redis_batch = (uint32_t)parse_u64(optarg, "--redis-batch");
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -2231,6 +2292,8 @@ static void parse_options(struct options *o, int argc, char **argv)
         if (o->mix[K_USAGE] || o->mix[K_PROMPT] || o->notify || o->pg || o->total_events)
             die("--redis sends checks only (no log methods, --notify, --pg or --total-events)");
     }
+    if (o->redis_batch == 0 || o->redis_batch > 1024)
+        die("--redis-batch must be 1..1024");
     if (o->tick_us > 1000000)
         die("--tick-us must be at most 1000000");
     if (o->connections == 0 || o->connections > 10000)
@@ -2369,6 +2432,7 @@ int main(int argc, char **argv)
     pool_free(&b->usage_pool);
     pool_free(&b->prompt_pool);
     pool_free(&b->check_pool);
+    free(b->redis_argv.data);
     gen_free(&b->gen);
     for (int i = 0; i < b->o.nwatch; i++)
         free((char *)b->o.watch[i].name);

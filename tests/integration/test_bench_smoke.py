@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import servers
 from conftest import base_config, sql
 
@@ -171,20 +173,23 @@ def load_script(redis_server):
         raise
 
 
-def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server):
+@pytest.mark.parametrize("batch", [1, 8])
+def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server, batch):
+    """One call per check, or up to 8 checks of 8 keys in a call as the daemon batches them: each
+    check is answered and counted alone."""
     conn, sha = load_script(redis_server)
     try:
         r = bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "2", "-p", "8",
-                  "-u", str(USERS), "-P", "openai", "--key-prefix", "smoke:",
-                  "--rate", "2000", "-d", "0.5", "-w", "0.1")
+                  "-u", str(USERS), "-P", "openai", "--key-prefix", f"smoke{batch}:",
+                  "--redis-batch", str(batch), "--rate", "2000", "-d", "0.5", "-w", "0.1")
         assert r["target"] == "redis" and r["errors"] == {}
         lat = r["latency_us"]["all"]
         assert abs(lat["count"] - 2000 * r["window_s"]) <= 4
         assert r["checks"]["allowed"] == r["requests_ok"] == lat["count"]
         assert_quantiles(lat)
         # The daemon's key shape: prefix{user:provider}:m:<minute> and :d:<day>.
-        keys = {k.decode() for k in conn.scan_iter("smoke:*", count=1000)}
-        assert "smoke:{b0000000-0000-4000-8000-000000000000:openai}" in {
+        keys = {k.decode() for k in conn.scan_iter(f"smoke{batch}:*", count=1000)}
+        assert f"smoke{batch}:{{b0000000-0000-4000-8000-000000000000:openai}}" in {
             k.rsplit(":", 2)[0] for k in keys}
         assert {k.rsplit(":", 2)[1] for k in keys} == {"m", "d"}
     finally:
