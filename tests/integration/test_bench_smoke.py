@@ -112,7 +112,7 @@ def test_an_open_loop_run_counts_every_request_due_in_its_window(
     lat = r["latency_us"]["all"]
     # Every request due in the window is in the figures, however fast or slow the daemon was:
     # the window's length times the rate, answered or counted as unanswered.
-    assert abs(lat["count"] - 2000 * r["window_s"]) <= 4
+    assert abs(lat["count"] - 2000 * r["window_s"]) <= 2000 / 1000 + 2  # window_s is in ms
     assert r["requests_ok"] + r["open_loop"]["unanswered"] == lat["count"]
     assert_quantiles(lat)
     lag = r["open_loop"]["send_lag_us"]
@@ -156,7 +156,7 @@ def test_a_stall_of_the_daemon_counts_for_every_request_due_during_it(
     r = json.loads(out)
     lat = r["latency_us"]["all"]
     assert r["errors"] == {} and r["open_loop"]["unanswered"] == 0
-    assert abs(lat["count"] - 500 * r["window_s"]) <= 4
+    assert abs(lat["count"] - 500 * r["window_s"]) <= 500 / 1000 + 2
     assert lat["max"] >= 900_000
     assert lat["p90"] >= 400_000
 
@@ -173,18 +173,20 @@ def load_script(redis_server):
         raise
 
 
-@pytest.mark.parametrize("batch", [1, 8])
-def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server, batch):
+@pytest.mark.parametrize("batch,rate", [(1, 3000), (8, 60000)])
+def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server, batch,
+                                                                            rate):
     """One call per check, or up to 8 checks of 8 keys in a call as the daemon batches them: each
-    check is answered and counted alone."""
+    check is answered and counted alone. (3,000/s wakes the client when each request is due,
+    60,000/s every 20 us.)"""
     conn, sha = load_script(redis_server)
     try:
         r = bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "2", "-p", "8",
                   "-u", str(USERS), "-P", "openai", "--key-prefix", f"smoke{batch}:",
-                  "--redis-batch", str(batch), "--rate", "2000", "-d", "0.5", "-w", "0.1")
+                  "--redis-batch", str(batch), "--rate", str(rate), "-d", "0.2", "-w", "0.1")
         assert r["target"] == "redis" and r["errors"] == {}
         lat = r["latency_us"]["all"]
-        assert abs(lat["count"] - 2000 * r["window_s"]) <= 4
+        assert abs(lat["count"] - rate * r["window_s"]) <= rate / 1000 + 2  # window_s is in ms
         assert r["checks"]["allowed"] == r["requests_ok"] == lat["count"]
         assert_quantiles(lat)
         # The daemon's key shape: prefix{user:provider}:m:<minute> and :d:<day>.
