@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "methods_check.h"
 #include "stats.h"
 #include "usaged/protocol.h"
 
@@ -118,7 +119,7 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
             return batcher_submit(&d->batcher, EVENT_USAGE, c, m);
         if (m->method == RPC_LOG_PROMPT)
             return batcher_submit(&d->batcher, EVENT_PROMPT, c, m);
-        return limiter_submit(&d->limiter, c, m);
+        return methods_check(&d->limiter, c, m);
     case RPC_METHOD_UNKNOWN:
         break;
     }

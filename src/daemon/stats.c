@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "daemon.h"
+#include "methods_check.h"
 #include "rpc.h"
 
 static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *counts)
@@ -48,7 +49,7 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
     spool_pack_stats(&d->spool, pk);
 
     rpc_pack_str(pk, "limits");
-    limiter_pack_stats(&d->limiter, pk);
+    methods_check_pack_stats(&d->limiter, pk);
 
     rpc_pack_str(pk, "refresh");
     refresh_pack_stats(&d->refresh, pk);

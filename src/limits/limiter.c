@@ -1,6 +1,6 @@
 /* limiter: see limiter.h.
  *
- * A check's path: params validated -> limits resolved (unknown, disabled and unlimited are
+ * A check's path: limits resolved (unknown, disabled and unlimited are
  * answered at once) -> the key's entry in a fixed-size table (the over-limit cache, the local
  * fallback windows, and the queue behind a call in flight) -> a denial from the cache, or a
  * place in the queue, or a script call of its own. */
@@ -19,9 +19,6 @@
 
 #include "usaged/protocol.h"
 
-#define MINUTE_MS 60000ULL
-#define DAY_MS 86400000ULL
-
 /* Answered checks and calls kept for reuse, each. None under AddressSanitizer, which can then
  * still catch a use after free on these paths. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -35,290 +32,17 @@
 #define LIMITER_SPARE 4096
 #endif
 #define KEY_CAPACITY 16384        /* entries of the key table; a power of two */
-#define KEY_PROBES 16             /* slots looked at per key */
 #define MAX_COSTS_PER_CALL 512    /* checks of one key in one call */
 #define MAX_CHECKS_PER_BATCH 1024 /* checks of all keys in one script call */
 #define CACHE_MARGIN_MS 50        /* the cache stops this long before a window ends */
 
-/* KEYS: the bases of one or more keys. ARGV, for each key in turn: limit per minute, limit per
- * day (-1: unlimited), the number of checks n, then the cost of each of the n checks, applied in
- * order. Returns {now_ms, then per check of every key in turn: deny bits, minute count, day
- * count}. Each check adds its cost to both windows and takes it back if either is over: the
- * script is atomic, so nobody sees the difference, and the common case (allowed) costs two
- * INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin).
- * The cost goes to INCRBY as the string it came as, and "1" needs no tonumber: Lua numbers to and
- * from strings (printf, strtod) were a tenth of Redis's work per check.
- * Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
- * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster.
- * A key that Redis refuses to count (of another type, or not a number: written by someone
- * else) fails that key alone: its checks come back with deny -1 and the error in place of the
- * minute count, the minute increment already made for the check is taken back, and the checks
- * of the other keys in the call are answered as usual. */
-const char limiter_script[] = "local t = redis.call('TIME')\n"
-                              "local sec = tonumber(t[1])\n"
-                              "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-                              "local sm = ':m:' .. math.floor(sec / 60)\n"
-                              "local sd = ':d:' .. math.floor(sec / 86400)\n"
-                              "local em = tostring(120 - sec % 60)\n"
-                              "local ed = tostring(90000 - sec % 86400)\n"
-                              "local out = {now}\n"
-                              "local a = 1\n"
-                              "for k = 1, #KEYS do\n"
-                              "  local lm = tonumber(ARGV[a])\n"
-                              "  local ld = tonumber(ARGV[a + 1])\n"
-                              "  local last = a + 2 + tonumber(ARGV[a + 2])\n"
-                              "  local km = KEYS[k] .. sm\n"
-                              "  local kd = KEYS[k] .. sd\n"
-                              "  local err = nil\n"
-                              "  for i = a + 3, last do\n"
-                              "    local s = ARGV[i]\n"
-                              "    local c = 1\n"
-                              "    if s ~= '1' then c = tonumber(s) end\n"
-                              "    local um = 0\n"
-                              "    local ud = 0\n"
-                              "    local deny = -1\n"
-                              "    if not err and lm >= 0 then\n"
-                              "      um = redis.pcall('INCRBY', km, s)\n"
-                              "      if type(um) == 'table' then err = um.err\n"
-                              "      elseif um == c then redis.call('EXPIRE', km, em) end\n"
-                              "    end\n"
-                              "    if not err and ld >= 0 then\n"
-                              "      ud = redis.pcall('INCRBY', kd, s)\n"
-                              "      if type(ud) == 'table' then\n"
-                              "        err = ud.err\n"
-                              "        if lm >= 0 then redis.call('DECRBY', km, s) end\n"
-                              "      elseif ud == c then redis.call('EXPIRE', kd, ed) end\n"
-                              "    end\n"
-                              "    if err then\n"
-                              "      um = err\n"
-                              "      ud = 0\n"
-                              "    else\n"
-                              "      deny = 0\n"
-                              "      if lm >= 0 and um > lm then deny = deny + 1 end\n"
-                              "      if ld >= 0 and ud > ld then deny = deny + 2 end\n"
-                              "      if deny ~= 0 and c > 0 then\n"
-                              "        if lm >= 0 then um = redis.call('DECRBY', km, s) end\n"
-                              "        if ld >= 0 then ud = redis.call('DECRBY', kd, s) end\n"
-                              "      end\n"
-                              "    end\n"
-                              "    out[#out + 1] = deny\n"
-                              "    out[#out + 1] = um\n"
-                              "    out[#out + 1] = ud\n"
-                              "  end\n"
-                              "  a = last + 1\n"
-                              "end\n"
-                              "return out\n";
-
-/* ---- pure core ---- */
-
-static int64_t left_in(int64_t limit, int64_t used)
-{
-    if (limit == RULES_UNLIMITED)
-        return RULES_UNLIMITED;
-    return used >= limit ? 0 : limit - used;
-}
-
-static void fill_resets(struct check_result *out, uint64_t now_ms)
-{
-    out->reset_minute_ms = MINUTE_MS - now_ms % MINUTE_MS;
-    out->reset_day_ms = DAY_MS - now_ms % DAY_MS;
-}
-
-void limiter_decide(const struct rules_resolved *lim, int deny, int64_t used_minute,
-                    int64_t used_day, uint64_t now_ms, struct check_result *out)
-{
-    memset(out, 0, sizeof(*out));
-    fill_resets(out, now_ms);
-    out->limit_minute = lim->per_minute;
-    out->limit_day = lim->per_day;
-    out->remaining_minute = left_in(lim->per_minute, used_minute);
-    out->remaining_day = left_in(lim->per_day, used_day);
-    out->allowed = deny == 0;
-    if (deny & LIMITER_DENY_DAY)
-        out->reason = USAGED_REASON_DAY_LIMIT; /* the longer wait names the reason */
-    else if (deny & LIMITER_DENY_MINUTE)
-        out->reason = USAGED_REASON_MINUTE_LIMIT;
-    if (deny & LIMITER_DENY_MINUTE)
-        out->retry_after_ms = out->reset_minute_ms;
-    if ((deny & LIMITER_DENY_DAY) && out->reset_day_ms > out->retry_after_ms)
-        out->retry_after_ms = out->reset_day_ms;
-}
-
-void limiter_local_check(struct limiter_local *w, const struct rules_resolved *lim, uint32_t cost,
-                         uint64_t now_ms, struct check_result *out)
-{
-    int64_t minute = (int64_t)(now_ms / MINUTE_MS), day = (int64_t)(now_ms / DAY_MS);
-    if (w->minute != minute) {
-        w->minute = minute;
-        w->minute_used = 0;
-    }
-    if (w->day != day) {
-        w->day = day;
-        w->day_used = 0;
-    }
-    int deny = 0;
-    if (lim->per_minute != RULES_UNLIMITED && w->minute_used + cost > lim->per_minute)
-        deny |= LIMITER_DENY_MINUTE;
-    if (lim->per_day != RULES_UNLIMITED && w->day_used + cost > lim->per_day)
-        deny |= LIMITER_DENY_DAY;
-    if (deny == 0) {
-        w->minute_used += cost;
-        w->day_used += cost;
-    }
-    limiter_decide(lim, deny, w->minute_used, w->day_used, now_ms, out);
-    out->degraded = true;
-}
-
-/* A check's answer is the daemon's most frequent message, so it is encoded here into one buffer
- * and handed to the packer in one write: ten keys that never change go out as ready-made bytes
- * (fixstr header and text), and the integers take msgpack-c's encodings (the shortest form; a
- * negative one as signed). Through the packer, key by key, it cost 2.5k instructions per check. */
-#define KEY(lit) lit, sizeof(lit) - 1
-
-static uint8_t *put_bytes(uint8_t *p, const char *bytes, size_t len)
-{
-    memcpy(p, bytes, len);
-    return p + len;
-}
-
-static uint8_t *put_be(uint8_t *p, uint8_t tag, uint64_t v, int len)
-{
-    *p++ = tag;
-    for (int i = len - 1; i >= 0; i--)
-        *p++ = (uint8_t)(v >> (8 * i));
-    return p;
-}
-
-static uint8_t *put_uint(uint8_t *p, uint64_t v)
-{
-    if (v < 128) {
-        *p++ = (uint8_t)v;
-        return p;
-    }
-    if (v <= UINT8_MAX)
-        return put_be(p, 0xcc, v, 1);
-    if (v <= UINT16_MAX)
-        return put_be(p, 0xcd, v, 2);
-    if (v <= UINT32_MAX)
-        return put_be(p, 0xce, v, 4);
-    return put_be(p, 0xcf, v, 8);
-}
-
-static uint8_t *put_int(uint8_t *p, int64_t v)
-{
-    if (v >= 0)
-        return put_uint(p, (uint64_t)v);
-    if (v >= -32) {
-        *p++ = (uint8_t)(int8_t)v;
-        return p;
-    }
-    if (v >= INT8_MIN)
-        return put_be(p, 0xd0, (uint64_t)v, 1);
-    if (v >= INT16_MIN)
-        return put_be(p, 0xd1, (uint64_t)v, 2);
-    if (v >= INT32_MIN)
-        return put_be(p, 0xd2, (uint64_t)v, 4);
-    return put_be(p, 0xd3, (uint64_t)v, 8);
-}
-
-static uint8_t *put_optional(uint8_t *p, const char *key, size_t keylen, int64_t v)
-{
-    p = put_bytes(p, key, keylen);
-    if (v == RULES_UNLIMITED) {
-        *p++ = 0xc0;
-        return p;
-    }
-    return put_int(p, v);
-}
-
-void limiter_pack_result(msgpack_packer *pk, const struct check_result *r)
-{
-    /* Keys 125 bytes; values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9. */
-    uint8_t out[512];
-    uint8_t *p = out;
-    p = put_bytes(p, KEY("\x8a\xa7"
-                         "allowed"));
-    *p++ = r->allowed ? 0xc3 : 0xc2;
-    p = put_bytes(p, KEY("\xa6"
-                         "reason"));
-    size_t reason_len = r->reason ? strlen(r->reason) : 0;
-    if (!r->reason) {
-        *p++ = 0xc0;
-    } else {
-        /* The reasons are the daemon's own short words. */
-        reason_len = reason_len > UINT8_MAX ? UINT8_MAX : reason_len;
-        if (reason_len < 32)
-            *p++ = (uint8_t)(0xa0 | reason_len);
-        else
-            p = put_be(p, 0xd9, reason_len, 1);
-        p = put_bytes(p, r->reason, reason_len);
-    }
-    p = put_optional(p,
-                     KEY("\xac"
-                         "limit_minute"),
-                     r->limit_minute);
-    p = put_optional(p,
-                     KEY("\xa9"
-                         "limit_day"),
-                     r->limit_day);
-    p = put_optional(p,
-                     KEY("\xb0"
-                         "remaining_minute"),
-                     r->remaining_minute);
-    p = put_optional(p,
-                     KEY("\xad"
-                         "remaining_day"),
-                     r->remaining_day);
-    p = put_bytes(p, KEY("\xaf"
-                         "reset_minute_ms"));
-    p = put_uint(p, r->reset_minute_ms);
-    p = put_bytes(p, KEY("\xac"
-                         "reset_day_ms"));
-    p = put_uint(p, r->reset_day_ms);
-    p = put_bytes(p, KEY("\xae"
-                         "retry_after_ms"));
-    p = put_uint(p, r->retry_after_ms);
-    p = put_bytes(p, KEY("\xa8"
-                         "degraded"));
-    *p++ = r->degraded ? 0xc3 : 0xc2;
-    pk->callback(pk->data, (const char *)out, (size_t)(p - out));
-}
-
 /* ---- the key table ---- */
-
-struct limiter_check {
-    struct conn *conn;
-    bool notification; /* nobody to answer; the connection holds it as pending */
-    uint32_t msgid;
-    uint32_t cost;
-    struct limiter_check *next;
-};
-
-struct limiter_key {
-    bool used;
-    bool inflight; /* a script call for this key is out, or in the batch not yet sent */
-    struct limiter_call *unsent; /* its call while in the batch: later checks can join it */
-    uint8_t provider_len;
-    uint32_t hash;
-    uint8_t user_id[16];
-    char provider[RULES_PROVIDER_BYTES + 1];
-    uint64_t last_used_ms; /* loop time, for eviction */
-    /* The over-limit cache: what was left in each window at the last answer from Redis, and
-     * until when (loop time) that window lasts. Valid for one limits generation. */
-    uint64_t generation;
-    uint64_t minute_end, day_end;
-    int64_t minute_left, day_left;
-    struct limiter_local local;  /* the fallback windows */
-    struct limiter_check *queue; /* checks waiting behind the call in flight */
-    struct limiter_check *queue_tail;
-    uint32_t queued;
-};
 
 /* One key's part of a script call: checks of one key (or of no table entry), in arrival order. */
 struct limiter_call {
     struct limiter *l;
     struct limiter_call *next; /* in the batch */
-    struct limiter_key *key;
+    struct keytable_entry *key;
     uint8_t user_id[16];
     char provider[RULES_PROVIDER_BYTES + 1];
     uint8_t provider_len;
@@ -374,53 +98,6 @@ static void free_call(struct limiter_call *call)
     l->nspare_calls++;
 }
 
-static uint32_t key_hash(const uint8_t user_id[16], const char *provider, size_t len)
-{
-    uint32_t h = 2166136261u;
-    for (int i = 0; i < 16; i++)
-        h = (h ^ user_id[i]) * 16777619u;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)provider[i]) * 16777619u;
-    return h;
-}
-
-static bool key_is(const struct limiter_key *k, uint32_t h, const uint8_t user_id[16],
-                   const char *provider, size_t len)
-{
-    return k->used && k->hash == h && k->provider_len == len &&
-           memcmp(k->user_id, user_id, 16) == 0 && memcmp(k->provider, provider, len) == 0;
-}
-
-/* Finds or makes the entry of a key; NULL when every slot it could take is busy. */
-static struct limiter_key *key_get(struct limiter *l, const uint8_t user_id[16],
-                                   const char *provider, size_t len)
-{
-    uint32_t h = key_hash(user_id, provider, len);
-    uint32_t mask = l->key_capacity - 1;
-    struct limiter_key *victim = NULL;
-    for (uint32_t p = 0; p < KEY_PROBES; p++) {
-        struct limiter_key *k = &l->keys[(h + p) & mask];
-        if (key_is(k, h, user_id, provider, len))
-            return k;
-        if (!k->used) {
-            victim = k;
-            l->key_count++;
-            break;
-        }
-        if (!k->inflight && !k->queue && (!victim || k->last_used_ms < victim->last_used_ms))
-            victim = k;
-    }
-    if (!victim)
-        return NULL;
-    memset(victim, 0, sizeof(*victim));
-    victim->used = true;
-    victim->hash = h;
-    victim->provider_len = (uint8_t)len;
-    memcpy(victim->user_id, user_id, 16);
-    memcpy(victim->provider, provider, len);
-    return victim;
-}
-
 /* ---- answering ---- */
 
 static uint64_t wall_ms(void)
@@ -445,37 +122,36 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
         l->stats.degraded++;
     if (!r->allowed && l->log_denied && check->cost > 0 && l->on_denied)
         l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)wall_ms());
-    if (check->notification) {
-        conn_release(check->conn);
-    } else {
-        limiter_pack_result(conn_reply(check->conn, check->msgid), r);
-        conn_unref(check->conn);
-    }
+    /* Back on the free list first: done may submit another check, which can take it. */
+    limiter_done_fn done = check->done;
+    void *arg = check->arg;
+    uint64_t tag = check->tag;
     free_check(l, check);
+    done(arg, tag, r);
 }
 
 /* Redis could not decide: the configured policy does. */
-static void answer_degraded(struct limiter *l, struct limiter_key *key, struct limiter_check *check,
-                            const uint8_t user_id[16], const char *provider, size_t len,
-                            const struct rules_resolved *lim)
+static void answer_degraded(struct limiter *l, struct keytable_entry *key,
+                            struct limiter_check *check, const uint8_t user_id[16],
+                            const char *provider, size_t len, const struct rules_resolved *lim)
 {
     struct check_result r;
     uint64_t now = wall_ms();
     switch (l->policy) {
     case CONFIG_REDIS_LOCAL:
         if (key) {
-            limiter_local_check(&key->local, lim, check->cost, now, &r);
+            decision_local_check(&key->local, lim, check->cost, now, &r);
             break;
         }
         /* No table slot to count in (every one busy): fall through to allowing. */
         /* fallthrough */
     case CONFIG_REDIS_ALLOW:
-        limiter_decide(lim, 0, 0, 0, now, &r);
+        decision_make(lim, 0, 0, 0, now, &r);
         r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
         r.degraded = true;
         break;
     case CONFIG_REDIS_DENY:
-        limiter_decide(lim, 0, 0, 0, now, &r);
+        decision_make(lim, 0, 0, 0, now, &r);
         r.allowed = false;
         r.reason = USAGED_REASON_UNAVAILABLE;
         r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
@@ -489,7 +165,7 @@ static void answer_degraded(struct limiter *l, struct limiter_key *key, struct l
 /* The cache's verdict on a check of `cost`: a denial when some window has less left than it
  * asks for. Exact: what is left can only shrink within a window (others spend, nobody gives
  * back) until the limits change, which starts a new generation. */
-static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t cost,
+static bool cached_denial(struct limiter *l, struct keytable_entry *key, uint32_t cost,
                           const struct rules_resolved *lim, struct check_result *r)
 {
     if (cost == 0 || key->generation != l->rules.generation)
@@ -498,12 +174,12 @@ static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t c
     bool minute_valid = now < key->minute_end, day_valid = now < key->day_end;
     int deny = 0;
     if (minute_valid && lim->per_minute != RULES_UNLIMITED && cost > key->minute_left)
-        deny |= LIMITER_DENY_MINUTE;
+        deny |= DECISION_DENY_MINUTE;
     if (day_valid && lim->per_day != RULES_UNLIMITED && cost > key->day_left)
-        deny |= LIMITER_DENY_DAY;
+        deny |= DECISION_DENY_DAY;
     if (!deny)
         return false;
-    limiter_decide(lim, deny, 0, 0, wall_ms(), r);
+    decision_make(lim, deny, 0, 0, wall_ms(), r);
     r->remaining_minute = lim->per_minute == RULES_UNLIMITED ? RULES_UNLIMITED
                           : minute_valid                     ? key->minute_left
                                                              : lim->per_minute;
@@ -513,12 +189,12 @@ static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t c
     /* Times to reset on Redis's clock, as remembered, rather than on this host's. */
     if (minute_valid) {
         r->reset_minute_ms = key->minute_end - now + CACHE_MARGIN_MS;
-        if (deny & LIMITER_DENY_MINUTE)
+        if (deny & DECISION_DENY_MINUTE)
             r->retry_after_ms = r->reset_minute_ms;
     }
     if (day_valid) {
         r->reset_day_ms = key->day_end - now + CACHE_MARGIN_MS;
-        if ((deny & LIMITER_DENY_DAY) && r->reset_day_ms > r->retry_after_ms)
+        if ((deny & DECISION_DENY_DAY) && r->reset_day_ms > r->retry_after_ms)
             r->retry_after_ms = r->reset_day_ms;
     }
     return true;
@@ -526,7 +202,7 @@ static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t c
 
 /* The window ends are counted from when the call was sent, not when its answer is read: the
  * script ran in between, so the true end is no earlier than this, whatever the reply's delay. */
-static void remember(struct limiter *l, struct limiter_key *key, const struct check_result *r,
+static void remember(struct limiter *l, struct keytable_entry *key, const struct check_result *r,
                      uint64_t sent_ms)
 {
     key->generation = l->rules.generation;
@@ -553,7 +229,7 @@ static void degrade_call(struct limiter *l, struct limiter_call *call)
 }
 
 /* After a call for a key: the checks that queued behind it go out together. */
-static void next_call(struct limiter *l, struct limiter_key *key, bool redis_failed)
+static void next_call(struct limiter *l, struct keytable_entry *key, bool redis_failed)
 {
     key->inflight = false;
     if (!key->queue)
@@ -565,20 +241,7 @@ static void next_call(struct limiter *l, struct limiter_key *key, bool redis_fai
     memcpy(call->provider, key->provider, key->provider_len);
     call->provider_len = key->provider_len;
     /* Up to MAX_COSTS_PER_CALL checks; the rest waits for this call. */
-    while (key->queue && call->n < MAX_COSTS_PER_CALL) {
-        struct limiter_check *c = key->queue;
-        key->queue = c->next;
-        c->next = NULL;
-        if (call->checks_tail)
-            call->checks_tail->next = c;
-        else
-            call->checks = c;
-        call->checks_tail = c;
-        call->n++;
-        key->queued--;
-    }
-    if (!key->queue)
-        key->queue_tail = NULL;
+    call->n = keytable_take(key, MAX_COSTS_PER_CALL, &call->checks, &call->checks_tail);
     l->stats.coalesced += call->n > 1 ? call->n - 1 : 0;
     enum rules_lookup found =
         rules_resolve(&l->rules, key->user_id, key->provider, key->provider_len, &call->lim);
@@ -645,7 +308,7 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
         }
         *i += 3;
         struct check_result r;
-        limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
+        decision_make(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
         if (call->key && !next)
             remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
         answer(l, c, call->user_id, call->provider, call->provider_len, &r);
@@ -679,7 +342,7 @@ static void on_script_reply(enum redis_status status, const redisReply *reply, v
             answer_call(l, call, reply, &i);
         else
             degrade_call(l, call);
-        struct limiter_key *key = call->key;
+        struct keytable_entry *key = call->key;
         free_call(call);
         /* The checks queued behind this key join the next batch. */
         if (key)
@@ -786,172 +449,63 @@ static void on_flush(uv_prepare_t *h)
 
 /* ---- the method ---- */
 
-/* As in the log methods' events, a field given twice is invalid: no silent "last one wins". */
-static bool given_twice(struct rpc_error *e, const char *field)
+bool limiter_check(struct limiter *l, const struct limiter_request *req, limiter_done_fn done,
+                   void *arg, uint64_t tag, struct rpc_error *e)
 {
-    rpc_error_set(e, RPC_INVALID_FIELD, "%s is given twice", field);
-    e->field = field;
-    return false;
-}
-
-static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const char **provider,
-                        size_t *provider_len, uint32_t *cost, struct rpc_error *e)
-{
-    if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
-        rpc_error_set(
-            e, RPC_BAD_REQUEST,
-            "check takes params [{\"user_id\": uuid, \"provider\": str, \"cost\": uint}]");
-        return false;
-    }
-    const msgpack_object_map *map = &m->params->ptr[0].via.map;
-    bool has_user = false, has_provider = false, has_cost = false;
-    *cost = 1;
-    for (uint32_t i = 0; i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-        if (rpc_str_eq(k, "user_id")) {
-            if (has_user)
-                return given_twice(e, "user_id");
-            bool ok = false;
-            if (v->type == MSGPACK_OBJECT_STR) {
-                ok = uuid_parse(v->via.str.ptr, v->via.str.size, user_id);
-            } else if (v->type == MSGPACK_OBJECT_BIN && v->via.bin.size == 16) {
-                memcpy(user_id, v->via.bin.ptr, 16);
-                ok = true;
-            }
-            if (!ok) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "user_id must be a uuid");
-                e->field = "user_id";
-                return false;
-            }
-            has_user = true;
-        } else if (rpc_str_eq(k, "provider")) {
-            if (has_provider)
-                return given_twice(e, "provider");
-            size_t chars;
-            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
-                !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) ||
-                chars > RULES_PROVIDER_MAX) {
-                rpc_error_set(e, RPC_INVALID_FIELD,
-                              "provider must be a UTF-8 string of 1 to 50 characters");
-                e->field = "provider";
-                return false;
-            }
-            *provider = v->via.str.ptr;
-            *provider_len = v->via.str.size;
-            has_provider = true;
-        } else if (rpc_str_eq(k, "cost")) {
-            if (has_cost)
-                return given_twice(e, "cost");
-            has_cost = true;
-            if (v->type == MSGPACK_OBJECT_NIL)
-                continue;
-            if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "cost must be an integer from 0 to %d",
-                              INT32_MAX);
-                e->field = "cost";
-                return false;
-            }
-            *cost = (uint32_t)v->via.u64;
-        } else {
-            rpc_error_set(e, RPC_INVALID_FIELD,
-                          "unknown field; check takes user_id, provider "
-                          "and cost");
-            if (k->type == MSGPACK_OBJECT_STR) {
-                snprintf(e->field_name, sizeof(e->field_name), "%.*s",
-                         (int)(k->via.str.size < 60 ? k->via.str.size : 60), k->via.str.ptr);
-                for (char *p = e->field_name; *p; p++)
-                    if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-                        *p = '?';
-                e->field = e->field_name;
-            } else {
-                e->field = "";
-            }
-            return false;
-        }
-    }
-    if (!has_user || !has_provider) {
-        rpc_error_set(e, RPC_INVALID_FIELD, "%s is required", has_user ? "provider" : "user_id");
-        e->field = has_user ? "provider" : "user_id";
-        return false;
-    }
-    return true;
-}
-
-static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
-                                        const struct rpc_error *e)
-{
-    if (m->kind == RPC_KIND_REQUEST)
-        conn_reply_error(c, m->msgid, e);
-    else
-        conn_drop_notification(c, "check", e);
-    return CONN_DISPATCHED;
-}
-
-enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
-                                         const struct rpc_message *m)
-{
-    struct rpc_error e;
-    uint8_t user_id[16];
-    const char *provider = NULL;
-    size_t plen = 0;
-    uint32_t cost;
-    if (!parse_check(m, user_id, &provider, &plen, &cost, &e))
-        return refuse(c, m, &e);
+    const uint8_t *user_id = req->user_id;
+    const char *provider = req->provider;
+    size_t plen = req->provider_len;
+    uint32_t cost = req->cost;
     l->stats.checks++;
     struct rules_resolved lim;
     switch (rules_resolve(&l->rules, user_id, provider, plen, &lim)) {
     case RULES_UNKNOWN_PROVIDER:
         l->stats.unknown_provider++;
-        rpc_error_set(&e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s", (int)plen,
+        rpc_error_set(e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s", (int)plen,
                       provider);
-        return refuse(c, m, &e);
+        return false;
     case RULES_NOT_LOADED:
-        rpc_error_set(&e, RPC_UNAVAILABLE,
+        rpc_error_set(e, RPC_UNAVAILABLE,
                       "the providers' limits have not been read from PostgreSQL yet");
-        e.retry_after_ms = 1000;
-        return refuse(c, m, &e);
+        e->retry_after_ms = 1000;
+        return false;
     case RULES_FOUND:
         break;
     }
 
     struct limiter_check *check = new_check(l);
-    check->conn = c;
-    check->notification = m->kind == RPC_KIND_NOTIFICATION;
-    check->msgid = m->msgid;
+    check->done = done;
+    check->arg = arg;
+    check->tag = tag;
     check->cost = cost;
     check->next = NULL;
-    if (check->notification)
-        conn_hold(c); /* bounded by listen.max_pending_requests like requests */
-    else
-        conn_ref(c);
 
     struct check_result r;
     if (!lim.enabled) {
-        limiter_decide(&lim, 0, 0, 0, wall_ms(), &r);
+        decision_make(&lim, 0, 0, 0, wall_ms(), &r);
         r.allowed = false;
         r.reason = USAGED_REASON_PROVIDER_DISABLED;
         r.remaining_minute = r.remaining_day = 0;
         answer(l, check, user_id, provider, plen, &r);
-        return CONN_DISPATCHED;
+        return true;
     }
     if (lim.per_minute == RULES_UNLIMITED && lim.per_day == RULES_UNLIMITED) {
         l->stats.unlimited++;
-        limiter_decide(&lim, 0, 0, 0, wall_ms(), &r);
+        decision_make(&lim, 0, 0, 0, wall_ms(), &r);
         answer(l, check, user_id, provider, plen, &r);
-        return CONN_DISPATCHED;
+        return true;
     }
-    struct limiter_key *key = key_get(l, user_id, provider, plen);
+    struct keytable_entry *key = keytable_get(&l->keys, user_id, provider, plen, uv_now(l->loop));
     if (key) {
-        key->last_used_ms = uv_now(l->loop);
         if (cached_denial(l, key, cost, &lim, &r)) {
             l->stats.cache_hits++;
             answer(l, check, user_id, provider, plen, &r);
-            return CONN_DISPATCHED;
+            return true;
         }
     }
     if (!redis_is_up(&l->redis)) {
         answer_degraded(l, key, check, user_id, provider, plen, &lim);
-        return CONN_DISPATCHED;
+        return true;
     }
     if (key && key->unsent && key->unsent->n < MAX_COSTS_PER_CALL &&
         l->batch_checks < MAX_CHECKS_PER_BATCH) {
@@ -962,16 +516,11 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
         call->n++;
         l->batch_checks++;
         l->stats.coalesced++;
-        return CONN_DISPATCHED;
+        return true;
     }
     if (key && key->inflight) {
-        if (key->queue_tail)
-            key->queue_tail->next = check;
-        else
-            key->queue = check;
-        key->queue_tail = check;
-        key->queued++;
-        return CONN_DISPATCHED;
+        keytable_queue(key, check);
+        return true;
     }
     struct limiter_call *call = new_call(l);
     call->l = l;
@@ -983,7 +532,7 @@ enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
     call->checks = call->checks_tail = check;
     call->n = 1;
     send_call(l, call);
-    return CONN_DISPATCHED;
+    return true;
 }
 
 /* ---- lifecycle ---- */
@@ -1027,8 +576,7 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     memset(l, 0, sizeof(*l));
     l->loop = loop;
     l->key_prefix = xstrdup(config->redis.key_prefix);
-    l->key_capacity = KEY_CAPACITY;
-    l->keys = xcalloc(KEY_CAPACITY, sizeof(*l->keys));
+    keytable_init(&l->keys, KEY_CAPACITY);
     rules_init(&l->rules, loop, config, on_rules_state, l);
     uint32_t connect_timeout =
         config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
@@ -1053,20 +601,7 @@ static void part_closed(struct limiter *l)
         return;
     /* Checks still queued behind a call: the call was answered DOWN, which moved them on, so
      * the queues are empty here; free the table. */
-    for (uint32_t i = 0; i < l->key_capacity; i++) {
-        struct limiter_check *c = l->keys[i].queue;
-        while (c) {
-            struct limiter_check *next = c->next;
-            if (c->notification)
-                conn_release(c->conn);
-            else
-                conn_unref(c->conn);
-            free(c);
-            c = next;
-        }
-    }
-    free(l->keys);
-    l->keys = NULL;
+    keytable_free(&l->keys);
     while (l->spare_checks) {
         struct limiter_check *next = l->spare_checks->next;
         free(l->spare_checks);
@@ -1111,47 +646,4 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
     uv_close((uv_handle_t *)&l->flush, on_flush_closed);
     rules_close(&l->rules, on_rules_closed, l);
     redis_close(&l->redis, on_redis_closed, l);
-}
-
-/* ---- stats ---- */
-
-void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
-{
-    const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 16);
-    rpc_pack_u64(pk, "checks", l->stats.checks);
-    rpc_pack_u64(pk, "allowed", l->stats.allowed);
-    rpc_pack_str(pk, "denied");
-    msgpack_pack_map(pk, 3);
-    rpc_pack_u64(pk, "minute_limit", l->stats.denied_minute);
-    rpc_pack_u64(pk, "day_limit", l->stats.denied_day);
-    rpc_pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
-    rpc_pack_u64(pk, "degraded", l->stats.degraded);
-    rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
-    rpc_pack_u64(pk, "unlimited", l->stats.unlimited);
-    rpc_pack_u64(pk, "cache_hits", l->stats.cache_hits);
-    rpc_pack_u64(pk, "coalesced", l->stats.coalesced);
-    rpc_pack_u64(pk, "batched", l->stats.batched);
-    rpc_pack_u64(pk, "key_errors", l->stats.key_errors);
-    rpc_pack_u64(pk, "redis_round_trips", l->stats.script_calls);
-    rpc_pack_u64(pk, "providers_loaded", l->rules.ndb);
-    rpc_pack_u64(pk, "limits_loads", l->rules.loads);
-    rpc_pack_u64(pk, "limits_notifications", l->rules.notifications);
-    rpc_pack_str(pk, "redis");
-    msgpack_pack_map(pk, 9);
-    rpc_pack_str(pk, "state");
-    rpc_pack_str(pk, l->redis.connected ? "up" : "down");
-    rpc_pack_u64(pk, "connects", rs->connects);
-    rpc_pack_u64(pk, "connect_failures", rs->connect_failures);
-    rpc_pack_u64(pk, "commands", rs->commands);
-    rpc_pack_u64(pk, "timeouts", rs->timeouts);
-    rpc_pack_u64(pk, "noscript_retries", rs->noscript);
-    uint64_t answered = 0;
-    for (int i = 0; i < 24; i++)
-        answered += rs->latency_buckets[i];
-    rpc_pack_u64(pk, "latency_avg_us", answered ? rs->latency_us_total / answered : 0);
-    rpc_pack_u64(pk, "latency_p50_us", redis_latency_quantile(rs, 0.5));
-    rpc_pack_u64(pk, "latency_p99_us", redis_latency_quantile(rs, 0.99));
-    rpc_pack_str(pk, "postgres");
-    rpc_pack_str(pk, pg_state_name(l->rules.pg.state));
 }

@@ -16,60 +16,31 @@
 #ifndef USAGED_LIMITER_H
 #define USAGED_LIMITER_H
 
-#include <msgpack.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "config.h"
-#include "conn.h"
-#include "rules.h"
+#include "decision.h"
+#include "errors.h"
+#include "keytable.h"
 #include "redis.h"
-#include "rpc.h"
+#include "rules.h"
 
-/* ---- the pure core: decisions from counts ---- */
-
-struct check_result {
-    bool allowed;
-    const char *reason;   /* NULL when allowed */
-    int64_t limit_minute; /* RULES_UNLIMITED: nil */
-    int64_t limit_day;
-    int64_t remaining_minute; /* RULES_UNLIMITED: nil */
-    int64_t remaining_day;
-    uint64_t reset_minute_ms;
-    uint64_t reset_day_ms;
-    uint64_t retry_after_ms;
-    bool degraded;
-};
-
-/* What the script answers per check: which windows refused (bit 1: minute, bit 2: day; 0:
- * allowed) and each window's count after the check. */
-#define LIMITER_DENY_MINUTE 1
-#define LIMITER_DENY_DAY 2
-
-void limiter_decide(const struct rules_resolved *lim, int deny, int64_t used_minute,
-                    int64_t used_day, uint64_t now_ms, struct check_result *out);
-
-/* The in-process fixed windows used when Redis is unreachable (limits.on_redis_error: local). */
-struct limiter_local {
-    int64_t minute; /* window id: unix minutes */
-    int64_t minute_used;
-    int64_t day; /* window id: unix days */
-    int64_t day_used;
-};
-
-void limiter_local_check(struct limiter_local *w, const struct rules_resolved *lim, uint32_t cost,
-                         uint64_t now_ms, struct check_result *out);
-
-void limiter_pack_result(msgpack_packer *pk, const struct check_result *r);
-
-/* The Lua script, for the benchmark to run the same one. */
+/* The Lua script (src/limits/check.lua, embedded at build time), for the benchmark to run the
+ * same one. */
 extern const char limiter_script[];
 
-/* ---- the module ---- */
+/* A check, as the methods layer hands it over: no connection, no message. */
+struct limiter_request {
+    uint8_t user_id[16];
+    const char *provider; /* UTF-8, 1..RULES_PROVIDER_MAX characters; read during the call only */
+    size_t provider_len;
+    uint32_t cost;
+};
 
-struct limiter_key;
-struct limiter_check;
+/* ---- the module ---- */
 
 struct limiter_stats {
     uint64_t checks;
@@ -96,13 +67,11 @@ struct limiter {
     enum config_redis_policy policy;
     bool log_denied;
     uint64_t key_error_logged_ms; /* loop time of the last key_refused log line */
-    struct limiter_key *keys;     /* open addressing, fixed capacity */
+    struct keytable keys;
     /* Key calls made during this loop iteration, sent as one script call after its I/O. */
     uv_prepare_t flush;
     struct limiter_call *batch, *batch_tail;
     uint32_t batch_calls, batch_checks;
-    uint32_t key_capacity;
-    uint32_t key_count;
     /* Checks and calls answered, kept for reuse (at most LIMITER_SPARE each): the check path
      * would otherwise allocate and free both for every check. */
     struct limiter_check *spare_checks;
@@ -128,9 +97,11 @@ void limiter_configure(struct limiter *l, const struct config *config);
 /* True once Redis has connected or failed a first attempt (the fallback policy then answers),
  * and the providers' limits have been read or their connection has failed a first attempt. */
 bool limiter_settled(const struct limiter *l);
-enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
-                                         const struct rpc_message *m);
+/* Checks a request: done(arg, tag, result) runs once with the answer, possibly before this
+ * returns. False (and done never runs) when the check cannot be made: e says why
+ * (unknown_provider, or unavailable while the limits have not been read yet). */
+bool limiter_check(struct limiter *l, const struct limiter_request *req, limiter_done_fn done,
+                   void *arg, uint64_t tag, struct rpc_error *e);
 void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void *arg), void *arg);
-void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk);
 
 #endif
