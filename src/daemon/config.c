@@ -441,6 +441,10 @@ static bool limits_pair(struct parser *p, const char *key, yaml_node_t *v, void 
         return parse_bool(p, v, "limits.log_denied", &c->limits.log_denied);
     if (strcmp(key, "resync_s") == 0)
         return parse_u32(p, v, "limits.resync_s", 1, 86400, &c->limits.resync_s);
+    if (strcmp(key, "reservation_ttl_s") == 0)
+        return parse_u32(p, v, "limits.reservation_ttl_s", 1, 604800, &c->limits.reservation_ttl_s);
+    if (strcmp(key, "settle_queue") == 0)
+        return parse_u32(p, v, "limits.settle_queue", 1, 10000000, &c->limits.settle_queue);
     if (strcmp(key, "providers") == 0)
         return each_pair(p, v, "limits.providers", providers_pair, c);
     if (strcmp(key, "users") == 0)
@@ -638,6 +642,8 @@ static struct config *config_defaults(const char *path)
     c->limits.on_redis_error = CONFIG_REDIS_LOCAL;
     c->limits.log_denied = true;
     c->limits.resync_s = 60;
+    c->limits.reservation_ttl_s = 900;
+    c->limits.settle_queue = 100000;
     c->ingest.batch_rows = 5000;
     c->ingest.batch_ms = 200;
     c->ingest.queue_rows = 200000;

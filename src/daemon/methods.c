@@ -109,6 +109,7 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
     case RPC_STATS:
         return do_stats(d, c, m);
     case RPC_CHECK:
+    case RPC_SETTLE:
     case RPC_LOG_USAGE:
     case RPC_LOG_PROMPT:
         if (d->stopping) {
@@ -118,13 +119,15 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
         if (m->method == RPC_LOG_USAGE)
             return batcher_submit(&d->batcher, EVENT_USAGE, c, m);
         if (m->method == RPC_LOG_PROMPT)
-            return batcher_submit(&d->batcher, EVENT_PROMPT, c, m);
+            return methods_log_prompt(&d->batcher, &d->limiter, c, m);
+        if (m->method == RPC_SETTLE)
+            return methods_settle(&d->limiter, c, m);
         return methods_check(&d->limiter, c, m);
     case RPC_METHOD_UNKNOWN:
         break;
     }
     rpc_error_set(&e, RPC_UNKNOWN_METHOD,
-                  "unknown method; the methods are ping, auth, check, log_usage, log_prompt "
-                  "and stats");
+                  "unknown method; the methods are ping, auth, check, settle, log_usage, "
+                  "log_prompt and stats");
     return refuse(c, m, &e);
 }

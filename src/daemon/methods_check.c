@@ -1,220 +1,252 @@
-/* methods_check: the `check` method's side of the protocol. Parses check's params, hands the
- * limiter a plain request with a completion callback, and packs its answer (and the limiter's
- * stats) for the client. The limiter never sees a connection. */
+/* methods_check: the `check` and `settle` methods' side of the protocol, and the `reservation`
+ * of log_prompt events. Parses their params, hands the limiter plain requests with completion
+ * callbacks, and packs their answers (and the limiter's stats) for the client. The limiter never
+ * sees a connection. */
 #include "methods_check.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "check_answer.h"
+#include "money.h"
 #include "rpc.h"
 #include "utf8.h"
 #include "uuid.h"
+#include "xalloc.h"
 
-/* A check's answer is the daemon's most frequent message, so it is encoded here into one buffer
- * and handed to the packer in one write: ten keys that never change go out as ready-made bytes
- * (fixstr header and text), and the integers take msgpack-c's encodings (the shortest form; a
- * negative one as signed). Through the packer, key by key, it cost 2.5k instructions per check. */
-#define KEY(lit) lit, sizeof(lit) - 1
+#include "usaged/protocol.h"
 
-static uint8_t *put_bytes(uint8_t *p, const char *bytes, size_t len)
+#define TOKENS_MAX 1000000000000LL /* per check or settle: far past any model's context */
+
+/* ---- params ---- */
+
+static bool field_error(struct rpc_error *e, const char *field, const char *message)
 {
-    memcpy(p, bytes, len);
-    return p + len;
-}
-
-static uint8_t *put_be(uint8_t *p, uint8_t tag, uint64_t v, int len)
-{
-    *p++ = tag;
-    for (int i = len - 1; i >= 0; i--)
-        *p++ = (uint8_t)(v >> (8 * i));
-    return p;
-}
-
-static uint8_t *put_uint(uint8_t *p, uint64_t v)
-{
-    if (v < 128) {
-        *p++ = (uint8_t)v;
-        return p;
-    }
-    if (v <= UINT8_MAX)
-        return put_be(p, 0xcc, v, 1);
-    if (v <= UINT16_MAX)
-        return put_be(p, 0xcd, v, 2);
-    if (v <= UINT32_MAX)
-        return put_be(p, 0xce, v, 4);
-    return put_be(p, 0xcf, v, 8);
-}
-
-static uint8_t *put_int(uint8_t *p, int64_t v)
-{
-    if (v >= 0)
-        return put_uint(p, (uint64_t)v);
-    if (v >= -32) {
-        *p++ = (uint8_t)(int8_t)v;
-        return p;
-    }
-    if (v >= INT8_MIN)
-        return put_be(p, 0xd0, (uint64_t)v, 1);
-    if (v >= INT16_MIN)
-        return put_be(p, 0xd1, (uint64_t)v, 2);
-    if (v >= INT32_MIN)
-        return put_be(p, 0xd2, (uint64_t)v, 4);
-    return put_be(p, 0xd3, (uint64_t)v, 8);
-}
-
-static uint8_t *put_optional(uint8_t *p, const char *key, size_t keylen, int64_t v)
-{
-    p = put_bytes(p, key, keylen);
-    if (v == RULES_UNLIMITED) {
-        *p++ = 0xc0;
-        return p;
-    }
-    return put_int(p, v);
-}
-
-void methods_check_pack_result(msgpack_packer *pk, const struct check_result *r)
-{
-    /* Keys 125 bytes; values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9. */
-    uint8_t out[512];
-    uint8_t *p = out;
-    p = put_bytes(p, KEY("\x8a\xa7"
-                         "allowed"));
-    *p++ = r->allowed ? 0xc3 : 0xc2;
-    p = put_bytes(p, KEY("\xa6"
-                         "reason"));
-    size_t reason_len = r->reason ? strlen(r->reason) : 0;
-    if (!r->reason) {
-        *p++ = 0xc0;
-    } else {
-        /* The reasons are the daemon's own short words. */
-        reason_len = reason_len > UINT8_MAX ? UINT8_MAX : reason_len;
-        if (reason_len < 32)
-            *p++ = (uint8_t)(0xa0 | reason_len);
-        else
-            p = put_be(p, 0xd9, reason_len, 1);
-        p = put_bytes(p, r->reason, reason_len);
-    }
-    p = put_optional(p,
-                     KEY("\xac"
-                         "limit_minute"),
-                     r->limit_minute);
-    p = put_optional(p,
-                     KEY("\xa9"
-                         "limit_day"),
-                     r->limit_day);
-    p = put_optional(p,
-                     KEY("\xb0"
-                         "remaining_minute"),
-                     r->remaining_minute);
-    p = put_optional(p,
-                     KEY("\xad"
-                         "remaining_day"),
-                     r->remaining_day);
-    p = put_bytes(p, KEY("\xaf"
-                         "reset_minute_ms"));
-    p = put_uint(p, r->reset_minute_ms);
-    p = put_bytes(p, KEY("\xac"
-                         "reset_day_ms"));
-    p = put_uint(p, r->reset_day_ms);
-    p = put_bytes(p, KEY("\xae"
-                         "retry_after_ms"));
-    p = put_uint(p, r->retry_after_ms);
-    p = put_bytes(p, KEY("\xa8"
-                         "degraded"));
-    *p++ = r->degraded ? 0xc3 : 0xc2;
-    pk->callback(pk->data, (const char *)out, (size_t)(p - out));
-}
-
-/* As in the log methods' events, a field given twice is invalid: no silent "last one wins". */
-static bool given_twice(struct rpc_error *e, const char *field)
-{
-    rpc_error_set(e, RPC_INVALID_FIELD, "%s is given twice", field);
+    rpc_error_set(e, RPC_INVALID_FIELD, "%s", message);
     e->field = field;
     return false;
 }
 
-static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const char **provider,
-                        size_t *provider_len, uint32_t *cost, struct rpc_error *e)
+static bool bad_key(struct rpc_error *e, const msgpack_object *k, const char *method,
+                    const char *fields)
+{
+    rpc_error_set(e, RPC_INVALID_FIELD, "unknown field; %s takes %s", method, fields);
+    if (k->type == MSGPACK_OBJECT_STR) {
+        snprintf(e->field_name, sizeof(e->field_name), "%.*s",
+                 (int)(k->via.str.size < 60 ? k->via.str.size : 60), k->via.str.ptr);
+        for (char *p = e->field_name; *p; p++)
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+                *p = '?';
+        e->field = e->field_name;
+    } else {
+        e->field = "";
+    }
+    return false;
+}
+
+/* The names of a method's params; a name given twice is invalid, as in the log methods' events:
+ * no silent "last one wins". */
+struct param_names {
+    const char *const *names;
+    int n;
+};
+
+/* Which param k names (its index), or -1 after filling e. */
+static int param_index(const struct param_names *p, const msgpack_object *k, uint32_t *seen,
+                       const char *method, const char *fields, struct rpc_error *e)
+{
+    for (int i = 0; i < p->n; i++)
+        if (rpc_str_eq(k, p->names[i])) {
+            if (*seen & (1u << i)) {
+                rpc_error_set(e, RPC_INVALID_FIELD, "%s is given twice", p->names[i]);
+                e->field = p->names[i];
+                return -1;
+            }
+            *seen |= 1u << i;
+            return i;
+        }
+    bad_key(e, k, method, fields);
+    return -1;
+}
+
+static bool parse_text(const msgpack_object *v, const char *field, const char **out, size_t *len,
+                       struct rpc_error *e)
+{
+    size_t chars;
+    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
+        !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) || chars > RULES_PROVIDER_MAX) {
+        rpc_error_set(e, RPC_INVALID_FIELD, "%s must be a UTF-8 string of 1 to 50 characters",
+                      field);
+        e->field = field;
+        return false;
+    }
+    *out = v->via.str.ptr;
+    *len = v->via.str.size;
+    return true;
+}
+
+static bool parse_tokens(const msgpack_object *v, uint64_t *out, struct rpc_error *e)
+{
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > (uint64_t)TOKENS_MAX) {
+        rpc_error_set(e, RPC_INVALID_FIELD, "tokens must be an integer from 0 to %lld", TOKENS_MAX);
+        e->field = "tokens";
+        return false;
+    }
+    *out = v->via.u64;
+    return true;
+}
+
+/* A decimal string or a number, >= 0, at most 6 places: micro-dollars. */
+static bool parse_spend(const msgpack_object *v, int64_t *out, struct rpc_error *e)
+{
+    bool ok = false;
+    if (v->type == MSGPACK_OBJECT_STR)
+        ok = money_parse(v->via.str.ptr, v->via.str.size, out);
+    else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
+        ok = money_from_double(v->via.f64, out);
+    else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= MONEY_MAX_USD)
+        ok = (*out = (int64_t)v->via.u64 * MONEY_SCALE, true);
+    if (!ok) {
+        rpc_error_set(e, RPC_INVALID_FIELD,
+                      "spend must be a decimal of USD from 0 to %lld with at most 6 places, as a "
+                      "string (\"0.0035\") or a number",
+                      MONEY_MAX_USD);
+        e->field = "spend";
+    }
+    return ok;
+}
+
+static const char *const check_names[] = {"user_id", "provider", "model",
+                                          "cost",    "tokens",   "spend"};
+static const struct param_names check_params = {check_names, 6};
+#define CHECK_FIELDS "user_id, provider, model, cost, tokens and spend"
+
+static bool parse_check(const struct rpc_message *m, struct limiter_request *req,
+                        struct rpc_error *e)
 {
     if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
-        rpc_error_set(
-            e, RPC_BAD_REQUEST,
-            "check takes params [{\"user_id\": uuid, \"provider\": str, \"cost\": uint}]");
+        rpc_error_set(e, RPC_BAD_REQUEST,
+                      "check takes params [{\"user_id\": uuid, \"provider\": str, \"model\": "
+                      "str, \"cost\": uint, \"tokens\": uint, \"spend\": decimal}]");
         return false;
     }
     const msgpack_object_map *map = &m->params->ptr[0].via.map;
-    bool has_user = false, has_provider = false, has_cost = false;
-    *cost = 1;
+    uint32_t seen = 0;
+    req->amounts.cost = 1;
     for (uint32_t i = 0; i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-        if (rpc_str_eq(k, "user_id")) {
-            if (has_user)
-                return given_twice(e, "user_id");
-            bool ok = false;
-            if (v->type == MSGPACK_OBJECT_STR) {
-                ok = uuid_parse(v->via.str.ptr, v->via.str.size, user_id);
-            } else if (v->type == MSGPACK_OBJECT_BIN && v->via.bin.size == 16) {
-                memcpy(user_id, v->via.bin.ptr, 16);
-                ok = true;
-            }
-            if (!ok) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "user_id must be a uuid");
-                e->field = "user_id";
+        const msgpack_object *v = &map->ptr[i].val;
+        int which = param_index(&check_params, &map->ptr[i].key, &seen, "check", CHECK_FIELDS, e);
+        if (which < 0)
+            return false;
+        if (v->type == MSGPACK_OBJECT_NIL && which >= 2)
+            continue; /* the default */
+        switch (which) {
+        case 0:
+            if (!(v->type == MSGPACK_OBJECT_STR &&
+                  uuid_parse(v->via.str.ptr, v->via.str.size, req->user_id)) &&
+                !(v->type == MSGPACK_OBJECT_BIN && v->via.bin.size == 16 &&
+                  (memcpy(req->user_id, v->via.bin.ptr, 16), true)))
+                return field_error(e, "user_id", "user_id must be a uuid");
+            break;
+        case 1:
+            if (!parse_text(v, "provider", &req->provider, &req->provider_len, e))
                 return false;
-            }
-            has_user = true;
-        } else if (rpc_str_eq(k, "provider")) {
-            if (has_provider)
-                return given_twice(e, "provider");
-            size_t chars;
-            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
-                !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) ||
-                chars > RULES_PROVIDER_MAX) {
-                rpc_error_set(e, RPC_INVALID_FIELD,
-                              "provider must be a UTF-8 string of 1 to 50 characters");
-                e->field = "provider";
+            break;
+        case 2:
+            if (!parse_text(v, "model", &req->model, &req->model_len, e))
                 return false;
-            }
-            *provider = v->via.str.ptr;
-            *provider_len = v->via.str.size;
-            has_provider = true;
-        } else if (rpc_str_eq(k, "cost")) {
-            if (has_cost)
-                return given_twice(e, "cost");
-            has_cost = true;
-            if (v->type == MSGPACK_OBJECT_NIL)
-                continue;
+            break;
+        case 3:
             if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX) {
                 rpc_error_set(e, RPC_INVALID_FIELD, "cost must be an integer from 0 to %d",
                               INT32_MAX);
                 e->field = "cost";
                 return false;
             }
-            *cost = (uint32_t)v->via.u64;
-        } else {
-            rpc_error_set(e, RPC_INVALID_FIELD,
-                          "unknown field; check takes user_id, provider "
-                          "and cost");
-            if (k->type == MSGPACK_OBJECT_STR) {
-                snprintf(e->field_name, sizeof(e->field_name), "%.*s",
-                         (int)(k->via.str.size < 60 ? k->via.str.size : 60), k->via.str.ptr);
-                for (char *p = e->field_name; *p; p++)
-                    if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-                        *p = '?';
-                e->field = e->field_name;
-            } else {
-                e->field = "";
-            }
-            return false;
+            req->amounts.cost = (uint32_t)v->via.u64;
+            break;
+        case 4:
+            if (!parse_tokens(v, &req->amounts.tokens, e))
+                return false;
+            break;
+        default:
+            if (!parse_spend(v, &req->amounts.spend, e))
+                return false;
+            break;
         }
     }
-    if (!has_user || !has_provider) {
-        rpc_error_set(e, RPC_INVALID_FIELD, "%s is required", has_user ? "provider" : "user_id");
-        e->field = has_user ? "provider" : "user_id";
+    if ((seen & 3) != 3)
+        return seen & 1 ? field_error(e, "provider", "provider is required")
+                        : field_error(e, "user_id", "user_id is required");
+    return true;
+}
+
+static const char *const settle_names[] = {"reservation", "tokens", "spend", "cancel"};
+static const struct param_names settle_params = {settle_names, 4};
+#define SETTLE_FIELDS "reservation, tokens, spend and cancel"
+#define RESERVATION_SHAPE "reservation must be a string as check returned it (\"<uuid>.<16 hex>\")"
+
+static bool parse_reservation(const msgpack_object *v, struct limiter_settle_request *req,
+                              struct rpc_error *e)
+{
+    if (v->type != MSGPACK_OBJECT_STR ||
+        !limiter_parse_reservation(v->via.str.ptr, v->via.str.size, req->user_id, req->rid)) {
+        rpc_error_set(e, RPC_INVALID_FIELD, RESERVATION_SHAPE);
+        e->field = "reservation";
         return false;
     }
     return true;
 }
+
+static bool parse_settle(const struct rpc_message *m, struct limiter_settle_request *req,
+                         struct rpc_error *e)
+{
+    if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
+        rpc_error_set(e, RPC_BAD_REQUEST,
+                      "settle takes params [{\"reservation\": str, \"tokens\": uint, \"spend\": "
+                      "decimal, \"cancel\": bool}]");
+        return false;
+    }
+    const msgpack_object_map *map = &m->params->ptr[0].via.map;
+    uint32_t seen = 0;
+    memset(req, 0, sizeof(*req));
+    for (uint32_t i = 0; i < map->size; i++) {
+        const msgpack_object *v = &map->ptr[i].val;
+        int which =
+            param_index(&settle_params, &map->ptr[i].key, &seen, "settle", SETTLE_FIELDS, e);
+        if (which < 0)
+            return false;
+        if (v->type == MSGPACK_OBJECT_NIL && which >= 1)
+            continue;
+        switch (which) {
+        case 0:
+            if (!parse_reservation(v, req, e))
+                return false;
+            break;
+        case 1:
+            if (!parse_tokens(v, &req->tokens, e))
+                return false;
+            req->has_tokens = true;
+            break;
+        case 2:
+            if (!parse_spend(v, &req->spend, e))
+                return false;
+            req->has_spend = true;
+            break;
+        default:
+            if (v->type != MSGPACK_OBJECT_BOOLEAN)
+                return field_error(e, "cancel", "cancel must be true or false");
+            req->cancel = v->via.boolean;
+            break;
+        }
+    }
+    if (!(seen & 1))
+        return field_error(e, "reservation", "reservation is required");
+    return true;
+}
+
+/* ---- check and settle ---- */
 
 static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
                                         const struct rpc_error *e)
@@ -222,46 +254,234 @@ static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message
     if (m->kind == RPC_KIND_REQUEST)
         conn_reply_error(c, m->msgid, e);
     else
-        conn_drop_notification(c, "check", e);
+        conn_drop_notification(c, rpc_method_name(m->method), e);
     return CONN_DISPATCHED;
 }
 
-/* The tag carries the msgid, and whether the check came as a notification (bit 32). */
+/* The tag carries the msgid, and whether the call came as a notification (bit 32). */
 #define TAG_NOTIFICATION (1ULL << 32)
+
+/* Held before the limiter sees it: it may answer at once, from inside the call. */
+static uint64_t hold(struct conn *c, const struct rpc_message *m)
+{
+    if (m->kind == RPC_KIND_NOTIFICATION) {
+        conn_hold(c); /* bounded by listen.max_pending_requests like requests */
+        return TAG_NOTIFICATION;
+    }
+    conn_ref(c);
+    return m->msgid;
+}
+
+static void release(struct conn *c, uint64_t tag)
+{
+    if (tag & TAG_NOTIFICATION)
+        conn_release(c);
+    else
+        conn_unref(c);
+}
 
 static void on_checked(void *arg, uint64_t tag, const struct check_result *r)
 {
     struct conn *c = arg;
-    if (tag & TAG_NOTIFICATION) {
-        conn_release(c);
-        return;
-    }
-    methods_check_pack_result(conn_reply(c, (uint32_t)tag), r);
-    conn_unref(c);
+    if (!(tag & TAG_NOTIFICATION))
+        check_answer_pack(conn_reply(c, (uint32_t)tag), r);
+    release(c, tag);
 }
 
 enum conn_dispatch_result methods_check(struct limiter *l, struct conn *c,
                                         const struct rpc_message *m)
 {
     struct rpc_error e;
-    struct limiter_request req = {.cost = 1};
-    if (!parse_check(m, req.user_id, &req.provider, &req.provider_len, &req.cost, &e))
+    struct limiter_request req = {0};
+    if (!parse_check(m, &req, &e))
         return refuse(c, m, &e);
-    bool notification = m->kind == RPC_KIND_NOTIFICATION;
-    /* Held before the limiter sees it: it may answer at once, from inside limiter_check. */
-    if (notification)
-        conn_hold(c); /* bounded by listen.max_pending_requests like requests */
-    else
-        conn_ref(c);
-    uint64_t tag = notification ? TAG_NOTIFICATION : m->msgid;
+    uint64_t tag = hold(c, m);
     if (!limiter_check(l, &req, on_checked, c, tag, &e)) {
-        if (notification)
-            conn_release(c);
-        else
-            conn_unref(c);
+        release(c, tag);
         return refuse(c, m, &e);
     }
     return CONN_DISPATCHED;
+}
+
+static void on_settled(void *arg, uint64_t tag, enum limiter_settled result)
+{
+    struct conn *c = arg;
+    if (!(tag & TAG_NOTIFICATION)) {
+        struct rpc_error e;
+        if (result == LIMITER_UNKNOWN) {
+            rpc_error_set(&e, RPC_UNKNOWN_RESERVATION,
+                          "no such reservation: never made, or settled and older than "
+                          "limits.reservation_ttl_s");
+            conn_reply_error(c, (uint32_t)tag, &e);
+        } else if (result == LIMITER_UNAVAILABLE) {
+            rpc_error_set(&e, RPC_UNAVAILABLE,
+                          "Redis cannot be reached; nothing was settled, send it again");
+            e.retry_after_ms = 1000;
+            conn_reply_error(c, (uint32_t)tag, &e);
+        } else {
+            msgpack_packer *pk = conn_reply(c, (uint32_t)tag);
+            msgpack_pack_map(pk, 2);
+            rpc_pack_str(pk, "settled");
+            msgpack_pack_true(pk);
+            rpc_pack_str(pk, "duplicate");
+            result == LIMITER_DUPLICATE ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        }
+    }
+    release(c, tag);
+}
+
+enum conn_dispatch_result methods_settle(struct limiter *l, struct conn *c,
+                                         const struct rpc_message *m)
+{
+    struct rpc_error e;
+    struct limiter_settle_request req;
+    if (!parse_settle(m, &req, &e))
+        return refuse(c, m, &e);
+    limiter_settle(l, &req, on_settled, c, hold(c, m));
+    return CONN_DISPATCHED;
+}
+
+/* ---- log_prompt's reservations ---- */
+
+/* An event's cost_usd (already judged by the event's own validation) in micro-dollars; one
+ * with more than 6 places is rounded up to the micro-dollar rather than refused here. */
+static int64_t cost_micros(const msgpack_object *v)
+{
+    int64_t micros = 0;
+    double d = 0;
+    if (v->type == MSGPACK_OBJECT_STR) {
+        if (money_parse(v->via.str.ptr, v->via.str.size, &micros))
+            return micros;
+        char text[64];
+        size_t n = v->via.str.size < sizeof(text) - 1 ? v->via.str.size : sizeof(text) - 1;
+        memcpy(text, v->via.str.ptr, n);
+        text[n] = '\0';
+        d = strtod(text, NULL);
+    } else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        d = (double)v->via.u64;
+    } else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64) {
+        d = v->via.f64;
+    }
+    if (money_from_double(d, &micros))
+        return micros;
+    double scaled = d * MONEY_SCALE;
+    return d > 0 && scaled < (double)MONEY_MAX ? (int64_t)scaled + 1 : (d > 0 ? MONEY_MAX : 0);
+}
+
+/* What settles an event: its reservation, tokens_used, cost_usd and status. */
+static bool event_settle(const msgpack_object_map *ev, const msgpack_object *reservation,
+                         struct limiter_settle_request *req, struct rpc_error *e)
+{
+    if (!parse_reservation(reservation, req, e))
+        return false;
+    req->has_tokens = req->has_spend = true; /* absent: 0, as PROTOCOL.md says */
+    for (uint32_t i = 0; i < ev->size; i++) {
+        const msgpack_object *k = &ev->ptr[i].key, *v = &ev->ptr[i].val;
+        if (rpc_str_eq(k, "tokens_used") && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            req->tokens = v->via.u64 > (uint64_t)TOKENS_MAX ? (uint64_t)TOKENS_MAX : v->via.u64;
+        else if (rpc_str_eq(k, "cost_usd"))
+            req->spend = cost_micros(v);
+        else if (rpc_str_eq(k, "status") && rpc_str_eq(v, "cancelled"))
+            req->cancel = true;
+    }
+    return true;
+}
+
+/* The events with their `reservation` taken out, for the batcher (prompt_history has no such
+ * column). Built only when some event has one. */
+struct stripped {
+    msgpack_object params[2];
+    msgpack_object_array params_array;
+    msgpack_object *events;
+    msgpack_object_kv *pairs;
+    struct limiter_settle_request *settles;
+    uint32_t nsettles;
+};
+
+static bool strip_reservations(const struct rpc_message *m, struct stripped *s, struct rpc_error *e)
+{
+    memset(s, 0, sizeof(*s));
+    if (m->params->size < 1 || m->params->size > 2 ||
+        m->params->ptr[0].type != MSGPACK_OBJECT_ARRAY)
+        return true; /* the batcher says what is wrong */
+    const msgpack_object_array *events = &m->params->ptr[0].via.array;
+    uint32_t with = 0, pairs = 0;
+    for (uint32_t i = 0; i < events->size; i++) {
+        if (events->ptr[i].type != MSGPACK_OBJECT_MAP)
+            continue;
+        const msgpack_object_map *ev = &events->ptr[i].via.map;
+        for (uint32_t j = 0; j < ev->size; j++)
+            if (rpc_str_eq(&ev->ptr[j].key, "reservation")) {
+                with++;
+                break;
+            }
+        pairs += ev->size;
+    }
+    if (!with)
+        return true;
+    s->events = xcalloc(events->size, sizeof(*s->events));
+    s->pairs = xcalloc(pairs ? pairs : 1, sizeof(*s->pairs));
+    s->settles = xcalloc(with, sizeof(*s->settles));
+    msgpack_object_kv *kv = s->pairs;
+    for (uint32_t i = 0; i < events->size; i++) {
+        s->events[i] = events->ptr[i];
+        if (events->ptr[i].type != MSGPACK_OBJECT_MAP)
+            continue;
+        const msgpack_object_map *ev = &events->ptr[i].via.map;
+        msgpack_object_kv *first = kv;
+        const msgpack_object *reservation = NULL;
+        for (uint32_t j = 0; j < ev->size; j++) {
+            if (rpc_str_eq(&ev->ptr[j].key, "reservation") && !reservation)
+                reservation = &ev->ptr[j].val;
+            else
+                *kv++ = ev->ptr[j];
+        }
+        s->events[i].via.map.ptr = first;
+        s->events[i].via.map.size = (uint32_t)(kv - first);
+        if (reservation && reservation->type != MSGPACK_OBJECT_NIL &&
+            !event_settle(ev, reservation, &s->settles[s->nsettles++], e)) {
+            e->index = i;
+            return false;
+        }
+    }
+    s->params_array.size = m->params->size;
+    s->params_array.ptr = s->params;
+    s->params[0] = m->params->ptr[0];
+    s->params[0].via.array.ptr = s->events;
+    if (m->params->size > 1)
+        s->params[1] = m->params->ptr[1];
+    return true;
+}
+
+static void stripped_free(struct stripped *s)
+{
+    free(s->events);
+    free(s->pairs);
+    free(s->settles);
+}
+
+enum conn_dispatch_result methods_log_prompt(struct batcher *b, struct limiter *l, struct conn *c,
+                                             const struct rpc_message *m)
+{
+    struct stripped s;
+    struct rpc_error e;
+    if (!strip_reservations(m, &s, &e)) {
+        stripped_free(&s);
+        return refuse(c, m, &e);
+    }
+    if (!s.events)
+        return batcher_submit(b, EVENT_PROMPT, c, m);
+    struct rpc_message copy = *m;
+    copy.params = &s.params_array;
+    /* Accepted means queued: the batcher counts it. A settle waits for that, so that a refused
+     * request (nothing of it kept) settles nothing either. */
+    uint64_t accepted = b->stats.events_accepted;
+    enum conn_dispatch_result result = batcher_submit(b, EVENT_PROMPT, c, &copy);
+    if (b->stats.events_accepted != accepted)
+        for (uint32_t i = 0; i < s.nsettles; i++)
+            limiter_settle_later(l, &s.settles[i]);
+    stripped_free(&s);
+    return result;
 }
 
 /* ---- stats ---- */
@@ -269,13 +489,16 @@ enum conn_dispatch_result methods_check(struct limiter *l, struct conn *c,
 void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
     const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 16);
+    msgpack_pack_map(pk, 24);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
-    msgpack_pack_map(pk, 3);
-    rpc_pack_u64(pk, "minute_limit", l->stats.denied_minute);
-    rpc_pack_u64(pk, "day_limit", l->stats.denied_day);
+    msgpack_pack_map(pk, RULES_WINDOWS + 1);
+    for (int w = 0; w < RULES_WINDOWS; w++) {
+        char name[24];
+        snprintf(name, sizeof(name), "%s_limit", rules_window_name(w));
+        rpc_pack_u64(pk, name, l->stats.denied[w]);
+    }
     rpc_pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
     rpc_pack_u64(pk, "degraded", l->stats.degraded);
     rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
@@ -285,9 +508,17 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "batched", l->stats.batched);
     rpc_pack_u64(pk, "key_errors", l->stats.key_errors);
     rpc_pack_u64(pk, "redis_round_trips", l->stats.script_calls);
-    rpc_pack_u64(pk, "providers_loaded", l->rules.ndb);
+    rpc_pack_u64(pk, "providers_loaded", l->rules.ndb_providers);
+    rpc_pack_u64(pk, "rules_loaded", l->rules.ndb + l->rules.nconfig_rules);
     rpc_pack_u64(pk, "limits_loads", l->rules.loads);
     rpc_pack_u64(pk, "limits_notifications", l->rules.notifications);
+    rpc_pack_u64(pk, "reservations", l->stats.reservations);
+    rpc_pack_u64(pk, "settles", l->stats.settles);
+    rpc_pack_u64(pk, "settles_duplicate", l->stats.settles_duplicate);
+    rpc_pack_u64(pk, "settles_unknown", l->stats.settles_unknown);
+    rpc_pack_u64(pk, "settles_queued", l->stats.settles_queued);
+    rpc_pack_u64(pk, "settles_waiting", l->nlater);
+    rpc_pack_u64(pk, "settles_dropped", l->stats.settles_dropped);
     rpc_pack_str(pk, "redis");
     msgpack_pack_map(pk, 9);
     rpc_pack_str(pk, "state");

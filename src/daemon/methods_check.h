@@ -1,16 +1,22 @@
-/* methods_check: the `check` method (params, answer, stats) over the limiter. */
+/* methods_check: the `check` and `settle` methods (params, answers, stats) over the limiter,
+ * and the reservations log_prompt events carry. */
 #ifndef USAGED_METHODS_CHECK_H
 #define USAGED_METHODS_CHECK_H
 
 #include <msgpack.h>
 
+#include "batcher.h"
 #include "conn.h"
 #include "limiter.h"
 
 enum conn_dispatch_result methods_check(struct limiter *l, struct conn *c,
                                         const struct rpc_message *m);
-/* Packs a check's answer: the daemon's most frequent message, encoded by hand. */
-void methods_check_pack_result(msgpack_packer *pk, const struct check_result *r);
+enum conn_dispatch_result methods_settle(struct limiter *l, struct conn *c,
+                                         const struct rpc_message *m);
+/* log_prompt: the events go to the batcher without their `reservation`; once accepted, each
+ * reservation is settled with the event's tokens_used and cost_usd (cancelled: cancelled). */
+enum conn_dispatch_result methods_log_prompt(struct batcher *b, struct limiter *l, struct conn *c,
+                                             const struct rpc_message *m);
 /* Packs the limiter's part of `stats`. */
 void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk);
 

@@ -1,71 +1,214 @@
--- check.lua: the limiter's script, one call for many checks (src/limits/limiter.c sends it,
--- embedded at build time by scripts/embed_text.py).
+-- check.lua: the limiter's one script, for checks (ARGV[1] = 'c') and settles ('s'), many of
+-- them per call (src/limits/limiter.c sends it; scripts/embed_text.py embeds it at build time).
 --
--- KEYS: the bases of one or more keys. ARGV, for each key in turn: limit per minute, limit per
--- day (-1: unlimited), the number of checks n, then the cost of each of the n checks, applied in
--- order. Returns {now_ms, then per check of every key in turn: deny bits, minute count, day
--- count}. Each check adds its cost to both windows and takes it back if either is over: the
--- script is atomic, so nobody sees the difference, and the common case (allowed) costs two
--- INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin).
--- The cost goes to INCRBY as the string it came as, and "1" needs no tonumber: Lua numbers to and
--- from strings (printf, strtod) were a tenth of Redis's work per check.
--- Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
--- base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster.
--- A key that Redis refuses to count (of another type, or not a number: written by someone
--- else) fails that key alone: its checks come back with deny -1 and the error in place of the
--- minute count, the minute increment already made for the check is taken back, and the checks
--- of the other keys in the call are answered as usual.
+-- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of KEYS[k], the base
+-- "prefix{user_id}". A counting scope (a user, with the provider and/or model a rule names) is
+-- one hash, base .. suffix, holding for each window w (m minute, h hour, d day, M month) the
+-- field 'w'..w = the window's id and a count per dimension d (r requests, t tokens, s spend in
+-- micro-dollars) in the field d..w. One read and one write per scope, whatever the number of
+-- rules; the hash expires a minute after the end of the longest window counted in it. A window
+-- whose id has moved on counts from 0. A reservation is the hash base .. ':r:' .. id: what its
+-- check charged ('c', 't', 's'), the fields it charged ('k': lines "field window_id suffix"),
+-- and 'd' once settled; it expires after ARGV[2] seconds.
+--
+-- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
+-- (year * 12 + month - 1) of the proleptic Gregorian calendar.
+--
+-- 'c': for each KEYS[k]: ns, the ns scope suffixes; nr, per counted rule: its scope's index,
+-- its field (dimension .. window), its limit; nc, per check: cost, tokens, spend, reservation
+-- id ('' for none). Checks are applied in order, atomically over every rule: allowed only if
+-- every rule has room (used + amount <= limit, and no rule already at its limit when the amount
+-- is 0, unless the check is a peek: all amounts 0, refused only past a limit), then all are
+-- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied, and
+-- each rule's use after it}; a scope that cannot be counted (a key of another type, or a count
+-- that is not a number: written by someone else) answers -1 and the error for every check of
+-- its KEYS[k], and changes nothing there.
+-- 's': for each KEYS[k]: reservation id, tokens and spend used ('' keeps the estimate), '1' to
+-- cancel. The difference goes to every field the check charged whose window is still the
+-- current one (cancel gives back all, requests included); counts stop at 0. Returns {now_ms,
+-- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation}.
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local sm = ':m:' .. math.floor(sec / 60)
-local sd = ':d:' .. math.floor(sec / 86400)
-local em = tostring(120 - sec % 60)
-local ed = tostring(90000 - sec % 86400)
+local day = math.floor(sec / 86400)
+local z = day + 719468
+local era = math.floor(z / 146097)
+local doe = z - era * 146097
+local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) -
+  math.floor(doe / 146096)) / 365)
+local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+local mp = math.floor((5 * doy + 2) / 153)
+local mon = mp < 10 and mp + 3 or mp - 9
+local yr = yoe + era * 400
+if mon <= 2 then yr = yr + 1 end
+-- the day number of the first of next month
+local ny, nm = yr, mon + 1
+if nm == 13 then ny, nm = ny + 1, 1 end
+if nm <= 2 then ny = ny - 1 end
+local era2 = math.floor(ny / 400)
+local yoe2 = ny - era2 * 400
+local mm = nm > 2 and nm - 3 or nm + 9
+local doe2 = yoe2 * 365 + math.floor(yoe2 / 4) - math.floor(yoe2 / 100) +
+  math.floor((153 * mm + 2) / 5)
+local next_month = era2 * 146097 + doe2 - 719468
+local wids = {m = tostring(math.floor(sec / 60)), h = tostring(math.floor(sec / 3600)),
+  d = tostring(day), M = tostring(yr * 12 + mon - 1)}
+local left = {m = 60 - sec % 60, h = 3600 - sec % 3600, d = 86400 - sec % 86400,
+  M = next_month * 86400 - sec}
+local dims = {'r', 't', 's'}
 local out = {now}
-local a = 1
-for k = 1, #KEYS do
-  local lm = tonumber(ARGV[a])
-  local ld = tonumber(ARGV[a + 1])
-  local last = a + 2 + tonumber(ARGV[a + 2])
-  local km = KEYS[k] .. sm
-  local kd = KEYS[k] .. sd
-  local err = nil
-  for i = a + 3, last do
-    local s = ARGV[i]
-    local c = 1
-    if s ~= '1' then c = tonumber(s) end
-    local um = 0
-    local ud = 0
-    local deny = -1
-    if not err and lm >= 0 then
-      um = redis.pcall('INCRBY', km, s)
-      if type(um) == 'table' then err = um.err
-      elseif um == c then redis.call('EXPIRE', km, em) end
-    end
-    if not err and ld >= 0 then
-      ud = redis.pcall('INCRBY', kd, s)
-      if type(ud) == 'table' then
-        err = ud.err
-        if lm >= 0 then redis.call('DECRBY', km, s) end
-      elseif ud == c then redis.call('EXPIRE', kd, ed) end
-    end
-    if err then
-      um = err
-      ud = 0
+local a = 3
+
+if ARGV[1] == 's' then
+  for k = 1, #KEYS do
+    local base = KEYS[k]
+    local tok, sp, cancel = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
+    local rk = base .. ':r:' .. ARGV[a]
+    a = a + 4
+    local r = redis.pcall('HMGET', rk, 'c', 't', 's', 'k', 'd')
+    if r.err then
+      out[#out + 1] = -1
+    elseif not r[1] or not r[4] then
+      out[#out + 1] = 2
+    elseif r[5] then
+      out[#out + 1] = 1
     else
-      deny = 0
-      if lm >= 0 and um > lm then deny = deny + 1 end
-      if ld >= 0 and ud > ld then deny = deny + 2 end
-      if deny ~= 0 and c > 0 then
-        if lm >= 0 then um = redis.call('DECRBY', km, s) end
-        if ld >= 0 then ud = redis.call('DECRBY', kd, s) end
+      local delta = {r = 0, t = 0, s = 0}
+      if cancel then
+        delta.r, delta.t, delta.s = -tonumber(r[1]), -tonumber(r[2]), -tonumber(r[3])
+      else
+        if tok ~= '' then delta.t = tonumber(tok) - tonumber(r[2]) end
+        if sp ~= '' then delta.s = tonumber(sp) - tonumber(r[3]) end
+      end
+      for line in string.gmatch(r[4], '[^\n]+') do
+        local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
+        local win = string.sub(f, 2, 2)
+        local d = delta[string.sub(f, 1, 1)]
+        if d ~= 0 and w == wids[win] then
+          local key = base .. suffix
+          local cur = redis.pcall('HMGET', key, 'w' .. win, f)
+          if not cur.err and cur[1] == w then
+            local v = (tonumber(cur[2]) or 0) + d
+            if v < 0 then v = 0 end
+            redis.call('HSET', key, f, v)
+          end
+        end
+      end
+      redis.call('HSET', rk, 'd', '1')
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+
+local ttl = ARGV[2]
+for k = 1, #KEYS do
+  local base = KEYS[k]
+  local ns = tonumber(ARGV[a])
+  a = a + 1
+  local sk, suffixes, sh, dirty, rolled = {}, {}, {}, {}, {}
+  local err = nil
+  for s = 1, ns do
+    suffixes[s] = ARGV[a]
+    sk[s] = base .. ARGV[a]
+    a = a + 1
+    local flat = redis.pcall('HGETALL', sk[s])
+    local h = {}
+    if flat.err then
+      err = flat.err
+    else
+      for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+    end
+    sh[s] = h
+    dirty[s] = {}
+  end
+  local nr = tonumber(ARGV[a])
+  a = a + 1
+  local rs, rf, rl, rd, rw, used = {}, {}, {}, {}, {}, {}
+  for j = 1, nr do
+    local s, f = tonumber(ARGV[a]), ARGV[a + 1]
+    rs[j], rf[j], rl[j] = s, f, tonumber(ARGV[a + 2])
+    rd[j], rw[j] = string.sub(f, 1, 1), string.sub(f, 2, 2)
+    a = a + 3
+    local h = sh[s]
+    local wf = 'w' .. rw[j]
+    if h[wf] ~= wids[rw[j]] then
+      h[wf] = wids[rw[j]]
+      dirty[s][wf] = true
+      rolled[s] = true
+      for _, dim in ipairs(dims) do
+        local c = dim .. rw[j]
+        if h[c] then
+          h[c] = 0
+          dirty[s][c] = true
+        end
       end
     end
-    out[#out + 1] = deny
-    out[#out + 1] = um
-    out[#out + 1] = ud
+    used[j] = tonumber(h[f] or 0)
+    if not used[j] then
+      err = 'the count ' .. f .. ' of ' .. sk[s] .. ' is not a number'
+      used[j] = 0
+    end
   end
-  a = last + 1
+  local nc = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, nc do
+    local amt = {r = tonumber(ARGV[a]), t = tonumber(ARGV[a + 1]), s = tonumber(ARGV[a + 2])}
+    local rid = ARGV[a + 3]
+    a = a + 4
+    if err then
+      out[#out + 1] = -1
+      out[#out + 1] = err
+      for j = 2, nr do out[#out + 1] = 0 end
+    else
+      local peek = amt.r == 0 and amt.t == 0 and amt.s == 0
+      local deny = false
+      for j = 1, nr do
+        local x, u, lim = amt[rd[j]], used[j], rl[j]
+        if peek then
+          if u > lim then deny = true end
+        elseif u + x > lim or (x == 0 and u >= lim) then
+          deny = true
+        end
+      end
+      if not deny and not peek then
+        for j = 1, nr do
+          local x = amt[rd[j]]
+          if x ~= 0 then
+            used[j] = used[j] + x
+            sh[rs[j]][rf[j]] = used[j]
+            dirty[rs[j]][rf[j]] = true
+          end
+        end
+        if rid ~= '' then
+          local parts = {}
+          for j = 1, nr do parts[j] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. suffixes[rs[j]] end
+          local rk = base .. ':r:' .. rid
+          redis.call('HSET', rk, 'c', amt.r, 't', amt.t, 's', amt.s, 'k',
+            table.concat(parts, '\n'))
+          redis.call('EXPIRE', rk, ttl)
+        end
+      end
+      out[#out + 1] = deny and 1 or 0
+      for j = 1, nr do out[#out + 1] = used[j] end
+    end
+  end
+  if not err then
+    for s = 1, ns do
+      local args = {}
+      for f, _ in pairs(dirty[s]) do
+        args[#args + 1] = f
+        args[#args + 1] = sh[s][f]
+      end
+      if #args > 0 then redis.call('HSET', sk[s], unpack(args)) end
+      if rolled[s] then
+        local e = 0
+        for j = 1, nr do
+          if rs[j] == s and left[rw[j]] > e then e = left[rw[j]] end
+        end
+        redis.call('EXPIRE', sk[s], e + 60)
+      end
+    end
+  end
 end
 return out

@@ -1,7 +1,7 @@
-/* keytable: the limiter's memory of the keys (user, provider) it has checked recently. A fixed
- * table with open addressing: each entry holds the over-limit cache, the local fallback windows,
- * and the queue of checks waiting behind the key's script call in flight, which the limiter
- * coalesces into its next call. Pure: no I/O; the caller hands it the time. */
+/* keytable: the limiter's memory of the keys (user, provider, model) it has checked
+ * recently. A fixed table with open addressing: each entry holds the over-limit cache and the
+ * queue of checks waiting behind the key's script call in flight, which the limiter coalesces
+ * into its next call. Pure: no I/O; the caller hands it the time. */
 #ifndef USAGED_KEYTABLE_H
 #define USAGED_KEYTABLE_H
 
@@ -23,7 +23,8 @@ struct limiter_check {
     limiter_done_fn done;
     void *arg;
     uint64_t tag;
-    uint32_t cost;
+    struct check_amounts amounts;
+    char rid[17]; /* the reservation id to make when allowed; "": none */
     struct limiter_check *next;
 };
 
@@ -34,16 +35,17 @@ struct keytable_entry {
     bool inflight; /* a script call for this key is out, or in the batch not yet sent */
     struct limiter_call *unsent; /* its call while in the batch: later checks can join it */
     uint8_t provider_len;
+    uint8_t model_len; /* 0: no model sent */
     uint32_t hash;
     uint8_t user_id[16];
     char provider[RULES_PROVIDER_BYTES + 1];
+    char model[RULES_MODEL_BYTES + 1];
     uint64_t last_used_ms; /* loop time, for eviction */
     /* The over-limit cache: what was left in each window at the last answer from Redis, and
      * until when (loop time) that window lasts. Valid for one limits generation. */
     uint64_t generation;
     uint64_t minute_end, day_end;
     int64_t minute_left, day_left;
-    struct decision_local local; /* the fallback windows */
     struct limiter_check *queue; /* checks waiting behind the call in flight */
     struct limiter_check *queue_tail;
     uint32_t queued;
@@ -62,7 +64,8 @@ void keytable_free(struct keytable *t);
  * among the ones it may probe, else the least recently used one that has nothing in flight or
  * queued; NULL when every slot it could take is busy (the check then goes without an entry). */
 struct keytable_entry *keytable_get(struct keytable *t, const uint8_t user_id[16],
-                                    const char *provider, size_t len, uint64_t now_ms);
+                                    const char *provider, size_t len, const char *model,
+                                    size_t model_len, uint64_t now_ms);
 /* Puts a check at the end of the key's queue. */
 void keytable_queue(struct keytable_entry *k, struct limiter_check *c);
 /* Takes up to max checks from the head of the key's queue, in order, as a list whose tail is

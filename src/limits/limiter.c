@@ -1,19 +1,22 @@
 /* limiter: see limiter.h.
  *
- * A check's path: limits resolved (unknown, disabled and unlimited are
- * answered at once) -> the key's entry in a fixed-size table (the over-limit cache, the local
- * fallback windows, and the queue behind a call in flight) -> a denial from the cache, or a
- * place in the queue, or a script call of its own. */
+ * A check's path: rules resolved (unknown, disabled and unlimited are answered at once) -> the
+ * key's entry in a fixed-size table (the over-limit cache, and the queue behind a call in
+ * flight) -> a denial from the cache, or a place in the queue, or a script call of its own.
+ * Settles go in a script call of their own (the same script, mode 's'); the ones of log_prompt
+ * events wait in a queue while Redis is away (settle.c). */
 #include "limiter.h"
+#include "limiter_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
+#include "buf.h"
 #include "log.h"
-#include "utf8.h"
 #include "uuid.h"
 #include "xalloc.h"
 
@@ -35,8 +38,8 @@
 #define MAX_COSTS_PER_CALL 512    /* checks of one key in one call */
 #define MAX_CHECKS_PER_BATCH 1024 /* checks of all keys in one script call */
 #define CACHE_MARGIN_MS 50        /* the cache stops this long before a window ends */
-
-/* ---- the key table ---- */
+#define LOCAL_SCOPES 65536        /* scopes counted under on_redis_error: local */
+#define LOCAL_RESERVATIONS 16384  /* reservations kept under on_redis_error: local */
 
 /* One key's part of a script call: checks of one key (or of no table entry), in arrival order. */
 struct limiter_call {
@@ -44,8 +47,9 @@ struct limiter_call {
     struct limiter_call *next; /* in the batch */
     struct keytable_entry *key;
     uint8_t user_id[16];
+    uint8_t provider_len, model_len;
     char provider[RULES_PROVIDER_BYTES + 1];
-    uint8_t provider_len;
+    char model[RULES_MODEL_BYTES + 1];
     struct rules_resolved lim;
     struct limiter_check *checks, *checks_tail;
     uint32_t n;
@@ -82,7 +86,10 @@ static struct limiter_call *new_call(struct limiter *l)
         return xcalloc(1, sizeof(*call));
     l->spare_calls = call->next;
     l->nspare_calls--;
-    memset(call, 0, sizeof(*call));
+    call->next = NULL;
+    call->key = NULL;
+    call->checks = call->checks_tail = NULL;
+    call->n = 0;
     return call;
 }
 
@@ -98,30 +105,109 @@ static void free_call(struct limiter_call *call)
     l->nspare_calls++;
 }
 
-/* ---- answering ---- */
+/* ---- reservations and scopes ---- */
 
-static uint64_t wall_ms(void)
+uint64_t limiter_wall_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void answer(struct limiter *l, struct limiter_check *check, const uint8_t user_id[16],
-                   const char *provider, size_t len, const struct check_result *r)
+static uint64_t splitmix64(uint64_t x)
 {
-    if (r->allowed)
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* A new reservation id: 16 hex digits, unique across daemons by their random seeds; a local
+ * one starts with 'l'. */
+static void new_rid(struct limiter *l, char rid[LOCAL_RID_LEN + 1], bool local)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t v = splitmix64(l->rid_seed + l->rid_next++);
+    for (int i = 0; i < LOCAL_RID_LEN; i++)
+        rid[i] = hex[(v >> (4 * i)) & 15];
+    if (local)
+        rid[0] = 'l';
+    rid[LOCAL_RID_LEN] = '\0';
+}
+
+bool limiter_parse_reservation(const char *s, size_t len, uint8_t user_id[16],
+                               char rid[LOCAL_RID_LEN + 1])
+{
+    if (len != DECISION_RESERVATION_LEN || s[UUID_STRING_LEN] != '.' ||
+        !uuid_parse(s, UUID_STRING_LEN, user_id))
+        return false;
+    const char *r = s + UUID_STRING_LEN + 1;
+    for (int i = 0; i < LOCAL_RID_LEN; i++) {
+        char c = r[i];
+        bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (i == 0 && c == 'l');
+        if (!ok)
+            return false;
+        rid[i] = c;
+    }
+    rid[LOCAL_RID_LEN] = '\0';
+    return true;
+}
+
+static void format_reservation(const uint8_t user_id[16], const char *rid, char *out)
+{
+    uuid_format(user_id, out);
+    out[UUID_STRING_LEN] = '.';
+    memcpy(out + UUID_STRING_LEN + 1, rid, LOCAL_RID_LEN);
+    out[DECISION_RESERVATION_LEN] = '\0';
+}
+
+/* The suffix of a scope's hash after the user's base: ":a" (every provider, any model),
+ * ":p:" provider, ":m:" model, ":pm:" provider length ":" provider model. */
+size_t limiter_scope_suffix(const struct rules_applied *r, const char *provider, size_t plen,
+                            const char *model, size_t mlen, char *out)
+{
+    size_t n = 0;
+    if (!r->by_provider && !r->by_model) {
+        memcpy(out, ":a", 2);
+        return 2;
+    }
+    if (r->by_provider && r->by_model) {
+        n = (size_t)sprintf(out, ":pm:%zu:", plen);
+    } else {
+        memcpy(out, r->by_provider ? ":p:" : ":m:", 3);
+        n = 3;
+    }
+    if (r->by_provider) {
+        memcpy(out + n, provider, plen);
+        n += plen;
+    }
+    if (r->by_model) {
+        memcpy(out + n, model, mlen);
+        n += mlen;
+    }
+    return n;
+}
+
+/* ---- answering ---- */
+
+static void answer(struct limiter *l, struct limiter_check *check, const uint8_t user_id[16],
+                   const char *provider, size_t len, struct check_result *r)
+{
+    if (r->allowed) {
         l->stats.allowed++;
-    else if (strcmp(r->reason, USAGED_REASON_DAY_LIMIT) == 0)
-        l->stats.denied_day++;
-    else if (strcmp(r->reason, USAGED_REASON_MINUTE_LIMIT) == 0)
-        l->stats.denied_minute++;
-    else if (strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0)
+    } else if (r->denied_by >= 0) {
+        l->stats.denied[r->rules->rule[r->denied_by].window]++;
+    } else if (r->reason && strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0) {
         l->stats.denied_disabled++;
+    }
     if (r->degraded)
         l->stats.degraded++;
-    if (!r->allowed && l->log_denied && check->cost > 0 && l->on_denied)
-        l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)wall_ms());
+    if (r->allowed && check->rid[0]) {
+        format_reservation(user_id, check->rid, r->reservation);
+        l->stats.reservations++;
+    }
+    if (!r->allowed && l->log_denied && !decision_is_peek(&check->amounts) && l->on_denied)
+        l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)limiter_wall_ms());
     /* Back on the free list first: done may submit another check, which can take it. */
     limiter_done_fn done = check->done;
     void *arg = check->arg;
@@ -131,72 +217,91 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
 }
 
 /* Redis could not decide: the configured policy does. */
-static void answer_degraded(struct limiter *l, struct keytable_entry *key,
-                            struct limiter_check *check, const uint8_t user_id[16],
-                            const char *provider, size_t len, const struct rules_resolved *lim)
+static void answer_degraded(struct limiter *l, struct limiter_check *check,
+                            const struct limiter_call *call)
 {
     struct check_result r;
-    uint64_t now = wall_ms();
+    uint64_t now = limiter_wall_ms();
+    const struct rules_resolved *lim = &call->lim;
     switch (l->policy) {
-    case CONFIG_REDIS_LOCAL:
-        if (key) {
-            decision_local_check(&key->local, lim, check->cost, now, &r);
-            break;
+    case CONFIG_REDIS_LOCAL: {
+        uint64_t scope[RULES_APPLY_MAX];
+        int64_t used[RULES_APPLY_MAX];
+        char suffix[RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16];
+        for (int i = 0; i < lim->counted; i++) {
+            size_t n = limiter_scope_suffix(&lim->rule[i], call->provider, call->provider_len,
+                                            call->model, call->model_len, suffix);
+            scope[i] = local_scope_hash(call->user_id, suffix, n);
         }
-        /* No table slot to count in (every one busy): fall through to allowing. */
-        /* fallthrough */
-    case CONFIG_REDIS_ALLOW:
-        decision_make(lim, 0, 0, 0, now, &r);
-        r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
-        r.degraded = true;
-        break;
-    case CONFIG_REDIS_DENY:
-        decision_make(lim, 0, 0, 0, now, &r);
-        r.allowed = false;
-        r.reason = USAGED_REASON_UNAVAILABLE;
-        r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
-        r.retry_after_ms = l->timeout_ms > 1000 ? l->timeout_ms : 1000;
-        r.degraded = true;
+        if (check->rid[0])
+            check->rid[0] = 'l'; /* kept here: settled here */
+        bool allowed = local_check(&l->local, call->user_id, scope, lim, &check->amounts, now,
+                                   check->rid[0] ? check->rid : NULL,
+                                   (uint64_t)l->reservation_ttl_s * 1000, used);
+        decision_make(lim, &check->amounts, allowed, used, now, &r);
         break;
     }
-    answer(l, check, user_id, provider, len, &r);
+    case CONFIG_REDIS_ALLOW:
+        check->rid[0] = '\0'; /* nothing counted: nothing to settle */
+        decision_uncounted(lim, true, NULL, now, &r);
+        break;
+    case CONFIG_REDIS_DENY:
+        decision_uncounted(lim, false, USAGED_REASON_UNAVAILABLE, now, &r);
+        r.retry_after_ms = l->timeout_ms > 1000 ? l->timeout_ms : 1000;
+        break;
+    }
+    r.degraded = true;
+    answer(l, check, call->user_id, call->provider, call->provider_len, &r);
 }
 
-/* The cache's verdict on a check of `cost`: a denial when some window has less left than it
- * asks for. Exact: what is left can only shrink within a window (others spend, nobody gives
- * back) until the limits change, which starts a new generation. */
-static bool cached_denial(struct limiter *l, struct keytable_entry *key, uint32_t cost,
-                          const struct rules_resolved *lim, struct check_result *r)
+/* The over-limit cache holds for rules of the provider's requests per minute and per day
+ * alone, and only while no reservation can exist (a cancel gives requests back). */
+static bool cacheable(const struct limiter *l, const struct rules_resolved *lim)
 {
-    if (cost == 0 || key->generation != l->rules.generation)
+    if (l->rules.has_budgets || uv_now(l->loop) < l->budgets_until_ms)
+        return false;
+    for (int i = 0; i < lim->counted; i++) {
+        const struct rules_applied *r = &lim->rule[i];
+        if (!r->by_provider || r->by_model || r->dimension != RULES_REQUESTS ||
+            (r->window != RULES_MINUTE && r->window != RULES_DAY))
+            return false;
+    }
+    return true;
+}
+
+/* The cache's verdict on a check: a denial when some window has less left than it asks for.
+ * Exact: what is left can only shrink within a window (others spend, nobody gives back) until
+ * the limits change, which starts a new generation. */
+static bool cached_denial(struct limiter *l, struct keytable_entry *key,
+                          const struct limiter_check *check, const struct rules_resolved *lim,
+                          struct check_result *r)
+{
+    uint32_t cost = check->amounts.cost;
+    if (cost == 0 || key->generation != l->rules.generation || !cacheable(l, lim))
         return false;
     uint64_t now = uv_now(l->loop);
     bool minute_valid = now < key->minute_end, day_valid = now < key->day_end;
-    int deny = 0;
-    if (minute_valid && lim->per_minute != RULES_UNLIMITED && cost > key->minute_left)
-        deny |= DECISION_DENY_MINUTE;
-    if (day_valid && lim->per_day != RULES_UNLIMITED && cost > key->day_left)
-        deny |= DECISION_DENY_DAY;
-    if (!deny)
+    int deny = -1;
+    int64_t used[RULES_APPLY_MAX];
+    for (int i = 0; i < lim->counted; i++) {
+        const struct rules_applied *rule = &lim->rule[i];
+        bool minute = rule->window == RULES_MINUTE;
+        bool valid = minute ? minute_valid : day_valid;
+        int64_t left = minute ? key->minute_left : key->day_left;
+        used[i] = valid ? rule->limit - left : 0;
+        if (valid && cost > left && (deny < 0 || !minute))
+            deny = i;
+    }
+    if (deny < 0)
         return false;
-    decision_make(lim, deny, 0, 0, wall_ms(), r);
-    r->remaining_minute = lim->per_minute == RULES_UNLIMITED ? RULES_UNLIMITED
-                          : minute_valid                     ? key->minute_left
-                                                             : lim->per_minute;
-    r->remaining_day = lim->per_day == RULES_UNLIMITED ? RULES_UNLIMITED
-                       : day_valid                     ? key->day_left
-                                                       : lim->per_day;
+    decision_make(lim, &check->amounts, false, used, limiter_wall_ms(), r);
     /* Times to reset on Redis's clock, as remembered, rather than on this host's. */
-    if (minute_valid) {
+    if (minute_valid)
         r->reset_minute_ms = key->minute_end - now + CACHE_MARGIN_MS;
-        if (deny & DECISION_DENY_MINUTE)
-            r->retry_after_ms = r->reset_minute_ms;
-    }
-    if (day_valid) {
+    if (day_valid)
         r->reset_day_ms = key->day_end - now + CACHE_MARGIN_MS;
-        if ((deny & DECISION_DENY_DAY) && r->reset_day_ms > r->retry_after_ms)
-            r->retry_after_ms = r->reset_day_ms;
-    }
+    r->retry_after_ms =
+        lim->rule[r->denied_by].window == RULES_MINUTE ? r->reset_minute_ms : r->reset_day_ms;
     return true;
 }
 
@@ -208,8 +313,8 @@ static void remember(struct limiter *l, struct keytable_entry *key, const struct
     key->generation = l->rules.generation;
     key->minute_end = sent_ms + r->reset_minute_ms - CACHE_MARGIN_MS;
     key->day_end = sent_ms + r->reset_day_ms - CACHE_MARGIN_MS;
-    key->minute_left = r->remaining_minute;
-    key->day_left = r->remaining_day;
+    key->minute_left = r->remaining_minute == RULES_UNLIMITED ? INT64_MAX : r->remaining_minute;
+    key->day_left = r->remaining_day == RULES_UNLIMITED ? INT64_MAX : r->remaining_day;
 }
 
 /* ---- script calls ---- */
@@ -221,11 +326,16 @@ static void degrade_call(struct limiter *l, struct limiter_call *call)
     struct limiter_check *c = call->checks;
     while (c) {
         struct limiter_check *next = c->next;
-        answer_degraded(l, call->key, c, call->user_id, call->provider, call->provider_len,
-                        &call->lim);
+        answer_degraded(l, c, call);
         c = next;
     }
     call->checks = NULL;
+}
+
+static void resolve_call(struct limiter *l, struct limiter_call *call, enum rules_lookup *found)
+{
+    *found = rules_resolve(&l->rules, call->user_id, call->provider, call->provider_len,
+                           call->model, call->model_len, &call->lim);
 }
 
 /* After a call for a key: the checks that queued behind it go out together. */
@@ -240,16 +350,19 @@ static void next_call(struct limiter *l, struct keytable_entry *key, bool redis_
     memcpy(call->user_id, key->user_id, 16);
     memcpy(call->provider, key->provider, key->provider_len);
     call->provider_len = key->provider_len;
+    memcpy(call->model, key->model, key->model_len);
+    call->model_len = key->model_len;
     /* Up to MAX_COSTS_PER_CALL checks; the rest waits for this call. */
     call->n = keytable_take(key, MAX_COSTS_PER_CALL, &call->checks, &call->checks_tail);
     l->stats.coalesced += call->n > 1 ? call->n - 1 : 0;
-    enum rules_lookup found =
-        rules_resolve(&l->rules, key->user_id, key->provider, key->provider_len, &call->lim);
-    if (found != RULES_FOUND || redis_failed || !redis_is_up(&l->redis)) {
+    enum rules_lookup found;
+    resolve_call(l, call, &found);
+    if (found != RULES_FOUND || call->lim.counted == 0 || redis_failed || !redis_is_up(&l->redis)) {
         /* The limits went away while they waited (or Redis is out): the policy decides. An
          * unknown provider is rare enough here to be counted as allowed by the policy. */
         if (found != RULES_FOUND)
-            call->lim = (struct rules_resolved){true, RULES_UNLIMITED, RULES_UNLIMITED};
+            call->lim = (struct rules_resolved){
+                .enabled = true, .per_minute = RULES_UNLIMITED, .per_day = RULES_UNLIMITED};
         degrade_call(l, call);
         free_call(call);
         next_call(l, key, redis_failed);
@@ -290,26 +403,28 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
 {
     int64_t now_ms = 0;
     reply_int(reply, 0, &now_ms);
+    size_t width = 1 + (size_t)call->lim.counted;
     struct limiter_check *c = call->checks;
     while (c) {
         struct limiter_check *next = c->next;
-        int64_t deny = 0, um = 0, ud = 0;
-        reply_int(reply, *i, &deny);
-        reply_int(reply, *i + 1, &um);
-        reply_int(reply, *i + 2, &ud);
-        if (deny < 0) {
+        int64_t status = 0, used[RULES_APPLY_MAX];
+        reply_int(reply, *i, &status);
+        if (status < 0) {
             /* Redis refused to count this key: the policy answers, as when Redis is away. */
             key_refused(l, call, reply, *i + 1);
-            answer_degraded(l, call->key, c, call->user_id, call->provider, call->provider_len,
-                            &call->lim);
-            *i += 3;
+            answer_degraded(l, c, call);
+            *i += width;
             c = next;
             continue;
         }
-        *i += 3;
+        for (int j = 0; j < call->lim.counted; j++) {
+            used[j] = 0;
+            reply_int(reply, *i + 1 + (size_t)j, &used[j]);
+        }
+        *i += width;
         struct check_result r;
-        decision_make(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
-        if (call->key && !next)
+        decision_make(&call->lim, &c->amounts, status == 0, used, (uint64_t)now_ms, &r);
+        if (call->key && !next && cacheable(l, &call->lim))
             remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
         answer(l, c, call->user_id, call->provider, call->provider_len, &r);
         c = next;
@@ -321,7 +436,7 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
 struct limiter_batch {
     struct limiter *l;
     struct limiter_call *calls;
-    uint32_t nchecks;
+    size_t elements; /* the reply's, when all is well */
 };
 
 static void on_script_reply(enum redis_status status, const redisReply *reply, void *arg)
@@ -329,7 +444,7 @@ static void on_script_reply(enum redis_status status, const redisReply *reply, v
     struct limiter_batch *batch = arg;
     struct limiter *l = batch->l;
     bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
-              reply->elements == 1 + 3 * (size_t)batch->nchecks;
+              reply->elements == batch->elements;
     if (status == REDIS_CALL_OK && !ok)
         log_error("redis: the check script answered %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
@@ -359,6 +474,22 @@ static void append_str(char *dst, size_t *off, size_t cap, const char *s, size_t
     }
 }
 
+size_t limiter_format_base(const struct limiter *l, const uint8_t user_id[16], char *out,
+                           size_t cap)
+{
+    char uuid[UUID_STRING_LEN + 1];
+    uuid_format(user_id, uuid);
+    size_t n = 0;
+    append_str(out, &n, cap, l->key_prefix, strlen(l->key_prefix));
+    append_str(out, &n, cap, "{", 1);
+    append_str(out, &n, cap, uuid, UUID_STRING_LEN);
+    append_str(out, &n, cap, "}", 1);
+    return n;
+}
+
+static const char dimension_letters[] = "rts";
+static const char window_letters[] = "mhdM";
+
 /* Sends the key calls gathered so far as one script call. */
 static void flush_batch(struct limiter *l)
 {
@@ -367,53 +498,79 @@ static void flush_batch(struct limiter *l)
     struct limiter_batch *batch = xmalloc(sizeof(*batch));
     batch->l = l;
     batch->calls = l->batch;
-    batch->nchecks = l->batch_checks;
+    batch->elements = 1;
     uint32_t ncalls = l->batch_calls;
     l->batch = l->batch_tail = NULL;
     l->batch_calls = l->batch_checks = 0;
-    for (struct limiter_call *call = batch->calls; call; call = call->next)
+
+    /* argv: the bases, then 'c', the reservation TTL, and per key: its scopes, its rules, its
+     * checks. Every piece gets its own slot of the text, sized for the longest it can be. */
+    size_t argc = ncalls + 2, text_cap = 64;
+    size_t prefix_len = strlen(l->key_prefix);
+    for (struct limiter_call *call = batch->calls; call; call = call->next) {
         if (call->key)
             call->key->unsent = NULL;
-
-    /* argv: the keys (prefix{user:provider}), then per key: limits, count, costs. */
-    size_t prefix_len = strlen(l->key_prefix);
-    int argc = (int)(ncalls * 4 + batch->nchecks);
-    size_t key_cap = prefix_len + UUID_STRING_LEN + RULES_PROVIDER_BYTES + 3;
-    const char **argv = xmalloc((size_t)argc * sizeof(*argv));
-    size_t *lens = xmalloc((size_t)argc * sizeof(*lens));
-    char *text = xmalloc(ncalls * key_cap + (size_t)(argc - (int)ncalls) * 24);
+        batch->elements += call->n * (1 + (size_t)call->lim.counted);
+        argc += 2 + 4 + 3 * (size_t)call->lim.counted + 4 * call->n;
+        text_cap += prefix_len + UUID_STRING_LEN + 2 +
+                    4 * (RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16) +
+                    24 * (2 + 3 * (size_t)call->lim.counted + 4 * call->n);
+    }
+    const char **argv = xmalloc(argc * sizeof(*argv));
+    size_t *lens = xmalloc(argc * sizeof(*lens));
+    char *text = xmalloc(text_cap);
     char *p = text;
-    int a = 0;
+    size_t a = 0;
+#define ARG(len_expr)                                                                              \
+    do {                                                                                           \
+        argv[a] = p;                                                                               \
+        lens[a] = (len_expr);                                                                      \
+        p += lens[a++];                                                                            \
+    } while (0)
+    for (struct limiter_call *call = batch->calls; call; call = call->next)
+        ARG(limiter_format_base(l, call->user_id, p, prefix_len + UUID_STRING_LEN + 2));
+    ARG((memcpy(p, "c", 1), 1));
+    ARG(fmt_u64(p, l->reservation_ttl_s));
     for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        char uuid[UUID_STRING_LEN + 1];
-        uuid_format(call->user_id, uuid);
-        size_t klen = 0;
-        append_str(p, &klen, key_cap, l->key_prefix, prefix_len);
-        append_str(p, &klen, key_cap, "{", 1);
-        append_str(p, &klen, key_cap, uuid, UUID_STRING_LEN);
-        append_str(p, &klen, key_cap, ":", 1);
-        append_str(p, &klen, key_cap, call->provider, call->provider_len);
-        append_str(p, &klen, key_cap, "}", 1);
-        argv[a] = p;
-        lens[a++] = klen;
-        p += klen;
-    }
-    for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        int64_t head[3] = {call->lim.per_minute, call->lim.per_day, call->n};
-        for (int h = 0; h < 3; h++) {
-            argv[a] = p;
-            lens[a++] = fmt_i64(p, head[h]);
-            p += 24;
+        const struct rules_resolved *lim = &call->lim;
+        /* The scopes the rules count in: at most four, numbered from 1 as Lua does. */
+        int scope_of[RULES_APPLY_MAX], nscopes = 0, scope_kind[4];
+        for (int i = 0; i < lim->counted; i++) {
+            int kind = lim->rule[i].by_provider + 2 * lim->rule[i].by_model, s = 0;
+            while (s < nscopes && scope_kind[s] != kind)
+                s++;
+            if (s == nscopes)
+                scope_kind[nscopes++] = kind;
+            scope_of[i] = s + 1;
         }
+        ARG(fmt_u64(p, (uint64_t)nscopes));
+        for (int s = 0; s < nscopes; s++) {
+            const struct rules_applied *r = NULL;
+            for (int i = 0; i < lim->counted && !r; i++)
+                if (scope_of[i] == s + 1)
+                    r = &lim->rule[i];
+            ARG(limiter_scope_suffix(r, call->provider, call->provider_len, call->model,
+                                     call->model_len, p));
+        }
+        ARG(fmt_u64(p, lim->counted));
+        for (int i = 0; i < lim->counted; i++) {
+            ARG(fmt_u64(p, (uint64_t)scope_of[i]));
+            ARG((p[0] = dimension_letters[lim->rule[i].dimension],
+                 p[1] = window_letters[lim->rule[i].window], 2));
+            ARG(fmt_i64(p, lim->rule[i].limit));
+        }
+        ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
-            argv[a] = p;
-            lens[a++] = fmt_u64(p, c->cost);
-            p += 24;
+            ARG(fmt_u64(p, c->amounts.cost));
+            ARG(fmt_u64(p, c->amounts.tokens));
+            ARG(fmt_i64(p, c->amounts.spend));
+            ARG((memcpy(p, c->rid, strlen(c->rid)), strlen(c->rid)));
         }
     }
+#undef ARG
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
-    redis_eval(&l->redis, (int)ncalls, argc, argv, lens, l->timeout_ms, on_script_reply, batch);
+    redis_eval(&l->redis, (int)ncalls, (int)a, argv, lens, l->timeout_ms, on_script_reply, batch);
     free(argv);
     free(lens);
     free(text);
@@ -439,96 +596,110 @@ static void send_call(struct limiter *l, struct limiter_call *call)
     l->batch_checks += call->n;
 }
 
-/* A prepare handle runs just before the loop waits for I/O: every check submitted since the last
- * wait (read from sockets, or resumed from a paused connection in the check phase) goes out
- * together, and none waits for a later wake-up. */
+/* A prepare handle runs just before the loop waits for I/O: every check and settle submitted
+ * since the last wait (read from sockets, or resumed from a paused connection in the check
+ * phase) goes out together, and none waits for a later wake-up. */
 static void on_flush(uv_prepare_t *h)
 {
     flush_batch(h->data);
+    limiter_flush_settles(h->data);
 }
 
-/* ---- the method ---- */
+/* ---- the check ---- */
 
 bool limiter_check(struct limiter *l, const struct limiter_request *req, limiter_done_fn done,
                    void *arg, uint64_t tag, struct rpc_error *e)
 {
-    const uint8_t *user_id = req->user_id;
-    const char *provider = req->provider;
-    size_t plen = req->provider_len;
-    uint32_t cost = req->cost;
+    const char *model = req->model_len ? req->model : "";
     l->stats.checks++;
-    struct rules_resolved lim;
-    switch (rules_resolve(&l->rules, user_id, provider, plen, &lim)) {
+    /* The call is where the rules live while the check is answered or sent; most checks
+     * need one anyway. */
+    struct limiter_call *call = new_call(l);
+    call->l = l;
+    memcpy(call->user_id, req->user_id, 16);
+    memcpy(call->provider, req->provider, req->provider_len);
+    call->provider_len = (uint8_t)req->provider_len;
+    memcpy(call->model, model, req->model_len);
+    call->model_len = (uint8_t)req->model_len;
+    enum rules_lookup found;
+    resolve_call(l, call, &found);
+    switch (found) {
     case RULES_UNKNOWN_PROVIDER:
         l->stats.unknown_provider++;
-        rpc_error_set(e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s", (int)plen,
-                      provider);
+        rpc_error_set(e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s",
+                      (int)req->provider_len, req->provider);
+        free_call(call);
         return false;
     case RULES_NOT_LOADED:
         rpc_error_set(e, RPC_UNAVAILABLE,
                       "the providers' limits have not been read from PostgreSQL yet");
         e->retry_after_ms = 1000;
+        free_call(call);
         return false;
     case RULES_FOUND:
         break;
     }
+    const struct rules_resolved *lim = &call->lim;
+    if (lim->has_budget)
+        l->budgets_until_ms = uv_now(l->loop) + (uint64_t)l->reservation_ttl_s * 1000;
 
     struct limiter_check *check = new_check(l);
     check->done = done;
     check->arg = arg;
     check->tag = tag;
-    check->cost = cost;
+    check->amounts = req->amounts;
+    check->rid[0] = '\0';
     check->next = NULL;
 
     struct check_result r;
-    if (!lim.enabled) {
-        decision_make(&lim, 0, 0, 0, wall_ms(), &r);
-        r.allowed = false;
-        r.reason = USAGED_REASON_PROVIDER_DISABLED;
+    if (!lim->enabled) {
+        decision_uncounted(lim, false, USAGED_REASON_PROVIDER_DISABLED, limiter_wall_ms(), &r);
         r.remaining_minute = r.remaining_day = 0;
-        answer(l, check, user_id, provider, plen, &r);
+        answer(l, check, req->user_id, req->provider, req->provider_len, &r);
+        free_call(call);
         return true;
     }
-    if (lim.per_minute == RULES_UNLIMITED && lim.per_day == RULES_UNLIMITED) {
+    if (lim->counted == 0) {
         l->stats.unlimited++;
-        decision_make(&lim, 0, 0, 0, wall_ms(), &r);
-        answer(l, check, user_id, provider, plen, &r);
+        decision_uncounted(lim, true, NULL, limiter_wall_ms(), &r);
+        answer(l, check, req->user_id, req->provider, req->provider_len, &r);
+        free_call(call);
         return true;
     }
-    struct keytable_entry *key = keytable_get(&l->keys, user_id, provider, plen, uv_now(l->loop));
-    if (key) {
-        if (cached_denial(l, key, cost, &lim, &r)) {
-            l->stats.cache_hits++;
-            answer(l, check, user_id, provider, plen, &r);
-            return true;
-        }
+    if (lim->has_budget && !decision_is_peek(&req->amounts))
+        new_rid(l, check->rid, false);
+    struct keytable_entry *key =
+        keytable_get(&l->keys, req->user_id, req->provider, req->provider_len, model,
+                     req->model_len, uv_now(l->loop));
+    if (key && cached_denial(l, key, check, lim, &r)) {
+        l->stats.cache_hits++;
+        answer(l, check, req->user_id, req->provider, req->provider_len, &r);
+        free_call(call);
+        return true;
     }
     if (!redis_is_up(&l->redis)) {
-        answer_degraded(l, key, check, user_id, provider, plen, &lim);
+        answer_degraded(l, check, call);
+        free_call(call);
         return true;
     }
     if (key && key->unsent && key->unsent->n < MAX_COSTS_PER_CALL &&
         l->batch_checks < MAX_CHECKS_PER_BATCH) {
         /* Its key's call has not gone yet: the check joins it. */
-        struct limiter_call *call = key->unsent;
-        call->checks_tail->next = check;
-        call->checks_tail = check;
-        call->n++;
+        struct limiter_call *unsent = key->unsent;
+        unsent->checks_tail->next = check;
+        unsent->checks_tail = check;
+        unsent->n++;
         l->batch_checks++;
         l->stats.coalesced++;
+        free_call(call);
         return true;
     }
     if (key && key->inflight) {
         keytable_queue(key, check);
+        free_call(call);
         return true;
     }
-    struct limiter_call *call = new_call(l);
-    call->l = l;
     call->key = key;
-    memcpy(call->user_id, user_id, 16);
-    memcpy(call->provider, provider, plen);
-    call->provider_len = (uint8_t)plen;
-    call->lim = lim;
     call->checks = call->checks_tail = check;
     call->n = 1;
     send_call(l, call);
@@ -543,8 +714,12 @@ static void on_redis_state(struct redis_client *r, bool up, void *arg)
     struct limiter *l = arg;
     /* Checks not sent yet are answered now, by the policy, before any check submitted after
      * this (which redis_is_up sends to the policy at once): each key's order holds. */
-    if (!up)
+    if (!up) {
         flush_batch(l);
+        limiter_flush_settles(l);
+    } else {
+        limiter_retry_settles(l);
+    }
     if (l->on_state)
         l->on_state(l->state_arg);
 }
@@ -568,6 +743,8 @@ void limiter_configure(struct limiter *l, const struct config *config)
     l->timeout_ms = config->redis.timeout_ms;
     l->policy = config->limits.on_redis_error;
     l->log_denied = config->limits.log_denied;
+    l->reservation_ttl_s = config->limits.reservation_ttl_s;
+    l->settle_queue_max = config->limits.settle_queue;
     rules_configure(&l->rules, config);
 }
 
@@ -577,6 +754,9 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     l->loop = loop;
     l->key_prefix = xstrdup(config->redis.key_prefix);
     keytable_init(&l->keys, KEY_CAPACITY);
+    local_init(&l->local, LOCAL_SCOPES, LOCAL_RESERVATIONS);
+    if (getrandom(&l->rid_seed, sizeof(l->rid_seed), 0) != sizeof(l->rid_seed))
+        l->rid_seed = limiter_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)l;
     rules_init(&l->rules, loop, config, on_rules_state, l);
     uint32_t connect_timeout =
         config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
@@ -586,6 +766,9 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     l->flush.data = l;
     uv_prepare_start(&l->flush, on_flush);
     uv_unref((uv_handle_t *)&l->flush);
+    uv_timer_init(loop, &l->retry_timer);
+    l->retry_timer.data = l;
+    uv_unref((uv_handle_t *)&l->retry_timer);
     limiter_configure(l, config);
 }
 
@@ -602,6 +785,8 @@ static void part_closed(struct limiter *l)
     /* Checks still queued behind a call: the call was answered DOWN, which moved them on, so
      * the queues are empty here; free the table. */
     keytable_free(&l->keys);
+    local_free(&l->local);
+    limiter_drop_settles(l);
     while (l->spare_checks) {
         struct limiter_check *next = l->spare_checks->next;
         free(l->spare_checks);
@@ -631,7 +816,7 @@ static void on_redis_closed(struct redis_client *r, void *arg)
     part_closed(arg);
 }
 
-static void on_flush_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     part_closed(h->data);
 }
@@ -640,10 +825,12 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 {
     l->on_closed = on_closed;
     l->closed_arg = arg;
-    l->closing = 3;
+    l->closing = 4;
     l->on_denied = NULL; /* the ingest queue is closing too */
     flush_batch(l);      /* closing Redis answers it (DOWN: the policy decides) */
-    uv_close((uv_handle_t *)&l->flush, on_flush_closed);
+    limiter_flush_settles(l);
+    uv_close((uv_handle_t *)&l->flush, on_handle_closed);
+    uv_close((uv_handle_t *)&l->retry_timer, on_handle_closed);
     rules_close(&l->rules, on_rules_closed, l);
     redis_close(&l->redis, on_redis_closed, l);
 }
