@@ -11,6 +11,7 @@ are computed from the Redis server's own TIME, as the script computes them."""
 
 import calendar
 import datetime
+import signal
 import threading
 import uuid
 
@@ -347,6 +348,33 @@ def test_a_user_rule_lifts_a_provider_rule_and_changes_apply_live(
         servers.wait_for(lambda: rule_of(c.call("check", {
             "user_id": vip, "provider": "prec", "cost": 0}), "tokens", "day")["limit"] == 50,
             10, "the removal")
+
+
+def test_config_rules_beat_the_table_and_change_with_sighup(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "cfg")
+    add_rule(pg, db, "tokens", "day", 1000, provider="cfg")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server,
+                   "  rules:\n    - { provider: cfg, tokens_per_day: 100 }\n")
+
+    def limit(c):
+        peek = c.call("check", {"user_id": user, "provider": "cfg", "cost": 0})
+        return rule_of(peek, "tokens", "day")["limit"]
+
+    with d.client() as c:
+        assert limit(c) == 100
+        text = open(d.config).read().replace("tokens_per_day: 100", "tokens_per_day: 250")
+        with open(d.config, "w") as f:
+            f.write(text)
+        d.signal(signal.SIGHUP)
+        servers.wait_for(lambda: limit(c) == 250, 10, "the reloaded rule")
+        # Without the config's rule, the table's applies.
+        text = text.replace("    - { provider: cfg, tokens_per_day: 250 }\n", "")
+        with open(d.config, "w") as f:
+            f.write(text)
+        d.signal(signal.SIGHUP)
+        servers.wait_for(lambda: limit(c) == 1000, 10, "the table's rule")
 
 
 def test_a_model_rule_counts_that_model_only(daemon_factory, workdir, pg, db, redis_server):
