@@ -9,241 +9,121 @@
 #include <string.h>
 
 #include "check_answer.h"
+#include "fields.h"
 #include "money.h"
 #include "rpc.h"
-#include "utf8.h"
-#include "uuid.h"
 #include "xalloc.h"
 
 #include "usaged/protocol.h"
 
 #define TOKENS_MAX 1000000000000LL /* per check or settle: far past any model's context */
+#define RESERVATION_SHAPE "reservation must be a string as check returned it (\"<uuid>.<16 hex>\")"
 
 /* ---- params ---- */
 
-static bool field_error(struct rpc_error *e, const char *field, const char *message)
-{
-    rpc_error_set(e, RPC_INVALID_FIELD, "%s", message);
-    e->field = field;
-    return false;
-}
+#define SPEND_INVALID                                                                              \
+    "spend must be a decimal of USD >= 0 with at most 6 places, as a string (\"0.0035\") or a "    \
+    "number"
 
-static bool bad_key(struct rpc_error *e, const msgpack_object *k, const char *method,
-                    const char *fields)
-{
-    rpc_error_set(e, RPC_INVALID_FIELD, "unknown field; %s takes %s", method, fields);
-    if (k->type == MSGPACK_OBJECT_STR) {
-        snprintf(e->field_name, sizeof(e->field_name), "%.*s",
-                 (int)(k->via.str.size < 60 ? k->via.str.size : 60), k->via.str.ptr);
-        for (char *p = e->field_name; *p; p++)
-            if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-                *p = '?';
-        e->field = e->field_name;
-    } else {
-        e->field = "";
-    }
-    return false;
-}
-
-/* The names of a method's params; a name given twice is invalid, as in the log methods' events:
- * no silent "last one wins". */
-struct param_names {
-    const char *const *names;
-    int n;
+static const struct fields_spec check_specs[] = {
+    {FIELDS_NAME("user_id"), .kind = FIELDS_UUID, .required = true,
+     .invalid = "user_id must be a uuid"},
+    {FIELDS_NAME("provider"), .kind = FIELDS_TEXT, .required = true, .min_chars = 1,
+     .max_chars = RULES_PROVIDER_MAX,
+     .invalid = "provider must be a UTF-8 string of 1 to 50 characters"},
+    {FIELDS_NAME("model"), .kind = FIELDS_TEXT, .min_chars = 1, .max_chars = RULES_MODEL_MAX,
+     .invalid = "model must be a UTF-8 string of 1 to 50 characters"},
+    {FIELDS_NAME("cost"), .kind = FIELDS_INT, .min = 0, .max = INT32_MAX,
+     .invalid = "cost must be an integer from 0 to 2147483647"},
+    {FIELDS_NAME("tokens"), .kind = FIELDS_INT, .min = 0, .max = TOKENS_MAX,
+     .invalid = "tokens must be an integer from 0 to 1000000000000"},
+    {FIELDS_NAME("spend"), .kind = FIELDS_DECIMAL, .invalid = SPEND_INVALID},
 };
+static const struct fields_table check_table = {
+    check_specs, 6, "unknown field; check takes user_id, provider, model, cost, tokens and spend"};
+enum { CHECK_USER, CHECK_PROVIDER, CHECK_MODEL, CHECK_COST, CHECK_TOKENS, CHECK_SPEND };
 
-/* Which param k names (its index), or -1 after filling e. */
-static int param_index(const struct param_names *p, const msgpack_object *k, uint32_t *seen,
-                       const char *method, const char *fields, struct rpc_error *e)
+static const struct fields_spec settle_specs[] = {
+    {FIELDS_NAME("reservation"), .kind = FIELDS_TEXT, .required = true, .min_chars = 1,
+     .max_chars = 64, .invalid = RESERVATION_SHAPE},
+    {FIELDS_NAME("tokens"), .kind = FIELDS_INT, .min = 0, .max = TOKENS_MAX,
+     .invalid = "tokens must be an integer from 0 to 1000000000000"},
+    {FIELDS_NAME("spend"), .kind = FIELDS_DECIMAL, .invalid = SPEND_INVALID},
+    {FIELDS_NAME("cancel"), .kind = FIELDS_BOOL},
+};
+static const struct fields_table settle_table = {
+    settle_specs, 4, "unknown field; settle takes reservation, tokens, spend and cancel"};
+enum { SETTLE_RESERVATION, SETTLE_TOKENS, SETTLE_SPEND, SETTLE_CANCEL };
+
+/* A decimal the fields module read, as micro-dollars: at most 6 places. */
+static bool spend_of(const struct fields_value *v, int64_t *out, struct rpc_error *e)
 {
-    for (int i = 0; i < p->n; i++)
-        if (rpc_str_eq(k, p->names[i])) {
-            if (*seen & (1u << i)) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "%s is given twice", p->names[i]);
-                e->field = p->names[i];
-                return -1;
-            }
-            *seen |= 1u << i;
-            return i;
-        }
-    bad_key(e, k, method, fields);
-    return -1;
+    if (money_parse(v->decimal.text, v->decimal.len, out))
+        return true;
+    return fields_error(e, "spend", "%s", SPEND_INVALID);
 }
 
-static bool parse_text(const msgpack_object *v, const char *field, const char **out, size_t *len,
-                       struct rpc_error *e)
+static bool reservation_of(const char *s, size_t len, struct limiter_settle_request *req,
+                           struct rpc_error *e)
 {
-    size_t chars;
-    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
-        !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) || chars > RULES_PROVIDER_MAX) {
-        rpc_error_set(e, RPC_INVALID_FIELD, "%s must be a UTF-8 string of 1 to 50 characters",
-                      field);
-        e->field = field;
-        return false;
-    }
-    *out = v->via.str.ptr;
-    *len = v->via.str.size;
-    return true;
+    if (limiter_parse_reservation(s, len, req->user_id, req->rid))
+        return true;
+    return fields_error(e, "reservation", "%s", RESERVATION_SHAPE);
 }
 
-static bool parse_tokens(const msgpack_object *v, uint64_t *out, struct rpc_error *e)
+/* The one map params of check and settle. */
+static const msgpack_object_map *params_map(const struct rpc_message *m, const char *usage,
+                                            struct rpc_error *e)
 {
-    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > (uint64_t)TOKENS_MAX) {
-        rpc_error_set(e, RPC_INVALID_FIELD, "tokens must be an integer from 0 to %lld", TOKENS_MAX);
-        e->field = "tokens";
-        return false;
-    }
-    *out = v->via.u64;
-    return true;
+    if (m->params->size == 1 && m->params->ptr[0].type == MSGPACK_OBJECT_MAP)
+        return &m->params->ptr[0].via.map;
+    rpc_error_set(e, RPC_BAD_REQUEST, "%s", usage);
+    return NULL;
 }
-
-/* A decimal string or a number, >= 0, at most 6 places: micro-dollars. */
-static bool parse_spend(const msgpack_object *v, int64_t *out, struct rpc_error *e)
-{
-    bool ok = false;
-    if (v->type == MSGPACK_OBJECT_STR)
-        ok = money_parse(v->via.str.ptr, v->via.str.size, out);
-    else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64)
-        ok = money_from_double(v->via.f64, out);
-    else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= MONEY_MAX_USD)
-        ok = (*out = (int64_t)v->via.u64 * MONEY_SCALE, true);
-    if (!ok) {
-        rpc_error_set(e, RPC_INVALID_FIELD,
-                      "spend must be a decimal of USD from 0 to %lld with at most 6 places, as a "
-                      "string (\"0.0035\") or a number",
-                      MONEY_MAX_USD);
-        e->field = "spend";
-    }
-    return ok;
-}
-
-static const char *const check_names[] = {"user_id", "provider", "model",
-                                          "cost",    "tokens",   "spend"};
-static const struct param_names check_params = {check_names, 6};
-#define CHECK_FIELDS "user_id, provider, model, cost, tokens and spend"
 
 static bool parse_check(const struct rpc_message *m, struct limiter_request *req,
                         struct rpc_error *e)
 {
-    if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
-        rpc_error_set(e, RPC_BAD_REQUEST,
-                      "check takes params [{\"user_id\": uuid, \"provider\": str, \"model\": "
-                      "str, \"cost\": uint, \"tokens\": uint, \"spend\": decimal}]");
+    const msgpack_object_map *map =
+        params_map(m,
+                   "check takes params [{\"user_id\": uuid, \"provider\": str, \"model\": str, "
+                   "\"cost\": uint, \"tokens\": uint, \"spend\": decimal}]",
+                   e);
+    struct fields_value v[6];
+    bool given[6];
+    if (!map || !fields_parse(&check_table, map, v, given, e))
         return false;
+    memcpy(req->user_id, v[CHECK_USER].uuid, 16);
+    req->provider = v[CHECK_PROVIDER].text.ptr;
+    req->provider_len = v[CHECK_PROVIDER].text.len;
+    if (given[CHECK_MODEL]) {
+        req->model = v[CHECK_MODEL].text.ptr;
+        req->model_len = v[CHECK_MODEL].text.len;
     }
-    const msgpack_object_map *map = &m->params->ptr[0].via.map;
-    uint32_t seen = 0;
-    req->amounts.cost = 1;
-    for (uint32_t i = 0; i < map->size; i++) {
-        const msgpack_object *v = &map->ptr[i].val;
-        int which = param_index(&check_params, &map->ptr[i].key, &seen, "check", CHECK_FIELDS, e);
-        if (which < 0)
-            return false;
-        if (v->type == MSGPACK_OBJECT_NIL && which >= 2)
-            continue; /* the default */
-        switch (which) {
-        case 0:
-            if (!(v->type == MSGPACK_OBJECT_STR &&
-                  uuid_parse(v->via.str.ptr, v->via.str.size, req->user_id)) &&
-                !(v->type == MSGPACK_OBJECT_BIN && v->via.bin.size == 16 &&
-                  (memcpy(req->user_id, v->via.bin.ptr, 16), true)))
-                return field_error(e, "user_id", "user_id must be a uuid");
-            break;
-        case 1:
-            if (!parse_text(v, "provider", &req->provider, &req->provider_len, e))
-                return false;
-            break;
-        case 2:
-            if (!parse_text(v, "model", &req->model, &req->model_len, e))
-                return false;
-            break;
-        case 3:
-            if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "cost must be an integer from 0 to %d",
-                              INT32_MAX);
-                e->field = "cost";
-                return false;
-            }
-            req->amounts.cost = (uint32_t)v->via.u64;
-            break;
-        case 4:
-            if (!parse_tokens(v, &req->amounts.tokens, e))
-                return false;
-            break;
-        default:
-            if (!parse_spend(v, &req->amounts.spend, e))
-                return false;
-            break;
-        }
-    }
-    if ((seen & 3) != 3)
-        return seen & 1 ? field_error(e, "provider", "provider is required")
-                        : field_error(e, "user_id", "user_id is required");
-    return true;
-}
-
-static const char *const settle_names[] = {"reservation", "tokens", "spend", "cancel"};
-static const struct param_names settle_params = {settle_names, 4};
-#define SETTLE_FIELDS "reservation, tokens, spend and cancel"
-#define RESERVATION_SHAPE "reservation must be a string as check returned it (\"<uuid>.<16 hex>\")"
-
-static bool parse_reservation(const msgpack_object *v, struct limiter_settle_request *req,
-                              struct rpc_error *e)
-{
-    if (v->type != MSGPACK_OBJECT_STR ||
-        !limiter_parse_reservation(v->via.str.ptr, v->via.str.size, req->user_id, req->rid)) {
-        rpc_error_set(e, RPC_INVALID_FIELD, RESERVATION_SHAPE);
-        e->field = "reservation";
-        return false;
-    }
-    return true;
+    req->amounts.cost = given[CHECK_COST] ? (uint32_t)v[CHECK_COST].i : 1;
+    req->amounts.tokens = given[CHECK_TOKENS] ? (uint64_t)v[CHECK_TOKENS].i : 0;
+    return !given[CHECK_SPEND] || spend_of(&v[CHECK_SPEND], &req->amounts.spend, e);
 }
 
 static bool parse_settle(const struct rpc_message *m, struct limiter_settle_request *req,
                          struct rpc_error *e)
 {
-    if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
-        rpc_error_set(e, RPC_BAD_REQUEST,
-                      "settle takes params [{\"reservation\": str, \"tokens\": uint, \"spend\": "
-                      "decimal, \"cancel\": bool}]");
-        return false;
-    }
-    const msgpack_object_map *map = &m->params->ptr[0].via.map;
-    uint32_t seen = 0;
+    const msgpack_object_map *map =
+        params_map(m,
+                   "settle takes params [{\"reservation\": str, \"tokens\": uint, \"spend\": "
+                   "decimal, \"cancel\": bool}]",
+                   e);
+    struct fields_value v[4];
+    bool given[4];
     memset(req, 0, sizeof(*req));
-    for (uint32_t i = 0; i < map->size; i++) {
-        const msgpack_object *v = &map->ptr[i].val;
-        int which =
-            param_index(&settle_params, &map->ptr[i].key, &seen, "settle", SETTLE_FIELDS, e);
-        if (which < 0)
-            return false;
-        if (v->type == MSGPACK_OBJECT_NIL && which >= 1)
-            continue;
-        switch (which) {
-        case 0:
-            if (!parse_reservation(v, req, e))
-                return false;
-            break;
-        case 1:
-            if (!parse_tokens(v, &req->tokens, e))
-                return false;
-            req->has_tokens = true;
-            break;
-        case 2:
-            if (!parse_spend(v, &req->spend, e))
-                return false;
-            req->has_spend = true;
-            break;
-        default:
-            if (v->type != MSGPACK_OBJECT_BOOLEAN)
-                return field_error(e, "cancel", "cancel must be true or false");
-            req->cancel = v->via.boolean;
-            break;
-        }
-    }
-    if (!(seen & 1))
-        return field_error(e, "reservation", "reservation is required");
-    return true;
+    if (!map || !fields_parse(&settle_table, map, v, given, e) ||
+        !reservation_of(v[SETTLE_RESERVATION].text.ptr, v[SETTLE_RESERVATION].text.len, req, e))
+        return false;
+    req->has_tokens = given[SETTLE_TOKENS];
+    req->tokens = given[SETTLE_TOKENS] ? (uint64_t)v[SETTLE_TOKENS].i : 0;
+    req->cancel = given[SETTLE_CANCEL] && v[SETTLE_CANCEL].b;
+    req->has_spend = given[SETTLE_SPEND];
+    return !given[SETTLE_SPEND] || spend_of(&v[SETTLE_SPEND], &req->spend, e);
 }
 
 /* ---- check and settle ---- */
@@ -372,7 +252,9 @@ static int64_t cost_micros(const msgpack_object *v)
 static bool event_settle(const msgpack_object_map *ev, const msgpack_object *reservation,
                          struct limiter_settle_request *req, struct rpc_error *e)
 {
-    if (!parse_reservation(reservation, req, e))
+    if (reservation->type != MSGPACK_OBJECT_STR)
+        return fields_error(e, "reservation", "%s", RESERVATION_SHAPE);
+    if (!reservation_of(reservation->via.str.ptr, reservation->via.str.size, req, e))
         return false;
     req->has_tokens = req->has_spend = true; /* absent: 0, as PROTOCOL.md says */
     for (uint32_t i = 0; i < ev->size; i++) {
