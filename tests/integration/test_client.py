@@ -182,20 +182,20 @@ def with_tokens_rule(ctx, amount=1000):
     servers.wait_for(applied, 10, "the tokens rule")
 
 
+def passes_without_auth(ctx, test):
+    r = subprocess.run([CLIENT_TEST_BIN, "-s", ctx.daemon.socket, "-u", ctx.user, test],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"ok {test}", r.stdout + r.stderr
+
+
 def test_budget_check_reserves_and_settle_applies_once(plain):
     with_tokens_rule(plain)
-    r = subprocess.run([CLIENT_TEST_BIN, "-s", plain.daemon.socket, "-u", plain.user,
-                        "budget_check_reserves_and_settle_applies_once"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+    passes_without_auth(plain, "budget_check_reserves_and_settle_applies_once")
 
 
 def test_log_prompt_with_a_reservation_settles_it(plain):
     with_tokens_rule(plain)
-    r = subprocess.run([CLIENT_TEST_BIN, "-s", plain.daemon.socket, "-u", plain.user,
-                        "log_prompt_with_a_reservation_settles_it"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
+    passes_without_auth(plain, "log_prompt_with_a_reservation_settles_it")
     wait_rows(plain, "prompt_history", "model", "c-prompt-reserved", 1)
 
 
