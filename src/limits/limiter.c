@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <time.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "log.h"
 #include "uuid.h"
 #include "xalloc.h"
@@ -109,9 +109,7 @@ static void free_call(struct limiter_call *call)
 
 uint64_t limiter_wall_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (uint64_t)clock_wall_ms();
 }
 
 static uint64_t splitmix64(uint64_t x)

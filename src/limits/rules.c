@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "money.h"
 #include "uuid.h"
@@ -295,9 +295,7 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
     l->db_providers = providers;
     l->ndb_providers = np;
     l->loads++;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    l->last_load_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    l->last_load_ms = (uint64_t)clock_wall_ms();
     if (changed) {
         log_info("limits: %s %zu providers and %zu rules", l->loaded ? "reloaded" : "loaded", np,
                  count);
