@@ -7,9 +7,10 @@
 -- field 'w'..w = the window's id and a count per dimension d (r requests, t tokens, s spend in
 -- micro-dollars) in the field d..w. One read and one write per scope, whatever the number of
 -- rules; the hash expires a minute after the end of the longest window counted in it. A window
--- whose id has moved on counts from 0. A reservation is the hash base .. ':r:' .. id: what its
--- check charged ('c', 't', 's'), the fields it charged ('k': lines "field window_id suffix"),
--- and 'd' once settled; it expires after ARGV[2] seconds.
+-- whose id has moved on counts from 0. A reservation is the string base .. ':r:' .. id, made
+-- with its expiry (ARGV[2] seconds) in one SET: a first line "cost tokens spend" (what its check
+-- charged), then per charged field a line "field window_id suffix"; once settled it is "d",
+-- with the expiry it had.
 --
 -- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
 -- (year * 12 + month - 1) of the proleptic Gregorian calendar.
@@ -65,22 +66,26 @@ if ARGV[1] == 's' then
     local tok, sp, cancel = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
     local rk = base .. ':r:' .. ARGV[a]
     a = a + 4
-    local r = redis.pcall('HMGET', rk, 'c', 't', 's', 'k', 'd')
-    if r.err then
+    local r = redis.pcall('GET', rk)
+    local c, rt, rsp, lines
+    if type(r) == 'string' then
+      c, rt, rsp, lines = string.match(r, '^(%d+) (%d+) (%d+)\n(.*)$')
+    end
+    if type(r) == 'table' and r.err then
       out[#out + 1] = -1
-    elseif not r[1] or not r[4] then
-      out[#out + 1] = 2
-    elseif r[5] then
+    elseif r == 'd' then
       out[#out + 1] = 1
+    elseif not c then
+      out[#out + 1] = 2
     else
       local delta = {r = 0, t = 0, s = 0}
       if cancel then
-        delta.r, delta.t, delta.s = -tonumber(r[1]), -tonumber(r[2]), -tonumber(r[3])
+        delta.r, delta.t, delta.s = -tonumber(c), -tonumber(rt), -tonumber(rsp)
       else
-        if tok ~= '' then delta.t = tonumber(tok) - tonumber(r[2]) end
-        if sp ~= '' then delta.s = tonumber(sp) - tonumber(r[3]) end
+        if tok ~= '' then delta.t = tonumber(tok) - tonumber(rt) end
+        if sp ~= '' then delta.s = tonumber(sp) - tonumber(rsp) end
       end
-      for line in string.gmatch(r[4], '[^\n]+') do
+      for line in string.gmatch(lines, '[^\n]+') do
         local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
         local win = string.sub(f, 2, 2)
         local d = delta[string.sub(f, 1, 1)]
@@ -94,7 +99,7 @@ if ARGV[1] == 's' then
           end
         end
       end
-      redis.call('HSET', rk, 'd', '1')
+      redis.call('SET', rk, 'd', 'KEEPTTL')
       out[#out + 1] = 0
     end
   end
@@ -181,12 +186,11 @@ for k = 1, #KEYS do
           end
         end
         if rid ~= '' then
-          local parts = {}
-          for j = 1, nr do parts[j] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. suffixes[rs[j]] end
-          local rk = base .. ':r:' .. rid
-          redis.call('HSET', rk, 'c', amt.r, 't', amt.t, 's', amt.s, 'k',
-            table.concat(parts, '\n'))
-          redis.call('EXPIRE', rk, ttl)
+          local parts = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}
+          for j = 1, nr do
+            parts[j + 1] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. suffixes[rs[j]]
+          end
+          redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
         end
       end
       out[#out + 1] = deny and 1 or 0
