@@ -1,6 +1,7 @@
 /* rules: see rules.h. */
 #include "rules.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,7 +159,8 @@ static void rules_changed(struct rules *l)
 /* ---- loading the database's rules ---- */
 
 /* A limit read from the database: NULL is unlimited; a negative number (the tables' CHECKs
- * refuse it, but a table elsewhere may not) allows nothing. */
+ * refuse it, but a table elsewhere may not) allows nothing. Spend is read to the micro-dollar;
+ * the other dimensions count whole units (numeric(20,6) prints ".000000", which is ignored). */
 static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *ok)
 {
     *ok = true;
@@ -167,13 +169,19 @@ static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *
     const char *v = PQgetvalue(r, row, col);
     if (v[0] == '-')
         return 0;
-    int64_t micros;
-    if (!money_parse(v, strlen(v), &micros)) {
-        /* numeric(20,6) prints 6 places; a number beyond MONEY_MAX is out of reach anyway */
+    int64_t amount;
+    if (spend) {
+        *ok = money_parse(v, strlen(v), &amount);
+        return *ok ? amount : 0;
+    }
+    char *end;
+    errno = 0;
+    long long whole = strtoll(v, &end, 10);
+    if (errno || end == v || (*end && *end != '.')) {
         *ok = false;
         return 0;
     }
-    return spend ? micros : micros / MONEY_SCALE;
+    return (int64_t)whole;
 }
 
 static bool read_rule(const PGresult *r, int i, struct rules_rule *out, const char **why)

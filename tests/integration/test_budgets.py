@@ -463,3 +463,16 @@ def test_bad_settle_params_are_invalid_field(daemon_factory, workdir, pg, db, re
     with d.client() as c:
         err = c.call_err("settle", [params])
         assert (err["code"], err["field"]) == ("invalid_field", field)
+
+
+def test_large_amounts_are_read_as_they_are(daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "large", per_minute=2000000000, per_day=2100000000)
+    add_rules(pg, db, [("tokens", "day", 10 ** 12, "large", None, None),
+                       ("spend", "month", "1000000000", "large", None, None)])
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        a = c.call("check", {"user_id": str(uuid.uuid4()), "provider": "large", "tokens": 5})
+    assert a["allowed"]
+    assert (a["limit_minute"], a["limit_day"]) == (2000000000, 2100000000)
+    assert rule_of(a, "tokens", "day")["limit"] == 10 ** 12
+    assert rule_of(a, "spend", "month")["limit"] == "1000000000.000000"
