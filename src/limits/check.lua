@@ -31,32 +31,32 @@
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local day = math.floor(sec / 86400)
-local z = day + 719468
-local era = math.floor(z / 146097)
-local doe = z - era * 146097
-local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) -
-  math.floor(doe / 146096)) / 365)
-local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-local mp = math.floor((5 * doy + 2) / 153)
-local mon = mp < 10 and mp + 3 or mp - 9
-local yr = yoe + era * 400
-if mon <= 2 then yr = yr + 1 end
--- the day number of the first of next month
-local ny, nm = yr, mon + 1
-if nm == 13 then ny, nm = ny + 1, 1 end
-if nm <= 2 then ny = ny - 1 end
-local era2 = math.floor(ny / 400)
-local yoe2 = ny - era2 * 400
-local mm = nm > 2 and nm - 3 or nm + 9
-local doe2 = yoe2 * 365 + math.floor(yoe2 / 4) - math.floor(yoe2 / 100) +
-  math.floor((153 * mm + 2) / 5)
-local next_month = era2 * 146097 + doe2 - 719468
-local wids = {m = tostring(math.floor(sec / 60)), h = tostring(math.floor(sec / 3600)),
-  d = tostring(day), M = tostring(yr * 12 + mon - 1)}
-local left = {m = 60 - sec % 60, h = 3600 - sec % 3600, d = 86400 - sec % 86400,
-  M = next_month * 86400 - sec}
-local dims = {'r', 't', 's'}
+local floor = math.floor
+local day = floor(sec / 86400)
+local wids = {m = tostring(floor(sec / 60)), h = tostring(floor(sec / 3600)), d = tostring(day)}
+local left = {m = 60 - sec % 60, h = 3600 - sec % 3600, d = 86400 - sec % 86400}
+-- The calendar month (H. Hinnant's civil_from_days and days_from_civil), only when a rule
+-- counts by month: most calls need none of it.
+local function month()
+  local z = day + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local mon = mp < 10 and mp + 3 or mp - 9
+  local yr = yoe + era * 400
+  if mon <= 2 then yr = yr + 1 end
+  local ny, nm = yr, mon + 1
+  if nm == 13 then ny, nm = ny + 1, 1 end
+  if nm <= 2 then ny = ny - 1 end
+  local era2 = floor(ny / 400)
+  local yoe2 = ny - era2 * 400
+  local mm = nm > 2 and nm - 3 or nm + 9
+  local doe2 = yoe2 * 365 + floor(yoe2 / 4) - floor(yoe2 / 100) + floor((153 * mm + 2) / 5)
+  wids.M = tostring(yr * 12 + mon - 1)
+  left.M = (era2 * 146097 + doe2 - 719468) * 86400 - sec
+end
 local out = {now}
 local a = 3
 
@@ -88,6 +88,7 @@ if ARGV[1] == 's' then
       for line in string.gmatch(lines, '[^\n]+') do
         local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
         local win = string.sub(f, 2, 2)
+        if win == 'M' and not wids.M then month() end
         local d = delta[string.sub(f, 1, 1)]
         if d ~= 0 and w == wids[win] then
           local key = base .. suffix
@@ -107,58 +108,62 @@ if ARGV[1] == 's' then
 end
 
 local ttl = ARGV[2]
+local sbyte, ssub = string.byte, string.sub
 for k = 1, #KEYS do
   local base = KEYS[k]
   local ns = tonumber(ARGV[a])
-  a = a + 1
-  local sk, suffixes, sh, dirty, rolled = {}, {}, {}, {}, {}
-  local err = nil
-  for s = 1, ns do
-    suffixes[s] = ARGV[a]
-    sk[s] = base .. ARGV[a]
-    a = a + 1
-    local flat = redis.pcall('HGETALL', sk[s])
-    local h = {}
-    if flat.err then
-      err = flat.err
-    else
-      for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-    end
-    sh[s] = h
-    dirty[s] = {}
-  end
+  local sfx = {}
+  for s = 1, ns do sfx[s] = ARGV[a + s] end
+  a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
+  -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter.
   local rs, rf, rl, rd, rw, used = {}, {}, {}, {}, {}, {}
   for j = 1, nr do
-    local s, f = tonumber(ARGV[a]), ARGV[a + 1]
-    rs[j], rf[j], rl[j] = s, f, tonumber(ARGV[a + 2])
-    rd[j], rw[j] = string.sub(f, 1, 1), string.sub(f, 2, 2)
+    local f = ARGV[a + 1]
+    rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
+    rd[j], rw[j] = sbyte(f, 1), ssub(f, 2, 2)
+    if rw[j] == 'M' and not wids.M then month() end
     a = a + 3
-    local h = sh[s]
-    local wf = 'w' .. rw[j]
-    if h[wf] ~= wids[rw[j]] then
-      h[wf] = wids[rw[j]]
-      dirty[s][wf] = true
-      rolled[s] = true
-      for _, dim in ipairs(dims) do
-        local c = dim .. rw[j]
-        if h[c] then
-          h[c] = 0
-          dirty[s][c] = true
-        end
+  end
+  -- One read per scope: each of its rules' window id and count.
+  local err = nil
+  local changed, rolled, existed = {}, {}, {}
+  for s = 1, ns do
+    local fields = {}
+    for j = 1, nr do
+      if rs[j] == s then
+        fields[#fields + 1] = 'w' .. rw[j]
+        fields[#fields + 1] = rf[j]
       end
     end
-    used[j] = tonumber(h[f] or 0)
-    if not used[j] then
-      err = 'the count ' .. f .. ' of ' .. sk[s] .. ' is not a number'
-      used[j] = 0
+    local v = redis.pcall('HMGET', base .. sfx[s], unpack(fields))
+    if v.err then
+      err = v.err
+    else
+      local i = 1
+      for j = 1, nr do
+        if rs[j] == s then
+          if v[i] then existed[s] = true end
+          if v[i] ~= wids[rw[j]] then
+            used[j] = 0 -- a new window counts from 0
+            rolled[s] = true
+          else
+            used[j] = tonumber(v[i + 1] or 0)
+            if not used[j] then
+              err = 'the count ' .. rf[j] .. ' of ' .. base .. sfx[s] .. ' is not a number'
+              used[j] = 0
+            end
+          end
+          i = i + 2
+        end
+      end
     end
   end
   local nc = tonumber(ARGV[a])
   a = a + 1
   for i = 1, nc do
-    local amt = {r = tonumber(ARGV[a]), t = tonumber(ARGV[a + 1]), s = tonumber(ARGV[a + 2])}
+    local cr, ct, cs = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     local rid = ARGV[a + 3]
     a = a + 4
     if err then
@@ -166,10 +171,12 @@ for k = 1, #KEYS do
       out[#out + 1] = err
       for j = 2, nr do out[#out + 1] = 0 end
     else
-      local peek = amt.r == 0 and amt.t == 0 and amt.s == 0
+      local peek = cr == 0 and ct == 0 and cs == 0
       local deny = false
       for j = 1, nr do
-        local x, u, lim = amt[rd[j]], used[j], rl[j]
+        local d = rd[j]
+        local x = d == 114 and cr or (d == 116 and ct or cs)
+        local u, lim = used[j], rl[j]
         if peek then
           if u > lim then deny = true end
         elseif u + x > lim or (x == 0 and u >= lim) then
@@ -178,17 +185,17 @@ for k = 1, #KEYS do
       end
       if not deny and not peek then
         for j = 1, nr do
-          local x = amt[rd[j]]
+          local d = rd[j]
+          local x = d == 114 and cr or (d == 116 and ct or cs)
           if x ~= 0 then
             used[j] = used[j] + x
-            sh[rs[j]][rf[j]] = used[j]
-            dirty[rs[j]][rf[j]] = true
+            changed[rs[j]] = true
           end
         end
         if rid ~= '' then
           local parts = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}
           for j = 1, nr do
-            parts[j + 1] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. suffixes[rs[j]]
+            parts[j + 1] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. sfx[rs[j]]
           end
           redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
         end
@@ -198,19 +205,37 @@ for k = 1, #KEYS do
     end
   end
   if not err then
+    -- One write per scope that changed: its rules' window ids and counts. A window that rolled
+    -- over also drops the counts of dimensions no rule counts any more (so that a rule added
+    -- later does not read an old window's count), and sets the expiry.
     for s = 1, ns do
-      local args = {}
-      for f, _ in pairs(dirty[s]) do
-        args[#args + 1] = f
-        args[#args + 1] = sh[s][f]
-      end
-      if #args > 0 then redis.call('HSET', sk[s], unpack(args)) end
-      if rolled[s] then
-        local e = 0
+      if changed[s] or rolled[s] then
+        local key, args, e = base .. sfx[s], {}, 0
         for j = 1, nr do
-          if rs[j] == s and left[rw[j]] > e then e = left[rw[j]] end
+          if rs[j] == s then
+            args[#args + 1] = 'w' .. rw[j]
+            args[#args + 1] = wids[rw[j]]
+            args[#args + 1] = rf[j]
+            args[#args + 1] = used[j]
+            if left[rw[j]] > e then e = left[rw[j]] end
+          end
         end
-        redis.call('EXPIRE', sk[s], e + 60)
+        redis.call('HSET', key, unpack(args))
+        if rolled[s] and existed[s] then
+          local stale = {}
+          for j = 1, nr do
+            if rs[j] == s then
+              for _, d in ipairs({'r', 't', 's'}) do stale[d .. rw[j]] = true end
+            end
+          end
+          for j = 1, nr do
+            if rs[j] == s then stale[rf[j]] = nil end
+          end
+          local drop = {}
+          for f, _ in pairs(stale) do drop[#drop + 1] = f end
+          if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
+        end
+        if rolled[s] then redis.call('EXPIRE', key, e + 60) end
       end
     end
   end

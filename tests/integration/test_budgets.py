@@ -476,3 +476,29 @@ def test_large_amounts_are_read_as_they_are(daemon_factory, workdir, pg, db, red
     assert (a["limit_minute"], a["limit_day"]) == (2000000000, 2100000000)
     assert rule_of(a, "tokens", "day")["limit"] == 10 ** 12
     assert rule_of(a, "spend", "month")["limit"] == "1000000000.000000"
+
+
+def test_a_rule_added_mid_window_does_not_read_an_old_windows_count(
+        daemon_factory, workdir, pg, db, redis_server):
+    # The hash holds one window id per window for all dimensions: when the day rolls over under
+    # the spend rule, the tokens count of the day before (no rule counts tokens now) must go, or
+    # a tokens rule added later today would read it as today's.
+    add_provider(pg, db, "stale")
+    add_rule(pg, db, "spend", "day", "100", provider="stale")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > 20, 30,
+                     "a day with 20 s left")
+    today = redis_now(redis_server)[0] // 86400
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    r.hset(f"usaged:{{{user}}}:p:stale", mapping={"wd": today - 1, "sd": 5000000, "td": 999})
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "stale", "spend": "1"})
+        assert rule_of(a, "spend", "day")["used"] == "1.000000"
+        before = loads(d)
+        add_rule(pg, db, "tokens", "day", 1000, provider="stale")
+        servers.wait_for(lambda: loads(d) > before, 10, "the new rule")
+        b = c.call("check", {"user_id": user, "provider": "stale", "tokens": 10})
+    assert rule_of(b, "tokens", "day")["used"] == 10
+    assert rule_of(b, "spend", "day")["used"] == "1.000000"
+    r.close()
