@@ -56,6 +56,7 @@ enum config_ack { CONFIG_ACK_QUEUED = 0, CONFIG_ACK_DURABLE };
 
 struct config {
     char *path; /* the file it was read from */
+    bool empty; /* the file held no settings (nothing, comments, or null): every default */
 
     struct {
         char *unix_path;    /* NULL: no Unix listener */
@@ -66,6 +67,7 @@ struct config {
         uint32_t idle_timeout_s;       /* 0: never close idle connections */
         uint32_t max_output_bytes;     /* unsent output per connection before its reads pause */
         uint32_t max_pending_requests; /* unanswered requests per connection before reads pause */
+        uint64_t max_input_bytes;      /* input buffered by all connections before reads pause */
     } listen;
 
     struct {

@@ -128,16 +128,6 @@ static bool parse_settle(const struct rpc_message *m, struct limiter_settle_requ
 
 /* ---- check and settle ---- */
 
-static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
-                                        const struct rpc_error *e)
-{
-    if (m->kind == RPC_KIND_REQUEST)
-        conn_reply_error(c, m->msgid, e);
-    else
-        conn_drop_notification(c, rpc_method_name(m->method), e);
-    return CONN_DISPATCHED;
-}
-
 /* The tag carries the msgid, and whether the call came as a notification (bit 32). */
 #define TAG_NOTIFICATION (1ULL << 32)
 
@@ -174,11 +164,11 @@ enum conn_dispatch_result methods_check(struct limiter *l, struct conn *c,
     struct rpc_error e;
     struct limiter_request req = {0};
     if (!parse_check(m, &req, &e))
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     uint64_t tag = hold(c, m);
     if (!limiter_check(l, &req, on_checked, c, tag, &e)) {
         release(c, tag);
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     }
     return CONN_DISPATCHED;
 }
@@ -216,7 +206,7 @@ enum conn_dispatch_result methods_settle(struct limiter *l, struct conn *c,
     struct rpc_error e;
     struct limiter_settle_request req;
     if (!parse_settle(m, &req, &e))
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     limiter_settle(l, &req, on_settled, c, hold(c, m));
     return CONN_DISPATCHED;
 }
@@ -342,24 +332,25 @@ static void stripped_free(struct stripped *s)
     free(s->settles);
 }
 
-enum conn_dispatch_result methods_log_prompt(struct batcher *b, struct limiter *l, struct conn *c,
-                                             const struct rpc_message *m)
+enum conn_dispatch_result methods_log_prompt(struct methods_log *ml, struct limiter *l,
+                                             struct conn *c, const struct rpc_message *m)
 {
     struct stripped s;
     struct rpc_error e;
     if (!strip_reservations(m, &s, &e)) {
         stripped_free(&s);
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     }
     if (!s.events)
-        return batcher_submit(b, EVENT_PROMPT, c, m);
+        return methods_log(ml, EVENT_PROMPT, c, m);
     struct rpc_message copy = *m;
     copy.params = &s.params_array;
-    /* Accepted means queued: the batcher counts it. A settle waits for that, so that a refused
-     * request (nothing of it kept) settles nothing either. */
-    uint64_t accepted = b->stats.events_accepted;
-    enum conn_dispatch_result result = batcher_submit(b, EVENT_PROMPT, c, &copy);
-    if (b->stats.events_accepted != accepted)
+    /* Accepted means queued, which the batcher counts, synchronously. A settle waits for that,
+     * so that a refused request (nothing of it kept), or a notification told to wait (it comes
+     * again), settles nothing. */
+    uint64_t accepted = ml->batcher->stats.events_accepted;
+    enum conn_dispatch_result result = methods_log(ml, EVENT_PROMPT, c, &copy);
+    if (ml->batcher->stats.events_accepted != accepted)
         for (uint32_t i = 0; i < s.nsettles; i++)
             limiter_settle_later(l, &s.settles[i]);
     stripped_free(&s);
