@@ -41,11 +41,11 @@ def redis_stats(d):
     return d.client().call("stats")["limits"]["redis"]
 
 
-def key_slot(cluster, user, provider):
-    """The slot of a user's key for a provider: CRC16 (XMODEM) of its hash tag, as Redis
-    computes it (test_redis.c checks the daemon's against CLUSTER KEYSLOT)."""
+def key_slot(user):
+    """The slot of a user's keys (all share the hash tag {user_id}): CRC16 (XMODEM) of the tag,
+    as Redis computes it (test_redis.c checks the daemon's against CLUSTER KEYSLOT)."""
     crc = 0
-    for byte in f"{user}:{provider}".encode():
+    for byte in user.encode():
         crc ^= byte << 8
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
@@ -160,7 +160,7 @@ def test_a_slot_migrated_mid_stream_loses_and_doubles_no_count(
     a = start(daemon_factory, workdir, pg, db, cluster)
     b = start(daemon_factory, workdir, pg, db, cluster)
     user = str(uuid.uuid4())
-    slot = key_slot(cluster, user, "clmig")
+    slot = key_slot(user)
     source = cluster.node_of_slot(slot)
     target = next(n for n in cluster.nodes if n is not source)
     streams = Streams([a, b], user, "clmig")
@@ -186,8 +186,8 @@ def test_redis_cli_reshard_mid_stream_loses_and_doubles_no_count(
                 if primary[1] == source.port)
     # A user whose slot is among the first 20 of the source's: redis-cli moves the lowest first.
     user = next(u for u in (str(uuid.uuid4()) for _ in range(100000))
-                if first <= key_slot(cluster, u, "clcli") < first + 20)
-    assert key_slot(cluster, user, "clcli") == cluster.keyslot(f"{user}:clcli")
+                if first <= key_slot(u) < first + 20)
+    assert key_slot(user) == cluster.keyslot(user)
     target = cluster.nodes[1]
     streams = Streams([a, b], user, "clcli")
     try:
@@ -201,7 +201,7 @@ def test_redis_cli_reshard_mid_stream_loses_and_doubles_no_count(
     finally:
         every = streams.stop()
     assert not streams.errors, streams.errors
-    assert cluster.node_of_slot(key_slot(cluster, user, "clcli")) is target
+    assert cluster.node_of_slot(key_slot(user)) is target
     assert_counted_once(every, 1000000)
 
 
@@ -210,7 +210,7 @@ def test_a_slot_moved_to_a_node_added_mid_stream_waits_for_its_connection(
     add_provider(pg, db, "clgrow", per_day=1000000)
     d = start(daemon_factory, workdir, pg, db, cluster)
     user = str(uuid.uuid4())
-    slot = key_slot(cluster, user, "clgrow")
+    slot = key_slot(user)
     source = cluster.node_of_slot(slot)
     streams = Streams([d], user, "clgrow")
     try:
@@ -230,7 +230,7 @@ def test_a_stopped_primary_affects_only_its_own_slots(daemon_factory, workdir, p
     add_provider(pg, db, "clstop", per_day=1000)
     d = start(daemon_factory, workdir, pg, db, cluster, policy="deny")
     users = [str(uuid.uuid4()) for _ in range(40)]
-    owner = {u: cluster.node_of_slot(key_slot(cluster, u, "clstop")) for u in users}
+    owner = {u: cluster.node_of_slot(key_slot(u)) for u in users}
     victim = cluster.nodes[1]
     lost = [u for u in users if owner[u] is victim]
     kept = [u for u in users if owner[u] is not victim]
@@ -297,7 +297,7 @@ def test_a_stopped_primary_s_replica_takes_over_its_slots_exact_again(
         d = start(daemon_factory, workdir, pg, db, c, policy="deny")
         users = [str(uuid.uuid4()) for _ in range(40)]
         victim = c.primaries()[0]
-        lost = [u for u in users if c.node_of_slot(key_slot(c, u, "clrep")) is victim]
+        lost = [u for u in users if c.node_of_slot(key_slot(u)) is victim]
         assert lost
         with d.client() as cl:
             for u in lost:
