@@ -143,6 +143,44 @@ uint16_t redis_key_slot(const char *key, size_t len)
     return crc16(key, len) & (REDIS_SLOTS - 1);
 }
 
+struct slot_item {
+    uint16_t slot;
+    size_t order; /* keeps the list's order within a slot */
+    void *item;
+};
+
+static int slot_item_cmp(const void *a, const void *b)
+{
+    const struct slot_item *x = a, *y = b;
+    if (x->slot != y->slot)
+        return x->slot < y->slot ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+#define NEXT_OF(item, off) (*(void **)((char *)(item) + (off)))
+
+void redis_send_by_slot(void *list, size_t n, size_t next_offset,
+                        uint16_t (*slot_of)(const void *item, void *arg),
+                        void (*send)(void *arg, void *run, size_t n), void *arg)
+{
+    struct slot_item *items = xmalloc((n ? n : 1) * sizeof(*items));
+    size_t count = 0;
+    for (void *it = list; it && count < n; it = NEXT_OF(it, next_offset), count++)
+        items[count] = (struct slot_item){slot_of(it, arg), count, it};
+    qsort(items, count, sizeof(*items), slot_item_cmp);
+    for (size_t i = 0; i < count; i++)
+        NEXT_OF(items[i].item, next_offset) =
+            i + 1 < count && items[i + 1].slot == items[i].slot ? items[i + 1].item : NULL;
+    for (size_t i = 0; i < count;) {
+        size_t j = i + 1;
+        while (j < count && items[j].slot == items[i].slot)
+            j++;
+        send(arg, items[i].item, j - i);
+        i = j;
+    }
+    free(items);
+}
+
 /* ---- close ---- */
 
 void redis_part_closed(struct redis_client *r)

@@ -81,6 +81,14 @@ static inline bool redis_is_cluster(const struct redis_client *r)
  * }, when not empty) or of the whole key, modulo 16384. Calls are grouped by it. */
 uint16_t redis_key_slot(const char *key, size_t len);
 
+/* For a Redis Cluster, where one script call may only hold the KEYS of one slot: splits a list
+ * of n items (linked through the pointer at next_offset in each) into runs of one slot each,
+ * in the list's order within a run, and calls send(arg, run, count) for each run, its last item
+ * linked to NULL. Every run is linked before the first is sent (a send may free its items). */
+void redis_send_by_slot(void *list, size_t n, size_t next_offset,
+                        uint16_t (*slot_of)(const void *item, void *arg),
+                        void (*send)(void *arg, void *run, size_t n), void *arg);
+
 /* Closes for good; calls in flight complete with REDIS_CALL_DOWN; on_closed runs at the end. */
 void redis_close(struct redis_client *r, void (*on_closed)(struct redis_client *r, void *arg),
                  void *arg);

@@ -485,54 +485,6 @@ size_t limiter_format_base(const struct limiter *l, const uint8_t user_id[16], c
     return n;
 }
 
-struct slot_item {
-    uint16_t slot;
-    size_t order; /* keeps the list's order within a slot */
-    void *item;
-};
-
-static int slot_item_cmp(const void *a, const void *b)
-{
-    const struct slot_item *x = a, *y = b;
-    if (x->slot != y->slot)
-        return x->slot < y->slot ? -1 : 1;
-    return x->order < y->order ? -1 : x->order > y->order;
-}
-
-#define NEXT_OF(item, off) (*(void **)((char *)(item) + (off)))
-
-void limiter_send_by_slot(struct limiter *l, void *list, size_t n, size_t next_offset,
-                          const uint8_t *(*user_of)(const void *item),
-                          void (*send)(struct limiter *l, void *run, size_t n))
-{
-    if (!redis_is_cluster(&l->redis)) {
-        send(l, list, n);
-        return;
-    }
-    struct slot_item *items = xmalloc(n * sizeof(*items));
-    size_t cap = strlen(l->key_prefix) + UUID_STRING_LEN + 2, count = 0;
-    char *base = xmalloc(cap);
-    for (void *it = list; it && count < n; it = NEXT_OF(it, next_offset), count++) {
-        size_t len = limiter_format_base(l, user_of(it), base, cap);
-        items[count] = (struct slot_item){redis_key_slot(base, len), count, it};
-    }
-    free(base);
-    qsort(items, count, sizeof(*items), slot_item_cmp);
-    /* Every run is linked before the first is sent: a send may answer (and free) its items at
-     * once, and the list's own links are gone by then. */
-    for (size_t i = 0; i < count; i++)
-        NEXT_OF(items[i].item, next_offset) =
-            i + 1 < count && items[i + 1].slot == items[i].slot ? items[i + 1].item : NULL;
-    for (size_t i = 0; i < count;) {
-        size_t j = i + 1;
-        while (j < count && items[j].slot == items[i].slot)
-            j++;
-        send(l, items[i].item, j - i);
-        i = j;
-    }
-    free(items);
-}
-
 static const char dimension_letters[] = "rts";
 static const char window_letters[] = "mhdM";
 
