@@ -1,0 +1,74 @@
+"""The schema on a database shaped like a Supabase project (issue 18), and what Supabase
+adds to the plain-PostgreSQL tests of test_schema.py.
+
+The Supabase-shaped cluster is the module's own server when the suite runs on one
+(USAGED_PG_SHAPE=supabase), else a second cluster of the same PostgreSQL started for these
+tests (servers.py creates the roles and what Supabase puts in a new database)."""
+
+import os
+
+import pytest
+
+import servers
+from conftest import apply_migrations_with_psql
+from test_schema import (USER_TABLES, acting_as, assert_anon_privileges_are_exactly_the_intended_ones,
+                         connect, new_user, q, q1, seed_rows_for, visible_owners)
+
+
+@pytest.fixture(scope="module")
+def supabase_pg(pg, workdir):
+    if pg.shape == "supabase":
+        yield pg
+        return
+    server = servers.Postgres(os.path.join(workdir, "supabaseroot"), shape="supabase").start()
+    yield server
+    server.stop()
+
+
+_counter = [0]
+
+
+def supabase_db(server):
+    _counter[0] += 1
+    name = f"supa{os.getpid()}_{_counter[0]}"
+    server.createdb(name)
+    return name
+
+
+def auth_objects(conn):
+    """Every relation and function of schema auth, with its owner."""
+    return sorted(q(conn, "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
+                          "WHERE c.relnamespace = 'auth'::regnamespace "
+                          "UNION ALL SELECT p.oid::regprocedure::text, pg_get_userbyid(p.proowner) "
+                          "FROM pg_proc p WHERE p.pronamespace = 'auth'::regnamespace"))
+
+
+# ------------------------------------------------------------------------------------------
+# The migrations as Supabase's postgres
+# ------------------------------------------------------------------------------------------
+
+def test_migrations_apply_as_supabases_postgres_role_and_rls_holds(supabase_pg):
+    name = supabase_db(supabase_pg)
+    conn = connect(supabase_pg, name)
+    try:
+        assert q1(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = %s",
+                  (supabase_pg.migrator,)) is False
+        auth_before = auth_objects(conn)
+        apply_migrations_with_psql(supabase_pg, name)
+        # Default privileges hand anon everything postgres creates in public: taken back.
+        assert_anon_privileges_are_exactly_the_intended_ones(conn)
+        assert q1(conn, "SELECT pg_get_userbyid(relowner) FROM pg_class "
+                        "WHERE oid = 'public.api_usage_logs'::regclass") == "usaged"
+        # Schema auth is Supabase Auth's: nothing created there, nothing handed to anyone.
+        assert auth_objects(conn) == auth_before
+        assert {owner for _, owner in auth_before} == {"supabase_auth_admin"}
+        a, b = new_user(conn), new_user(conn)
+        seed_rows_for(conn, a)
+        seed_rows_for(conn, b)
+        with acting_as(conn, "authenticated", a):
+            for table in USER_TABLES:
+                assert set(visible_owners(conn, table)) == {a}, table
+        summary = q1(conn, "SET ROLE usaged; SELECT public.daily_maintenance()")
+        assert "expired_sessions_deleted" in summary
+    finally:
+        conn.close()
