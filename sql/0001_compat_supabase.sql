@@ -7,6 +7,26 @@
 -- file is safe to run on a database or cluster that already has some of it. Roles are
 -- cluster-wide: several databases of one cluster may run this at the same time, so a role that
 -- appears concurrently is not an error.
+--
+-- Where Supabase's roles exist (supabase_auth_admin), schema auth belongs to Supabase Auth
+-- (GoTrue), which creates auth.users and its functions on its first start and must own them:
+-- there this file creates nothing in auth, and stops when Auth has not run yet. (This check
+-- was added after the file was released; on plain PostgreSQL its effect is what it was, and
+-- `usaged --migrate` tracks applied migrations by number only, so no database re-runs it.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_auth_admin')
+       AND (pg_catalog.to_regclass('auth.users') IS NULL
+            OR pg_catalog.to_regprocedure('auth.uid()') IS NULL
+            OR pg_catalog.to_regprocedure('auth.jwt()') IS NULL) THEN
+        RAISE EXCEPTION 'this database has Supabase''s roles but not Supabase Auth''s schema '
+                        '(auth.users, auth.uid() or auth.jwt() is missing)'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run the migrations after Supabase Auth has started once against this '
+                         'database (it creates schema auth); usaged creates nothing there.';
+    END IF;
+END
+$$;
 
 -- Roles. anon/authenticated/service_role mirror Supabase's (service_role bypasses RLS there).
 -- usaged is the daemon's login role: no password here; set one, or use peer/cert auth, per site.
@@ -58,9 +78,13 @@ BEGIN
 END
 $$;
 
--- The auth schema and a minimal auth.users (the columns Supabase has that this schema uses).
+-- The auth schema and a minimal auth.users (the columns Supabase has that this schema uses);
+-- not where Supabase Auth owns the schema (see the top).
 DO $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_auth_admin') THEN
+        RETURN;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'auth') THEN
         CREATE SCHEMA auth;
         GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
@@ -85,9 +109,13 @@ BEGIN
 END
 $$;
 
--- auth.uid(), auth.role(), auth.jwt(): Supabase's definitions, created only when missing.
+-- auth.uid(), auth.role(), auth.jwt(): Supabase's definitions, created only when missing, and
+-- never where Supabase Auth owns schema auth.
 DO $do$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_auth_admin') THEN
+        RETURN;
+    END IF;
     IF pg_catalog.to_regprocedure('auth.uid()') IS NULL THEN
         CREATE FUNCTION auth.uid() RETURNS uuid
         LANGUAGE sql STABLE

@@ -6,13 +6,15 @@ The Supabase-shaped cluster is the module's own server when the suite runs on on
 tests (servers.py creates the roles and what Supabase puts in a new database)."""
 
 import os
+import subprocess
 
 import pytest
 
 import servers
-from conftest import apply_migrations_with_psql
+from conftest import apply_migrations_with_psql, base_config, migration_files
 from test_schema import (USER_TABLES, acting_as, assert_anon_privileges_are_exactly_the_intended_ones,
                          connect, new_user, q, q1, seed_rows_for, visible_owners)
+from usaged_client import USAGED_BIN
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,16 @@ def auth_objects(conn):
                           "FROM pg_proc p WHERE p.pronamespace = 'auth'::regnamespace"))
 
 
+def migrate_with_usaged(workdir, server, dbname):
+    cfg = os.path.join(workdir, f"migrate-{dbname}.yaml")
+    with open(cfg, "w") as f:
+        f.write(base_config(workdir, pg=server, dbname=dbname).replace("@SOCKET@", "/tmp/unused"))
+    return subprocess.run([USAGED_BIN, "--migrate", "-c", cfg], capture_output=True, text=True,
+                          timeout=120)
+
+
 # ------------------------------------------------------------------------------------------
-# The migrations as Supabase's postgres
+# The migrations as Supabase's postgres, after Supabase Auth
 # ------------------------------------------------------------------------------------------
 
 def test_migrations_apply_as_supabases_postgres_role_and_rls_holds(supabase_pg):
@@ -70,5 +80,48 @@ def test_migrations_apply_as_supabases_postgres_role_and_rls_holds(supabase_pg):
                 assert set(visible_owners(conn, table)) == {a}, table
         summary = q1(conn, "SET ROLE usaged; SELECT public.daily_maintenance()")
         assert "expired_sessions_deleted" in summary
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("missing", ["DROP SCHEMA auth CASCADE", "DROP FUNCTION auth.uid()"])
+def test_migrate_stops_naming_supabase_auth_until_auth_has_run(workdir, supabase_pg, missing):
+    name = supabase_db(supabase_pg)
+    supabase_pg.psql(missing, dbname=name)
+    conn = connect(supabase_pg, name)
+    try:
+        before = q(conn, "SELECT to_regnamespace('auth')::text, to_regclass('auth.users')::text")
+        r = migrate_with_usaged(workdir, supabase_pg, name)
+        assert r.returncode == 1
+        assert "migration 0001_compat_supabase" in r.stderr
+        assert "Supabase Auth" in r.stderr
+        assert "auth.uid()" in r.stderr
+        # Nothing was created in auth, nor anything else (the migration rolled back).
+        assert q(conn, "SELECT to_regnamespace('auth')::text, "
+                       "to_regclass('auth.users')::text") == before
+        assert q1(conn, "SELECT to_regprocedure('auth.uid()')") is None
+        assert q1(conn, "SELECT count(*) FROM usaged_meta.schema_migrations") == 0
+    finally:
+        conn.close()
+
+
+def test_migrate_runs_once_supabase_auth_has_run(workdir, supabase_pg):
+    name = supabase_db(supabase_pg)
+    r = migrate_with_usaged(workdir, supabase_pg, name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == os.path.basename(migration_files()[-1])[:-4]
+
+
+def test_migrate_leaves_what_supabase_auth_has_not_created_to_it(workdir, supabase_pg):
+    """On plain PostgreSQL 0001 creates auth.role() where it is missing; Supabase Auth creates
+    it itself, and must own it, so here 0001 leaves it alone."""
+    name = supabase_db(supabase_pg)
+    supabase_pg.psql("DROP FUNCTION auth.role()", dbname=name)
+    r = migrate_with_usaged(workdir, supabase_pg, name)
+    assert r.returncode == 0, r.stderr
+    conn = connect(supabase_pg, name)
+    try:
+        assert q1(conn, "SELECT to_regprocedure('auth.role()')") is None
+        assert {owner for _, owner in auth_objects(conn)} == {"supabase_auth_admin"}
     finally:
         conn.close()
