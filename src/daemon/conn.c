@@ -23,6 +23,15 @@ static size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
 
 /* ---- the set ---- */
 
+/* Output is flushed in the check phase, once per loop iteration, after the poll for I/O. Output
+ * packed in the poll phase (a read, a database's answer) goes out in the same iteration; output
+ * packed before it (in a timer's callback: a Redis deadline's fallback answer, a resume) would
+ * wait in the poll for the next event, so an active idle handle makes that poll not block. */
+static void on_flush_soon(uv_idle_t *idle)
+{
+    (void)idle;
+}
+
 static void on_flush_check(uv_check_t *check)
 {
     struct conn_set *set = check->data;
@@ -36,6 +45,7 @@ static void on_flush_check(uv_check_t *check)
         conn_update_pause(c);
         conn_unref(c);
     }
+    uv_idle_stop(&set->flush_soon);
 }
 
 /* Closed by the idle timeout: a connection that has made no progress (no byte read or written)
@@ -107,6 +117,8 @@ void conn_set_init(struct conn_set *set, uv_loop_t *loop, const struct conn_limi
     set->flush_check.data = set;
     uv_check_start(&set->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&set->flush_check);
+    uv_idle_init(loop, &set->flush_soon);
+    uv_unref((uv_handle_t *)&set->flush_soon);
     uv_timer_init(loop, &set->idle_timer);
     set->idle_timer.data = set;
     uv_unref((uv_handle_t *)&set->idle_timer);
@@ -178,6 +190,7 @@ void conn_set_finish(struct conn_set *set, void (*on_done)(struct conn_set *set)
 void conn_set_close(struct conn_set *set)
 {
     uv_close((uv_handle_t *)&set->flush_check, NULL);
+    uv_close((uv_handle_t *)&set->flush_soon, NULL);
     uv_close((uv_handle_t *)&set->idle_timer, NULL);
     uv_close((uv_handle_t *)&set->finish_timer, NULL);
     msgpack_zone_destroy(&set->zone);
@@ -245,6 +258,8 @@ static void conn_mark_dirty(struct conn *c)
         return;
     c->dirty = true;
     conn_ref(c); /* the dirty list holds a reference until the flush pass */
+    if (!c->set->dirty)
+        uv_idle_start(&c->set->flush_soon, on_flush_soon);
     c->next_dirty = c->set->dirty;
     c->set->dirty = c;
 }
@@ -610,7 +625,7 @@ static void describe_peer(struct conn *c, bool tcp)
     snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
 }
 
-void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
+static struct conn *conn_new(struct conn_set *set)
 {
     struct conn *c = xcalloc(1, sizeof(*c));
     c->set = set;
@@ -619,18 +634,21 @@ void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
     buf_init(&c->out);
     msgpack_packer_init(&c->pk, &c->out, buf_msgpack_write);
     frame_init(&c->scan, set->limits.max_message_bytes);
-    if (tcp)
-        uv_tcp_init(set->loop, &c->h.tcp);
-    else
-        uv_pipe_init(set->loop, &c->h.pipe, 0);
-    c->h.handle.data = c;
-    int rc = uv_accept(server, &c->h.stream);
-    if (rc < 0) {
-        log_warn("accept failed: %s", uv_strerror(rc));
-        c->closing = true;
-        uv_close(&c->h.handle, on_close);
-        return;
-    }
+    return c;
+}
+
+/* A handle that failed to become a connection: closed before it joined the set. */
+static void conn_discard(struct conn *c, const char *what, int rc)
+{
+    log_warn("%s failed: %s", what, uv_strerror(rc));
+    c->closing = true;
+    uv_close(&c->h.handle, on_close);
+}
+
+/* Joins the set: from here the connection is counted, limited and read. */
+static void conn_register(struct conn *c, bool tcp)
+{
+    struct conn_set *set = c->set;
     c->id = set->next_id++;
     c->last_active_ms = uv_now(set->loop);
     if (tcp) {
@@ -668,4 +686,34 @@ void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
     }
     log_debug("conn %llu (%s): accepted", (unsigned long long)c->id, c->peer);
     conn_start_reading(c);
+}
+
+void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
+{
+    struct conn *c = conn_new(set);
+    if (tcp)
+        uv_tcp_init(set->loop, &c->h.tcp);
+    else
+        uv_pipe_init(set->loop, &c->h.pipe, 0);
+    c->h.handle.data = c;
+    int rc = uv_accept(server, &c->h.stream);
+    if (rc < 0) {
+        conn_discard(c, "accept", rc);
+        return;
+    }
+    conn_register(c, tcp);
+}
+
+int conn_open_fd(struct conn_set *set, int fd)
+{
+    struct conn *c = conn_new(set);
+    uv_pipe_init(set->loop, &c->h.pipe, 0);
+    c->h.handle.data = c;
+    int rc = uv_pipe_open(&c->h.pipe, fd);
+    if (rc < 0) {
+        conn_discard(c, "opening a connected socket", rc);
+        return rc;
+    }
+    conn_register(c, false);
+    return 0;
 }

@@ -70,6 +70,7 @@ struct conn_set {
     uint32_t count;     /* open connections */
     struct conn *dirty; /* connections with output waiting for the flush pass */
     uv_check_t flush_check;
+    uv_idle_t flush_soon; /* active while output waits: the loop must not block before the check */
     uv_timer_t idle_timer;
     uv_timer_t finish_timer; /* the stop's deadline for the connections */
     msgpack_zone zone;       /* decoded objects of the message being dispatched */
@@ -129,6 +130,9 @@ void conn_set_close(struct conn_set *set);
 
 /* Accepts a connection from a listening stream. */
 void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp);
+/* Serves a connected Unix stream socket the daemon did not accept (one end of a socketpair, in
+ * the tests). The connection owns fd from here. Returns 0 or a negative errno. */
+int conn_open_fd(struct conn_set *set, int fd);
 
 /* Packs the head of a successful response and returns the packer for the result value. Counts
  * the request as answered. A reply to a closed connection is packed and dropped. */
