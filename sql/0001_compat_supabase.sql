@@ -55,12 +55,25 @@ $$;
 
 -- The migration runner hands tables, views and functions to usaged (ALTER ... OWNER TO usaged).
 -- A superuser may always do that; a non-superuser runner (Supabase's postgres) must be a member
--- of the new owner, so it makes itself one.
+-- of the new owner, so it makes itself one. From PostgreSQL 16 on it may only where it holds
+-- usaged WITH ADMIN OPTION, as the role that created it does; otherwise the error says what to
+-- do (added after release: the effect where the grant succeeds is the same).
 DO $$
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
        AND NOT pg_catalog.pg_has_role(current_user, 'usaged', 'USAGE') THEN
-        EXECUTE format('GRANT usaged TO %I', current_user);
+        BEGIN
+            EXECUTE format('GRANT usaged TO %I', current_user);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'the role usaged exists, and % may not make itself a member of it',
+                            current_user
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'From PostgreSQL 16 on, a CREATEROLE role may grant only the roles '
+                               'it holds WITH ADMIN OPTION, such as those it created itself.',
+                      HINT = format('As the role that created usaged, or as a superuser, run '
+                                    'GRANT usaged TO %I WITH ADMIN OPTION; then migrate again.',
+                                    current_user);
+        END;
     END IF;
 END
 $$;

@@ -125,3 +125,26 @@ def test_migrate_leaves_what_supabase_auth_has_not_created_to_it(workdir, supaba
         assert {owner for _, owner in auth_objects(conn)} == {"supabase_auth_admin"}
     finally:
         conn.close()
+
+
+def test_migrate_explains_a_usaged_role_that_postgres_may_not_grant_itself(workdir):
+    """From PostgreSQL 16 on, a CREATEROLE role may grant only roles it holds WITH ADMIN OPTION:
+    a usaged created by another role stops the migrations with what to do; on 15 they apply.
+    (A cluster of its own: roles are cluster-wide.)"""
+    server = servers.Postgres(os.path.join(workdir, "foreign_usaged"), shape="supabase").start()
+    try:
+        server.psql("CREATE ROLE usaged LOGIN")
+        name = supabase_db(server)
+        r = migrate_with_usaged(workdir, server, name)
+        if int(server.psql("SHOW server_version_num")) < 160000:
+            assert r.returncode == 0, r.stderr
+            return
+        assert r.returncode == 1
+        assert "the role usaged exists, and postgres may not make itself a member" in r.stderr
+        assert "GRANT usaged TO postgres WITH ADMIN OPTION" in r.stderr
+        # Done as the hint says, the migrations apply.
+        server.psql("GRANT usaged TO postgres WITH ADMIN OPTION")
+        r = migrate_with_usaged(workdir, server, name)
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.stop()
