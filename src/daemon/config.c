@@ -122,6 +122,8 @@ static const struct config_key config_keys[] = {
         .def = 1048576),
     KEY("listen.max_pending_requests", U32, listen.max_pending_requests, .min = 1, .max = 1000000,
         .def = 4096),
+    KEY("listen.max_input_bytes", U64_SIZE, listen.max_input_bytes, .min = MIB, .max = 1ULL << 40,
+        .def = 256 * MIB),
 
     KEY("auth.token_file", STRING, auth.token_file, .flags = CONFIG_NULLABLE | CONFIG_RESTART),
 
@@ -148,6 +150,10 @@ static const struct config_key config_keys[] = {
     KEY("limits.resync_s", U32, limits.resync_s, .min = 1, .max = 86400, .def = 60),
     KEY("limits.providers", LIST, limits.providers, .list = &config_providers_list),
     KEY("limits.users", LIST, limits.users, .list = &config_users_list),
+    KEY("limits.rules", LIST, limits.rules, .list = &config_rules_list),
+    KEY("limits.reservation_ttl_s", U32, limits.reservation_ttl_s, .min = 1, .max = 604800,
+        .def = 900),
+    KEY("limits.settle_queue", U32, limits.settle_queue, .min = 1, .max = 10000000, .def = 100000),
 
     KEY("ingest.batch_rows", U32, ingest.batch_rows, .min = 1, .max = 1000000, .def = 5000),
     KEY("ingest.batch_ms", U32, ingest.batch_ms, .min = 1, .max = 600000, .def = 200),
@@ -584,6 +590,9 @@ static bool check_whole(struct config_reader *p, struct config *c, yaml_node_t *
     if (c->ingest.batch_rows > c->ingest.queue_rows)
         return config_fail(p, root, "ingest.batch_rows (%u) must not exceed ingest.queue_rows (%u)",
                            c->ingest.batch_rows, c->ingest.queue_rows);
+    if (c->listen.max_input_bytes < c->listen.max_message_bytes)
+        return config_fail(p, root,
+                           "listen.max_input_bytes must be at least listen.max_message_bytes");
     if (c->spool.segment_bytes > c->spool.max_bytes)
         return config_fail(p, root, "spool.segment_bytes must not exceed spool.max_bytes");
     return true;
@@ -612,6 +621,7 @@ struct config *config_parse(const char *path, const char *text, size_t len, char
         return NULL;
     }
     yaml_node_t *root = yaml_document_get_root_node(&p.doc);
+    c->empty = root == NULL || config_is_null(root);
     if (root == NULL) {
         ok = check_whole(&p, c, NULL); /* an empty file: all defaults */
     } else if (root->type != YAML_MAPPING_NODE && !config_is_null(root)) {

@@ -18,6 +18,7 @@ static void conn_limits_from(const struct config *c, struct conn_limits *l)
     l->max_message_bytes = c->listen.max_message_bytes;
     l->max_output_bytes = c->listen.max_output_bytes;
     l->max_pending_requests = c->listen.max_pending_requests;
+    l->max_input_bytes = c->listen.max_input_bytes;
     l->idle_timeout_ms = (uint64_t)c->listen.idle_timeout_s * 1000;
     /* Clients get as long to read their last answers as the queues got to be written. */
     l->finish_timeout_ms =
@@ -79,21 +80,6 @@ static void log_denied_check(void *arg, const uint8_t user_id[16], const char *p
     batcher_log_denied(&d->batcher, user_id, provider, len, reason, now_ms);
 }
 
-/* The ingest writer connections have each finished a first connect attempt: connected, or
- * failed, in which case rows wait in the queue (and the spool) while it retries. Either way the
- * daemon serves; a failed attempt means degraded mode is in force. */
-static bool ingest_settled(const struct batcher *b)
-{
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        for (uint32_t i = 0; i < b->tables[k].nwriters; i++) {
-            const struct pg_stats *s = &b->tables[k].writers[i].pg.stats;
-            if (s->connects + s->connect_failures == 0)
-                return false;
-        }
-    }
-    return true;
-}
-
 void daemon_check_ready(struct daemon *d)
 {
     if (!d->started || d->ready || d->stopping)
@@ -104,7 +90,7 @@ void daemon_check_ready(struct daemon *d)
      * limits.on_redis_error is in force). */
     if (d->listener.count == 0)
         return;
-    if (!ingest_settled(&d->batcher))
+    if (!batcher_settled(&d->batcher))
         return;
     if (!limiter_settled(&d->limiter))
         return;
@@ -145,7 +131,7 @@ static void wire_views(struct daemon *d)
     d->methods = (struct methods){.token = d->token,
                                   .token_len = d->token_len,
                                   .stopping = &d->stopping,
-                                  .batcher = &d->batcher,
+                                  .log = &d->log_methods,
                                   .limiter = &d->limiter,
                                   .stats = &d->stats};
 }
@@ -226,6 +212,7 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     d->batcher.spool = &d->spool;
     d->batcher.on_state = on_part_state;
     d->batcher.state_arg = d;
+    methods_log_init(&d->log_methods, &d->batcher);
     batcher_start(&d->batcher);
     limiter_init(&d->limiter, loop, config);
     d->limiter.on_denied = log_denied_check;
@@ -256,6 +243,15 @@ void daemon_reload(struct daemon *d)
     struct config *fresh = config_load(d->config->path, err, sizeof(err));
     if (!fresh) {
         log_error("reload refused, keeping the running config: %s", err);
+        return;
+    }
+    /* An empty file starts a daemon with every default, but a reload to it would silently reset
+     * every live setting: more likely a file cut short by an editor or a deploy than a wish. */
+    if (fresh->empty) {
+        log_error("reload refused, keeping the running config: %s holds no settings (an empty "
+                  "file is taken only at start)",
+                  fresh->path);
+        config_free(fresh);
         return;
     }
     /* The restart-only values stay as they are in force, so that stats and later reloads
@@ -336,6 +332,7 @@ static void on_connections_finished(struct conn_set *set)
     /* Closing the limiter answers its calls in flight, to connections already closed: their
      * replies go to the set's scratch buffer, so the set closes after it. */
     limiter_close(&d->limiter, on_limiter_closed, d);
+    methods_log_close(&d->log_methods);
     batcher_close(&d->batcher, on_batcher_closed, d);
     spool_close(&d->spool, on_spool_closed, d);
     refresh_close(&d->refresh, on_refresh_closed, d);

@@ -15,6 +15,7 @@
 #include "listener.h"
 #include "maintenance.h"
 #include "methods.h"
+#include "methods_log.h"
 #include "metrics.h"
 #include "notify.h"
 #include "refresh.h"
@@ -29,6 +30,7 @@ struct daemon {
     struct listener listener;
     struct spool spool;
     struct batcher batcher;
+    struct methods_log log_methods; /* log_usage and log_prompt over the batcher */
     struct limiter limiter;
     struct refresh refresh;         /* analytics refresh */
     struct maintenance maintenance; /* the daily database maintenance */

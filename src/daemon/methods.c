@@ -4,18 +4,8 @@
 #include <string.h>
 
 #include "log.h"
+#include "methods_check.h"
 #include "usaged/protocol.h"
-
-/* Answers a request with an error, or counts and drops a notification's. */
-static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
-                                        const struct rpc_error *e)
-{
-    if (m->kind == RPC_KIND_REQUEST)
-        conn_reply_error(c, m->msgid, e);
-    else
-        conn_drop_notification(c, rpc_method_name(m->method), e);
-    return CONN_DISPATCHED;
-}
 
 static bool no_params(const struct rpc_message *m, struct rpc_error *e)
 {
@@ -30,7 +20,7 @@ static enum conn_dispatch_result do_ping(const struct methods *mt, struct conn *
 {
     struct rpc_error e;
     if (!no_params(m, &e))
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     if (m->kind == RPC_KIND_NOTIFICATION)
         return CONN_DISPATCHED;
     msgpack_packer *pk = conn_reply(c, m->msgid);
@@ -60,7 +50,7 @@ static enum conn_dispatch_result do_auth(const struct methods *mt, struct conn *
     struct rpc_error e;
     if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_STR) {
         rpc_error_set(&e, RPC_BAD_REQUEST, "auth takes params [token]");
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     }
     const msgpack_object_str *t = &m->params->ptr[0].via.str;
     if (mt->token && !token_equal(t->ptr, t->size, mt->token, mt->token_len)) {
@@ -69,7 +59,7 @@ static enum conn_dispatch_result do_auth(const struct methods *mt, struct conn *
         if (m->kind == RPC_KIND_REQUEST && conn_log_allowed(c))
             log_warn("conn %llu (%s): auth with a wrong token; closing", (unsigned long long)c->id,
                      c->peer);
-        refuse(c, m, &e);
+        conn_refuse(c, m, &e);
         conn_close_after_flush(c);
         return CONN_DISPATCHED;
     }
@@ -84,7 +74,7 @@ static enum conn_dispatch_result do_stats(const struct methods *mt, struct conn 
 {
     struct rpc_error e;
     if (!no_params(m, &e))
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     if (m->kind == RPC_KIND_REQUEST)
         stats_pack(mt->stats, conn_reply(c, m->msgid));
     return CONN_DISPATCHED;
@@ -97,7 +87,7 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
 
     if (mt->token && !c->authed && m->method != RPC_AUTH) {
         rpc_error_set(&e, RPC_UNAUTHORIZED, "send auth with the token first");
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     }
     switch (m->method) {
     case RPC_PING:
@@ -107,22 +97,25 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
     case RPC_STATS:
         return do_stats(mt, c, m);
     case RPC_CHECK:
+    case RPC_SETTLE:
     case RPC_LOG_USAGE:
     case RPC_LOG_PROMPT:
         if (*mt->stopping) {
             rpc_error_set(&e, RPC_SHUTTING_DOWN, "the daemon is stopping and takes no new work");
-            return refuse(c, m, &e);
+            return conn_refuse(c, m, &e);
         }
         if (m->method == RPC_LOG_USAGE)
-            return batcher_submit(mt->batcher, EVENT_USAGE, c, m);
+            return methods_log(mt->log, EVENT_USAGE, c, m);
         if (m->method == RPC_LOG_PROMPT)
-            return batcher_submit(mt->batcher, EVENT_PROMPT, c, m);
-        return limiter_submit(mt->limiter, c, m);
+            return methods_log_prompt(mt->log, mt->limiter, c, m);
+        if (m->method == RPC_SETTLE)
+            return methods_settle(mt->limiter, c, m);
+        return methods_check(mt->limiter, c, m);
     case RPC_METHOD_UNKNOWN:
         break;
     }
     rpc_error_set(&e, RPC_UNKNOWN_METHOD,
-                  "unknown method; the methods are ping, auth, check, log_usage, log_prompt "
-                  "and stats");
-    return refuse(c, m, &e);
+                  "unknown method; the methods are ping, auth, check, settle, log_usage, "
+                  "log_prompt and stats");
+    return conn_refuse(c, m, &e);
 }

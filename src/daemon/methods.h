@@ -10,16 +10,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "batcher.h"
 #include "conn.h"
 #include "limiter.h"
+#include "methods_log.h"
 #include "stats.h"
 
 struct methods {
     const char *token; /* the auth token; NULL: no auth */
     size_t token_len;
-    const bool *stopping; /* true once the drain began: no new work */
-    struct batcher *batcher;
+    const bool *stopping;    /* true once the drain began: no new work */
+    struct methods_log *log; /* log_usage and log_prompt */
     struct limiter *limiter;
     const struct stats_sources *stats; /* for stats and ping's uptime */
 };

@@ -3,6 +3,8 @@
 
 #include <stdio.h>
 
+#include "methods_check.h"
+#include "methods_log.h"
 #include "rpc.h"
 
 static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *counts)
@@ -27,7 +29,7 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     rpc_pack_u64(pk, "uptime_ms", stats_uptime_ms(s));
 
     rpc_pack_str(pk, "connections");
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 9);
     rpc_pack_u64(pk, "open", s->conns->count);
     rpc_pack_u64(pk, "accepted", cs->accepted);
     rpc_pack_u64(pk, "refused", cs->refused);
@@ -35,6 +37,8 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     rpc_pack_u64(pk, "stream_errors", cs->stream_errors);
     rpc_pack_u64(pk, "paused_output", cs->paused_output);
     rpc_pack_u64(pk, "paused_pending", cs->paused_pending);
+    rpc_pack_u64(pk, "paused_input", cs->paused_input);
+    rpc_pack_u64(pk, "input_bytes", s->conns->input_bytes);
 
     rpc_pack_str(pk, "messages");
     msgpack_pack_map(pk, 3);
@@ -46,13 +50,13 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     pack_by_code(pk, "dropped_notifications", cs->dropped);
 
     rpc_pack_str(pk, "ingest");
-    batcher_pack_stats(s->batcher, pk);
+    methods_log_pack_stats(s->batcher, pk);
 
     rpc_pack_str(pk, "spool");
-    spool_pack_stats(s->spool, pk);
+    methods_log_pack_spool_stats(s->spool, pk);
 
     rpc_pack_str(pk, "limits");
-    limiter_pack_stats(s->limiter, pk);
+    methods_check_pack_stats(s->limiter, pk);
 
     rpc_pack_str(pk, "refresh");
     refresh_pack_stats(s->refresh, pk);
@@ -62,14 +66,8 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
 
 void stats_summary(const struct stats_sources *s, char *out, size_t len)
 {
-    uint64_t written = 0;
-    unsigned up = 0, writers = 0;
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        const struct batcher_table *t = &s->batcher->tables[k];
-        written += t->stats.rows_written;
-        for (uint32_t i = 0; i < t->nwriters; i++, writers++)
-            up += t->writers[i].pg.state == PG_IDLE || t->writers[i].pg.state == PG_BUSY;
-    }
+    uint64_t written = batcher_rows_written(s->batcher);
+    unsigned up = batcher_writers_up(s->batcher), writers = batcher_writers(s->batcher);
     unsigned long long queued = s->batcher->queued_rows;
     snprintf(out, len, "%s%u connections, %llu rows queued, %llu rows written, postgres %u/%u up",
              *s->stopping ? "draining: " : "", s->conns->count, queued, (unsigned long long)written,

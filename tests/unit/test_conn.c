@@ -140,6 +140,7 @@ static void harness_open(struct harness *h, uint32_t max_message_bytes)
                                  .max_message_bytes = max_message_bytes,
                                  .max_output_bytes = 1 << 20,
                                  .max_pending_requests = 4096,
+                                 .max_input_bytes = 64 << 20,
                                  .idle_timeout_ms = 0,
                                  .finish_timeout_ms = 1000};
     conn_set_init(&h->set, &h->loop, &limits, dispatch, h);
@@ -215,6 +216,28 @@ TEST(a_pipelined_burst_is_dispatched_and_answered_in_order)
         CHECK_EQ_INT(h.dispatched[i], i + 1);
     check_answers_in_order(&h, 1, 300);
     CHECK_EQ_INT(h.set.stats.messages, 300);
+    msgpack_sbuffer_destroy(&sb);
+    harness_close(&h);
+}
+
+TEST(past_the_input_bound_one_connection_still_finishes_its_message)
+{
+    struct harness h;
+    harness_open(&h, 1 << 20);
+    h.set.limits.max_input_bytes = 1; /* any partial message is over it */
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    pack_ping(&sb, 9);
+    size_t half = sb.size / 2;
+    send_bytes(&h, sb.data, half);
+    RUN_UNTIL(&h, h.set.stats.bytes_in == half);
+    CHECK(h.set.input_bytes >= half); /* the partial message is counted */
+    send_bytes(&h, sb.data + half, sb.size - half);
+    RUN_UNTIL(&h, h.nanswers == 1);
+    check_answers_in_order(&h, 9, 1);
+    CHECK_EQ_INT(h.set.stats.paused_input, 0); /* the one holding input is not paused */
+    CHECK_EQ_INT(h.set.input_bytes, 0);        /* and holds nothing once its message is whole */
+    CHECK(h.set.input_owner == NULL);
     msgpack_sbuffer_destroy(&sb);
     harness_close(&h);
 }
@@ -329,6 +352,7 @@ int main(void)
 {
     return RUN(T(a_pipelined_burst_is_dispatched_and_answered_in_order),
                T(a_partial_message_waits_for_its_rest),
+               T(past_the_input_bound_one_connection_still_finishes_its_message),
                T(messages_written_one_byte_at_a_time_are_framed_whole),
                T(a_message_over_max_message_bytes_gets_too_large_and_the_stream_closes),
                T(a_paused_connection_holds_its_messages_and_resume_dispatches_them_in_order));
