@@ -8,13 +8,17 @@ tests (servers.py creates the roles and what Supabase puts in a new database).""
 import os
 import subprocess
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
 import servers
 from conftest import apply_migrations_with_psql, base_config, migration_files
-from test_schema import (USER_TABLES, acting_as, assert_anon_privileges_are_exactly_the_intended_ones,
+from test_schema import (OPENAI_KEY, USER_TABLES, acting_as, assert_anon_privileges_are_exactly_the_intended_ones,
                          connect, new_user, q, q1, seed_rows_for, visible_owners)
 from usaged_client import USAGED_BIN
+
+VAULT_SECRET = "usaged_api_key_encryption_key"
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +152,84 @@ def test_migrate_explains_a_usaged_role_that_postgres_may_not_grant_itself(workd
         assert r.returncode == 0, r.stderr
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# The API-key secret: Supabase Vault where there is one, else app.settings.encryption_key
+# ------------------------------------------------------------------------------------------
+
+# Supabase Vault's view, column for column (decrypted_secret is plain here), with the grants
+# Supabase gives postgres.
+VAULT_STAND_IN = """
+CREATE SCHEMA vault;
+CREATE TABLE vault.secrets (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text UNIQUE, description text NOT NULL
+    DEFAULT '', secret text NOT NULL, key_id uuid, nonce bytea, created_at timestamptz NOT NULL
+    DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
+CREATE VIEW vault.decrypted_secrets AS
+SELECT id, name, description, secret, secret AS decrypted_secret, key_id, nonce, created_at,
+       updated_at FROM vault.secrets;
+GRANT USAGE ON SCHEMA vault TO postgres WITH GRANT OPTION;
+GRANT ALL ON vault.secrets, vault.decrypted_secrets TO postgres WITH GRANT OPTION;
+"""
+
+
+@pytest.fixture
+def conn(pg, db):
+    """A superuser connection to a migrated database."""
+    c = connect(pg, db)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def vault_db(conn):
+    """A migrated database with a stand-in for Supabase Vault; yields a superuser connection."""
+    q(conn, VAULT_STAND_IN)
+    return conn
+
+
+def test_api_key_is_encrypted_under_the_vault_secret_where_there_is_a_vault(vault_db):
+    q(vault_db, "INSERT INTO vault.secrets (name, secret) VALUES (%s, 'from-the-vault')",
+      (VAULT_SECRET,))
+    # The setting is not used where there is a Vault.
+    q(vault_db, "SELECT set_config('app.settings.encryption_key', 'from-the-setting', false)")
+    a = new_user(vault_db)
+    with acting_as(vault_db, "authenticated", a):
+        q(vault_db, "SELECT public.store_api_key('openai', %s)", (OPENAI_KEY,))
+        assert q1(vault_db, "SELECT public.read_api_key('openai')") == OPENAI_KEY
+    assert q1(vault_db, "SELECT extensions.pgp_sym_decrypt(extensions.dearmor(api_key_encrypted), "
+                        "'from-the-vault') FROM public.api_configurations WHERE user_id = %s",
+              (a,)) == OPENAI_KEY
+
+
+def test_store_api_key_without_the_vault_secret_names_it_and_how_to_create_it(vault_db):
+    q(vault_db, "SELECT set_config('app.settings.encryption_key', 'from-the-setting', false)")
+    a = new_user(vault_db)
+    with acting_as(vault_db, "authenticated", a):
+        for call in ("SELECT public.store_api_key('openai', %s)", "SELECT public.read_api_key(%s)"):
+            with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState) as e:
+                q(vault_db, call, (OPENAI_KEY if "store" in call else "openai",))
+            assert VAULT_SECRET in e.value.diag.message_primary
+            assert f"vault.create_secret('<a long random key>', '{VAULT_SECRET}')" \
+                in e.value.diag.message_hint
+            assert OPENAI_KEY not in str(e.value)
+    assert q1(vault_db, "SELECT count(*) FROM public.api_configurations") == 0
+
+
+def test_without_a_vault_the_hint_says_who_may_set_the_key(conn):
+    a = new_user(conn)
+    with acting_as(conn, "authenticated", a):
+        with pytest.raises(psycopg2.errors.ObjectNotInPrerequisiteState,
+                           match="app.settings.encryption_key is not set") as e:
+            q(conn, "SELECT public.store_api_key('openai', %s)", (OPENAI_KEY,))
+    assert "As a superuser: ALTER DATABASE" in e.value.diag.message_hint
+    assert "Vault" in e.value.diag.message_hint
+
+
+def test_users_cannot_call_the_key_lookup(conn):
+    q(conn, "SELECT set_config('app.settings.encryption_key', 'k', false)")
+    for role in ("anon", "authenticated", "service_role"):
+        with acting_as(conn, role, new_user(conn)):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                q(conn, "SELECT public.api_key_encryption_key('x')")
