@@ -233,3 +233,76 @@ def test_users_cannot_call_the_key_lookup(conn):
         with acting_as(conn, role, new_user(conn)):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 q(conn, "SELECT public.api_key_encryption_key('x')")
+
+
+# ------------------------------------------------------------------------------------------
+# Supabase's security linter (splinter): the checks it would flag on this schema
+# ------------------------------------------------------------------------------------------
+
+OUR_SCHEMAS = ("public", "usaged", "analytics", "analytics_user")
+
+
+def test_no_view_in_public_runs_with_its_owners_rights(conn):
+    """splinter 0010 security_definer_view."""
+    views = q(conn, "SELECT c.relname, coalesce(c.reloptions, '{}') FROM pg_class c "
+                    "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'v'")
+    assert {v for v, _ in views} >= {"my_api_usage_daily", "my_prompt_generations_daily"}
+    for view, options in views:
+        assert "security_invoker=true" in options, view
+
+
+def test_every_function_of_the_schema_has_a_fixed_search_path(conn):
+    """splinter 0011 function_search_path_mutable (functions of extensions aside)."""
+    mutable = q(conn, "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                      "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                      "WHERE n.nspname = ANY(%s) AND NOT EXISTS ("
+                      "  SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass "
+                      "  AND d.objid = p.oid AND d.deptype = 'e') "
+                      "AND NOT EXISTS (SELECT FROM unnest(coalesce(p.proconfig, '{}')) c "
+                      "  WHERE c LIKE 'search_path=%%')", (list(OUR_SCHEMAS),))
+    assert mutable == []
+
+
+def seed_analytics(conn):
+    a, b = new_user(conn), new_user(conn)
+    for user, n in ((a, 3), (b, 1)):
+        for _ in range(n):
+            q(conn, "INSERT INTO public.api_usage_logs (user_id, provider, status_code) "
+                    "VALUES (%s, 'openai', 200)", (user,))
+        q(conn, "INSERT INTO public.prompt_history (user_id, status) VALUES (%s, 'completed')",
+          (user,))
+    with acting_as(conn, "usaged"):
+        q(conn, "REFRESH MATERIALIZED VIEW analytics.api_usage_daily")
+        q(conn, "REFRESH MATERIALIZED VIEW analytics.prompt_generations_daily")
+    return a, b
+
+
+def test_my_views_and_the_functions_under_them_return_only_the_callers_rows(conn):
+    a, b = seed_analytics(conn)
+    for user, requests in ((a, 3), (b, 1)):
+        with acting_as(conn, "authenticated", user):
+            assert q1(conn, "SELECT sum(requests) FROM public.my_api_usage_daily") == requests
+            assert q1(conn, "SELECT sum(requests) FROM analytics_user.api_usage_daily()") \
+                == requests
+            assert q1(conn, "SELECT sum(generations) FROM "
+                            "public.my_prompt_generations_daily") == 1
+    with acting_as(conn, "authenticated"):  # no user: nothing
+        assert q(conn, "SELECT * FROM public.my_api_usage_daily") == []
+
+
+@pytest.mark.parametrize("role", ["anon", "service_role", "usaged"])
+def test_only_authenticated_may_call_the_analytics_user_functions(conn, role):
+    seed_analytics(conn)
+    with acting_as(conn, role, new_user(conn)):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            q(conn, "SELECT * FROM analytics_user.api_usage_daily()")
+
+
+def test_full_text_search_still_uses_its_index(conn):
+    q(conn, "SET enable_seqscan = off")
+    plan = "\n".join(r[0] for r in q(
+        conn, "EXPLAIN SELECT id FROM public.prompt_history WHERE "
+              "public.prompt_history_search_document(user_input, ai_response) "
+              "@@ websearch_to_tsquery('english', 'landing page')"))
+    assert "Bitmap Index Scan on prompt_history_default_prompt_history_search_document_idx" \
+        in plan, plan
