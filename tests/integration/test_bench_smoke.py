@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import msgpack
 import pytest
 
 import servers
@@ -193,6 +194,29 @@ def slowlog_evalsha(conn):
             if e["command"].startswith(b"EVALSHA ")]
 
 
+def slowlog_everything(conn):
+    """Redis's slow log keeps every command from now on (the last 1024), and nothing before."""
+    conn.config_set("slowlog-max-len", 1024)
+    conn.config_set("slowlog-log-slower-than", 0)
+    conn.slowlog_reset()
+
+
+PER_MINUTE, PER_DAY = 1_000_000, 2_000_000
+
+
+def start_with_limits(daemon_factory, workdir, pg, db, redis_server):
+    """A daemon whose openai limits are PER_MINUTE and PER_DAY, as usage-bench --redis-limits
+    passes them below."""
+    return start(daemon_factory, workdir, pg, db, redis_server,
+                 "limits:\n  providers: { openai: { per_minute: %d, per_day: %d } }\n"
+                 % (PER_MINUTE, PER_DAY))
+
+
+def bench_redis_user0(redis_server, sha, *args):
+    return bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "1", "-u", "1",
+                 "-P", "openai", "--redis-limits", f"{PER_MINUTE},{PER_DAY}", "-w", "0", *args)
+
+
 def test_redis_itself_gets_the_very_call_the_daemon_sends_for_a_check(
         daemon_factory, workdir, pg, db, redis_server):
     """The daemon checks user 0 with openai under the provider's two rules, then usage-bench
@@ -202,23 +226,17 @@ def test_redis_itself_gets_the_very_call_the_daemon_sends_for_a_check(
     the very counters the daemon's checks count in, and made no other key. (Earlier tests of
     this module counted checks of the same users in the same Redis: the figures are read as
     differences.)"""
-    per_minute, per_day = 1_000_000, 2_000_000
     conn, sha = load_script(redis_server)
     try:
-        d = start(daemon_factory, workdir, pg, db, redis_server,
-                  "limits:\n  providers: { openai: { per_minute: %d, per_day: %d } }\n"
-                  % (per_minute, per_day))
-        conn.config_set("slowlog-max-len", 1024)
-        conn.config_set("slowlog-log-slower-than", 0)
-        conn.slowlog_reset()
+        d = start_with_limits(daemon_factory, workdir, pg, db, redis_server)
+        slowlog_everything(conn)
         check = {"user_id": user_id(0), "provider": "openai"}
         first = d.client().call("check", check)
         assert first["allowed"]
         keys = {k.decode() for k in conn.scan_iter("usaged:*", count=1000)}
         assert counters_key("usaged:", 0, "openai") in keys
-        r = bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "1", "-p", "8",
-                  "-u", "1", "-P", "openai", "--redis-limits", f"{per_minute},{per_day}",
-                  "--redis-batch", "1", "--rate", "200", "-d", "0.2", "-w", "0")
+        r = bench_redis_user0(redis_server, sha, "-p", "8", "--redis-batch", "1", "--rate", "200",
+                              "-d", "0.2")
         conn.config_set("slowlog-log-slower-than", 10000)
         assert r["errors"] == {} and r["open_loop"]["unanswered"] == 0
         sent = r["checks"]["allowed"]
@@ -231,6 +249,34 @@ def test_redis_itself_gets_the_very_call_the_daemon_sends_for_a_check(
         assert second["remaining_day"] == first["remaining_day"] - sent - 1
         assert {k.decode() for k in conn.scan_iter("usaged:*", count=1000)} == keys
         assert {f.decode() for f in conn.hkeys(counters_key("usaged:", 0, "openai"))} == V1_FIELDS
+    finally:
+        conn.config_set("slowlog-log-slower-than", 10000)
+        conn.close()
+
+
+def test_redis_itself_gets_the_daemons_call_for_checks_of_a_key_that_came_together(
+        daemon_factory, workdir, pg, db, redis_server):
+    """Three checks of one key that the daemon reads together go in one script call, in one
+    part of it (the key once in KEYS, 3 checks after its rules). usage-bench --redis-batch 3,
+    closed loop with 3 in flight, sends every call with 3 checks, all of user 0 here: each is
+    the daemon's call, argument for argument."""
+    conn, sha = load_script(redis_server)
+    try:
+        d = start_with_limits(daemon_factory, workdir, pg, db, redis_server)
+        slowlog_everything(conn)
+        r = bench_redis_user0(redis_server, sha, "-p", "3", "--redis-batch", "3", "-d", "0.2")
+        assert r["errors"] == {} and r["requests_ok"] > 0
+        check = {"user_id": user_id(0), "provider": "openai"}
+        with d.client() as c:
+            # One write, so that the daemon reads the three in one go.
+            c.send_raw(b"".join(msgpack.packb([0, i, "check", [check]]) for i in (1, 2, 3)))
+            assert all(c.wait(i)[1]["allowed"] for i in (1, 2, 3))
+        conn.config_set("slowlog-log-slower-than", 10000)
+        calls = slowlog_evalsha(conn)
+        daemons = calls[-1]  # the newest
+        assert daemons.startswith(f"EVALSHA {sha} 1 usaged:{{{user_id(0)}}} c ".encode())
+        assert daemons.endswith(b" 3 1 0 0  1 0 0  1 0 0 ")  # 3 checks: cost, tokens, spend, ""
+        assert len(calls) > 1 and calls[:-1] == [daemons] * (len(calls) - 1)
     finally:
         conn.config_set("slowlog-log-slower-than", 10000)
         conn.close()
