@@ -158,6 +158,15 @@ def sql(pg, dbname, query, args=None):
         conn.close()
 
 
+def write_token(workdir, token, name="token"):
+    """Writes auth.token_file's file (mode 0600) in workdir; returns its path."""
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def make_users(pg, dbname, n):
     """Creates n users in auth.users; returns their ids (str)."""
     import uuid

@@ -406,7 +406,13 @@ export class UsagedClient extends EventEmitter {
       sock.destroy(new UsagedError("timeout", `no connection to usaged within ${limit} ms`));
     }, limit);
     let failure: unknown = null;
-    sock.on("connect", () => this.handshake(sock, connectTimer));
+    // The handshake waits until the loop has polled the new socket once: a daemon that refuses
+    // the connection (too many connections, or stopping) says why and closes at once, and a write
+    // into that closed socket would fail (EPIPE) before its reason is read. The connect callback
+    // runs in the poll phase; a second setImmediate runs after the next poll.
+    sock.on("connect", () => setImmediate(() => setImmediate(() => {
+      if (this.sock === sock && !sock.destroyed) this.handshake(sock, connectTimer);
+    })));
     sock.on("data", (chunk: Buffer) => this.onData(sock, chunk));
     sock.on("drain", () => this.schedulePump());
     sock.on("error", (e) => {
@@ -534,6 +540,10 @@ export class UsagedClient extends EventEmitter {
     if (this.state === "closed") return;
     this.state = "down";
     if (wasReady) this.emit("disconnect", err);
+    // No connection could be made: requests waiting for one fail now rather than at their
+    // deadline, so that a caller learns at once that the daemon is away. Notifications stay
+    // queued (up to maxQueued) for the next connection.
+    if (!wasReady) for (const out of this.queue.slice(this.queueHead)) if (out.call) this.finish(out.call, err);
     if (this.firstConnect) {
       const first = this.firstConnect;
       this.firstConnect = null;
