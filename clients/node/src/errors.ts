@@ -70,7 +70,14 @@ export function snakeToCamel(s: string): string {
   return s.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
 }
 
+const SNAKE = new Map<string, string>(); // the keys callers use are few: convert each once
+
 /** `statusCode` -> `status_code`. */
 export function camelToSnake(s: string): string {
-  return s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+  let snake = SNAKE.get(s);
+  if (snake === undefined) {
+    snake = s.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+    if (SNAKE.size < 1024) SNAKE.set(s, snake);
+  }
+  return snake;
 }

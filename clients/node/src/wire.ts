@@ -147,9 +147,12 @@ const DECIMAL_FIELDS = new Set(["spend", "costUsd"]);
 /** One map of the caller's, with snake_case keys; undefined values are left out. */
 export function toWireMap(obj: object): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(obj)) {
+  const src = obj as Record<string, unknown>;
+  for (const k in src) {
+    if (!Object.prototype.hasOwnProperty.call(src, k)) continue;
+    const v = src[k];
     if (v === undefined) continue;
-    out[camelToSnake(k)] = DECIMAL_FIELDS.has(k) && v !== null ? toDecimal(v as Decimal) : v;
+    out[camelToSnake(k)] = v !== null && DECIMAL_FIELDS.has(k) ? toDecimal(v as Decimal) : v;
   }
   return out;
 }

@@ -8,10 +8,13 @@ import { decode, encode } from "@msgpack/msgpack";
 import { messageEnd } from "../dist/esm/frame.js";
 
 export class FakeDaemon {
-  /** onMessage(msg, conn): called for every message received; conn.reply(msgid, err, result). */
-  constructor(onMessage) {
-    this.dir = mkdtempSync(join(tmpdir(), "usaged-fake-"));
-    this.path = join(this.dir, "fake.sock");
+  /**
+   * onMessage(msg, conn): called for every message received; conn.reply(msgid, err, result).
+   * `path`: listen where an earlier FakeDaemon listened (a daemon that comes back).
+   */
+  constructor(onMessage, path = null) {
+    this.dir = path ? null : mkdtempSync(join(tmpdir(), "usaged-fake-"));
+    this.path = path ?? join(this.dir, "fake.sock");
     this.onMessage = onMessage;
     this.messages = []; // every message received, in order: [connection number, msg]
     this.conns = new Set();
@@ -73,10 +76,11 @@ export class FakeDaemon {
     for (const c of this.conns) c.sock.destroy();
   }
 
-  async stop() {
+  /** Stops listening and drops every connection; `keepDir` leaves the path to a successor. */
+  async stop(keepDir = false) {
     this.dropAll();
-    await new Promise((r) => this.server.close(r));
-    rmSync(this.dir, { recursive: true, force: true });
+    if (this.server.listening) await new Promise((r) => this.server.close(r));
+    if (this.dir && !keepDir) rmSync(this.dir, { recursive: true, force: true });
   }
 }
 

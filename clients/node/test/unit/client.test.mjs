@@ -201,3 +201,21 @@ test("msgids stay unique among calls in flight", async () => {
     assert.deepEqual(answers.map((a) => a.msgid), held.map(([m]) => m[1]));
   });
 });
+
+test("while no daemon can be reached, requests fail at once with closed; notifications wait for its return", async () => {
+  const first = await new FakeDaemon(standard()).listen();
+  const u = await connect({ path: first.path, reconnect: { minDelayMs: 10, maxDelayMs: 20 } });
+  const gone = new Promise((r) => u.once("disconnect", r));
+  await first.stop(true);
+  await gone;
+  const t0 = Date.now();
+  await rejectsWith(u.check({ userId: "u", provider: "p" }, { timeoutMs: 10000 }), "closed");
+  assert.ok(Date.now() - t0 < 5000, "failed at once, not at its deadline");
+  const ids = u.logUsageNoWait([{ userId: "u", provider: "p" }]);
+  const back = await new FakeDaemon(standard(), first.path).listen();
+  await back.until(() => back.of("log_usage").length === 1);
+  assert.equal(back.of("log_usage")[0][2][0][0].id, ids[0]);
+  await u.close();
+  await back.stop();
+  await first.stop();
+});
