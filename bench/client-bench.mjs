@@ -12,7 +12,7 @@
 import { createRequire } from "node:module";
 import { connect } from "../clients/node/dist/esm/index.js";
 
-const { Hist, parseArgs, userId } = createRequire(import.meta.url)("./node-common.js");
+const { Hist, measure, parseArgs, userId } = createRequire(import.meta.url)("./node-common.js");
 
 function options(argv) {
   const o = parseArgs(argv, {
@@ -71,14 +71,7 @@ async function main() {
       })());
     }
   }
-  await new Promise((r) => setTimeout(r, o.warmup * 1000));
-  recording = true;
-  const cpu0 = process.cpuUsage();
-  const t0 = process.hrtime.bigint();
-  await new Promise((r) => setTimeout(r, o.duration * 1000));
-  recording = false;
-  const window = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = process.cpuUsage(cpu0);
+  const { window, cpuS } = await measure(o, (on) => { recording = on; });
   stopping = true;
   await Promise.all(running);
   await u.close();
@@ -92,7 +85,7 @@ async function main() {
       p999: hist.quantile(0.999), max: hist.max, mean: hist.total ? hist.sum / hist.total : 0,
     },
     latency_from_call_us: { p50: sentHist.quantile(0.5), p99: sentHist.quantile(0.99) },
-    client_cpu_s: (cpu.user + cpu.system) / 1e6,
+    client_cpu_s: cpuS,
   };
   if (o.json) {
     console.log(JSON.stringify(r));

@@ -55,4 +55,20 @@ function parseArgs(argv, defaults) {
   return o;
 }
 
-module.exports = { Hist, parseArgs, userId };
+/**
+ * Lets the load run `o.warmup` s, then records for `o.duration` s (record(true) ... record(false));
+ * returns the window's length and the CPU this process used in it, in seconds.
+ */
+async function measure(o, record) {
+  const sleep = (s) => new Promise((r) => setTimeout(r, s * 1000));
+  await sleep(o.warmup);
+  record(true);
+  const cpu0 = process.cpuUsage();
+  const t0 = process.hrtime.bigint();
+  await sleep(o.duration);
+  record(false);
+  const cpu = process.cpuUsage(cpu0);
+  return { window: Number(process.hrtime.bigint() - t0) / 1e9, cpuS: (cpu.user + cpu.system) / 1e6 };
+}
+
+module.exports = { Hist, measure, parseArgs, userId };

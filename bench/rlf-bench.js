@@ -23,7 +23,7 @@ function options(argv) {
   return o;
 }
 
-const { Hist, parseArgs, userId } = require('./node-common.js');
+const { Hist, measure, parseArgs, userId } = require('./node-common.js');
 
 async function main() {
   const o = options(process.argv);
@@ -64,14 +64,7 @@ async function main() {
   await redis.ping();
   const workers = [];
   for (let i = 0; i < o.concurrency; i++) workers.push(worker());
-  await new Promise((r) => setTimeout(r, o.warmup * 1000));
-  recording = true;
-  const cpu0 = process.cpuUsage();
-  const t0 = process.hrtime.bigint();
-  await new Promise((r) => setTimeout(r, o.duration * 1000));
-  recording = false;
-  const window = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = process.cpuUsage(cpu0);
+  const { window, cpuS } = await measure(o, (on) => { recording = on; });
   stopping = true;
   await Promise.all(workers);
   redis.disconnect();
@@ -84,7 +77,7 @@ async function main() {
       p50: hist.quantile(0.5), p90: hist.quantile(0.9), p99: hist.quantile(0.99),
       p999: hist.quantile(0.999), max: hist.max, mean: hist.total ? hist.sum / hist.total : 0,
     },
-    client_cpu_s: (cpu.user + cpu.system) / 1e6,
+    client_cpu_s: cpuS,
   };
   if (o.json) {
     console.log(JSON.stringify(r));
