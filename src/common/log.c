@@ -3,6 +3,8 @@
  * gain in testability. */
 #include "log.h"
 
+#include "clock.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,13 +48,13 @@ void log_msg(enum log_level level, const char *fmt, ...)
     if (getenv("JOURNAL_STREAM") != NULL) {
         len = (size_t)snprintf(line, sizeof(line), "<%d>", syslog_priority[level]);
     } else {
-        struct timespec ts;
+        int64_t now_ms = clock_wall_ms();
+        time_t now_s = (time_t)(now_ms / 1000);
         struct tm tm;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        gmtime_r(&ts.tv_sec, &tm);
+        gmtime_r(&now_s, &tm);
         len = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-        len += (size_t)snprintf(line + len, sizeof(line) - len, ".%03ldZ %-5s ",
-                                ts.tv_nsec / 1000000, level_names[level]);
+        len += (size_t)snprintf(line + len, sizeof(line) - len, ".%03dZ %-5s ",
+                                (int)(now_ms % 1000), level_names[level]);
     }
     va_list ap;
     va_start(ap, fmt);

@@ -115,6 +115,18 @@ void rpc_pack_u64(msgpack_packer *pk, const char *key, uint64_t value)
     msgpack_pack_uint64(pk, value);
 }
 
+void rpc_pack_i64(msgpack_packer *pk, const char *key, int64_t value)
+{
+    rpc_pack_str(pk, key);
+    msgpack_pack_int64(pk, value);
+}
+
+void rpc_pack_str_value(msgpack_packer *pk, const char *key, const char *value)
+{
+    rpc_pack_str(pk, key);
+    rpc_pack_str(pk, value ? value : "");
+}
+
 void rpc_pack_error(msgpack_packer *pk, const struct rpc_error *e)
 {
     bool retry = e->code == RPC_OVERLOADED || e->code == RPC_UNAVAILABLE;

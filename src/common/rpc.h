@@ -58,6 +58,9 @@ void rpc_pack_strn(msgpack_packer *pk, const char *s, size_t len);
 
 /* Packs "key": value, for the stats maps. */
 void rpc_pack_u64(msgpack_packer *pk, const char *key, uint64_t value);
+void rpc_pack_i64(msgpack_packer *pk, const char *key, int64_t value);
+/* "key": value, where a NULL value packs as "". */
+void rpc_pack_str_value(msgpack_packer *pk, const char *key, const char *value);
 
 /* True when o is a str equal to s. */
 bool rpc_str_eq(const msgpack_object *o, const char *s);

@@ -2,7 +2,8 @@
  *
  * Pure: the parser takes a file's bytes and returns a struct or an error that names the place
  * (FILE:LINE:COL: message). Every key has a default; an unknown key, a wrong type or a value out
- * of range is an error. conf/usaged.yaml documents every key; keep the two in step. */
+ * of range is an error. One table in config.c declares every key (how to add one is said at its
+ * top); conf/usaged.yaml documents every key, and test_config checks the two agree. */
 #ifndef USAGED_CONFIG_H
 #define USAGED_CONFIG_H
 
@@ -43,6 +44,7 @@ enum config_ack { CONFIG_ACK_QUEUED = 0, CONFIG_ACK_DURABLE };
 
 struct config {
     char *path; /* the file it was read from */
+    bool empty; /* the file held no settings (nothing, comments, or null): every default */
 
     struct {
         char *unix_path;    /* NULL: no Unix listener */
@@ -53,6 +55,7 @@ struct config {
         uint32_t idle_timeout_s;       /* 0: never close idle connections */
         uint32_t max_output_bytes;     /* unsent output per connection before its reads pause */
         uint32_t max_pending_requests; /* unanswered requests per connection before reads pause */
+        uint64_t max_input_bytes;      /* input buffered by all connections before reads pause */
     } listen;
 
     struct {
@@ -128,6 +131,20 @@ struct config *config_parse(const char *path, const char *text, size_t len, char
 /* Reads and parses a file. */
 struct config *config_load(const char *path, char *err, size_t errlen);
 void config_free(struct config *c);
+
+/* The table's keys, by index ("section.key"), for tests and tools. */
+size_t config_key_count(void);
+const char *config_key_name(size_t i);
+/* Checks the table itself: field sizes match the types, defaults within bounds, no name twice.
+ * Returns false with err filled naming the key at fault. */
+bool config_table_check(char *err, size_t errlen);
+
+/* For a reload: the keys only a restart applies keep their running values. Exchanges each such
+ * value between fresh (the config about to be in force) and running (about to be freed), so that
+ * fresh holds what is really running. Returns how many of them the new file changes, their names
+ * in `changed` (comma-separated). */
+size_t config_keep_restart_only(struct config *fresh, struct config *running, char *changed,
+                                size_t changed_len);
 
 /* Splits "host:port" (host may be "[v6]"); returns false when malformed. host gets a copy. */
 bool config_split_host_port(const char *s, char *host, size_t hostlen, uint16_t *port);

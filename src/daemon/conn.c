@@ -20,8 +20,18 @@ static void conn_flush(struct conn *c);
 static void conn_update_pause(struct conn *c);
 static void conn_start_reading(struct conn *c);
 static size_t conn_process(struct conn *c, const uint8_t *data, size_t len);
+static void resume_input(struct conn_set *set);
 
 /* ---- the set ---- */
+
+/* Output is flushed in the check phase, once per loop iteration, after the poll for I/O. Output
+ * packed in the poll phase (a read, a database's answer) goes out in the same iteration; output
+ * packed before it (in a timer's callback: a Redis deadline's fallback answer, a resume) would
+ * wait in the poll for the next event, so an active idle handle makes that poll not block. */
+static void on_flush_soon(uv_idle_t *idle)
+{
+    (void)idle;
+}
 
 static void on_flush_check(uv_check_t *check)
 {
@@ -36,6 +46,10 @@ static void on_flush_check(uv_check_t *check)
         conn_update_pause(c);
         conn_unref(c);
     }
+    /* Here rather than where the input shrank: a resumed connection dispatches what it holds,
+     * which must not run inside another connection's read. */
+    resume_input(set);
+    uv_idle_stop(&set->flush_soon);
 }
 
 /* Closed by the idle timeout: a connection that has made no progress (no byte read or written)
@@ -107,6 +121,8 @@ void conn_set_init(struct conn_set *set, uv_loop_t *loop, const struct conn_limi
     set->flush_check.data = set;
     uv_check_start(&set->flush_check, on_flush_check);
     uv_unref((uv_handle_t *)&set->flush_check);
+    uv_idle_init(loop, &set->flush_soon);
+    uv_unref((uv_handle_t *)&set->flush_soon);
     uv_timer_init(loop, &set->idle_timer);
     set->idle_timer.data = set;
     uv_unref((uv_handle_t *)&set->idle_timer);
@@ -178,6 +194,7 @@ void conn_set_finish(struct conn_set *set, void (*on_done)(struct conn_set *set)
 void conn_set_close(struct conn_set *set)
 {
     uv_close((uv_handle_t *)&set->flush_check, NULL);
+    uv_close((uv_handle_t *)&set->flush_soon, NULL);
     uv_close((uv_handle_t *)&set->idle_timer, NULL);
     uv_close((uv_handle_t *)&set->finish_timer, NULL);
     msgpack_zone_destroy(&set->zone);
@@ -185,6 +202,77 @@ void conn_set_close(struct conn_set *set)
 }
 
 /* ---- lifetime ---- */
+
+/* Counts the connection's input buffer (by capacity: what it really holds) in the set's total,
+ * and lets go of it when empty: an idle connection holds no input memory. */
+static void account_input(struct conn *c)
+{
+    if (c->in.len == 0 && c->in.cap > 0)
+        buf_free(&c->in);
+    if (c->in.len == 0 && c->set->input_owner == c)
+        c->set->input_owner = NULL; /* its message is done: another may go on */
+    c->set->input_bytes = c->set->input_bytes - c->input_held + c->in.cap;
+    c->input_held = c->in.cap;
+}
+
+static void pause_for_input(struct conn *c)
+{
+    if ((c->pause & CONN_PAUSE_INPUT) || c->closing || c == c->set->input_owner)
+        return;
+    c->set->stats.paused_input++;
+    c->set->input_paused++;
+    conn_pause(c, CONN_PAUSE_INPUT);
+}
+
+/* Past listen.max_input_bytes a connection that holds input is not read, except one, the owner,
+ * which goes on until its message is whole: a message can always be finished, and the memory is
+ * given back one message at a time. One that holds nothing is still read (its complete messages
+ * cost nothing), and paused once a read leaves a partial message behind: the total may pass the
+ * bound by the owner's message and by one read (64 KiB) per connection. */
+static void bound_input(struct conn *c)
+{
+    struct conn_set *set = c->set;
+    if (set->input_full) {
+        if (c->in.len > 0)
+            pause_for_input(c);
+        return;
+    }
+    if (set->input_bytes <= set->limits.max_input_bytes)
+        return;
+    set->input_full = true;
+    if (c->in.len > 0 && !c->closing)
+        set->input_owner = c;
+    for (struct conn *o = set->head; o; o = o->next)
+        if (o->in.len > 0)
+            pause_for_input(o);
+}
+
+/* Below half the bound every paused connection is read again; until then, when the owner's message
+ * is done, the next one paused (one holding input first: finishing it gives memory back) becomes
+ * the owner. Runs from the flush pass: a resumed connection dispatches what it holds. */
+static void resume_input(struct conn_set *set)
+{
+    bool all = set->input_bytes <= set->limits.max_input_bytes / 2;
+    if (!set->input_full || (!all && set->input_owner))
+        return;
+    if (all)
+        set->input_full = false;
+    struct conn *pick = NULL;
+    for (struct conn *c = set->head; c && !all; c = c->next)
+        if ((c->pause & CONN_PAUSE_INPUT) && (!pick || (c->in.len > 0 && pick->in.len == 0)))
+            pick = c;
+    for (struct conn *c = all ? set->head : pick, *next; c; c = all ? next : NULL) {
+        conn_ref(c); /* a resumed connection may close while it dispatches what it holds */
+        if (c->pause & CONN_PAUSE_INPUT) {
+            set->input_paused--;
+            if (!all)
+                set->input_owner = c;
+            conn_resume(c, CONN_PAUSE_INPUT);
+        }
+        next = c->next;
+        conn_unref(c);
+    }
+}
 
 void conn_hold(struct conn *c)
 {
@@ -210,6 +298,7 @@ void conn_unref(struct conn *c)
     if (--c->refs > 0)
         return;
     buf_free(&c->in);
+    account_input(c);
     buf_free(&c->out);
     free(c);
 }
@@ -225,6 +314,14 @@ static void conn_close(struct conn *c)
         return;
     c->closing = true;
     struct conn_set *set = c->set;
+    if (c->pause & CONN_PAUSE_INPUT)
+        set->input_paused--;
+    if (set->input_owner == c)
+        set->input_owner = NULL;
+    if (!c->processing) { /* nothing more is read from it (else on_read lets go of it) */
+        buf_free(&c->in);
+        account_input(c);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -245,6 +342,8 @@ static void conn_mark_dirty(struct conn *c)
         return;
     c->dirty = true;
     conn_ref(c); /* the dirty list holds a reference until the flush pass */
+    if (!c->set->dirty)
+        uv_idle_start(&c->set->flush_soon, on_flush_soon);
     c->next_dirty = c->set->dirty;
     c->set->dirty = c;
 }
@@ -369,6 +468,16 @@ void conn_drop_notification(struct conn *c, const char *method, const struct rpc
                  (unsigned long long)c->id, c->peer, method, rpc_code_name(e->code), e->message);
 }
 
+enum conn_dispatch_result conn_refuse(struct conn *c, const struct rpc_message *m,
+                                      const struct rpc_error *e)
+{
+    if (m->kind == RPC_KIND_REQUEST)
+        conn_reply_error(c, m->msgid, e);
+    else
+        conn_drop_notification(c, rpc_method_name(m->method), e);
+    return CONN_DISPATCHED;
+}
+
 void conn_close_after_flush(struct conn *c)
 {
     c->close_after_flush = true;
@@ -436,6 +545,7 @@ void conn_resume(struct conn *c, unsigned reasons)
     if (!c->processing && c->in.len > 0) {
         size_t used = conn_process(c, c->in.data, c->in.len);
         buf_consume(&c->in, used);
+        account_input(c);
     }
     if (!c->pause && !c->eof && !c->closing && !c->close_after_flush)
         conn_start_reading(c);
@@ -532,14 +642,17 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *b)
     /* A partial message is pending: read behind it, so that it stays contiguous. */
     size_t want = 64 * 1024;
     uint8_t *p = buf_reserve(&c->in, want);
+    account_input(c);
     *b = uv_buf_init((char *)p, (unsigned)(c->in.cap - c->in.len));
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
 {
     struct conn *c = stream->data;
-    if (nread == 0)
+    if (nread == 0) {
+        account_input(c); /* a buffer reserved for nothing */
         return;
+    }
     if (nread < 0) {
         if (nread != UV_EOF)
             log_debug("conn %llu (%s): read failed: %s", (unsigned long long)c->id, c->peer,
@@ -567,6 +680,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
         size_t used = conn_process(c, c->in.data, c->in.len);
         buf_consume(&c->in, used);
     }
+    if (c->closing)
+        buf_free(&c->in);
+    account_input(c);
+    bound_input(c);
     conn_unref(c);
 }
 
@@ -610,7 +727,7 @@ static void describe_peer(struct conn *c, bool tcp)
     snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
 }
 
-void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
+static struct conn *conn_new(struct conn_set *set)
 {
     struct conn *c = xcalloc(1, sizeof(*c));
     c->set = set;
@@ -619,18 +736,21 @@ void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
     buf_init(&c->out);
     msgpack_packer_init(&c->pk, &c->out, buf_msgpack_write);
     frame_init(&c->scan, set->limits.max_message_bytes);
-    if (tcp)
-        uv_tcp_init(set->loop, &c->h.tcp);
-    else
-        uv_pipe_init(set->loop, &c->h.pipe, 0);
-    c->h.handle.data = c;
-    int rc = uv_accept(server, &c->h.stream);
-    if (rc < 0) {
-        log_warn("accept failed: %s", uv_strerror(rc));
-        c->closing = true;
-        uv_close(&c->h.handle, on_close);
-        return;
-    }
+    return c;
+}
+
+/* A handle that failed to become a connection: closed before it joined the set. */
+static void conn_discard(struct conn *c, const char *what, int rc)
+{
+    log_warn("%s failed: %s", what, uv_strerror(rc));
+    c->closing = true;
+    uv_close(&c->h.handle, on_close);
+}
+
+/* Joins the set: from here the connection is counted, limited and read. */
+static void conn_register(struct conn *c, bool tcp)
+{
+    struct conn_set *set = c->set;
     c->id = set->next_id++;
     c->last_active_ms = uv_now(set->loop);
     if (tcp) {
@@ -668,4 +788,34 @@ void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
     }
     log_debug("conn %llu (%s): accepted", (unsigned long long)c->id, c->peer);
     conn_start_reading(c);
+}
+
+void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp)
+{
+    struct conn *c = conn_new(set);
+    if (tcp)
+        uv_tcp_init(set->loop, &c->h.tcp);
+    else
+        uv_pipe_init(set->loop, &c->h.pipe, 0);
+    c->h.handle.data = c;
+    int rc = uv_accept(server, &c->h.stream);
+    if (rc < 0) {
+        conn_discard(c, "accept", rc);
+        return;
+    }
+    conn_register(c, tcp);
+}
+
+int conn_open_fd(struct conn_set *set, int fd)
+{
+    struct conn *c = conn_new(set);
+    uv_pipe_init(set->loop, &c->h.pipe, 0);
+    c->h.handle.data = c;
+    int rc = uv_pipe_open(&c->h.pipe, fd);
+    if (rc < 0) {
+        conn_discard(c, "opening a connected socket", rc);
+        return rc;
+    }
+    conn_register(c, false);
+    return 0;
 }

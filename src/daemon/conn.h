@@ -4,6 +4,10 @@
  *     that are not MessagePack break only that stream: the "error" notification, then close;
  *   - unsent output over listen.max_output_bytes, or more than listen.max_pending_requests
  *     unanswered requests, pause that connection's reads until it catches up;
+ *   - the input buffered by all connections together (partial messages, messages held back) over
+ *     listen.max_input_bytes pauses the reads of the connections that hold some until it is half
+ *     that again, but one of them at a time goes on to finish its message: clients trickling
+ *     partial messages cannot hold max_connections times max_message_bytes;
  *   - listen.idle_timeout_s closes a connection that has sent nothing and awaits nothing.
  * A decoded, valid envelope goes to the dispatch function; everything a handler keeps must be
  * copied out of the message, whose memory is reused after dispatch returns. */
@@ -27,6 +31,7 @@ enum conn_pause {
     CONN_PAUSE_OUTPUT = 1u << 0,       /* unsent output over its bound */
     CONN_PAUSE_PENDING = 1u << 1,      /* too many unanswered requests */
     CONN_PAUSE_BACKPRESSURE = 1u << 2, /* the daemon cannot take this message yet */
+    CONN_PAUSE_INPUT = 1u << 3,        /* all connections' buffered input over its bound */
 };
 
 enum conn_dispatch_result {
@@ -43,6 +48,7 @@ struct conn_limits {
     uint32_t max_message_bytes;
     uint32_t max_output_bytes;
     uint32_t max_pending_requests;
+    uint64_t max_input_bytes;   /* input buffered by all connections together */
     uint64_t idle_timeout_ms;   /* 0: never */
     uint64_t finish_timeout_ms; /* at a stop, connections still open this long are closed */
 };
@@ -57,6 +63,7 @@ struct conn_stats {
     uint64_t stream_errors;           /* streams broken by bad bytes or oversize messages */
     uint64_t paused_output;           /* times a connection was paused for unsent output */
     uint64_t paused_pending;          /* times a connection was paused for unanswered requests */
+    uint64_t paused_input;            /* times a connection was paused for max_input_bytes */
     uint64_t errors[RPC_CODE_COUNT];  /* error responses and notifications sent, by code */
     uint64_t dropped[RPC_CODE_COUNT]; /* invalid notifications dropped, by code */
 };
@@ -70,6 +77,7 @@ struct conn_set {
     uint32_t count;     /* open connections */
     struct conn *dirty; /* connections with output waiting for the flush pass */
     uv_check_t flush_check;
+    uv_idle_t flush_soon; /* active while output waits: the loop must not block before the check */
     uv_timer_t idle_timer;
     uv_timer_t finish_timer; /* the stop's deadline for the connections */
     msgpack_zone zone;       /* decoded objects of the message being dispatched */
@@ -78,6 +86,10 @@ struct conn_set {
     bool finishing; /* shutdown: close each connection once it has nothing pending */
     void (*on_finished)(struct conn_set *set); /* runs when finishing and the last one closed */
     uint64_t next_id;
+    uint64_t input_bytes;        /* capacity of every connection's input buffer, together */
+    uint32_t input_paused;       /* connections paused for max_input_bytes */
+    struct conn *input_owner;    /* past max_input_bytes, the one connection still read */
+    bool input_full;             /* past max_input_bytes, until below half of it */
     struct log_limiter drop_log; /* budget for logging dropped notifications */
     struct conn_stats stats;
     uint8_t read_buf[64 * 1024]; /* shared by all reads; the loop is single-threaded */
@@ -94,9 +106,10 @@ struct conn {
     struct conn *prev, *next; /* in set->head */
     struct conn *next_dirty;  /* in set->dirty */
     uint64_t id;
-    char peer[64]; /* for log lines */
-    struct buf in; /* input not yet dispatched: a partial message, or messages held
-                      back while paused */
+    char peer[64];     /* for log lines */
+    struct buf in;     /* input not yet dispatched: a partial message, or messages held
+                          back while paused */
+    size_t input_held; /* in.cap as counted in set->input_bytes */
     struct frame_scanner scan;
     struct buf out;    /* packed output not yet handed to the kernel */
     msgpack_packer pk; /* packs into out */
@@ -129,6 +142,9 @@ void conn_set_close(struct conn_set *set);
 
 /* Accepts a connection from a listening stream. */
 void conn_accept(struct conn_set *set, uv_stream_t *server, bool tcp);
+/* Serves a connected Unix stream socket the daemon did not accept (one end of a socketpair, in
+ * the tests). The connection owns fd from here. Returns 0 or a negative errno. */
+int conn_open_fd(struct conn_set *set, int fd);
 
 /* Packs the head of a successful response and returns the packer for the result value. Counts
  * the request as answered. A reply to a closed connection is packed and dropped. */
@@ -136,6 +152,9 @@ msgpack_packer *conn_reply(struct conn *c, uint32_t msgid);
 void conn_reply_error(struct conn *c, uint32_t msgid, const struct rpc_error *e);
 /* Counts an error that has no one to answer (an invalid notification) and logs it, rate-limited. */
 void conn_drop_notification(struct conn *c, const char *method, const struct rpc_error *e);
+/* Answers a request with e, or counts and drops a notification's (above). */
+enum conn_dispatch_result conn_refuse(struct conn *c, const struct rpc_message *m,
+                                      const struct rpc_error *e);
 /* True when a line about a client's misbehaviour may be logged now (10 per 10 s, all clients). */
 bool conn_log_allowed(struct conn *c);
 

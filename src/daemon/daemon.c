@@ -10,8 +10,6 @@
 #include <sys/stat.h>
 
 #include "log.h"
-#include "methods.h"
-#include "stats.h"
 #include "xalloc.h"
 
 static void conn_limits_from(const struct config *c, struct conn_limits *l)
@@ -20,6 +18,7 @@ static void conn_limits_from(const struct config *c, struct conn_limits *l)
     l->max_message_bytes = c->listen.max_message_bytes;
     l->max_output_bytes = c->listen.max_output_bytes;
     l->max_pending_requests = c->listen.max_pending_requests;
+    l->max_input_bytes = c->listen.max_input_bytes;
     l->idle_timeout_ms = (uint64_t)c->listen.idle_timeout_s * 1000;
     /* Clients get as long to read their last answers as the queues got to be written. */
     l->finish_timeout_ms =
@@ -81,21 +80,6 @@ static void log_denied_check(void *arg, const uint8_t user_id[16], const char *p
     batcher_log_denied(&d->batcher, user_id, provider, len, reason, now_ms);
 }
 
-/* The ingest writer connections have each finished a first connect attempt: connected, or
- * failed, in which case rows wait in the queue (and the spool) while it retries. Either way the
- * daemon serves; a failed attempt means degraded mode is in force. */
-static bool ingest_settled(const struct batcher *b)
-{
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        for (uint32_t i = 0; i < b->tables[k].nwriters; i++) {
-            const struct pg_stats *s = &b->tables[k].writers[i].pg.stats;
-            if (s->connects + s->connect_failures == 0)
-                return false;
-        }
-    }
-    return true;
-}
-
 void daemon_check_ready(struct daemon *d)
 {
     if (!d->started || d->ready || d->stopping)
@@ -106,7 +90,7 @@ void daemon_check_ready(struct daemon *d)
      * limits.on_redis_error is in force). */
     if (d->listener.count == 0)
         return;
-    if (!ingest_settled(&d->batcher))
+    if (!batcher_settled(&d->batcher))
         return;
     if (!limiter_settled(&d->limiter))
         return;
@@ -122,12 +106,34 @@ static void on_part_state(void *arg)
 
 static void status_line(void *arg, char *out, size_t len)
 {
-    stats_summary(arg, out, len);
+    struct daemon *d = arg;
+    stats_summary(&d->stats, out, len);
 }
 
 static void collect_stats(void *arg, msgpack_packer *pk)
 {
-    stats_pack(arg, pk);
+    struct daemon *d = arg;
+    stats_pack(&d->stats, pk);
+}
+
+/* The views of the daemon's parts that the protocol layer and the stats answer get. */
+static void wire_views(struct daemon *d)
+{
+    d->stats = (struct stats_sources){.loop = d->loop,
+                                      .started_ms = uv_now(d->loop),
+                                      .stopping = &d->stopping,
+                                      .conns = &d->conns,
+                                      .batcher = &d->batcher,
+                                      .spool = &d->spool,
+                                      .limiter = &d->limiter,
+                                      .refresh = &d->refresh,
+                                      .maintenance = &d->maintenance};
+    d->methods = (struct methods){.token = d->token,
+                                  .token_len = d->token_len,
+                                  .stopping = &d->stopping,
+                                  .log = &d->log_methods,
+                                  .limiter = &d->limiter,
+                                  .stats = &d->stats};
 }
 
 static sigset_t exit_signals(void)
@@ -163,7 +169,6 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     memset(d, 0, sizeof(*d));
     d->loop = loop;
     d->config = config;
-    d->started_ms = uv_now(loop);
     /* The thread pool's workers are started now, with the exit signals blocked, which they
      * keep: only this thread ever takes those signals (close_signals relies on it). */
     sigset_t set = exit_signals(), old;
@@ -176,9 +181,10 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
         if (rc < 0)
             return rc;
     }
+    wire_views(d);
     struct conn_limits limits;
     conn_limits_from(config, &limits);
-    conn_set_init(&d->conns, loop, &limits, methods_dispatch, d);
+    conn_set_init(&d->conns, loop, &limits, methods_dispatch, &d->methods);
     rc = listener_open(&d->listener, loop, config, &d->conns, err, errlen);
     if (rc < 0) {
         conn_set_close(&d->conns);
@@ -206,6 +212,7 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     d->batcher.spool = &d->spool;
     d->batcher.on_state = on_part_state;
     d->batcher.state_arg = d;
+    methods_log_init(&d->log_methods, &d->batcher);
     batcher_start(&d->batcher);
     limiter_init(&d->limiter, loop, config);
     d->limiter.on_denied = log_denied_check;
@@ -215,6 +222,8 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     limiter_start(&d->limiter);
     refresh_init(&d->refresh, loop, config);
     refresh_start(&d->refresh);
+    maintenance_init(&d->maintenance, loop, config);
+    maintenance_start(&d->maintenance);
     start_signal(d, &d->sig_term, SIGTERM);
     start_signal(d, &d->sig_int, SIGINT);
     start_signal(d, &d->sig_hup, SIGHUP);
@@ -228,28 +237,6 @@ fail:
     return rc;
 }
 
-/* Keys that only a restart applies; a reload that changes them says so. */
-static void warn_restart_only(const struct config *old, const struct config *new)
-{
-#define CHANGED_STR(a, b) (((a) == NULL) != ((b) == NULL) || ((a) && strcmp((a), (b)) != 0))
-    if (CHANGED_STR(old->listen.unix_path, new->listen.unix_path) ||
-        CHANGED_STR(old->listen.tcp, new->listen.tcp) ||
-        old->listen.unix_mode != new->listen.unix_mode)
-        log_warn("reload: listen addresses changed; they take effect at the next restart");
-    if (CHANGED_STR(old->auth.token_file, new->auth.token_file))
-        log_warn("reload: auth.token_file changed; it takes effect at the next restart");
-    if (CHANGED_STR(old->postgres.conninfo, new->postgres.conninfo))
-        log_warn("reload: postgres.conninfo changed; it takes effect at the next restart");
-    if (CHANGED_STR(old->redis.address, new->redis.address) ||
-        CHANGED_STR(old->redis.key_prefix, new->redis.key_prefix))
-        log_warn("reload: redis settings changed; they take effect at the next restart");
-    if (CHANGED_STR(old->spool.dir, new->spool.dir))
-        log_warn("reload: spool.dir changed; it takes effect at the next restart");
-    if (CHANGED_STR(old->metrics.listen, new->metrics.listen))
-        log_warn("reload: metrics.listen changed; it takes effect at the next restart");
-#undef CHANGED_STR
-}
-
 void daemon_reload(struct daemon *d)
 {
     char err[512];
@@ -258,31 +245,21 @@ void daemon_reload(struct daemon *d)
         log_error("reload refused, keeping the running config: %s", err);
         return;
     }
-    warn_restart_only(d->config, fresh);
+    /* An empty file starts a daemon with every default, but a reload to it would silently reset
+     * every live setting: more likely a file cut short by an editor or a deploy than a wish. */
+    if (fresh->empty) {
+        log_error("reload refused, keeping the running config: %s holds no settings (an empty "
+                  "file is taken only at start)",
+                  fresh->path);
+        config_free(fresh);
+        return;
+    }
     /* The restart-only values stay as they are in force, so that stats and later reloads
      * compare against what is really running. */
     struct config *old = d->config;
-    char *keep[] = {fresh->listen.unix_path,  fresh->listen.tcp,    fresh->auth.token_file,
-                    fresh->postgres.conninfo, fresh->redis.address, fresh->redis.key_prefix,
-                    fresh->spool.dir,         fresh->metrics.listen};
-    fresh->listen.unix_path = old->listen.unix_path;
-    fresh->listen.tcp = old->listen.tcp;
-    fresh->listen.unix_mode = old->listen.unix_mode;
-    fresh->auth.token_file = old->auth.token_file;
-    fresh->postgres.conninfo = old->postgres.conninfo;
-    fresh->redis.address = old->redis.address;
-    fresh->redis.key_prefix = old->redis.key_prefix;
-    fresh->spool.dir = old->spool.dir;
-    fresh->metrics.listen = old->metrics.listen;
-    old->listen.unix_path = keep[0];
-    old->listen.tcp = keep[1];
-    old->auth.token_file = keep[2];
-    old->postgres.conninfo = keep[3];
-    old->redis.address = keep[4];
-    old->redis.key_prefix = keep[5];
-    old->spool.dir = keep[6];
-    old->metrics.listen = keep[7];
-
+    char changed[512];
+    if (config_keep_restart_only(fresh, old, changed, sizeof(changed)) > 0)
+        log_warn("reload: these take effect at the next restart: %s", changed);
     d->config = fresh;
     log_set_level((enum log_level)fresh->log.level);
     struct conn_limits limits;
@@ -292,6 +269,7 @@ void daemon_reload(struct daemon *d)
     spool_configure(&d->spool, fresh);
     limiter_configure(&d->limiter, fresh);
     refresh_configure(&d->refresh, fresh);
+    maintenance_configure(&d->maintenance, fresh);
     config_free(old);
     log_info("reloaded %s", fresh->path);
 }
@@ -341,6 +319,12 @@ static void on_refresh_closed(struct refresh *r, void *arg)
     (void)arg;
 }
 
+static void on_maintenance_closed(struct maintenance *m, void *arg)
+{
+    (void)m;
+    (void)arg;
+}
+
 static void on_connections_finished(struct conn_set *set)
 {
     struct daemon *d = (struct daemon *)((char *)set - offsetof(struct daemon, conns));
@@ -348,9 +332,11 @@ static void on_connections_finished(struct conn_set *set)
     /* Closing the limiter answers its calls in flight, to connections already closed: their
      * replies go to the set's scratch buffer, so the set closes after it. */
     limiter_close(&d->limiter, on_limiter_closed, d);
+    methods_log_close(&d->log_methods);
     batcher_close(&d->batcher, on_batcher_closed, d);
     spool_close(&d->spool, on_spool_closed, d);
     refresh_close(&d->refresh, on_refresh_closed, d);
+    maintenance_close(&d->maintenance, on_maintenance_closed, d);
     metrics_close(&d->metrics);
     notify_close(&d->notify);
     conn_set_close(&d->conns);
@@ -374,12 +360,8 @@ void daemon_stop(struct daemon *d)
     listener_close(&d->listener);
     /* A refresh or maintenance statement may run for minutes: cancel it, do not wait. */
     refresh_stop(&d->refresh);
+    maintenance_stop(&d->maintenance);
     batcher_drain(&d->batcher, on_drained, d);
-}
-
-uint64_t daemon_uptime_ms(const struct daemon *d)
-{
-    return uv_now(d->loop) - d->started_ms;
 }
 
 static void close_leftover(uv_handle_t *handle, void *arg)

@@ -13,9 +13,13 @@
 #include "conn.h"
 #include "limiter.h"
 #include "listener.h"
+#include "maintenance.h"
+#include "methods.h"
+#include "methods_log.h"
 #include "metrics.h"
 #include "notify.h"
 #include "refresh.h"
+#include "stats.h"
 
 struct daemon {
     uv_loop_t *loop;
@@ -26,16 +30,19 @@ struct daemon {
     struct listener listener;
     struct spool spool;
     struct batcher batcher;
+    struct methods_log log_methods; /* log_usage and log_prompt over the batcher */
     struct limiter limiter;
-    struct refresh refresh; /* analytics refresh and daily maintenance */
+    struct refresh refresh;         /* analytics refresh */
+    struct maintenance maintenance; /* the daily database maintenance */
     uv_signal_t sig_term, sig_int, sig_hup;
-    uv_work_t threads_work; /* starts the thread pool with the exit signals blocked */
-    struct notify notify;   /* sd_notify: READY=1, STATUS=, STOPPING=1, WATCHDOG=1 */
-    struct metrics metrics; /* the Prometheus endpoint, when metrics.listen is set */
-    bool started;           /* daemon_start has finished: readiness may be judged */
-    bool ready;             /* every part has settled and READY=1 was sent */
-    uint64_t started_ms;    /* loop time at start, for uptime */
-    bool stopping;          /* SIGTERM received: no new work */
+    uv_work_t threads_work;     /* starts the thread pool with the exit signals blocked */
+    struct notify notify;       /* sd_notify: READY=1, STATUS=, STOPPING=1, WATCHDOG=1 */
+    struct metrics metrics;     /* the Prometheus endpoint, when metrics.listen is set */
+    struct methods methods;     /* what the protocol layer routes to */
+    struct stats_sources stats; /* what the stats answer reads */
+    bool started;               /* daemon_start has finished: readiness may be judged */
+    bool ready;                 /* every part has settled and READY=1 was sent */
+    bool stopping;              /* SIGTERM received: no new work */
     int exit_code;
 };
 
@@ -52,8 +59,5 @@ void daemon_stop(struct daemon *d);
 /* Judges again whether the daemon is up, and tells systemd (READY=1) the first time it is.
  * Parts call it when their state changes (a connection made, failed or lost). */
 void daemon_check_ready(struct daemon *d);
-
-/* Milliseconds since the daemon started. */
-uint64_t daemon_uptime_ms(const struct daemon *d);
 
 #endif

@@ -3,20 +3,8 @@
 
 #include <string.h>
 
-#include "daemon.h"
-#include "stats.h"
+#include "log.h"
 #include "usaged/protocol.h"
-
-/* Answers a request with an error, or counts and drops a notification's. */
-static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
-                                        const struct rpc_error *e)
-{
-    if (m->kind == RPC_KIND_REQUEST)
-        conn_reply_error(c, m->msgid, e);
-    else
-        conn_drop_notification(c, rpc_method_name(m->method), e);
-    return CONN_DISPATCHED;
-}
 
 static bool no_params(const struct rpc_message *m, struct rpc_error *e)
 {
@@ -26,12 +14,12 @@ static bool no_params(const struct rpc_message *m, struct rpc_error *e)
     return false;
 }
 
-static enum conn_dispatch_result do_ping(struct daemon *d, struct conn *c,
+static enum conn_dispatch_result do_ping(const struct methods *mt, struct conn *c,
                                          const struct rpc_message *m)
 {
     struct rpc_error e;
     if (!no_params(m, &e))
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     if (m->kind == RPC_KIND_NOTIFICATION)
         return CONN_DISPATCHED;
     msgpack_packer *pk = conn_reply(c, m->msgid);
@@ -41,7 +29,7 @@ static enum conn_dispatch_result do_ping(struct daemon *d, struct conn *c,
     rpc_pack_str(pk, "protocol");
     msgpack_pack_uint8(pk, USAGED_PROTOCOL_VERSION);
     rpc_pack_str(pk, "uptime_ms");
-    msgpack_pack_uint64(pk, daemon_uptime_ms(d));
+    msgpack_pack_uint64(pk, stats_uptime_ms(mt->stats));
     return CONN_DISPATCHED;
 }
 
@@ -55,22 +43,22 @@ static bool token_equal(const char *a, size_t alen, const char *b, size_t blen)
     return diff == 0;
 }
 
-static enum conn_dispatch_result do_auth(struct daemon *d, struct conn *c,
+static enum conn_dispatch_result do_auth(const struct methods *mt, struct conn *c,
                                          const struct rpc_message *m)
 {
     struct rpc_error e;
     if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_STR) {
         rpc_error_set(&e, RPC_BAD_REQUEST, "auth takes params [token]");
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     }
     const msgpack_object_str *t = &m->params->ptr[0].via.str;
-    if (d->token && !token_equal(t->ptr, t->size, d->token, d->token_len)) {
+    if (mt->token && !token_equal(t->ptr, t->size, mt->token, mt->token_len)) {
         rpc_error_set(&e, RPC_UNAUTHORIZED, "wrong token");
         /* A notification's refusal is logged as a dropped notification; say it for a request. */
         if (m->kind == RPC_KIND_REQUEST && conn_log_allowed(c))
             log_warn("conn %llu (%s): auth with a wrong token; closing", (unsigned long long)c->id,
                      c->peer);
-        refuse(c, m, &e);
+        conn_refuse(c, m, &e);
         conn_close_after_flush(c);
         return CONN_DISPATCHED;
     }
@@ -80,50 +68,50 @@ static enum conn_dispatch_result do_auth(struct daemon *d, struct conn *c,
     return CONN_DISPATCHED;
 }
 
-static enum conn_dispatch_result do_stats(struct daemon *d, struct conn *c,
+static enum conn_dispatch_result do_stats(const struct methods *mt, struct conn *c,
                                           const struct rpc_message *m)
 {
     struct rpc_error e;
     if (!no_params(m, &e))
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     if (m->kind == RPC_KIND_REQUEST)
-        stats_pack(d, conn_reply(c, m->msgid));
+        stats_pack(mt->stats, conn_reply(c, m->msgid));
     return CONN_DISPATCHED;
 }
 
 enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const struct rpc_message *m)
 {
-    struct daemon *d = ctx;
+    const struct methods *mt = ctx;
     struct rpc_error e;
 
-    if (d->token && !c->authed && m->method != RPC_AUTH) {
+    if (mt->token && !c->authed && m->method != RPC_AUTH) {
         rpc_error_set(&e, RPC_UNAUTHORIZED, "send auth with the token first");
-        return refuse(c, m, &e);
+        return conn_refuse(c, m, &e);
     }
     switch (m->method) {
     case RPC_PING:
-        return do_ping(d, c, m);
+        return do_ping(mt, c, m);
     case RPC_AUTH:
-        return do_auth(d, c, m);
+        return do_auth(mt, c, m);
     case RPC_STATS:
-        return do_stats(d, c, m);
+        return do_stats(mt, c, m);
     case RPC_CHECK:
     case RPC_LOG_USAGE:
     case RPC_LOG_PROMPT:
-        if (d->stopping) {
+        if (*mt->stopping) {
             rpc_error_set(&e, RPC_SHUTTING_DOWN, "the daemon is stopping and takes no new work");
-            return refuse(c, m, &e);
+            return conn_refuse(c, m, &e);
         }
         if (m->method == RPC_LOG_USAGE)
-            return batcher_submit(&d->batcher, EVENT_USAGE, c, m);
+            return methods_log(mt->log, EVENT_USAGE, c, m);
         if (m->method == RPC_LOG_PROMPT)
-            return batcher_submit(&d->batcher, EVENT_PROMPT, c, m);
-        return limiter_submit(&d->limiter, c, m);
+            return methods_log(mt->log, EVENT_PROMPT, c, m);
+        return limiter_submit(mt->limiter, c, m);
     case RPC_METHOD_UNKNOWN:
         break;
     }
     rpc_error_set(&e, RPC_UNKNOWN_METHOD,
                   "unknown method; the methods are ping, auth, check, log_usage, log_prompt "
                   "and stats");
-    return refuse(c, m, &e);
+    return conn_refuse(c, m, &e);
 }

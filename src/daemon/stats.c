@@ -3,7 +3,7 @@
 
 #include <stdio.h>
 
-#include "daemon.h"
+#include "methods_log.h"
 #include "rpc.h"
 
 static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *counts)
@@ -14,23 +14,30 @@ static void pack_by_code(msgpack_packer *pk, const char *key, const uint64_t *co
         rpc_pack_u64(pk, rpc_code_name((enum rpc_code)i), counts[i]);
 }
 
-void stats_pack(const struct daemon *d, msgpack_packer *pk)
+uint64_t stats_uptime_ms(const struct stats_sources *s)
 {
-    const struct conn_stats *cs = &d->conns.stats;
+    return uv_now(s->loop) - s->started_ms;
+}
+
+void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
+{
+    const struct conn_stats *cs = &s->conns->stats;
     msgpack_pack_map(pk, 11);
     rpc_pack_str(pk, "version");
     rpc_pack_str(pk, USAGED_VERSION);
-    rpc_pack_u64(pk, "uptime_ms", daemon_uptime_ms(d));
+    rpc_pack_u64(pk, "uptime_ms", stats_uptime_ms(s));
 
     rpc_pack_str(pk, "connections");
-    msgpack_pack_map(pk, 7);
-    rpc_pack_u64(pk, "open", d->conns.count);
+    msgpack_pack_map(pk, 9);
+    rpc_pack_u64(pk, "open", s->conns->count);
     rpc_pack_u64(pk, "accepted", cs->accepted);
     rpc_pack_u64(pk, "refused", cs->refused);
     rpc_pack_u64(pk, "closed_idle", cs->closed_idle);
     rpc_pack_u64(pk, "stream_errors", cs->stream_errors);
     rpc_pack_u64(pk, "paused_output", cs->paused_output);
     rpc_pack_u64(pk, "paused_pending", cs->paused_pending);
+    rpc_pack_u64(pk, "paused_input", cs->paused_input);
+    rpc_pack_u64(pk, "input_bytes", s->conns->input_bytes);
 
     rpc_pack_str(pk, "messages");
     msgpack_pack_map(pk, 3);
@@ -42,32 +49,26 @@ void stats_pack(const struct daemon *d, msgpack_packer *pk)
     pack_by_code(pk, "dropped_notifications", cs->dropped);
 
     rpc_pack_str(pk, "ingest");
-    batcher_pack_stats(&d->batcher, pk);
+    methods_log_pack_stats(s->batcher, pk);
 
     rpc_pack_str(pk, "spool");
-    spool_pack_stats(&d->spool, pk);
+    methods_log_pack_spool_stats(s->spool, pk);
 
     rpc_pack_str(pk, "limits");
-    limiter_pack_stats(&d->limiter, pk);
+    limiter_pack_stats(s->limiter, pk);
 
     rpc_pack_str(pk, "refresh");
-    refresh_pack_stats(&d->refresh, pk);
+    refresh_pack_stats(s->refresh, pk);
     rpc_pack_str(pk, "maintenance");
-    refresh_pack_maintenance_stats(&d->refresh, pk);
+    maintenance_pack_stats(s->maintenance, pk);
 }
 
-void stats_summary(const struct daemon *d, char *out, size_t len)
+void stats_summary(const struct stats_sources *s, char *out, size_t len)
 {
-    uint64_t written = 0;
-    unsigned up = 0, writers = 0;
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        const struct batcher_table *t = &d->batcher.tables[k];
-        written += t->stats.rows_written;
-        for (uint32_t i = 0; i < t->nwriters; i++, writers++)
-            up += t->writers[i].pg.state == PG_IDLE || t->writers[i].pg.state == PG_BUSY;
-    }
-    unsigned long long queued = d->batcher.queued_rows;
+    uint64_t written = batcher_rows_written(s->batcher);
+    unsigned up = batcher_writers_up(s->batcher), writers = batcher_writers(s->batcher);
+    unsigned long long queued = s->batcher->queued_rows;
     snprintf(out, len, "%s%u connections, %llu rows queued, %llu rows written, postgres %u/%u up",
-             d->stopping ? "draining: " : "", d->conns.count, queued, (unsigned long long)written,
+             *s->stopping ? "draining: " : "", s->conns->count, queued, (unsigned long long)written,
              up, writers);
 }

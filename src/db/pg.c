@@ -581,3 +581,17 @@ bool pg_quote_qualified(PGconn *conn, const char *name, char *out, size_t outlen
     PQfreemem(rel);
     return ok;
 }
+
+void pg_outcome_describe(const struct pg_outcome *o, char *out, size_t outlen)
+{
+    const char *msg = o->error ? o->error : "unknown error";
+    /* libpq prefixes the severity ("ERROR:  "); the SQLSTATE already says it is one. */
+    if (!o->connection_lost && strncmp(msg, "ERROR:  ", 8) == 0)
+        msg += 8;
+    if (o->connection_lost)
+        snprintf(out, outlen, "connection lost: %s", msg);
+    else if (o->sqlstate[0])
+        snprintf(out, outlen, "%s: %s", o->sqlstate, msg);
+    else
+        snprintf(out, outlen, "%s", msg);
+}

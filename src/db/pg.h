@@ -118,6 +118,8 @@ void pg_cancel(struct pg_conn *pg);
  */
 void pg_close(struct pg_conn *pg, void (*on_closed)(struct pg_conn *pg));
 const char *pg_state_name(enum pg_state state);
+/* An outcome's error for a log line or stats: "SQLSTATE: message", or why the connection went. */
+void pg_outcome_describe(const struct pg_outcome *o, char *out, size_t outlen);
 
 /* Quotes a possibly schema-qualified name ("schema.name") as identifiers, into out. */
 bool pg_quote_qualified(PGconn *conn, const char *name, char *out, size_t outlen);

@@ -15,43 +15,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "rpc.h"
 #include "xalloc.h"
 
-/* The maintenance timer looks at the wall clock this often: the run starts at most this late. */
-#define MAINT_CHECK_MS 30000
 /* The same failure is logged again after this long, so a view that stays broken is not forgotten
  * but does not fill the log either. */
 #define RELOG_MS (10 * 60 * 1000)
 
 static void refresh_kick(struct refresh *r);
-static void maint_check(struct refresh *r);
-static void maint_run_step(struct refresh *r);
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* "SQLSTATE: message", or why the connection went. */
-static void outcome_error(const struct pg_outcome *o, char *out, size_t outlen)
-{
-    const char *msg = o->error ? o->error : "unknown error";
-    /* libpq prefixes the severity ("ERROR:  "); the SQLSTATE already says it is one. */
-    if (!o->connection_lost && strncmp(msg, "ERROR:  ", 8) == 0)
-        msg += 8;
-    if (o->connection_lost)
-        snprintf(out, outlen, "connection lost: %s", msg);
-    else if (o->sqlstate[0])
-        snprintf(out, outlen, "%s: %s", o->sqlstate, msg);
-    else
-        snprintf(out, outlen, "%s", msg);
-}
 
 /* Every handle and connection counts in r->live until its close callback has run. */
 static void refresh_release(struct refresh *r)
@@ -62,8 +36,6 @@ static void refresh_release(struct refresh *r)
     r->conninfo = NULL;
     free(r->views);
     r->views = NULL;
-    free(r->maint.stats.last_result);
-    r->maint.stats.last_result = NULL;
     if (r->on_closed)
         r->on_closed(r, r->closed_arg);
 }
@@ -273,7 +245,7 @@ static void job_end(struct refresh *r)
 
 static void job_fail(struct refresh *r, const struct pg_outcome *o)
 {
-    outcome_error(o, r->job.error, sizeof(r->job.error));
+    pg_outcome_describe(o, r->job.error, sizeof(r->job.error));
     r->job.outcome = REFRESH_FAILED;
 }
 
@@ -343,12 +315,12 @@ static void on_job_done(struct pg_conn *pg, const struct pg_outcome *o, void *ar
         j->concurrently = !PQgetisnull(res, 0, 1) && PQgetvalue(res, 0, 1)[0] == 't';
         snprintf(j->sql, sizeof(j->sql), "REFRESH MATERIALIZED VIEW %s%s",
                  j->concurrently ? "CONCURRENTLY " : "", j->quoted);
-        j->refresh_started_us = uv_hrtime() / 1000;
+        j->refresh_started_us = clock_mono_us();
         job_submit(r, REFRESH_STEP_REFRESH, j->sql, 0);
         return;
     }
     case REFRESH_STEP_REFRESH: {
-        uint64_t us = uv_hrtime() / 1000 - j->refresh_started_us;
+        uint64_t us = clock_mono_us() - j->refresh_started_us;
         j->duration_ms = us / 1000 > INT32_MAX ? INT32_MAX : (uint32_t)(us / 1000);
         snprintf(j->number, sizeof(j->number), "%" PRIu32, j->duration_ms);
         j->params[0] = v->name;
@@ -377,7 +349,7 @@ static void on_job_done(struct pg_conn *pg, const struct pg_outcome *o, void *ar
     case REFRESH_STEP_RECORD_ERROR:
         if (!o->ok) {
             char why[600];
-            outcome_error(o, why, sizeof(why));
+            pg_outcome_describe(o, why, sizeof(why));
             log_debug("refresh %s: cannot record the failure in usaged.refresh_state: %s", v->name,
                       why);
         }
@@ -405,7 +377,7 @@ static void refresh_kick(struct refresh *r)
         j->error[0] = '\0';
         j->duration_ms = 0;
         j->started_ms = uv_now(r->loop);
-        j->started_wall_ms = wall_ms();
+        j->started_wall_ms = clock_wall_ms();
         if (!pg_quote_qualified(r->pg.conn, v->name, j->quoted, sizeof(j->quoted))) {
             snprintf(j->error, sizeof(j->error), "cannot quote the view name \"%s\"", v->name);
             j->outcome = REFRESH_FAILED;
@@ -439,371 +411,6 @@ static const struct pg_callbacks refresh_callbacks = {
     .notify = NULL,
 };
 
-/* ---- maintenance ---- */
-
-/* The daemon running the day holds a session advisory lock on the run's connection until the
- * run ends; PostgreSQL frees it when that session ends in any way. So a day whose row has no
- * finished_at while nobody holds the lock was cut short (its daemon stopped, crashed or lost the
- * connection), and is claimed again: every step can run twice. While the lock is held elsewhere,
- * the day is claimed elsewhere. */
-static const char claim_sql[] =
-    "INSERT INTO usaged.maintenance_runs AS m (run_date, started_at) "
-    "SELECT $1::date, now() "
-    "WHERE pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('usaged maintenance')) "
-    "ON CONFLICT (run_date) DO UPDATE SET started_at = now(), finished_at = NULL, "
-    "result = jsonb_build_object('resumed_after', m.result) "
-    "WHERE m.finished_at IS NULL "
-    "RETURNING run_date";
-
-/* Each step adds its outcome to the day's result in the statement that runs it, so the table
- * shows how far a run has come. */
-#define MAINT_ADD(expr)                                                                            \
-    "UPDATE usaged.maintenance_runs SET result = coalesce(result, '{}'::jsonb) || "                \
-    "jsonb_build_object(" expr ") WHERE run_date = $1::date"
-
-/* A macro, not an array: the compiler checks the format of a literal only. */
-#define PARTITIONS_SQL_FMT                                                                         \
-    MAINT_ADD("'create_partitions', (SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]'::jsonb) "        \
-              "FROM usaged.create_partitions(%" PRIu32 ") p)")
-
-/* Retention runs as usaged, which owns the log tables and the function; daily_maintenance()
- * (deleting expired sessions and computing yesterday's feedback_analytics, which usaged may do
- * only through it) runs with its owner's rights and calls nothing usaged owns. */
-static const char daily_sql[] = MAINT_ADD("'retention', usaged.apply_retention(), "
-                                          "'daily_maintenance', public.daily_maintenance()");
-static const char daily_skipped_sql[] =
-    MAINT_ADD("'retention', 'skipped: maintenance.retention is false', "
-              "'daily_maintenance', public.daily_maintenance()");
-static const char analyze_sql[] =
-    MAINT_ADD("'analyze', (SELECT jsonb_build_object('tables', count(*), 'ms', "
-              "coalesce(sum(a.duration_ms), 0)) FROM public.analyze_all_tables() a)");
-static const char note_ms_sql[] = MAINT_ADD("$2::text, jsonb_build_object('ms', $3::bigint)");
-static const char note_error_sql[] = MAINT_ADD("$2::text, jsonb_build_object('error', $3::text)");
-static const char finish_sql[] =
-    "UPDATE usaged.maintenance_runs SET finished_at = now(), "
-    "result = coalesce(result, '{}'::jsonb) || jsonb_build_object('ok', $2::boolean) "
-    "WHERE run_date = $1::date RETURNING result::text";
-
-static const char *maint_step_name(enum refresh_maint_step step)
-{
-    static const char *const names[] = {
-        "set statement_timeout", "claim",   "create_partitions",
-        "daily_maintenance",     "analyze", "vacuum_api_usage_logs",
-        "vacuum_prompt_history", "finish",
-    };
-    return names[step];
-}
-
-static void on_maint_pg_closed(struct pg_conn *pg)
-{
-    struct refresh_maintenance *m =
-        (struct refresh_maintenance *)((char *)pg - offsetof(struct refresh_maintenance, pg));
-    struct refresh *r = (struct refresh *)((char *)m - offsetof(struct refresh, maint));
-    m->pg_open = false;
-    m->pg_closing = false;
-    refresh_release(r);
-}
-
-static void maint_close_pg(struct refresh *r)
-{
-    struct refresh_maintenance *m = &r->maint;
-    /* pg_close completes the op in flight, whose callback comes back here: close
-     * once. */
-    if (!m->pg_open || m->pg_closing)
-        return;
-    m->pg_closing = true;
-    pg_close(&m->pg, on_maint_pg_closed);
-}
-
-static void maint_end(struct refresh *r)
-{
-    r->maint.running = false;
-    r->maint.connecting = false;
-    maint_close_pg(r);
-}
-
-static void maint_set_error(struct refresh_maintenance *m, const char *error)
-{
-    if (!m->stats.last_error[0])
-        snprintf(m->stats.last_error, sizeof(m->stats.last_error), "%s", error);
-}
-
-/* The run cannot go on (connection lost, stopping, or the claim failed). */
-static void maint_abort(struct refresh *r, const char *why)
-{
-    struct refresh_maintenance *m = &r->maint;
-    bool claimed = m->step > REFRESH_MAINT_CLAIM;
-    if (claimed) {
-        m->stats.failed++;
-        m->stats.last_finished_ms = wall_ms();
-        maint_set_error(m, why);
-        if (r->stopping)
-            log_info("maintenance of %s interrupted at %s: the daemon is stopping", m->run_date,
-                     maint_step_name(m->step));
-        else
-            log_warn("maintenance of %s stopped at %s: %s", m->run_date, maint_step_name(m->step),
-                     why);
-    } else if (!r->stopping) {
-        /* Not claimed: the next look of the timer tries again. Say so once per error.
-         */
-        uint64_t now = uv_now(r->loop);
-        if (strcmp(m->stats.last_error, why) != 0 || now - m->logged_ms >= RELOG_MS) {
-            log_warn("maintenance of %s cannot start (retried in %d s): %s", m->run_date,
-                     MAINT_CHECK_MS / 1000, why);
-            m->logged_ms = now;
-        }
-        snprintf(m->stats.last_error, sizeof(m->stats.last_error), "%s", why);
-    }
-    maint_end(r);
-}
-
-static void on_maint_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg);
-
-static void maint_submit(struct refresh *r, const char *sql, int nparams)
-{
-    struct refresh_maintenance *m = &r->maint;
-    m->op = (struct pg_op){
-        .sql = sql,
-        .nparams = nparams,
-        .params = m->params,
-        .done = on_maint_done,
-        .arg = r,
-    };
-    if (pg_submit(&m->pg, &m->op) < 0) {
-        struct pg_outcome lost = {.connection_lost = true, .error = "not connected"};
-        on_maint_done(&m->pg, &lost, r);
-    }
-}
-
-/* Records the outcome of the step just run under its name: its error, or (ms >= 0)
- * its time. */
-static void maint_note(struct refresh *r, const char *error, int64_t ms)
-{
-    struct refresh_maintenance *m = &r->maint;
-    snprintf(m->note_key, sizeof(m->note_key), "%s", maint_step_name(m->step));
-    m->params[0] = m->run_date;
-    m->params[1] = m->note_key;
-    m->noting = true;
-    if (error) {
-        m->params[2] = error;
-        maint_submit(r, note_error_sql, 3);
-    } else {
-        snprintf(m->number, sizeof(m->number), "%" PRId64, ms);
-        m->params[2] = m->number;
-        maint_submit(r, note_ms_sql, 3);
-    }
-}
-
-static void maint_run_step(struct refresh *r)
-{
-    struct refresh_maintenance *m = &r->maint;
-    m->params[0] = m->run_date;
-    m->step_started_us = uv_hrtime() / 1000;
-    switch (m->step) {
-    case REFRESH_MAINT_SET:
-        /* Session-wide on this connection of the run's own: it bounds every step. */
-        snprintf(m->sql, sizeof(m->sql), "SET statement_timeout = %" PRIu64,
-                 (uint64_t)m->timeout_s * 1000);
-        maint_submit(r, m->sql, 0);
-        return;
-    case REFRESH_MAINT_CLAIM:
-        maint_submit(r, claim_sql, 1);
-        return;
-    case REFRESH_MAINT_PARTITIONS:
-        snprintf(m->sql, sizeof(m->sql), PARTITIONS_SQL_FMT, m->partitions_ahead);
-        maint_submit(r, m->sql, 1);
-        return;
-    case REFRESH_MAINT_DAILY:
-        maint_submit(r, m->retention ? daily_sql : daily_skipped_sql, 1);
-        return;
-    case REFRESH_MAINT_ANALYZE:
-        maint_submit(r, analyze_sql, 1);
-        return;
-    case REFRESH_MAINT_VACUUM_USAGE:
-    case REFRESH_MAINT_VACUUM_PROMPT:
-        if (!m->vacuum) {
-            m->step = REFRESH_MAINT_FINISH;
-            maint_run_step(r);
-            return;
-        }
-        /* VACUUM refuses to run in a transaction block: one statement per query, no
-         * params. */
-        maint_submit(r,
-                     m->step == REFRESH_MAINT_VACUUM_USAGE
-                         ? "VACUUM (ANALYZE) public.api_usage_logs"
-                         : "VACUUM (ANALYZE) public.prompt_history",
-                     0);
-        return;
-    case REFRESH_MAINT_FINISH:
-        m->params[1] = m->step_failed ? "false" : "true";
-        maint_submit(r, finish_sql, 2);
-        return;
-    }
-}
-
-static void maint_claimed(struct refresh *r)
-{
-    struct refresh_maintenance *m = &r->maint;
-    m->done_day = m->run_day;
-    snprintf(m->stats.last_run_date, sizeof(m->stats.last_run_date), "%s", m->run_date);
-    m->stats.last_started_ms = wall_ms();
-    m->stats.last_finished_ms = 0;
-    m->stats.last_error[0] = '\0';
-    free(m->stats.last_result);
-    m->stats.last_result = NULL;
-    log_info("maintenance of %s: claimed, running", m->run_date);
-}
-
-static void maint_finished(struct refresh *r, const struct pg_outcome *o)
-{
-    struct refresh_maintenance *m = &r->maint;
-    char error[512];
-    if (!o->ok) {
-        outcome_error(o, error, sizeof(error));
-        maint_set_error(m, error);
-        m->step_failed = true;
-    } else if (o->result && PQntuples(o->result) == 1) {
-        m->stats.last_result = xstrdup(PQgetvalue(o->result, 0, 0));
-    }
-    m->stats.runs++;
-    m->stats.last_finished_ms = wall_ms();
-    if (m->step_failed) {
-        m->stats.failed++;
-        log_warn("maintenance of %s finished with errors in %" PRId64 " ms; the first: %s",
-                 m->run_date, m->stats.last_finished_ms - m->stats.last_started_ms,
-                 m->stats.last_error);
-    } else {
-        log_info("maintenance of %s finished in %" PRId64 " ms", m->run_date,
-                 m->stats.last_finished_ms - m->stats.last_started_ms);
-    }
-    maint_end(r);
-}
-
-static void on_maint_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
-{
-    (void)pg;
-    struct refresh *r = arg;
-    struct refresh_maintenance *m = &r->maint;
-    char error[512];
-    if (o->connection_lost || r->stopping) {
-        outcome_error(o, error, sizeof(error));
-        maint_abort(r, r->stopping ? "cancelled: the daemon is stopping" : error);
-        return;
-    }
-    if (m->noting) {
-        m->noting = false;
-        if (!o->ok) {
-            outcome_error(o, error, sizeof(error));
-            log_warn("maintenance of %s: cannot record %s in usaged.maintenance_runs: %s",
-                     m->run_date, m->note_key, error);
-            maint_set_error(m, error);
-            m->step_failed = true;
-        }
-        m->step++;
-        maint_run_step(r);
-        return;
-    }
-    switch (m->step) {
-    case REFRESH_MAINT_SET:
-    case REFRESH_MAINT_CLAIM:
-        if (!o->ok) {
-            outcome_error(o, error, sizeof(error));
-            maint_abort(r, error);
-            return;
-        }
-        if (m->step == REFRESH_MAINT_CLAIM) {
-            if (!o->result || PQntuples(o->result) == 0) {
-                m->done_day = m->run_day;
-                m->stats.claimed_elsewhere++;
-                log_info("maintenance of %s: already claimed by another daemon", m->run_date);
-                maint_end(r);
-                return;
-            }
-            maint_claimed(r);
-        }
-        break;
-    case REFRESH_MAINT_PARTITIONS:
-    case REFRESH_MAINT_DAILY:
-    case REFRESH_MAINT_ANALYZE:
-    case REFRESH_MAINT_VACUUM_USAGE:
-    case REFRESH_MAINT_VACUUM_PROMPT:
-        if (!o->ok) {
-            outcome_error(o, error, sizeof(error));
-            log_warn("maintenance of %s: %s failed: %s", m->run_date, maint_step_name(m->step),
-                     error);
-            maint_set_error(m, error);
-            m->step_failed = true;
-            maint_note(r, error, -1);
-            return;
-        }
-        if (m->step == REFRESH_MAINT_VACUUM_USAGE || m->step == REFRESH_MAINT_VACUUM_PROMPT) {
-            maint_note(r, NULL, (int64_t)(uv_hrtime() / 1000 - m->step_started_us) / 1000);
-            return;
-        }
-        break;
-    case REFRESH_MAINT_FINISH:
-        maint_finished(r, o);
-        return;
-    }
-    m->step++;
-    maint_run_step(r);
-}
-
-static void on_maint_ready(struct pg_conn *pg, void *arg)
-{
-    (void)pg;
-    struct refresh *r = arg;
-    if (!r->maint.connecting)
-        return;
-    r->maint.connecting = false;
-    maint_run_step(r);
-}
-
-static const struct pg_callbacks maint_callbacks = {
-    .ready = on_maint_ready,
-    .lost = on_pg_lost,
-    .notify = NULL,
-};
-
-/* Starts the day's run when its time has come (or passed: a daemon that was down at
- * that time catches up) and the day is not known to be claimed. The claim decides who
- * runs it. */
-static void maint_check(struct refresh *r)
-{
-    struct refresh_maintenance *m = &r->maint;
-    if (!r->started || r->stopping || m->at_minute < 0 || m->running || m->pg_open)
-        return;
-    int64_t now_s = wall_ms() / 1000;
-    int64_t day = now_s / 86400;
-    if (day == m->done_day || (now_s % 86400) / 60 < m->at_minute)
-        return;
-    m->running = true;
-    m->connecting = true;
-    m->run_day = day;
-    m->step = REFRESH_MAINT_SET;
-    m->noting = false;
-    m->step_failed = false;
-    time_t t = (time_t)(day * 86400);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(m->run_date, sizeof(m->run_date), "%Y-%m-%d", &tm);
-    pg_init(&m->pg, r->loop, "maintenance", r->conninfo, r->connect_timeout_ms, r->reconnect_max_ms,
-            &maint_callbacks, r);
-    m->pg_open = true;
-    r->live++;
-    pg_start(&m->pg);
-}
-
-static void on_maint_timer(uv_timer_t *t)
-{
-    maint_check(t->data);
-}
-
-static void on_maint_timer_closed(uv_handle_t *h)
-{
-    refresh_release(h->data);
-}
-
 /* ---- lifecycle ---- */
 
 void refresh_init(struct refresh *r, uv_loop_t *loop, const struct config *config)
@@ -816,10 +423,6 @@ void refresh_init(struct refresh *r, uv_loop_t *loop, const struct config *confi
     pg_init(&r->pg, loop, "refresh", r->conninfo, r->connect_timeout_ms, r->reconnect_max_ms,
             &refresh_callbacks, r);
     r->live++;
-    uv_timer_init(loop, &r->maint.timer);
-    r->maint.timer.data = r;
-    r->live++;
-    r->maint.done_day = -1;
     refresh_configure(r, config);
 }
 
@@ -838,7 +441,6 @@ void refresh_start(struct refresh *r)
     for (size_t i = 0; i < r->nviews; i++)
         view_arm(r->views[i], 0);
     start_connection(r);
-    uv_timer_start(&r->maint.timer, on_maint_timer, 0, MAINT_CHECK_MS);
 }
 
 static const struct config_refresh *find_config(const struct config *c, const char *name)
@@ -859,13 +461,6 @@ static struct refresh_view *find_view(const struct refresh *r, const char *name)
 
 void refresh_configure(struct refresh *r, const struct config *config)
 {
-    struct refresh_maintenance *m = &r->maint;
-    m->at_minute = config->maintenance.at_minute;
-    m->partitions_ahead = config->maintenance.partitions_ahead;
-    m->retention = config->maintenance.retention;
-    m->vacuum = config->maintenance.vacuum;
-    m->timeout_s = config->maintenance.timeout_s;
-
     /* Views no longer configured go; one in flight finishes its attempt first. */
     for (size_t i = r->nviews; i-- > 0;) {
         struct refresh_view *v = r->views[i];
@@ -894,10 +489,8 @@ void refresh_configure(struct refresh *r, const struct config *config)
                 view_arm(v, 0);
         }
     }
-    if (r->started) {
+    if (r->started)
         start_connection(r);
-        maint_check(r);
-    }
 }
 
 void refresh_stop(struct refresh *r)
@@ -911,13 +504,9 @@ void refresh_stop(struct refresh *r)
         r->views[i]->next_due = NULL;
     }
     r->due_head = r->due_tail = NULL;
-    uv_timer_stop(&r->maint.timer);
-    /* A refresh or a VACUUM may run for minutes: have the server stop it rather than
-     * wait. */
+    /* A refresh may run for minutes: have the server stop it rather than wait. */
     if (r->job.view)
         pg_cancel(&r->pg);
-    if (r->maint.running && !r->maint.connecting)
-        pg_cancel(&r->maint.pg);
 }
 
 static void on_refresh_pg_closed(struct pg_conn *pg)
@@ -934,31 +523,16 @@ void refresh_close(struct refresh *r, void (*on_closed)(struct refresh *r, void 
     /* First the connections: an attempt in flight completes (as lost) and lets go of
      * its view. */
     pg_close(&r->pg, on_refresh_pg_closed);
-    maint_close_pg(r);
     while (r->nviews > 0)
         view_discard(r->views[r->nviews - 1]);
-    uv_timer_stop(&r->maint.timer);
-    uv_close((uv_handle_t *)&r->maint.timer, on_maint_timer_closed);
 }
 
 /* ---- stats ---- */
 
-static void pack_i64(msgpack_packer *pk, const char *key, int64_t v)
-{
-    rpc_pack_str(pk, key);
-    msgpack_pack_int64(pk, v);
-}
-
-static void pack_str(msgpack_packer *pk, const char *key, const char *v)
-{
-    rpc_pack_str(pk, key);
-    rpc_pack_str(pk, v ? v : "");
-}
-
 void refresh_pack_stats(const struct refresh *r, msgpack_packer *pk)
 {
     msgpack_pack_map(pk, 2);
-    pack_str(pk, "postgres", r->pg_started ? pg_state_name(r->pg.state) : "unused");
+    rpc_pack_str_value(pk, "postgres", r->pg_started ? pg_state_name(r->pg.state) : "unused");
     uint32_t n = 0;
     for (size_t i = 0; i < r->nviews; i++)
         n += !r->views[i]->removed;
@@ -976,38 +550,11 @@ void refresh_pack_stats(const struct refresh *r, msgpack_packer *pk)
             msgpack_pack_true(pk);
         else
             msgpack_pack_false(pk);
-        pack_i64(pk, "last_refresh_ms", v->stats.last_refresh_ms);
+        rpc_pack_i64(pk, "last_refresh_ms", v->stats.last_refresh_ms);
         rpc_pack_u64(pk, "duration_ms", v->stats.duration_ms);
-        pack_str(pk, "last_error", v->last_error);
+        rpc_pack_str_value(pk, "last_error", v->last_error);
         rpc_pack_u64(pk, "refreshes", v->stats.refreshes);
         rpc_pack_u64(pk, "skipped", v->stats.skipped);
         rpc_pack_u64(pk, "failed", v->stats.failed);
     }
-}
-
-void refresh_pack_maintenance_stats(const struct refresh *r, msgpack_packer *pk)
-{
-    const struct refresh_maintenance *m = &r->maint;
-    msgpack_pack_map(pk, 10);
-    rpc_pack_str(pk, "at");
-    if (m->at_minute < 0) {
-        msgpack_pack_nil(pk);
-    } else {
-        char at[16];
-        snprintf(at, sizeof(at), "%02d:%02d", (int)(m->at_minute / 60), (int)(m->at_minute % 60));
-        rpc_pack_str(pk, at);
-    }
-    rpc_pack_str(pk, "running");
-    if (m->running)
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
-    rpc_pack_u64(pk, "runs", m->stats.runs);
-    rpc_pack_u64(pk, "claimed_elsewhere", m->stats.claimed_elsewhere);
-    rpc_pack_u64(pk, "failed", m->stats.failed);
-    pack_str(pk, "last_run_date", m->stats.last_run_date);
-    pack_i64(pk, "last_started_ms", m->stats.last_started_ms);
-    pack_i64(pk, "last_finished_ms", m->stats.last_finished_ms);
-    pack_str(pk, "last_result", m->stats.last_result);
-    pack_str(pk, "last_error", m->stats.last_error);
 }

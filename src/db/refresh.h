@@ -1,7 +1,7 @@
-/* refresh: the analytics refresher and the daily database maintenance, run by the daemon so that
- * no separate cron is needed.
+/* refresh: the analytics refresher, run by the daemon so that no separate cron is needed (the daily
+ * maintenance is maintenance.h's).
  *
- * Refresh: each view of `refresh:` has a timer. When it fires, the view is refreshed on the
+ * Each view of `refresh:` has a timer. When it fires, the view is refreshed on the
  * refresher's own PostgreSQL connection (never the ingest ones), one statement at a time, so two
  * refreshes of one view never overlap and ingestion never waits for a refresh. Each attempt is one
  * transaction that takes the view's advisory lock (pg_try_advisory_xact_lock), reads
@@ -9,12 +9,6 @@
  * daemons sharing a database refresh each view about once per interval between them. A view that
  * was never populated is refreshed without CONCURRENTLY the first time. Failures are logged once
  * per distinct error, recorded in usaged.refresh_state and retried at the next tick.
- *
- * Maintenance: at `maintenance.at` (UTC), or at start when that time has passed today and today's
- * run is missing, the daemon that claims the day in usaged.maintenance_runs runs the steps on a
- * connection opened for the run: create_partitions, apply_retention, daily_maintenance(),
- * analyze_all_tables(), and VACUUM (ANALYZE) of the log tables outside any transaction. Each step's
- * outcome is added to the day's result; a failed step does not stop the next ones.
  *
  * Stopping cancels the statement in flight (PQcancel, off the loop) instead of waiting for it. */
 #ifndef USAGED_REFRESH_H
@@ -86,58 +80,6 @@ struct refresh_job {
     char sql[512];    /* the statement in flight, when built here */
 };
 
-/* The daily maintenance run's steps, in order. */
-enum refresh_maint_step {
-    REFRESH_MAINT_SET = 0,      /* SET statement_timeout */
-    REFRESH_MAINT_CLAIM,        /* INSERT INTO usaged.maintenance_runs ... ON CONFLICT DO NOTHING */
-    REFRESH_MAINT_PARTITIONS,   /* usaged.create_partitions(partitions_ahead) */
-    REFRESH_MAINT_DAILY,        /* public.daily_maintenance(), when retention is on */
-    REFRESH_MAINT_ANALYZE,      /* public.analyze_all_tables() */
-    REFRESH_MAINT_VACUUM_USAGE, /* VACUUM (ANALYZE) public.api_usage_logs */
-    REFRESH_MAINT_VACUUM_PROMPT, /* VACUUM (ANALYZE) public.prompt_history */
-    REFRESH_MAINT_FINISH,        /* finished_at and the overall outcome */
-};
-
-struct refresh_maintenance_stats {
-    uint64_t runs;              /* days this daemon ran maintenance */
-    uint64_t claimed_elsewhere; /* days another daemon had claimed first */
-    uint64_t failed;            /* runs with a failed step, or that could not finish */
-    char last_run_date[11];     /* YYYY-MM-DD of the last run by this daemon; "" none */
-    int64_t last_started_ms;    /* unix ms */
-    int64_t last_finished_ms;   /* unix ms; 0 while running or none */
-    char *last_result;          /* the run's result jsonb, as text; NULL none */
-    char last_error[512];       /* first error of the last run (or claim attempt); "" none */
-};
-
-struct refresh_maintenance {
-    int32_t at_minute; /* minute of the UTC day; -1: disabled */
-    uint32_t partitions_ahead;
-    bool retention;
-    bool vacuum;
-    uint32_t timeout_s;
-    uv_timer_t timer; /* looks at the wall clock periodically */
-    int64_t done_day; /* UTC day (days since 1970) claimed, by us or another; -1: none */
-    int64_t run_day;  /* the day of the run in progress */
-    bool running;     /* a run is in progress (connecting included) */
-    bool pg_open;     /* pg is initialized and not closed yet (closing included) */
-    bool pg_closing;  /* pg_close has been called on pg */
-    bool connecting;  /* the run waits for its connection */
-    bool noting;      /* the op in flight records a step's note, not the step itself */
-    bool step_failed; /* some step of this run failed */
-    enum refresh_maint_step step;
-    struct pg_conn pg; /* opened for a run, closed after it */
-    uint64_t step_started_us;
-    uint64_t logged_ms; /* loop time a claim failure was last logged */
-    char run_date[11];  /* YYYY-MM-DD */
-    struct pg_op op;
-    const char *params[3];
-    char number[24];
-    char note_key[32];
-    char step_error[512];
-    char sql[512];
-    struct refresh_maintenance_stats stats;
-};
-
 struct refresh {
     uv_loop_t *loop;
     char *conninfo;
@@ -149,7 +91,6 @@ struct refresh {
     size_t nviews;
     struct refresh_view *due_head, *due_tail; /* views waiting for the connection, FIFO */
     struct refresh_job job;
-    struct refresh_maintenance maint;
     bool started;
     bool stopping;
     bool closing;
@@ -161,7 +102,7 @@ struct refresh {
 void refresh_init(struct refresh *r, uv_loop_t *loop, const struct config *config);
 /* Arms the timers and connects when there is something to refresh. */
 void refresh_start(struct refresh *r);
-/* Applies refresh: and maintenance: of a reloaded config: new views start at once, removed ones
+/* Applies refresh: of a reloaded config: new views start at once, removed ones
  * stop (an attempt in flight finishes), changed intervals apply from the next attempt. */
 void refresh_configure(struct refresh *r, const struct config *config);
 /* Stops the timers and cancels the statements in flight; nothing new starts. */
@@ -169,8 +110,7 @@ void refresh_stop(struct refresh *r);
 /* Closes the connections and timers; on_closed runs when all are closed. */
 void refresh_close(struct refresh *r, void (*on_closed)(struct refresh *r, void *arg), void *arg);
 
-/* The "refresh" and "maintenance" sections of stats. */
+/* The "refresh" section of stats. */
 void refresh_pack_stats(const struct refresh *r, msgpack_packer *pk);
-void refresh_pack_maintenance_stats(const struct refresh *r, msgpack_packer *pk);
 
 #endif

@@ -12,8 +12,11 @@
  *     usaged.rejects with its error and every good row lands;
  *   - a batch whose commit outcome is unknown (connection lost) is retried idempotently, so it is
  *     stored once; a repeated id is stored once;
- *   - at ingest.queue_rows, requests get overloaded and notification senders are paused; nothing
- *     accepted is ever dropped. */
+ *   - at ingest.queue_rows, requests get overloaded and notifications are told to wait (their
+ *     sender is paused by the caller, and told when there is room again); nothing accepted is
+ *     ever dropped.
+ * It takes plain requests (an array of events, an optional completion for a durable ack) and
+ * never sees a connection: the protocol side is daemon/methods_log.c. */
 #ifndef USAGED_BATCHER_H
 #define USAGED_BATCHER_H
 
@@ -21,46 +24,15 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "batch.h"
 #include "config.h"
-#include "conn.h"
+#include "errors.h"
 #include "event.h"
-#include "pg.h"
-#include "rpc.h"
+#include "log.h"
 #include "spool.h"
+#include "writer.h"
 
 struct batcher;
-
-/* A durable request waiting for its batch. */
-struct batch_ack {
-    struct conn *conn;
-    uint32_t msgid;
-    uint32_t accepted;
-};
-
-struct batcher_writer;
-
-struct batch {
-    struct batcher_table *t;
-    struct batcher_writer *writer; /* the writer it is assigned to; NULL: any may take it */
-    struct buf rows;               /* COPY tuples, back to back */
-    uint32_t *row_off;             /* start of each row in rows; row_off[nrows] is rows.len */
-    uint32_t nrows;
-    uint32_t cap_rows;
-    struct batch_ack **acks; /* durable requests answered when this batch is done */
-    uint32_t nacks, cap_acks;
-    uint64_t first_row_ms;       /* loop time of the first row */
-    uint64_t sealed_ms;          /* loop time it was sealed */
-    struct spool_record *replay; /* a record read back from the spool: never spilled again */
-    bool idempotent;             /* write through a staging table with ON CONFLICT DO NOTHING */
-    struct batch_range {
-        uint32_t lo, hi;
-        bool reject; /* rows of unknown users: straight to usaged.rejects */
-    } * ranges;      /* rows still to write: a stack, split on data errors */
-    uint32_t nranges, cap_ranges;
-    char *reject_error; /* what refused the rows of the reject ranges (NULL: none) */
-    char reject_sqlstate[6];
-    struct batch *next;
-};
 
 struct batcher_table_stats {
     uint64_t rows_queued;       /* events accepted into this table's queue */
@@ -77,23 +49,6 @@ struct batcher_table_stats {
 
 /* Most writer connections a table may have (ingest.connections). */
 #define BATCHER_MAX_WRITERS 8
-
-/* One writer connection of a table and the batch it is writing. */
-struct batcher_writer {
-    struct batcher_table *t;
-    struct pg_conn pg;
-    struct batch *current; /* the batch being written (NULL: none) */
-    bool writing;          /* an op is in flight */
-    bool rejecting;        /* the op in flight stores bad rows in usaged.rejects */
-    struct pg_op op;
-    uv_buf_t copy_bufs[3]; /* header, rows, trailer */
-    struct buf sql;        /* the statement of the op in flight */
-    struct buf json;       /* rejected rows, as JSON; the user ids of a range, as uuid[] */
-    const char *params[4];
-    uint64_t op_started_us;
-    uv_timer_t retry_timer; /* backoff after a failed attempt */
-    uint32_t retry_ms;
-};
 
 struct batcher_table {
     struct batcher *b;
@@ -120,7 +75,7 @@ struct batcher_stats {
     uint64_t events_accepted;
     uint64_t events_rejected[RPC_CODE_COUNT]; /* events of refused requests, by error code */
     uint64_t requests_overloaded;
-    uint64_t notifications_paused; /* times a notification sender was paused */
+    uint64_t notifications_paused; /* times a notification was told to wait for room */
 };
 
 struct batcher {
@@ -142,9 +97,9 @@ struct batcher {
     uint64_t queued_bytes; /* bytes of the rows counted in queued_rows */
     enum config_ack default_ack;
     struct uuid_v7_gen ids;
-    struct conn **paused; /* notification senders paused for room */
-    uint32_t npaused, cap_paused;
-    double rows_per_ms; /* recent commit throughput, for retry_after_ms */
+    bool waiters;        /* a request was told to wait: say when there is room */
+    uv_idle_t room_idle; /* runs on_room from the loop, outside the batcher's own work */
+    double rows_per_ms;  /* recent commit throughput, for retry_after_ms */
     bool draining;
     void (*on_drained)(struct batcher *b, void *arg);
     void *drained_arg;
@@ -156,6 +111,10 @@ struct batcher {
      * owner after batcher_init. NULL: nobody asks. */
     void (*on_state)(void *arg);
     void *state_arg;
+    /* Called, from a loop callback of its own, when requests told to wait may try again; set by
+     * the owner after batcher_init. */
+    void (*on_room)(void *arg);
+    void *room_arg;
     struct batcher_stats stats;
 };
 
@@ -165,9 +124,25 @@ void batcher_start(struct batcher *b);
 /* Applies batch_rows, batch_ms, queue_rows and ack from a reloaded config. */
 void batcher_configure(struct batcher *b, const struct config *config);
 
-/* Handles a log_usage or log_prompt request or notification. */
-enum conn_dispatch_result batcher_submit(struct batcher *b, enum event_kind kind, struct conn *c,
-                                         const struct rpc_message *m);
+/* One log_usage or log_prompt request, its params read. */
+struct batcher_request {
+    enum event_kind kind;
+    const msgpack_object_array *events;
+    /* Durable: done runs when every event of it is kept (the batcher holds it until then);
+     * NULL: the caller answers at once. Only for a request of one event or more. */
+    struct batch_ack *ack;
+    /* A notification: when the queue is full it waits (BATCHER_WAIT) instead of being refused. */
+    bool can_wait;
+};
+
+enum batcher_result {
+    BATCHER_ACCEPTED = 0, /* every event is queued */
+    BATCHER_REFUSED,      /* nothing is queued; err says why (invalid_field, overloaded) */
+    BATCHER_WAIT,         /* nothing is queued: try again after on_room */
+};
+
+enum batcher_result batcher_submit(struct batcher *b, const struct batcher_request *req,
+                                   struct rpc_error *err);
 
 /* Queues the api_usage_logs row of a denied check (limits.log_denied). Dropped (and counted)
  * when the queue is full: it is the daemon's own record, not a client's event. */
@@ -180,9 +155,31 @@ void batcher_spool_changed(struct batcher *b);
 /* Seals every batch and calls on_drained once every queue is written (to PostgreSQL, or to the
  * spool for what is left after ingest.drain_timeout_s). */
 void batcher_drain(struct batcher *b, void (*on_drained)(struct batcher *b, void *arg), void *arg);
-/* Closes the connections and timers; on_closed runs when all are closed. */
+/* Closes the connections and timers; on_closed runs when all are closed. Durable requests still
+ * waiting are told shutting_down. */
 void batcher_close(struct batcher *b, void (*on_closed)(struct batcher *b, void *arg), void *arg);
 
-void batcher_pack_stats(const struct batcher *b, msgpack_packer *pk);
+/* Writer connections up (connected), of all tables; and how many there are. */
+uint32_t batcher_writers_up(const struct batcher *b);
+uint32_t batcher_writers(const struct batcher *b);
+/* Of one table. */
+uint32_t batcher_table_writers_up(const struct batcher_table *t);
+/* Every writer has finished a first connect attempt, connected or failed: the daemon serves
+ * either way (rows wait in the queue and the spool while a failed one retries). */
+bool batcher_settled(const struct batcher *b);
+/* Rows committed, of all tables. */
+uint64_t batcher_rows_written(const struct batcher *b);
+
+/* For the writers (writer.c): the table's side of their work. */
+/* A writer changed state (connected, idle, lost, failed to connect). */
+void batcher_writer_changed(struct batcher_table *t);
+/* Gives idle writers work, and spills what cannot be written now. */
+void batcher_kick(struct batcher_table *t);
+/* The batch an idle writer takes next (NULL: none), by turns from memory and from the spool. */
+struct batch *batcher_next_batch(struct batcher_table *t);
+/* Every range of batch is written; the writer has let go of it. */
+void batcher_batch_written(struct batcher_table *t, struct batch *batch);
+/* A handle or connection of the batcher's finished closing. */
+void batcher_part_closed(struct batcher *b);
 
 #endif

@@ -14,7 +14,7 @@
 
 #include "buf.h"
 #include "copy.h"
-#include "rpc.h"
+#include "errors.h"
 #include "uuid.h"
 
 enum event_kind { EVENT_USAGE = 0, EVENT_PROMPT, EVENT_KIND_COUNT };

@@ -1,16 +1,12 @@
 /* spool: see spool.h.
  *
- * Record: 32-byte header then the rows. Header fields, little-endian:
- *   0 magic "USP1"   4 crc32c of bytes 8 .. end of rows   8 rows length   12 row count
- *   16 table kind    17 format version   18 reserved (2)   20 reserved (4)   24 created_ms
- * Segment files are named by a 16-digit sequence number: 0000000000000001.seg, ...
+ * The records' format and the scan at start are in spool_file.c.
  *
  * Threads: the loop owns every structure here, except that while write_busy the write job owns
  * the table's fd/fd_segment/fd_size/next_id and the appends of its group, and while a recovery
  * or read job runs it owns only what it was handed. */
 #include "spool.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -19,21 +15,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "crc32c.h"
 #include "log.h"
-#include "rpc.h"
+#include "spool_file.h"
 #include "xalloc.h"
 
-#define MAGIC 0x31505355u /* "USP1" read little-endian */
-#define FORMAT_VERSION 1
 #define GROUP_MAX_BYTES (8u << 20) /* one group commit writes at most this much */
-#define MAX_RECORD_LEN (1u << 30)
 
 struct spool_append {
     const uint8_t *rows;
@@ -59,92 +50,6 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    put_le32(p, (uint32_t)v);
-    put_le32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
-
-void spool_encode_header(uint8_t h[SPOOL_HEADER_LEN], enum event_kind kind, const uint8_t *rows,
-                         size_t len, uint32_t nrows, uint64_t created_ms)
-{
-    memset(h, 0, SPOOL_HEADER_LEN);
-    put_le32(h, MAGIC);
-    put_le32(h + 8, (uint32_t)len);
-    put_le32(h + 12, nrows);
-    h[16] = (uint8_t)kind;
-    h[17] = FORMAT_VERSION;
-    put_le64(h + 24, created_ms);
-    uint32_t crc = crc32c(0, h + 8, SPOOL_HEADER_LEN - 8);
-    crc = crc32c(crc, rows, len);
-    put_le32(h + 4, crc);
-}
-
-/* Checks the record at p (avail bytes): returns its total length, or 0 when it is not a whole,
- * valid record of this table. */
-static size_t check_record(const uint8_t *p, size_t avail, enum event_kind kind)
-{
-    if (avail < SPOOL_HEADER_LEN || get_le32(p) != MAGIC)
-        return 0;
-    uint32_t len = get_le32(p + 8);
-    if (len > MAX_RECORD_LEN || len > avail - SPOOL_HEADER_LEN || p[16] != kind ||
-        p[17] != FORMAT_VERSION)
-        return 0;
-    uint32_t crc = crc32c(0, p + 8, SPOOL_HEADER_LEN - 8);
-    crc = crc32c(crc, p + SPOOL_HEADER_LEN, len);
-    if (crc != get_le32(p + 4))
-        return 0;
-    return SPOOL_HEADER_LEN + len;
-}
-
-static void segment_path(const struct spool_table *t, uint64_t id, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s/%016" PRIx64 ".seg", t->dir, id);
-}
-
-static struct spool_segment *segment_new(uint64_t id)
-{
-    struct spool_segment *seg = xcalloc(1, sizeof(*seg));
-    seg->id = id;
-    return seg;
-}
-
-static void segment_add_record(struct spool_segment *seg, uint64_t offset, uint32_t len,
-                               uint32_t nrows, uint64_t created_ms)
-{
-    if (seg->nrecords == seg->cap) {
-        seg->cap = seg->cap ? seg->cap * 2 : 16;
-        seg->records = xrealloc(seg->records, seg->cap * sizeof(*seg->records));
-    }
-    seg->records[seg->nrecords++] = (struct spool_index){offset, len, nrows, created_ms, false};
-    if (offset + len > seg->size)
-        seg->size = offset + len;
-}
-
-static void segment_free(struct spool_segment *seg)
-{
-    free(seg->records);
-    free(seg);
-}
-
 static struct spool_segment *find_segment(struct spool_table *t, uint64_t id)
 {
     for (struct spool_segment *seg = t->head; seg; seg = seg->next)
@@ -153,206 +58,18 @@ static struct spool_segment *find_segment(struct spool_table *t, uint64_t id)
     return NULL;
 }
 
-/* ---- recovery (thread pool) ---- */
+/* ---- recovery: the scan runs on the thread pool (spool_file_recover) ---- */
 
-static int mkdir_p(const char *path)
-{
-    char tmp[600];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return rc;
-}
-
-/* Copies damaged bytes into quarantine/ so that a person can look at them. */
-static void quarantine(struct spool_table *t, uint64_t id, uint64_t offset, const uint8_t *p,
-                       size_t len)
-{
-    char qdir[600], path[700];
-    snprintf(qdir, sizeof(qdir), "%s/quarantine", t->dir);
-    mkdir_p(qdir);
-    snprintf(path, sizeof(path), "%s/%016" PRIx64 "-%" PRIu64 ".bad", qdir, id, offset);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = write(fd, p + done, len - done);
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    fsync(fd);
-    close(fd);
-}
-
-/* The recovery job's findings, handed to the loop. */
-struct recovery {
-    struct spool_segment *head, *tail;
-    uint64_t next_id;
-    uint64_t bytes;
-    uint64_t corrupt_records;
-    uint64_t quarantined_bytes;
-    int error;
-};
-
-static struct recovery *recovery_of(struct spool_table *t)
+static struct spool_recovery *recovery_of(struct spool_table *t)
 {
     return t->recover_work.data;
-}
-
-static int compare_ids(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Indexes one segment file: every valid record; damaged ranges go to quarantine, and the file
- * is rewritten without them so that replay reads only checked bytes. */
-static void recover_segment(struct spool_table *t, struct recovery *rec, uint64_t id)
-{
-    char path[700];
-    segment_path(t, id, path, sizeof(path));
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    size_t size = (size_t)st.st_size;
-    struct spool_segment *seg = segment_new(id);
-    uint8_t *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
-    if (size && map == MAP_FAILED) {
-        close(fd);
-        segment_free(seg);
-        rec->error = errno;
-        return;
-    }
-    bool damaged = false;
-    size_t off = 0;
-    while (off < size) {
-        size_t n = check_record(map + off, size - off, t->kind);
-        if (n) {
-            segment_add_record(seg, off, (uint32_t)n, get_le32(map + off + 12),
-                               get_le64(map + off + 24));
-            off += n;
-            continue;
-        }
-        /* Damage: find the next offset where a valid record starts, and quarantine the rest. */
-        damaged = true;
-        size_t next = off + 1;
-        while (next + 4 <= size &&
-               !(get_le32(map + next) == MAGIC && check_record(map + next, size - next, t->kind)))
-            next++;
-        if (next + 4 > size)
-            next = size;
-        quarantine(t, id, off, map + off, next - off);
-        rec->corrupt_records++;
-        rec->quarantined_bytes += next - off;
-        off = next;
-    }
-    if (damaged && seg->nrecords > 0) {
-        /* Rewrite the segment with its valid records only, then replace it atomically. */
-        char tmp[720];
-        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-        int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        bool ok = out >= 0;
-        for (uint32_t i = 0; ok && i < seg->nrecords; i++) {
-            const struct spool_index *r = &seg->records[i];
-            size_t w = 0;
-            while (ok && w < r->len) {
-                ssize_t n = write(out, map + r->offset + w, r->len - w);
-                ok = n > 0;
-                w += n > 0 ? (size_t)n : 0;
-            }
-        }
-        ok = ok && fsync(out) == 0;
-        if (out >= 0)
-            close(out);
-        if (ok && rename(tmp, path) == 0 && fsync_dir(t->dir) == 0) {
-            /* Only now do the records sit at their new offsets. */
-            uint64_t at = 0;
-            for (uint32_t i = 0; i < seg->nrecords; i++) {
-                seg->records[i].offset = at;
-                at += seg->records[i].len;
-            }
-            seg->size = at;
-        } else {
-            unlink(tmp);
-            rec->error = errno ? errno : EIO;
-        }
-    }
-    if (map)
-        munmap(map, size);
-    close(fd);
-    if (seg->nrecords == 0) {
-        unlink(path); /* nothing valid left in it */
-        segment_free(seg);
-        return;
-    }
-    rec->bytes += seg->size;
-    if (rec->tail)
-        rec->tail->next = seg;
-    else
-        rec->head = seg;
-    rec->tail = seg;
 }
 
 static void recover_job(uv_work_t *w)
 {
     struct spool_table *t =
         (struct spool_table *)((char *)w - offsetof(struct spool_table, recover_work));
-    struct recovery *rec = recovery_of(t);
-    int rc = mkdir_p(t->dir);
-    if (rc < 0) {
-        rec->error = -rc;
-        return;
-    }
-    DIR *d = opendir(t->dir);
-    if (!d) {
-        rec->error = errno;
-        return;
-    }
-    uint64_t *ids = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        char *end;
-        unsigned long long id = strtoull(e->d_name, &end, 16);
-        if (end != e->d_name + 16 || strcmp(end, ".seg") != 0)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            ids = xrealloc(ids, cap * sizeof(*ids));
-        }
-        ids[n++] = id;
-    }
-    closedir(d);
-    if (n > 0)
-        qsort(ids, n, sizeof(*ids), compare_ids);
-    for (size_t i = 0; i < n; i++)
-        recover_segment(t, rec, ids[i]);
-    rec->next_id = n ? ids[n - 1] + 1 : 1;
-    free(ids);
+    spool_file_recover(t->dir, t->kind, recovery_of(t));
 }
 
 static void recover_done(uv_work_t *w, int status)
@@ -361,7 +78,7 @@ static void recover_done(uv_work_t *w, int status)
     struct spool_table *t =
         (struct spool_table *)((char *)w - offsetof(struct spool_table, recover_work));
     struct spool *s = t->s;
-    struct recovery *rec = recovery_of(t);
+    struct spool_recovery *rec = recovery_of(t);
     t->head = rec->head;
     t->tail = rec->tail;
     t->next_id = rec->next_id;
@@ -396,12 +113,12 @@ static int open_segment(struct spool_table *t)
 {
     char path[700];
     uint64_t id = t->next_id++;
-    segment_path(t, id, path, sizeof(path));
+    spool_file_segment_path(t->dir, id, path, sizeof(path));
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     /* The new name must survive a crash too, or records acked in it could vanish with it. */
-    int rc = fsync_dir(t->dir);
+    int rc = spool_file_fsync_dir(t->dir);
     if (rc < 0) {
         close(fd);
         unlink(path);
@@ -515,15 +232,15 @@ static void write_done(uv_work_t *w, int status)
         } else {
             struct spool_segment *seg = find_segment(t, a->segment);
             if (!seg) {
-                seg = segment_new(a->segment);
+                seg = spool_file_segment_new(a->segment);
                 if (t->tail)
                     t->tail->next = seg;
                 else
                     t->head = seg;
                 t->tail = seg;
             }
-            segment_add_record(seg, a->offset, (uint32_t)(SPOOL_HEADER_LEN + a->len), a->nrows,
-                               get_le64(a->header + 24));
+            spool_file_segment_add(seg, a->offset, (uint32_t)(SPOOL_HEADER_LEN + a->len), a->nrows,
+                                   spool_file_le64(a->header + 24));
             s->stats.records_spooled++;
             s->stats.rows_spooled += a->nrows;
         }
@@ -577,7 +294,7 @@ bool spool_has_room(const struct spool *s, size_t bytes)
 int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, size_t len,
                  uint32_t nrows, spool_done_fn done, void *arg)
 {
-    if (!spool_has_room(s, len) || len > MAX_RECORD_LEN)
+    if (!spool_has_room(s, len) || len > SPOOL_MAX_RECORD_LEN)
         return -ENOSPC;
     struct spool_table *t = &s->tables[kind];
     struct spool_append *a = xcalloc(1, sizeof(*a));
@@ -640,7 +357,7 @@ static void read_job(uv_work_t *w)
     struct spool_record *rec = t->reading;
     const struct spool_index *idx = &rec->where;
     char path[700];
-    segment_path(t, rec->segment_id, path, sizeof(path));
+    spool_file_segment_path(t->dir, rec->segment_id, path, sizeof(path));
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         t->read_status = -errno;
@@ -657,7 +374,7 @@ static void read_job(uv_work_t *w)
         got += (size_t)n;
     }
     close(fd);
-    if (got == idx->len && check_record(buf, idx->len, t->kind) != idx->len)
+    if (got == idx->len && spool_file_check_record(buf, idx->len, t->kind) != idx->len)
         t->read_status = -EBADMSG;
     if (t->read_status < 0) {
         free(buf);
@@ -762,13 +479,13 @@ static void collect_segments(struct spool_table *t)
         if (!t->head)
             t->tail = NULL;
         char path[700];
-        segment_path(t, seg->id, path, sizeof(path));
+        spool_file_segment_path(t->dir, seg->id, path, sizeof(path));
         uv_fs_t *req = xmalloc(sizeof(*req));
         uv_fs_unlink(s->loop, req, path, on_unlinked);
         s->bytes -= seg->size <= s->bytes ? seg->size : s->bytes;
         s->stats.segments_deleted++;
         s->disk_full = false;
-        segment_free(seg);
+        spool_file_segment_free(seg);
         if (s->on_space)
             s->on_space(s->cb_arg);
     }
@@ -787,7 +504,7 @@ struct quarantine_job {
 static void quarantine_run(uv_work_t *w)
 {
     struct quarantine_job *q = w->data;
-    quarantine(q->t, q->segment_id, q->offset, q->rows, q->len);
+    spool_file_quarantine(q->t->dir, q->segment_id, q->offset, q->rows, q->len);
 }
 
 static void quarantine_done(uv_work_t *w, int status)
@@ -853,7 +570,7 @@ int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
     s->lock_fd = -1;
     /* One daemon per spool: a second one replaying the same records would only waste work,
      * but two appending to one segment sequence would collide. The lock goes with the process. */
-    int rc = mkdir_p(config->spool.dir);
+    int rc = spool_file_mkdir_p(config->spool.dir);
     char lock[600];
     snprintf(lock, sizeof(lock), "%s/lock", config->spool.dir);
     int fd = rc < 0 ? -1 : open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -884,7 +601,7 @@ int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
         snprintf(t->dir, sizeof(t->dir), "%s/%s", s->dir, table_dir_name(t->kind));
         uv_timer_init(loop, &t->commit_timer);
         t->commit_timer.data = t;
-        t->recover_work.data = xcalloc(1, sizeof(struct recovery));
+        t->recover_work.data = xcalloc(1, sizeof(struct spool_recovery));
         uv_queue_work(loop, &t->recover_work, recover_job, recover_done);
     }
     return 0;
@@ -903,7 +620,7 @@ static void on_timer_closed(uv_handle_t *h)
         tk->fd = -1;
         while (tk->head) {
             struct spool_segment *next = tk->head->next;
-            segment_free(tk->head);
+            spool_file_segment_free(tk->head);
             tk->head = next;
         }
         tk->tail = NULL;
@@ -955,7 +672,7 @@ static void close_when_idle(uv_timer_t *timer)
     uv_close((uv_handle_t *)&t->commit_timer, on_timer_closed);
 }
 
-void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
+void spool_figures(const struct spool *s, struct spool_figures *out)
 {
     uint64_t segments = 0, records = 0, oldest = 0;
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
@@ -970,25 +687,11 @@ void spool_pack_stats(const struct spool *s, msgpack_packer *pk)
         }
     }
     uint64_t now = wall_ms();
-    msgpack_pack_map(pk, 15);
-    rpc_pack_str(pk, "state");
-    rpc_pack_str(pk, s->error[0]    ? "error"
-                     : !s->ready    ? "recovering"
-                     : s->disk_full ? "disk_full"
-                                    : "ok");
-    rpc_pack_u64(pk, "bytes", s->bytes);
-    rpc_pack_u64(pk, "max_bytes", s->max_bytes);
-    rpc_pack_u64(pk, "segments", segments);
-    rpc_pack_u64(pk, "records_pending", records);
-    rpc_pack_u64(pk, "oldest_age_ms", oldest && now > oldest ? now - oldest : 0);
-    rpc_pack_u64(pk, "records_spooled", s->stats.records_spooled);
-    rpc_pack_u64(pk, "rows_spooled", s->stats.rows_spooled);
-    rpc_pack_u64(pk, "records_replayed", s->stats.records_replayed);
-    rpc_pack_u64(pk, "rows_replayed", s->stats.rows_replayed);
-    rpc_pack_u64(pk, "fsyncs", s->stats.fsyncs);
-    rpc_pack_u64(pk, "write_errors", s->stats.write_errors);
-    rpc_pack_u64(pk, "corrupt_records", s->stats.corrupt_records);
-    rpc_pack_u64(pk, "quarantined_bytes", s->stats.quarantined_bytes);
-    rpc_pack_str(pk, "error");
-    rpc_pack_str(pk, s->error);
+    out->state = s->error[0]    ? "error"
+                 : !s->ready    ? "recovering"
+                 : s->disk_full ? "disk_full"
+                                : "ok";
+    out->segments = segments;
+    out->records_pending = records;
+    out->oldest_age_ms = oldest && now > oldest ? now - oldest : 0;
 }

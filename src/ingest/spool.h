@@ -16,7 +16,6 @@
 #ifndef USAGED_SPOOL_H
 #define USAGED_SPOOL_H
 
-#include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -164,7 +163,15 @@ void spool_release(struct spool *s, struct spool_record *rec, bool committed);
 void spool_discard(struct spool *s, struct spool_record *rec);
 
 void spool_close(struct spool *s, void (*on_closed)(struct spool *s, void *arg), void *arg);
-void spool_pack_stats(const struct spool *s, msgpack_packer *pk);
+
+/* What the stats answer shows beside struct spool's own counters. */
+struct spool_figures {
+    const char *state;        /* ok, recovering, disk_full or error */
+    uint64_t segments;        /* segment files, both tables */
+    uint64_t records_pending; /* records not yet committed from the spool */
+    uint64_t oldest_age_ms;   /* age of the oldest of them; 0: none */
+};
+void spool_figures(const struct spool *s, struct spool_figures *out);
 
 /* The record format, for the tests and tools: encodes a header for rows. */
 void spool_encode_header(uint8_t header[SPOOL_HEADER_LEN], enum event_kind kind,

@@ -290,6 +290,15 @@ def test_bad_params_shapes_get_bad_request_and_bad_options_invalid_field(
         assert c.call("log_usage", []) == {"accepted": 0}
 
 
+def test_an_unknown_option_is_named_even_after_a_valid_ack(daemon_factory, workdir, pg, db):
+    d = start(daemon_factory, workdir, pg, db)
+    with d.client() as c:
+        err = c.call_err("log_usage", [[], {"ack": "durable", "ack2": 1}])
+        assert (err["code"], err["field"]) == ("invalid_field", "ack2")
+        err = c.call_err("log_prompt", [[], {"acks": "durable"}])
+        assert (err["code"], err["field"]) == ("invalid_field", "acks")
+
+
 def test_an_invalid_notification_is_dropped_and_counted(daemon_factory, workdir, pg, db):
     user = make_users(pg, db, 1)[0]
     d = start(daemon_factory, workdir, pg, db)

@@ -145,6 +145,23 @@ def test_a_regular_file_at_the_socket_path_is_left_alone(daemon_factory, workdir
     d.proc = None
 
 
+def test_sighup_refuses_an_empty_file_and_keeps_the_live_settings(daemon_factory, workdir):
+    text = base_config(workdir).replace("  unix_mode: 0600\n",
+                                        "  unix_mode: 0600\n  max_message_bytes: 2048\n")
+    d = daemon_factory(text)
+    for empty in ("", "# nothing here yet\n", "~\n"):
+        with open(d.config, "w") as f:
+            f.write(empty)
+        before = d.log_text().count("reload refused")
+        d.signal(signal.SIGHUP)
+        servers.wait_for(lambda: d.log_text().count("reload refused") > before, 10,
+                         "the reload to be refused")
+        assert "holds no settings" in d.log_text()
+        with d.client() as c:  # max_message_bytes is still 2048, not the default
+            c.send_raw(msgpack.packb([0, 1, "ping", ["x" * 3000]]))
+            assert c.wait_closed()[-1][2][0]["code"] == "too_large"
+
+
 def test_sighup_applies_a_new_config(daemon_factory, workdir):
     d = daemon_factory(base_config(workdir))
     with d.client() as c:

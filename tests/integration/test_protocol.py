@@ -4,6 +4,7 @@ bad-input rule, and the limits that keep one client from hurting the others."""
 import os
 import socket
 import struct
+import threading
 import time
 
 import msgpack
@@ -263,3 +264,41 @@ def test_the_tcp_listener_speaks_the_same_protocol(daemon_factory, workdir):
     d = make(daemon_factory, workdir, f"  tcp: 127.0.0.1:{port}\n")
     with Client(tcp=("127.0.0.1", port)) as c:
         assert c.call("ping")["protocol"] == 1
+
+
+def test_partial_messages_of_many_clients_are_bounded_together_and_all_finish(
+        daemon_factory, workdir):
+    """Twenty clients each send most of a 900 KB message and wait: their partial messages would
+    hold 20 MB. Past listen.max_input_bytes (2 MiB) the daemon stops reading those that hold
+    input, but one at a time finishes its message, so every one is answered once the rest comes."""
+    d = make(daemon_factory, workdir, "  max_message_bytes: 1MiB\n  max_input_bytes: 2MiB\n")
+    message = msgpack.packb([0, 1, "ping", ["x" * 900000]])
+    go_on = threading.Event()
+    answers, failures = [], []
+
+    def client():
+        try:
+            with Client(d.socket, timeout=60) as c:
+                c.send_raw(message[:-100])
+                go_on.wait()
+                c.send_raw(message[-100:])
+                answers.append(c.wait(1)[0]["code"])  # ping takes no params: read whole
+        except Exception as e:  # reported below
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(20)]
+    for t in threads:
+        t.start()
+    try:
+        servers.wait_for(lambda: stats(d)["connections"]["paused_input"] >= 1, 30,
+                         "reads to be paused for the input bound")
+        held = stats(d)["connections"]["input_bytes"]
+    finally:
+        go_on.set()
+        for t in threads:
+            t.join()
+    assert held < 8 * 1024 * 1024, f"{held} bytes of partial messages held"
+    assert not failures, failures
+    assert answers == ["bad_request"] * 20
+    servers.wait_for(lambda: stats(d)["connections"]["input_bytes"] == 0, 10,
+                     "the input memory to be given back")

@@ -4,6 +4,7 @@ the daemon, and damaged spool files; exact counts are read back from PostgreSQL.
 import glob
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -249,3 +250,47 @@ def test_sigterm_does_not_wait_for_a_copy_stuck_on_a_lock(daemon_factory, workdi
     d.start()
     servers.wait_for(lambda: count(pg, db) >= 100, 60, "the spooled batch to be replayed")
     assert sorted(ids_in(pg, db)) == sorted(e["id"] for e in sent)
+
+
+@pytest.fixture(scope="module")
+def lazy_pg(workdir):
+    """A server that commits lazily (synchronous_commit = off, as the other fixture) and whose
+    WAL writer waits 10 s between flushes: a crash loses the commits of the last moments unless
+    their sessions flush the WAL themselves."""
+    server = servers.Postgres(os.path.join(workdir, "lazypgroot"))
+    server.init()
+    with open(os.path.join(server.data, "postgresql.conf"), "a") as f:
+        f.write("\nwal_writer_delay = 10000ms\nwal_writer_flush_after = 0\n")
+    server.start()
+    yield server
+    server.stop()
+
+
+def migrated_db(server, workdir, name):
+    from usaged_client import USAGED_BIN
+    server.createdb(name)
+    cfg = os.path.join(workdir, f"migrate-{name}.yaml")
+    with open(cfg, "w") as f:
+        f.write(base_config(workdir, pg=server, dbname=name).replace("@SOCKET@", "/tmp/unused"))
+    r = subprocess.run([USAGED_BIN, "--migrate", "-c", cfg], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return name
+
+
+def test_durable_acks_survive_a_crash_of_a_server_that_commits_lazily(
+        daemon_factory, workdir, lazy_pg):
+    """A durable ack is usaged's promise, not the server's synchronous_commit: the writers commit
+    with it on, so what was acked is in the WAL on disk when PostgreSQL is killed."""
+    db = migrated_db(lazy_pg, workdir, "lazy")
+    users = make_users(lazy_pg, db, 2)
+    d = start(daemon_factory, workdir, lazy_pg, db, ingest="  batch_rows: 50\n  batch_ms: 2\n")
+    acked = []
+    with d.client() as c:
+        for i in range(200):
+            batch = [event(users[i % 2], i * 10 + j) for j in range(3)]
+            assert c.call("log_usage", batch, {"ack": "durable"}) == {"accepted": 3}
+            acked.extend(e["id"] for e in batch)
+    lazy_pg.kill()  # SIGKILL of every server process: the WAL buffers in memory are gone
+    lazy_pg.start()
+    got = ids_in(lazy_pg, db)
+    assert len(set(acked) - set(got)) == 0, f"{len(set(acked) - set(got))} acked events lost"

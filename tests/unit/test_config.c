@@ -3,6 +3,9 @@
 #include "config.h"
 #include "log.h"
 
+#include <stdlib.h>
+#include <yaml.h>
+
 static char err[512];
 
 static struct config *parse(const char *yaml)
@@ -204,6 +207,128 @@ TEST(maintenance_time_is_a_utc_time_of_day)
     CHECK(parse("maintenance: { at: \"25:00\" }") == NULL);
 }
 
+TEST(the_key_table_is_consistent_with_its_fields)
+{
+    char why[256] = "";
+    CHECK(config_table_check(why, sizeof(why)));
+    if (why[0])
+        fprintf(stderr, "%s\n", why);
+}
+
+static bool table_has(const char *name)
+{
+    for (size_t i = 0; i < config_key_count(); i++)
+        if (strcmp(config_key_name(i), name) == 0)
+            return true;
+    return false;
+}
+
+/* The keys conf/usaged.yaml shows: "section.key" under each section, "key" for a top-level key
+ * that is itself in the table (a list such as refresh). */
+static size_t reference_keys(yaml_document_t *doc, char names[][96], size_t max)
+{
+    size_t n = 0;
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (!root || root->type != YAML_MAPPING_NODE)
+        return 0;
+    for (yaml_node_pair_t *top = root->data.mapping.pairs.start; top < root->data.mapping.pairs.top;
+         top++) {
+        const char *section =
+            (const char *)yaml_document_get_node(doc, top->key)->data.scalar.value;
+        yaml_node_t *v = yaml_document_get_node(doc, top->value);
+        if (table_has(section) || v->type != YAML_MAPPING_NODE) {
+            if (n < max)
+                snprintf(names[n++], sizeof(names[0]), "%s", section);
+            continue;
+        }
+        for (yaml_node_pair_t *kv = v->data.mapping.pairs.start; kv < v->data.mapping.pairs.top;
+             kv++) {
+            const char *key = (const char *)yaml_document_get_node(doc, kv->key)->data.scalar.value;
+            if (n < max)
+                snprintf(names[n++], sizeof(names[0]), "%s.%s", section, key);
+        }
+    }
+    return n;
+}
+
+TEST(every_key_is_in_the_reference_config_and_every_key_there_is_known)
+{
+    const char *path = getenv("USAGED_REFERENCE_CONFIG");
+    CHECK(path != NULL);
+    if (!path)
+        return;
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    yaml_parser_t yp;
+    yaml_document_t doc;
+    yaml_parser_initialize(&yp);
+    yaml_parser_set_input_file(&yp, f);
+    bool loaded = yaml_parser_load(&yp, &doc);
+    CHECK(loaded);
+    if (loaded) {
+        static char names[512][96];
+        size_t n = reference_keys(&doc, names, 512);
+        CHECK(n > 0 && n < 512);
+        for (size_t i = 0; i < n; i++) {
+            if (!table_has(names[i]))
+                fprintf(stderr, "%s documents %s, which the table does not know\n", path, names[i]);
+            CHECK(table_has(names[i]));
+        }
+        for (size_t k = 0; k < config_key_count(); k++) {
+            bool shown = false;
+            for (size_t i = 0; i < n && !shown; i++)
+                shown = strcmp(names[i], config_key_name(k)) == 0;
+            if (!shown)
+                fprintf(stderr, "%s does not document %s\n", path, config_key_name(k));
+            CHECK(shown);
+        }
+        yaml_document_delete(&doc);
+    }
+    yaml_parser_delete(&yp);
+    fclose(f);
+}
+
+TEST(the_reference_config_parses_and_gives_the_defaults)
+{
+    const char *path = getenv("USAGED_REFERENCE_CONFIG");
+    CHECK(path != NULL);
+    if (!path)
+        return;
+    struct config *c = config_load(path, err, sizeof(err));
+    struct config *d = parse("");
+    CHECK(c != NULL);
+    CHECK(d != NULL);
+    if (c && d) {
+        char changed[512];
+        CHECK_EQ_INT(config_keep_restart_only(c, d, changed, sizeof(changed)), 0);
+        CHECK_EQ_INT(c->ingest.queue_bytes, d->ingest.queue_bytes);
+        CHECK_EQ_INT(c->spool.segment_bytes, d->spool.segment_bytes);
+        CHECK_EQ_INT(c->maintenance.at_minute, d->maintenance.at_minute);
+    }
+    config_free(c);
+    config_free(d);
+}
+
+TEST(a_reload_keeps_the_running_value_of_a_restart_only_key_and_names_it)
+{
+    struct config *running = parse("spool: { dir: /a, max_bytes: 2GiB }\n");
+    struct config *fresh = parse("spool: { dir: /b, max_bytes: 4GiB }\nlisten: { tcp: null }\n");
+    CHECK(running != NULL);
+    CHECK(fresh != NULL);
+    if (running && fresh) {
+        char changed[256];
+        CHECK_EQ_INT(config_keep_restart_only(fresh, running, changed, sizeof(changed)), 1);
+        CHECK_EQ_STR(changed, "spool.dir");
+        CHECK_EQ_STR(fresh->spool.dir, "/a");
+        CHECK_EQ_STR(running->spool.dir, "/b");
+        CHECK_EQ_INT(fresh->spool.max_bytes, 4ULL << 30);
+    }
+    config_free(running);
+    config_free(fresh);
+}
+
 int main(void)
 {
     return RUN(T(an_empty_file_gives_every_documented_default),
@@ -215,5 +340,9 @@ int main(void)
                T(tcp_on_a_public_address_needs_an_auth_token),
                T(bad_addresses_and_modes_are_refused), T(user_overrides_need_a_uuid_and_a_provider),
                T(refresh_entries_need_a_qualified_view_and_an_interval),
-               T(maintenance_time_is_a_utc_time_of_day));
+               T(maintenance_time_is_a_utc_time_of_day),
+               T(the_key_table_is_consistent_with_its_fields),
+               T(every_key_is_in_the_reference_config_and_every_key_there_is_known),
+               T(the_reference_config_parses_and_gives_the_defaults),
+               T(a_reload_keeps_the_running_value_of_a_restart_only_key_and_names_it));
 }
