@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-from conftest import base_config, make_users, sql, write_token
+from conftest import base_config, make_users, preload_env, sql, write_token
 import servers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,8 +102,8 @@ def test_every_error_code_the_daemon_gives(ctx, daemon_factory, workdir, redis_s
            f"redis:\n  address: \"{redis_server.address()}\"\n"
            f"spool:\n  dir: \"{os.path.join(workdir, 'nopg-spool')}\"\n")
     nopg = daemon_factory(cfg, name="nopg",
-                          extra_env={"LD_PRELOAD": os.environ["USAGED_SLOWSYNC_LIB"],
-                                     "USAGED_SLOWSYNC_MS": "3000"})
+                          extra_env=preload_env(os.environ["USAGED_SLOWSYNC_LIB"],
+                                                USAGED_SLOWSYNC_MS="3000"))
     env = dict(ctx.env, USAGED_SOCKET_NOPG=nopg.socket, USAGED_PID_NOPG=str(nopg.proc.pid))
     assert_passed(run_node(env, "errors.test.mjs"))
 
