@@ -187,10 +187,11 @@ export class UsagedClient extends EventEmitter {
   /**
    * Stops taking calls, waits (up to closeTimeoutMs) for the answers still due and until every
    * queued notification is written, then closes the connection. What is still unanswered then
-   * fails with `closed`.
+   * fails with `closed`. Resolves with the number of notifications that could not be written
+   * (0 unless the daemon stayed away for all of closeTimeoutMs).
    */
-  async close(): Promise<void> {
-    if (this.state === "closed") return;
+  async close(): Promise<number> {
+    if (this.state === "closed") return 0;
     this.closing = true;
     this.reconnectTimer?.ref(); // queued notifications wait for the next connection
     if (!this.idle()) {
@@ -214,7 +215,10 @@ export class UsagedClient extends EventEmitter {
         setTimeout(() => sock.destroy(), 1000).unref();
       });
     }
+    let unsent = 0;
+    for (let i = this.queueHead; i < this.queue.length; i++) if (!this.queue[i]!.request) unsent++;
     this.failAll(new UsagedError("closed", "the client was closed before the answer came"));
+    return unsent;
   }
 
   // ---- calls ----

@@ -9,7 +9,9 @@ import { UsagedError } from "../../dist/esm/index.js";
 import { client, env, newUser } from "./env.mjs";
 
 test("calls through a daemon restart succeed or fail with closed; none hangs", async () => {
-  const u = await client({ reconnect: { minDelayMs: 20, maxDelayMs: 200 } });
+  // Deadlines well past what a (sanitized, busy) daemon needs, so that only the restart itself
+  // can fail a call.
+  const u = await client({ reconnect: { minDelayMs: 20, maxDelayMs: 200 }, timeouts: { check: 5000 } });
   const user = newUser();
   const outcomes = new Map();
   const count = (k) => outcomes.set(k, (outcomes.get(k) ?? 0) + 1);

@@ -163,7 +163,7 @@ test("notifications queued while the daemon is away are sent once it is back, be
     fake.dropAll();
     await new Promise((r) => u.once("disconnect", r));
     const ids = u.logUsageNoWait([{ userId: "u", provider: "p" }]);
-    await u.close();
+    assert.equal(await u.close(), 0, "every notification was written");
     await fake.until(() => fake.of("log_usage").length === 1);
     assert.equal(fake.of("log_usage")[0][2][0][0].id, ids[0]);
     assert.equal(fake.accepted, 2);
@@ -218,4 +218,15 @@ test("while no daemon can be reached, requests fail at once with closed; notific
   await u.close();
   await back.stop();
   await first.stop();
+});
+
+test("close() says how many notifications it could not write when the daemon stays away", async () => {
+  const fake = await new FakeDaemon(standard()).listen();
+  const u = await connect({ path: fake.path, closeTimeoutMs: 100, reconnect: { minDelayMs: 10, maxDelayMs: 20 } });
+  const gone = new Promise((r) => u.once("disconnect", r));
+  await fake.stop();
+  await gone;
+  u.logUsageNoWait([{ userId: "u", provider: "p" }]);
+  u.logPromptNoWait([{ userId: "u", status: "failed" }]);
+  assert.equal(await u.close(), 2);
 });
