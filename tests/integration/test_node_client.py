@@ -22,9 +22,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.normpath(os.path.join(HERE, "../../clients/node"))
 TOKEN = "node-client-token-91ad"
 INGEST = "ingest:\n  batch_rows: 1000\n  batch_ms: 20\n"
-# tiny: 3 a minute, to see denials; bulk: room for every check the tests send.
+# tiny: 3 a minute, to see denials; bulk: room for every check the tests send, and budgets for
+# its model gpt-4o (which only checks that name that model meet).
+BUDGET_RULE = "provider: bulk, model: gpt-4o, tokens_per_minute: 10000, spend_per_day: \"1\""
 LIMITS = ("limits:\n  providers: { tiny: { per_minute: 3, per_day: 1000 }, "
-          "bulk: { per_minute: 100000000, per_day: 1000000000 } }\n")
+          "bulk: { per_minute: 100000000, per_day: 1000000000 } }\n"
+          f"  rules:\n    - {{ {BUDGET_RULE} }}\n")
 
 
 def node_test_command():
@@ -61,15 +64,20 @@ def ctx(package, daemon_factory, workdir, pg, db, redis_server):
     # A small message limit, so that the daemon's own too_large can be seen.
     cfg = cfg.replace("listen:\n", "listen:\n  max_message_bytes: 65536\n", 1)
     d = daemon_factory(cfg, name="node")
-    env = dict(os.environ, USAGED_SOCKET=d.socket, USAGED_TOKEN=TOKEN, USAGED_PID=str(d.proc.pid),
-               USAGED_USER=user, USAGED_PSQL=f"{servers.PG_BIN}/psql", USAGED_PG_DSN=pg.dsn(db))
-    return types.SimpleNamespace(daemon=d, env=env, pg=pg, db=db, user=user)
+    return types.SimpleNamespace(daemon=d, env=node_env(d, pg, db, user), pg=pg, db=db, user=user)
 
 
 def run_node(env, *files, timeout=120):
-    r = subprocess.run([*node_test_command(), *[os.path.join("test", "daemon", f) for f in files]],
-                       cwd=PACKAGE, env=env, capture_output=True, text=True, timeout=timeout)
-    return r
+    """node --test on files named from clients/node/test/."""
+    return subprocess.run([*node_test_command(), *[os.path.join("test", f) for f in files]],
+                          cwd=PACKAGE, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def node_env(daemon, pg, db, user, **extra):
+    """What clients/node/test/daemon/env.mjs reads: the daemon, its token, a user, the database."""
+    return dict(os.environ, USAGED_SOCKET=daemon.socket, USAGED_TOKEN=TOKEN,
+                USAGED_PID=str(daemon.proc.pid), USAGED_USER=user,
+                USAGED_PSQL=f"{servers.PG_BIN}/psql", USAGED_PG_DSN=pg.dsn(db), **extra)
 
 
 def assert_passed(r):
@@ -89,7 +97,12 @@ def test_the_clients_unit_tests(package):
 
 
 def test_every_method_against_the_daemon(ctx):
-    assert_passed(run_node(ctx.env, "methods.test.mjs"))
+    assert_passed(run_node(ctx.env, "daemon/methods.test.mjs"))
+
+
+def test_budget_calls_against_the_daemon(ctx):
+    """check's model, tokens and spend, settle, and log_prompt's reservation."""
+    assert_passed(run_node(ctx.env, "budgets/budgets.test.mjs"))
 
 
 def test_every_error_code_the_daemon_gives(ctx, daemon_factory, workdir, redis_server):
@@ -105,11 +118,11 @@ def test_every_error_code_the_daemon_gives(ctx, daemon_factory, workdir, redis_s
                           extra_env=preload_env(os.environ["USAGED_SLOWSYNC_LIB"],
                                                 USAGED_SLOWSYNC_MS="3000"))
     env = dict(ctx.env, USAGED_SOCKET_NOPG=nopg.socket, USAGED_PID_NOPG=str(nopg.proc.pid))
-    assert_passed(run_node(env, "errors.test.mjs"))
+    assert_passed(run_node(env, "daemon/errors.test.mjs"))
 
 
 def test_ten_thousand_pipelined_checks(ctx):
-    assert_passed(run_node(ctx.env, "pipeline.test.mjs"))
+    assert_passed(run_node(ctx.env, "daemon/pipeline.test.mjs"))
 
 
 def test_a_daemon_restart_in_the_middle_of_a_stream(ctx, workdir):

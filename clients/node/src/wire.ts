@@ -31,7 +31,8 @@ export interface LimitState {
   scope: "user" | "provider" | "model" | (string & {});
   /** null: unlimited. Spend values are decimal strings with 6 places. */
   limit: number | string | null;
-  used: number | string;
+  /** null for an unlimited rule, which is not counted. */
+  used: number | string | null;
   remaining: number | string | null;
   resetMs: number | null;
 }
@@ -205,7 +206,7 @@ export function fromWireLimit(v: unknown): LimitState {
     window: typeof m.window === "string" ? m.window : null,
     scope: String(m.scope ?? ""),
     limit: amount(m.limit),
-    used: amount(m.used) ?? 0,
+    used: amount(m.used),
     remaining: amount(m.remaining),
     resetMs: numOrNull(m.reset_ms),
   };

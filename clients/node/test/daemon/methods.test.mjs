@@ -38,7 +38,11 @@ test("check allows within the limit, then denies with a reason, retryAfterMs and
   assert.equal(first.degraded, false);
   assert.ok(first.resetMinuteMs > 0 && first.resetMinuteMs <= 60000);
   assert.ok(first.resetDayMs > 0 && first.resetDayMs <= 86400000);
-  assert.deepEqual(first.limits, []);
+  assert.deepEqual(first.limits.map(({ resetMs, ...l }) => l), [
+    { dimension: "requests", window: "minute", scope: "provider", limit: 3, used: 1, remaining: 2 },
+    { dimension: "requests", window: "day", scope: "provider", limit: 1000, used: 1, remaining: 999 },
+  ]);
+  assert.equal(first.limits[0].resetMs, first.resetMinuteMs);
   assert.equal(first.reservation, null);
   assert.equal(first.deniedBy, null);
   assert.equal(denied.reason, "minute_limit");

@@ -88,7 +88,8 @@ test("a budget check answer maps its limits, reservation and denying rules", () 
   assert.deepEqual(r.limits[1], { dimension: "concurrent", window: null, scope: "user", limit: 2, used: 1, remaining: 1, resetMs: null });
   assert.deepEqual(r.shadowDeniedBy, r.limits[0]);
   assert.equal(r.deniedBy, null);
-  assert.deepEqual(fromWireLimit({ dimension: "tokens", window: "month", scope: "provider", limit: null, used: 5, remaining: null, reset_ms: 9 }).limit, null);
+  const unlimited = fromWireLimit({ dimension: "tokens", window: "month", scope: "provider", limit: null, used: null, remaining: null, reset_ms: 9 });
+  assert.deepEqual([unlimited.limit, unlimited.used, unlimited.remaining], [null, null, null]);
 });
 
 test("settle, usage and ping answers map to camelCase", () => {
