@@ -364,7 +364,7 @@ export class UsagedClient extends EventEmitter {
         if (this.inFlight.size >= maxInFlight) break;
         call.msgid = this.allocMsgid();
         this.inFlight.set(call.msgid, call);
-        new DataView(out.bytes.buffer, out.bytes.byteOffset + MSGID_AT, 4).setUint32(0, call.msgid);
+        setMsgid(out.bytes, call.msgid);
       } else if (out.request) {
         // a request whose call already ended (timed out while queued): nothing to send
         this.queueHead++;
@@ -469,7 +469,7 @@ export class UsagedClient extends EventEmitter {
       },
     };
     call.out.call = call;
-    new DataView(bytes.buffer, bytes.byteOffset + MSGID_AT, 4).setUint32(0, call.msgid);
+    setMsgid(bytes, call.msgid);
     this.live.add(call);
     this.inFlight.set(call.msgid, call);
     sock.write(bytes);
@@ -590,6 +590,14 @@ export class UsagedClient extends EventEmitter {
     this.idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** Writes a request's msgid into its encoded bytes (big-endian uint32, as msgpack has it). */
+function setMsgid(bytes: Uint8Array, msgid: number): void {
+  bytes[MSGID_AT] = msgid >>> 24;
+  bytes[MSGID_AT + 1] = (msgid >>> 16) & 0xff;
+  bytes[MSGID_AT + 2] = (msgid >>> 8) & 0xff;
+  bytes[MSGID_AT + 3] = msgid & 0xff;
 }
 
 /** Connects to usaged; resolves once the daemon answered the first auth (or ping). */
