@@ -129,7 +129,8 @@ export class UsagedClient extends EventEmitter {
     this.timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   }
 
-  /** Opens the first connection (and sends auth): resolves once the daemon answered it. */
+  /** Opens the first connection (and sends auth): resolves once the daemon answered it. Called
+   * once, by connect(). */
   start(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.firstConnect = { resolve, reject };
@@ -502,6 +503,8 @@ export class UsagedClient extends EventEmitter {
   private dispatch(msg: unknown): void {
     if (!Array.isArray(msg)) return;
     if (msg[0] === 1 && msg.length === 4) {
+      // An error notification explains a close only when the close follows it directly.
+      this.notifyError = null;
       const call = this.inFlight.get(msg[1] as number);
       if (!call) return; // an answer to a call that timed out
       this.inFlight.delete(call.msgid);

@@ -230,3 +230,16 @@ test("close() says how many notifications it could not write when the daemon sta
   u.logPromptNoWait([{ userId: "u", status: "failed" }]);
   assert.equal(await u.close(), 2);
 });
+
+test("an error notification that answers went past does not explain a later close", async () => {
+  let n = 0;
+  await withFake((m, c) => {
+    if (n++ === 0) {
+      c.notify("error", [{ code: "bad_request", message: "not an envelope" }]);
+      c.reply(m[1], null, { allowed: true });
+    } else c.sock.destroy();
+  }, async (u) => {
+    assert.equal((await u.check({ userId: "u", provider: "p" })).allowed, true);
+    await rejectsWith(u.check({ userId: "u", provider: "p" }), "closed");
+  });
+});
