@@ -13,13 +13,17 @@ packages=(
   python3 python3-msgpack python3-psycopg2 python3-redis python3-pytest
   python3-prometheus-client man-db  # man: systemd-analyze verify looks up Documentation= pages
   valgrind systemd procps iproute2 git ca-certificates
-  nodejs  # npm installs the tests' PostgreSQL 17 (below)
 )
-# npm: Debian's package, unless the installed Node.js brings its own (NodeSource's nodejs
-# provides npm and conflicts with Debian's).
+# Node.js and npm: the TypeScript client (clients/node) is built and tested with them, npm
+# installs the tests' PostgreSQL 17 (below), and bench/compare runs its Node.js peers. Debian's
+# packages, unless a Node.js >= 18 is installed already (NodeSource's nodejs provides npm and
+# conflicts with Debian's).
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
+     >/dev/null 2>&1; then
+  packages+=(nodejs)
+fi
 command -v npm >/dev/null 2>&1 || packages+=(npm)
-# `deps.sh bench`: also what bench/compare needs, and the tests do not: perf for profiles (and
-# Node.js, above, for the rate-limiter-flexible peer).
+# `deps.sh bench`: also what bench/compare needs, and the tests do not: perf for profiles.
 if [ "${1:-}" = bench ]; then
   packages+=(linux-perf)
 fi
