@@ -79,6 +79,8 @@ struct options {
     uint32_t users;
     const char *providers;
     int64_t cost; /* < 0: not sent (the daemon's default, 1) */
+    int64_t tokens;    /* < 0: not sent */
+    const char *spend; /* NULL: not sent */
     double rate;  /* requests (and notifications) per second in total; 0: closed loop */
     double duration_s;
     double warmup_s;
@@ -399,7 +401,7 @@ static void build_pools(struct bench *b)
             gen_user_id(k / b->gen.nproviders, user);
             const char *prov = b->gen.providers[k % b->gen.nproviders];
             size_t start = sb.size;
-            msgpack_pack_map(&pk, o->cost >= 0 ? 3 : 2);
+            msgpack_pack_map(&pk, 2 + (o->cost >= 0) + (o->tokens >= 0) + (o->spend != NULL));
             msgpack_pack_str_with_body(&pk, "user_id", 7);
             msgpack_pack_str_with_body(&pk, user, GEN_UUID_LEN);
             msgpack_pack_str_with_body(&pk, "provider", 8);
@@ -407,6 +409,14 @@ static void build_pools(struct bench *b)
             if (o->cost >= 0) {
                 msgpack_pack_str_with_body(&pk, "cost", 4);
                 msgpack_pack_int64(&pk, o->cost);
+            }
+            if (o->tokens >= 0) {
+                msgpack_pack_str_with_body(&pk, "tokens", 6);
+                msgpack_pack_int64(&pk, o->tokens);
+            }
+            if (o->spend) {
+                msgpack_pack_str_with_body(&pk, "spend", 5);
+                msgpack_pack_str_with_body(&pk, o->spend, strlen(o->spend));
             }
             pool_add(&b->check_pool, keys, &sb, start, 0);
         }
@@ -2017,6 +2027,8 @@ static void usage(FILE *f)
           "  -u, --users N              users b0000000-0000-4000-8000-<i> (default 1000)\n"
           "  -P, --providers LIST       (default openai,anthropic,google,mistral,groq)\n"
           "      --cost N               cost sent with each check (default: not sent, 1)\n"
+           "      --tokens N             tokens sent with each check (default: not sent)\n"
+           "      --spend USD            spend sent with each check (default: not sent)\n"
           "  -r, --rate N               open loop: total requests per second, latency from\n"
           "                             when each was due (default 0: closed loop)\n"
           "      --tick-us N            open loop: shortest wait between wake-ups (default 20)\n"
@@ -2114,6 +2126,8 @@ enum {
     OPT_ACK = 256,
     OPT_NOTIFY,
     OPT_COST,
+    OPT_TOKENS,
+    OPT_SPEND,
     OPT_TOTAL_EVENTS,
     OPT_WAIT_COMMITTED,
     OPT_PID,
@@ -2148,6 +2162,8 @@ static void parse_options(struct options *o, int argc, char **argv)
         {"users", required_argument, NULL, 'u'},
         {"providers", required_argument, NULL, 'P'},
         {"cost", required_argument, NULL, OPT_COST},
+        {"tokens", required_argument, NULL, OPT_TOKENS},
+        {"spend", required_argument, NULL, OPT_SPEND},
         {"rate", required_argument, NULL, 'r'},
         {"duration", required_argument, NULL, 'd'},
         {"warmup", required_argument, NULL, 'w'},
@@ -2180,6 +2196,7 @@ static void parse_options(struct options *o, int argc, char **argv)
         .users = 1000,
         .providers = "openai,anthropic,google,mistral,groq",
         .cost = -1,
+        .tokens = -1,
         .duration_s = 10,
         .warmup_s = 1,
         .seed = 1,
@@ -2227,6 +2244,12 @@ static void parse_options(struct options *o, int argc, char **argv)
             break;
         case OPT_COST:
             o->cost = (int64_t)parse_u64(optarg, "--cost");
+            break;
+        case OPT_TOKENS:
+            o->tokens = (int64_t)parse_u64(optarg, "--tokens");
+            break;
+        case OPT_SPEND:
+            o->spend = optarg;
             break;
         case 'r':
             o->rate = parse_double(optarg, "--rate");
