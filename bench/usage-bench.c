@@ -14,8 +14,8 @@
  * after the window ends, and one never answered counts as late as the wait lasted. The client's
  * own part is reported apart: "send lag", from due to handed to the socket.
  *
- * --redis drives Redis itself with the daemon's check script, one EVALSHA per check with the
- * daemon's key shape and the same users and providers, on the same schedule and the same
+ * --redis drives Redis itself with the v1 check script (bench/check-v1.lua: before budgets, the
+ * daemon's), one EVALSHA per check with its key shape and the same users and providers, on the same schedule and the same
  * latency accounting: the floor that a daemon in front of Redis cannot beat.
  *
  * One libuv loop, one thread. Requests are assembled from pre-packed events (memcpy, plus a
@@ -2049,7 +2049,7 @@ static void usage(FILE *f)
           "\n"
           "  Redis itself, with the daemon's check script (checks only):\n"
           "      --redis ADDR           unix:PATH or HOST:PORT of Redis\n"
-          "      --evalsha SHA          the script's sha1 (SCRIPT LOAD of bench/limiter-script)\n"
+          "      --evalsha SHA          the script's sha1 (SCRIPT LOAD of bench/check-v1.lua)\n"
           "      --redis-limits M,D     limits per minute and per day passed to it\n"
           "                             (default 2000000000,2100000000)\n"
           "      --key-prefix TEXT      the daemon's redis.key_prefix (default usaged:)\n"
