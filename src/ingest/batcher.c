@@ -757,13 +757,9 @@ uint32_t batcher_writers(const struct batcher *b)
 
 bool batcher_settled(const struct batcher *b)
 {
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        for (uint32_t i = 0; i < b->tables[k].nwriters; i++) {
-            const struct pg_stats *s = &b->tables[k].writers[i].pg.stats;
-            if (s->connects + s->connect_failures == 0)
-                return false;
-        }
-    }
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        if (table_starting(&b->tables[k]))
+            return false;
     return true;
 }
 
