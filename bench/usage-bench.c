@@ -2,10 +2,21 @@
  *
  * N connections (Unix socket or TCP), each keeping up to a pipeline depth of requests in flight,
  * send a mix of check, log_usage and log_prompt with realistic values (gen.c), either as fast as
- * the answers come back (closed loop) or at a fixed total rate (--rate; latency then counts from
- * when a request was due, so that a stalled daemon cannot hide its stall). It reports
+ * the answers come back (closed loop) or open loop at a fixed total rate (--rate). It reports
  * throughput, latency quantiles from a log-bucketed histogram (hist.c), and, when told where to
  * look, the rows PostgreSQL committed meanwhile and the daemon's peak RSS and CPU time.
+ *
+ * Open loop: request i is due at start + i / rate, whatever happened to the ones before it, and
+ * its latency counts from that moment, not from when it was sent: a stall of the daemon (or of
+ * this client, or a full pipeline) delays every request due during it, and each of them counts
+ * the delay, so the stall cannot hide behind the few requests that were in flight (no
+ * coordinated omission). The window holds the requests due in it; each of them is waited for
+ * after the window ends, and one never answered counts as late as the wait lasted. The client's
+ * own part is reported apart: "send lag", from due to handed to the socket.
+ *
+ * --redis drives Redis itself with the daemon's check script, one EVALSHA per check with the
+ * daemon's key shape and the same users and providers, on the same schedule and the same
+ * latency accounting: the floor that a daemon in front of Redis cannot beat.
  *
  * One libuv loop, one thread. Requests are assembled from pre-packed events (memcpy, plus a
  * fresh UUIDv7 when the client assigns ids) and answers are read by a small MessagePack reader
@@ -24,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -34,6 +46,7 @@
 
 #include "gen.h"
 #include "hist.h"
+#include "resp.h"
 
 enum kind { K_CHECK, K_USAGE, K_PROMPT, K_COUNT, K_PING = K_COUNT };
 static const char *const kind_names[K_COUNT] = {"check", "log_usage", "log_prompt"};
@@ -66,6 +79,8 @@ struct options {
     uint32_t users;
     const char *providers;
     int64_t cost; /* < 0: not sent (the daemon's default, 1) */
+    int64_t tokens;    /* < 0: not sent */
+    const char *spend; /* NULL: not sent */
     double rate;  /* requests (and notifications) per second in total; 0: closed loop */
     double duration_s;
     double warmup_s;
@@ -87,6 +102,13 @@ struct options {
     const char *emit_csv;
     uint64_t csv_rows;
     const char *label;
+    /* --redis: Redis itself is the target, with the check script */
+    bool redis;
+    const char *evalsha;      /* the sha1 of the loaded script */
+    const char *redis_limits; /* "PER_MINUTE,PER_DAY", as the daemon passes them */
+    const char *key_prefix;   /* the daemon's redis.key_prefix */
+    uint32_t redis_batch;     /* most checks in one script call, as the daemon batches them */
+    uint32_t tick_us;         /* open loop: the shortest wait between two wake-ups */
 };
 
 struct pool {
@@ -103,7 +125,7 @@ struct obuf {
 };
 
 struct slot {
-    uint64_t t_ns; /* when it was due (rate) or sent (closed loop) */
+    uint64_t t_ns; /* when it was due (open loop) or sent (closed loop), monotonic ns */
     uint32_t events;
     uint16_t seq;
     uint8_t kind;
@@ -117,7 +139,9 @@ struct counters {
     uint64_t events[K_COUNT];   /* log events accepted (or sent as notifications) */
     uint64_t allowed, denied, degraded;
     uint64_t codes[NCODES];
+    uint64_t unanswered; /* open loop: due in the window, never answered (counted as late) */
     struct hist lat[K_COUNT];
+    struct hist send_lag; /* open loop: from due to handed to the socket */
 };
 
 struct bench;
@@ -143,20 +167,19 @@ struct bconn {
     uint32_t nfree;
     uint16_t seq;
     int next_kind;
+    /* --redis: replies come in order; the slots of the requests sent, oldest first */
+    uint32_t *fifo;
+    uint32_t fifo_head, fifo_len;
 };
 
 enum phase { PHASE_CONNECTING, PHASE_RUN, PHASE_DRAIN, PHASE_DONE };
-
-struct backlog_group {
-    uint64_t t_ns;
-    uint64_t n;
-};
 
 struct bench {
     struct options o;
     uv_loop_t *loop;
     struct gen gen;
     struct pool usage_pool, prompt_pool, check_pool;
+    struct obuf redis_argv; /* --redis: the ARGV of one check, in RESP */
     uint32_t mix_total;
     struct bconn *conns;
     uint32_t connected;
@@ -168,27 +191,29 @@ struct bench {
     /* --total-events */
     uint64_t events_reserved; /* in flight or accepted */
     uint64_t events_accepted;
-    /* --rate: a timerfd ticks every tick_ns (libuv's timers count whole milliseconds, which
-     * would send a millisecond's requests in one burst) */
+    /* --rate: a one-shot timerfd wakes the loop when the next request is due (libuv's timers
+     * count whole milliseconds, which would send a millisecond's requests in one burst) */
     uv_poll_t tick;
     int tick_fd;
-    uint64_t tick_ns;
-    uint64_t scheduled;
-    struct backlog_group *backlog;
-    uint32_t backlog_head, backlog_tail, backlog_cap;
+    double period_ns;     /* 1e9 / rate */
+    uint64_t interval_ns; /* of a periodic timer; 0: one-shot, armed at each wake-up */
+    uint64_t scheduled;   /* requests due so far: 0 .. scheduled-1 */
+    uint64_t issued;      /* of those, handed to a connection */
     uint32_t rr;
     uv_timer_t phase_timer;
-    uint64_t max_backlog;
+    uint64_t max_backlog; /* open loop: most requests due and not yet sent */
+    bool pinged;          /* the closing pings of --notify are sent */
     bool failed;
     /* what the daemon and the watched processes had spent when measuring began and ended */
     struct proc_sample {
         bool ok;
         double cpu_s;     /* utime + stime */
+        double wait_s;    /* runnable but waiting for a CPU (schedstat run_delay), main thread */
         uint64_t hwm_kib; /* VmHWM */
         uint64_t rss_kib; /* VmRSS */
-    } d0, d1;
+    } d0, d1, self0, self1;
     uint64_t d0_ns, d1_ns;
-    double w0[MAX_WATCH], w1[MAX_WATCH];
+    struct proc_sample w0[MAX_WATCH], w1[MAX_WATCH]; /* sums of cpu_s and wait_s */
 };
 
 /* ---- small helpers ---- */
@@ -261,6 +286,15 @@ static uint64_t wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* CLOCK_MONOTONIC in ns: the clock of the timerfd that schedules the open loop, so that due
+ * times and the timer agree (uv_hrtime reads the same clock, but does not promise to). */
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static double secs(uint64_t ns)
 {
     return (double)ns / 1e9;
@@ -295,6 +329,34 @@ static void pool_free(struct pool *p)
     memset(p, 0, sizeof(*p));
 }
 
+/* --redis: the pieces of the daemon's script call, in RESP: one key per (user, provider), as
+ * prefix{user:provider}, and the ARGV of one check of a key (per minute, per day, 1 check, its
+ * cost). A call of k checks is EVALSHA sha k, k keys, k times the ARGV. */
+static void build_redis_pool(struct bench *b)
+{
+    const struct options *o = &b->o;
+    char minute[24], day[24], cost[24];
+    if (sscanf(o->redis_limits, "%23[-0-9],%23[-0-9]", minute, day) != 2)
+        die("--redis-limits takes PER_MINUTE,PER_DAY");
+    snprintf(cost, sizeof(cost), "%" PRId64, o->cost >= 0 ? o->cost : 1);
+    uint32_t keys = b->gen.users * b->gen.nproviders;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    for (uint32_t k = 0; k < keys; k++) {
+        char user[GEN_UUID_LEN + 1], key[256];
+        gen_user_id(k / b->gen.nproviders, user);
+        int n = snprintf(key, sizeof(key), "%s{%s:%s}", o->key_prefix, user,
+                         b->gen.providers[k % b->gen.nproviders]);
+        size_t start = sb.size;
+        resp_bulk(msgpack_sbuffer_write, &sb, key, (size_t)n);
+        pool_add(&b->check_pool, keys, &sb, start, 0);
+    }
+    pool_finish(&b->check_pool, &sb);
+    const char *argv[] = {minute, day, "1", cost};
+    for (int i = 0; i < 4; i++)
+        resp_bulk(obuf_write, &b->redis_argv, argv[i], strlen(argv[i]));
+}
+
 static void build_pools(struct bench *b)
 {
     const struct options *o = &b->o;
@@ -327,7 +389,9 @@ static void build_pools(struct bench *b)
         free(p);
         pool_finish(&b->prompt_pool, &sb);
     }
-    if (b->o.mix[K_CHECK]) {
+    if (b->o.mix[K_CHECK] && o->redis) {
+        build_redis_pool(b);
+    } else if (b->o.mix[K_CHECK]) {
         /* One params map per (user, provider) key. */
         uint32_t keys = b->gen.users * b->gen.nproviders;
         msgpack_sbuffer_init(&sb);
@@ -337,7 +401,7 @@ static void build_pools(struct bench *b)
             gen_user_id(k / b->gen.nproviders, user);
             const char *prov = b->gen.providers[k % b->gen.nproviders];
             size_t start = sb.size;
-            msgpack_pack_map(&pk, o->cost >= 0 ? 3 : 2);
+            msgpack_pack_map(&pk, 2 + (o->cost >= 0) + (o->tokens >= 0) + (o->spend != NULL));
             msgpack_pack_str_with_body(&pk, "user_id", 7);
             msgpack_pack_str_with_body(&pk, user, GEN_UUID_LEN);
             msgpack_pack_str_with_body(&pk, "provider", 8);
@@ -345,6 +409,14 @@ static void build_pools(struct bench *b)
             if (o->cost >= 0) {
                 msgpack_pack_str_with_body(&pk, "cost", 4);
                 msgpack_pack_int64(&pk, o->cost);
+            }
+            if (o->tokens >= 0) {
+                msgpack_pack_str_with_body(&pk, "tokens", 6);
+                msgpack_pack_int64(&pk, o->tokens);
+            }
+            if (o->spend) {
+                msgpack_pack_str_with_body(&pk, "spend", 5);
+                msgpack_pack_str_with_body(&pk, o->spend, strlen(o->spend));
             }
             pool_add(&b->check_pool, keys, &sb, start, 0);
         }
@@ -612,7 +684,17 @@ static void conn_flush(struct bconn *c);
 static void pump(struct bconn *c);
 static void finish_run(struct bench *b);
 static void check_finished(struct bench *b);
-static void sample_processes(struct bench *b, struct proc_sample *d, double *w, uint64_t *t_ns);
+static void sample_processes(struct bench *b, struct proc_sample *d, struct proc_sample *w,
+                             struct proc_sample *self, uint64_t *t_ns);
+
+/* Whether a request due (open loop) or sent (closed loop) at t_ns is one of the measured: in
+ * the open loop, the window is of due times, and its requests are waited for after it ends. */
+static bool counted(const struct bench *b, uint64_t t_ns)
+{
+    if (b->o.rate <= 0)
+        return b->recording;
+    return b->t_measure_ns != 0 && t_ns >= b->t_measure_ns && (b->recording || t_ns < b->t_end_ns);
+}
 
 static int pick_kind(struct bench *b)
 {
@@ -681,11 +763,11 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
         slot->kind = (uint8_t)kind;
         slot->events = nevents;
         slot->seq = ++c->seq;
+        b->inflight++;
         msgpack_pack_array(&pk, 4);
         msgpack_pack_uint8(&pk, 0);
         msgpack_pack_uint32(&pk, (uint32_t)slot->seq << 16 | s);
         pack_method(&pk, kind);
-        b->inflight++;
     } else {
         msgpack_pack_array(&pk, 3);
         msgpack_pack_uint8(&pk, 2);
@@ -717,7 +799,7 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
             msgpack_pack_str_with_body(&pk, b->o.ack, strlen(b->o.ack));
         }
         b->events_reserved += nevents;
-        if (!request && b->recording) {
+        if (!request && counted(b, t_ns)) {
             b->c.notified[kind]++;
             b->c.events[kind] += nevents;
         }
@@ -725,6 +807,37 @@ static bool issue(struct bconn *c, int kind, uint64_t t_ns)
             b->events_accepted += nevents; /* fire and forget: sent is all we know */
     }
     return true;
+}
+
+static uint64_t due_ns(const struct bench *b, uint64_t i);
+
+/* --redis: one script call of k checks (k slots free on c) of random keys. Check j is due at
+ * due_ns(first + j) in the open loop, or sent now in the closed loop. Replies come in order: the
+ * slots go to the connection's FIFO, the first with the call's count of checks. */
+static void issue_redis(struct bconn *c, uint32_t k, uint64_t first, uint64_t now)
+{
+    struct bench *b = c->b;
+    const struct pool *p = &b->check_pool;
+    char head[128];
+    int n = snprintf(head, sizeof(head), "*%u\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", 3 + 5 * k,
+                     b->o.evalsha);
+    obuf_append(&c->out, head, (size_t)n);
+    n = snprintf(head, sizeof(head), "%u", k);
+    resp_bulk(obuf_write, &c->out, head, (size_t)n);
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t s = c->free_slots[--c->nfree];
+        struct slot *slot = &c->slots[s];
+        slot->used = true;
+        slot->t_ns = b->o.rate > 0 ? due_ns(b, first + j) : now;
+        slot->kind = K_CHECK;
+        slot->events = j == 0 ? k : 0;
+        c->fifo[(c->fifo_head + c->fifo_len++) % b->o.pipeline] = s;
+        b->inflight++;
+        uint32_t i = gen_below(&b->gen, p->n);
+        obuf_append(&c->out, p->data + p->off[i], p->len[i]);
+    }
+    for (uint32_t j = 0; j < k; j++)
+        obuf_append(&c->out, b->redis_argv.data, b->redis_argv.len);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -766,8 +879,12 @@ static void pump(struct bconn *c)
     struct bench *b = c->b;
     if (b->phase != PHASE_RUN || b->o.rate > 0)
         return;
-    uint64_t now = uv_hrtime();
+    uint64_t now = mono_ns();
     while (conn_can_issue(c, c->next_kind)) {
+        if (b->o.redis) {
+            issue_redis(c, c->nfree < b->o.redis_batch ? c->nfree : b->o.redis_batch, 0, now);
+            continue;
+        }
         if (!issue(c, c->next_kind, now)) {
             /* The events budget is spent: only checks may go on. */
             if (b->o.mix[K_CHECK] == 0)
@@ -781,33 +898,32 @@ static void pump(struct bconn *c)
     check_finished(b);
 }
 
-/* ---- fixed rate ---- */
+/* ---- open loop ---- */
 
-static void backlog_push(struct bench *b, uint64_t t_ns, uint64_t n)
+/* When request i is due. */
+static uint64_t due_ns(const struct bench *b, uint64_t i)
 {
-    if (n == 0)
-        return;
-    if (b->backlog_tail == b->backlog_cap) {
-        if (b->backlog_head > 0) {
-            memmove(b->backlog, b->backlog + b->backlog_head,
-                    (b->backlog_tail - b->backlog_head) * sizeof(*b->backlog));
-            b->backlog_tail -= b->backlog_head;
-            b->backlog_head = 0;
-        }
-        if (b->backlog_tail == b->backlog_cap) {
-            b->backlog_cap = b->backlog_cap ? b->backlog_cap * 2 : 1024;
-            b->backlog = xrealloc(b->backlog, b->backlog_cap * sizeof(*b->backlog));
-        }
-    }
-    b->backlog[b->backlog_tail++] = (struct backlog_group){t_ns, n};
+    return b->t_start_ns + (uint64_t)((double)i * b->period_ns);
 }
 
-/* Hands the due ops to connections that can take them, round robin. */
+/* Makes every request due by t_ns (at most) due: the schedule does not wait for anyone. */
+static void schedule_due(struct bench *b, uint64_t t_ns)
+{
+    if (b->phase != PHASE_RUN || t_ns < b->t_start_ns)
+        return;
+    uint64_t due = (uint64_t)((double)(t_ns - b->t_start_ns) / b->period_ns) + 1;
+    if (due > b->scheduled)
+        b->scheduled = due;
+}
+
+/* Hands the due requests, oldest first, to the connections that can take them, round robin;
+ * the rest wait for a free slot, their clocks running. */
 static void drain_backlog(struct bench *b)
 {
     uint32_t n = b->o.connections, idle = 0;
-    uint64_t pending = 0;
-    while (b->backlog_head < b->backlog_tail && idle < n && b->phase == PHASE_RUN) {
+    uint64_t now = mono_ns();
+    while (b->issued < b->scheduled && idle < n &&
+           (b->phase == PHASE_RUN || b->phase == PHASE_DRAIN)) {
         struct bconn *c = &b->conns[b->rr];
         b->rr = (b->rr + 1) % n;
         if (!conn_can_issue(c, c->next_kind)) {
@@ -815,26 +931,53 @@ static void drain_backlog(struct bench *b)
             continue;
         }
         idle = 0;
-        struct backlog_group *g = &b->backlog[b->backlog_head];
-        if (!issue(c, c->next_kind, g->t_ns)) {
+        uint64_t k = 1;
+        if (b->o.redis) {
+            k = b->scheduled - b->issued;
+            if (k > b->o.redis_batch)
+                k = b->o.redis_batch;
+            if (k > c->nfree)
+                k = c->nfree;
+            issue_redis(c, (uint32_t)k, b->issued, now);
+        } else if (!issue(c, c->next_kind, due_ns(b, b->issued))) {
             if (b->o.mix[K_CHECK] == 0) {
-                b->backlog_head = b->backlog_tail; /* nothing more to send */
+                b->issued = b->scheduled; /* the events budget is spent: nothing more to send */
                 break;
             }
             c->next_kind = K_CHECK;
             continue;
         }
+        for (uint64_t j = 0; j < k; j++) {
+            uint64_t due = due_ns(b, b->issued + j);
+            if (counted(b, due))
+                hist_record(&b->c.send_lag, now > due ? now - due : 0);
+        }
         c->next_kind = pick_kind(b);
-        if (--g->n == 0)
-            b->backlog_head++;
+        b->issued += k;
     }
-    for (uint32_t i = b->backlog_head; i < b->backlog_tail; i++)
-        pending += b->backlog[i].n;
-    if (pending > b->max_backlog)
-        b->max_backlog = pending;
+    if (b->scheduled - b->issued > b->max_backlog)
+        b->max_backlog = b->scheduled - b->issued;
     for (uint32_t i = 0; i < n; i++)
         conn_flush(&b->conns[i]);
     check_finished(b);
+}
+
+/* Wakes the loop when the next request is due, but not sooner than --tick-us from now: at high
+ * rates a wake-up per request would cost the client more than it measures. (For a periodic
+ * timer, see start_ticking: re-arming costs more than the rest of a wake-up in a VM.) */
+static void arm_tick(struct bench *b, uint64_t now)
+{
+    if (b->interval_ns)
+        return;
+    uint64_t at = due_ns(b, b->scheduled);
+    uint64_t soonest = now + (uint64_t)b->o.tick_us * 1000;
+    if (at < soonest)
+        at = soonest;
+    struct itimerspec its = {
+        .it_value = {(time_t)(at / 1000000000), (long)(at % 1000000000)},
+    };
+    if (timerfd_settime(b->tick_fd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+        die("timerfd: %s", strerror(errno));
 }
 
 static void on_tick(uv_poll_t *t, int status, int events)
@@ -847,13 +990,47 @@ static void on_tick(uv_poll_t *t, int status, int events)
         die("timerfd: %s", strerror(errno));
     if (b->phase != PHASE_RUN)
         return;
-    uint64_t now = uv_hrtime();
-    uint64_t due = (uint64_t)(secs(now - b->t_start_ns) * b->o.rate);
-    if (due > b->scheduled) {
-        backlog_push(b, now, due - b->scheduled);
-        b->scheduled = due;
-    }
+    uint64_t now = mono_ns();
+    schedule_due(b, now);
     drain_backlog(b);
+    if (b->phase == PHASE_RUN)
+        arm_tick(b, now);
+}
+
+static void start_ticking(struct bench *b)
+{
+    /* The kernel may defer a timer by the thread's slack (50 us by default): 1 us here. */
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    b->period_ns = 1e9 / b->o.rate;
+    b->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (b->tick_fd < 0)
+        die("timerfd: %s", strerror(errno));
+    /* A periodic timer, where one fits the schedule, spares a timerfd_settime per wake-up (a
+     * fifth of the client's CPU here: reprogramming the timer exits the VM). At rates above one
+     * request per --tick-us it ticks every --tick-us; at a rate whose period is a whole number
+     * of ns it fires when each request is due, the kernel adding the period to the last expiry
+     * (no drift). Other rates re-arm a one-shot timer at each wake-up. */
+    uint64_t tick_ns = (uint64_t)b->o.tick_us * 1000;
+    if (tick_ns > 0 && b->period_ns <= (double)tick_ns)
+        b->interval_ns = tick_ns;
+    else if (b->period_ns == floor(b->period_ns))
+        b->interval_ns = (uint64_t)b->period_ns;
+    if (b->interval_ns) {
+        uint64_t first = b->t_start_ns + b->interval_ns;
+        struct itimerspec its = {
+            .it_interval = {(time_t)(b->interval_ns / 1000000000),
+                            (long)(b->interval_ns % 1000000000)},
+            .it_value = {(time_t)(first / 1000000000), (long)(first % 1000000000)},
+        };
+        if (timerfd_settime(b->tick_fd, TFD_TIMER_ABSTIME, &its, NULL) < 0)
+            die("timerfd: %s", strerror(errno));
+    }
+    uv_poll_init(b->loop, &b->tick, b->tick_fd);
+    b->tick.data = b;
+    uv_poll_start(&b->tick, UV_READABLE, on_tick);
+    schedule_due(b, b->t_start_ns);
+    drain_backlog(b);
+    arm_tick(b, b->t_start_ns);
 }
 
 /* ---- answers ---- */
@@ -881,13 +1058,36 @@ static void on_backoff(uv_timer_t *t)
 
 static void begin_drain(struct bench *b);
 
+static void send_pings(struct bench *b);
+
 static void check_finished(struct bench *b)
 {
     if (b->phase == PHASE_RUN && b->o.total_events > 0 && b->o.mix[K_CHECK] == 0 &&
-        b->events_accepted >= b->o.total_events && b->inflight == 0)
+        b->events_accepted >= b->o.total_events && b->inflight == 0) {
         begin_drain(b);
-    else if (b->phase == PHASE_DRAIN && b->inflight == 0)
+        return;
+    }
+    if (b->phase != PHASE_DRAIN || b->issued < b->scheduled)
+        return;
+    if (b->o.notify && !b->pinged) {
+        b->pinged = true;
+        send_pings(b);
+    }
+    if (b->inflight == 0)
         finish_run(b);
+}
+
+/* A request has its answer: its slot is free again (but for the closing ping's). */
+static struct slot *slot_answered(struct bconn *c, uint32_t s, uint64_t now)
+{
+    struct bench *b = c->b;
+    struct slot *slot = &c->slots[s];
+    slot->used = false;
+    b->inflight--;
+    b->t_last_answer_ns = now;
+    if (slot->kind != K_PING)
+        c->free_slots[c->nfree++] = s;
+    return slot;
 }
 
 /* One whole answer [1, msgid, error, result] or notification [2, method, params]. */
@@ -916,14 +1116,11 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
         fprintf(stderr, "usage-bench: an answer to an unknown msgid %" PRIu64 "\n", msgid);
         return;
     }
-    struct slot *slot = &c->slots[s];
-    slot->used = false;
-    b->inflight--;
-    b->t_last_answer_ns = now;
+    struct slot *slot = slot_answered(c, s, now);
     int kind = slot->kind;
     if (kind == K_PING)
         return;
-    c->free_slots[c->nfree++] = s;
+    bool rec = counted(b, slot->t_ns);
 
     bool ok = *p == 0xc0;
     uint64_t retry_after = 0;
@@ -950,7 +1147,7 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
                 }
             }
         }
-        if (b->recording) {
+        if (rec) {
             b->c.errors[kind]++;
             count_error(b, code, code_len);
         }
@@ -981,7 +1178,7 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
                     }
                 }
             }
-            if (b->recording) {
+            if (rec) {
                 if (allowed)
                     b->c.allowed++;
                 else
@@ -991,14 +1188,88 @@ static void handle_answer(struct bconn *c, const uint8_t *p, const uint8_t *end,
             }
         } else {
             b->events_accepted += slot->events;
-            if (b->recording)
+            if (rec)
                 b->c.events[kind] += slot->events;
         }
-        if (b->recording)
+        if (rec)
             b->c.ok[kind]++;
     }
-    if (b->recording)
+    if (rec)
         hist_record(&b->c.lat[kind], now > slot->t_ns ? now - slot->t_ns : 0);
+}
+
+/* The oldest request of a connection, answered. */
+static struct slot *redis_pop(struct bconn *c, uint64_t now)
+{
+    uint32_t s = c->fifo[c->fifo_head];
+    c->fifo_head = (c->fifo_head + 1) % c->b->o.pipeline;
+    c->fifo_len--;
+    return slot_answered(c, s, now);
+}
+
+/* One whole reply of Redis to the oldest call of the connection: the check script's {now_ms,
+ * then per check: deny, minute count, day count}, or an error. */
+static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t *end, uint64_t now)
+{
+    struct bench *b = c->b;
+    if (c->fifo_len == 0 || c->fifo_len < c->slots[c->fifo[c->fifo_head]].events) {
+        fprintf(stderr, "usage-bench: Redis sent a reply to no request\n");
+        b->failed = true;
+        return;
+    }
+    const uint8_t *reply = p;
+    uint32_t k = c->slots[c->fifo[c->fifo_head]].events;
+    int64_t n, now_ms, deny, minute, day;
+    bool ok = resp_array(&p, end, &n) == 1 && n == 1 + 3 * (int64_t)k &&
+              resp_integer(&p, end, &now_ms) == 1;
+    for (uint32_t j = 0; j < k; j++) {
+        struct slot *slot = redis_pop(c, now);
+        /* A key Redis refuses to count answers an error string in place of its count. */
+        ok = ok && resp_integer(&p, end, &deny) == 1 && resp_integer(&p, end, &minute) == 1 &&
+             resp_integer(&p, end, &day) == 1;
+        if (!counted(b, slot->t_ns))
+            continue;
+        if (ok) {
+            b->c.ok[K_CHECK]++;
+            if (deny == 0)
+                b->c.allowed++;
+            else
+                b->c.denied++;
+        } else {
+            b->c.errors[K_CHECK]++;
+            b->c.codes[CODE_OTHER]++;
+        }
+        hist_record(&b->c.lat[K_CHECK], now > slot->t_ns ? now - slot->t_ns : 0);
+    }
+    if (!ok) {
+        /* NOSCRIPT (the script is not loaded), a wrong type, ...: the run measures nothing. */
+        const uint8_t *cr = memchr(reply, '\r', (size_t)(end - reply));
+        if (!b->failed)
+            fprintf(stderr, "usage-bench: Redis answered %.*s\n", cr ? (int)(cr - reply) : 0,
+                    (const char *)reply);
+        b->failed = true;
+    }
+}
+
+/* The requests of a connection that will never be answered (it closed, or the wait after the
+ * run is over): measured ones count as unanswered, and in the open loop as late as they are
+ * now, so that a lost request is not a fast one. */
+static void give_up_on(struct bconn *c, uint64_t now)
+{
+    struct bench *b = c->b;
+    for (uint32_t i = 0; i <= b->o.pipeline; i++) {
+        struct slot *slot = &c->slots[i];
+        if (!slot->used)
+            continue;
+        slot->used = false;
+        b->inflight--;
+        if (slot->kind == K_PING || !counted(b, slot->t_ns))
+            continue;
+        b->c.unanswered++;
+        if (b->o.rate > 0)
+            hist_record(&b->c.lat[slot->kind], now > slot->t_ns ? now - slot->t_ns : 0);
+    }
+    c->fifo_len = 0;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -1021,37 +1292,35 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread < 0) {
         if (!c->closed && b->phase == PHASE_RUN) {
-            fprintf(stderr, "usage-bench: the daemon closed a connection: %s\n",
-                    uv_strerror((int)nread));
+            fprintf(stderr, "usage-bench: the %s closed a connection: %s\n",
+                    b->o.redis ? "Redis server" : "daemon", uv_strerror((int)nread));
             b->failed = true;
         }
         uv_read_stop(s);
         c->closed = true;
-        /* Its requests will never be answered. */
-        for (uint32_t i = 0; i <= b->o.pipeline; i++) {
-            if (c->slots[i].used) {
-                c->slots[i].used = false;
-                b->inflight--;
-            }
-        }
+        give_up_on(c, mono_ns()); /* its requests will never be answered */
         check_finished(b);
         return;
     }
     c->in_len += (size_t)nread;
-    uint64_t now = uv_hrtime();
+    uint64_t now = mono_ns();
     const uint8_t *p = c->in, *end = c->in + c->in_len;
     while (p < end) {
         const uint8_t *q = p;
-        int r = mp_skip(&q, end);
+        int r = b->o.redis ? resp_skip(&q, end) : mp_skip(&q, end);
         if (r == 0)
             break;
         if (r < 0) {
-            fprintf(stderr, "usage-bench: the daemon sent bytes that are not MessagePack\n");
+            fprintf(stderr, "usage-bench: the %s sent bytes that are not %s\n",
+                    b->o.redis ? "Redis server" : "daemon", b->o.redis ? "RESP" : "MessagePack");
             b->failed = true;
             p = end;
             break;
         }
-        handle_answer(c, p, q, now);
+        if (b->o.redis)
+            handle_redis_reply(c, p, q, now);
+        else
+            handle_answer(c, p, q, now);
         p = q;
     }
     size_t used = (size_t)(p - c->in);
@@ -1090,7 +1359,7 @@ static void finish_run(struct bench *b)
     if (b->phase == PHASE_DONE)
         return;
     if (b->recording) {
-        b->t_end_ns = uv_hrtime();
+        b->t_end_ns = mono_ns();
         b->recording = false;
     }
     b->phase = PHASE_DONE;
@@ -1100,10 +1369,23 @@ static void finish_run(struct bench *b)
 static void on_drain_timeout(uv_timer_t *t)
 {
     struct bench *b = t->data;
-    fprintf(stderr, "usage-bench: %" PRIu64 " requests still unanswered after the run\n",
-            b->inflight);
+    uint64_t now = mono_ns();
+    fprintf(stderr,
+            "usage-bench: %" PRIu64 " requests still unanswered and %" PRIu64
+            " not sent after the run\n",
+            b->inflight, b->scheduled - b->issued);
     if (b->phase == PHASE_RUN)
         b->failed = true; /* --total-events not reached within --duration */
+    for (uint32_t i = 0; i < b->o.connections; i++)
+        give_up_on(&b->conns[i], now);
+    for (; b->issued < b->scheduled; b->issued++) {
+        uint64_t due = due_ns(b, b->issued);
+        int kind = pick_kind(b);
+        if (!is_request(b, kind) || !counted(b, due))
+            continue;
+        b->c.unanswered++;
+        hist_record(&b->c.lat[kind], now > due ? now - due : 0);
+    }
     finish_run(b);
 }
 
@@ -1113,8 +1395,8 @@ static void start_measuring(struct bench *b)
 {
     memset(&b->c, 0, sizeof(b->c));
     b->recording = true;
-    b->t_measure_ns = uv_hrtime();
-    sample_processes(b, &b->d0, b->w0, &b->d0_ns);
+    b->t_measure_ns = mono_ns();
+    sample_processes(b, &b->d0, b->w0, &b->self0, &b->d0_ns);
 }
 
 /* Notifications have no answer: a ping behind them on each connection is answered once the
@@ -1129,7 +1411,7 @@ static void send_pings(struct bench *b)
         struct slot *slot = &c->slots[s];
         slot->used = true;
         slot->kind = K_PING;
-        slot->t_ns = uv_hrtime();
+        slot->t_ns = mono_ns();
         slot->seq = ++c->seq;
         msgpack_packer pk;
         msgpack_packer_init(&pk, &c->out, obuf_write);
@@ -1143,21 +1425,22 @@ static void send_pings(struct bench *b)
     }
 }
 
-/* No more new work: wait for what is in flight (10 s at most). */
+/* No more new work: in the open loop, send what fell due before the window ended; then wait
+ * for every answer (10 s at most). */
 static void begin_drain(struct bench *b)
 {
     if (b->phase != PHASE_RUN)
         return;
-    b->phase = PHASE_DRAIN;
-    if (b->o.rate > 0)
+    if (b->o.rate > 0) {
+        schedule_due(b, b->t_end_ns ? b->t_end_ns : mono_ns());
         uv_poll_stop(&b->tick);
-    if (b->o.notify)
-        send_pings(b);
-    if (b->inflight == 0) {
-        finish_run(b);
-        return;
     }
+    b->phase = PHASE_DRAIN;
     uv_timer_start(&b->phase_timer, on_drain_timeout, 10000, 0);
+    if (b->o.rate > 0)
+        drain_backlog(b);
+    else
+        check_finished(b);
 }
 
 static void on_phase_timer(uv_timer_t *t)
@@ -1172,16 +1455,16 @@ static void on_phase_timer(uv_timer_t *t)
         return;
     }
     /* The window is over: answers after now are not counted. */
-    b->t_end_ns = uv_hrtime();
+    b->t_end_ns = mono_ns();
     b->recording = false;
-    sample_processes(b, &b->d1, b->w1, &b->d1_ns);
+    sample_processes(b, &b->d1, b->w1, &b->self1, &b->d1_ns);
     begin_drain(b);
 }
 
 static void start_run(struct bench *b)
 {
     b->phase = PHASE_RUN;
-    b->t_start_ns = uv_hrtime();
+    b->t_start_ns = mono_ns();
     if (b->o.total_events > 0 || b->o.warmup_s <= 0) {
         start_measuring(b);
         b->t_measure_ns = b->t_start_ns;
@@ -1196,19 +1479,7 @@ static void start_run(struct bench *b)
                        0);
     }
     if (b->o.rate > 0) {
-        /* About two requests per tick, between 50 us and 1 ms. */
-        double tick = 2e9 / b->o.rate;
-        b->tick_ns = tick < 50e3 ? 50000 : tick > 1e6 ? 1000000 : (uint64_t)tick;
-        struct itimerspec its = {
-            .it_interval = {(time_t)(b->tick_ns / 1000000000), (long)(b->tick_ns % 1000000000)},
-            .it_value = {(time_t)(b->tick_ns / 1000000000), (long)(b->tick_ns % 1000000000)},
-        };
-        b->tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (b->tick_fd < 0 || timerfd_settime(b->tick_fd, 0, &its, NULL) < 0)
-            die("timerfd: %s", strerror(errno));
-        uv_poll_init(b->loop, &b->tick, b->tick_fd);
-        b->tick.data = b;
-        uv_poll_start(&b->tick, UV_READABLE, on_tick);
+        start_ticking(b);
     } else {
         for (uint32_t i = 0; i < b->o.connections; i++)
             pump(&b->conns[i]);
@@ -1264,6 +1535,8 @@ static void connect_all(struct bench *b)
         for (uint32_t s = 0; s < b->o.pipeline; s++)
             c->free_slots[s] = b->o.pipeline - 1 - s;
         c->nfree = b->o.pipeline;
+        if (b->o.redis)
+            c->fifo = xmalloc(b->o.pipeline * sizeof(*c->fifo));
         c->next_kind = pick_kind(b);
         c->connect_req.data = c;
         uv_timer_init(b->loop, &c->backoff);
@@ -1410,6 +1683,16 @@ static struct proc_sample proc_read(int pid)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
         return s;
     s.cpu_s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    /* The time the main thread (the event loop) spent runnable without a CPU: on a machine whose
+     * cores are shared, the latency the process could not help. */
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", pid);
+    f = fopen(path, "r");
+    if (f) {
+        unsigned long long on_cpu, delay;
+        if (fscanf(f, "%llu %llu", &on_cpu, &delay) == 2)
+            s.wait_s = (double)delay / 1e9;
+        fclose(f);
+    }
     snprintf(path, sizeof(path), "/proc/%d/status", pid);
     f = fopen(path, "r");
     if (f) {
@@ -1426,24 +1709,28 @@ static struct proc_sample proc_read(int pid)
     return s;
 }
 
-static double watch_cpu(const struct options *o, int w)
+static struct proc_sample watch_sample(const struct options *o, int w)
 {
-    double sum = 0;
+    struct proc_sample sum = {.ok = true};
     for (int i = 0; i < o->watch[w].npids; i++) {
         struct proc_sample s = proc_read(o->watch[w].pids[i]);
-        if (s.ok)
-            sum += s.cpu_s;
+        if (s.ok) {
+            sum.cpu_s += s.cpu_s;
+            sum.wait_s += s.wait_s;
+        }
     }
     return sum;
 }
 
-static void sample_processes(struct bench *b, struct proc_sample *d, double *w, uint64_t *t_ns)
+static void sample_processes(struct bench *b, struct proc_sample *d, struct proc_sample *w,
+                             struct proc_sample *self, uint64_t *t_ns)
 {
-    *t_ns = uv_hrtime();
+    *t_ns = mono_ns();
     if (b->o.pid)
         *d = proc_read(b->o.pid);
     for (int i = 0; i < b->o.nwatch; i++)
-        w[i] = watch_cpu(&b->o, i);
+        w[i] = watch_sample(&b->o, i);
+    *self = proc_read(getpid());
 }
 
 static double self_cpu(void)
@@ -1555,10 +1842,11 @@ static void print_lat_row(const char *name, const struct hist *h)
 static void json_lat(const char *name, const struct hist *h, bool comma)
 {
     printf("\"%s\": {\"count\": %" PRIu64 ", \"p50\": %.1f, \"p90\": %.1f, \"p99\": %.1f, "
-           "\"p999\": %.1f, \"max\": %.1f, \"mean\": %.1f}%s",
+           "\"p999\": %.1f, \"p9999\": %.1f, \"max\": %.1f, \"mean\": %.1f}%s",
            name, h->total, (double)hist_quantile(h, 0.5) / 1e3, (double)hist_quantile(h, 0.9) / 1e3,
            (double)hist_quantile(h, 0.99) / 1e3, (double)hist_quantile(h, 0.999) / 1e3,
-           (double)h->max / 1e3, hist_mean(h) / 1e3, comma ? ", " : "");
+           (double)hist_quantile(h, 0.9999) / 1e3, (double)h->max / 1e3, hist_mean(h) / 1e3,
+           comma ? ", " : "");
 }
 
 static void mix_string(const struct options *o, char *out, size_t cap)
@@ -1574,6 +1862,7 @@ static void mix_string(const struct options *o, char *out, size_t cap)
 static void report(const struct bench *b, const struct result *r)
 {
     const struct options *o = &b->o;
+    double sampled = r->sampled_s > 0 ? r->sampled_s : 1e-9;
     char mix[128];
     mix_string(o, mix, sizeof(mix));
     double rows_committed = 0;
@@ -1581,11 +1870,13 @@ static void report(const struct bench *b, const struct result *r)
         rows_committed =
             (double)(r->rows_after[0] - r->rows_before[0] + r->rows_after[1] - r->rows_before[1]);
     if (o->json) {
-        printf("{\"label\": \"%s\", \"connections\": %u, \"pipeline\": %u, \"mix\": \"%s\", "
+        printf("{\"label\": \"%s\", \"target\": \"%s\", \"connections\": %u, \"pipeline\": %u, "
+               "\"mix\": \"%s\", "
                "\"events_per_request\": %u, \"ack\": \"%s\", \"notify\": %s, \"rate\": %.0f, "
                "\"window_s\": %.3f, ",
-               o->label ? o->label : "", o->connections, o->pipeline, mix, o->events_per_request,
-               o->ack ? o->ack : "default", o->notify ? "true" : "false", o->rate, r->window_s);
+               o->label ? o->label : "", o->redis ? "redis" : "usaged", o->connections, o->pipeline,
+               mix, o->events_per_request, o->ack ? o->ack : "default",
+               o->notify ? "true" : "false", o->rate, r->window_s);
         printf("\"requests_ok\": %" PRIu64 ", \"requests_err\": %" PRIu64
                ", \"notifications\": %" PRIu64 ", \"requests_per_s\": %.1f, \"events_per_s\": "
                "%.1f, \"checks_per_s\": %.1f, \"notifications_per_s\": %.1f, ",
@@ -1605,7 +1896,14 @@ static void report(const struct bench *b, const struct result *r)
         json_lat("all", &r->all, true);
         for (int k = 0; k < K_COUNT; k++)
             json_lat(kind_names[k], &b->c.lat[k], k < K_COUNT - 1);
-        printf("}, \"max_backlog\": %" PRIu64 ", ", b->max_backlog);
+        printf("}, ");
+        if (o->rate > 0) {
+            printf("\"open_loop\": {\"tick_us\": %u, \"unanswered\": %" PRIu64
+                   ", \"max_backlog\": %" PRIu64 ", ",
+                   o->tick_us, b->c.unanswered, b->max_backlog);
+            json_lat("send_lag_us", &b->c.send_lag, false);
+            printf("}, ");
+        }
         if (r->have_pg)
             printf("\"postgres\": {\"rows_before\": %" PRId64 ", \"rows_after\": %" PRId64
                    ", \"prompt_rows_before\": %" PRId64 ", \"prompt_rows_after\": %" PRId64
@@ -1616,30 +1914,41 @@ static void report(const struct bench *b, const struct result *r)
                    r->commit_s > 0 ? rows_committed / r->commit_s : 0.0);
         if (r->have_pid)
             printf("\"daemon\": {\"pid\": %d, \"peak_rss_kib\": %" PRIu64 ", \"rss_kib\": %" PRIu64
-                   ", \"cpu_s\": %.2f, \"cpu_pct\": %.1f}, ",
+                   ", \"cpu_s\": %.2f, \"cpu_pct\": %.1f, \"wait_s\": %.3f}, ",
                    o->pid, b->d1.hwm_kib, b->d1.rss_kib, b->d1.cpu_s - b->d0.cpu_s,
-                   100.0 * (b->d1.cpu_s - b->d0.cpu_s) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
+                   100.0 * (b->d1.cpu_s - b->d0.cpu_s) / sampled, b->d1.wait_s - b->d0.wait_s);
         printf("\"watch\": {");
         for (int w = 0; w < o->nwatch; w++)
-            printf("%s\"%s\": {\"cpu_s\": %.2f, \"cpu_pct\": %.1f}", w ? ", " : "",
-                   o->watch[w].name, b->w1[w] - b->w0[w],
-                   100.0 * (b->w1[w] - b->w0[w]) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
-        printf("}, \"client_cpu_s\": %.2f, \"failed\": %s}\n", r->client_cpu_s,
-               b->failed ? "true" : "false");
+            printf("%s\"%s\": {\"cpu_s\": %.2f, \"cpu_pct\": %.1f, \"wait_s\": %.3f}",
+                   w ? ", " : "", o->watch[w].name, b->w1[w].cpu_s - b->w0[w].cpu_s,
+                   100.0 * (b->w1[w].cpu_s - b->w0[w].cpu_s) / sampled,
+                   b->w1[w].wait_s - b->w0[w].wait_s);
+        printf("}, \"client_cpu_s\": %.2f, \"client\": {\"cpu_pct\": %.1f, \"wait_s\": %.3f}, "
+               "\"failed\": %s}\n",
+               r->client_cpu_s, 100.0 * (b->self1.cpu_s - b->self0.cpu_s) / sampled,
+               b->self1.wait_s - b->self0.wait_s, b->failed ? "true" : "false");
         return;
     }
-    printf("usage-bench%s%s: %u connections x pipeline %u over %s, mix %s", o->label ? " " : "",
+    printf("usage-bench%s%s: %u connections x pipeline %u over %s%s, mix %s", o->label ? " " : "",
            o->label ? o->label : "", o->connections, o->pipeline,
-           o->socket_path ? o->socket_path : o->tcp, mix);
+           o->socket_path ? o->socket_path : o->tcp,
+           o->redis ? " (Redis itself: EVALSHA of the check script)" : "", mix);
     if (o->mix[K_USAGE] || o->mix[K_PROMPT])
         printf(", %u events/request, ack %s%s", o->events_per_request, o->ack ? o->ack : "default",
                o->notify ? ", as notifications" : "");
     if (o->rate > 0)
-        printf(", fixed rate %.0f/s", o->rate);
+        printf(", open loop at %.0f/s", o->rate);
     else
         printf(", closed loop");
     printf("\nwindow: %.2f s\n", r->window_s);
-    printf("throughput: %.0f requests/s, %.0f events/s, %.0f checks/s", r->requests_per_s,
+    if (o->rate > 0)
+        printf("due in the window: %" PRIu64 " requests, of which %" PRIu64 " answered (%" PRIu64
+               " with an error) by %.2f s after the window began\n",
+               r->all.total + r->notifications, r->requests_ok + r->requests_err, r->requests_err,
+               b->t_last_answer_ns > b->t_measure_ns ? secs(b->t_last_answer_ns - b->t_measure_ns)
+                                                     : 0.0);
+    printf("%s: %.0f requests/s, %.0f events/s, %.0f checks/s",
+           o->rate > 0 ? "per second of the window" : "throughput", r->requests_per_s,
            r->events_per_s, r->checks_per_s);
     if (r->notifications)
         printf(", %.0f notifications/s", r->notifications_per_s);
@@ -1662,9 +1971,17 @@ static void report(const struct bench *b, const struct result *r)
         for (int k = 0; k < K_COUNT; k++)
             if (b->c.lat[k].total && b->c.lat[k].total != r->all.total)
                 print_lat_row(kind_names[k], &b->c.lat[k]);
+        if (o->rate > 0)
+            print_lat_row("send lag", &b->c.send_lag);
     }
-    if (o->rate > 0)
-        printf("backlog: at most %" PRIu64 " requests waited for a free slot\n", b->max_backlog);
+    if (o->rate > 0) {
+        if (b->c.unanswered)
+            printf("unanswered: %" PRIu64 " requests (counted as late as the wait lasted)\n",
+                   b->c.unanswered);
+        printf("(latency from when each request was due; send lag: due -> handed to the socket, "
+               "the client's own part; at most %" PRIu64 " requests waited to be sent)\n",
+               b->max_backlog);
+    }
     if (r->have_pg) {
         printf("postgres: %.0f rows committed (api_usage_logs %+" PRId64 ", prompt_history "
                "%+" PRId64 ") in %.2f s = %.0f rows/s%s\n",
@@ -1676,14 +1993,17 @@ static void report(const struct bench *b, const struct result *r)
                    : "");
     }
     if (r->have_pid)
-        printf("daemon pid %d: peak RSS %.1f MiB (now %.1f MiB), CPU %.2f s (%.0f%% of a core)\n",
+        printf("daemon pid %d: peak RSS %.1f MiB (now %.1f MiB), CPU %.2f s (%.0f%% of a core), "
+               "waited %.0f ms for a CPU\n",
                o->pid, (double)b->d1.hwm_kib / 1024.0, (double)b->d1.rss_kib / 1024.0,
-               b->d1.cpu_s - b->d0.cpu_s,
-               100.0 * (b->d1.cpu_s - b->d0.cpu_s) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
+               b->d1.cpu_s - b->d0.cpu_s, 100.0 * (b->d1.cpu_s - b->d0.cpu_s) / sampled,
+               1e3 * (b->d1.wait_s - b->d0.wait_s));
     for (int w = 0; w < o->nwatch; w++)
-        printf("%s: CPU %.2f s (%.0f%% of a core)\n", o->watch[w].name, b->w1[w] - b->w0[w],
-               100.0 * (b->w1[w] - b->w0[w]) / (r->sampled_s > 0 ? r->sampled_s : 1e-9));
-    printf("client: CPU %.2f s\n", r->client_cpu_s);
+        printf("%s: CPU %.2f s (%.0f%% of a core), waited %.0f ms for a CPU\n", o->watch[w].name,
+               b->w1[w].cpu_s - b->w0[w].cpu_s, 100.0 * (b->w1[w].cpu_s - b->w0[w].cpu_s) / sampled,
+               1e3 * (b->w1[w].wait_s - b->w0[w].wait_s));
+    printf("client: CPU %.2f s, waited %.0f ms for a CPU in the window\n", r->client_cpu_s,
+           1e3 * (b->self1.wait_s - b->self0.wait_s));
 }
 
 /* ---- options ---- */
@@ -1691,6 +2011,7 @@ static void report(const struct bench *b, const struct result *r)
 static void usage(FILE *f)
 {
     fputs("usage: usage-bench (-s SOCKET | -t HOST:PORT) [options]\n"
+          "       usage-bench --redis (unix:PATH | HOST:PORT) --evalsha SHA [options]\n"
           "       usage-bench --emit-csv FILE --rows N [--users N] [--providers LIST] "
           "[--client-ids]\n"
           "\n"
@@ -1706,7 +2027,11 @@ static void usage(FILE *f)
           "  -u, --users N              users b0000000-0000-4000-8000-<i> (default 1000)\n"
           "  -P, --providers LIST       (default openai,anthropic,google,mistral,groq)\n"
           "      --cost N               cost sent with each check (default: not sent, 1)\n"
-          "  -r, --rate N               total requests per second (default 0: closed loop)\n"
+           "      --tokens N             tokens sent with each check (default: not sent)\n"
+           "      --spend USD            spend sent with each check (default: not sent)\n"
+          "  -r, --rate N               open loop: total requests per second, latency from\n"
+          "                             when each was due (default 0: closed loop)\n"
+          "      --tick-us N            open loop: shortest wait between wake-ups (default 20)\n"
           "  -d, --duration S           measured seconds (default 10)\n"
           "  -w, --warmup S             seconds before measuring (default 1)\n"
           "      --total-events N       stop once N log events were accepted (ingest runs)\n"
@@ -1720,7 +2045,17 @@ static void usage(FILE *f)
           "      --label TEXT           a name for this run in the report\n"
           "      --json                 one JSON object instead of text\n"
           "      --emit-csv FILE        write --rows usage rows as CSV (for psql \\copy) and exit\n"
-          "      --rows N\n",
+          "      --rows N\n"
+          "\n"
+          "  Redis itself, with the daemon's check script (checks only):\n"
+          "      --redis ADDR           unix:PATH or HOST:PORT of Redis\n"
+          "      --evalsha SHA          the script's sha1 (SCRIPT LOAD of bench/limiter-script)\n"
+          "      --redis-limits M,D     limits per minute and per day passed to it\n"
+          "                             (default 2000000000,2100000000)\n"
+          "      --key-prefix TEXT      the daemon's redis.key_prefix (default usaged:)\n"
+          "      --redis-batch N        at most N checks of N keys in one call, of those due\n"
+          "                             together (the daemon batches a loop iteration's checks;\n"
+          "                             default 1: a call per check)\n",
           f);
 }
 
@@ -1791,6 +2126,8 @@ enum {
     OPT_ACK = 256,
     OPT_NOTIFY,
     OPT_COST,
+    OPT_TOKENS,
+    OPT_SPEND,
     OPT_TOTAL_EVENTS,
     OPT_WAIT_COMMITTED,
     OPT_PID,
@@ -1803,6 +2140,12 @@ enum {
     OPT_EMIT_CSV,
     OPT_ROWS,
     OPT_LABEL,
+    OPT_REDIS,
+    OPT_EVALSHA,
+    OPT_REDIS_LIMITS,
+    OPT_KEY_PREFIX,
+    OPT_TICK_US,
+    OPT_REDIS_BATCH,
 };
 
 static void parse_options(struct options *o, int argc, char **argv)
@@ -1819,6 +2162,8 @@ static void parse_options(struct options *o, int argc, char **argv)
         {"users", required_argument, NULL, 'u'},
         {"providers", required_argument, NULL, 'P'},
         {"cost", required_argument, NULL, OPT_COST},
+        {"tokens", required_argument, NULL, OPT_TOKENS},
+        {"spend", required_argument, NULL, OPT_SPEND},
         {"rate", required_argument, NULL, 'r'},
         {"duration", required_argument, NULL, 'd'},
         {"warmup", required_argument, NULL, 'w'},
@@ -1834,6 +2179,12 @@ static void parse_options(struct options *o, int argc, char **argv)
         {"emit-csv", required_argument, NULL, OPT_EMIT_CSV},
         {"rows", required_argument, NULL, OPT_ROWS},
         {"label", required_argument, NULL, OPT_LABEL},
+        {"redis", required_argument, NULL, OPT_REDIS},
+        {"evalsha", required_argument, NULL, OPT_EVALSHA},
+        {"redis-limits", required_argument, NULL, OPT_REDIS_LIMITS},
+        {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
+        {"tick-us", required_argument, NULL, OPT_TICK_US},
+        {"redis-batch", required_argument, NULL, OPT_REDIS_BATCH},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1845,11 +2196,16 @@ static void parse_options(struct options *o, int argc, char **argv)
         .users = 1000,
         .providers = "openai,anthropic,google,mistral,groq",
         .cost = -1,
+        .tokens = -1,
         .duration_s = 10,
         .warmup_s = 1,
         .seed = 1,
         .prompt_input_chars = 300,
         .prompt_response_chars = 1200,
+        .redis_limits = "2000000000,2100000000",
+        .key_prefix = "usaged:",
+        .tick_us = 20,
+        .redis_batch = 1,
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "s:t:c:p:m:e:u:P:r:d:w:h", longopts, NULL)) != -1) {
@@ -1888,6 +2244,12 @@ static void parse_options(struct options *o, int argc, char **argv)
             break;
         case OPT_COST:
             o->cost = (int64_t)parse_u64(optarg, "--cost");
+            break;
+        case OPT_TOKENS:
+            o->tokens = (int64_t)parse_u64(optarg, "--tokens");
+            break;
+        case OPT_SPEND:
+            o->spend = optarg;
             break;
         case 'r':
             o->rate = parse_double(optarg, "--rate");
@@ -1935,6 +2297,28 @@ static void parse_options(struct options *o, int argc, char **argv)
         case OPT_LABEL:
             o->label = optarg;
             break;
+        case OPT_REDIS:
+            o->redis = true;
+            if (strncmp(optarg, "unix:", 5) == 0)
+                o->socket_path = optarg + 5;
+            else
+                o->tcp = optarg;
+            break;
+        case OPT_EVALSHA:
+            o->evalsha = optarg;
+            break;
+        case OPT_REDIS_LIMITS:
+            o->redis_limits = optarg;
+            break;
+        case OPT_KEY_PREFIX:
+            o->key_prefix = optarg;
+            break;
+        case OPT_TICK_US:
+            o->tick_us = (uint32_t)parse_u64(optarg, "--tick-us");
+            break;
+        case OPT_REDIS_BATCH:
+            o->redis_batch = (uint32_t)parse_u64(optarg, "--redis-batch");
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1948,7 +2332,17 @@ static void parse_options(struct options *o, int argc, char **argv)
     if (o->emit_csv)
         return;
     if (!o->socket_path == !o->tcp)
-        die("give one of --socket and --tcp");
+        die("give one of --socket, --tcp and --redis");
+    if (o->redis) {
+        if (!o->evalsha || strlen(o->evalsha) != 40 || strspn(o->evalsha, "0123456789abcdef") != 40)
+            die("--redis needs --evalsha with the 40 hex digits of the loaded script");
+        if (o->mix[K_USAGE] || o->mix[K_PROMPT] || o->notify || o->pg || o->total_events)
+            die("--redis sends checks only (no log methods, --notify, --pg or --total-events)");
+    }
+    if (o->redis_batch == 0 || o->redis_batch > 1024)
+        die("--redis-batch must be 1..1024");
+    if (o->tick_us > 1000000)
+        die("--tick-us must be at most 1000000");
     if (o->connections == 0 || o->connections > 10000)
         die("--connections must be 1..10000");
     if (o->pipeline == 0 || o->pipeline > 65535)
@@ -2005,7 +2399,7 @@ int main(int argc, char **argv)
     b->phase_timer.data = b;
     connect_all(b);
     uv_run(b->loop, UV_RUN_DEFAULT);
-    uint64_t t_loop_end = uv_hrtime();
+    uint64_t t_loop_end = mono_ns();
 
     if (b->o.total_events > 0 && b->o.mix[K_CHECK] == 0)
         b->t_end_ns = b->t_last_answer_ns ? b->t_last_answer_ns : t_loop_end;
@@ -2016,10 +2410,10 @@ int main(int argc, char **argv)
         /* Until the daemon has written every accepted row; then PostgreSQL's count says what
          * is really there. */
         uint64_t expected = b->events_accepted;
-        uint64_t deadline = uv_hrtime() + (uint64_t)(b->o.wait_committed_s * 1e9);
+        uint64_t deadline = mono_ns() + (uint64_t)(b->o.wait_committed_s * 1e9);
         for (;;) {
             uint64_t written[2] = {0, 0};
-            uint64_t now = uv_hrtime();
+            uint64_t now = mono_ns();
             if (have_written && daemon_rows_written(&b->o, written) &&
                 written[0] + written[1] - written_before[0] - written_before[1] >= expected) {
                 r.all_committed = true;
@@ -2043,11 +2437,11 @@ int main(int argc, char **argv)
             nanosleep(&ts, NULL);
         }
     } else if (b->o.pg) {
-        r.commit_s = secs(uv_hrtime() - b->t_measure_ns);
+        r.commit_s = secs(mono_ns() - b->t_measure_ns);
     }
     r.client_cpu_s = self_cpu() - cpu0;
     if (b->d1_ns == 0)
-        sample_processes(b, &b->d1, b->w1, &b->d1_ns);
+        sample_processes(b, &b->d1, b->w1, &b->self1, &b->d1_ns);
     else if (b->o.pid)
         b->d1.hwm_kib = proc_read(b->o.pid).hwm_kib; /* the peak over the whole run */
     r.sampled_s = secs(b->d1_ns - b->d0_ns);
@@ -2076,15 +2470,16 @@ int main(int argc, char **argv)
     for (uint32_t i = 0; i < b->o.connections; i++) {
         free(b->conns[i].slots);
         free(b->conns[i].free_slots);
+        free(b->conns[i].fifo);
         free(b->conns[i].out.data);
         free(b->conns[i].wbuf.data);
         free(b->conns[i].in);
     }
     free(b->conns);
-    free(b->backlog);
     pool_free(&b->usage_pool);
     pool_free(&b->prompt_pool);
     pool_free(&b->check_pool);
+    free(b->redis_argv.data);
     gen_free(&b->gen);
     for (int i = 0; i < b->o.nwatch; i++)
         free((char *)b->o.watch[i].name);

@@ -576,6 +576,8 @@ static struct usaged_quota get_quota(const msgpack_object *map, const char *key)
     return q;
 }
 
+static void read_check_result(const msgpack_object *r, struct usaged_check_result *out);
+
 int usaged_check(usaged_client *c, const char *user_id, const char *provider, uint32_t cost,
                  struct usaged_check_result *out)
 {
@@ -594,6 +596,12 @@ int usaged_check(usaged_client *c, const char *user_id, const char *provider, ui
     int rc = usaged_wait(c, msgid, &r);
     if (rc != USAGED_OK)
         return rc;
+    read_check_result(r, out);
+    return USAGED_OK;
+}
+
+static void read_check_result(const msgpack_object *r, struct usaged_check_result *out)
+{
     memset(out, 0, sizeof(*out));
     const msgpack_object *v = map_get(r, "allowed");
     out->allowed = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
@@ -609,7 +617,126 @@ int usaged_check(usaged_client *c, const char *user_id, const char *provider, ui
     out->retry_after_ms = get_u64(r, "retry_after_ms");
     v = map_get(r, "degraded");
     out->degraded = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+}
+
+/* "12.345600" (the answer's spend) in micro-dollars; an integer as it is. */
+static struct usaged_quota get_amount(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *v = map_get(map, key);
+    if (!v || v->type != MSGPACK_OBJECT_STR)
+        return get_quota(map, key);
+    struct usaged_quota q = {true, 0};
+    int places = -1;
+    for (uint32_t i = 0; i < v->via.str.size; i++) {
+        char ch = v->via.str.ptr[i];
+        if (ch == '.' && places < 0) {
+            places = 0;
+        } else if (ch >= '0' && ch <= '9' && places < 6) {
+            q.value = q.value * 10 + (ch - '0');
+            if (places >= 0)
+                places++;
+        } else {
+            return (struct usaged_quota){false, 0};
+        }
+    }
+    for (places = places < 0 ? 0 : places; places < 6; places++)
+        q.value *= 10;
+    return q;
+}
+
+static void get_text(const msgpack_object *map, const char *key, char *out, size_t cap)
+{
+    const msgpack_object *v = map_get(map, key);
+    out[0] = '\0';
+    if (v && v->type == MSGPACK_OBJECT_STR)
+        snprintf(out, cap, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+}
+
+static void read_limit(const msgpack_object *m, struct usaged_limit *out)
+{
+    memset(out, 0, sizeof(*out));
+    get_text(m, "dimension", out->dimension, sizeof(out->dimension));
+    get_text(m, "window", out->window, sizeof(out->window));
+    get_text(m, "scope", out->scope, sizeof(out->scope));
+    out->limit = get_amount(m, "limit");
+    out->used = get_amount(m, "used");
+    out->remaining = get_amount(m, "remaining");
+    out->reset_ms = get_u64(m, "reset_ms");
+}
+
+int usaged_check_budget(usaged_client *c, const struct usaged_check_request *req,
+                        struct usaged_budget_result *out)
+{
+    if (!req->user_id || !req->provider)
+        return set_error(c, USAGED_ERR_ARGUMENT, "argument", "check needs user_id and provider");
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
+    msgpack_pack_map(pk, 4 + (req->model != NULL) + (req->spend != NULL));
+    pack_str(pk, "user_id");
+    pack_str(pk, req->user_id);
+    pack_str(pk, "provider");
+    pack_str(pk, req->provider);
+    if (req->model) {
+        pack_str(pk, "model");
+        pack_str(pk, req->model);
+    }
+    pack_str(pk, "cost");
+    msgpack_pack_uint32(pk, req->cost);
+    pack_str(pk, "tokens");
+    msgpack_pack_uint64(pk, req->tokens);
+    if (req->spend) {
+        pack_str(pk, "spend");
+        pack_str(pk, req->spend);
+    }
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc != USAGED_OK)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    read_check_result(r, &out->check);
+    get_text(r, "reservation", out->reservation, sizeof(out->reservation));
+    const msgpack_object *v = map_get(r, "limits");
+    for (uint32_t i = 0; v && v->type == MSGPACK_OBJECT_ARRAY && i < v->via.array.size &&
+                         out->nlimits < USAGED_MAX_LIMITS;
+         i++)
+        read_limit(&v->via.array.ptr[i], &out->limits[out->nlimits++]);
+    v = map_get(r, "denied_by");
+    if (v && v->type == MSGPACK_OBJECT_MAP) {
+        out->has_denied_by = true;
+        read_limit(v, &out->denied_by);
+    }
     return USAGED_OK;
+}
+
+int usaged_settle(usaged_client *c, const struct usaged_settle_request *req, bool *duplicate)
+{
+    if (!req->reservation)
+        return set_error(c, USAGED_ERR_ARGUMENT, "argument", "settle needs a reservation");
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_SETTLE, 1, &msgid);
+    msgpack_pack_map(pk, 2 + req->has_tokens + (req->spend != NULL));
+    pack_str(pk, "reservation");
+    pack_str(pk, req->reservation);
+    if (req->has_tokens) {
+        pack_str(pk, "tokens");
+        msgpack_pack_uint64(pk, req->tokens);
+    }
+    if (req->spend) {
+        pack_str(pk, "spend");
+        pack_str(pk, req->spend);
+    }
+    pack_str(pk, "cancel");
+    if (req->cancel)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc == USAGED_OK && duplicate) {
+        const msgpack_object *v = map_get(r, "duplicate");
+        *duplicate = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+    }
+    return rc;
 }
 
 /* Packs "key": value pairs of an event map; counts them first so the map header is exact. */
@@ -717,8 +844,8 @@ static void prompt_fields_any(struct field_packer *f, const void *e)
 }
 
 static int send_events(usaged_client *c, const char *method, const void *events, size_t size,
-                       size_t count, fields_fn fields, enum usaged_ack ack, bool notify,
-                       uint64_t *accepted)
+                       size_t count, fields_fn fields, const char *const *reservations,
+                       enum usaged_ack ack, bool notify, uint64_t *accepted)
 {
     uint32_t nparams = ack == USAGED_ACK_DEFAULT ? 1 : 2;
     uint32_t msgid = 0;
@@ -727,11 +854,14 @@ static int send_events(usaged_client *c, const char *method, const void *events,
     msgpack_pack_array(pk, count);
     for (size_t i = 0; i < count; i++) {
         const void *e = (const char *)events + i * size;
+        const char *reservation = reservations ? reservations[i] : NULL;
         struct field_packer f = {pk, 0, true};
         fields(&f, e);
+        field_str(&f, "reservation", reservation);
         msgpack_pack_map(pk, f.count);
         f.counting = false;
         fields(&f, e);
+        field_str(&f, "reservation", reservation);
     }
     if (ack != USAGED_ACK_DEFAULT) {
         msgpack_pack_map(pk, 1);
@@ -757,18 +887,25 @@ int usaged_log_usage(usaged_client *c, const struct usaged_usage_event *events, 
             return set_error(c, USAGED_ERR_ARGUMENT, "argument",
                              "event %zu: user_id and provider are required", i);
     return send_events(c, USAGED_METHOD_LOG_USAGE, events, sizeof(*events), count, usage_fields_any,
-                       ack, notify, accepted);
+                       NULL, ack, notify, accepted);
 }
 
-int usaged_log_prompt(usaged_client *c, const struct usaged_prompt_event *events, size_t count,
-                      enum usaged_ack ack, bool notify, uint64_t *accepted)
+int usaged_log_prompt_reserved(usaged_client *c, const struct usaged_prompt_event *events,
+                               const char *const *reservations, size_t count, enum usaged_ack ack,
+                               bool notify, uint64_t *accepted)
 {
     for (size_t i = 0; i < count; i++)
         if (!events[i].user_id || !events[i].status)
             return set_error(c, USAGED_ERR_ARGUMENT, "argument",
                              "event %zu: user_id and status are required", i);
     return send_events(c, USAGED_METHOD_LOG_PROMPT, events, sizeof(*events), count,
-                       prompt_fields_any, ack, notify, accepted);
+                       prompt_fields_any, reservations, ack, notify, accepted);
+}
+
+int usaged_log_prompt(usaged_client *c, const struct usaged_prompt_event *events, size_t count,
+                      enum usaged_ack ack, bool notify, uint64_t *accepted)
+{
+    return usaged_log_prompt_reserved(c, events, NULL, count, ack, notify, accepted);
 }
 
 int usaged_stats(usaged_client *c, const msgpack_object **result)

@@ -24,7 +24,10 @@ static const char *const usage_text =
     "commands:\n"
     "  ping                                 is the daemon up? prints version and uptime\n"
     "  stats [--json | --prometheus]        counters and gauges\n"
-    "  check USER_ID PROVIDER [--cost N]    spend N (default 1) of a quota; exit 1 if denied\n"
+    "  check USER_ID PROVIDER [--cost N] [--model M] [--tokens N] [--spend USD]\n"
+    "                                       spend of a quota; exit 1 if denied\n"
+    "  settle RESERVATION [--tokens N] [--spend USD] [--cancel]\n"
+    "                                       what the call used, after a check\n"
     "  log-usage KEY=VALUE...               record one API call (api_usage_logs)\n"
     "  log-prompt KEY=VALUE...              record one prompt generation (prompt_history)\n"
     "  call METHOD [VALUE...]               send any request; values are parsed like KEY=VALUE\n"
@@ -51,9 +54,18 @@ static const struct command_help {
               "Prints the daemon's counters and gauges: one \"section.key value\" line each, or\n"
               "the whole map as JSON, or the Prometheus text exposition format (the same text\n"
               "as the metrics.listen endpoint serves).\n"},
-    {"check", "usage: usagectl [OPTIONS] check USER_ID PROVIDER [--cost N]\n"
-              "Spends N (default 1; 0 only looks) of USER_ID's quota with PROVIDER and prints the\n"
-              "answer as JSON. Exit 0 when allowed, 1 when denied or refused.\n"},
+    {"check", "usage: usagectl [OPTIONS] check USER_ID PROVIDER [--cost N] [--model M]\n"
+              "                [--tokens N] [--spend USD]\n"
+              "Spends N requests (default 1), and an estimate of tokens and spend (a decimal\n"
+              "of USD, at most 6 places), of USER_ID's quotas with PROVIDER (and MODEL), and\n"
+              "prints the answer as JSON; all 0 only looks. Exit 0 when allowed, 1 when denied\n"
+              "or refused. An answer with a reservation wants a settle after the call.\n"},
+    {"settle", "usage: usagectl [OPTIONS] settle RESERVATION [--tokens N] [--spend USD] "
+               "[--cancel]\n"
+               "Tells the daemon what the call of a check's RESERVATION really used (a value\n"
+               "left out keeps the check's estimate), or --cancel that it was not made, and\n"
+               "prints the answer as JSON. Exit 0 when settled (again: duplicate true), 1 on\n"
+               "an error answer (unknown_reservation, ...).\n"},
     {"log-usage", "usage: usagectl [OPTIONS] log-usage KEY=VALUE... [--ack queued|durable] "
                   "[--notify]\n"
                   "Records one API call in api_usage_logs, e.g.\n"
@@ -238,7 +250,8 @@ static bool is_text_field(const char *key, size_t n)
     static const char *const text[] = {
         "id",           "user_id",        "provider",      "endpoint",   "model",
         "framework_id", "framework_name", "tone",          "length",     "user_input",
-        "ai_response",  "status",         "error_message", "error_code", "cost_usd"};
+        "ai_response",  "status",         "error_message", "error_code", "cost_usd",
+        "reservation"};
     for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++)
         if (strlen(text[i]) == n && strncmp(text[i], key, n) == 0)
             return true;
@@ -324,47 +337,141 @@ static int cmd_call(usaged_client *c, int argc, char **argv)
     return 0;
 }
 
-static int cmd_check(usaged_client *c, int argc, char **argv)
+/* A non-negative integer option's value; false (after saying so) when it is not one. */
+static bool option_uint(const char *name, const char *text, uint64_t max, uint64_t *out)
 {
-    uint32_t cost = 1;
-    if (argc == 4 && strcmp(argv[2], "--cost") == 0) {
-        char *end;
-        unsigned long v = strtoul(argv[3], &end, 10);
-        if (*end || v > UINT32_MAX) {
-            fprintf(stderr, "usagectl: --cost needs a non-negative integer\n");
-            return EXIT_USAGE;
-        }
-        cost = (uint32_t)v;
-    } else if (argc != 2) {
-        fputs(usage_text, stderr);
-        return EXIT_USAGE;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (!*text || *end || text[0] == '-' || errno || v > max) {
+        fprintf(stderr, "usagectl: %s needs a non-negative integer up to %" PRIu64 "\n", name, max);
+        return false;
     }
-    uint32_t msgid;
-    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
-    msgpack_pack_map(pk, 3);
-    const char *keys[] = {"user_id", "provider"};
-    for (int i = 0; i < 2; i++) {
-        msgpack_pack_str(pk, strlen(keys[i]));
-        msgpack_pack_str_body(pk, keys[i], strlen(keys[i]));
-        msgpack_pack_str(pk, strlen(argv[i]));
-        msgpack_pack_str_body(pk, argv[i], strlen(argv[i]));
-    }
-    msgpack_pack_str(pk, 4);
-    msgpack_pack_str_body(pk, "cost", 4);
-    msgpack_pack_uint32(pk, cost);
+    *out = v;
+    return true;
+}
+
+/* Packs "key": value, with value as a string. */
+static void pack_pair(msgpack_packer *pk, const char *key, const char *value)
+{
+    msgpack_pack_str(pk, strlen(key));
+    msgpack_pack_str_body(pk, key, strlen(key));
+    msgpack_pack_str(pk, strlen(value));
+    msgpack_pack_str_body(pk, value, strlen(value));
+}
+
+/* Waits for the answer, prints it as JSON; with want_key, exits by that boolean's value. */
+static int print_answer(usaged_client *c, uint32_t msgid, const char *want_key)
+{
     const msgpack_object *r;
     int rc = usaged_wait(c, msgid, &r);
     if (rc != USAGED_OK)
         return fail(c, rc);
     print_json(stdout, r, 0);
     putchar('\n');
+    if (!want_key)
+        return 0;
     for (uint32_t i = 0; r->type == MSGPACK_OBJECT_MAP && i < r->via.map.size; i++) {
         const msgpack_object *k = &r->via.map.ptr[i].key, *v = &r->via.map.ptr[i].val;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == 7 &&
-            memcmp(k->via.str.ptr, "allowed", 7) == 0)
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == strlen(want_key) &&
+            memcmp(k->via.str.ptr, want_key, k->via.str.size) == 0)
             return v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean ? 0 : EXIT_DENIED;
     }
     return EXIT_PROTOCOL;
+}
+
+static int cmd_check(usaged_client *c, int argc, char **argv)
+{
+    uint64_t cost = 1, tokens = 0;
+    const char *model = NULL, *spend = NULL;
+    bool has_tokens = false;
+    if (argc < 2 || argv[0][0] == '-' || argv[1][0] == '-') {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    for (int i = 2; i < argc; i++) {
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!value) {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+        if (strcmp(argv[i], "--cost") == 0) {
+            if (!option_uint("--cost", value, UINT32_MAX, &cost))
+                return EXIT_USAGE;
+        } else if (strcmp(argv[i], "--tokens") == 0) {
+            if (!option_uint("--tokens", value, UINT64_MAX, &tokens))
+                return EXIT_USAGE;
+            has_tokens = true;
+        } else if (strcmp(argv[i], "--model") == 0) {
+            model = value;
+        } else if (strcmp(argv[i], "--spend") == 0) {
+            spend = value;
+        } else {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+        i++;
+    }
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
+    msgpack_pack_map(pk, 3 + (model != NULL) + has_tokens + (spend != NULL));
+    pack_pair(pk, "user_id", argv[0]);
+    pack_pair(pk, "provider", argv[1]);
+    if (model)
+        pack_pair(pk, "model", model);
+    if (spend)
+        pack_pair(pk, "spend", spend);
+    msgpack_pack_str(pk, 4);
+    msgpack_pack_str_body(pk, "cost", 4);
+    msgpack_pack_uint32(pk, (uint32_t)cost);
+    if (has_tokens) {
+        msgpack_pack_str(pk, 6);
+        msgpack_pack_str_body(pk, "tokens", 6);
+        msgpack_pack_uint64(pk, tokens);
+    }
+    return print_answer(c, msgid, "allowed");
+}
+
+static int cmd_settle(usaged_client *c, int argc, char **argv)
+{
+    uint64_t tokens = 0;
+    bool has_tokens = false, cancel = false;
+    const char *spend = NULL;
+    if (argc < 1 || argv[0][0] == '-') {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--cancel") == 0) {
+            cancel = true;
+        } else if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
+            if (!option_uint("--tokens", argv[++i], UINT64_MAX, &tokens))
+                return EXIT_USAGE;
+            has_tokens = true;
+        } else if (strcmp(argv[i], "--spend") == 0 && i + 1 < argc) {
+            spend = argv[++i];
+        } else {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+    }
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_SETTLE, 1, &msgid);
+    msgpack_pack_map(pk, 1 + has_tokens + (spend != NULL) + cancel);
+    pack_pair(pk, "reservation", argv[0]);
+    if (spend)
+        pack_pair(pk, "spend", spend);
+    if (has_tokens) {
+        msgpack_pack_str(pk, 6);
+        msgpack_pack_str_body(pk, "tokens", 6);
+        msgpack_pack_uint64(pk, tokens);
+    }
+    if (cancel) {
+        msgpack_pack_str(pk, 6);
+        msgpack_pack_str_body(pk, "cancel", 6);
+        msgpack_pack_true(pk);
+    }
+    return print_answer(c, msgid, "settled");
 }
 
 static int cmd_stats(usaged_client *c, int argc, char **argv)
@@ -488,8 +595,9 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(cargc, cargv, argv[0]);
     bool known = strcmp(cmd, "ping") == 0 || strcmp(cmd, "stats") == 0 ||
-                 strcmp(cmd, "check") == 0 || strcmp(cmd, "log-usage") == 0 ||
-                 strcmp(cmd, "log-prompt") == 0 || strcmp(cmd, "call") == 0;
+                 strcmp(cmd, "check") == 0 || strcmp(cmd, "settle") == 0 ||
+                 strcmp(cmd, "log-usage") == 0 || strcmp(cmd, "log-prompt") == 0 ||
+                 strcmp(cmd, "call") == 0;
     if (!known) {
         fprintf(stderr, "usagectl: unknown command %s\n%s", cmd, usage_text);
         return EXIT_USAGE;
@@ -539,6 +647,8 @@ int main(int argc, char **argv)
             rc = cmd_stats(c, cargc, cargv);
         } else if (strcmp(cmd, "check") == 0) {
             rc = cmd_check(c, cargc, cargv);
+        } else if (strcmp(cmd, "settle") == 0) {
+            rc = cmd_settle(c, cargc, cargv);
         } else if (strcmp(cmd, "log-usage") == 0) {
             rc = cmd_log(c, USAGED_METHOD_LOG_USAGE, cargc, cargv);
         } else if (strcmp(cmd, "log-prompt") == 0) {

@@ -101,6 +101,52 @@ struct usaged_check_result {
 int usaged_check(usaged_client *c, const char *user_id, const char *provider, uint32_t cost,
                  struct usaged_check_result *out);
 
+/* Budgets (protocol 1 additions): a check that may send model, tokens and spend, and reads the
+ * rules that applied. New structs and calls beside the ones above, which keep their layout. */
+struct usaged_check_request {
+    const char *user_id;  /* required */
+    const char *provider; /* required */
+    const char *model;    /* NULL: none */
+    uint32_t cost;        /* requests; a peek when cost, tokens and spend are all 0 */
+    uint64_t tokens;      /* estimate */
+    const char *spend;    /* estimate in USD, a decimal string with at most 6 places; NULL: 0 */
+};
+
+/* One rule that applied: spend amounts in micro-dollars (the answer's decimal strings). */
+struct usaged_limit {
+    char dimension[12];                         /* requests, tokens, spend */
+    char window[8];                             /* minute, hour, day, month */
+    char scope[12];                             /* user, provider, model */
+    struct usaged_quota limit, used, remaining; /* has_value false: nil (unlimited, unknown) */
+    uint64_t reset_ms;
+};
+
+#define USAGED_MAX_LIMITS 48
+
+struct usaged_budget_result {
+    struct usaged_check_result check; /* the v1 keys */
+    char reservation[64];             /* "" when none: settle it after the call */
+    size_t nlimits;
+    struct usaged_limit limits[USAGED_MAX_LIMITS];
+    bool has_denied_by;
+    struct usaged_limit denied_by;
+};
+
+int usaged_check_budget(usaged_client *c, const struct usaged_check_request *req,
+                        struct usaged_budget_result *out);
+
+struct usaged_settle_request {
+    const char *reservation; /* required: as check returned it */
+    bool has_tokens;
+    uint64_t tokens;   /* what the call used */
+    const char *spend; /* USD used, a decimal string; NULL: keep the estimate */
+    bool cancel;       /* the call was not made: give back everything */
+};
+
+/* Settles a reservation; *duplicate (may be NULL) says it had been settled before. An unknown
+ * one is USAGED_ERR_SERVER with usaged_error_code() USAGED_ERR_UNKNOWN_RESERVATION (protocol.h). */
+int usaged_settle(usaged_client *c, const struct usaged_settle_request *req, bool *duplicate);
+
 /* Optional fields of an event: a field is sent when its has_ flag (or a non-NULL string) says. */
 struct usaged_usage_event {
     const char *id;       /* uuid or NULL: the daemon assigns a UUIDv7 */
@@ -139,6 +185,12 @@ int usaged_log_usage(usaged_client *c, const struct usaged_usage_event *events, 
                      enum usaged_ack ack, bool notify, uint64_t *accepted);
 int usaged_log_prompt(usaged_client *c, const struct usaged_prompt_event *events, size_t count,
                       enum usaged_ack ack, bool notify, uint64_t *accepted);
+
+/* usaged_log_prompt with a reservation per event (reservations[i] NULL: none): once accepted,
+ * the daemon settles each with the event's tokens_used and cost_usd (cancelled: cancels it). */
+int usaged_log_prompt_reserved(usaged_client *c, const struct usaged_prompt_event *events,
+                               const char *const *reservations, size_t count, enum usaged_ack ack,
+                               bool notify, uint64_t *accepted);
 
 /* The stats map; *result valid until the next call. */
 int usaged_stats(usaged_client *c, const msgpack_object **result);

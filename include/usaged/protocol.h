@@ -19,6 +19,7 @@
 #define USAGED_METHOD_LOG_USAGE "log_usage"
 #define USAGED_METHOD_LOG_PROMPT "log_prompt"
 #define USAGED_METHOD_STATS "stats"
+#define USAGED_METHOD_SETTLE "settle"
 /* The notification the daemon sends when a stream cannot be answered message by message. */
 #define USAGED_NOTIFY_ERROR "error"
 
@@ -33,10 +34,14 @@
 #define USAGED_ERR_TOO_LARGE "too_large"
 #define USAGED_ERR_SHUTTING_DOWN "shutting_down"
 #define USAGED_ERR_INTERNAL "internal"
+#define USAGED_ERR_UNKNOWN_RESERVATION "unknown_reservation"
 
 /* Reasons a check is denied. */
 #define USAGED_REASON_MINUTE_LIMIT "minute_limit"
+#define USAGED_REASON_HOUR_LIMIT "hour_limit"
 #define USAGED_REASON_DAY_LIMIT "day_limit"
+#define USAGED_REASON_MONTH_LIMIT "month_limit"
+#define USAGED_REASON_CONCURRENCY_LIMIT "concurrency_limit"
 #define USAGED_REASON_PROVIDER_DISABLED "provider_disabled"
 #define USAGED_REASON_UNAVAILABLE "unavailable"
 

@@ -17,6 +17,7 @@ static const char *const code_names[RPC_CODE_COUNT] = {
     [RPC_TOO_LARGE] = USAGED_ERR_TOO_LARGE,
     [RPC_SHUTTING_DOWN] = USAGED_ERR_SHUTTING_DOWN,
     [RPC_INTERNAL] = USAGED_ERR_INTERNAL,
+    [RPC_UNKNOWN_RESERVATION] = USAGED_ERR_UNKNOWN_RESERVATION,
 };
 
 const char *rpc_code_name(enum rpc_code code)

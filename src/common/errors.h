@@ -17,6 +17,7 @@ enum rpc_code {
     RPC_TOO_LARGE,
     RPC_SHUTTING_DOWN,
     RPC_INTERNAL,
+    RPC_UNKNOWN_RESERVATION,
     RPC_CODE_COUNT
 };
 

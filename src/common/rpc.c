@@ -14,6 +14,7 @@ static const char *const method_names[RPC_METHOD_COUNT] = {
     [RPC_LOG_USAGE] = USAGED_METHOD_LOG_USAGE,
     [RPC_LOG_PROMPT] = USAGED_METHOD_LOG_PROMPT,
     [RPC_STATS] = USAGED_METHOD_STATS,
+    [RPC_SETTLE] = USAGED_METHOD_SETTLE,
 };
 
 const char *rpc_method_name(enum rpc_method method)

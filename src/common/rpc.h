@@ -17,6 +17,7 @@ enum rpc_method {
     RPC_LOG_USAGE,
     RPC_LOG_PROMPT,
     RPC_STATS,
+    RPC_SETTLE,
     RPC_METHOD_COUNT,
     RPC_METHOD_UNKNOWN = RPC_METHOD_COUNT
 };

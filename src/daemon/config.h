@@ -33,6 +33,18 @@ struct config_user_override {
     struct config_limit per_day;
 };
 
+/* One rule of limits.rules: a key such as tokens_per_day of one item (an item gives as many
+ * rules as it has such keys). */
+struct config_rule {
+    bool has_user;
+    uint8_t user_id[16];
+    char *provider; /* NULL: every provider */
+    char *model;    /* NULL: any model */
+    int dimension;  /* 0 requests, 1 tokens, 2 spend (enum rules_dimension) */
+    int window;     /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window) */
+    int64_t amount; /* -1: unlimited; spend in micro-dollars */
+};
+
 struct config_refresh {
     char *view;         /* schema-qualified materialized view name, as written */
     uint32_t every_s;   /* interval between refreshes */
@@ -84,6 +96,10 @@ struct config {
         size_t provider_count;
         struct config_user_override *users;
         size_t user_count;
+        struct config_rule *rules;
+        size_t rule_count;
+        uint32_t reservation_ttl_s; /* how long an unsettled reservation is kept in Redis */
+        uint32_t settle_queue;      /* settles of log_prompt events held while Redis is away */
     } limits;
 
     struct {

@@ -1,6 +1,9 @@
 /* config_lists: the lists and maps of the config with parsers of their own (limits.providers,
- * limits.users, refresh), hooked into the key table of config.c as struct config_list. */
+ * limits.users, limits.rules, refresh), hooked into the key table of config.c as struct
+ * config_list. */
 #include "config_reader.h"
+
+#include "money.h"
 
 #include "utf8.h"
 #include "uuid.h"
@@ -133,6 +136,146 @@ static bool parse_users(struct config_reader *p, yaml_node_t *list, struct confi
     return true;
 }
 
+/* limits.rules: each item names a pattern (user_id, provider, model; each optional) and one or
+ * more amounts DIMENSION_per_WINDOW, each of which is a rule. */
+static const char *const rule_dimensions[] = {"requests", "tokens", "spend"};
+static const char *const rule_windows[] = {"minute", "hour", "day", "month"};
+#define RULE_TOKENS_MAX 1000000000000LL
+
+struct rule_item {
+    struct config_rule pattern;
+    int64_t amount[3][4];
+    bool set[3][4];
+    const char *what;
+};
+
+static bool rule_amount(struct config_reader *p, yaml_node_t *v, const char *name, int dimension,
+                        int64_t *out)
+{
+    if (config_is_null(v) ||
+        (v->type == YAML_SCALAR_NODE && strcmp(config_scalar(v), "unlimited") == 0)) {
+        *out = -1;
+        return true;
+    }
+    if (dimension == 2) {
+        if (v->type != YAML_SCALAR_NODE ||
+            !money_parse(config_scalar(v), v->data.scalar.length, out))
+            return config_fail(p, v,
+                               "%s must be an amount of USD (a decimal with at most 6 places, "
+                               "up to %lld), or unlimited",
+                               name, MONEY_MAX_USD);
+        return true;
+    }
+    uint64_t n = 0;
+    uint64_t max = dimension == 0 ? INT32_MAX : (uint64_t)RULE_TOKENS_MAX;
+    if (!config_read_uint(p, v, name, 0, max, false, &n))
+        return false;
+    *out = (int64_t)n;
+    return true;
+}
+
+static bool rule_pair(struct config_reader *p, const char *key, yaml_node_t *v, void *ctx)
+{
+    struct rule_item *r = ctx;
+    char name[160];
+    snprintf(name, sizeof(name), "%s.%s", r->what, key);
+    if (strcmp(key, "user_id") == 0) {
+        r->pattern.has_user = true;
+        if (v->type != YAML_SCALAR_NODE ||
+            !uuid_parse(config_scalar(v), v->data.scalar.length, r->pattern.user_id))
+            return config_fail(p, v, "%s must be a UUID", name);
+        return true;
+    }
+    if (strcmp(key, "provider") == 0 || strcmp(key, "model") == 0) {
+        char **field = key[0] == 'p' ? &r->pattern.provider : &r->pattern.model;
+        size_t chars;
+        if (!config_read_string(p, v, name, false, false, field))
+            return false;
+        if (!utf8_valid(*field, strlen(*field), &chars) || chars > 50)
+            return config_fail(p, v, "%s must be 1 to 50 characters", name);
+        return true;
+    }
+    if (strcmp(key, "concurrent") == 0 || strcmp(key, "shadow") == 0 ||
+        strcmp(key, "alert_at_percent") == 0)
+        return config_fail(p, p->key_node,
+                           "%s: concurrent, shadow and alert_at_percent are not supported by "
+                           "this version",
+                           name);
+    for (int d = 0; d < 3; d++)
+        for (int w = 0; w < 4; w++) {
+            char amount_key[32];
+            snprintf(amount_key, sizeof(amount_key), "%s_per_%s", rule_dimensions[d],
+                     rule_windows[w]);
+            if (strcmp(key, amount_key) == 0) {
+                r->set[d][w] = true;
+                return rule_amount(p, v, name, d, &r->amount[d][w]);
+            }
+        }
+    return config_fail(p, p->key_node, "unknown key %s", name);
+}
+
+static bool same_pattern(const struct config_rule *a, const struct config_rule *b)
+{
+    return a->has_user == b->has_user && (!a->has_user || !memcmp(a->user_id, b->user_id, 16)) &&
+           !strcmp(a->provider ? a->provider : "", b->provider ? b->provider : "") &&
+           !strcmp(a->model ? a->model : "", b->model ? b->model : "");
+}
+
+static bool parse_rules(struct config_reader *p, yaml_node_t *list, struct config *c)
+{
+    if (config_is_null(list))
+        return true;
+    if (list->type != YAML_SEQUENCE_NODE)
+        return config_fail(p, list, "limits.rules must be a list");
+    size_t index = 0;
+    for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top;
+         it++, index++) {
+        yaml_node_t *item = config_node_at(p, *it);
+        char what[64];
+        snprintf(what, sizeof(what), "limits.rules[%zu]", index);
+        struct rule_item r;
+        memset(&r, 0, sizeof(r));
+        r.what = what;
+        if (item->type != YAML_MAPPING_NODE)
+            return config_fail(p, item,
+                               "%s must be a mapping with user_id, provider, model and amounts "
+                               "such as tokens_per_day",
+                               what);
+        bool ok = config_each_pair(p, item, what, rule_pair, &r);
+        size_t added = 0;
+        for (int d = 0; ok && d < 3; d++)
+            for (int w = 0; w < 4; w++) {
+                if (!r.set[d][w])
+                    continue;
+                for (size_t j = 0; j < c->limits.rule_count; j++) {
+                    const struct config_rule *o = &c->limits.rules[j];
+                    if (o->dimension == d && o->window == w && same_pattern(o, &r.pattern))
+                        ok = config_fail(p, item, "%s repeats %s_per_%s of an earlier rule", what,
+                                         rule_dimensions[d], rule_windows[w]);
+                }
+                if (!ok)
+                    break;
+                c->limits.rules = xrealloc(c->limits.rules,
+                                           (c->limits.rule_count + 1) * sizeof(*c->limits.rules));
+                struct config_rule *out = &c->limits.rules[c->limits.rule_count++];
+                *out = r.pattern;
+                out->provider = r.pattern.provider ? xstrdup(r.pattern.provider) : NULL;
+                out->model = r.pattern.model ? xstrdup(r.pattern.model) : NULL;
+                out->dimension = d;
+                out->window = w;
+                out->amount = r.amount[d][w];
+                added++;
+            }
+        if (ok && !added)
+            ok = config_fail(p, item, "%s has no amount (such as tokens_per_day: 100000)", what);
+        free(r.pattern.provider);
+        free(r.pattern.model);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 static bool refresh_pair(struct config_reader *p, const char *key, yaml_node_t *v, void *ctx)
 {
     struct config_refresh *r = ctx;
@@ -193,6 +336,15 @@ static void release_users(struct config *c)
     free(c->limits.users);
 }
 
+static void release_rules(struct config *c)
+{
+    for (size_t i = 0; i < c->limits.rule_count; i++) {
+        free(c->limits.rules[i].provider);
+        free(c->limits.rules[i].model);
+    }
+    free(c->limits.rules);
+}
+
 static void release_refresh(struct config *c)
 {
     for (size_t i = 0; i < c->refresh_count; i++)
@@ -207,4 +359,5 @@ static bool parse_providers(struct config_reader *p, yaml_node_t *v, struct conf
 
 const struct config_list config_providers_list = {parse_providers, release_providers, NULL, NULL};
 const struct config_list config_users_list = {parse_users, release_users, NULL, NULL};
+const struct config_list config_rules_list = {parse_rules, release_rules, NULL, NULL};
 const struct config_list config_refresh_list = {parse_refresh, release_refresh, NULL, NULL};

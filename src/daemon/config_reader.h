@@ -35,6 +35,7 @@ struct config_list {
 /* config_lists.c */
 extern const struct config_list config_providers_list; /* limits.providers */
 extern const struct config_list config_users_list;     /* limits.users */
+extern const struct config_list config_rules_list;     /* limits.rules */
 extern const struct config_list config_refresh_list;   /* refresh */
 
 /* Fills the error (FILE:LINE:COL: message, of node, or 1:1 without one); returns false. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "methods_check.h"
 #include "usaged/protocol.h"
 
 static bool no_params(const struct rpc_message *m, struct rpc_error *e)
@@ -96,6 +97,7 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
     case RPC_STATS:
         return do_stats(mt, c, m);
     case RPC_CHECK:
+    case RPC_SETTLE:
     case RPC_LOG_USAGE:
     case RPC_LOG_PROMPT:
         if (*mt->stopping) {
@@ -105,13 +107,15 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
         if (m->method == RPC_LOG_USAGE)
             return methods_log(mt->log, EVENT_USAGE, c, m);
         if (m->method == RPC_LOG_PROMPT)
-            return methods_log(mt->log, EVENT_PROMPT, c, m);
-        return limiter_submit(mt->limiter, c, m);
+            return methods_log_prompt(mt->log, mt->limiter, c, m);
+        if (m->method == RPC_SETTLE)
+            return methods_settle(mt->limiter, c, m);
+        return methods_check(mt->limiter, c, m);
     case RPC_METHOD_UNKNOWN:
         break;
     }
     rpc_error_set(&e, RPC_UNKNOWN_METHOD,
-                  "unknown method; the methods are ping, auth, check, log_usage, log_prompt "
-                  "and stats");
+                  "unknown method; the methods are ping, auth, check, settle, log_usage, "
+                  "log_prompt and stats");
     return conn_refuse(c, m, &e);
 }

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 
+#include "methods_check.h"
 #include "methods_log.h"
 #include "rpc.h"
 
@@ -55,7 +56,7 @@ void stats_pack(const struct stats_sources *s, msgpack_packer *pk)
     methods_log_pack_spool_stats(s->spool, pk);
 
     rpc_pack_str(pk, "limits");
-    limiter_pack_stats(s->limiter, pk);
+    methods_check_pack_stats(s->limiter, pk);
 
     rpc_pack_str(pk, "refresh");
     refresh_pack_stats(s->refresh, pk);

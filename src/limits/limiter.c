@@ -1,26 +1,26 @@
 /* limiter: see limiter.h.
  *
- * A check's path: params validated -> limits resolved (unknown, disabled and unlimited are
- * answered at once) -> the key's entry in a fixed-size table (the over-limit cache, the local
- * fallback windows, and the queue behind a call in flight) -> a denial from the cache, or a
- * place in the queue, or a script call of its own. */
+ * A check's path: rules resolved (unknown, disabled and unlimited are answered at once) -> the
+ * key's entry in a fixed-size table (the over-limit cache, and the queue behind a call in
+ * flight) -> a denial from the cache, or a place in the queue, or a script call of its own.
+ * Settles go in a script call of their own (the same script, mode 's'); the ones of log_prompt
+ * events wait in a queue while Redis is away (settle.c). */
 #include "limiter.h"
+#include "limiter_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/random.h>
 
+#include "buf.h"
+#include "clock.h"
 #include "log.h"
-#include "utf8.h"
 #include "uuid.h"
 #include "xalloc.h"
 
 #include "usaged/protocol.h"
-
-#define MINUTE_MS 60000ULL
-#define DAY_MS 86400000ULL
 
 /* Answered checks and calls kept for reuse, each. None under AddressSanitizer, which can then
  * still catch a use after free on these paths. */
@@ -35,293 +35,21 @@
 #define LIMITER_SPARE 4096
 #endif
 #define KEY_CAPACITY 16384        /* entries of the key table; a power of two */
-#define KEY_PROBES 16             /* slots looked at per key */
 #define MAX_COSTS_PER_CALL 512    /* checks of one key in one call */
 #define MAX_CHECKS_PER_BATCH 1024 /* checks of all keys in one script call */
 #define CACHE_MARGIN_MS 50        /* the cache stops this long before a window ends */
-
-/* KEYS: the bases of one or more keys. ARGV, for each key in turn: limit per minute, limit per
- * day (-1: unlimited), the number of checks n, then the cost of each of the n checks, applied in
- * order. Returns {now_ms, then per check of every key in turn: deny bits, minute count, day
- * count}. Each check adds its cost to both windows and takes it back if either is over: the
- * script is atomic, so nobody sees the difference, and the common case (allowed) costs two
- * INCRBYs instead of two GETs and two SETs. A window's key expires with it (plus a margin).
- * The cost goes to INCRBY as the string it came as, and "1" needs no tonumber: Lua numbers to and
- * from strings (printf, strtod) were a tenth of Redis's work per check.
- * Many keys in one call share Redis's per-call cost (most of a short script's); the keys of one
- * base share its hash tag, but different bases do not, so this needs one Redis, not a Cluster.
- * A key that Redis refuses to count (of another type, or not a number: written by someone
- * else) fails that key alone: its checks come back with deny -1 and the error in place of the
- * minute count, the minute increment already made for the check is taken back, and the checks
- * of the other keys in the call are answered as usual. */
-const char limiter_script[] = "local t = redis.call('TIME')\n"
-                              "local sec = tonumber(t[1])\n"
-                              "local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-                              "local sm = ':m:' .. math.floor(sec / 60)\n"
-                              "local sd = ':d:' .. math.floor(sec / 86400)\n"
-                              "local em = tostring(120 - sec % 60)\n"
-                              "local ed = tostring(90000 - sec % 86400)\n"
-                              "local out = {now}\n"
-                              "local a = 1\n"
-                              "for k = 1, #KEYS do\n"
-                              "  local lm = tonumber(ARGV[a])\n"
-                              "  local ld = tonumber(ARGV[a + 1])\n"
-                              "  local last = a + 2 + tonumber(ARGV[a + 2])\n"
-                              "  local km = KEYS[k] .. sm\n"
-                              "  local kd = KEYS[k] .. sd\n"
-                              "  local err = nil\n"
-                              "  for i = a + 3, last do\n"
-                              "    local s = ARGV[i]\n"
-                              "    local c = 1\n"
-                              "    if s ~= '1' then c = tonumber(s) end\n"
-                              "    local um = 0\n"
-                              "    local ud = 0\n"
-                              "    local deny = -1\n"
-                              "    if not err and lm >= 0 then\n"
-                              "      um = redis.pcall('INCRBY', km, s)\n"
-                              "      if type(um) == 'table' then err = um.err\n"
-                              "      elseif um == c then redis.call('EXPIRE', km, em) end\n"
-                              "    end\n"
-                              "    if not err and ld >= 0 then\n"
-                              "      ud = redis.pcall('INCRBY', kd, s)\n"
-                              "      if type(ud) == 'table' then\n"
-                              "        err = ud.err\n"
-                              "        if lm >= 0 then redis.call('DECRBY', km, s) end\n"
-                              "      elseif ud == c then redis.call('EXPIRE', kd, ed) end\n"
-                              "    end\n"
-                              "    if err then\n"
-                              "      um = err\n"
-                              "      ud = 0\n"
-                              "    else\n"
-                              "      deny = 0\n"
-                              "      if lm >= 0 and um > lm then deny = deny + 1 end\n"
-                              "      if ld >= 0 and ud > ld then deny = deny + 2 end\n"
-                              "      if deny ~= 0 and c > 0 then\n"
-                              "        if lm >= 0 then um = redis.call('DECRBY', km, s) end\n"
-                              "        if ld >= 0 then ud = redis.call('DECRBY', kd, s) end\n"
-                              "      end\n"
-                              "    end\n"
-                              "    out[#out + 1] = deny\n"
-                              "    out[#out + 1] = um\n"
-                              "    out[#out + 1] = ud\n"
-                              "  end\n"
-                              "  a = last + 1\n"
-                              "end\n"
-                              "return out\n";
-
-/* ---- pure core ---- */
-
-static int64_t left_in(int64_t limit, int64_t used)
-{
-    if (limit == RULES_UNLIMITED)
-        return RULES_UNLIMITED;
-    return used >= limit ? 0 : limit - used;
-}
-
-static void fill_resets(struct check_result *out, uint64_t now_ms)
-{
-    out->reset_minute_ms = MINUTE_MS - now_ms % MINUTE_MS;
-    out->reset_day_ms = DAY_MS - now_ms % DAY_MS;
-}
-
-void limiter_decide(const struct rules_resolved *lim, int deny, int64_t used_minute,
-                    int64_t used_day, uint64_t now_ms, struct check_result *out)
-{
-    memset(out, 0, sizeof(*out));
-    fill_resets(out, now_ms);
-    out->limit_minute = lim->per_minute;
-    out->limit_day = lim->per_day;
-    out->remaining_minute = left_in(lim->per_minute, used_minute);
-    out->remaining_day = left_in(lim->per_day, used_day);
-    out->allowed = deny == 0;
-    if (deny & LIMITER_DENY_DAY)
-        out->reason = USAGED_REASON_DAY_LIMIT; /* the longer wait names the reason */
-    else if (deny & LIMITER_DENY_MINUTE)
-        out->reason = USAGED_REASON_MINUTE_LIMIT;
-    if (deny & LIMITER_DENY_MINUTE)
-        out->retry_after_ms = out->reset_minute_ms;
-    if ((deny & LIMITER_DENY_DAY) && out->reset_day_ms > out->retry_after_ms)
-        out->retry_after_ms = out->reset_day_ms;
-}
-
-void limiter_local_check(struct limiter_local *w, const struct rules_resolved *lim, uint32_t cost,
-                         uint64_t now_ms, struct check_result *out)
-{
-    int64_t minute = (int64_t)(now_ms / MINUTE_MS), day = (int64_t)(now_ms / DAY_MS);
-    if (w->minute != minute) {
-        w->minute = minute;
-        w->minute_used = 0;
-    }
-    if (w->day != day) {
-        w->day = day;
-        w->day_used = 0;
-    }
-    int deny = 0;
-    if (lim->per_minute != RULES_UNLIMITED && w->minute_used + cost > lim->per_minute)
-        deny |= LIMITER_DENY_MINUTE;
-    if (lim->per_day != RULES_UNLIMITED && w->day_used + cost > lim->per_day)
-        deny |= LIMITER_DENY_DAY;
-    if (deny == 0) {
-        w->minute_used += cost;
-        w->day_used += cost;
-    }
-    limiter_decide(lim, deny, w->minute_used, w->day_used, now_ms, out);
-    out->degraded = true;
-}
-
-/* A check's answer is the daemon's most frequent message, so it is encoded here into one buffer
- * and handed to the packer in one write: ten keys that never change go out as ready-made bytes
- * (fixstr header and text), and the integers take msgpack-c's encodings (the shortest form; a
- * negative one as signed). Through the packer, key by key, it cost 2.5k instructions per check. */
-#define KEY(lit) lit, sizeof(lit) - 1
-
-static uint8_t *put_bytes(uint8_t *p, const char *bytes, size_t len)
-{
-    memcpy(p, bytes, len);
-    return p + len;
-}
-
-static uint8_t *put_be(uint8_t *p, uint8_t tag, uint64_t v, int len)
-{
-    *p++ = tag;
-    for (int i = len - 1; i >= 0; i--)
-        *p++ = (uint8_t)(v >> (8 * i));
-    return p;
-}
-
-static uint8_t *put_uint(uint8_t *p, uint64_t v)
-{
-    if (v < 128) {
-        *p++ = (uint8_t)v;
-        return p;
-    }
-    if (v <= UINT8_MAX)
-        return put_be(p, 0xcc, v, 1);
-    if (v <= UINT16_MAX)
-        return put_be(p, 0xcd, v, 2);
-    if (v <= UINT32_MAX)
-        return put_be(p, 0xce, v, 4);
-    return put_be(p, 0xcf, v, 8);
-}
-
-static uint8_t *put_int(uint8_t *p, int64_t v)
-{
-    if (v >= 0)
-        return put_uint(p, (uint64_t)v);
-    if (v >= -32) {
-        *p++ = (uint8_t)(int8_t)v;
-        return p;
-    }
-    if (v >= INT8_MIN)
-        return put_be(p, 0xd0, (uint64_t)v, 1);
-    if (v >= INT16_MIN)
-        return put_be(p, 0xd1, (uint64_t)v, 2);
-    if (v >= INT32_MIN)
-        return put_be(p, 0xd2, (uint64_t)v, 4);
-    return put_be(p, 0xd3, (uint64_t)v, 8);
-}
-
-static uint8_t *put_optional(uint8_t *p, const char *key, size_t keylen, int64_t v)
-{
-    p = put_bytes(p, key, keylen);
-    if (v == RULES_UNLIMITED) {
-        *p++ = 0xc0;
-        return p;
-    }
-    return put_int(p, v);
-}
-
-void limiter_pack_result(msgpack_packer *pk, const struct check_result *r)
-{
-    /* Keys 125 bytes; values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9. */
-    uint8_t out[512];
-    uint8_t *p = out;
-    p = put_bytes(p, KEY("\x8a\xa7"
-                         "allowed"));
-    *p++ = r->allowed ? 0xc3 : 0xc2;
-    p = put_bytes(p, KEY("\xa6"
-                         "reason"));
-    size_t reason_len = r->reason ? strlen(r->reason) : 0;
-    if (!r->reason) {
-        *p++ = 0xc0;
-    } else {
-        /* The reasons are the daemon's own short words. */
-        reason_len = reason_len > UINT8_MAX ? UINT8_MAX : reason_len;
-        if (reason_len < 32)
-            *p++ = (uint8_t)(0xa0 | reason_len);
-        else
-            p = put_be(p, 0xd9, reason_len, 1);
-        p = put_bytes(p, r->reason, reason_len);
-    }
-    p = put_optional(p,
-                     KEY("\xac"
-                         "limit_minute"),
-                     r->limit_minute);
-    p = put_optional(p,
-                     KEY("\xa9"
-                         "limit_day"),
-                     r->limit_day);
-    p = put_optional(p,
-                     KEY("\xb0"
-                         "remaining_minute"),
-                     r->remaining_minute);
-    p = put_optional(p,
-                     KEY("\xad"
-                         "remaining_day"),
-                     r->remaining_day);
-    p = put_bytes(p, KEY("\xaf"
-                         "reset_minute_ms"));
-    p = put_uint(p, r->reset_minute_ms);
-    p = put_bytes(p, KEY("\xac"
-                         "reset_day_ms"));
-    p = put_uint(p, r->reset_day_ms);
-    p = put_bytes(p, KEY("\xae"
-                         "retry_after_ms"));
-    p = put_uint(p, r->retry_after_ms);
-    p = put_bytes(p, KEY("\xa8"
-                         "degraded"));
-    *p++ = r->degraded ? 0xc3 : 0xc2;
-    pk->callback(pk->data, (const char *)out, (size_t)(p - out));
-}
-
-/* ---- the key table ---- */
-
-struct limiter_check {
-    struct conn *conn;
-    bool notification; /* nobody to answer; the connection holds it as pending */
-    uint32_t msgid;
-    uint32_t cost;
-    struct limiter_check *next;
-};
-
-struct limiter_key {
-    bool used;
-    bool inflight; /* a script call for this key is out, or in the batch not yet sent */
-    struct limiter_call *unsent; /* its call while in the batch: later checks can join it */
-    uint8_t provider_len;
-    uint32_t hash;
-    uint8_t user_id[16];
-    char provider[RULES_PROVIDER_BYTES + 1];
-    uint64_t last_used_ms; /* loop time, for eviction */
-    /* The over-limit cache: what was left in each window at the last answer from Redis, and
-     * until when (loop time) that window lasts. Valid for one limits generation. */
-    uint64_t generation;
-    uint64_t minute_end, day_end;
-    int64_t minute_left, day_left;
-    struct limiter_local local;  /* the fallback windows */
-    struct limiter_check *queue; /* checks waiting behind the call in flight */
-    struct limiter_check *queue_tail;
-    uint32_t queued;
-};
+#define LOCAL_SCOPES 65536        /* scopes counted under on_redis_error: local */
+#define LOCAL_RESERVATIONS 16384  /* reservations kept under on_redis_error: local */
 
 /* One key's part of a script call: checks of one key (or of no table entry), in arrival order. */
 struct limiter_call {
     struct limiter *l;
     struct limiter_call *next; /* in the batch */
-    struct limiter_key *key;
+    struct keytable_entry *key;
     uint8_t user_id[16];
+    uint8_t provider_len, model_len;
     char provider[RULES_PROVIDER_BYTES + 1];
-    uint8_t provider_len;
+    char model[RULES_MODEL_BYTES + 1];
     struct rules_resolved lim;
     struct limiter_check *checks, *checks_tail;
     uint32_t n;
@@ -358,7 +86,10 @@ static struct limiter_call *new_call(struct limiter *l)
         return xcalloc(1, sizeof(*call));
     l->spare_calls = call->next;
     l->nspare_calls--;
-    memset(call, 0, sizeof(*call));
+    call->next = NULL;
+    call->key = NULL;
+    call->checks = call->checks_tail = NULL;
+    call->n = 0;
     return call;
 }
 
@@ -374,166 +105,214 @@ static void free_call(struct limiter_call *call)
     l->nspare_calls++;
 }
 
-static uint32_t key_hash(const uint8_t user_id[16], const char *provider, size_t len)
+/* ---- reservations and scopes ---- */
+
+uint64_t limiter_wall_ms(void)
 {
-    uint32_t h = 2166136261u;
-    for (int i = 0; i < 16; i++)
-        h = (h ^ user_id[i]) * 16777619u;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)provider[i]) * 16777619u;
-    return h;
+    return (uint64_t)clock_wall_ms();
 }
 
-static bool key_is(const struct limiter_key *k, uint32_t h, const uint8_t user_id[16],
-                   const char *provider, size_t len)
+static uint64_t splitmix64(uint64_t x)
 {
-    return k->used && k->hash == h && k->provider_len == len &&
-           memcmp(k->user_id, user_id, 16) == 0 && memcmp(k->provider, provider, len) == 0;
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
 }
 
-/* Finds or makes the entry of a key; NULL when every slot it could take is busy. */
-static struct limiter_key *key_get(struct limiter *l, const uint8_t user_id[16],
-                                   const char *provider, size_t len)
+/* A new reservation id: 16 hex digits, unique across daemons by their random seeds; a local
+ * one starts with 'l'. */
+static void new_rid(struct limiter *l, char rid[LOCAL_RID_LEN + 1], bool local)
 {
-    uint32_t h = key_hash(user_id, provider, len);
-    uint32_t mask = l->key_capacity - 1;
-    struct limiter_key *victim = NULL;
-    for (uint32_t p = 0; p < KEY_PROBES; p++) {
-        struct limiter_key *k = &l->keys[(h + p) & mask];
-        if (key_is(k, h, user_id, provider, len))
-            return k;
-        if (!k->used) {
-            victim = k;
-            l->key_count++;
-            break;
-        }
-        if (!k->inflight && !k->queue && (!victim || k->last_used_ms < victim->last_used_ms))
-            victim = k;
+    static const char hex[] = "0123456789abcdef";
+    uint64_t v = splitmix64(l->rid_seed + l->rid_next++);
+    for (int i = 0; i < LOCAL_RID_LEN; i++)
+        rid[i] = hex[(v >> (4 * i)) & 15];
+    if (local)
+        rid[0] = 'l';
+    rid[LOCAL_RID_LEN] = '\0';
+}
+
+bool limiter_parse_reservation(const char *s, size_t len, uint8_t user_id[16],
+                               char rid[LOCAL_RID_LEN + 1])
+{
+    if (len != DECISION_RESERVATION_LEN || s[UUID_STRING_LEN] != '.' ||
+        !uuid_parse(s, UUID_STRING_LEN, user_id))
+        return false;
+    const char *r = s + UUID_STRING_LEN + 1;
+    for (int i = 0; i < LOCAL_RID_LEN; i++) {
+        char c = r[i];
+        bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (i == 0 && c == 'l');
+        if (!ok)
+            return false;
+        rid[i] = c;
     }
-    if (!victim)
-        return NULL;
-    memset(victim, 0, sizeof(*victim));
-    victim->used = true;
-    victim->hash = h;
-    victim->provider_len = (uint8_t)len;
-    memcpy(victim->user_id, user_id, 16);
-    memcpy(victim->provider, provider, len);
-    return victim;
+    rid[LOCAL_RID_LEN] = '\0';
+    return true;
+}
+
+static void format_reservation(const uint8_t user_id[16], const char *rid, char *out)
+{
+    uuid_format(user_id, out);
+    out[UUID_STRING_LEN] = '.';
+    memcpy(out + UUID_STRING_LEN + 1, rid, LOCAL_RID_LEN);
+    out[DECISION_RESERVATION_LEN] = '\0';
+}
+
+/* The suffix of a scope's hash after the user's base: ":a" (every provider, any model),
+ * ":p:" provider, ":m:" model, ":pm:" provider length ":" provider model. */
+size_t limiter_scope_suffix(const struct rules_applied *r, const char *provider, size_t plen,
+                            const char *model, size_t mlen, char *out)
+{
+    size_t n = 0;
+    if (!r->by_provider && !r->by_model) {
+        memcpy(out, ":a", 2);
+        return 2;
+    }
+    if (r->by_provider && r->by_model) {
+        n = (size_t)sprintf(out, ":pm:%zu:", plen);
+    } else {
+        memcpy(out, r->by_provider ? ":p:" : ":m:", 3);
+        n = 3;
+    }
+    if (r->by_provider) {
+        memcpy(out + n, provider, plen);
+        n += plen;
+    }
+    if (r->by_model) {
+        memcpy(out + n, model, mlen);
+        n += mlen;
+    }
+    return n;
 }
 
 /* ---- answering ---- */
 
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void answer(struct limiter *l, struct limiter_check *check, const uint8_t user_id[16],
-                   const char *provider, size_t len, const struct check_result *r)
+                   const char *provider, size_t len, struct check_result *r)
 {
-    if (r->allowed)
+    if (r->allowed) {
         l->stats.allowed++;
-    else if (strcmp(r->reason, USAGED_REASON_DAY_LIMIT) == 0)
-        l->stats.denied_day++;
-    else if (strcmp(r->reason, USAGED_REASON_MINUTE_LIMIT) == 0)
-        l->stats.denied_minute++;
-    else if (strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0)
+    } else if (r->denied_by >= 0) {
+        l->stats.denied[r->rules->rule[r->denied_by].window]++;
+    } else if (r->reason && strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0) {
         l->stats.denied_disabled++;
+    }
     if (r->degraded)
         l->stats.degraded++;
-    if (!r->allowed && l->log_denied && check->cost > 0 && l->on_denied)
-        l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)wall_ms());
-    if (check->notification) {
-        conn_release(check->conn);
-    } else {
-        limiter_pack_result(conn_reply(check->conn, check->msgid), r);
-        conn_unref(check->conn);
+    if (r->allowed && check->rid[0]) {
+        format_reservation(user_id, check->rid, r->reservation);
+        l->stats.reservations++;
     }
+    if (!r->allowed && l->log_denied && !decision_is_peek(&check->amounts) && l->on_denied)
+        l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)limiter_wall_ms());
+    /* Back on the free list first: done may submit another check, which can take it. */
+    limiter_done_fn done = check->done;
+    void *arg = check->arg;
+    uint64_t tag = check->tag;
     free_check(l, check);
+    done(arg, tag, r);
 }
 
 /* Redis could not decide: the configured policy does. */
-static void answer_degraded(struct limiter *l, struct limiter_key *key, struct limiter_check *check,
-                            const uint8_t user_id[16], const char *provider, size_t len,
-                            const struct rules_resolved *lim)
+static void answer_degraded(struct limiter *l, struct limiter_check *check,
+                            const struct limiter_call *call)
 {
     struct check_result r;
-    uint64_t now = wall_ms();
+    uint64_t now = limiter_wall_ms();
+    const struct rules_resolved *lim = &call->lim;
     switch (l->policy) {
-    case CONFIG_REDIS_LOCAL:
-        if (key) {
-            limiter_local_check(&key->local, lim, check->cost, now, &r);
-            break;
+    case CONFIG_REDIS_LOCAL: {
+        uint64_t scope[RULES_APPLY_MAX];
+        int64_t used[RULES_APPLY_MAX];
+        char suffix[RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16];
+        for (int i = 0; i < lim->counted; i++) {
+            size_t n = limiter_scope_suffix(&lim->rule[i], call->provider, call->provider_len,
+                                            call->model, call->model_len, suffix);
+            scope[i] = local_scope_hash(call->user_id, suffix, n);
         }
-        /* No table slot to count in (every one busy): fall through to allowing. */
-        /* fallthrough */
-    case CONFIG_REDIS_ALLOW:
-        limiter_decide(lim, 0, 0, 0, now, &r);
-        r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
-        r.degraded = true;
-        break;
-    case CONFIG_REDIS_DENY:
-        limiter_decide(lim, 0, 0, 0, now, &r);
-        r.allowed = false;
-        r.reason = USAGED_REASON_UNAVAILABLE;
-        r.remaining_minute = r.remaining_day = RULES_UNLIMITED;
-        r.retry_after_ms = l->timeout_ms > 1000 ? l->timeout_ms : 1000;
-        r.degraded = true;
+        if (check->rid[0])
+            check->rid[0] = 'l'; /* kept here: settled here */
+        bool allowed = local_check(&l->local, call->user_id, scope, lim, &check->amounts, now,
+                                   check->rid[0] ? check->rid : NULL,
+                                   (uint64_t)l->reservation_ttl_s * 1000, used);
+        decision_make(lim, &check->amounts, allowed, used, now, &r);
         break;
     }
-    answer(l, check, user_id, provider, len, &r);
+    case CONFIG_REDIS_ALLOW:
+        check->rid[0] = '\0'; /* nothing counted: nothing to settle */
+        decision_uncounted(lim, true, NULL, now, &r);
+        break;
+    case CONFIG_REDIS_DENY:
+        decision_uncounted(lim, false, USAGED_REASON_UNAVAILABLE, now, &r);
+        r.retry_after_ms = l->timeout_ms > 1000 ? l->timeout_ms : 1000;
+        break;
+    }
+    r.degraded = true;
+    answer(l, check, call->user_id, call->provider, call->provider_len, &r);
 }
 
-/* The cache's verdict on a check of `cost`: a denial when some window has less left than it
- * asks for. Exact: what is left can only shrink within a window (others spend, nobody gives
- * back) until the limits change, which starts a new generation. */
-static bool cached_denial(struct limiter *l, struct limiter_key *key, uint32_t cost,
-                          const struct rules_resolved *lim, struct check_result *r)
+/* The over-limit cache holds for rules of the provider's requests per minute and per day
+ * alone, and only while no reservation can exist (a cancel gives requests back). */
+static bool cacheable(const struct limiter *l, const struct rules_resolved *lim)
 {
-    if (cost == 0 || key->generation != l->rules.generation)
+    if (l->rules.has_budgets || uv_now(l->loop) < l->budgets_until_ms)
+        return false;
+    for (int i = 0; i < lim->counted; i++) {
+        const struct rules_applied *r = &lim->rule[i];
+        if (!r->by_provider || r->by_model || r->dimension != RULES_REQUESTS ||
+            (r->window != RULES_MINUTE && r->window != RULES_DAY))
+            return false;
+    }
+    return true;
+}
+
+/* The cache's verdict on a check: a denial when some window has less left than it asks for.
+ * Exact: what is left can only shrink within a window (others spend, nobody gives back) until
+ * the limits change, which starts a new generation. */
+static bool cached_denial(struct limiter *l, struct keytable_entry *key,
+                          const struct limiter_check *check, const struct rules_resolved *lim,
+                          struct check_result *r)
+{
+    uint32_t cost = check->amounts.cost;
+    if (cost == 0 || key->generation != l->rules.generation || !cacheable(l, lim))
         return false;
     uint64_t now = uv_now(l->loop);
     bool minute_valid = now < key->minute_end, day_valid = now < key->day_end;
-    int deny = 0;
-    if (minute_valid && lim->per_minute != RULES_UNLIMITED && cost > key->minute_left)
-        deny |= LIMITER_DENY_MINUTE;
-    if (day_valid && lim->per_day != RULES_UNLIMITED && cost > key->day_left)
-        deny |= LIMITER_DENY_DAY;
-    if (!deny)
+    int deny = -1;
+    int64_t used[RULES_APPLY_MAX];
+    for (int i = 0; i < lim->counted; i++) {
+        const struct rules_applied *rule = &lim->rule[i];
+        bool minute = rule->window == RULES_MINUTE;
+        bool valid = minute ? minute_valid : day_valid;
+        int64_t left = minute ? key->minute_left : key->day_left;
+        used[i] = valid ? rule->limit - left : 0;
+        if (valid && cost > left && (deny < 0 || !minute))
+            deny = i;
+    }
+    if (deny < 0)
         return false;
-    limiter_decide(lim, deny, 0, 0, wall_ms(), r);
-    r->remaining_minute = lim->per_minute == RULES_UNLIMITED ? RULES_UNLIMITED
-                          : minute_valid                     ? key->minute_left
-                                                             : lim->per_minute;
-    r->remaining_day = lim->per_day == RULES_UNLIMITED ? RULES_UNLIMITED
-                       : day_valid                     ? key->day_left
-                                                       : lim->per_day;
+    decision_make(lim, &check->amounts, false, used, limiter_wall_ms(), r);
     /* Times to reset on Redis's clock, as remembered, rather than on this host's. */
-    if (minute_valid) {
+    if (minute_valid)
         r->reset_minute_ms = key->minute_end - now + CACHE_MARGIN_MS;
-        if (deny & LIMITER_DENY_MINUTE)
-            r->retry_after_ms = r->reset_minute_ms;
-    }
-    if (day_valid) {
+    if (day_valid)
         r->reset_day_ms = key->day_end - now + CACHE_MARGIN_MS;
-        if ((deny & LIMITER_DENY_DAY) && r->reset_day_ms > r->retry_after_ms)
-            r->retry_after_ms = r->reset_day_ms;
-    }
+    r->retry_after_ms =
+        lim->rule[r->denied_by].window == RULES_MINUTE ? r->reset_minute_ms : r->reset_day_ms;
     return true;
 }
 
 /* The window ends are counted from when the call was sent, not when its answer is read: the
  * script ran in between, so the true end is no earlier than this, whatever the reply's delay. */
-static void remember(struct limiter *l, struct limiter_key *key, const struct check_result *r,
+static void remember(struct limiter *l, struct keytable_entry *key, const struct check_result *r,
                      uint64_t sent_ms)
 {
     key->generation = l->rules.generation;
     key->minute_end = sent_ms + r->reset_minute_ms - CACHE_MARGIN_MS;
     key->day_end = sent_ms + r->reset_day_ms - CACHE_MARGIN_MS;
-    key->minute_left = r->remaining_minute;
-    key->day_left = r->remaining_day;
+    key->minute_left = r->remaining_minute == RULES_UNLIMITED ? INT64_MAX : r->remaining_minute;
+    key->day_left = r->remaining_day == RULES_UNLIMITED ? INT64_MAX : r->remaining_day;
 }
 
 /* ---- script calls ---- */
@@ -545,15 +324,20 @@ static void degrade_call(struct limiter *l, struct limiter_call *call)
     struct limiter_check *c = call->checks;
     while (c) {
         struct limiter_check *next = c->next;
-        answer_degraded(l, call->key, c, call->user_id, call->provider, call->provider_len,
-                        &call->lim);
+        answer_degraded(l, c, call);
         c = next;
     }
     call->checks = NULL;
 }
 
+static void resolve_call(struct limiter *l, struct limiter_call *call, enum rules_lookup *found)
+{
+    *found = rules_resolve(&l->rules, call->user_id, call->provider, call->provider_len,
+                           call->model, call->model_len, &call->lim);
+}
+
 /* After a call for a key: the checks that queued behind it go out together. */
-static void next_call(struct limiter *l, struct limiter_key *key, bool redis_failed)
+static void next_call(struct limiter *l, struct keytable_entry *key, bool redis_failed)
 {
     key->inflight = false;
     if (!key->queue)
@@ -564,29 +348,19 @@ static void next_call(struct limiter *l, struct limiter_key *key, bool redis_fai
     memcpy(call->user_id, key->user_id, 16);
     memcpy(call->provider, key->provider, key->provider_len);
     call->provider_len = key->provider_len;
+    memcpy(call->model, key->model, key->model_len);
+    call->model_len = key->model_len;
     /* Up to MAX_COSTS_PER_CALL checks; the rest waits for this call. */
-    while (key->queue && call->n < MAX_COSTS_PER_CALL) {
-        struct limiter_check *c = key->queue;
-        key->queue = c->next;
-        c->next = NULL;
-        if (call->checks_tail)
-            call->checks_tail->next = c;
-        else
-            call->checks = c;
-        call->checks_tail = c;
-        call->n++;
-        key->queued--;
-    }
-    if (!key->queue)
-        key->queue_tail = NULL;
+    call->n = keytable_take(key, MAX_COSTS_PER_CALL, &call->checks, &call->checks_tail);
     l->stats.coalesced += call->n > 1 ? call->n - 1 : 0;
-    enum rules_lookup found =
-        rules_resolve(&l->rules, key->user_id, key->provider, key->provider_len, &call->lim);
-    if (found != RULES_FOUND || redis_failed || !redis_is_up(&l->redis)) {
+    enum rules_lookup found;
+    resolve_call(l, call, &found);
+    if (found != RULES_FOUND || call->lim.counted == 0 || redis_failed || !redis_is_up(&l->redis)) {
         /* The limits went away while they waited (or Redis is out): the policy decides. An
          * unknown provider is rare enough here to be counted as allowed by the policy. */
         if (found != RULES_FOUND)
-            call->lim = (struct rules_resolved){true, RULES_UNLIMITED, RULES_UNLIMITED};
+            call->lim = (struct rules_resolved){
+                .enabled = true, .per_minute = RULES_UNLIMITED, .per_day = RULES_UNLIMITED};
         degrade_call(l, call);
         free_call(call);
         next_call(l, key, redis_failed);
@@ -627,26 +401,28 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
 {
     int64_t now_ms = 0;
     reply_int(reply, 0, &now_ms);
+    size_t width = 1 + (size_t)call->lim.counted;
     struct limiter_check *c = call->checks;
     while (c) {
         struct limiter_check *next = c->next;
-        int64_t deny = 0, um = 0, ud = 0;
-        reply_int(reply, *i, &deny);
-        reply_int(reply, *i + 1, &um);
-        reply_int(reply, *i + 2, &ud);
-        if (deny < 0) {
+        int64_t status = 0, used[RULES_APPLY_MAX];
+        reply_int(reply, *i, &status);
+        if (status < 0) {
             /* Redis refused to count this key: the policy answers, as when Redis is away. */
             key_refused(l, call, reply, *i + 1);
-            answer_degraded(l, call->key, c, call->user_id, call->provider, call->provider_len,
-                            &call->lim);
-            *i += 3;
+            answer_degraded(l, c, call);
+            *i += width;
             c = next;
             continue;
         }
-        *i += 3;
+        for (int j = 0; j < call->lim.counted; j++) {
+            used[j] = 0;
+            reply_int(reply, *i + 1 + (size_t)j, &used[j]);
+        }
+        *i += width;
         struct check_result r;
-        limiter_decide(&call->lim, (int)deny, um, ud, (uint64_t)now_ms, &r);
-        if (call->key && !next)
+        decision_make(&call->lim, &c->amounts, status == 0, used, (uint64_t)now_ms, &r);
+        if (call->key && !next && cacheable(l, &call->lim))
             remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
         answer(l, c, call->user_id, call->provider, call->provider_len, &r);
         c = next;
@@ -658,7 +434,7 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
 struct limiter_batch {
     struct limiter *l;
     struct limiter_call *calls;
-    uint32_t nchecks;
+    size_t elements; /* the reply's, when all is well */
 };
 
 static void on_script_reply(enum redis_status status, const redisReply *reply, void *arg)
@@ -666,7 +442,7 @@ static void on_script_reply(enum redis_status status, const redisReply *reply, v
     struct limiter_batch *batch = arg;
     struct limiter *l = batch->l;
     bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
-              reply->elements == 1 + 3 * (size_t)batch->nchecks;
+              reply->elements == batch->elements;
     if (status == REDIS_CALL_OK && !ok)
         log_error("redis: the check script answered %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
@@ -679,7 +455,7 @@ static void on_script_reply(enum redis_status status, const redisReply *reply, v
             answer_call(l, call, reply, &i);
         else
             degrade_call(l, call);
-        struct limiter_key *key = call->key;
+        struct keytable_entry *key = call->key;
         free_call(call);
         /* The checks queued behind this key join the next batch. */
         if (key)
@@ -696,6 +472,22 @@ static void append_str(char *dst, size_t *off, size_t cap, const char *s, size_t
     }
 }
 
+size_t limiter_format_base(const struct limiter *l, const uint8_t user_id[16], char *out,
+                           size_t cap)
+{
+    char uuid[UUID_STRING_LEN + 1];
+    uuid_format(user_id, uuid);
+    size_t n = 0;
+    append_str(out, &n, cap, l->key_prefix, strlen(l->key_prefix));
+    append_str(out, &n, cap, "{", 1);
+    append_str(out, &n, cap, uuid, UUID_STRING_LEN);
+    append_str(out, &n, cap, "}", 1);
+    return n;
+}
+
+static const char dimension_letters[] = "rts";
+static const char window_letters[] = "mhdM";
+
 /* Sends the key calls gathered so far as one script call. */
 static void flush_batch(struct limiter *l)
 {
@@ -704,53 +496,79 @@ static void flush_batch(struct limiter *l)
     struct limiter_batch *batch = xmalloc(sizeof(*batch));
     batch->l = l;
     batch->calls = l->batch;
-    batch->nchecks = l->batch_checks;
+    batch->elements = 1;
     uint32_t ncalls = l->batch_calls;
     l->batch = l->batch_tail = NULL;
     l->batch_calls = l->batch_checks = 0;
-    for (struct limiter_call *call = batch->calls; call; call = call->next)
+
+    /* argv: the bases, then 'c', the reservation TTL, and per key: its scopes, its rules, its
+     * checks. Every piece gets its own slot of the text, sized for the longest it can be. */
+    size_t argc = ncalls + 2, text_cap = 64;
+    size_t prefix_len = strlen(l->key_prefix);
+    for (struct limiter_call *call = batch->calls; call; call = call->next) {
         if (call->key)
             call->key->unsent = NULL;
-
-    /* argv: the keys (prefix{user:provider}), then per key: limits, count, costs. */
-    size_t prefix_len = strlen(l->key_prefix);
-    int argc = (int)(ncalls * 4 + batch->nchecks);
-    size_t key_cap = prefix_len + UUID_STRING_LEN + RULES_PROVIDER_BYTES + 3;
-    const char **argv = xmalloc((size_t)argc * sizeof(*argv));
-    size_t *lens = xmalloc((size_t)argc * sizeof(*lens));
-    char *text = xmalloc(ncalls * key_cap + (size_t)(argc - (int)ncalls) * 24);
+        batch->elements += call->n * (1 + (size_t)call->lim.counted);
+        argc += 2 + 4 + 3 * (size_t)call->lim.counted + 4 * call->n;
+        text_cap += prefix_len + UUID_STRING_LEN + 2 +
+                    4 * (RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16) +
+                    24 * (2 + 3 * (size_t)call->lim.counted + 4 * call->n);
+    }
+    const char **argv = xmalloc(argc * sizeof(*argv));
+    size_t *lens = xmalloc(argc * sizeof(*lens));
+    char *text = xmalloc(text_cap);
     char *p = text;
-    int a = 0;
+    size_t a = 0;
+#define ARG(len_expr)                                                                              \
+    do {                                                                                           \
+        argv[a] = p;                                                                               \
+        lens[a] = (len_expr);                                                                      \
+        p += lens[a++];                                                                            \
+    } while (0)
+    for (struct limiter_call *call = batch->calls; call; call = call->next)
+        ARG(limiter_format_base(l, call->user_id, p, prefix_len + UUID_STRING_LEN + 2));
+    ARG((memcpy(p, "c", 1), 1));
+    ARG(fmt_u64(p, l->reservation_ttl_s));
     for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        char uuid[UUID_STRING_LEN + 1];
-        uuid_format(call->user_id, uuid);
-        size_t klen = 0;
-        append_str(p, &klen, key_cap, l->key_prefix, prefix_len);
-        append_str(p, &klen, key_cap, "{", 1);
-        append_str(p, &klen, key_cap, uuid, UUID_STRING_LEN);
-        append_str(p, &klen, key_cap, ":", 1);
-        append_str(p, &klen, key_cap, call->provider, call->provider_len);
-        append_str(p, &klen, key_cap, "}", 1);
-        argv[a] = p;
-        lens[a++] = klen;
-        p += klen;
-    }
-    for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        int64_t head[3] = {call->lim.per_minute, call->lim.per_day, call->n};
-        for (int h = 0; h < 3; h++) {
-            argv[a] = p;
-            lens[a++] = fmt_i64(p, head[h]);
-            p += 24;
+        const struct rules_resolved *lim = &call->lim;
+        /* The scopes the rules count in: at most four, numbered from 1 as Lua does. */
+        int scope_of[RULES_APPLY_MAX], nscopes = 0, scope_kind[4];
+        for (int i = 0; i < lim->counted; i++) {
+            int kind = lim->rule[i].by_provider + 2 * lim->rule[i].by_model, s = 0;
+            while (s < nscopes && scope_kind[s] != kind)
+                s++;
+            if (s == nscopes)
+                scope_kind[nscopes++] = kind;
+            scope_of[i] = s + 1;
         }
+        ARG(fmt_u64(p, (uint64_t)nscopes));
+        for (int s = 0; s < nscopes; s++) {
+            const struct rules_applied *r = NULL;
+            for (int i = 0; i < lim->counted && !r; i++)
+                if (scope_of[i] == s + 1)
+                    r = &lim->rule[i];
+            ARG(limiter_scope_suffix(r, call->provider, call->provider_len, call->model,
+                                     call->model_len, p));
+        }
+        ARG(fmt_u64(p, lim->counted));
+        for (int i = 0; i < lim->counted; i++) {
+            ARG(fmt_u64(p, (uint64_t)scope_of[i]));
+            ARG((p[0] = dimension_letters[lim->rule[i].dimension],
+                 p[1] = window_letters[lim->rule[i].window], 2));
+            ARG(fmt_i64(p, lim->rule[i].limit));
+        }
+        ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
-            argv[a] = p;
-            lens[a++] = fmt_u64(p, c->cost);
-            p += 24;
+            ARG(fmt_u64(p, c->amounts.cost));
+            ARG(fmt_u64(p, c->amounts.tokens));
+            ARG(fmt_i64(p, c->amounts.spend));
+            ARG((memcpy(p, c->rid, strlen(c->rid)), strlen(c->rid)));
         }
     }
+#undef ARG
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
-    redis_eval(&l->redis, (int)ncalls, argc, argv, lens, l->timeout_ms, on_script_reply, batch);
+    redis_eval(&l->redis, (int)ncalls, (int)a, argv, lens, l->timeout_ms, on_script_reply, batch);
     free(argv);
     free(lens);
     free(text);
@@ -776,214 +594,114 @@ static void send_call(struct limiter *l, struct limiter_call *call)
     l->batch_checks += call->n;
 }
 
-/* A prepare handle runs just before the loop waits for I/O: every check submitted since the last
- * wait (read from sockets, or resumed from a paused connection in the check phase) goes out
- * together, and none waits for a later wake-up. */
+/* A prepare handle runs just before the loop waits for I/O: every check and settle submitted
+ * since the last wait (read from sockets, or resumed from a paused connection in the check
+ * phase) goes out together, and none waits for a later wake-up. */
 static void on_flush(uv_prepare_t *h)
 {
     flush_batch(h->data);
+    limiter_flush_settles(h->data);
 }
 
-/* ---- the method ---- */
+/* ---- the check ---- */
 
-/* As in the log methods' events, a field given twice is invalid: no silent "last one wins". */
-static bool given_twice(struct rpc_error *e, const char *field)
+bool limiter_check(struct limiter *l, const struct limiter_request *req, limiter_done_fn done,
+                   void *arg, uint64_t tag, struct rpc_error *e)
 {
-    rpc_error_set(e, RPC_INVALID_FIELD, "%s is given twice", field);
-    e->field = field;
-    return false;
-}
-
-static bool parse_check(const struct rpc_message *m, uint8_t user_id[16], const char **provider,
-                        size_t *provider_len, uint32_t *cost, struct rpc_error *e)
-{
-    if (m->params->size != 1 || m->params->ptr[0].type != MSGPACK_OBJECT_MAP) {
-        rpc_error_set(
-            e, RPC_BAD_REQUEST,
-            "check takes params [{\"user_id\": uuid, \"provider\": str, \"cost\": uint}]");
-        return false;
-    }
-    const msgpack_object_map *map = &m->params->ptr[0].via.map;
-    bool has_user = false, has_provider = false, has_cost = false;
-    *cost = 1;
-    for (uint32_t i = 0; i < map->size; i++) {
-        const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-        if (rpc_str_eq(k, "user_id")) {
-            if (has_user)
-                return given_twice(e, "user_id");
-            bool ok = false;
-            if (v->type == MSGPACK_OBJECT_STR) {
-                ok = uuid_parse(v->via.str.ptr, v->via.str.size, user_id);
-            } else if (v->type == MSGPACK_OBJECT_BIN && v->via.bin.size == 16) {
-                memcpy(user_id, v->via.bin.ptr, 16);
-                ok = true;
-            }
-            if (!ok) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "user_id must be a uuid");
-                e->field = "user_id";
-                return false;
-            }
-            has_user = true;
-        } else if (rpc_str_eq(k, "provider")) {
-            if (has_provider)
-                return given_twice(e, "provider");
-            size_t chars;
-            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
-                !utf8_valid(v->via.str.ptr, v->via.str.size, &chars) ||
-                chars > RULES_PROVIDER_MAX) {
-                rpc_error_set(e, RPC_INVALID_FIELD,
-                              "provider must be a UTF-8 string of 1 to 50 characters");
-                e->field = "provider";
-                return false;
-            }
-            *provider = v->via.str.ptr;
-            *provider_len = v->via.str.size;
-            has_provider = true;
-        } else if (rpc_str_eq(k, "cost")) {
-            if (has_cost)
-                return given_twice(e, "cost");
-            has_cost = true;
-            if (v->type == MSGPACK_OBJECT_NIL)
-                continue;
-            if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT32_MAX) {
-                rpc_error_set(e, RPC_INVALID_FIELD, "cost must be an integer from 0 to %d",
-                              INT32_MAX);
-                e->field = "cost";
-                return false;
-            }
-            *cost = (uint32_t)v->via.u64;
-        } else {
-            rpc_error_set(e, RPC_INVALID_FIELD,
-                          "unknown field; check takes user_id, provider "
-                          "and cost");
-            if (k->type == MSGPACK_OBJECT_STR) {
-                snprintf(e->field_name, sizeof(e->field_name), "%.*s",
-                         (int)(k->via.str.size < 60 ? k->via.str.size : 60), k->via.str.ptr);
-                for (char *p = e->field_name; *p; p++)
-                    if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-                        *p = '?';
-                e->field = e->field_name;
-            } else {
-                e->field = "";
-            }
-            return false;
-        }
-    }
-    if (!has_user || !has_provider) {
-        rpc_error_set(e, RPC_INVALID_FIELD, "%s is required", has_user ? "provider" : "user_id");
-        e->field = has_user ? "provider" : "user_id";
-        return false;
-    }
-    return true;
-}
-
-static enum conn_dispatch_result refuse(struct conn *c, const struct rpc_message *m,
-                                        const struct rpc_error *e)
-{
-    if (m->kind == RPC_KIND_REQUEST)
-        conn_reply_error(c, m->msgid, e);
-    else
-        conn_drop_notification(c, "check", e);
-    return CONN_DISPATCHED;
-}
-
-enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
-                                         const struct rpc_message *m)
-{
-    struct rpc_error e;
-    uint8_t user_id[16];
-    const char *provider = NULL;
-    size_t plen = 0;
-    uint32_t cost;
-    if (!parse_check(m, user_id, &provider, &plen, &cost, &e))
-        return refuse(c, m, &e);
+    const char *model = req->model_len ? req->model : "";
     l->stats.checks++;
-    struct rules_resolved lim;
-    switch (rules_resolve(&l->rules, user_id, provider, plen, &lim)) {
+    /* The call is where the rules live while the check is answered or sent; most checks
+     * need one anyway. */
+    struct limiter_call *call = new_call(l);
+    call->l = l;
+    memcpy(call->user_id, req->user_id, 16);
+    memcpy(call->provider, req->provider, req->provider_len);
+    call->provider_len = (uint8_t)req->provider_len;
+    memcpy(call->model, model, req->model_len);
+    call->model_len = (uint8_t)req->model_len;
+    enum rules_lookup found;
+    resolve_call(l, call, &found);
+    switch (found) {
     case RULES_UNKNOWN_PROVIDER:
         l->stats.unknown_provider++;
-        rpc_error_set(&e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s", (int)plen,
-                      provider);
-        return refuse(c, m, &e);
+        rpc_error_set(e, RPC_UNKNOWN_PROVIDER, "no limits are known for provider %.*s",
+                      (int)req->provider_len, req->provider);
+        free_call(call);
+        return false;
     case RULES_NOT_LOADED:
-        rpc_error_set(&e, RPC_UNAVAILABLE,
+        rpc_error_set(e, RPC_UNAVAILABLE,
                       "the providers' limits have not been read from PostgreSQL yet");
-        e.retry_after_ms = 1000;
-        return refuse(c, m, &e);
+        e->retry_after_ms = 1000;
+        free_call(call);
+        return false;
     case RULES_FOUND:
         break;
     }
+    const struct rules_resolved *lim = &call->lim;
+    if (lim->has_budget)
+        l->budgets_until_ms = uv_now(l->loop) + (uint64_t)l->reservation_ttl_s * 1000;
 
     struct limiter_check *check = new_check(l);
-    check->conn = c;
-    check->notification = m->kind == RPC_KIND_NOTIFICATION;
-    check->msgid = m->msgid;
-    check->cost = cost;
+    check->done = done;
+    check->arg = arg;
+    check->tag = tag;
+    check->amounts = req->amounts;
+    check->rid[0] = '\0';
     check->next = NULL;
-    if (check->notification)
-        conn_hold(c); /* bounded by listen.max_pending_requests like requests */
-    else
-        conn_ref(c);
 
     struct check_result r;
-    if (!lim.enabled) {
-        limiter_decide(&lim, 0, 0, 0, wall_ms(), &r);
-        r.allowed = false;
-        r.reason = USAGED_REASON_PROVIDER_DISABLED;
+    if (!lim->enabled) {
+        decision_uncounted(lim, false, USAGED_REASON_PROVIDER_DISABLED, limiter_wall_ms(), &r);
         r.remaining_minute = r.remaining_day = 0;
-        answer(l, check, user_id, provider, plen, &r);
-        return CONN_DISPATCHED;
+        answer(l, check, req->user_id, req->provider, req->provider_len, &r);
+        free_call(call);
+        return true;
     }
-    if (lim.per_minute == RULES_UNLIMITED && lim.per_day == RULES_UNLIMITED) {
+    if (lim->counted == 0) {
         l->stats.unlimited++;
-        limiter_decide(&lim, 0, 0, 0, wall_ms(), &r);
-        answer(l, check, user_id, provider, plen, &r);
-        return CONN_DISPATCHED;
+        decision_uncounted(lim, true, NULL, limiter_wall_ms(), &r);
+        answer(l, check, req->user_id, req->provider, req->provider_len, &r);
+        free_call(call);
+        return true;
     }
-    struct limiter_key *key = key_get(l, user_id, provider, plen);
-    if (key) {
-        key->last_used_ms = uv_now(l->loop);
-        if (cached_denial(l, key, cost, &lim, &r)) {
-            l->stats.cache_hits++;
-            answer(l, check, user_id, provider, plen, &r);
-            return CONN_DISPATCHED;
-        }
+    if (lim->has_budget && !decision_is_peek(&req->amounts))
+        new_rid(l, check->rid, false);
+    struct keytable_entry *key =
+        keytable_get(&l->keys, req->user_id, req->provider, req->provider_len, model,
+                     req->model_len, uv_now(l->loop));
+    if (key && cached_denial(l, key, check, lim, &r)) {
+        l->stats.cache_hits++;
+        answer(l, check, req->user_id, req->provider, req->provider_len, &r);
+        free_call(call);
+        return true;
     }
     if (!redis_is_up(&l->redis)) {
-        answer_degraded(l, key, check, user_id, provider, plen, &lim);
-        return CONN_DISPATCHED;
+        answer_degraded(l, check, call);
+        free_call(call);
+        return true;
     }
     if (key && key->unsent && key->unsent->n < MAX_COSTS_PER_CALL &&
         l->batch_checks < MAX_CHECKS_PER_BATCH) {
         /* Its key's call has not gone yet: the check joins it. */
-        struct limiter_call *call = key->unsent;
-        call->checks_tail->next = check;
-        call->checks_tail = check;
-        call->n++;
+        struct limiter_call *unsent = key->unsent;
+        unsent->checks_tail->next = check;
+        unsent->checks_tail = check;
+        unsent->n++;
         l->batch_checks++;
         l->stats.coalesced++;
-        return CONN_DISPATCHED;
+        free_call(call);
+        return true;
     }
     if (key && key->inflight) {
-        if (key->queue_tail)
-            key->queue_tail->next = check;
-        else
-            key->queue = check;
-        key->queue_tail = check;
-        key->queued++;
-        return CONN_DISPATCHED;
+        keytable_queue(key, check);
+        free_call(call);
+        return true;
     }
-    struct limiter_call *call = new_call(l);
-    call->l = l;
     call->key = key;
-    memcpy(call->user_id, user_id, 16);
-    memcpy(call->provider, provider, plen);
-    call->provider_len = (uint8_t)plen;
-    call->lim = lim;
     call->checks = call->checks_tail = check;
     call->n = 1;
     send_call(l, call);
-    return CONN_DISPATCHED;
+    return true;
 }
 
 /* ---- lifecycle ---- */
@@ -994,8 +712,12 @@ static void on_redis_state(struct redis_client *r, bool up, void *arg)
     struct limiter *l = arg;
     /* Checks not sent yet are answered now, by the policy, before any check submitted after
      * this (which redis_is_up sends to the policy at once): each key's order holds. */
-    if (!up)
+    if (!up) {
         flush_batch(l);
+        limiter_flush_settles(l);
+    } else {
+        limiter_retry_settles(l);
+    }
     if (l->on_state)
         l->on_state(l->state_arg);
 }
@@ -1019,6 +741,8 @@ void limiter_configure(struct limiter *l, const struct config *config)
     l->timeout_ms = config->redis.timeout_ms;
     l->policy = config->limits.on_redis_error;
     l->log_denied = config->limits.log_denied;
+    l->reservation_ttl_s = config->limits.reservation_ttl_s;
+    l->settle_queue_max = config->limits.settle_queue;
     rules_configure(&l->rules, config);
 }
 
@@ -1027,8 +751,10 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     memset(l, 0, sizeof(*l));
     l->loop = loop;
     l->key_prefix = xstrdup(config->redis.key_prefix);
-    l->key_capacity = KEY_CAPACITY;
-    l->keys = xcalloc(KEY_CAPACITY, sizeof(*l->keys));
+    keytable_init(&l->keys, KEY_CAPACITY);
+    local_init(&l->local, LOCAL_SCOPES, LOCAL_RESERVATIONS);
+    if (getrandom(&l->rid_seed, sizeof(l->rid_seed), 0) != sizeof(l->rid_seed))
+        l->rid_seed = limiter_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)l;
     rules_init(&l->rules, loop, config, on_rules_state, l);
     uint32_t connect_timeout =
         config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
@@ -1038,6 +764,9 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     l->flush.data = l;
     uv_prepare_start(&l->flush, on_flush);
     uv_unref((uv_handle_t *)&l->flush);
+    uv_timer_init(loop, &l->retry_timer);
+    l->retry_timer.data = l;
+    uv_unref((uv_handle_t *)&l->retry_timer);
     limiter_configure(l, config);
 }
 
@@ -1053,20 +782,9 @@ static void part_closed(struct limiter *l)
         return;
     /* Checks still queued behind a call: the call was answered DOWN, which moved them on, so
      * the queues are empty here; free the table. */
-    for (uint32_t i = 0; i < l->key_capacity; i++) {
-        struct limiter_check *c = l->keys[i].queue;
-        while (c) {
-            struct limiter_check *next = c->next;
-            if (c->notification)
-                conn_release(c->conn);
-            else
-                conn_unref(c->conn);
-            free(c);
-            c = next;
-        }
-    }
-    free(l->keys);
-    l->keys = NULL;
+    keytable_free(&l->keys);
+    local_free(&l->local);
+    limiter_drop_settles(l);
     while (l->spare_checks) {
         struct limiter_check *next = l->spare_checks->next;
         free(l->spare_checks);
@@ -1096,7 +814,7 @@ static void on_redis_closed(struct redis_client *r, void *arg)
     part_closed(arg);
 }
 
-static void on_flush_closed(uv_handle_t *h)
+static void on_handle_closed(uv_handle_t *h)
 {
     part_closed(h->data);
 }
@@ -1105,53 +823,12 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 {
     l->on_closed = on_closed;
     l->closed_arg = arg;
-    l->closing = 3;
+    l->closing = 4;
     l->on_denied = NULL; /* the ingest queue is closing too */
     flush_batch(l);      /* closing Redis answers it (DOWN: the policy decides) */
-    uv_close((uv_handle_t *)&l->flush, on_flush_closed);
+    limiter_flush_settles(l);
+    uv_close((uv_handle_t *)&l->flush, on_handle_closed);
+    uv_close((uv_handle_t *)&l->retry_timer, on_handle_closed);
     rules_close(&l->rules, on_rules_closed, l);
     redis_close(&l->redis, on_redis_closed, l);
-}
-
-/* ---- stats ---- */
-
-void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk)
-{
-    const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 16);
-    rpc_pack_u64(pk, "checks", l->stats.checks);
-    rpc_pack_u64(pk, "allowed", l->stats.allowed);
-    rpc_pack_str(pk, "denied");
-    msgpack_pack_map(pk, 3);
-    rpc_pack_u64(pk, "minute_limit", l->stats.denied_minute);
-    rpc_pack_u64(pk, "day_limit", l->stats.denied_day);
-    rpc_pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
-    rpc_pack_u64(pk, "degraded", l->stats.degraded);
-    rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
-    rpc_pack_u64(pk, "unlimited", l->stats.unlimited);
-    rpc_pack_u64(pk, "cache_hits", l->stats.cache_hits);
-    rpc_pack_u64(pk, "coalesced", l->stats.coalesced);
-    rpc_pack_u64(pk, "batched", l->stats.batched);
-    rpc_pack_u64(pk, "key_errors", l->stats.key_errors);
-    rpc_pack_u64(pk, "redis_round_trips", l->stats.script_calls);
-    rpc_pack_u64(pk, "providers_loaded", l->rules.ndb);
-    rpc_pack_u64(pk, "limits_loads", l->rules.loads);
-    rpc_pack_u64(pk, "limits_notifications", l->rules.notifications);
-    rpc_pack_str(pk, "redis");
-    msgpack_pack_map(pk, 9);
-    rpc_pack_str(pk, "state");
-    rpc_pack_str(pk, l->redis.connected ? "up" : "down");
-    rpc_pack_u64(pk, "connects", rs->connects);
-    rpc_pack_u64(pk, "connect_failures", rs->connect_failures);
-    rpc_pack_u64(pk, "commands", rs->commands);
-    rpc_pack_u64(pk, "timeouts", rs->timeouts);
-    rpc_pack_u64(pk, "noscript_retries", rs->noscript);
-    uint64_t answered = 0;
-    for (int i = 0; i < 24; i++)
-        answered += rs->latency_buckets[i];
-    rpc_pack_u64(pk, "latency_avg_us", answered ? rs->latency_us_total / answered : 0);
-    rpc_pack_u64(pk, "latency_p50_us", redis_latency_quantile(rs, 0.5));
-    rpc_pack_u64(pk, "latency_p99_us", redis_latency_quantile(rs, 0.99));
-    rpc_pack_str(pk, "postgres");
-    rpc_pack_str(pk, pg_state_name(l->rules.pg.state));
 }

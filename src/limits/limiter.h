@@ -1,81 +1,82 @@
-/* limiter: the `check` method. Per-user, per-provider limits per UTC minute and per UTC day,
- * counted in Redis by an atomic Lua script (windows from Redis's TIME, both windows checked, both
- * incremented only when both allow), exact across every daemon sharing the Redis.
+/* limiter: the `check` and `settle` methods' work. The rules that apply to a check (rules.h) are
+ * counted in Redis by one atomic Lua script (src/limits/check.lua): windows from Redis's TIME,
+ * every rule checked, all charged only when all allow, exact across every daemon sharing the
+ * Redis. A check that counts tokens or spend gets a reservation (a Redis hash under the user's
+ * hash tag) that `settle`, or a log_prompt event naming it, later corrects to what the call
+ * really used.
  *
  * Three ways past Redis's own rate, none giving up exactness:
  *   - batching: the checks of all keys read in one loop iteration go in one script call (up to
  *     MAX_CHECKS_PER_BATCH), which applies them in order: Redis's cost per call is shared;
- *   - coalescing: checks of one key that arrive while a script call for that key is in flight
- *     wait, and then go together in one call that applies them one after the other, exactly as
- *     if sent one by one;
+ *   - coalescing: checks of one key (user, provider, model) that arrive while a script call for
+ *     that key is in flight wait, and then go together in one call that applies them one after
+ *     the other, exactly as if sent one by one;
  *   - the over-limit cache: after a denial, a check of the same key that asks for more than was
- *     left is denied from memory until the window resets (limits changing clears it).
- * When Redis is down or slower than redis.timeout_ms, limits.on_redis_error decides (local: an
- * in-process fixed-window limiter with the same limits; allow; deny) and the answer says
- * degraded: true. */
+ *     left is denied from memory until the window resets (limits changing clears it). Only
+ *     under request rules of the provider per minute and day, and only while no reservation
+ *     can exist (a cancel gives requests back).
+ * When Redis is down or slower than redis.timeout_ms, limits.on_redis_error decides (local: the
+ * same rules counted in this daemon (local.h); allow; deny) and the answer says degraded: true.
+ * log_prompt settles that find Redis away wait in a bounded queue and are retried. */
 #ifndef USAGED_LIMITER_H
 #define USAGED_LIMITER_H
 
-#include <msgpack.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
 #include "config.h"
-#include "conn.h"
-#include "rules.h"
+#include "decision.h"
+#include "errors.h"
+#include "keytable.h"
+#include "local.h"
 #include "redis.h"
-#include "rpc.h"
+#include "rules.h"
 
-/* ---- the pure core: decisions from counts ---- */
-
-struct check_result {
-    bool allowed;
-    const char *reason;   /* NULL when allowed */
-    int64_t limit_minute; /* RULES_UNLIMITED: nil */
-    int64_t limit_day;
-    int64_t remaining_minute; /* RULES_UNLIMITED: nil */
-    int64_t remaining_day;
-    uint64_t reset_minute_ms;
-    uint64_t reset_day_ms;
-    uint64_t retry_after_ms;
-    bool degraded;
-};
-
-/* What the script answers per check: which windows refused (bit 1: minute, bit 2: day; 0:
- * allowed) and each window's count after the check. */
-#define LIMITER_DENY_MINUTE 1
-#define LIMITER_DENY_DAY 2
-
-void limiter_decide(const struct rules_resolved *lim, int deny, int64_t used_minute,
-                    int64_t used_day, uint64_t now_ms, struct check_result *out);
-
-/* The in-process fixed windows used when Redis is unreachable (limits.on_redis_error: local). */
-struct limiter_local {
-    int64_t minute; /* window id: unix minutes */
-    int64_t minute_used;
-    int64_t day; /* window id: unix days */
-    int64_t day_used;
-};
-
-void limiter_local_check(struct limiter_local *w, const struct rules_resolved *lim, uint32_t cost,
-                         uint64_t now_ms, struct check_result *out);
-
-void limiter_pack_result(msgpack_packer *pk, const struct check_result *r);
-
-/* The Lua script, for the benchmark to run the same one. */
+/* The Lua script (src/limits/check.lua, embedded at build time), for the benchmark to run the
+ * same one. */
 extern const char limiter_script[];
 
-/* ---- the module ---- */
+/* A check, as the methods layer hands it over: no connection, no message. */
+struct limiter_request {
+    uint8_t user_id[16];
+    const char *provider; /* UTF-8, 1..RULES_PROVIDER_MAX characters; read during the call only */
+    size_t provider_len;
+    const char *model; /* NULL or model_len 0: none sent */
+    size_t model_len;
+    struct check_amounts amounts;
+};
 
-struct limiter_key;
-struct limiter_check;
+/* A settle: the reservation's user and id, what the call used, or a cancel. */
+struct limiter_settle_request {
+    uint8_t user_id[16];
+    char rid[LOCAL_RID_LEN + 1];
+    bool has_tokens, has_spend, cancel;
+    uint64_t tokens;
+    int64_t spend; /* micro-dollars */
+};
+
+enum limiter_settled {
+    LIMITER_SETTLED = 0,
+    LIMITER_DUPLICATE,   /* settled before: nothing changed */
+    LIMITER_UNKNOWN,     /* no such reservation (never made, or past its TTL) */
+    LIMITER_UNAVAILABLE, /* Redis is away: try again */
+};
+
+typedef void (*limiter_settle_fn)(void *arg, uint64_t tag, enum limiter_settled result);
+
+/* Parses "<uuid>.<16 hex>" (a local one: 'l' and 15 hex). False when it is not one. */
+bool limiter_parse_reservation(const char *s, size_t len, uint8_t user_id[16],
+                               char rid[LOCAL_RID_LEN + 1]);
+
+struct limiter_call;
+struct limiter_settle;
 
 struct limiter_stats {
     uint64_t checks;
     uint64_t allowed;
-    uint64_t denied_minute;
-    uint64_t denied_day;
+    uint64_t denied[RULES_WINDOWS]; /* by the denying rule's window */
     uint64_t denied_disabled;
     uint64_t degraded;
     uint64_t unknown_provider;
@@ -84,7 +85,13 @@ struct limiter_stats {
     uint64_t batched;    /* key calls sent in another key's script call: round trips saved */
     uint64_t key_errors; /* checks of keys Redis refused to count (wrong type), by the policy */
     uint64_t script_calls;
-    uint64_t unlimited; /* allowed without Redis: both windows unlimited */
+    uint64_t unlimited;    /* allowed without Redis: no rule with a limit */
+    uint64_t reservations; /* made (in Redis or locally) */
+    uint64_t settles;      /* settled (by settle or log_prompt), once each */
+    uint64_t settles_duplicate;
+    uint64_t settles_unknown;
+    uint64_t settles_queued;  /* log_prompt settles that had to wait for Redis */
+    uint64_t settles_dropped; /* log_prompt settles given up: queue full, or past the TTL */
 };
 
 struct limiter {
@@ -93,16 +100,25 @@ struct limiter {
     struct redis_client redis;
     char *key_prefix;
     uint32_t timeout_ms;
+    uint32_t reservation_ttl_s;
+    uint32_t settle_queue_max;
     enum config_redis_policy policy;
     bool log_denied;
     uint64_t key_error_logged_ms; /* loop time of the last key_refused log line */
-    struct limiter_key *keys;     /* open addressing, fixed capacity */
+    uint64_t budgets_until_ms;    /* loop time until which a reservation may exist (cache off) */
+    uint64_t rid_seed, rid_next;  /* reservation ids: splitmix64 of a random seed and a count */
+    struct keytable keys;
+    struct local_limits local;
     /* Key calls made during this loop iteration, sent as one script call after its I/O. */
     uv_prepare_t flush;
     struct limiter_call *batch, *batch_tail;
     uint32_t batch_calls, batch_checks;
-    uint32_t key_capacity;
-    uint32_t key_count;
+    /* Settles waiting for the next script call, and log_prompt's waiting for Redis. */
+    struct limiter_settle *settles, *settles_tail;
+    uint32_t nsettles;
+    struct limiter_settle *later, *later_tail;
+    uint32_t nlater;
+    uv_timer_t retry_timer; /* retries the waiting settles while Redis is away */
     /* Checks and calls answered, kept for reuse (at most LIMITER_SPARE each): the check path
      * would otherwise allocate and free both for every check. */
     struct limiter_check *spare_checks;
@@ -128,9 +144,17 @@ void limiter_configure(struct limiter *l, const struct config *config);
 /* True once Redis has connected or failed a first attempt (the fallback policy then answers),
  * and the providers' limits have been read or their connection has failed a first attempt. */
 bool limiter_settled(const struct limiter *l);
-enum conn_dispatch_result limiter_submit(struct limiter *l, struct conn *c,
-                                         const struct rpc_message *m);
+/* Checks a request: done(arg, tag, result) runs once with the answer, possibly before this
+ * returns. False (and done never runs) when the check cannot be made: e says why
+ * (unknown_provider, or unavailable while the limits have not been read yet). */
+bool limiter_check(struct limiter *l, const struct limiter_request *req, limiter_done_fn done,
+                   void *arg, uint64_t tag, struct rpc_error *e);
+/* Settles a reservation: done runs once, possibly before this returns. */
+void limiter_settle(struct limiter *l, const struct limiter_settle_request *req,
+                    limiter_settle_fn done, void *arg, uint64_t tag);
+/* Settles a reservation with nobody waiting for the answer (a log_prompt event): while Redis is
+ * away it waits, at most limits.settle_queue of them, for up to limits.reservation_ttl_s. */
+void limiter_settle_later(struct limiter *l, const struct limiter_settle_request *req);
 void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void *arg), void *arg);
-void limiter_pack_stats(const struct limiter *l, msgpack_packer *pk);
 
 #endif

@@ -1,73 +1,315 @@
 /* rules: see rules.h. */
 #include "rules.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "log.h"
+#include "money.h"
+#include "uuid.h"
 #include "xalloc.h"
 
-#define OVERRIDE_UNSET (-2)
-
+/* Both sources in one statement: one snapshot, one round trip. Column 0 says which: 'p' rows
+ * are providers (name, is_enabled, per minute, per day), 'r' rows usage_limits' rules. */
 static const char load_sql[] =
-    "SELECT name, is_enabled, max_requests_per_minute, max_requests_per_day "
-    "FROM public.api_providers";
+    "SELECT 'p', name, is_enabled, max_requests_per_minute::text, max_requests_per_day::text, "
+    "NULL, NULL, NULL, NULL, NULL, false FROM public.api_providers "
+    "UNION ALL "
+    "SELECT 'r', provider, NULL, NULL, NULL, user_id::text, model, dimension, period, "
+    "amount::text, shadow FROM public.usage_limits";
+static const char load_providers_sql[] =
+    "SELECT 'p', name, is_enabled, max_requests_per_minute::text, max_requests_per_day::text, "
+    "NULL, NULL, NULL, NULL, NULL, false FROM public.api_providers";
 static const char listen_sql[] = "LISTEN usaged_limits";
 
-static int64_t at_least_zero(long long v)
+static const char *const dimension_names[] = {"requests", "tokens", "spend"};
+static const char *const window_names[] = {"minute", "hour", "day", "month"};
+
+const char *rules_dimension_name(enum rules_dimension d)
 {
-    return v < 0 ? 0 : (int64_t)v;
+    return d < RULES_DIMENSIONS ? dimension_names[d] : "concurrent";
+}
+
+const char *rules_window_name(enum rules_window w)
+{
+    return w < RULES_WINDOWS ? window_names[w] : NULL;
+}
+
+bool rules_parse_dimension(const char *s, uint8_t *out)
+{
+    for (uint8_t i = 0; i < RULES_DIMENSIONS; i++)
+        if (strcmp(s, dimension_names[i]) == 0) {
+            *out = i;
+            return true;
+        }
+    return false;
+}
+
+bool rules_parse_window(const char *s, uint8_t *out)
+{
+    for (uint8_t i = 0; i < RULES_WINDOWS; i++)
+        if (strcmp(s, window_names[i]) == 0) {
+            *out = i;
+            return true;
+        }
+    return false;
+}
+
+/* ---- merging the sources ---- */
+
+static int compare_rules_by_user(const void *a, const void *b)
+{
+    const struct rules_rule *x = a, *y = b;
+    return memcmp(x->user_id, y->user_id, 16);
+}
+
+static int compare_providers(const void *a, const void *b)
+{
+    return strcmp(((const struct rules_provider *)a)->name,
+                  ((const struct rules_provider *)b)->name);
+}
+
+static struct rules_provider *provider_in(struct rules_provider *list, size_t n, const char *name,
+                                          size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(list[i].name, name, len) == 0 && list[i].name[len] == '\0')
+            return &list[i];
+    return NULL;
+}
+
+static void add_provider(struct rules_provider **list, size_t *n, size_t *cap, const char *name,
+                         int db_enabled, int config_enabled)
+{
+    struct rules_provider *p = provider_in(*list, *n, name, strlen(name));
+    if (!p) {
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 16;
+            *list = xrealloc(*list, *cap * sizeof(**list));
+        }
+        p = &(*list)[(*n)++];
+        memset(p, 0, sizeof(*p));
+        snprintf(p->name, sizeof(p->name), "%s", name);
+        p->db_enabled = p->config_enabled = -1;
+    }
+    if (db_enabled >= 0)
+        p->db_enabled = (int8_t)db_enabled;
+    if (config_enabled >= 0)
+        p->config_enabled = (int8_t)config_enabled;
+}
+
+static void append_rules(struct rules_rule **list, size_t *n, const struct rules_rule *from,
+                         size_t count, bool users)
+{
+    for (size_t i = 0; i < count; i++)
+        if (from[i].has_user == users) {
+            *list = xrealloc(*list, (*n + 1) * sizeof(**list));
+            (*list)[(*n)++] = from[i];
+        }
+}
+
+void rules_merge(struct rules *l)
+{
+    free(l->every);
+    free(l->per_user);
+    free(l->providers);
+    l->every = l->per_user = NULL;
+    l->nevery = l->nper_user = 0;
+    l->providers = NULL;
+    l->nproviders = 0;
+    size_t cap = 0;
+    for (size_t i = 0; i < l->ndb_providers; i++)
+        add_provider(&l->providers, &l->nproviders, &cap, l->db_providers[i].name,
+                     l->db_providers[i].db_enabled, -1);
+    for (size_t i = 0; i < l->nconfig_providers; i++)
+        add_provider(&l->providers, &l->nproviders, &cap, l->config_providers[i].name, -1,
+                     l->config_providers[i].config_enabled);
+    /* A rule naming a provider makes it known, as a provider of limits.providers does. */
+    const struct rules_rule *sources[] = {l->db, l->config_rules};
+    const size_t counts[] = {l->ndb, l->nconfig_rules};
+    l->has_budgets = false;
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < counts[s]; i++) {
+            if (sources[s][i].provider[0])
+                add_provider(&l->providers, &l->nproviders, &cap, sources[s][i].provider, -1, -1);
+            if (sources[s][i].dimension != RULES_REQUESTS)
+                l->has_budgets = true;
+        }
+    if (l->nproviders)
+        qsort(l->providers, l->nproviders, sizeof(*l->providers), compare_providers);
+    for (int s = 0; s < 2; s++) {
+        append_rules(&l->every, &l->nevery, sources[s], counts[s], false);
+        append_rules(&l->per_user, &l->nper_user, sources[s], counts[s], true);
+    }
+    if (l->nper_user)
+        qsort(l->per_user, l->nper_user, sizeof(*l->per_user), compare_rules_by_user);
 }
 
 static void rules_changed(struct rules *l)
 {
+    rules_merge(l);
     l->generation++;
     if (l->on_change)
         l->on_change(l->change_arg);
 }
+
+/* ---- loading the database's rules ---- */
+
+/* A limit read from the database: NULL is unlimited; a negative number (the tables' CHECKs
+ * refuse it, but a table elsewhere may not) allows nothing. Spend is read to the micro-dollar;
+ * the other dimensions count whole units (numeric(20,6) prints ".000000", which is ignored). */
+static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *ok)
+{
+    *ok = true;
+    if (PQgetisnull(r, row, col))
+        return RULES_UNLIMITED;
+    const char *v = PQgetvalue(r, row, col);
+    if (v[0] == '-')
+        return 0;
+    int64_t amount;
+    if (spend) {
+        *ok = money_parse(v, strlen(v), &amount);
+        return *ok ? amount : 0;
+    }
+    char *end;
+    errno = 0;
+    long long whole = strtoll(v, &end, 10);
+    if (errno || end == v || (*end && *end != '.')) {
+        *ok = false;
+        return 0;
+    }
+    return (int64_t)whole;
+}
+
+static bool read_rule(const PGresult *r, int i, struct rules_rule *out, const char **why)
+{
+    memset(out, 0, sizeof(*out));
+    out->source = RULES_FROM_TABLE;
+    if (!PQgetisnull(r, i, 1))
+        snprintf(out->provider, sizeof(out->provider), "%s", PQgetvalue(r, i, 1));
+    if (!PQgetisnull(r, i, 5)) {
+        const char *u = PQgetvalue(r, i, 5);
+        out->has_user = uuid_parse(u, strlen(u), out->user_id);
+    }
+    if (!PQgetisnull(r, i, 6))
+        snprintf(out->model, sizeof(out->model), "%s", PQgetvalue(r, i, 6));
+    if (strcmp(PQgetvalue(r, i, 10), "t") == 0) {
+        *why = "shadow rules are not enforced yet";
+        return false;
+    }
+    if (!rules_parse_dimension(PQgetvalue(r, i, 7), &out->dimension)) {
+        *why = "concurrent rules are not enforced yet";
+        return false;
+    }
+    if (PQgetisnull(r, i, 8) || !rules_parse_window(PQgetvalue(r, i, 8), &out->window)) {
+        *why = "a rule needs a period of minute, hour, day or month";
+        return false;
+    }
+    bool ok;
+    out->amount = db_amount(r, i, 9, out->dimension == RULES_SPEND, &ok);
+    if (!ok) {
+        *why = "its amount is out of range";
+        return false;
+    }
+    return true;
+}
+
+static void add_db_rule(struct rules_rule **rows, size_t *n, size_t *cap,
+                        const struct rules_rule *rule)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 32;
+        *rows = xrealloc(*rows, *cap * sizeof(**rows));
+    }
+    (*rows)[(*n)++] = *rule;
+}
+
+static void read_provider(const PGresult *r, int i, struct rules_rule **rows, size_t *n,
+                          size_t *cap, struct rules_provider *p)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", PQgetvalue(r, i, 1));
+    p->db_enabled = strcmp(PQgetvalue(r, i, 2), "t") == 0;
+    p->config_enabled = -1;
+    for (int w = 0; w < 2; w++) {
+        struct rules_rule rule = {.dimension = RULES_REQUESTS,
+                                  .window = w == 0 ? RULES_MINUTE : RULES_DAY,
+                                  .source = RULES_FROM_PROVIDERS};
+        bool ok;
+        rule.amount = db_amount(r, i, 3 + w, false, &ok);
+        snprintf(rule.provider, sizeof(rule.provider), "%s", p->name);
+        if (ok)
+            add_db_rule(rows, n, cap, &rule);
+    }
+}
+
+static bool same_rules(const struct rules *l, const struct rules_rule *rows, size_t n,
+                       const struct rules_provider *providers, size_t np)
+{
+    return l->loaded && n == l->ndb && np == l->ndb_providers &&
+           (n == 0 || memcmp(rows, l->db, n * sizeof(*rows)) == 0) &&
+           (np == 0 || memcmp(providers, l->db_providers, np * sizeof(*providers)) == 0);
+}
+
+static void rules_load(struct rules *l);
 
 static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
 {
     (void)pg;
     struct rules *l = arg;
     if (!o->ok) {
-        if (!o->connection_lost)
-            log_warn("limits: cannot read api_providers: %s", o->error ? o->error : "error");
+        if (!l->no_table && strcmp(o->sqlstate, "42P01") == 0) {
+            /* usage_limits is missing: the migrations have not been applied. Run on
+             * api_providers alone rather than not at all. */
+            if (!l->warned_no_table)
+                log_warn("limits: public.usage_limits does not exist (run usaged --migrate); "
+                         "reading api_providers only");
+            l->warned_no_table = true;
+            l->no_table = true;
+            l->reload_wanted = true;
+        } else if (!o->connection_lost) {
+            log_warn("limits: cannot read the limits: %s", o->error ? o->error : "error");
+        }
         return; /* reconnecting (or resync) tries again */
     }
     PGresult *r = o->result;
     int n = r ? PQntuples(r) : 0;
-    struct rules_provider *rows = xcalloc((size_t)(n ? n : 1), sizeof(*rows));
-    size_t count = 0;
+    struct rules_rule *rows = NULL;
+    struct rules_provider *providers = xcalloc((size_t)(n ? n : 1), sizeof(*providers));
+    size_t count = 0, cap = 0, np = 0, skipped = 0;
+    const char *why = NULL;
     for (int i = 0; i < n; i++) {
-        const char *name = PQgetvalue(r, i, 0);
-        if (strlen(name) > RULES_PROVIDER_BYTES)
+        if (strlen(PQgetvalue(r, i, 1)) > RULES_PROVIDER_BYTES ||
+            strlen(PQgetvalue(r, i, 6)) > RULES_MODEL_BYTES)
             continue;
-        struct rules_provider *p = &rows[count++];
-        strcpy(p->name, name);
-        p->enabled = strcmp(PQgetvalue(r, i, 1), "t") == 0;
-        /* NULL is unlimited; a negative number (the table's CHECK refuses it, but a table
-         * elsewhere may not) allows nothing. */
-        p->per_minute =
-            PQgetisnull(r, i, 2) ? RULES_UNLIMITED : at_least_zero(atoll(PQgetvalue(r, i, 2)));
-        p->per_day =
-            PQgetisnull(r, i, 3) ? RULES_UNLIMITED : at_least_zero(atoll(PQgetvalue(r, i, 3)));
+        if (PQgetvalue(r, i, 0)[0] == 'p') {
+            read_provider(r, i, &rows, &count, &cap, &providers[np++]);
+            continue;
+        }
+        struct rules_rule rule;
+        if (read_rule(r, i, &rule, &why))
+            add_db_rule(&rows, &count, &cap, &rule);
+        else
+            skipped++;
     }
-    bool changed =
-        !l->loaded || count != l->ndb || (count && memcmp(rows, l->db, count * sizeof(*rows)) != 0);
+    bool changed = !same_rules(l, rows, count, providers, np);
     free(l->db);
+    free(l->db_providers);
     l->db = rows;
     l->ndb = count;
+    l->db_providers = providers;
+    l->ndb_providers = np;
     l->loads++;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    l->last_load_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    l->last_load_ms = (uint64_t)clock_wall_ms();
     if (changed) {
-        if (!l->loaded)
-            log_info("limits: loaded %zu providers from api_providers", count);
-        else
-            log_info("limits: api_providers changed; %zu providers", count);
+        log_info("limits: %s %zu providers and %zu rules", l->loaded ? "reloaded" : "loaded", np,
+                 count);
+        if (skipped)
+            log_warn("limits: %zu rows of usage_limits skipped (the last because %s)", skipped,
+                     why);
         l->loaded = true;
         rules_changed(l);
     }
@@ -80,10 +322,10 @@ static void rules_load(struct rules *l)
         return;
     }
     l->reload_wanted = false;
-    l->op = (struct pg_op){.sql = load_sql, .done = on_load_done, .arg = l};
+    l->op = (struct pg_op){
+        .sql = l->no_table ? load_providers_sql : load_sql, .done = on_load_done, .arg = l};
     pg_submit(&l->pg, &l->op);
 }
-
 static void on_listen_done(struct pg_conn *pg, const struct pg_outcome *o, void *arg)
 {
     struct rules *l = arg;
@@ -144,47 +386,72 @@ static const struct pg_callbacks rules_callbacks = {
 static void on_resync(uv_timer_t *t)
 {
     struct rules *l = t->data;
+    l->no_table = false; /* the migrations may have run since */
     if (l->listen_connects == l->pg.stats.connects && l->pg.state != PG_DOWN)
         rules_load(l);
 }
 
-static int compare_users(const void *a, const void *b)
+/* ---- the config's rules ---- */
+
+static void add_config_rule(struct rules *l, const uint8_t *user_id, const char *provider,
+                            const char *model, uint8_t dimension, uint8_t window, int64_t amount)
 {
-    const struct rules_user *x = a, *y = b;
-    int c = memcmp(x->user_id, y->user_id, 16);
-    return c ? c : strcmp(x->provider, y->provider);
+    l->config_rules = xrealloc(l->config_rules, (l->nconfig_rules + 1) * sizeof(*l->config_rules));
+    struct rules_rule *r = &l->config_rules[l->nconfig_rules++];
+    memset(r, 0, sizeof(*r));
+    if (user_id) {
+        memcpy(r->user_id, user_id, 16);
+        r->has_user = true;
+    }
+    snprintf(r->provider, sizeof(r->provider), "%s", provider ? provider : "");
+    snprintf(r->model, sizeof(r->model), "%s", model ? model : "");
+    r->dimension = dimension;
+    r->window = window;
+    r->source = RULES_FROM_CONFIG;
+    r->amount = amount;
+}
+
+static void add_v1_limits(struct rules *l, const uint8_t *user_id, const char *provider,
+                          struct config_limit per_minute, struct config_limit per_day)
+{
+    const struct config_limit limits[2] = {per_minute, per_day};
+    const uint8_t windows[2] = {RULES_MINUTE, RULES_DAY};
+    for (int i = 0; i < 2; i++)
+        if (limits[i].kind != CONFIG_LIMIT_UNSET)
+            add_config_rule(l, user_id, provider, NULL, RULES_REQUESTS, windows[i],
+                            limits[i].kind == CONFIG_LIMIT_UNLIMITED ? RULES_UNLIMITED
+                                                                     : limits[i].value);
 }
 
 void rules_configure(struct rules *l, const struct config *config)
 {
-    free(l->overrides);
-    free(l->override_enabled);
-    free(l->users);
-    l->noverrides = config->limits.provider_count;
-    l->overrides = xcalloc(l->noverrides ? l->noverrides : 1, sizeof(*l->overrides));
-    l->override_enabled = xcalloc(l->noverrides ? l->noverrides : 1, sizeof(int));
-    for (size_t i = 0; i < l->noverrides; i++) {
+    free(l->config_rules);
+    free(l->config_providers);
+    l->config_rules = NULL;
+    l->nconfig_rules = 0;
+    l->nconfig_providers = config->limits.provider_count;
+    l->config_providers =
+        xcalloc(l->nconfig_providers ? l->nconfig_providers : 1, sizeof(*l->config_providers));
+    /* limits.providers and limits.users are rules of the config, as v1 read them. */
+    for (size_t i = 0; i < l->nconfig_providers; i++) {
         const struct config_provider_override *o = &config->limits.providers[i];
-        struct rules_provider *p = &l->overrides[i];
+        struct rules_provider *p = &l->config_providers[i];
         snprintf(p->name, sizeof(p->name), "%s", o->provider);
-        p->per_minute = o->per_minute.kind == CONFIG_LIMIT_UNSET       ? OVERRIDE_UNSET
-                        : o->per_minute.kind == CONFIG_LIMIT_UNLIMITED ? RULES_UNLIMITED
-                                                                       : o->per_minute.value;
-        p->per_day = o->per_day.kind == CONFIG_LIMIT_UNSET       ? OVERRIDE_UNSET
-                     : o->per_day.kind == CONFIG_LIMIT_UNLIMITED ? RULES_UNLIMITED
-                                                                 : o->per_day.value;
-        l->override_enabled[i] = o->enabled;
+        p->db_enabled = -1;
+        p->config_enabled = (int8_t)o->enabled;
+        add_v1_limits(l, NULL, o->provider, o->per_minute, o->per_day);
     }
-    l->nusers = config->limits.user_count;
-    l->users = xcalloc(l->nusers ? l->nusers : 1, sizeof(*l->users));
-    for (size_t i = 0; i < l->nusers; i++) {
+    for (size_t i = 0; i < config->limits.user_count; i++) {
         const struct config_user_override *u = &config->limits.users[i];
-        memcpy(l->users[i].user_id, u->user_id, 16);
-        snprintf(l->users[i].provider, sizeof(l->users[i].provider), "%s", u->provider);
-        l->users[i].per_minute = u->per_minute;
-        l->users[i].per_day = u->per_day;
+        add_v1_limits(l, u->user_id, u->provider, u->per_minute, u->per_day);
     }
-    qsort(l->users, l->nusers, sizeof(*l->users), compare_users);
+    for (size_t i = 0; i < config->limits.rule_count; i++) {
+        const struct config_rule *c = &config->limits.rules[i];
+        if (c->dimension >= RULES_DIMENSIONS || c->window >= RULES_WINDOWS)
+            continue; /* concurrent: refused by the config parser until it is enforced */
+        add_config_rule(l, c->has_user ? c->user_id : NULL, c->provider, c->model,
+                        (uint8_t)c->dimension, (uint8_t)c->window, c->amount);
+    }
     l->resync_ms = config->limits.resync_s * 1000;
     if (uv_is_active((uv_handle_t *)&l->resync_timer))
         uv_timer_start(&l->resync_timer, on_resync, l->resync_ms, l->resync_ms);
@@ -213,66 +480,101 @@ void rules_start(struct rules *l)
     uv_timer_start(&l->resync_timer, on_resync, l->resync_ms, l->resync_ms);
 }
 
-static const struct rules_provider *find_provider(const struct rules_provider *list, size_t n,
-                                                  const char *name, size_t len)
+/* ---- resolving a check's rules ---- */
+
+/* Rules counting the same thing for a check share a slot: which of provider and model they
+ * name (2 x 2), the dimension and the window. */
+#define SLOTS (4 * RULES_DIMENSIONS * RULES_WINDOWS)
+
+static int slot_of(const struct rules_rule *r)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(list[i].name, name, len) == 0 && list[i].name[len] == '\0')
-            return &list[i];
-    return NULL;
+    int scope = (r->provider[0] ? 1 : 0) + (r->model[0] ? 2 : 0);
+    return (scope * RULES_DIMENSIONS + r->dimension) * RULES_WINDOWS + r->window;
 }
 
-static int64_t pick(struct config_limit over, int64_t fallback)
+static int rank_of(const struct rules_rule *r)
 {
-    switch (over.kind) {
-    case CONFIG_LIMIT_UNLIMITED:
-        return RULES_UNLIMITED;
-    case CONFIG_LIMIT_VALUE:
-        return over.value;
-    case CONFIG_LIMIT_UNSET:
-        break;
-    }
-    return fallback;
+    return (r->has_user ? 8 : 0) + r->source + 1;
+}
+
+static void consider(const struct rules_rule *r, const char *provider, size_t plen,
+                     const char *model, size_t mlen, const struct rules_rule **best)
+{
+    if (r->provider[0] && (strncmp(r->provider, provider, plen) != 0 || r->provider[plen]))
+        return;
+    if (r->model[0] && (!mlen || strncmp(r->model, model, mlen) != 0 || r->model[mlen]))
+        return;
+    int s = slot_of(r);
+    if (!best[s] || rank_of(r) > rank_of(best[s]))
+        best[s] = r;
 }
 
 enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16],
-                                const char *provider, size_t provider_len,
-                                struct rules_resolved *out)
+                                const char *provider, size_t provider_len, const char *model,
+                                size_t model_len, struct rules_resolved *out)
 {
-    if (provider_len > RULES_PROVIDER_BYTES)
+    if (provider_len > RULES_PROVIDER_BYTES || model_len > RULES_MODEL_BYTES)
         return RULES_UNKNOWN_PROVIDER;
-    const struct rules_provider *db = find_provider(l->db, l->ndb, provider, provider_len);
-    const struct rules_provider *ov =
-        find_provider(l->overrides, l->noverrides, provider, provider_len);
-    struct rules_user key;
-    memcpy(key.user_id, user_id, 16);
-    memcpy(key.provider, provider, provider_len);
-    key.provider[provider_len] = '\0';
-    const struct rules_user *user =
-        l->nusers ? bsearch(&key, l->users, l->nusers, sizeof(*l->users), compare_users) : NULL;
-    if (!db && !ov && !user)
+    struct rules_provider key;
+    memcpy(key.name, provider, provider_len);
+    key.name[provider_len] = '\0';
+    const struct rules_provider *p =
+        l->nproviders
+            ? bsearch(&key, l->providers, l->nproviders, sizeof(*l->providers), compare_providers)
+            : NULL;
+    if (!p)
         return l->loaded ? RULES_UNKNOWN_PROVIDER : RULES_NOT_LOADED;
-    if (!db && !ov && !l->loaded)
-        return RULES_NOT_LOADED; /* a user override alone, on top of limits not read yet */
+    if (!l->loaded &&
+        !provider_in(l->config_providers, l->nconfig_providers, key.name, provider_len))
+        return RULES_NOT_LOADED; /* a user's rule alone, on top of limits not read yet */
 
-    /* The database's row, then the provider override, then the user override, field by field.
-     * A provider only the config knows is unlimited where the config is silent. */
-    out->enabled = db ? db->enabled : true;
-    out->per_minute = db ? db->per_minute : RULES_UNLIMITED;
-    out->per_day = db ? db->per_day : RULES_UNLIMITED;
-    if (ov) {
-        size_t i = (size_t)(ov - l->overrides);
-        if (ov->per_minute != OVERRIDE_UNSET)
-            out->per_minute = ov->per_minute;
-        if (ov->per_day != OVERRIDE_UNSET)
-            out->per_day = ov->per_day;
-        if (l->override_enabled[i] >= 0)
-            out->enabled = l->override_enabled[i] == 1;
+    const struct rules_rule *best[SLOTS] = {0};
+    for (size_t i = 0; i < l->nevery; i++)
+        consider(&l->every[i], provider, provider_len, model, model_len, best);
+    if (l->nper_user) {
+        /* The user's rules are a run in the sorted list: find its start. */
+        size_t lo = 0, hi = l->nper_user;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (memcmp(l->per_user[mid].user_id, user_id, 16) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        for (size_t i = lo; i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0;
+             i++)
+            consider(&l->per_user[i], provider, provider_len, model, model_len, best);
     }
-    if (user) {
-        out->per_minute = pick(user->per_minute, out->per_minute);
-        out->per_day = pick(user->per_day, out->per_day);
-    }
+
+    out->enabled = p->config_enabled >= 0 ? p->config_enabled == 1 : p->db_enabled != 0;
+    out->has_budget = false;
+    out->n = out->counted = 0;
+    out->per_minute = out->per_day = RULES_UNLIMITED;
+    /* Limited rules first (the ones Redis counts), then the unlimited ones; each in slot order:
+     * every provider, provider, model, provider and model; by dimension; by window. */
+    for (int pass = 0; pass < 2; pass++)
+        for (int s = 0; s < SLOTS; s++) {
+            const struct rules_rule *r = best[s];
+            if (!r || (r->amount == RULES_UNLIMITED) != (pass == 1))
+                continue;
+            struct rules_applied *a = &out->rule[out->n++];
+            a->dimension = r->dimension;
+            a->window = r->window;
+            a->by_provider = r->provider[0] != '\0';
+            a->by_model = r->model[0] != '\0';
+            a->limit = r->amount;
+            if (pass == 0) {
+                out->counted++;
+                if (r->dimension != RULES_REQUESTS)
+                    out->has_budget = true;
+            }
+            if (a->by_provider && !a->by_model && r->dimension == RULES_REQUESTS) {
+                if (r->window == RULES_MINUTE)
+                    out->per_minute = r->amount;
+                else if (r->window == RULES_DAY)
+                    out->per_day = r->amount;
+            }
+        }
     return RULES_FOUND;
 }
 
@@ -298,11 +600,12 @@ void rules_close(struct rules *l, void (*on_closed)(struct rules *l, void *arg),
     uv_close((uv_handle_t *)&l->resync_timer, on_handle_closed);
     pg_close(&l->pg, on_pg_closed);
     free(l->db);
-    free(l->overrides);
-    free(l->override_enabled);
-    free(l->users);
-    l->db = NULL;
-    l->overrides = NULL;
-    l->override_enabled = NULL;
-    l->users = NULL;
+    free(l->db_providers);
+    free(l->config_rules);
+    free(l->config_providers);
+    free(l->every);
+    free(l->per_user);
+    free(l->providers);
+    l->db = l->config_rules = l->every = l->per_user = NULL;
+    l->db_providers = l->config_providers = l->providers = NULL;
 }

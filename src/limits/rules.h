@@ -1,9 +1,20 @@
-/* rules: where a check's limits come from. In order: a per-user override in the config, a
- * per-provider override in the config, the provider's row in api_providers. The rows are loaded
- * at start over a connection of their own, reloaded when PostgreSQL sends NOTIFY usaged_limits
- * (the migrations' trigger on api_providers), and resynced every limits.resync_s in case a
- * notification was missed. Every change bumps a generation number, so that caches built on old
- * limits can tell. */
+/* rules: which limits a check is held to (PROTOCOL.md, "Protocol 1, additions: budgets").
+ *
+ * A rule limits one dimension (requests, tokens, spend) over one window (minute, hour, day,
+ * month, UTC) for a pattern: a user or every user, a provider or every provider, a model or any
+ * model. Three sources: api_providers (requests per minute and per day of a provider, for every
+ * user), the table public.usage_limits, and the config (limits.providers, limits.users and
+ * limits.rules). Rules that count the same thing (same provider, model, dimension and window)
+ * replace one another: one naming the user beats one for every user; then the config beats
+ * usage_limits, which beats api_providers. So a user's rule can raise or lift a limit.
+ *
+ * The rows are loaded at start over a connection of their own (both tables in one statement, so
+ * one snapshot), reloaded when PostgreSQL sends NOTIFY usaged_limits (the migrations' triggers
+ * on both tables), and resynced every limits.resync_s in case a notification was missed. Every
+ * change bumps a generation number, so that caches built on old rules can tell.
+ *
+ * Not yet enforced (a later issue): concurrent rules, shadow rules and alerts. Such rows are
+ * read and skipped, and said so once in the log. */
 #ifndef USAGED_RULES_H
 #define USAGED_RULES_H
 
@@ -17,26 +28,49 @@
 
 #define RULES_PROVIDER_MAX 50 /* characters, as api_providers.name is varchar(50) */
 #define RULES_PROVIDER_BYTES (RULES_PROVIDER_MAX * 4) /* their UTF-8 bytes, at most */
+#define RULES_MODEL_MAX 50
+#define RULES_MODEL_BYTES (RULES_MODEL_MAX * 4)
 #define RULES_UNLIMITED (-1)
+/* Rules applying to one check, at most: 2 (provider, model) x 2 (named or not) x 3 dimensions
+ * x 4 windows can all apply at once. */
+#define RULES_APPLY_MAX 48
 
-struct rules_provider {
-    char name[RULES_PROVIDER_BYTES + 1];
-    bool enabled;
-    int64_t per_minute; /* RULES_UNLIMITED or >= 0 */
-    int64_t per_day;
+enum rules_dimension { RULES_REQUESTS = 0, RULES_TOKENS, RULES_SPEND, RULES_DIMENSIONS };
+enum rules_window { RULES_MINUTE = 0, RULES_HOUR, RULES_DAY, RULES_MONTH, RULES_WINDOWS };
+enum rules_source { RULES_FROM_PROVIDERS = 0, RULES_FROM_TABLE, RULES_FROM_CONFIG };
+
+/* What a rule's counter is kept per, besides the user: the answer's `scope`. */
+enum rules_scope { RULES_SCOPE_USER = 0, RULES_SCOPE_PROVIDER, RULES_SCOPE_MODEL };
+
+struct rules_rule {
+    uint8_t user_id[16];
+    bool has_user;                           /* false: every user */
+    uint8_t dimension;                       /* enum rules_dimension */
+    uint8_t window;                          /* enum rules_window */
+    uint8_t source;                          /* enum rules_source */
+    int64_t amount;                          /* RULES_UNLIMITED or >= 0; spend in micro-dollars */
+    char provider[RULES_PROVIDER_BYTES + 1]; /* "": every provider */
+    char model[RULES_MODEL_BYTES + 1];       /* "": any model */
 };
 
-struct rules_user {
-    uint8_t user_id[16];
-    char provider[RULES_PROVIDER_BYTES + 1];
-    struct config_limit per_minute;
-    struct config_limit per_day;
+/* One rule that applies to a check. */
+struct rules_applied {
+    uint8_t dimension;
+    uint8_t window;
+    bool by_provider; /* its counter is the check's provider's (else every provider's) */
+    bool by_model;    /* its counter is the check's model's (else any model's) */
+    int64_t limit;    /* RULES_UNLIMITED or >= 0 */
 };
 
 /* What a check is held to. */
 struct rules_resolved {
     bool enabled;
-    int64_t per_minute; /* RULES_UNLIMITED or >= 0 */
+    bool has_budget; /* a tokens or spend rule with a limit applies: the check gets a reservation */
+    uint8_t n;       /* rules applying, in rule[] ordered by scope, dimension, window */
+    uint8_t counted; /* of them, the ones with a limit (the first `counted`; unlimited after) */
+    struct rules_applied rule[RULES_APPLY_MAX];
+    /* The v1 answer's keys: the provider's requests per minute and per day (every model). */
+    int64_t per_minute; /* RULES_UNLIMITED: no such rule, or unlimited */
     int64_t per_day;
 };
 
@@ -46,20 +80,39 @@ enum rules_lookup {
     RULES_NOT_LOADED,       /* the database's limits have not been read yet */
 };
 
+/* A provider the daemon knows, and whether it is enabled. */
+struct rules_provider {
+    char name[RULES_PROVIDER_BYTES + 1];
+    int8_t db_enabled;     /* api_providers.is_enabled; -1: no row */
+    int8_t config_enabled; /* limits.providers.NAME.enabled; -1: unset */
+};
+
 struct rules {
     uv_loop_t *loop;
     struct pg_conn pg;
     uv_timer_t resync_timer;
     uint32_t resync_ms;
-    struct rules_provider *db; /* rows of api_providers */
+    /* The sources, as read. */
+    struct rules_rule *db; /* api_providers' limits and usage_limits' rows */
     size_t ndb;
-    bool loaded;                      /* db holds a successful load */
-    bool reload_wanted;               /* a NOTIFY or resync arrived while the connection was busy */
-    struct rules_provider *overrides; /* limits.providers: UNSET fields are -2 */
-    int *override_enabled;            /* per override: -1 unset, 0, 1 */
-    size_t noverrides;
-    struct rules_user *users; /* limits.users, sorted by (user_id, provider) */
-    size_t nusers;
+    struct rules_provider *db_providers;
+    size_t ndb_providers;
+    struct rules_rule *config_rules;
+    size_t nconfig_rules;
+    struct rules_provider *config_providers;
+    size_t nconfig_providers;
+    /* Merged from the sources at every change. */
+    struct rules_rule *every; /* rules for every user */
+    size_t nevery;
+    struct rules_rule *per_user; /* rules naming a user, sorted by user_id */
+    size_t nper_user;
+    struct rules_provider *providers; /* sorted by name */
+    size_t nproviders;
+    bool has_budgets;         /* some tokens or spend rule exists */
+    bool loaded;              /* the database's rows have been read once */
+    bool reload_wanted;       /* a NOTIFY or resync arrived while the connection was busy */
+    bool no_table;            /* usage_limits does not exist (not migrated): api_providers only */
+    bool warned_no_table;     /* and that was logged */
     uint64_t generation;      /* bumped by every change of any source */
     uint64_t listen_connects; /* pg connects count when LISTEN was last sent */
     struct pg_op op;
@@ -76,11 +129,21 @@ struct rules {
 void rules_init(struct rules *l, uv_loop_t *loop, const struct config *config,
                 void (*on_change)(void *arg), void *arg);
 void rules_start(struct rules *l);
-/* Takes the overrides and resync interval of a (reloaded) config. */
+/* Takes the rules and resync interval of a (reloaded) config. */
 void rules_configure(struct rules *l, const struct config *config);
+/* The rules applying to a check of user_id with provider and (model_len > 0) model. */
 enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16],
-                                const char *provider, size_t provider_len,
-                                struct rules_resolved *out);
+                                const char *provider, size_t provider_len, const char *model,
+                                size_t model_len, struct rules_resolved *out);
+/* Merges sources into the lists rules_resolve reads; exposed for the unit tests, which fill
+ * db, config_rules and the provider lists by hand. */
+void rules_merge(struct rules *l);
 void rules_close(struct rules *l, void (*on_closed)(struct rules *l, void *arg), void *arg);
+
+/* Names, as the protocol spells them. */
+const char *rules_dimension_name(enum rules_dimension d);
+const char *rules_window_name(enum rules_window w);
+bool rules_parse_dimension(const char *s, uint8_t *out);
+bool rules_parse_window(const char *s, uint8_t *out);
 
 #endif

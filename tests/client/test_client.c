@@ -432,6 +432,102 @@ static bool test_check(struct ctx *x, usaged_client *c)
     return expect_coherent_check(x, &r);
 }
 
+/* ---- budgets (the caller adds a tokens-per-day rule of 1000 for openai) ---- */
+
+static const struct usaged_limit *find_limit(const struct usaged_budget_result *r,
+                                             const char *dimension)
+{
+    for (size_t i = 0; i < r->nlimits; i++)
+        if (strcmp(r->limits[i].dimension, dimension) == 0)
+            return &r->limits[i];
+    return NULL;
+}
+
+/* The tokens used so far, by a peek. */
+static bool tokens_used(struct ctx *x, usaged_client *c, int64_t *used)
+{
+    struct usaged_check_request peek = {.user_id = x->user, .provider = "openai"};
+    struct usaged_budget_result r;
+    if (!expect_rc(x, c, usaged_check_budget(c, &peek, &r), USAGED_OK, "peek"))
+        return false;
+    const struct usaged_limit *t = find_limit(&r, "tokens");
+    if (!t || !t->used.has_value)
+        return failf(x, "the peek reports no tokens rule");
+    *used = t->used.value;
+    return true;
+}
+
+static bool test_budget_check_reserves_and_settle_applies_once(struct ctx *x, usaged_client *c)
+{
+    int64_t before, after;
+    if (!tokens_used(x, c, &before))
+        return false;
+    struct usaged_check_request req = {
+        .user_id = x->user, .provider = "openai", .cost = 1, .tokens = 300, .spend = "0.25"};
+    struct usaged_budget_result r;
+    if (!expect_rc(x, c, usaged_check_budget(c, &req, &r), USAGED_OK, "check"))
+        return false;
+    if (!r.check.allowed || !r.reservation[0] || r.has_denied_by)
+        return failf(x, "allowed %d, reservation \"%s\"", r.check.allowed, r.reservation);
+    const struct usaged_limit *t = find_limit(&r, "tokens");
+    if (!t || strcmp(t->window, "day") != 0 || strcmp(t->scope, "provider") != 0 ||
+        t->used.value != before + 300 || t->limit.value != 1000 ||
+        t->remaining.value != 1000 - before - 300)
+        return failf(x, "the tokens rule reads wrong");
+    struct usaged_settle_request s = {
+        .reservation = r.reservation, .has_tokens = true, .tokens = 120};
+    bool duplicate = true;
+    if (!expect_rc(x, c, usaged_settle(c, &s, &duplicate), USAGED_OK, "settle") || duplicate)
+        return failf(x, "the first settle is a duplicate");
+    if (!tokens_used(x, c, &after))
+        return false;
+    if (after != before + 120)
+        return failf(x, "tokens used %" PRId64 " after settling 120, want %" PRId64, after,
+                     before + 120);
+    if (!expect_rc(x, c, usaged_settle(c, &s, &duplicate), USAGED_OK, "settle again") || !duplicate)
+        return failf(x, "the second settle is not a duplicate");
+    char unknown[64];
+    snprintf(unknown, sizeof(unknown), "%s.0123456789abcdef", x->user);
+    s.reservation = unknown;
+    if (!expect_rc(x, c, usaged_settle(c, &s, NULL), USAGED_ERR_SERVER, "settle unknown"))
+        return false;
+    return expect_str(x, usaged_error_code(c), USAGED_ERR_UNKNOWN_RESERVATION, "error code");
+}
+
+static bool test_log_prompt_with_a_reservation_settles_it(struct ctx *x, usaged_client *c)
+{
+    int64_t before, after = 0;
+    if (!tokens_used(x, c, &before))
+        return false;
+    struct usaged_check_request req = {
+        .user_id = x->user, .provider = "openai", .cost = 1, .tokens = 200};
+    struct usaged_budget_result r;
+    if (!expect_rc(x, c, usaged_check_budget(c, &req, &r), USAGED_OK, "check") || !r.reservation[0])
+        return failf(x, "no reservation");
+    struct usaged_prompt_event ev = {.user_id = x->user,
+                                     .model = "c-prompt-reserved",
+                                     .status = "completed",
+                                     .has_tokens_used = true,
+                                     .tokens_used = 50};
+    const char *reservations[] = {r.reservation};
+    uint64_t accepted = 0;
+    if (!expect_rc(x, c,
+                   usaged_log_prompt_reserved(c, &ev, reservations, 1, USAGED_ACK_QUEUED, false,
+                                              &accepted),
+                   USAGED_OK, "log_prompt") ||
+        accepted != 1)
+        return failf(x, "log_prompt accepted %" PRIu64, accepted);
+    /* The settle follows the acceptance: wait for it (5 s at most). */
+    for (int tries = 0; tries < 100; tries++) {
+        if (!tokens_used(x, c, &after))
+            return false;
+        if (after == before + 50)
+            return true;
+        usleep(50000);
+    }
+    return failf(x, "tokens used %" PRId64 ", want %" PRId64, after, before + 50);
+}
+
 /* ---- the runner ---- */
 
 struct test {
@@ -465,6 +561,10 @@ static const struct test tests[] = {
     {"connecting_to_a_full_listen_queue_times_out",
      test_connecting_to_a_full_listen_queue_times_out, true},
     {"check", test_check, true},
+    {"budget_check_reserves_and_settle_applies_once",
+     test_budget_check_reserves_and_settle_applies_once, true},
+    {"log_prompt_with_a_reservation_settles_it", test_log_prompt_with_a_reservation_settles_it,
+     true},
 };
 
 static void usage(FILE *out)

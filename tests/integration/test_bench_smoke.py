@@ -4,7 +4,11 @@ bench/RESULTS.md, never asserted in a test."""
 
 import json
 import os
+import signal
 import subprocess
+import time
+
+import pytest
 
 import servers
 from conftest import base_config, sql
@@ -89,3 +93,115 @@ def test_the_csv_of_usage_rows_loads_with_psql_copy(workdir, pg, db):
                     f"\\copy public.api_usage_logs ({cols}) FROM '{path}' "
                     "WITH (FORMAT csv, HEADER true)"], check=True, capture_output=True)
     assert sql(pg, db, "SELECT count(*) FROM public.api_usage_logs")[0][0] == 200
+
+
+LIMITER_SCRIPT = os.path.join(BUILD_DIR, "bench", "limiter-script")
+
+
+def assert_quantiles(lat):
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["p9999"] <= lat["max"]
+
+
+def test_an_open_loop_run_counts_every_request_due_in_its_window(
+        daemon_factory, workdir, pg, db, redis_server):
+    d = start(daemon_factory, workdir, pg, db, redis_server)
+    r = bench("-s", d.socket, "--mix", "check=100", "-c", "2", "-p", "8", "-u", str(USERS),
+              "--rate", "2000", "-d", "1", "-w", "0.2", "--pid", str(d.proc.pid))
+    assert r["target"] == "usaged" and r["rate"] == 2000
+    assert r["errors"] == {}
+    lat = r["latency_us"]["all"]
+    # Every request due in the window is in the figures, however fast or slow the daemon was:
+    # the window's length times the rate, answered or counted as unanswered.
+    assert abs(lat["count"] - 2000 * r["window_s"]) <= 2000 / 1000 + 2  # window_s is in ms
+    assert r["requests_ok"] + r["open_loop"]["unanswered"] == lat["count"]
+    assert_quantiles(lat)
+    lag = r["open_loop"]["send_lag_us"]
+    assert abs(lag["count"] - lat["count"]) <= 2
+    assert lag["p50"] <= lag["p99"] <= lag["max"]
+    # What the shared cores cost: the time the daemon and the client waited for a CPU.
+    assert r["daemon"]["wait_s"] >= 0 and r["client"]["wait_s"] >= 0
+
+
+def has_timerfd(pid):
+    """Whether the process has a timerfd open: usage-bench makes its open loop's when the run
+    begins, once every connection is made."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        return any(os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:[timerfd]"
+                   for fd in os.listdir(fd_dir))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_stall_of_the_daemon_counts_for_every_request_due_during_it(
+        daemon_factory, workdir, pg, db, redis_server):
+    """The daemon is stopped for the first second of a 2-second open-loop run. Half of the
+    requests fall due while it is stopped, and each counts its wait, so the 90th percentile is
+    most of a second. (A closed loop with 16 in flight would have counted the stall for 16
+    requests, and shown it at most in the p99.9.)"""
+    d = start(daemon_factory, workdir, pg, db, redis_server)
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        # Connecting needs only the listening socket's backlog, not the stopped daemon.
+        p = subprocess.Popen([BENCH, "-s", d.socket, "--mix", "check=100", "-c", "2", "-p", "8",
+                              "-u", str(USERS), "--rate", "500", "-d", "2", "-w", "0", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        servers.wait_for(lambda: has_timerfd(p.pid) or p.poll() is not None, 30,
+                         "usage-bench to begin its run")
+        time.sleep(1.0)  # the stall being measured, not a wait for a condition
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    r = json.loads(out)
+    lat = r["latency_us"]["all"]
+    assert r["errors"] == {} and r["open_loop"]["unanswered"] == 0
+    assert abs(lat["count"] - 500 * r["window_s"]) <= 500 / 1000 + 2
+    assert lat["max"] >= 900_000
+    assert lat["p90"] >= 400_000
+
+
+def load_script(redis_server):
+    import redis
+    script = subprocess.run([LIMITER_SCRIPT], capture_output=True, text=True,
+                            check=True).stdout
+    conn = redis.Redis(unix_socket_path=redis_server.sock)
+    try:
+        return conn, conn.script_load(script)
+    except Exception:
+        conn.close()
+        raise
+
+
+@pytest.mark.parametrize("batch,rate", [(1, 3000), (8, 60000)])
+def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server, batch,
+                                                                            rate):
+    """One call per check, or up to 8 checks of 8 keys in a call as the daemon batches them: each
+    check is answered and counted alone. (3,000/s wakes the client when each request is due,
+    60,000/s every 20 us.)"""
+    conn, sha = load_script(redis_server)
+    try:
+        r = bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "2", "-p", "8",
+                  "-u", str(USERS), "-P", "openai", "--key-prefix", f"smoke{batch}:",
+                  "--redis-batch", str(batch), "--rate", str(rate), "-d", "0.2", "-w", "0.1")
+        assert r["target"] == "redis" and r["errors"] == {}
+        lat = r["latency_us"]["all"]
+        assert abs(lat["count"] - rate * r["window_s"]) <= rate / 1000 + 2  # window_s is in ms
+        assert r["checks"]["allowed"] == r["requests_ok"] == lat["count"]
+        assert_quantiles(lat)
+        # The daemon's key shape: prefix{user:provider}:m:<minute> and :d:<day>.
+        keys = {k.decode() for k in conn.scan_iter(f"smoke{batch}:*", count=1000)}
+        assert f"smoke{batch}:{{b0000000-0000-4000-8000-000000000000:openai}}" in {
+            k.rsplit(":", 2)[0] for k in keys}
+        assert {k.rsplit(":", 2)[1] for k in keys} == {"m", "d"}
+    finally:
+        conn.close()
+
+
+def test_a_script_redis_does_not_have_fails_the_run_and_says_so(redis_server):
+    r = subprocess.run([BENCH, "--redis", f"unix:{redis_server.sock}", "--evalsha", "0" * 40,
+                        "-c", "1", "-p", "1", "--rate", "100", "-d", "0.2", "-w", "0", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "NOSCRIPT" in r.stderr
+    assert json.loads(r.stdout)["requests_err"] > 0

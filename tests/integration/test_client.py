@@ -169,6 +169,38 @@ def test_check_answers_with_a_coherent_result(authed):
     passes(authed, "check")
 
 
+def with_tokens_rule(ctx, amount=1000):
+    """Adds usage_limits' openai tokens-per-day rule and waits until the daemon (without auth:
+    the `plain` fixture) applies it."""
+    sql(ctx.pg, ctx.db, "INSERT INTO public.usage_limits (provider, dimension, period, amount) "
+        "VALUES ('openai', 'tokens', 'day', %s)", (amount,))
+
+    def applied():
+        with ctx.daemon.client() as c:
+            err, r = c.wait(c.send_request("check", [{"user_id": ctx.user, "provider": "openai",
+                                                      "cost": 0}]))
+            # unavailable: the daemon has not read the limits yet, right after its start
+            return err is None and any(x["dimension"] == "tokens" for x in r["limits"])
+    servers.wait_for(applied, 10, "the tokens rule")
+
+
+def passes_without_auth(ctx, test):
+    r = subprocess.run([CLIENT_TEST_BIN, "-s", ctx.daemon.socket, "-u", ctx.user, test],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"ok {test}", r.stdout + r.stderr
+
+
+def test_budget_check_reserves_and_settle_applies_once(plain):
+    with_tokens_rule(plain)
+    passes_without_auth(plain, "budget_check_reserves_and_settle_applies_once")
+
+
+def test_log_prompt_with_a_reservation_settles_it(plain):
+    with_tokens_rule(plain)
+    passes_without_auth(plain, "log_prompt_with_a_reservation_settles_it")
+    wait_rows(plain, "prompt_history", "model", "c-prompt-reserved", 1)
+
+
 def test_an_unknown_test_name_is_a_usage_error(authed):
     assert run_c(authed, "no_such_test").returncode == 2
 
@@ -242,8 +274,29 @@ def test_usagectl_an_invalid_event_exits_one_naming_the_field(plain):
     assert "invalid_field" in r.stderr and "status_code" in r.stderr
 
 
+def test_usagectl_check_with_tokens_then_settle(plain):
+    with_tokens_rule(plain, 100)
+    sock = plain.daemon.socket
+    r = usagectl("check", plain.user, "openai", "--tokens", "80", "--model", "gpt-4o",
+                 "--spend", "0.5", socket=sock)
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["allowed"] and answer["reservation"]
+    denied = usagectl("check", plain.user, "openai", "--tokens", "30", socket=sock)
+    assert denied.returncode == 1 and json.loads(denied.stdout)["reason"] == "day_limit"
+    r = usagectl("settle", answer["reservation"], "--tokens", "10", socket=sock)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"settled": True, "duplicate": False}
+    again = usagectl("settle", answer["reservation"], "--cancel", socket=sock)
+    assert again.returncode == 0 and json.loads(again.stdout)["duplicate"] is True
+    assert usagectl("check", plain.user, "openai", "--tokens", "30", socket=sock).returncode == 0
+    unknown = usagectl("settle", plain.user + ".0123456789abcdef", socket=sock)
+    assert unknown.returncode == 1 and "unknown_reservation" in unknown.stderr
+
+
 @pytest.mark.parametrize("args", [
-    [], ["frobnicate"], ["check", "only-a-user"], ["-t", "soon", "ping"], ["ping", "extra"],
+    [], ["frobnicate"], ["check", "only-a-user"], ["check", "u", "p", "--tokens", "-1"],
+    ["check", "u", "p", "--cost"], ["settle"], ["settle", "r", "--tokens", "x"], ["-t", "soon", "ping"], ["ping", "extra"],
     ["log-usage", "not-a-pair"], ["stats", "--yaml"], ["migrate"],
 ], ids=lambda a: " ".join(a) or "nothing")
 def test_usagectl_bad_usage_exits_two(plain, args):

@@ -315,7 +315,8 @@ def test_checks_of_many_keys_share_script_calls_and_each_key_stays_exact(
 
 def test_a_key_redis_cannot_count_fails_alone_and_the_batch_around_it_stays_exact(
         daemon_factory, workdir, pg, db, redis_server):
-    # Someone stored a list where one user's day counter belongs. Its checks go out in the same
+    # Someone stored a list where one user's counters of the provider belong (the hash of the
+    # scope {user}:p:provider, PROTOCOL.md's budgets layout). Its checks go out in the same
     # script calls as 20 other users' (one write), and only they get the policy's answer.
     add_provider(pg, db, "wrongtype", per_minute=3, per_day=1000)
     bad = str(uuid.uuid4())
@@ -323,8 +324,7 @@ def test_a_key_redis_cannot_count_fails_alone_and_the_batch_around_it_stays_exac
     d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n")
     wait_for_fresh_minute(redis_server)
     r = redis_py.Redis(unix_socket_path=redis_server.sock)
-    sec = int(r.time()[0])
-    r.rpush(f"usaged:{{{bad}:wrongtype}}:d:{sec // 86400}", "not a counter")
+    r.rpush(f"usaged:{{{bad}}}:p:wrongtype", "not a counter")
     order = [u for _ in range(4) for u in [bad] + good]
     with d.client() as c:
         answers = pipelined_checks(c, [(u, "wrongtype") for u in order])
@@ -339,8 +339,9 @@ def test_a_key_redis_cannot_count_fails_alone_and_the_batch_around_it_stays_exac
         assert [a["remaining_minute"] for a in by_user[u]] == [2, 1, 0, 0]
         assert not any(a["degraded"] for a in by_user[u])
     assert s["key_errors"] == 4 and s["batched"] > 0
-    # The minute increment made before the day counter failed was taken back.
-    assert int(r.get(f"usaged:{{{bad}:wrongtype}}:m:{sec // 60}") or 0) == 0
+    # Nothing of the user's was written around it.
+    assert r.lrange(f"usaged:{{{bad}}}:p:wrongtype", 0, -1) == [b"not a counter"]
+    assert r.keys(f"usaged:{{{bad}}}*") == [f"usaged:{{{bad}}}:p:wrongtype".encode()]
     r.close()
     assert "cannot be counted" in d.log_text()
 

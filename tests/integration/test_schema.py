@@ -25,7 +25,7 @@ USER_TABLES = ["user_profiles", "user_preferences", "user_sessions", "api_config
 ALL_TABLES = ["user_profiles", "user_preferences", "user_sessions", "api_providers",
               "api_configurations", "api_usage_logs", "prompt_frameworks", "prompt_history",
               "prompt_templates", "feedback", "feedback_categories", "feedback_tags",
-              "feedback_analytics", "system_config"]
+              "feedback_analytics", "system_config", "usage_limits"]
 VIEWS = ["analytics.api_usage_daily", "analytics.api_usage_hourly_provider",
          "analytics.prompt_generations_daily"]
 
@@ -1058,3 +1058,51 @@ def test_partitions_are_created_in_the_daemon_schema(db):
         q(db, "RESET ROLE")
     assert q1(db, "SELECT relnamespace::regnamespace::text FROM pg_class "
                   "WHERE relname = 'api_usage_logs_2032_02'") == "usaged"
+
+
+def test_usage_limits_users_read_their_own_and_every_user_rules_and_only_service_role_writes(db):
+    alice, bob = new_user(db), new_user(db)
+    q(db, "INSERT INTO public.usage_limits (user_id, provider, dimension, period, amount) VALUES "
+      "(NULL, 'openai', 'tokens', 'day', 1000), (%s, 'openai', 'tokens', 'day', 5000), "
+      "(%s, 'openai', 'spend', 'month', 12.5)", (alice, bob))
+    with acting_as(db, "authenticated", alice):
+        seen = q(db, "SELECT user_id::text, dimension FROM public.usage_limits ORDER BY 1")
+        assert seen == [(alice, "tokens"), (None, "tokens")]
+        with pytest.raises(psycopg2.Error):
+            q(db, "INSERT INTO public.usage_limits (user_id, dimension, period, amount) "
+              "VALUES (%s, 'tokens', 'day', 1)", (alice,))
+    with acting_as(db, "service_role"):
+        q(db, "UPDATE public.usage_limits SET amount = 2000 WHERE user_id IS NULL")
+    assert q1(db, "SELECT amount FROM public.usage_limits WHERE user_id IS NULL") == 2000
+
+
+def test_usage_limits_refuses_rules_the_daemon_could_not_apply(db):
+    bad = [
+        ("tokens", None, 1),          # a window is required but for concurrent
+        ("concurrent", "day", 1),     # concurrent has none
+        ("tokens", "day", 1.5),       # whole units
+        ("spend", "day", -1),         # not negative
+        ("spend", "week", 1),         # no such period
+    ]
+    for dimension, period, amount in bad:
+        with pytest.raises(psycopg2.Error):
+            q(db, "INSERT INTO public.usage_limits (dimension, period, amount) VALUES "
+              "(%s, %s, %s)", (dimension, period, amount))
+    q(db, "INSERT INTO public.usage_limits (dimension, period, amount) VALUES "
+      "('spend', 'day', 0.000001)")
+    with pytest.raises(psycopg2.Error):  # one rule per thing counted
+        q(db, "INSERT INTO public.usage_limits (dimension, period, amount) VALUES "
+          "('spend', 'day', 2)")
+
+
+def test_a_change_of_usage_limits_notifies_the_daemons_once_per_statement(pg, fresh_db):
+    migrate(pg, fresh_db)
+    listener = connect(pg, fresh_db)
+    q(listener, "LISTEN usaged_limits")
+    writer = connect(pg, fresh_db)
+    q(writer, "INSERT INTO public.usage_limits (dimension, period, amount) VALUES "
+      "('tokens', 'day', 1), ('tokens', 'hour', 1)")
+    servers.wait_for(lambda: listener.poll() or listener.notifies, 10, "the notification")
+    assert [n.payload for n in listener.notifies] == ["usage_limits"]
+    listener.close()
+    writer.close()

@@ -166,6 +166,47 @@ TEST(user_overrides_need_a_uuid_and_a_provider)
     CHECK(check_contains(err, "limits.users[0].user_id must be a UUID"));
 }
 
+TEST(a_rules_item_gives_one_rule_per_amount_with_its_pattern)
+{
+    struct config *c = parse("limits:\n  rules:\n"
+                             "    - { provider: openai, model: gpt-4o, tokens_per_minute: 30000,\n"
+                             "        spend_per_day: \"5.25\", requests_per_hour: unlimited }\n"
+                             "    - { user_id: 0189d2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d,\n"
+                             "        spend_per_month: 0.000001 }\n");
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_EQ_INT(c->limits.rule_count, 4);
+    const struct config_rule *r = c->limits.rules;
+    CHECK_EQ_STR(r[0].provider, "openai");
+    CHECK_EQ_STR(r[0].model, "gpt-4o");
+    CHECK(!r[0].has_user);
+    /* In the order dimension, then window: requests per hour, tokens per minute, spend per day. */
+    CHECK(r[0].dimension == 0 && r[0].window == 1 && r[0].amount == -1);
+    CHECK(r[1].dimension == 1 && r[1].window == 0 && r[1].amount == 30000);
+    CHECK(r[2].dimension == 2 && r[2].window == 2 && r[2].amount == 5250000);
+    CHECK(r[3].has_user && r[3].user_id[0] == 0x01 && r[3].provider == NULL);
+    CHECK(r[3].dimension == 2 && r[3].window == 3 && r[3].amount == 1);
+    config_free(c);
+}
+
+TEST(rules_refuse_what_they_cannot_enforce_and_name_it)
+{
+    CHECK(parse("limits: { rules: [ { spend_per_day: \"0.0000001\" } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].spend_per_day must be an amount of USD"));
+    CHECK(parse("limits: { rules: [ { tokens_per_day: -1 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].tokens_per_day"));
+    CHECK(parse("limits: { rules: [ { provider: openai } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0] has no amount"));
+    CHECK(parse("limits: { rules: [ { concurrent: 3 } ] }") == NULL);
+    CHECK(check_contains(err, "not supported by this version"));
+    CHECK(parse("limits: { rules: [ { tokens_per_week: 3 } ] }") == NULL);
+    CHECK(check_contains(err, "unknown key limits.rules[0].tokens_per_week"));
+    CHECK(parse("limits: { rules: [ { provider: a, tokens_per_day: 1 },\n"
+                "                   { provider: a, tokens_per_day: 2 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[1] repeats tokens_per_day"));
+}
+
 TEST(provider_names_are_one_to_fifty_characters_not_bytes)
 {
     /* 50 two-byte characters: 100 bytes, as varchar(50) and the check method take them. */
@@ -339,6 +380,8 @@ int main(void)
                T(a_duplicate_key_is_refused), T(invalid_yaml_reports_where_the_parser_stopped),
                T(tcp_on_a_public_address_needs_an_auth_token),
                T(bad_addresses_and_modes_are_refused), T(user_overrides_need_a_uuid_and_a_provider),
+               T(a_rules_item_gives_one_rule_per_amount_with_its_pattern),
+               T(rules_refuse_what_they_cannot_enforce_and_name_it),
                T(refresh_entries_need_a_qualified_view_and_an_interval),
                T(maintenance_time_is_a_utc_time_of_day),
                T(the_key_table_is_consistent_with_its_fields),

@@ -1,0 +1,243 @@
+-- check.lua: the limiter's one script, for checks (ARGV[1] = 'c') and settles ('s'), many of
+-- them per call (src/limits/limiter.c sends it; scripts/embed_text.py embeds it at build time).
+--
+-- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of KEYS[k], the base
+-- "prefix{user_id}". A counting scope (a user, with the provider and/or model a rule names) is
+-- one hash, base .. suffix, holding for each window w (m minute, h hour, d day, M month) the
+-- field 'w'..w = the window's id and a count per dimension d (r requests, t tokens, s spend in
+-- micro-dollars) in the field d..w. One read and one write per scope, whatever the number of
+-- rules; the hash expires a minute after the end of the longest window counted in it. A window
+-- whose id has moved on counts from 0. A reservation is the string base .. ':r:' .. id, made
+-- with its expiry (ARGV[2] seconds) in one SET: a first line "cost tokens spend" (what its check
+-- charged), then per charged field a line "field window_id suffix"; once settled it is "d",
+-- with the expiry it had.
+--
+-- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
+-- (year * 12 + month - 1) of the proleptic Gregorian calendar.
+--
+-- 'c': for each KEYS[k]: ns, the ns scope suffixes; nr, per counted rule: its scope's index,
+-- its field (dimension .. window), its limit; nc, per check: cost, tokens, spend, reservation
+-- id ('' for none). Checks are applied in order, atomically over every rule: allowed only if
+-- every rule has room (used + amount <= limit, and no rule already at its limit when the amount
+-- is 0, unless the check is a peek: all amounts 0, refused only past a limit), then all are
+-- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied, and
+-- each rule's use after it}; a scope that cannot be counted (a key of another type, or a count
+-- that is not a number: written by someone else) answers -1 and the error for every check of
+-- its KEYS[k], and changes nothing there.
+-- 's': for each KEYS[k]: reservation id, tokens and spend used ('' keeps the estimate), '1' to
+-- cancel. The difference goes to every field the check charged whose window is still the
+-- current one (cancel gives back all, requests included); counts stop at 0. Returns {now_ms,
+-- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation}.
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local floor = math.floor
+local day = floor(sec / 86400)
+local wids = {m = tostring(floor(sec / 60)), h = tostring(floor(sec / 3600)), d = tostring(day)}
+local left = {m = 60 - sec % 60, h = 3600 - sec % 3600, d = 86400 - sec % 86400}
+-- The calendar month (H. Hinnant's civil_from_days and days_from_civil), only when a rule
+-- counts by month: most calls need none of it.
+local function month()
+  local z = day + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local mon = mp < 10 and mp + 3 or mp - 9
+  local yr = yoe + era * 400
+  if mon <= 2 then yr = yr + 1 end
+  local ny, nm = yr, mon + 1
+  if nm == 13 then ny, nm = ny + 1, 1 end
+  if nm <= 2 then ny = ny - 1 end
+  local era2 = floor(ny / 400)
+  local yoe2 = ny - era2 * 400
+  local mm = nm > 2 and nm - 3 or nm + 9
+  local doe2 = yoe2 * 365 + floor(yoe2 / 4) - floor(yoe2 / 100) + floor((153 * mm + 2) / 5)
+  wids.M = tostring(yr * 12 + mon - 1)
+  left.M = (era2 * 146097 + doe2 - 719468) * 86400 - sec
+end
+local out = {now}
+local a = 3
+
+if ARGV[1] == 's' then
+  for k = 1, #KEYS do
+    local base = KEYS[k]
+    local tok, sp, cancel = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
+    local rk = base .. ':r:' .. ARGV[a]
+    a = a + 4
+    local r = redis.pcall('GET', rk)
+    local c, rt, rsp, lines
+    if type(r) == 'string' then
+      c, rt, rsp, lines = string.match(r, '^(%d+) (%d+) (%d+)\n(.*)$')
+    end
+    if type(r) == 'table' and r.err then
+      out[#out + 1] = -1
+    elseif r == 'd' then
+      out[#out + 1] = 1
+    elseif not c then
+      out[#out + 1] = 2
+    else
+      local delta = {r = 0, t = 0, s = 0}
+      if cancel then
+        delta.r, delta.t, delta.s = -tonumber(c), -tonumber(rt), -tonumber(rsp)
+      else
+        if tok ~= '' then delta.t = tonumber(tok) - tonumber(rt) end
+        if sp ~= '' then delta.s = tonumber(sp) - tonumber(rsp) end
+      end
+      for line in string.gmatch(lines, '[^\n]+') do
+        local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
+        local win = string.sub(f, 2, 2)
+        if win == 'M' and not wids.M then month() end
+        local d = delta[string.sub(f, 1, 1)]
+        if d ~= 0 and w == wids[win] then
+          local key = base .. suffix
+          local cur = redis.pcall('HMGET', key, 'w' .. win, f)
+          if not cur.err and cur[1] == w then
+            local v = (tonumber(cur[2]) or 0) + d
+            if v < 0 then v = 0 end
+            redis.call('HSET', key, f, v)
+          end
+        end
+      end
+      redis.call('SET', rk, 'd', 'KEEPTTL')
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+
+local ttl = ARGV[2]
+local sbyte, ssub = string.byte, string.sub
+for k = 1, #KEYS do
+  local base = KEYS[k]
+  local ns = tonumber(ARGV[a])
+  local sfx = {}
+  for s = 1, ns do sfx[s] = ARGV[a + s] end
+  a = a + ns + 1
+  local nr = tonumber(ARGV[a])
+  a = a + 1
+  -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter.
+  local rs, rf, rl, rd, rw, used = {}, {}, {}, {}, {}, {}
+  for j = 1, nr do
+    local f = ARGV[a + 1]
+    rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
+    rd[j], rw[j] = sbyte(f, 1), ssub(f, 2, 2)
+    if rw[j] == 'M' and not wids.M then month() end
+    a = a + 3
+  end
+  -- One read per scope: each of its rules' window id and count.
+  local err = nil
+  local changed, rolled, existed = {}, {}, {}
+  for s = 1, ns do
+    local fields = {}
+    for j = 1, nr do
+      if rs[j] == s then
+        fields[#fields + 1] = 'w' .. rw[j]
+        fields[#fields + 1] = rf[j]
+      end
+    end
+    local v = redis.pcall('HMGET', base .. sfx[s], unpack(fields))
+    if v.err then
+      err = v.err
+    else
+      local i = 1
+      for j = 1, nr do
+        if rs[j] == s then
+          if v[i] then existed[s] = true end
+          if v[i] ~= wids[rw[j]] then
+            used[j] = 0 -- a new window counts from 0
+            rolled[s] = true
+          else
+            used[j] = tonumber(v[i + 1] or 0)
+            if not used[j] then
+              err = 'the count ' .. rf[j] .. ' of ' .. base .. sfx[s] .. ' is not a number'
+              used[j] = 0
+            end
+          end
+          i = i + 2
+        end
+      end
+    end
+  end
+  local nc = tonumber(ARGV[a])
+  a = a + 1
+  for i = 1, nc do
+    local cr, ct, cs = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local rid = ARGV[a + 3]
+    a = a + 4
+    if err then
+      out[#out + 1] = -1
+      out[#out + 1] = err
+      for j = 2, nr do out[#out + 1] = 0 end
+    else
+      local peek = cr == 0 and ct == 0 and cs == 0
+      local deny = false
+      for j = 1, nr do
+        local d = rd[j]
+        local x = d == 114 and cr or (d == 116 and ct or cs)
+        local u, lim = used[j], rl[j]
+        if peek then
+          if u > lim then deny = true end
+        elseif u + x > lim or (x == 0 and u >= lim) then
+          deny = true
+        end
+      end
+      if not deny and not peek then
+        for j = 1, nr do
+          local d = rd[j]
+          local x = d == 114 and cr or (d == 116 and ct or cs)
+          if x ~= 0 then
+            used[j] = used[j] + x
+            changed[rs[j]] = true
+          end
+        end
+        if rid ~= '' then
+          local parts = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}
+          for j = 1, nr do
+            parts[j + 1] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. sfx[rs[j]]
+          end
+          redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
+        end
+      end
+      out[#out + 1] = deny and 1 or 0
+      for j = 1, nr do out[#out + 1] = used[j] end
+    end
+  end
+  if not err then
+    -- One write per scope that changed: its rules' window ids and counts. A window that rolled
+    -- over also drops the counts of dimensions no rule counts any more (so that a rule added
+    -- later does not read an old window's count), and sets the expiry.
+    for s = 1, ns do
+      if changed[s] or rolled[s] then
+        local key, args, e = base .. sfx[s], {}, 0
+        for j = 1, nr do
+          if rs[j] == s then
+            args[#args + 1] = 'w' .. rw[j]
+            args[#args + 1] = wids[rw[j]]
+            args[#args + 1] = rf[j]
+            args[#args + 1] = used[j]
+            if left[rw[j]] > e then e = left[rw[j]] end
+          end
+        end
+        redis.call('HSET', key, unpack(args))
+        if rolled[s] and existed[s] then
+          local stale = {}
+          for j = 1, nr do
+            if rs[j] == s then
+              for _, d in ipairs({'r', 't', 's'}) do stale[d .. rw[j]] = true end
+            end
+          end
+          for j = 1, nr do
+            if rs[j] == s then stale[rf[j]] = nil end
+          end
+          local drop = {}
+          for f, _ in pairs(stale) do drop[#drop + 1] = f end
+          if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
+        end
+        if rolled[s] then redis.call('EXPIRE', key, e + 60) end
+      end
+    end
+  end
+end
+return out

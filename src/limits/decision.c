@@ -1,0 +1,151 @@
+/* decision: see decision.h. */
+#include "decision.h"
+
+#include <string.h>
+
+#include "usaged/protocol.h"
+
+/* Days since 1970-01-01 of a civil date, and back (H. Hinnant's algorithms, proleptic
+ * Gregorian): the month window needs the calendar, in Lua and here alike. */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int64_t *m)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static const uint64_t window_ms[] = {60000ULL, 3600000ULL, 86400000ULL};
+
+int64_t decision_window_id(enum rules_window w, uint64_t now_ms)
+{
+    if (w != RULES_MONTH)
+        return (int64_t)(now_ms / window_ms[w]);
+    int64_t y, m;
+    civil_from_days((int64_t)(now_ms / DECISION_DAY_MS), &y, &m);
+    return y * 12 + m - 1;
+}
+
+uint64_t decision_reset_ms(enum rules_window w, uint64_t now_ms)
+{
+    if (w != RULES_MONTH)
+        return window_ms[w] - now_ms % window_ms[w];
+    int64_t y, m;
+    civil_from_days((int64_t)(now_ms / DECISION_DAY_MS), &y, &m);
+    int64_t next = m == 12 ? days_from_civil(y + 1, 1, 1) : days_from_civil(y, m + 1, 1);
+    return (uint64_t)next * DECISION_DAY_MS - now_ms;
+}
+
+int64_t decision_amount(const struct check_amounts *a, enum rules_dimension d)
+{
+    switch (d) {
+    case RULES_REQUESTS:
+        return a->cost;
+    case RULES_TOKENS:
+        return (int64_t)a->tokens;
+    case RULES_SPEND:
+    case RULES_DIMENSIONS:
+        break;
+    }
+    return a->spend;
+}
+
+bool decision_is_peek(const struct check_amounts *a)
+{
+    return a->cost == 0 && a->tokens == 0 && a->spend == 0;
+}
+
+bool decision_rule_denies(int64_t limit, int64_t used, int64_t amount, bool peek)
+{
+    if (limit == RULES_UNLIMITED)
+        return false;
+    if (peek)
+        return used > limit; /* as in v1: a peek is refused only past the limit */
+    return used + amount > limit || (amount == 0 && used >= limit);
+}
+
+static const char *reason_of(enum rules_window w)
+{
+    static const char *const reasons[] = {USAGED_REASON_MINUTE_LIMIT, USAGED_REASON_HOUR_LIMIT,
+                                          USAGED_REASON_DAY_LIMIT, USAGED_REASON_MONTH_LIMIT};
+    return reasons[w];
+}
+
+static int64_t left_in(int64_t limit, int64_t used)
+{
+    if (limit == RULES_UNLIMITED || used == RULES_UNLIMITED)
+        return RULES_UNLIMITED;
+    return used >= limit ? 0 : limit - used;
+}
+
+static void v1_keys(const struct rules_resolved *rules, uint64_t now_ms, struct check_result *out)
+{
+    out->reset_minute_ms = decision_reset_ms(RULES_MINUTE, now_ms);
+    out->reset_day_ms = decision_reset_ms(RULES_DAY, now_ms);
+    out->limit_minute = rules->per_minute;
+    out->limit_day = rules->per_day;
+    out->remaining_minute = out->remaining_day = RULES_UNLIMITED;
+}
+
+void decision_uncounted(const struct rules_resolved *rules, bool allowed, const char *reason,
+                        uint64_t now_ms, struct check_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->rules = rules;
+    out->now_ms = now_ms;
+    out->denied_by = -1;
+    out->allowed = allowed;
+    out->reason = reason;
+    v1_keys(rules, now_ms, out);
+    for (int i = 0; i < rules->n; i++)
+        out->used[i] = RULES_UNLIMITED;
+}
+
+void decision_make(const struct rules_resolved *rules, const struct check_amounts *a, bool allowed,
+                   const int64_t *used, uint64_t now_ms, struct check_result *out)
+{
+    decision_uncounted(rules, allowed, NULL, now_ms, out);
+    bool peek = decision_is_peek(a);
+    for (int i = 0; i < rules->counted; i++) {
+        const struct rules_applied *r = &rules->rule[i];
+        out->used[i] = used[i];
+        if (r->by_provider && !r->by_model && r->dimension == RULES_REQUESTS) {
+            if (r->window == RULES_MINUTE)
+                out->remaining_minute = left_in(r->limit, used[i]);
+            else if (r->window == RULES_DAY)
+                out->remaining_day = left_in(r->limit, used[i]);
+        }
+        if (allowed)
+            continue;
+        /* Denied: the rules with no room for it; the longest wait names the reason. */
+        if (!decision_rule_denies(r->limit, used[i], decision_amount(a, r->dimension), peek))
+            continue;
+        uint64_t wait = decision_reset_ms(r->window, now_ms);
+        if (out->denied_by < 0 || wait > out->retry_after_ms) {
+            out->denied_by = i;
+            out->retry_after_ms = wait;
+        }
+    }
+    if (!allowed) {
+        if (out->denied_by < 0 && rules->counted > 0) /* the counts moved on: say the first */
+            out->denied_by = 0;
+        enum rules_window w =
+            out->denied_by >= 0 ? rules->rule[out->denied_by].window : RULES_MINUTE;
+        out->reason = reason_of(w);
+        out->retry_after_ms = decision_reset_ms(w, now_ms);
+    }
+}

@@ -1,0 +1,287 @@
+/* settle: the limiter's settles (see limiter.h). A settle names a reservation made by a check;
+ * the script ('s' mode of check.lua) replaces the check's estimates by what the call used, in
+ * every window still current, once. Settles gathered in one loop iteration go in one script
+ * call. The ones of log_prompt events, which nobody waits for, are kept while Redis is away (at
+ * most limits.settle_queue, each for up to limits.reservation_ttl_s) and retried every second
+ * and when Redis comes back. Reservations made under on_redis_error: local are settled in the
+ * daemon's memory (local.h). */
+#include "limiter_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "log.h"
+#include "uuid.h"
+#include "xalloc.h"
+
+#define MAX_SETTLES_PER_CALL 1024
+#define RETRY_MS 1000
+
+struct limiter_settle {
+    struct limiter_settle *next;
+    struct limiter_settle_request req;
+    limiter_settle_fn done; /* NULL: a log_prompt's, kept and retried while Redis is away */
+    void *arg;
+    uint64_t tag;
+    uint64_t expires_ms; /* loop time after which a kept one is given up */
+};
+
+struct settle_batch {
+    struct limiter *l;
+    struct limiter_settle *settles;
+    size_t n;
+};
+
+static void count(struct limiter *l, enum limiter_settled result)
+{
+    if (result == LIMITER_SETTLED)
+        l->stats.settles++;
+    else if (result == LIMITER_DUPLICATE)
+        l->stats.settles_duplicate++;
+    else if (result == LIMITER_UNKNOWN)
+        l->stats.settles_unknown++;
+}
+
+static void finish(struct limiter *l, struct limiter_settle *s, enum limiter_settled result)
+{
+    count(l, result);
+    if (s->done)
+        s->done(s->arg, s->tag, result);
+    free(s);
+}
+
+static void give_up(struct limiter *l, struct limiter_settle *s, const char *why)
+{
+    l->stats.settles_dropped++;
+    char uuid[UUID_STRING_LEN + 1];
+    uuid_format(s->req.user_id, uuid);
+    log_warn("limits: the settle of reservation %s.%s is given up (%s); it keeps its estimate",
+             uuid, s->req.rid, why);
+    free(s);
+}
+
+static void keep(struct limiter *l, struct limiter_settle *s)
+{
+    if (uv_now(l->loop) >= s->expires_ms) {
+        give_up(l, s, "past limits.reservation_ttl_s");
+        return;
+    }
+    if (l->nlater >= l->settle_queue_max) {
+        struct limiter_settle *oldest = l->later;
+        l->later = oldest->next;
+        if (!l->later)
+            l->later_tail = NULL;
+        l->nlater--;
+        give_up(l, oldest, "limits.settle_queue is full");
+    }
+    s->next = NULL;
+    if (l->later_tail)
+        l->later_tail->next = s;
+    else
+        l->later = s;
+    l->later_tail = s;
+    l->nlater++;
+    l->stats.settles_queued++;
+    if (!uv_is_active((uv_handle_t *)&l->retry_timer))
+        uv_timer_start(&l->retry_timer, (uv_timer_cb)limiter_retry_settles, RETRY_MS, RETRY_MS);
+}
+
+static void on_settle_reply(enum redis_status status, const redisReply *reply, void *arg)
+{
+    struct settle_batch *batch = arg;
+    struct limiter *l = batch->l;
+    bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
+              reply->elements == 1 + batch->n;
+    if (status == REDIS_CALL_OK && !ok)
+        log_error("redis: the settle script answered %s",
+                  reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
+    struct limiter_settle *s = batch->settles;
+    for (size_t i = 1; s; i++) {
+        struct limiter_settle *next = s->next;
+        if (!ok) {
+            if (s->done)
+                finish(l, s, LIMITER_UNAVAILABLE);
+            else
+                keep(l, s);
+        } else {
+            const redisReply *e = reply->element[i];
+            long long code = e->type == REDIS_REPLY_INTEGER ? e->integer : 2;
+            finish(l, s,
+                   code == 0   ? LIMITER_SETTLED
+                   : code == 1 ? LIMITER_DUPLICATE
+                               : LIMITER_UNKNOWN);
+        }
+        s = next;
+    }
+    free(batch);
+}
+
+static void send_settles(struct limiter *l, struct limiter_settle *list, size_t n)
+{
+    struct settle_batch *batch = xmalloc(sizeof(*batch));
+    batch->l = l;
+    batch->settles = list;
+    batch->n = n;
+    size_t argc = n * 5 + 2, base_cap = strlen(l->key_prefix) + UUID_STRING_LEN + 2;
+    const char **argv = xmalloc(argc * sizeof(*argv));
+    size_t *lens = xmalloc(argc * sizeof(*lens));
+    char *text = xmalloc(n * (base_cap + 3 * 24 + LOCAL_RID_LEN + 4) + 8);
+    char *p = text;
+    size_t a = 0, k = n + 2;
+    argv[n] = "s";
+    lens[n] = 1;
+    argv[n + 1] = "0";
+    lens[n + 1] = 1;
+    for (struct limiter_settle *s = list; s; s = s->next) {
+        argv[a] = p;
+        lens[a] = limiter_format_base(l, s->req.user_id, p, base_cap);
+        p += lens[a++];
+        argv[k] = s->req.rid;
+        lens[k++] = LOCAL_RID_LEN;
+        argv[k] = p;
+        lens[k] = s->req.has_tokens ? fmt_u64(p, s->req.tokens) : 0;
+        p += lens[k++];
+        argv[k] = p;
+        lens[k] = s->req.has_spend ? fmt_i64(p, s->req.spend) : 0;
+        p += lens[k++];
+        argv[k] = s->req.cancel ? "1" : "0";
+        lens[k++] = 1;
+    }
+    l->stats.script_calls++;
+    redis_eval(&l->redis, (int)n, (int)argc, argv, lens, l->timeout_ms, on_settle_reply, batch);
+    free(argv);
+    free(lens);
+    free(text);
+}
+
+void limiter_flush_settles(struct limiter *l)
+{
+    while (l->settles) {
+        struct limiter_settle *list = l->settles, *tail = list;
+        size_t n = 1;
+        while (tail->next && n < MAX_SETTLES_PER_CALL) {
+            tail = tail->next;
+            n++;
+        }
+        l->settles = tail->next;
+        tail->next = NULL;
+        l->nsettles -= (uint32_t)n;
+        send_settles(l, list, n);
+    }
+    l->settles_tail = NULL;
+}
+
+static void add(struct limiter *l, struct limiter_settle *s)
+{
+    s->next = NULL;
+    if (l->settles_tail)
+        l->settles_tail->next = s;
+    else
+        l->settles = s;
+    l->settles_tail = s;
+    l->nsettles++;
+}
+
+/* A reservation made while Redis was away lives in this daemon's memory. */
+static enum limiter_settled settle_local(struct limiter *l, const struct limiter_settle_request *r)
+{
+    switch (local_settle(&l->local, r->user_id, r->rid, r->has_tokens, r->tokens, r->has_spend,
+                         r->spend, r->cancel, limiter_wall_ms())) {
+    case LOCAL_SETTLED:
+        return LIMITER_SETTLED;
+    case LOCAL_DUPLICATE:
+        return LIMITER_DUPLICATE;
+    case LOCAL_UNKNOWN:
+        break;
+    }
+    return LIMITER_UNKNOWN;
+}
+
+static struct limiter_settle *new_settle(const struct limiter_settle_request *req,
+                                         limiter_settle_fn done, void *arg, uint64_t tag)
+{
+    struct limiter_settle *s = xcalloc(1, sizeof(*s));
+    s->req = *req;
+    s->done = done;
+    s->arg = arg;
+    s->tag = tag;
+    return s;
+}
+
+void limiter_settle(struct limiter *l, const struct limiter_settle_request *req,
+                    limiter_settle_fn done, void *arg, uint64_t tag)
+{
+    if (req->rid[0] == 'l') {
+        enum limiter_settled result = settle_local(l, req);
+        count(l, result);
+        done(arg, tag, result);
+        return;
+    }
+    if (!redis_is_up(&l->redis)) {
+        done(arg, tag, LIMITER_UNAVAILABLE);
+        return;
+    }
+    add(l, new_settle(req, done, arg, tag));
+}
+
+void limiter_settle_later(struct limiter *l, const struct limiter_settle_request *req)
+{
+    if (req->rid[0] == 'l') {
+        count(l, settle_local(l, req));
+        return;
+    }
+    struct limiter_settle *s = new_settle(req, NULL, NULL, 0);
+    s->expires_ms = uv_now(l->loop) + (uint64_t)l->reservation_ttl_s * 1000;
+    if (redis_is_up(&l->redis) && !l->later)
+        add(l, s);
+    else
+        keep(l, s);
+}
+
+void limiter_retry_settles(struct limiter *l)
+{
+    if (!redis_is_up(&l->redis) || l->closing) {
+        /* Still away: drop the ones past their time, keep the rest. */
+        uint64_t now = uv_now(l->loop);
+        struct limiter_settle **pp = &l->later;
+        l->later_tail = NULL;
+        while (*pp) {
+            struct limiter_settle *s = *pp;
+            if (now >= s->expires_ms) {
+                *pp = s->next;
+                l->nlater--;
+                give_up(l, s, "past limits.reservation_ttl_s");
+                continue;
+            }
+            l->later_tail = s;
+            pp = &s->next;
+        }
+        return;
+    }
+    uv_timer_stop(&l->retry_timer);
+    while (l->later) {
+        struct limiter_settle *s = l->later;
+        l->later = s->next;
+        l->nlater--;
+        add(l, s);
+    }
+    l->later_tail = NULL;
+}
+
+void limiter_drop_settles(struct limiter *l)
+{
+    size_t dropped = l->nlater;
+    while (l->later) {
+        struct limiter_settle *s = l->later;
+        l->later = s->next;
+        free(s);
+    }
+    l->later_tail = NULL;
+    l->nlater = 0;
+    l->stats.settles_dropped += dropped;
+    if (dropped)
+        log_warn("limits: %zu settles of log_prompt events were waiting for Redis at exit and "
+                 "are given up; their reservations keep their estimates",
+                 dropped);
+}

@@ -1,0 +1,504 @@
+"""Budgets end to end (PROTOCOL.md, "Protocol 1, additions: budgets"): tokens and spend rules from
+public.usage_limits and the config, exact across two daemons sharing one Redis; reservations and
+settle in all its cases; log_prompt settling; hour and month windows; precedence; live changes;
+the local fallback; bad input.
+
+Windows that end in an hour or a month cannot be waited for. The tests that need a window's end
+seed the scope's hash (the layout PROTOCOL.md fixes: one hash per user and scope, holding each
+window's id and counts) with the counts of the window just before the current one, as a window
+that has ended leaves them, and with the current window's id when they need a full one; the ids
+are computed from the Redis server's own TIME, as the script computes them."""
+
+import calendar
+import datetime
+import signal
+import threading
+import uuid
+
+import pytest
+import redis as redis_py
+
+from conftest import make_users, sql
+from test_limits import add_provider, check, start, wait_for_fresh_minute
+from usaged_client import RpcError
+import servers
+
+
+def add_rule(pg, db, dimension, period, amount, provider=None, model=None, user=None):
+    add_rules(pg, db, [(dimension, period, amount, provider, model, user)])
+
+
+def add_rules(pg, db, rules):
+    """Inserts (dimension, period, amount, provider, model, user) rows in one statement: one
+    NOTIFY, one reload."""
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rules))
+    args = [x for d, p, a, prov, m, u in rules for x in (u, prov, m, d, p, a)]
+    sql(pg, db, "INSERT INTO public.usage_limits (user_id, provider, model, dimension, period, "
+        "amount) VALUES " + values, args)
+
+
+def loads(d):
+    with d.client() as c:
+        return c.call("stats")["limits"]["limits_loads"]
+
+
+def start_with(daemon_factory, workdir, pg, db, redis_server, limits="", name=None):
+    return start(daemon_factory, workdir, pg, db, redis_server,
+                 limits="  log_denied: false\n" + limits, name=name)
+
+
+def rule_of(answer, dimension, window):
+    found = [r for r in answer["limits"] if r["dimension"] == dimension and
+             r["window"] == window]
+    assert len(found) == 1, answer["limits"]
+    return found[0]
+
+
+def redis_now(redis_server):
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    sec, usec = r.time()
+    r.close()
+    return sec, usec
+
+
+def month_id(sec):
+    t = datetime.datetime.fromtimestamp(sec, datetime.timezone.utc)
+    return t.year * 12 + t.month - 1
+
+
+def test_a_tokens_rule_is_exact_across_two_daemons_under_concurrency(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "tok", per_minute=100000, per_day=100000)
+    add_rule(pg, db, "tokens", "day", 1000, provider="tok")
+    user = str(uuid.uuid4())
+    daemons = [start_with(daemon_factory, workdir, pg, db, redis_server, name=f"t{i}")
+               for i in range(2)]
+    allowed = []
+    lock = threading.Lock()
+
+    def worker(d):
+        with d.client() as c:
+            for _ in range(30):
+                a = c.call("check", {"user_id": user, "provider": "tok", "tokens": 30})
+                with lock:
+                    allowed.append(a["allowed"])
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in daemons for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 180 checks of 30 tokens against 1000: exactly 33 fit, whichever daemon answered.
+    assert allowed.count(True) == 33
+    with daemons[0].client() as c:
+        peek = c.call("check", {"user_id": user, "provider": "tok", "cost": 0})
+    tokens = rule_of(peek, "tokens", "day")
+    assert (tokens["used"], tokens["remaining"], tokens["limit"]) == (990, 10, 1000)
+    assert tokens["scope"] == "provider"
+
+
+def test_a_spend_rule_is_exact_to_the_micro_dollar_across_two_daemons(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "usd")
+    add_rule(pg, db, "spend", "month", "10.00", provider="usd")
+    user = str(uuid.uuid4())
+    daemons = [start_with(daemon_factory, workdir, pg, db, redis_server, name=f"s{i}")
+               for i in range(2)]
+    answers = []
+    lock = threading.Lock()
+
+    def worker(d, spend):
+        with d.client() as c:
+            for _ in range(20):
+                a = c.call("check", {"user_id": user, "provider": "usd", "spend": spend})
+                with lock:
+                    answers.append(a)
+
+    # "0.35" as a string and 0.35 as a float are the same amount.
+    threads = [threading.Thread(target=worker, args=(d, s)) for d in daemons
+               for s in ("0.35", 0.35)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(a["allowed"] for a in answers) == 28  # 28 x 0.35 = 9.80; a 29th is 10.15
+    denied = [a for a in answers if not a["allowed"]]
+    assert all(a["reason"] == "month_limit" for a in denied)
+    assert all(a["denied_by"]["dimension"] == "spend" for a in denied)
+    assert all(a["denied_by"]["limit"] == "10.000000" for a in denied)
+    assert all(a["reservation"] is None for a in denied)
+    with daemons[1].client() as c:
+        peek = c.call("check", {"user_id": user, "provider": "usd", "cost": 0})
+    spend = rule_of(peek, "spend", "month")
+    assert (spend["used"], spend["remaining"]) == ("9.800000", "0.200000")
+
+
+def test_settle_gives_back_charges_more_cancels_and_is_applied_once(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "settle", per_minute=1000, per_day=1000)
+    add_rule(pg, db, "tokens", "day", 1000, provider="settle")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    wait_for_fresh_minute(redis_server)
+
+    def tokens_used(c):
+        peek = c.call("check", {"user_id": user, "provider": "settle", "cost": 0})
+        return rule_of(peek, "tokens", "day")["used"], rule_of(peek, "requests", "day")["used"]
+
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "settle", "tokens": 500})
+        assert a["allowed"] and a["reservation"]
+        assert tokens_used(c) == (500, 1)
+        # The call used less: the difference comes back.
+        assert c.call("settle", {"reservation": a["reservation"], "tokens": 120}) == \
+            {"settled": True, "duplicate": False}
+        assert tokens_used(c) == (120, 1)
+        # Again: a duplicate, nothing changes.
+        assert c.call("settle", {"reservation": a["reservation"], "tokens": 999}) == \
+            {"settled": True, "duplicate": True}
+        assert tokens_used(c) == (120, 1)
+        # The call used more than estimated, even past the limit: charged, never refused.
+        b = c.call("check", {"user_id": user, "provider": "settle", "tokens": 800})
+        assert b["allowed"]
+        c.call("settle", {"reservation": b["reservation"], "tokens": 1500})
+        assert tokens_used(c) == (1620, 2)
+        denied = c.call("check", {"user_id": user, "provider": "settle", "tokens": 0})
+        assert not denied["allowed"] and denied["reason"] == "day_limit"
+        assert rule_of(denied, "tokens", "day")["remaining"] == 0
+        # A cancel gives back all the check took, its request included.
+        sql(pg, db, "UPDATE public.usage_limits SET amount = 100000")
+        servers.wait_for(lambda: rule_of(c.call("check", {
+            "user_id": user, "provider": "settle", "cost": 0}), "tokens", "day")["limit"] ==
+            100000, 10, "the new limit")
+        e = c.call("check", {"user_id": user, "provider": "settle", "cost": 3, "tokens": 70})
+        assert tokens_used(c) == (1690, 5)
+        assert c.call("settle", {"reservation": e["reservation"], "cancel": True})["settled"]
+        assert tokens_used(c) == (1620, 2)
+        # Never issued: unknown_reservation.
+        never = user + ".0123456789abcdef"
+        assert c.call_err("settle", [{"reservation": never}])["code"] == "unknown_reservation"
+        s = c.call("stats")["limits"]
+        assert s["settles"] == 3 and s["settles_duplicate"] == 1 and s["settles_unknown"] == 1
+
+
+def test_a_reservation_past_its_ttl_is_unknown_and_keeps_its_estimate(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "ttl")
+    add_rule(pg, db, "tokens", "day", 1000, provider="ttl")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server, "  reservation_ttl_s: 1\n")
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "ttl", "tokens": 400})
+        rid = a["reservation"].split(".")[1]
+        servers.wait_for(lambda: not r.exists(f"usaged:{{{user}}}:r:{rid}"), 10,
+                         "the reservation to expire")
+        err = c.call_err("settle", [{"reservation": a["reservation"], "tokens": 1}])
+        assert err["code"] == "unknown_reservation"
+        peek = c.call("check", {"user_id": user, "provider": "ttl", "cost": 0})
+        assert rule_of(peek, "tokens", "day")["used"] == 400
+    r.close()
+
+
+def test_log_prompt_settles_its_reservation_and_retries_while_redis_is_away(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "lp")
+    add_rule(pg, db, "tokens", "day", 100000, provider="lp")
+    add_rule(pg, db, "spend", "day", "50", provider="lp")
+    user = make_users(pg, db, 1)[0]
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+
+    def used(c):
+        peek = c.call("check", {"user_id": user, "provider": "lp", "cost": 0})
+        return rule_of(peek, "tokens", "day")["used"], rule_of(peek, "spend", "day")["used"]
+
+    def prompt(reservation, **fields):
+        ev = {"user_id": user, "provider": "lp", "status": "completed",
+              "reservation": reservation}
+        ev.update(fields)
+        return ev
+
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "lp", "tokens": 1000, "spend": "2"})
+        b = c.call("check", {"user_id": user, "provider": "lp", "tokens": 500, "spend": "1"})
+        assert used(c) == (1500, "3.000000")
+        assert c.call("log_prompt", [prompt(a["reservation"], tokens_used=321,
+                                           cost_usd=0.0123)]) == {"accepted": 1}
+        servers.wait_for(lambda: used(c) == (821, "1.012300"), 10, "the settle")
+        # A cancelled call gives its charges back.
+        c.call("log_prompt", [prompt(b["reservation"], status="cancelled")])
+        servers.wait_for(lambda: used(c) == (321, "0.012300"), 10, "the cancel")
+        # The events landed without their reservation (prompt_history has no such column).
+        servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM public.prompt_history")[0][0]
+                         == 2, 10, "the rows")
+        e = c.call("check", {"user_id": user, "provider": "lp", "tokens": 1000})
+        # Redis goes away and comes back with its data (the test servers keep none across a
+        # restart unless told: SAVE writes the file the restart loads).
+        r = redis_py.Redis(unix_socket_path=redis_server.sock)
+        r.save()
+        r.close()
+        redis_server.stop()
+        try:
+            assert c.call("log_prompt", [prompt(e["reservation"], tokens_used=10)]) == \
+                {"accepted": 1}
+            servers.wait_for(lambda: c.call("stats")["limits"]["settles_waiting"] == 1, 10,
+                             "the settle to wait")
+        finally:
+            redis_server.start()
+        servers.wait_for(lambda: c.call("stats")["limits"]["settles_waiting"] == 0, 20,
+                         "the settle to go out")
+        servers.wait_for(lambda: used(c)[0] == 331, 10, "the late settle")
+        assert c.call("stats")["limits"]["settles_queued"] >= 1
+
+
+def test_a_malformed_reservation_in_log_prompt_refuses_the_request(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "lpbad")
+    user = make_users(pg, db, 1)[0]
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    good = {"user_id": user, "status": "completed"}
+    with d.client() as c:
+        err = c.call_err("log_prompt", [[good, dict(good, reservation="not-a-reservation")]])
+        assert (err["code"], err["field"], err["index"]) == ("invalid_field", "reservation", 1)
+        err = c.call_err("log_prompt", [[dict(good, reservation=7)]])
+        assert (err["code"], err["field"]) == ("invalid_field", "reservation")
+        # A valid request after them: once its row has landed, theirs would have too.
+        assert c.call("log_prompt", [dict(good, framework_name="after")]) == {"accepted": 1}
+    servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM public.prompt_history")[0][0] >= 1,
+                     10, "the valid row")
+    assert sql(pg, db, "SELECT framework_name FROM public.prompt_history") == [("after",)]
+
+
+def test_the_hour_and_month_windows_restart_when_redis_time_enters_a_new_one(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "win")
+    add_rule(pg, db, "tokens", "hour", 100, provider="win")
+    add_rule(pg, db, "spend", "month", "1", provider="win")
+    full, spent = str(uuid.uuid4()), str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    # A margin to the hour's end (a month ends with an hour), so that "this hour" stays this
+    # hour while the test runs.
+    servers.wait_for(lambda: 3600 - redis_now(redis_server)[0] % 3600 > 20, 30,
+                     "an hour with 20 s left")
+    sec, _ = redis_now(redis_server)
+    hour, month = sec // 3600, month_id(sec)
+    # `full` used the whole hour and month: this hour's and this month's ids.
+    r.hset(f"usaged:{{{full}}}:p:win", mapping={"wh": hour, "th": 100, "wM": month,
+                                                "sM": 1000000})
+    # `spent` used them in the hour and the month before: those counts are over.
+    r.hset(f"usaged:{{{spent}}}:p:win", mapping={"wh": hour - 1, "th": 100, "wM": month - 1,
+                                                 "sM": 1000000})
+    with d.client() as c:
+        a = c.call("check", {"user_id": full, "provider": "win", "tokens": 1})
+        b = c.call("check", {"user_id": spent, "provider": "win", "tokens": 1,
+                             "spend": "0.5"})
+    assert not a["allowed"]
+    # Both rules deny; the month's is the longer wait.
+    assert a["reason"] == "month_limit"
+    now_s, usec = redis_now(redis_server)
+    t = datetime.datetime.fromtimestamp(now_s, datetime.timezone.utc)
+    first_next = datetime.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1,
+                                   tzinfo=datetime.timezone.utc)
+    to_month_end = (calendar.timegm(first_next.timetuple()) - now_s) * 1000 - usec // 1000
+    assert abs(a["retry_after_ms"] - to_month_end) < 5000
+    assert rule_of(a, "tokens", "hour")["remaining"] == 0
+    assert b["allowed"]
+    assert rule_of(b, "tokens", "hour")["used"] == 1
+    assert rule_of(b, "spend", "month")["used"] == "0.500000"
+    assert 0 < rule_of(b, "tokens", "hour")["reset_ms"] <= 3600000
+    assert int(r.hget(f"usaged:{{{spent}}}:p:win", "wM")) == month
+    r.close()
+
+
+def test_a_user_rule_lifts_a_provider_rule_and_changes_apply_live(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "prec", per_minute=2, per_day=1000)
+    vip, other = make_users(pg, db, 2)
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    wait_for_fresh_minute(redis_server)
+    before = loads(d)
+    # Every user: 50 tokens a day; the vip: requests per minute lifted, 1000 tokens a day.
+    add_rules(pg, db, [("tokens", "day", 50, "prec", None, None),
+                       ("requests", "minute", None, "prec", None, vip),
+                       ("tokens", "day", 1000, "prec", None, vip)])
+    servers.wait_for(lambda: loads(d) > before, 10, "the rules to reload")
+    with d.client() as c:
+        vip_answers = [c.call("check", {"user_id": vip, "provider": "prec", "tokens": 20})
+                       for _ in range(5)]
+        other_answers = [c.call("check", {"user_id": other, "provider": "prec", "tokens": 10})
+                         for _ in range(3)]
+        assert all(a["allowed"] for a in vip_answers)
+        assert rule_of(vip_answers[-1], "tokens", "day")["limit"] == 1000
+        assert rule_of(vip_answers[-1], "requests", "minute")["limit"] is None
+        assert vip_answers[-1]["limit_minute"] is None
+        # 2 a minute for everyone else; the third is refused by the minute.
+        assert [a["allowed"] for a in other_answers] == [True, True, False]
+        assert other_answers[2]["reason"] == "minute_limit"
+        # A live change of a row: the vip's tokens drop to 100 (used: 100).
+        before = loads(d)
+        sql(pg, db, "UPDATE public.usage_limits SET amount = 100 WHERE user_id = %s AND "
+            "dimension = 'tokens'", (vip,))
+        servers.wait_for(lambda: loads(d) > before, 10, "the change to reload")
+        a = c.call("check", {"user_id": vip, "provider": "prec", "tokens": 1})
+        assert not a["allowed"] and a["denied_by"]["limit"] == 100
+        # And its removal: the every-user 50 applies to the vip again.
+        sql(pg, db, "DELETE FROM public.usage_limits WHERE user_id = %s AND "
+            "dimension = 'tokens'", (vip,))
+        servers.wait_for(lambda: rule_of(c.call("check", {
+            "user_id": vip, "provider": "prec", "cost": 0}), "tokens", "day")["limit"] == 50,
+            10, "the removal")
+
+
+def test_config_rules_beat_the_table_and_change_with_sighup(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "cfg")
+    add_rule(pg, db, "tokens", "day", 1000, provider="cfg")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server,
+                   "  rules:\n    - { provider: cfg, tokens_per_day: 100 }\n")
+
+    def limit(c):
+        peek = c.call("check", {"user_id": user, "provider": "cfg", "cost": 0})
+        return rule_of(peek, "tokens", "day")["limit"]
+
+    with d.client() as c:
+        assert limit(c) == 100
+        text = open(d.config).read().replace("tokens_per_day: 100", "tokens_per_day: 250")
+        with open(d.config, "w") as f:
+            f.write(text)
+        d.signal(signal.SIGHUP)
+        servers.wait_for(lambda: limit(c) == 250, 10, "the reloaded rule")
+        # Without the config's rule, the table's applies.
+        text = text.replace("    - { provider: cfg, tokens_per_day: 250 }\n", "")
+        with open(d.config, "w") as f:
+            f.write(text)
+        d.signal(signal.SIGHUP)
+        servers.wait_for(lambda: limit(c) == 1000, 10, "the table's rule")
+
+
+def test_a_model_rule_counts_that_model_only(daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "mod")
+    add_rule(pg, db, "tokens", "minute", 100, provider="mod", model="big")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    wait_for_fresh_minute(redis_server)
+    with d.client() as c:
+        big = [c.call("check", {"user_id": user, "provider": "mod", "model": "big",
+                                "tokens": 60}) for _ in range(2)]
+        small = c.call("check", {"user_id": user, "provider": "mod", "model": "small",
+                                 "tokens": 500})
+        none = c.call("check", {"user_id": user, "provider": "mod", "tokens": 500})
+    assert [a["allowed"] for a in big] == [True, False]
+    assert big[1]["denied_by"]["scope"] == "model"
+    # Only the provider's requests rules (NULL in api_providers: unlimited) apply to the others.
+    assert small["allowed"] and small["reservation"] is None
+    assert [(r["dimension"], r["limit"]) for r in small["limits"]] == [("requests", None)] * 2
+    assert none["allowed"]
+
+
+def test_the_local_fallback_applies_the_same_rules_and_settles_locally(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "loc")
+    add_rule(pg, db, "tokens", "day", 100, provider="loc")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server, "  on_redis_error: local\n")
+    redis_server.stop()
+    try:
+        with d.client() as c:
+            servers.wait_for(lambda: c.call("stats")["limits"]["redis"]["state"] == "down", 10,
+                             "Redis to be seen down")
+            a = c.call("check", {"user_id": user, "provider": "loc", "tokens": 80})
+            b = c.call("check", {"user_id": user, "provider": "loc", "tokens": 30})
+            assert a["allowed"] and a["degraded"] and a["reservation"]
+            assert not b["allowed"] and b["degraded"] and b["reason"] == "day_limit"
+            assert c.call("settle", {"reservation": a["reservation"], "tokens": 10}) == \
+                {"settled": True, "duplicate": False}
+            b = c.call("check", {"user_id": user, "provider": "loc", "tokens": 30})
+            assert b["allowed"] and rule_of(b, "tokens", "day")["used"] == 40
+            # A reservation Redis holds cannot be settled while it is away.
+            redis_id = user + ".0123456789abcdef"
+            assert c.call_err("settle", [{"reservation": redis_id}])["code"] == "unavailable"
+    finally:
+        redis_server.start()
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"spend": "0.0000001"}, "spend"),
+    ({"spend": 0.1234567}, "spend"),
+    ({"spend": "-1"}, "spend"),
+    ({"spend": "1e3"}, "spend"),
+    ({"tokens": -5}, "tokens"),
+    ({"tokens": 1.5}, "tokens"),
+    ({"model": ""}, "model"),
+    ({"model": "m" * 51}, "model"),
+    ({"model": 7}, "model"),
+])
+def test_bad_check_params_are_invalid_field(daemon_factory, workdir, pg, db, redis_server,
+                                            params, field):
+    add_provider(pg, db, "bad")
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    p = {"user_id": str(uuid.uuid4()), "provider": "bad"}
+    p.update(params)
+    with d.client() as c:
+        err = c.call_err("check", [p])
+        assert (err["code"], err["field"]) == ("invalid_field", field)
+        assert c.call("ping")["protocol"] == 1  # the connection is unharmed
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"reservation": "abc"}, "reservation"),
+    ({"reservation": str(uuid.uuid4()) + ".0123456789ABCDEF"}, "reservation"),
+    ({"reservation": str(uuid.uuid4()) + ":0123456789abcdef"}, "reservation"),
+    ({"reservation": 5}, "reservation"),
+    ({}, "reservation"),
+    ({"reservation": str(uuid.uuid4()) + ".0123456789abcdef", "tokens": -1}, "tokens"),
+    ({"reservation": str(uuid.uuid4()) + ".0123456789abcdef", "spend": "0.1234567"}, "spend"),
+    ({"reservation": str(uuid.uuid4()) + ".0123456789abcdef", "cancel": "yes"}, "cancel"),
+    ({"reservation": str(uuid.uuid4()) + ".0123456789abcdef", "extra": 1}, "extra"),
+])
+def test_bad_settle_params_are_invalid_field(daemon_factory, workdir, pg, db, redis_server,
+                                             params, field):
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        err = c.call_err("settle", [params])
+        assert (err["code"], err["field"]) == ("invalid_field", field)
+
+
+def test_large_amounts_are_read_as_they_are(daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "large", per_minute=2000000000, per_day=2100000000)
+    add_rules(pg, db, [("tokens", "day", 10 ** 12, "large", None, None),
+                       ("spend", "month", "1000000000", "large", None, None)])
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        a = c.call("check", {"user_id": str(uuid.uuid4()), "provider": "large", "tokens": 5})
+    assert a["allowed"]
+    assert (a["limit_minute"], a["limit_day"]) == (2000000000, 2100000000)
+    assert rule_of(a, "tokens", "day")["limit"] == 10 ** 12
+    assert rule_of(a, "spend", "month")["limit"] == "1000000000.000000"
+
+
+def test_a_rule_added_mid_window_does_not_read_an_old_windows_count(
+        daemon_factory, workdir, pg, db, redis_server):
+    # The hash holds one window id per window for all dimensions: when the day rolls over under
+    # the spend rule, the tokens count of the day before (no rule counts tokens now) must go, or
+    # a tokens rule added later today would read it as today's.
+    add_provider(pg, db, "stale")
+    add_rule(pg, db, "spend", "day", "100", provider="stale")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > 20, 30,
+                     "a day with 20 s left")
+    today = redis_now(redis_server)[0] // 86400
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    r.hset(f"usaged:{{{user}}}:p:stale", mapping={"wd": today - 1, "sd": 5000000, "td": 999})
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "stale", "spend": "1"})
+        assert rule_of(a, "spend", "day")["used"] == "1.000000"
+        before = loads(d)
+        add_rule(pg, db, "tokens", "day", 1000, provider="stale")
+        servers.wait_for(lambda: loads(d) > before, 10, "the new rule")
+        b = c.call("check", {"user_id": user, "provider": "stale", "tokens": 10})
+    assert rule_of(b, "tokens", "day")["used"] == 10
+    assert rule_of(b, "spend", "day")["used"] == "1.000000"
+    r.close()
