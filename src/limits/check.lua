@@ -109,16 +109,21 @@ end
 
 local ttl = ARGV[2]
 local sbyte, ssub = string.byte, string.sub
+-- Tables reused from key to key (a table per key and rule was most of the script's cost):
+-- per scope its suffix and flags, per rule its scope, field, limit, dimension (byte),
+-- window and use; buf holds a command's arguments.
+local sfx, changed, rolled, existed = {}, {}, {}, {}
+local rs, rf, rl, rd, rw, used, buf = {}, {}, {}, {}, {}, {}, {}
 for k = 1, #KEYS do
   local base = KEYS[k]
   local ns = tonumber(ARGV[a])
-  local sfx = {}
-  for s = 1, ns do sfx[s] = ARGV[a + s] end
+  for s = 1, ns do
+    sfx[s] = ARGV[a + s]
+    changed[s], rolled[s], existed[s] = false, false, false
+  end
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter.
-  local rs, rf, rl, rd, rw, used = {}, {}, {}, {}, {}, {}
   for j = 1, nr do
     local f = ARGV[a + 1]
     rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
@@ -128,24 +133,24 @@ for k = 1, #KEYS do
   end
   -- One read per scope: each of its rules' window id and count.
   local err = nil
-  local changed, rolled, existed = {}, {}, {}
   for s = 1, ns do
-    local fields = {}
+    local n = 0
     for j = 1, nr do
       if rs[j] == s then
-        fields[#fields + 1] = 'w' .. rw[j]
-        fields[#fields + 1] = rf[j]
+        buf[n + 1], buf[n + 2] = 'w' .. rw[j], rf[j]
+        n = n + 2
       end
     end
-    local v = redis.pcall('HMGET', base .. sfx[s], unpack(fields))
+    local v = redis.pcall('HMGET', base .. sfx[s], unpack(buf, 1, n))
     if v.err then
       err = v.err
     else
       local i = 1
       for j = 1, nr do
         if rs[j] == s then
-          if v[i] then existed[s] = true end
-          if v[i] ~= wids[rw[j]] then
+          local w = v[i]
+          if w then existed[s] = true end
+          if w ~= wids[rw[j]] then
             used[j] = 0 -- a new window counts from 0
             rolled[s] = true
           else
@@ -200,8 +205,9 @@ for k = 1, #KEYS do
           redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
         end
       end
-      out[#out + 1] = deny and 1 or 0
-      for j = 1, nr do out[#out + 1] = used[j] end
+      local o = #out
+      out[o + 1] = deny and 1 or 0
+      for j = 1, nr do out[o + 1 + j] = used[j] end
     end
   end
   if not err then
@@ -210,22 +216,21 @@ for k = 1, #KEYS do
     -- later does not read an old window's count), and sets the expiry.
     for s = 1, ns do
       if changed[s] or rolled[s] then
-        local key, args, e = base .. sfx[s], {}, 0
+        local key, n, e = base .. sfx[s], 0, 0
         for j = 1, nr do
           if rs[j] == s then
-            args[#args + 1] = 'w' .. rw[j]
-            args[#args + 1] = wids[rw[j]]
-            args[#args + 1] = rf[j]
-            args[#args + 1] = used[j]
-            if left[rw[j]] > e then e = left[rw[j]] end
+            local w = rw[j]
+            buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4] = 'w' .. w, wids[w], rf[j], used[j]
+            n = n + 4
+            if left[w] > e then e = left[w] end
           end
         end
-        redis.call('HSET', key, unpack(args))
+        redis.call('HSET', key, unpack(buf, 1, n))
         if rolled[s] and existed[s] then
           local stale = {}
           for j = 1, nr do
             if rs[j] == s then
-              for _, d in ipairs({'r', 't', 's'}) do stale[d .. rw[j]] = true end
+              stale['r' .. rw[j]], stale['t' .. rw[j]], stale['s' .. rw[j]] = true, true, true
             end
           end
           for j = 1, nr do

@@ -214,6 +214,28 @@ TEST(an_unknown_provider_is_unknown_and_a_disabled_one_is_found_disabled)
     teardown(&l);
 }
 
+TEST(a_check_reads_its_providers_rules_and_the_every_provider_ones_only)
+{
+    struct rules_rule db[] = {
+        make(NULL, "openai-x", NULL, RULES_TOKENS, RULES_DAY, 1, RULES_FROM_TABLE),
+        make(NULL, "open", NULL, RULES_TOKENS, RULES_HOUR, 2, RULES_FROM_TABLE),
+        make(NULL, "openai", NULL, RULES_TOKENS, RULES_MINUTE, 3, RULES_FROM_TABLE),
+        make(NULL, NULL, NULL, RULES_SPEND, RULES_MONTH, 4, RULES_FROM_TABLE),
+        make(NULL, "anthropic", NULL, RULES_TOKENS, RULES_MONTH, 5, RULES_FROM_TABLE),
+        make(NULL, "openaj", NULL, RULES_REQUESTS, RULES_MONTH, 6, RULES_FROM_TABLE),
+    };
+    struct rules l;
+    setup(&l, db, 6, NULL, 0);
+    struct rules_resolved r;
+    CHECK_EQ_INT(rules_resolve(&l, alice, "openai", 6, "", 0, &r), RULES_FOUND);
+    CHECK_EQ_INT(r.n, 2);
+    CHECK(find(&r, RULES_TOKENS, RULES_MINUTE) && find(&r, RULES_SPEND, RULES_MONTH));
+    CHECK_EQ_INT(rules_resolve(&l, alice, "open", 4, "", 0, &r), RULES_FOUND);
+    CHECK_EQ_INT(r.n, 2);
+    CHECK(find(&r, RULES_TOKENS, RULES_HOUR) != NULL);
+    teardown(&l);
+}
+
 int main(void)
 {
     return RUN(T(spend_is_read_exactly_to_six_places), T(a_float_is_read_as_its_shortest_decimal),
@@ -222,5 +244,6 @@ int main(void)
                T(the_config_beats_the_table_which_beats_api_providers),
                T(a_model_rule_applies_only_to_checks_that_send_that_model),
                T(rules_of_different_windows_or_dimensions_all_apply),
-               T(an_unknown_provider_is_unknown_and_a_disabled_one_is_found_disabled));
+               T(an_unknown_provider_is_unknown_and_a_disabled_one_is_found_disabled),
+               T(a_check_reads_its_providers_rules_and_the_every_provider_ones_only));
 }
