@@ -104,12 +104,17 @@ static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
     int64_t left = a->limit == RULES_UNLIMITED || used == RULES_UNLIMITED ? RULES_UNLIMITED
                    : used >= a->limit                                     ? 0
                                                                           : a->limit - used;
-    p = put_bytes(p, KEY("\x87\xa9"
+    /* A shadow rule's map has an eighth key, shadow: true. */
+    *p++ = a->shadow ? 0x88 : 0x87;
+    p = put_bytes(p, KEY("\xa9"
                          "dimension"));
     p = put_cstr(p, rules_dimension_name(a->dimension));
     p = put_bytes(p, KEY("\xa6"
                          "window"));
-    p = put_cstr(p, rules_window_name(a->window));
+    if (a->dimension == RULES_CONCURRENT)
+        *p++ = 0xc0;
+    else
+        p = put_cstr(p, rules_window_name(a->window));
     p = put_bytes(p, KEY("\xa5"
                          "scope"));
     p = put_cstr(p, scope_names[a->by_provider + 2 * a->by_model]);
@@ -124,18 +129,24 @@ static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
     p = put_amount(p, left, spend);
     p = put_bytes(p, KEY("\xa8"
                          "reset_ms"));
-    return put_uint(p, decision_reset_ms(a->window, r->now_ms));
+    p = put_uint(p, decision_rule_reset_ms(a, r->now_ms));
+    if (a->shadow) {
+        p = put_bytes(p, KEY("\xa6"
+                             "shadow"));
+        *p++ = 0xc3;
+    }
+    return p;
 }
 
-/* Keys 125 bytes, values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9: 512; the
- * reservation 55; each rule's map at most 120. */
-#define ANSWER_MAX (600 + RULES_APPLY_MAX * 128)
+/* Keys 142 bytes, values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9: 530; the
+ * reservation 55; each rule's map at most 130 (limits and the two denied_by). */
+#define ANSWER_MAX (640 + (RULES_APPLY_MAX + 2) * 136)
 
 void check_answer_pack(msgpack_packer *pk, const struct check_result *r)
 {
     uint8_t out[ANSWER_MAX];
     uint8_t *p = out;
-    p = put_bytes(p, KEY("\x8d\xa7"
+    p = put_bytes(p, KEY("\x8e\xa7"
                          "allowed"));
     *p++ = r->allowed ? 0xc3 : 0xc2;
     p = put_bytes(p, KEY("\xa6"
@@ -194,6 +205,12 @@ void check_answer_pack(msgpack_packer *pk, const struct check_result *r)
                          "denied_by"));
     if (r->denied_by >= 0 && r->rules)
         p = put_rule(p, r, r->denied_by);
+    else
+        *p++ = 0xc0;
+    p = put_bytes(p, KEY("\xb0"
+                         "shadow_denied_by"));
+    if (r->shadow_denied_by >= 0 && r->rules)
+        p = put_rule(p, r, r->shadow_denied_by);
     else
         *p++ = 0xc0;
     pk->callback(pk->data, (const char *)out, (size_t)(p - out));

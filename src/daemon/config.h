@@ -40,9 +40,10 @@ struct config_rule {
     uint8_t user_id[16];
     char *provider; /* NULL: every provider */
     char *model;    /* NULL: any model */
-    int dimension;  /* 0 requests, 1 tokens, 2 spend (enum rules_dimension) */
-    int window;     /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window) */
+    int dimension;  /* 0 requests, 1 tokens, 2 spend, 3 concurrent (enum rules_dimension) */
+    int window;     /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window); 0 for concurrent */
     int64_t amount; /* -1: unlimited; spend in micro-dollars */
+    bool shadow;    /* counted and reported, never denies */
 };
 
 struct config_refresh {

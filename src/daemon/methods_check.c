@@ -359,20 +359,32 @@ enum conn_dispatch_result methods_log_prompt(struct methods_log *ml, struct limi
 
 /* ---- stats ---- */
 
-void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
+/* Counts by a windowed rule's reason: minute_limit ... month_limit. */
+static void pack_by_window(msgpack_packer *pk, const uint64_t *count)
 {
-    const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 24);
-    rpc_pack_u64(pk, "checks", l->stats.checks);
-    rpc_pack_u64(pk, "allowed", l->stats.allowed);
-    rpc_pack_str(pk, "denied");
-    msgpack_pack_map(pk, RULES_WINDOWS + 1);
     for (int w = 0; w < RULES_WINDOWS; w++) {
         char name[24];
         snprintf(name, sizeof(name), "%s_limit", rules_window_name(w));
-        rpc_pack_u64(pk, name, l->stats.denied[w]);
+        rpc_pack_u64(pk, name, count[w]);
     }
+}
+
+void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
+{
+    const struct redis_stats *rs = &l->redis.stats;
+    msgpack_pack_map(pk, 25);
+    rpc_pack_u64(pk, "checks", l->stats.checks);
+    rpc_pack_u64(pk, "allowed", l->stats.allowed);
+    rpc_pack_str(pk, "denied");
+    msgpack_pack_map(pk, RULES_WINDOWS + 2);
+    pack_by_window(pk, l->stats.denied);
+    rpc_pack_u64(pk, USAGED_REASON_CONCURRENCY_LIMIT, l->stats.denied_concurrency);
     rpc_pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
+    /* What shadow rules would have denied, by the reason they would have given. */
+    rpc_pack_str(pk, "shadow_denied");
+    msgpack_pack_map(pk, RULES_WINDOWS + 1);
+    pack_by_window(pk, l->stats.shadow_denied);
+    rpc_pack_u64(pk, USAGED_REASON_CONCURRENCY_LIMIT, l->stats.shadow_denied[RULES_WINDOWS]);
     rpc_pack_u64(pk, "degraded", l->stats.degraded);
     rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
     rpc_pack_u64(pk, "unlimited", l->stats.unlimited);

@@ -12,11 +12,20 @@
 -- charged), then per charged field a line "field window_id suffix"; once settled it is "d",
 -- with the expiry it had.
 --
+-- A concurrent rule (field 'cc') counts calls in flight instead: a sorted set base .. suffix ..
+-- ':c' whose members are the reservations holding a slot, scored by when the slot lapses (now +
+-- the reservation TTL, in ms). A slot is taken by an allowed check that is not a peek, given
+-- back by settling the reservation (a line "cc 0 suffix" in it), and a lapsed one is dropped by
+-- the next check that reads the set: a daemon that dies leaks no slot past the TTL.
+--
+-- A shadow rule (its flag '1') is counted and charged like the others but never denies: the
+-- daemon reports when it would have.
+--
 -- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
 -- (year * 12 + month - 1) of the proleptic Gregorian calendar.
 --
 -- 'c': for each KEYS[k]: ns, the ns scope suffixes; nr, per counted rule: its scope's index,
--- its field (dimension .. window), its limit; nc, per check: cost, tokens, spend, reservation
+-- its field (dimension .. window, or 'cc'), its limit, '1' for a shadow rule; nc, per check: cost, tokens, spend, reservation
 -- id ('' for none). Checks are applied in order, atomically over every rule: allowed only if
 -- every rule has room (used + amount <= limit, and no rule already at its limit when the amount
 -- is 0, unless the check is a peek: all amounts 0, refused only past a limit), then all are
@@ -88,9 +97,10 @@ if ARGV[1] == 's' then
       for line in string.gmatch(lines, '[^\n]+') do
         local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
         local win = string.sub(f, 2, 2)
+        if f == 'cc' then redis.pcall('ZREM', base .. suffix .. ':c', ARGV[a - 4]) end
         if win == 'M' and not wids.M then month() end
         local d = delta[string.sub(f, 1, 1)]
-        if d ~= 0 and w == wids[win] then
+        if d and d ~= 0 and w == wids[win] then
           local key = base .. suffix
           local cur = redis.pcall('HMGET', key, 'w' .. win, f)
           if not cur.err and cur[1] == w then
@@ -117,33 +127,44 @@ for k = 1, #KEYS do
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter.
-  local rs, rf, rl, rd, rw, used = {}, {}, {}, {}, {}, {}
+  -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter,
+  -- whether it is a shadow rule.
+  local rs, rf, rl, rd, rw, rsh, used = {}, {}, {}, {}, {}, {}, {}
   for j = 1, nr do
     local f = ARGV[a + 1]
     rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
-    rd[j], rw[j] = sbyte(f, 1), ssub(f, 2, 2)
+    rd[j], rw[j], rsh[j] = sbyte(f, 1), ssub(f, 2, 2), ARGV[a + 3] == '1'
     if rw[j] == 'M' and not wids.M then month() end
-    a = a + 3
+    a = a + 4
   end
-  -- One read per scope: each of its rules' window id and count.
+  -- One read per scope: each of its rules' window id and count; the slots in use of its
+  -- concurrent rules, once lapsed ones are dropped.
   local err = nil
   local changed, rolled, existed = {}, {}, {}
   for s = 1, ns do
     local fields = {}
     for j = 1, nr do
       if rs[j] == s then
-        fields[#fields + 1] = 'w' .. rw[j]
-        fields[#fields + 1] = rf[j]
+        if rd[j] == 99 then
+          local key = base .. sfx[s] .. ':c'
+          local v = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now)
+          if type(v) == 'table' and v.err then err = v.err end
+          v = redis.pcall('ZCARD', key)
+          if type(v) == 'table' and v.err then err = v.err end
+          used[j] = tonumber(v) or 0
+        else
+          fields[#fields + 1] = 'w' .. rw[j]
+          fields[#fields + 1] = rf[j]
+        end
       end
     end
-    local v = redis.pcall('HMGET', base .. sfx[s], unpack(fields))
+    local v = #fields > 0 and redis.pcall('HMGET', base .. sfx[s], unpack(fields)) or {}
     if v.err then
       err = v.err
     else
       local i = 1
       for j = 1, nr do
-        if rs[j] == s then
+        if rs[j] == s and rd[j] ~= 99 then
           if v[i] then existed[s] = true end
           if v[i] ~= wids[rw[j]] then
             used[j] = 0 -- a new window counts from 0
@@ -175,9 +196,11 @@ for k = 1, #KEYS do
       local deny = false
       for j = 1, nr do
         local d = rd[j]
-        local x = d == 114 and cr or (d == 116 and ct or cs)
+        local x = d == 114 and cr or (d == 116 and ct or (d == 99 and 1 or cs))
         local u, lim = used[j], rl[j]
-        if peek then
+        if rsh[j] then
+          -- a shadow rule: never denies
+        elseif peek then
           if u > lim then deny = true end
         elseif u + x > lim or (x == 0 and u >= lim) then
           deny = true
@@ -186,16 +209,30 @@ for k = 1, #KEYS do
       if not deny and not peek then
         for j = 1, nr do
           local d = rd[j]
-          local x = d == 114 and cr or (d == 116 and ct or cs)
-          if x ~= 0 then
-            used[j] = used[j] + x
-            changed[rs[j]] = true
+          if d == 99 then
+            if rid ~= '' then
+              local key = base .. sfx[rs[j]] .. ':c'
+              redis.call('ZADD', key, now + ttl * 1000, rid)
+              redis.call('PEXPIRE', key, ttl * 1000 + 60000)
+              used[j] = redis.call('ZCARD', key)
+            end
+          else
+            local x = d == 114 and cr or (d == 116 and ct or cs)
+            if x ~= 0 then
+              used[j] = used[j] + x
+              changed[rs[j]] = true
+            end
           end
         end
         if rid ~= '' then
-          local parts = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}
+          -- One line per field and scope: a shadow rule and an enforced one may count the same.
+          local parts, seen = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}, {}
           for j = 1, nr do
-            parts[j + 1] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. sfx[rs[j]]
+            local line = rf[j] .. ' ' .. (wids[rw[j]] or '0') .. ' ' .. sfx[rs[j]]
+            if not seen[line] then
+              seen[line] = true
+              parts[#parts + 1] = line
+            end
           end
           redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
         end
@@ -212,7 +249,7 @@ for k = 1, #KEYS do
       if changed[s] or rolled[s] then
         local key, args, e = base .. sfx[s], {}, 0
         for j = 1, nr do
-          if rs[j] == s then
+          if rs[j] == s and rd[j] ~= 99 then
             args[#args + 1] = 'w' .. rw[j]
             args[#args + 1] = wids[rw[j]]
             args[#args + 1] = rf[j]
@@ -224,7 +261,7 @@ for k = 1, #KEYS do
         if rolled[s] and existed[s] then
           local stale = {}
           for j = 1, nr do
-            if rs[j] == s then
+            if rs[j] == s and rd[j] ~= 99 then
               for _, d in ipairs({'r', 't', 's'}) do stale[d .. rw[j]] = true end
             end
           end

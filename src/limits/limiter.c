@@ -194,12 +194,20 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
     if (r->allowed) {
         l->stats.allowed++;
     } else if (r->denied_by >= 0) {
-        l->stats.denied[r->rules->rule[r->denied_by].window]++;
+        const struct rules_applied *d = &r->rules->rule[r->denied_by];
+        if (d->dimension == RULES_CONCURRENT)
+            l->stats.denied_concurrency++;
+        else
+            l->stats.denied[d->window]++;
     } else if (r->reason && strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0) {
         l->stats.denied_disabled++;
     }
     if (r->degraded)
         l->stats.degraded++;
+    if (r->shadow_denied_by >= 0) {
+        const struct rules_applied *s = &r->rules->rule[r->shadow_denied_by];
+        l->stats.shadow_denied[s->dimension == RULES_CONCURRENT ? RULES_WINDOWS : s->window]++;
+    }
     if (r->allowed && check->rid[0]) {
         format_reservation(user_id, check->rid, r->reservation);
         l->stats.reservations++;
@@ -260,7 +268,7 @@ static bool cacheable(const struct limiter *l, const struct rules_resolved *lim)
         return false;
     for (int i = 0; i < lim->counted; i++) {
         const struct rules_applied *r = &lim->rule[i];
-        if (!r->by_provider || r->by_model || r->dimension != RULES_REQUESTS ||
+        if (!r->by_provider || r->by_model || r->dimension != RULES_REQUESTS || r->shadow ||
             (r->window != RULES_MINUTE && r->window != RULES_DAY))
             return false;
     }
@@ -485,7 +493,8 @@ size_t limiter_format_base(const struct limiter *l, const uint8_t user_id[16], c
     return n;
 }
 
-static const char dimension_letters[] = "rts";
+/* A rule's field in the script: dimension letter and window letter; "cc" for concurrent. */
+static const char dimension_letters[] = "rtsc";
 static const char window_letters[] = "mhdM";
 
 /* Sends the key calls gathered so far as one script call. */
@@ -509,10 +518,10 @@ static void flush_batch(struct limiter *l)
         if (call->key)
             call->key->unsent = NULL;
         batch->elements += call->n * (1 + (size_t)call->lim.counted);
-        argc += 2 + 4 + 3 * (size_t)call->lim.counted + 4 * call->n;
+        argc += 2 + 4 + 4 * (size_t)call->lim.counted + 4 * call->n;
         text_cap += prefix_len + UUID_STRING_LEN + 2 +
                     4 * (RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16) +
-                    24 * (2 + 3 * (size_t)call->lim.counted + 4 * call->n);
+                    24 * (2 + 4 * (size_t)call->lim.counted + 4 * call->n);
     }
     const char **argv = xmalloc(argc * sizeof(*argv));
     size_t *lens = xmalloc(argc * sizeof(*lens));
@@ -553,9 +562,11 @@ static void flush_batch(struct limiter *l)
         ARG(fmt_u64(p, lim->counted));
         for (int i = 0; i < lim->counted; i++) {
             ARG(fmt_u64(p, (uint64_t)scope_of[i]));
-            ARG((p[0] = dimension_letters[lim->rule[i].dimension],
-                 p[1] = window_letters[lim->rule[i].window], 2));
-            ARG(fmt_i64(p, lim->rule[i].limit));
+            const struct rules_applied *r = &lim->rule[i];
+            ARG((p[0] = dimension_letters[r->dimension],
+                 p[1] = r->dimension == RULES_CONCURRENT ? 'c' : window_letters[r->window], 2));
+            ARG(fmt_i64(p, r->limit));
+            ARG((p[0] = r->shadow ? '1' : '0', 1));
         }
         ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
