@@ -96,16 +96,16 @@ static uint8_t *put_amount(uint8_t *p, int64_t v, bool spend)
 
 static const char *const scope_names[] = {"user", "provider", "model", "model"};
 
-static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
+/* A rule's map; `extra` keys the caller writes after it (usage's provider and model). */
+static uint8_t *put_rule_map(uint8_t *p, const struct rules_applied *a, int64_t used,
+                             uint64_t now_ms, int extra)
 {
-    const struct rules_applied *a = &r->rules->rule[i];
     bool spend = a->dimension == RULES_SPEND;
-    int64_t used = r->used[i];
     int64_t left = a->limit == RULES_UNLIMITED || used == RULES_UNLIMITED ? RULES_UNLIMITED
                    : used >= a->limit                                     ? 0
                                                                           : a->limit - used;
     /* A shadow rule's map has an eighth key, shadow: true. */
-    *p++ = a->shadow ? 0x88 : 0x87;
+    *p++ = (uint8_t)(0x80 | (7 + a->shadow + extra));
     p = put_bytes(p, KEY("\xa9"
                          "dimension"));
     p = put_cstr(p, rules_dimension_name(a->dimension));
@@ -129,13 +129,50 @@ static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
     p = put_amount(p, left, spend);
     p = put_bytes(p, KEY("\xa8"
                          "reset_ms"));
-    p = put_uint(p, decision_rule_reset_ms(a, r->now_ms));
+    p = put_uint(p, decision_rule_reset_ms(a, now_ms));
     if (a->shadow) {
         p = put_bytes(p, KEY("\xa6"
                              "shadow"));
         *p++ = 0xc3;
     }
     return p;
+}
+
+static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
+{
+    return put_rule_map(p, &r->rules->rule[i], r->used[i], r->now_ms, 0);
+}
+
+void check_answer_pack_usage(msgpack_packer *pk, const struct usage_result *r)
+{
+    msgpack_pack_map(pk, 3);
+    msgpack_pack_str(pk, 6);
+    msgpack_pack_str_body(pk, "limits", 6);
+    msgpack_pack_array(pk, r->n);
+    for (size_t i = 0; i < r->n; i++) {
+        const struct usage_rule *u = &r->rules[i];
+        uint8_t out[512]; /* a rule map (at most 136) and a provider (at most 211) */
+        uint8_t *p = put_rule_map(out, &u->rule, u->used, u->now_ms, 2);
+        p = put_bytes(p, KEY("\xa8"
+                             "provider"));
+        p = u->provider[0] ? put_cstr(p, u->provider) : (*p = 0xc0, p + 1);
+        pk->callback(pk->data, (const char *)out, (size_t)(p - out));
+        /* A model name may take up to 200 bytes: through the packer. */
+        msgpack_pack_str(pk, 5);
+        msgpack_pack_str_body(pk, "model", 5);
+        if (u->model[0]) {
+            msgpack_pack_str(pk, strlen(u->model));
+            msgpack_pack_str_body(pk, u->model, strlen(u->model));
+        } else {
+            msgpack_pack_nil(pk);
+        }
+    }
+    msgpack_pack_str(pk, 8);
+    msgpack_pack_str_body(pk, "degraded", 8);
+    r->degraded ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    msgpack_pack_str(pk, 9);
+    msgpack_pack_str_body(pk, "truncated", 9);
+    r->truncated ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 }
 
 /* Keys 142 bytes, values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9: 530; the

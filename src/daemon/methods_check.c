@@ -55,6 +55,20 @@ static const struct fields_table settle_table = {
     settle_specs, 4, "unknown field; settle takes reservation, tokens, spend and cancel"};
 enum { SETTLE_RESERVATION, SETTLE_TOKENS, SETTLE_SPEND, SETTLE_CANCEL };
 
+static const struct fields_spec usage_specs[] = {
+    {FIELDS_NAME("user_id"), .kind = FIELDS_UUID, .required = true,
+     .invalid = "user_id must be a uuid"},
+    {FIELDS_NAME("provider"), .kind = FIELDS_TEXT, .min_chars = 1,
+     .max_chars = RULES_PROVIDER_MAX,
+     .invalid = "provider must be a UTF-8 string of 1 to 50 characters"},
+    {FIELDS_NAME("model"), .kind = FIELDS_TEXT, .min_chars = 1, .max_chars = RULES_MODEL_MAX,
+     .invalid = "model must be a UTF-8 string of 1 to 50 characters"},
+};
+static const struct fields_table usage_table = {usage_specs, 3,
+                                                "unknown field; usage takes user_id, provider "
+                                                "and model"};
+enum { USAGE_USER, USAGE_PROVIDER, USAGE_MODEL };
+
 /* A decimal the fields module read, as micro-dollars: at most 6 places. */
 static bool spend_of(const struct fields_value *v, int64_t *out, struct rpc_error *e)
 {
@@ -208,6 +222,35 @@ enum conn_dispatch_result methods_settle(struct limiter *l, struct conn *c,
     if (!parse_settle(m, &req, &e))
         return conn_refuse(c, m, &e);
     limiter_settle(l, &req, on_settled, c, hold(c, m));
+    return CONN_DISPATCHED;
+}
+
+static void on_usage(void *arg, uint64_t tag, const struct usage_result *r)
+{
+    struct conn *c = arg;
+    if (!(tag & TAG_NOTIFICATION))
+        check_answer_pack_usage(conn_reply(c, (uint32_t)tag), r);
+    release(c, tag);
+}
+
+enum conn_dispatch_result methods_usage(struct limiter *l, struct conn *c,
+                                        const struct rpc_message *m)
+{
+    struct rpc_error e;
+    const msgpack_object_map *map = params_map(
+        m, "usage takes params [{\"user_id\": uuid, \"provider\": str, \"model\": str}]", &e);
+    struct fields_value v[3];
+    bool given[3];
+    if (!map || !fields_parse(&usage_table, map, v, given, &e))
+        return conn_refuse(c, m, &e);
+    uint64_t tag = hold(c, m);
+    if (!usage_ask(l, v[USAGE_USER].uuid, given[USAGE_PROVIDER] ? v[USAGE_PROVIDER].text.ptr : NULL,
+                   given[USAGE_PROVIDER] ? v[USAGE_PROVIDER].text.len : 0,
+                   given[USAGE_MODEL] ? v[USAGE_MODEL].text.ptr : NULL,
+                   given[USAGE_MODEL] ? v[USAGE_MODEL].text.len : 0, on_usage, c, tag, &e)) {
+        release(c, tag);
+        return conn_refuse(c, m, &e);
+    }
     return CONN_DISPATCHED;
 }
 
