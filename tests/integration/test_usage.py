@@ -2,6 +2,8 @@
 standing under every rule that applies, narrowed to a provider and model when given, read from
 the same counters `check` spends, without spending anything; and its bad input."""
 
+import os
+import subprocess
 import uuid
 
 import pytest
@@ -94,3 +96,31 @@ def test_usage_refuses_bad_input(daemon_factory, workdir, pg, db, redis_server):
         # The connection still answers.
         assert find(c.call("usage", {"user_id": user}), "ubad", None, "requests",
                     "minute")["used"] == 0
+
+
+def test_usagectl_usage_prints_the_rules_as_a_table(daemon_factory, workdir, pg, db, redis_server):
+    """Through the C client library's usaged_usage."""
+    add_provider(pg, db, "uctl", per_minute=60)
+    add_rule(pg, db, "spend", "day", "5", provider="uctl")
+    add_rule(pg, db, "tokens", "hour", 800, provider="uctl", model="m9")
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    user = str(uuid.uuid4())
+    with d.client() as c:
+        c.call("check", {"user_id": user, "provider": "uctl", "model": "m9", "spend": "1.25",
+                         "tokens": 40})
+    ctl = os.environ["USAGECTL_BIN"]
+    r = subprocess.run([ctl, "-s", d.socket, "usage", user, "uctl"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[0][:4] == ["PROVIDER", "MODEL", "DIMENSION", "WINDOW"]
+    by_rule = {tuple(row[:4]): row[4:7] for row in rows[1:]}
+    assert by_rule[("uctl", "*", "requests", "minute")] == ["60", "1", "59"]
+    assert by_rule[("uctl", "*", "spend", "day")] == ["5.000000", "1.250000", "3.750000"]
+    assert by_rule[("uctl", "m9", "tokens", "hour")] == ["800", "40", "760"]
+    # An unknown provider is an error answer: exit 1, the code on stderr.
+    r = subprocess.run([ctl, "-s", d.socket, "usage", user, "nosuch"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "unknown_provider" in r.stderr
+    r = subprocess.run([ctl, "-s", d.socket, "usage"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
