@@ -196,3 +196,33 @@ def test_bad_concurrent_and_shadow_input_is_refused(workdir, pg, db):
     out = subprocess.run([os.environ["USAGED_BIN"], "--check-config", "-c", path],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "limits.rules[0].concurrent" in out.stderr
+
+
+def test_a_shadow_rule_beside_the_enforced_one_shares_its_count_and_settles_once(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "twin")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server, limits=(
+        "  rules:\n"
+        "    - { provider: twin, tokens_per_day: 1000 }\n"
+        "    - { provider: twin, tokens_per_day: 500, shadow: true }\n"))
+
+    def tokens(answer):
+        rules = [r for r in answer["limits"] if r["dimension"] == "tokens"]
+        assert len(rules) == 2, answer["limits"]
+        return sorted((r.get("shadow", False), r["limit"], r["used"]) for r in rules)
+
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "twin", "tokens": 400})
+        assert a["allowed"] and a["shadow_denied_by"] is None
+        assert tokens(a) == [(False, 1000, 400), (True, 500, 400)]
+        b = c.call("check", {"user_id": user, "provider": "twin", "tokens": 400})
+        assert b["allowed"] and b["shadow_denied_by"]["limit"] == 500
+        assert tokens(b) == [(False, 1000, 800), (True, 500, 800)]
+        # One counter, settled once: 800 - 300 = 500 for both, not 200.
+        assert c.call("settle", {"reservation": a["reservation"], "tokens": 100})["settled"]
+        peek = c.call("check", {"user_id": user, "provider": "twin", "cost": 0})
+        assert tokens(peek) == [(False, 1000, 500), (True, 500, 500)]
+        e = c.call("check", {"user_id": user, "provider": "twin", "tokens": 600})
+        assert not e["allowed"] and e["denied_by"]["limit"] == 1000
+        assert e["denied_by"].get("shadow") is None
