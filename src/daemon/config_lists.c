@@ -203,9 +203,13 @@ static bool rule_pair(struct config_reader *p, const char *key, yaml_node_t *v, 
     }
     if (strcmp(key, "shadow") == 0)
         return config_read_bool(p, v, name, &r->pattern.shadow);
-    if (strcmp(key, "alert_at_percent") == 0)
-        return config_fail(p, p->key_node, "%s: alert_at_percent is not supported by this version",
-                           name);
+    if (strcmp(key, "alert_at_percent") == 0) {
+        uint64_t n;
+        if (!config_read_uint(p, v, name, 1, 100, false, &n))
+            return false;
+        r->pattern.alert_percent = (int)n;
+        return true;
+    }
     for (int d = 0; d < 3; d++)
         for (int w = 0; w < 4; w++) {
             char amount_key[32];

@@ -415,7 +415,7 @@ static void pack_by_window(msgpack_packer *pk, const uint64_t *count)
 void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
     const struct redis_stats *rs = &l->redis.stats;
-    msgpack_pack_map(pk, 25);
+    msgpack_pack_map(pk, 30);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
@@ -447,6 +447,11 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "settles_queued", l->stats.settles_queued);
     rpc_pack_u64(pk, "settles_waiting", l->nlater);
     rpc_pack_u64(pk, "settles_dropped", l->stats.settles_dropped);
+    rpc_pack_u64(pk, "alerts_raised", l->alerts.stats.raised);
+    rpc_pack_u64(pk, "alerts_written", l->alerts.stats.written);
+    rpc_pack_u64(pk, "alerts_duplicate", l->alerts.stats.duplicates);
+    rpc_pack_u64(pk, "alerts_waiting", alerts_waiting(&l->alerts));
+    rpc_pack_u64(pk, "alerts_dropped", l->alerts.stats.dropped);
     rpc_pack_str(pk, "redis");
     msgpack_pack_map(pk, 9);
     rpc_pack_str(pk, "state");

@@ -21,18 +21,24 @@
 -- A shadow rule (its flag '1') is counted and charged like the others but never denies: the
 -- daemon reports when it would have.
 --
+-- A rule with an alert share P (1..100, '0' none) is alerted by the first check in a window that
+-- charges it and leaves its use at P% of its limit or more: the scope's field 'a' .. field (a
+-- shadow rule's: 'A' .. field) records the window's id, so that it happens once per user, rule
+-- and window whatever the number of daemons; the check's answer says which rules it alerted.
+--
 -- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
 -- (year * 12 + month - 1) of the proleptic Gregorian calendar.
 --
 -- 'c': for each KEYS[k]: ns, the ns scope suffixes; nr, per counted rule: its scope's index,
--- its field (dimension .. window, or 'cc'), its limit, '1' for a shadow rule; nc, per check: cost, tokens, spend, reservation
+-- its field (dimension .. window, or 'cc'), its limit, '1' for a shadow rule, its alert share;
+-- nc, per check: cost, tokens, spend, reservation
 -- id ('' for none). Checks are applied in order, atomically over every rule: allowed only if
 -- every rule has room (used + amount <= limit, and no rule already at its limit when the amount
 -- is 0, unless the check is a peek: all amounts 0, refused only past a limit), then all are
--- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied, and
--- each rule's use after it}; a scope that cannot be counted (a key of another type, or a count
--- that is not a number: written by someone else) answers -1 and the error for every check of
--- its KEYS[k], and changes nothing there.
+-- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied,
+-- each rule's use after it, and the rules it alerted ('' or their numbers, "2,5")}; a scope that
+-- cannot be counted (a key of another type, or a count that is not a number: written by someone
+-- else) answers -1 and the error for every check of its KEYS[k], and changes nothing there.
 -- 's': for each KEYS[k]: reservation id, tokens and spend used ('' keeps the estimate), '1' to
 -- cancel. The difference goes to every field the check charged whose window is still the
 -- current one (cancel gives back all, requests included); counts stop at 0. Returns {now_ms,
@@ -130,12 +136,15 @@ for k = 1, #KEYS do
   -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter,
   -- whether it is a shadow rule.
   local rs, rf, rl, rd, rw, rsh, used = {}, {}, {}, {}, {}, {}, {}
+  local ral, mark, alerted = {}, {}, {}
   for j = 1, nr do
     local f = ARGV[a + 1]
     rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
     rd[j], rw[j], rsh[j] = sbyte(f, 1), ssub(f, 2, 2), ARGV[a + 3] == '1'
+    ral[j] = tonumber(ARGV[a + 4])
+    if ral[j] > 0 and rd[j] ~= 99 then mark[j] = (rsh[j] and 'A' or 'a') .. f end
     if rw[j] == 'M' and not wids.M then month() end
-    a = a + 4
+    a = a + 5
   end
   -- One read per scope: each of its rules' window id and count; the slots in use of its
   -- concurrent rules, once lapsed ones are dropped.
@@ -155,6 +164,7 @@ for k = 1, #KEYS do
         else
           fields[#fields + 1] = 'w' .. rw[j]
           fields[#fields + 1] = rf[j]
+          fields[#fields + 1] = mark[j] or 'w' .. rw[j]
         end
       end
     end
@@ -176,7 +186,8 @@ for k = 1, #KEYS do
               used[j] = 0
             end
           end
-          i = i + 2
+          alerted[j] = mark[j] ~= nil and v[i + 2] == wids[rw[j]]
+          i = i + 3
         end
       end
     end
@@ -191,9 +202,10 @@ for k = 1, #KEYS do
       out[#out + 1] = -1
       out[#out + 1] = err
       for j = 2, nr do out[#out + 1] = 0 end
+      out[#out + 1] = ''
     else
       local peek = cr == 0 and ct == 0 and cs == 0
-      local deny = false
+      local deny, alerts = false, {}
       for j = 1, nr do
         local d = rd[j]
         local x = d == 114 and cr or (d == 116 and ct or (d == 99 and 1 or cs))
@@ -221,6 +233,11 @@ for k = 1, #KEYS do
             if x ~= 0 then
               used[j] = used[j] + x
               changed[rs[j]] = true
+              if mark[j] and not alerted[j] and used[j] * 100 >= ral[j] * rl[j] then
+                alerted[j] = true
+                redis.call('HSET', base .. sfx[rs[j]], mark[j], wids[rw[j]])
+                alerts[#alerts + 1] = j
+              end
             end
           end
         end
@@ -239,6 +256,7 @@ for k = 1, #KEYS do
       end
       out[#out + 1] = deny and 1 or 0
       for j = 1, nr do out[#out + 1] = used[j] end
+      out[#out + 1] = table.concat(alerts, ',')
     end
   end
   if not err then

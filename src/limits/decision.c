@@ -79,6 +79,15 @@ bool decision_rule_denies(int64_t limit, int64_t used, int64_t amount, bool peek
     return used + amount > limit || (amount == 0 && used >= limit);
 }
 
+uint64_t decision_window_start_ms(enum rules_window w, uint64_t now_ms)
+{
+    if (w != RULES_MONTH)
+        return now_ms - now_ms % window_ms[w];
+    int64_t y, m;
+    civil_from_days((int64_t)(now_ms / DECISION_DAY_MS), &y, &m);
+    return (uint64_t)days_from_civil(y, m, 1) * DECISION_DAY_MS;
+}
+
 uint64_t decision_rule_reset_ms(const struct rules_applied *r, uint64_t now_ms)
 {
     return r->dimension == RULES_CONCURRENT ? 0 : decision_reset_ms(r->window, now_ms);

@@ -51,6 +51,8 @@ struct check_result {
 int64_t decision_window_id(enum rules_window w, uint64_t now_ms);
 /* Milliseconds from now_ms to the end of its window. */
 uint64_t decision_reset_ms(enum rules_window w, uint64_t now_ms);
+/* The start of now_ms's window, unix ms. */
+uint64_t decision_window_start_ms(enum rules_window w, uint64_t now_ms);
 /* A rule's reset_ms: its window's; 0 for a concurrent rule, which has none. */
 uint64_t decision_rule_reset_ms(const struct rules_applied *r, uint64_t now_ms);
 /* What a check denied by a concurrent rule is told to wait: a slot frees when some call ends,

@@ -409,7 +409,7 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
 {
     int64_t now_ms = 0;
     reply_int(reply, 0, &now_ms);
-    size_t width = 1 + (size_t)call->lim.counted;
+    size_t width = 2 + (size_t)call->lim.counted; /* status, each rule's use, the alerts */
     struct limiter_check *c = call->checks;
     while (c) {
         struct limiter_check *next = c->next;
@@ -427,6 +427,12 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
             used[j] = 0;
             reply_int(reply, *i + 1 + (size_t)j, &used[j]);
         }
+        const redisReply *alerted = *i + width - 1 < reply->elements
+                                        ? reply->element[*i + width - 1]
+                                        : NULL;
+        if (alerted && alerted->type == REDIS_REPLY_STRING && alerted->len > 0)
+            alerts_raise(&l->alerts, call->user_id, call->provider, call->provider_len, call->model,
+                         call->model_len, &call->lim, alerted->str, used, (uint64_t)now_ms);
         *i += width;
         struct check_result r;
         decision_make(&call->lim, &c->amounts, status == 0, used, (uint64_t)now_ms, &r);
@@ -517,11 +523,11 @@ static void flush_batch(struct limiter *l)
     for (struct limiter_call *call = batch->calls; call; call = call->next) {
         if (call->key)
             call->key->unsent = NULL;
-        batch->elements += call->n * (1 + (size_t)call->lim.counted);
-        argc += 2 + 4 + 4 * (size_t)call->lim.counted + 4 * call->n;
+        batch->elements += call->n * (2 + (size_t)call->lim.counted);
+        argc += 2 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
         text_cap += prefix_len + UUID_STRING_LEN + 2 +
                     4 * (RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16) +
-                    24 * (2 + 4 * (size_t)call->lim.counted + 4 * call->n);
+                    24 * (2 + 5 * (size_t)call->lim.counted + 4 * call->n);
     }
     const char **argv = xmalloc(argc * sizeof(*argv));
     size_t *lens = xmalloc(argc * sizeof(*lens));
@@ -567,6 +573,7 @@ static void flush_batch(struct limiter *l)
                  p[1] = r->dimension == RULES_CONCURRENT ? 'c' : window_letters[r->window], 2));
             ARG(fmt_i64(p, r->limit));
             ARG((p[0] = r->shadow ? '1' : '0', 1));
+            ARG(fmt_u64(p, r->alert_percent));
         }
         ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
@@ -767,6 +774,7 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     if (getrandom(&l->rid_seed, sizeof(l->rid_seed), 0) != sizeof(l->rid_seed))
         l->rid_seed = limiter_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)l;
     rules_init(&l->rules, loop, config, on_rules_state, l);
+    alerts_init(&l->alerts, loop, config);
     uint32_t connect_timeout =
         config->redis.timeout_ms * 4 > 1000 ? config->redis.timeout_ms * 4 : 1000;
     redis_init(&l->redis, loop, config->redis.address, limiter_script, connect_timeout,
@@ -813,6 +821,12 @@ static void part_closed(struct limiter *l)
         l->on_closed(l, l->closed_arg);
 }
 
+static void on_alerts_closed(struct alerts *a, void *arg)
+{
+    (void)a;
+    part_closed(arg);
+}
+
 static void on_rules_closed(struct rules *lim, void *arg)
 {
     (void)lim;
@@ -834,12 +848,13 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 {
     l->on_closed = on_closed;
     l->closed_arg = arg;
-    l->closing = 4;
+    l->closing = 5;
     l->on_denied = NULL; /* the ingest queue is closing too */
     flush_batch(l);      /* closing Redis answers it (DOWN: the policy decides) */
     limiter_flush_settles(l);
     uv_close((uv_handle_t *)&l->flush, on_handle_closed);
     uv_close((uv_handle_t *)&l->retry_timer, on_handle_closed);
     rules_close(&l->rules, on_rules_closed, l);
+    alerts_close(&l->alerts, on_alerts_closed, l);
     redis_close(&l->redis, on_redis_closed, l);
 }

@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "alerts.h"
 #include "config.h"
 #include "decision.h"
 #include "errors.h"
@@ -101,6 +102,7 @@ struct limiter_stats {
 struct limiter {
     uv_loop_t *loop;
     struct rules rules;
+    struct alerts alerts; /* the rows of usage_alerts, on a connection of their own */
     struct redis_client redis;
     char *key_prefix;
     uint32_t timeout_ms;

@@ -283,7 +283,7 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
     int n = r ? PQntuples(r) : 0;
     struct rules_rule *rows = NULL;
     struct rules_provider *providers = xcalloc((size_t)(n ? n : 1), sizeof(*providers));
-    size_t count = 0, cap = 0, np = 0, skipped = 0, alerts = 0;
+    size_t count = 0, cap = 0, np = 0, skipped = 0;
     const char *why = NULL;
     for (int i = 0; i < n; i++) {
         if (strlen(PQgetvalue(r, i, 1)) > RULES_PROVIDER_BYTES ||
@@ -294,12 +294,10 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
             continue;
         }
         struct rules_rule rule;
-        if (read_rule(r, i, &rule, &why)) {
+        if (read_rule(r, i, &rule, &why))
             add_db_rule(&rows, &count, &cap, &rule);
-            alerts += rule.alert_percent != 0;
-        } else {
+        else
             skipped++;
-        }
     }
     bool changed = !same_rules(l, rows, count, providers, np);
     free(l->db);
@@ -316,10 +314,6 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
         if (skipped)
             log_warn("limits: %zu rows of usage_limits skipped (the last because %s)", skipped,
                      why);
-        if (alerts)
-            log_warn("limits: %zu rules of usage_limits have alert_at_percent, which this "
-                     "version does not send (the rules are enforced)",
-                     alerts);
         l->loaded = true;
         rules_changed(l);
     }
@@ -405,7 +399,7 @@ static void on_resync(uv_timer_t *t)
 
 static void add_config_rule(struct rules *l, const uint8_t *user_id, const char *provider,
                             const char *model, uint8_t dimension, uint8_t window, int64_t amount,
-                            bool shadow)
+                            bool shadow, uint8_t alert_percent)
 {
     l->config_rules = xrealloc(l->config_rules, (l->nconfig_rules + 1) * sizeof(*l->config_rules));
     struct rules_rule *r = &l->config_rules[l->nconfig_rules++];
@@ -421,6 +415,7 @@ static void add_config_rule(struct rules *l, const uint8_t *user_id, const char 
     r->source = RULES_FROM_CONFIG;
     r->amount = amount;
     r->shadow = shadow;
+    r->alert_percent = alert_percent;
 }
 
 static void add_v1_limits(struct rules *l, const uint8_t *user_id, const char *provider,
@@ -433,7 +428,7 @@ static void add_v1_limits(struct rules *l, const uint8_t *user_id, const char *p
             add_config_rule(l, user_id, provider, NULL, RULES_REQUESTS, windows[i],
                             limits[i].kind == CONFIG_LIMIT_UNLIMITED ? RULES_UNLIMITED
                                                                      : limits[i].value,
-                            false);
+                            false, 0);
 }
 
 void rules_configure(struct rules *l, const struct config *config)
@@ -461,7 +456,8 @@ void rules_configure(struct rules *l, const struct config *config)
     for (size_t i = 0; i < config->limits.rule_count; i++) {
         const struct config_rule *c = &config->limits.rules[i];
         add_config_rule(l, c->has_user ? c->user_id : NULL, c->provider, c->model,
-                        (uint8_t)c->dimension, (uint8_t)c->window, c->amount, c->shadow);
+                        (uint8_t)c->dimension, (uint8_t)c->window, c->amount, c->shadow,
+                        (uint8_t)c->alert_percent);
     }
     l->resync_ms = config->limits.resync_s * 1000;
     if (uv_is_active((uv_handle_t *)&l->resync_timer))
@@ -576,6 +572,7 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
             a->dimension = r->dimension;
             a->window = r->window;
             a->shadow = r->shadow;
+            a->alert_percent = r->dimension == RULES_CONCURRENT ? 0 : r->alert_percent;
             a->by_provider = r->provider[0] != '\0';
             a->by_model = r->model[0] != '\0';
             a->limit = r->amount;

@@ -15,8 +15,8 @@
  *
  * A concurrent rule (no window) caps a user's calls in flight; a shadow rule is counted and
  * reported but never denies. A shadow rule does not replace an enforced one: both apply, and
- * shadow rules replace one another by the same precedence. Alerts (alert_at_percent) are not
- * sent by this version: such rules are enforced, and the daemon logs how many carry one. */
+ * shadow rules replace one another by the same precedence. A rule may carry an alert share
+ * (alert_at_percent): see alerts.h. */
 #ifndef USAGED_RULES_H
 #define USAGED_RULES_H
 
@@ -53,7 +53,7 @@ struct rules_rule {
     uint8_t window;                          /* enum rules_window; 0 for concurrent */
     uint8_t source;                          /* enum rules_source */
     bool shadow;                             /* counted and reported, never denies */
-    uint8_t alert_percent;                   /* 1..100; 0: none (not sent by this version) */
+    uint8_t alert_percent;                   /* 1..100; 0: none */
     int64_t amount;                          /* RULES_UNLIMITED or >= 0; spend in micro-dollars */
     char provider[RULES_PROVIDER_BYTES + 1]; /* "": every provider */
     char model[RULES_MODEL_BYTES + 1];       /* "": any model */
@@ -64,6 +64,7 @@ struct rules_applied {
     uint8_t dimension;
     uint8_t window;   /* 0 for concurrent */
     bool shadow;      /* never denies: reported in shadow_denied_by */
+    uint8_t alert_percent; /* 1..100: alert when a charge takes the use to this share; 0 none */
     bool by_provider; /* its counter is the check's provider's (else every provider's) */
     bool by_model;    /* its counter is the check's model's (else any model's) */
     int64_t limit;    /* RULES_UNLIMITED or >= 0 */

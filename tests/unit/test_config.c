@@ -195,7 +195,7 @@ TEST(rules_read_concurrent_and_shadow_and_a_shadow_rule_may_watch_an_enforced_on
     struct config *c = parse("limits:\n  rules:\n"
                              "    - { provider: openai, concurrent: 5, requests_per_minute: 10 }\n"
                              "    - { provider: openai, requests_per_minute: 5, concurrent: 3,\n"
-                             "        shadow: true }\n");
+                             "        shadow: true, alert_at_percent: 80 }\n");
     CHECK(c != NULL);
     if (!c)
         return;
@@ -205,6 +205,7 @@ TEST(rules_read_concurrent_and_shadow_and_a_shadow_rule_may_watch_an_enforced_on
     CHECK(r[1].dimension == 3 && r[1].window == 0 && r[1].amount == 5 && !r[1].shadow);
     CHECK(r[2].dimension == 0 && r[2].amount == 5 && r[2].shadow);
     CHECK(r[3].dimension == 3 && r[3].amount == 3 && r[3].shadow);
+    CHECK(r[2].alert_percent == 80 && r[1].alert_percent == 0);
     config_free(c);
 }
 
@@ -216,8 +217,10 @@ TEST(rules_refuse_what_they_cannot_enforce_and_name_it)
     CHECK(check_contains(err, "limits.rules[0].tokens_per_day"));
     CHECK(parse("limits: { rules: [ { provider: openai } ] }") == NULL);
     CHECK(check_contains(err, "limits.rules[0] has no amount"));
-    CHECK(parse("limits: { rules: [ { concurrent: 3, alert_at_percent: 80 } ] }") == NULL);
-    CHECK(check_contains(err, "alert_at_percent is not supported by this version"));
+    CHECK(parse("limits: { rules: [ { tokens_per_day: 3, alert_at_percent: 0 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].alert_at_percent"));
+    CHECK(parse("limits: { rules: [ { tokens_per_day: 3, alert_at_percent: 101 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].alert_at_percent"));
     CHECK(parse("limits: { rules: [ { concurrent: -1 } ] }") == NULL);
     CHECK(check_contains(err, "limits.rules[0].concurrent"));
     CHECK(parse("limits: { rules: [ { concurrent: 2 }, { concurrent: 3 } ] }") == NULL);
