@@ -14,9 +14,10 @@
  * after the window ends, and one never answered counts as late as the wait lasted. The client's
  * own part is reported apart: "send lag", from due to handed to the socket.
  *
- * --redis drives Redis itself with the daemon's check script, one EVALSHA per check with the
- * daemon's key shape and the same users and providers, on the same schedule and the same
- * latency accounting: the floor that a daemon in front of Redis cannot beat.
+ * --redis drives Redis itself with the daemon's check script, sending the very call the daemon
+ * sends for checks under their provider's two v1 rules (check_call.c), for the same users and
+ * providers, on the same schedule and with the same latency accounting: the floor that a daemon
+ * in front of Redis cannot beat.
  *
  * One libuv loop, one thread. Requests are assembled from pre-packed events (memcpy, plus a
  * fresh UUIDv7 when the client assigns ids) and answers are read by a small MessagePack reader
@@ -44,6 +45,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "check_call.h"
 #include "gen.h"
 #include "hist.h"
 #include "resp.h"
@@ -78,10 +80,10 @@ struct options {
     bool notify;     /* log_* as notifications */
     uint32_t users;
     const char *providers;
-    int64_t cost; /* < 0: not sent (the daemon's default, 1) */
+    int64_t cost;      /* < 0: not sent (the daemon's default, 1) */
     int64_t tokens;    /* < 0: not sent */
     const char *spend; /* NULL: not sent */
-    double rate;  /* requests (and notifications) per second in total; 0: closed loop */
+    double rate;       /* requests (and notifications) per second in total; 0: closed loop */
     double duration_s;
     double warmup_s;
     uint64_t total_events; /* stop after this many log events were accepted; 0: by time */
@@ -179,7 +181,7 @@ struct bench {
     uv_loop_t *loop;
     struct gen gen;
     struct pool usage_pool, prompt_pool, check_pool;
-    struct obuf redis_argv; /* --redis: the ARGV of one check, in RESP */
+    struct check_call *redis_call; /* --redis: the daemon's script call, its pieces made */
     uint32_t mix_total;
     struct bconn *conns;
     uint32_t connected;
@@ -329,32 +331,21 @@ static void pool_free(struct pool *p)
     memset(p, 0, sizeof(*p));
 }
 
-/* --redis: the pieces of the daemon's script call, in RESP: one key per (user, provider), as
- * prefix{user:provider}, and the ARGV of one check of a key (per minute, per day, 1 check, its
- * cost). A call of k checks is EVALSHA sha k, k keys, k times the ARGV. */
-static void build_redis_pool(struct bench *b)
+/* --redis: the pieces of the daemon's script call for checks of every (user, provider) under
+ * the provider's limits per minute and per day (--redis-limits) and the check's cost. */
+static void build_redis_call(struct bench *b)
 {
     const struct options *o = &b->o;
-    char minute[24], day[24], cost[24];
-    if (sscanf(o->redis_limits, "%23[-0-9],%23[-0-9]", minute, day) != 2)
+    long long minute, day;
+    char end;
+    if (sscanf(o->redis_limits, "%lld,%lld%c", &minute, &day, &end) != 2)
         die("--redis-limits takes PER_MINUTE,PER_DAY");
-    snprintf(cost, sizeof(cost), "%" PRId64, o->cost >= 0 ? o->cost : 1);
-    uint32_t keys = b->gen.users * b->gen.nproviders;
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    for (uint32_t k = 0; k < keys; k++) {
-        char user[GEN_UUID_LEN + 1], key[256];
-        gen_user_id(k / b->gen.nproviders, user);
-        int n = snprintf(key, sizeof(key), "%s{%s:%s}", o->key_prefix, user,
-                         b->gen.providers[k % b->gen.nproviders]);
-        size_t start = sb.size;
-        resp_bulk(msgpack_sbuffer_write, &sb, key, (size_t)n);
-        pool_add(&b->check_pool, keys, &sb, start, 0);
-    }
-    pool_finish(&b->check_pool, &sb);
-    const char *argv[] = {minute, day, "1", cost};
-    for (int i = 0; i < 4; i++)
-        resp_bulk(obuf_write, &b->redis_argv, argv[i], strlen(argv[i]));
+    char err[128];
+    b->redis_call =
+        check_call_new(o->evalsha, o->key_prefix, b->gen.users, b->gen.providers, b->gen.nproviders,
+                       minute, day, (uint64_t)(o->cost >= 0 ? o->cost : 1), err, sizeof(err));
+    if (!b->redis_call)
+        die("--redis: %s", err);
 }
 
 static void build_pools(struct bench *b)
@@ -390,7 +381,7 @@ static void build_pools(struct bench *b)
         pool_finish(&b->prompt_pool, &sb);
     }
     if (b->o.mix[K_CHECK] && o->redis) {
-        build_redis_pool(b);
+        build_redis_call(b);
     } else if (b->o.mix[K_CHECK]) {
         /* One params map per (user, provider) key. */
         uint32_t keys = b->gen.users * b->gen.nproviders;
@@ -817,13 +808,7 @@ static uint64_t due_ns(const struct bench *b, uint64_t i);
 static void issue_redis(struct bconn *c, uint32_t k, uint64_t first, uint64_t now)
 {
     struct bench *b = c->b;
-    const struct pool *p = &b->check_pool;
-    char head[128];
-    int n = snprintf(head, sizeof(head), "*%u\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", 3 + 5 * k,
-                     b->o.evalsha);
-    obuf_append(&c->out, head, (size_t)n);
-    n = snprintf(head, sizeof(head), "%u", k);
-    resp_bulk(obuf_write, &c->out, head, (size_t)n);
+    uint32_t keys[CHECK_CALL_MAX_CHECKS];
     for (uint32_t j = 0; j < k; j++) {
         uint32_t s = c->free_slots[--c->nfree];
         struct slot *slot = &c->slots[s];
@@ -833,11 +818,9 @@ static void issue_redis(struct bconn *c, uint32_t k, uint64_t first, uint64_t no
         slot->events = j == 0 ? k : 0;
         c->fifo[(c->fifo_head + c->fifo_len++) % b->o.pipeline] = s;
         b->inflight++;
-        uint32_t i = gen_below(&b->gen, p->n);
-        obuf_append(&c->out, p->data + p->off[i], p->len[i]);
+        keys[j] = gen_below(&b->gen, b->gen.users * b->gen.nproviders);
     }
-    for (uint32_t j = 0; j < k; j++)
-        obuf_append(&c->out, b->redis_argv.data, b->redis_argv.len);
+    check_call_write(b->redis_call, keys, k, obuf_write, &c->out);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -1208,7 +1191,7 @@ static struct slot *redis_pop(struct bconn *c, uint64_t now)
 }
 
 /* One whole reply of Redis to the oldest call of the connection: the check script's {now_ms,
- * then per check: deny, minute count, day count}, or an error. */
+ * then per check: 0 allowed or 1 denied, and each rule's count}, or an error. */
 static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t *end, uint64_t now)
 {
     struct bench *b = c->b;
@@ -1219,14 +1202,16 @@ static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t 
     }
     const uint8_t *reply = p;
     uint32_t k = c->slots[c->fifo[c->fifo_head]].events;
-    int64_t n, now_ms, deny, minute, day;
-    bool ok = resp_array(&p, end, &n) == 1 && n == 1 + 3 * (int64_t)k &&
+    uint32_t rules = b->redis_call->rules;
+    int64_t n, now_ms, deny, count;
+    bool ok = resp_array(&p, end, &n) == 1 && n == 1 + (1 + (int64_t)rules) * k &&
               resp_integer(&p, end, &now_ms) == 1;
     for (uint32_t j = 0; j < k; j++) {
         struct slot *slot = redis_pop(c, now);
-        /* A key Redis refuses to count answers an error string in place of its count. */
-        ok = ok && resp_integer(&p, end, &deny) == 1 && resp_integer(&p, end, &minute) == 1 &&
-             resp_integer(&p, end, &day) == 1;
+        /* A key Redis refuses to count answers -1 and an error string in place of a count. */
+        ok = ok && resp_integer(&p, end, &deny) == 1 && deny >= 0;
+        for (uint32_t i = 0; i < rules; i++)
+            ok = ok && resp_integer(&p, end, &count) == 1;
         if (!counted(b, slot->t_ns))
             continue;
         if (ok) {
@@ -2027,8 +2012,8 @@ static void usage(FILE *f)
           "  -u, --users N              users b0000000-0000-4000-8000-<i> (default 1000)\n"
           "  -P, --providers LIST       (default openai,anthropic,google,mistral,groq)\n"
           "      --cost N               cost sent with each check (default: not sent, 1)\n"
-           "      --tokens N             tokens sent with each check (default: not sent)\n"
-           "      --spend USD            spend sent with each check (default: not sent)\n"
+          "      --tokens N             tokens sent with each check (default: not sent)\n"
+          "      --spend USD            spend sent with each check (default: not sent)\n"
           "  -r, --rate N               open loop: total requests per second, latency from\n"
           "                             when each was due (default 0: closed loop)\n"
           "      --tick-us N            open loop: shortest wait between wake-ups (default 20)\n"
@@ -2050,12 +2035,13 @@ static void usage(FILE *f)
           "  Redis itself, with the daemon's check script (checks only):\n"
           "      --redis ADDR           unix:PATH or HOST:PORT of Redis\n"
           "      --evalsha SHA          the script's sha1 (SCRIPT LOAD of bench/limiter-script)\n"
-          "      --redis-limits M,D     limits per minute and per day passed to it\n"
-          "                             (default 2000000000,2100000000)\n"
+          "      --redis-limits M,D     the provider's requests per minute and per day, the\n"
+          "                             rules the daemon sends (-1: unlimited, no rule;\n"
+          "                             default 2000000000,2100000000)\n"
           "      --key-prefix TEXT      the daemon's redis.key_prefix (default usaged:)\n"
-          "      --redis-batch N        at most N checks of N keys in one call, of those due\n"
-          "                             together (the daemon batches a loop iteration's checks;\n"
-          "                             default 1: a call per check)\n",
+          "      --redis-batch N        at most N checks in one call, of those due together\n"
+          "                             (the daemon batches a loop iteration's checks, a key's\n"
+          "                             in one part of the call; default 1: a call per check)\n",
           f);
 }
 
@@ -2338,9 +2324,12 @@ static void parse_options(struct options *o, int argc, char **argv)
             die("--redis needs --evalsha with the 40 hex digits of the loaded script");
         if (o->mix[K_USAGE] || o->mix[K_PROMPT] || o->notify || o->pg || o->total_events)
             die("--redis sends checks only (no log methods, --notify, --pg or --total-events)");
+        if (o->tokens >= 0 || o->spend)
+            die("--redis sends checks under the provider's two v1 rules, which count requests "
+                "only (no --tokens or --spend)");
     }
-    if (o->redis_batch == 0 || o->redis_batch > 1024)
-        die("--redis-batch must be 1..1024");
+    if (o->redis_batch == 0 || o->redis_batch > CHECK_CALL_MAX_CHECKS)
+        die("--redis-batch must be 1..%d", CHECK_CALL_MAX_CHECKS);
     if (o->tick_us > 1000000)
         die("--tick-us must be at most 1000000");
     if (o->connections == 0 || o->connections > 10000)
@@ -2479,7 +2468,7 @@ int main(int argc, char **argv)
     pool_free(&b->usage_pool);
     pool_free(&b->prompt_pool);
     pool_free(&b->check_pool);
-    free(b->redis_argv.data);
+    check_call_free(b->redis_call);
     gen_free(&b->gen);
     for (int i = 0; i < b->o.nwatch; i++)
         free((char *)b->o.watch[i].name);

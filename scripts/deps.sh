@@ -12,12 +12,17 @@ packages=(
   python3-prometheus-client man-db  # man: systemd-analyze verify looks up Documentation= pages
   valgrind systemd procps iproute2 git ca-certificates
 )
-# `deps.sh bench`: also what bench/compare needs, and the tests do not: Node.js for the
-# rate-limiter-flexible peer, perf for profiles. npm: Debian's package, unless the installed
-# Node.js brings its own (NodeSource's nodejs provides npm and conflicts with Debian's).
+# Node.js and npm: the TypeScript client (clients/node) is built and tested with them, and
+# bench/compare runs its Node.js peers. Debian's packages, unless a Node.js >= 18 is installed
+# already (NodeSource's nodejs provides npm and conflicts with Debian's).
+if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' \
+     >/dev/null 2>&1; then
+  packages+=(nodejs)
+fi
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+# `deps.sh bench`: also what bench/compare needs, and the tests do not: perf for profiles.
 if [ "${1:-}" = bench ]; then
-  packages+=(nodejs linux-perf)
-  command -v npm >/dev/null 2>&1 || packages+=(npm)
+  packages+=(linux-perf)
 fi
 
 missing=()

@@ -158,6 +158,22 @@ def sql(pg, dbname, query, args=None):
         conn.close()
 
 
+def preload_env(lib, **extra):
+    """The environment of a daemon with `lib` (a shim of tests/integration) preloaded: under ASan
+    the runtime must then be told that it does not come first."""
+    return {"LD_PRELOAD": lib, **extra,
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+
+
+def write_token(workdir, token, name="token"):
+    """Writes auth.token_file's file (mode 0600) in workdir; returns its path."""
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def make_users(pg, dbname, n):
     """Creates n users in auth.users; returns their ids (str)."""
     import uuid

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import msgpack
 import pytest
 
 import servers
@@ -26,10 +27,10 @@ def bench_users(pg, db):
         "'bench' || i || '@example.test' FROM generate_series(0, %s) AS i", (USERS - 1,))
 
 
-def start(daemon_factory, workdir, pg, db, redis_server):
+def start(daemon_factory, workdir, pg, db, redis_server, extra=""):
     bench_users(pg, db)
     d = daemon_factory(base_config(workdir, pg=pg, dbname=db, redis=redis_server)
-                       + "ingest:\n  batch_ms: 20\n")
+                       + "ingest:\n  batch_ms: 20\n" + extra)
     servers.wait_for(lambda: d.client().call("stats")["limits"]["limits_loads"] >= 1, 30,
                      "the limits to be loaded")
     return d
@@ -173,27 +174,138 @@ def load_script(redis_server):
         raise
 
 
+def user_id(i):
+    return f"b0000000-0000-4000-8000-{i:012x}"
+
+
+def counters_key(prefix, user, provider):
+    """Where the daemon counts a user's checks under the provider's two v1 rules (requests per
+    minute and per day): one hash per user and provider, under the user's hash tag."""
+    return f"{prefix}{{{user_id(user)}}}:p:{provider}"
+
+
+# The fields of that hash: each window's id and its count of requests.
+V1_FIELDS = {"wm", "rm", "wd", "rd"}
+
+
+def slowlog_evalsha(conn):
+    """The EVALSHA commands in Redis's slow log, oldest first, each as its arguments joined."""
+    return [e["command"] for e in reversed(conn.slowlog_get(1024))
+            if e["command"].startswith(b"EVALSHA ")]
+
+
+def slowlog_everything(conn):
+    """Redis's slow log keeps every command from now on (the last 1024), and nothing before."""
+    conn.config_set("slowlog-max-len", 1024)
+    conn.config_set("slowlog-log-slower-than", 0)
+    conn.slowlog_reset()
+
+
+PER_MINUTE, PER_DAY = 1_000_000, 2_000_000
+
+
+def start_with_limits(daemon_factory, workdir, pg, db, redis_server):
+    """A daemon whose openai limits are PER_MINUTE and PER_DAY, as usage-bench --redis-limits
+    passes them below."""
+    return start(daemon_factory, workdir, pg, db, redis_server,
+                 "limits:\n  providers: { openai: { per_minute: %d, per_day: %d } }\n"
+                 % (PER_MINUTE, PER_DAY))
+
+
+def bench_redis_user0(redis_server, sha, *args):
+    return bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "1", "-u", "1",
+                 "-P", "openai", "--redis-limits", f"{PER_MINUTE},{PER_DAY}", "-w", "0", *args)
+
+
+def test_redis_itself_gets_the_very_call_the_daemon_sends_for_a_check(
+        daemon_factory, workdir, pg, db, redis_server):
+    """The daemon checks user 0 with openai under the provider's two rules, then usage-bench
+    --redis checks the same user and provider with the same limits, a call per check. Redis's
+    slow log, which keeps every command while its threshold is 0, holds the same EVALSHA with
+    the same arguments for each; and the daemon's next check counts the bench's: they went to
+    the very counters the daemon's checks count in, and made no other key. (Earlier tests of
+    this module counted checks of the same users in the same Redis: the figures are read as
+    differences.)"""
+    conn, sha = load_script(redis_server)
+    try:
+        d = start_with_limits(daemon_factory, workdir, pg, db, redis_server)
+        slowlog_everything(conn)
+        check = {"user_id": user_id(0), "provider": "openai"}
+        first = d.client().call("check", check)
+        assert first["allowed"]
+        keys = {k.decode() for k in conn.scan_iter("usaged:*", count=1000)}
+        assert counters_key("usaged:", 0, "openai") in keys
+        r = bench_redis_user0(redis_server, sha, "-p", "8", "--redis-batch", "1", "--rate", "200",
+                              "-d", "0.2")
+        conn.config_set("slowlog-log-slower-than", 10000)
+        assert r["errors"] == {} and r["open_loop"]["unanswered"] == 0
+        sent = r["checks"]["allowed"]
+        assert sent == r["requests_ok"] > 0
+        calls = slowlog_evalsha(conn)
+        assert len(calls) == 1 + sent
+        assert calls[0].startswith(f"EVALSHA {sha} 1 usaged:{{{user_id(0)}}} c ".encode())
+        assert calls[1:] == [calls[0]] * sent
+        second = d.client().call("check", check)
+        assert second["remaining_day"] == first["remaining_day"] - sent - 1
+        assert {k.decode() for k in conn.scan_iter("usaged:*", count=1000)} == keys
+        assert {f.decode() for f in conn.hkeys(counters_key("usaged:", 0, "openai"))} == V1_FIELDS
+    finally:
+        conn.config_set("slowlog-log-slower-than", 10000)
+        conn.close()
+
+
+def test_redis_itself_gets_the_daemons_call_for_checks_of_a_key_that_came_together(
+        daemon_factory, workdir, pg, db, redis_server):
+    """Three checks of one key that the daemon reads together go in one script call, in one
+    part of it (the key once in KEYS, 3 checks after its rules). usage-bench --redis-batch 3,
+    closed loop with 3 in flight, sends every call with 3 checks, all of user 0 here: each is
+    the daemon's call, argument for argument."""
+    conn, sha = load_script(redis_server)
+    try:
+        d = start_with_limits(daemon_factory, workdir, pg, db, redis_server)
+        slowlog_everything(conn)
+        r = bench_redis_user0(redis_server, sha, "-p", "3", "--redis-batch", "3", "-d", "0.2")
+        assert r["errors"] == {} and r["requests_ok"] > 0
+        check = {"user_id": user_id(0), "provider": "openai"}
+        with d.client() as c:
+            # One write, so that the daemon reads the three in one go.
+            c.send_raw(b"".join(msgpack.packb([0, i, "check", [check]]) for i in (1, 2, 3)))
+            assert all(c.wait(i)[1]["allowed"] for i in (1, 2, 3))
+        conn.config_set("slowlog-log-slower-than", 10000)
+        calls = slowlog_evalsha(conn)
+        daemons = calls[-1]  # the newest
+        assert daemons.startswith(f"EVALSHA {sha} 1 usaged:{{{user_id(0)}}} c ".encode())
+        assert daemons.endswith(b" 3 1 0 0  1 0 0  1 0 0 ")  # 3 checks: cost, tokens, spend, ""
+        assert len(calls) > 1 and calls[:-1] == [daemons] * (len(calls) - 1)
+    finally:
+        conn.config_set("slowlog-log-slower-than", 10000)
+        conn.close()
+
+
 @pytest.mark.parametrize("batch,rate", [(1, 3000), (8, 60000)])
 def test_redis_itself_runs_the_check_script_open_loop_with_the_daemons_keys(redis_server, batch,
                                                                             rate):
-    """One call per check, or up to 8 checks of 8 keys in a call as the daemon batches them: each
-    check is answered and counted alone. (3,000/s wakes the client when each request is due,
+    """One call per check, or up to 8 checks in a call as the daemon batches them (a key's
+    checks in one part of it): each check is answered and counted alone, in the daemon's
+    counters of its user and provider. (3,000/s wakes the client when each request is due,
     60,000/s every 20 us.)"""
     conn, sha = load_script(redis_server)
+    prefix = f"smoke{batch}:"
     try:
         r = bench("--redis", f"unix:{redis_server.sock}", "--evalsha", sha, "-c", "2", "-p", "8",
-                  "-u", str(USERS), "-P", "openai", "--key-prefix", f"smoke{batch}:",
-                  "--redis-batch", str(batch), "--rate", str(rate), "-d", "0.2", "-w", "0.1")
+                  "-u", str(USERS), "-P", "openai", "--key-prefix", prefix,
+                  "--redis-batch", str(batch), "--rate", str(rate), "-d", "0.2", "-w", "0")
         assert r["target"] == "redis" and r["errors"] == {}
         lat = r["latency_us"]["all"]
         assert abs(lat["count"] - rate * r["window_s"]) <= rate / 1000 + 2  # window_s is in ms
         assert r["checks"]["allowed"] == r["requests_ok"] == lat["count"]
         assert_quantiles(lat)
-        # The daemon's key shape: prefix{user:provider}:m:<minute> and :d:<day>.
-        keys = {k.decode() for k in conn.scan_iter(f"smoke{batch}:*", count=1000)}
-        assert f"smoke{batch}:{{b0000000-0000-4000-8000-000000000000:openai}}" in {
-            k.rsplit(":", 2)[0] for k in keys}
-        assert {k.rsplit(":", 2)[1] for k in keys} == {"m", "d"}
+        # Hundreds of checks over 20 users: every user's counters, each check counted once (by
+        # day: a minute may turn during the run). No warm-up, so every check sent is counted.
+        keys = {k.decode() for k in conn.scan_iter(f"{prefix}*", count=1000)}
+        assert keys == {counters_key(prefix, i, "openai") for i in range(USERS)}
+        assert all({f.decode() for f in conn.hkeys(k)} == V1_FIELDS for k in keys)
+        assert sum(int(conn.hget(k, "rd")) for k in keys) == r["checks"]["allowed"]
     finally:
         conn.close()
 

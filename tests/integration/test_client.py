@@ -12,7 +12,7 @@ import types
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import base_config, make_users, sql
+from conftest import base_config, make_users, sql, write_token
 from usaged_client import Client
 import servers
 
@@ -26,20 +26,12 @@ TOKEN = "client-test-token-4f1c"
 INGEST = "ingest:\n  batch_rows: 1000\n  batch_ms: 20\n"
 
 
-def write_token(workdir):
-    path = os.path.join(workdir, "token")
-    with open(path, "w") as f:
-        f.write(TOKEN + "\n")
-    os.chmod(path, 0o600)
-    return path
-
-
 @pytest.fixture
 def authed(daemon_factory, workdir, pg, db, redis_server):
     """A daemon with auth.token_file, on a migrated database with one user."""
     user = make_users(pg, db, 1)[0]
     cfg = base_config(workdir, pg=pg, dbname=db, redis=redis_server) + INGEST
-    cfg += f"auth:\n  token_file: \"{write_token(workdir)}\"\n"
+    cfg += f"auth:\n  token_file: \"{write_token(workdir, TOKEN)}\"\n"
     return types.SimpleNamespace(daemon=daemon_factory(cfg), user=user, db=db, pg=pg)
 
 

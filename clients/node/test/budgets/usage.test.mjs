@@ -1,0 +1,37 @@
+// The budget additions the daemon does not have yet: `usage` and `concurrent` rules. Run by
+// tests/integration/test_node_budgets.py, which tests/meson.build does not run until the daemon
+// has them. The rule it configures:
+//   { provider: bulk, model: gpt-4o, tokens_per_minute: 10000, spend_per_day: "1", concurrent: 2 }
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { client, newUser } from "../daemon/env.mjs";
+
+let u;
+before(async () => { u = await client(); });
+after(async () => { await u.close(); });
+
+const gpt = (user, o = {}) => ({ userId: user, provider: "bulk", model: "gpt-4o", ...o });
+const rule = (r, dimension) => r.limits.find((l) => l.dimension === dimension);
+
+test("usage reports every rule of a user without spending", async () => {
+  const user = newUser();
+  const r = await u.check(gpt(user, { tokens: 300, spend: "0.3" }));
+  const a = await u.usage({ userId: user, provider: "bulk", model: "gpt-4o" });
+  const b = await u.usage({ userId: user });
+  assert.deepEqual(a, b, "usage spends nothing");
+  assert.equal(rule(a, "tokens").used, 300);
+  assert.equal(rule(a, "spend").used, "0.300000");
+  await u.settle({ reservation: r.reservation, cancel: true });
+});
+
+test("concurrent: a third call in flight is denied until one is settled", async () => {
+  const user = newUser();
+  const a = await u.check(gpt(user));
+  const b = await u.check(gpt(user));
+  const c = await u.check(gpt(user));
+  assert.deepEqual([a.allowed, b.allowed, c.allowed], [true, true, false]);
+  assert.equal(c.reason, "concurrency_limit");
+  assert.equal(rule(a, "concurrent").window, null);
+  await u.settle({ reservation: a.reservation, tokens: 0 });
+  assert.equal((await u.check(gpt(user))).allowed, true);
+});
