@@ -125,33 +125,38 @@ end
 
 local ttl = ARGV[2]
 local sbyte, ssub = string.byte, string.sub
+-- Tables reused from key to key (a table per key and rule was most of the script's cost):
+-- per scope its suffix and flags, per rule its scope, field, limit, dimension (byte), window,
+-- use, shadow flag, alert share, alert marker field and whether it was alerted in this window;
+-- buf holds a command's arguments.
+local sfx, changed, rolled, existed = {}, {}, {}, {}
+local rs, rf, rl, rd, rw, used, buf = {}, {}, {}, {}, {}, {}, {}
+local rsh, ral, mark, alerted = {}, {}, {}, {}
 for k = 1, #KEYS do
   local base = KEYS[k]
   local ns = tonumber(ARGV[a])
-  local sfx = {}
-  for s = 1, ns do sfx[s] = ARGV[a + s] end
+  for s = 1, ns do
+    sfx[s] = ARGV[a + s]
+    changed[s], rolled[s], existed[s] = false, false, false
+  end
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  -- Per rule: its scope, field (dimension .. window), limit, dimension byte, window letter,
-  -- whether it is a shadow rule.
-  local rs, rf, rl, rd, rw, rsh, used = {}, {}, {}, {}, {}, {}, {}
-  local ral, mark, alerted = {}, {}, {}
   for j = 1, nr do
     local f = ARGV[a + 1]
     rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
     rd[j], rw[j], rsh[j] = sbyte(f, 1), ssub(f, 2, 2), ARGV[a + 3] == '1'
     ral[j] = tonumber(ARGV[a + 4])
-    if ral[j] > 0 and rd[j] ~= 99 then mark[j] = (rsh[j] and 'A' or 'a') .. f end
+    mark[j] = ral[j] > 0 and rd[j] ~= 99 and (rsh[j] and 'A' or 'a') .. f
+    alerted[j] = false
     if rw[j] == 'M' and not wids.M then month() end
     a = a + 5
   end
-  -- One read per scope: each of its rules' window id and count; the slots in use of its
-  -- concurrent rules, once lapsed ones are dropped.
+  -- One read per scope: each of its rules' window id, count and alert marker; the slots in use
+  -- of its concurrent rules, once lapsed ones are dropped.
   local err = nil
-  local changed, rolled, existed = {}, {}, {}
   for s = 1, ns do
-    local fields = {}
+    local n = 0
     for j = 1, nr do
       if rs[j] == s then
         if rd[j] == 99 then
@@ -162,21 +167,21 @@ for k = 1, #KEYS do
           if type(v) == 'table' and v.err then err = v.err end
           used[j] = tonumber(v) or 0
         else
-          fields[#fields + 1] = 'w' .. rw[j]
-          fields[#fields + 1] = rf[j]
-          fields[#fields + 1] = mark[j] or 'w' .. rw[j]
+          buf[n + 1], buf[n + 2], buf[n + 3] = 'w' .. rw[j], rf[j], mark[j] or rf[j]
+          n = n + 3
         end
       end
     end
-    local v = #fields > 0 and redis.pcall('HMGET', base .. sfx[s], unpack(fields)) or {}
+    local v = n > 0 and redis.pcall('HMGET', base .. sfx[s], unpack(buf, 1, n)) or {}
     if v.err then
       err = v.err
     else
       local i = 1
       for j = 1, nr do
         if rs[j] == s and rd[j] ~= 99 then
-          if v[i] then existed[s] = true end
-          if v[i] ~= wids[rw[j]] then
+          local w = v[i]
+          if w then existed[s] = true end
+          if w ~= wids[rw[j]] then
             used[j] = 0 -- a new window counts from 0
             rolled[s] = true
           else
@@ -186,7 +191,7 @@ for k = 1, #KEYS do
               used[j] = 0
             end
           end
-          alerted[j] = mark[j] ~= nil and v[i + 2] == wids[rw[j]]
+          alerted[j] = mark[j] and v[i + 2] == wids[rw[j]]
           i = i + 3
         end
       end
@@ -205,7 +210,7 @@ for k = 1, #KEYS do
       out[#out + 1] = ''
     else
       local peek = cr == 0 and ct == 0 and cs == 0
-      local deny, alerts = false, {}
+      local deny, alerts = false, nil
       for j = 1, nr do
         local d = rd[j]
         local x = d == 114 and cr or (d == 116 and ct or (d == 99 and 1 or cs))
@@ -236,7 +241,7 @@ for k = 1, #KEYS do
               if mark[j] and not alerted[j] and used[j] * 100 >= ral[j] * rl[j] then
                 alerted[j] = true
                 redis.call('HSET', base .. sfx[rs[j]], mark[j], wids[rw[j]])
-                alerts[#alerts + 1] = j
+                alerts = alerts and alerts .. ',' .. j or tostring(j)
               end
             end
           end
@@ -254,9 +259,10 @@ for k = 1, #KEYS do
           redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
         end
       end
-      out[#out + 1] = deny and 1 or 0
-      for j = 1, nr do out[#out + 1] = used[j] end
-      out[#out + 1] = table.concat(alerts, ',')
+      local o = #out
+      out[o + 1] = deny and 1 or 0
+      for j = 1, nr do out[o + 1 + j] = used[j] end
+      out[o + 2 + nr] = alerts or ''
     end
   end
   if not err then
@@ -265,22 +271,21 @@ for k = 1, #KEYS do
     -- later does not read an old window's count), and sets the expiry.
     for s = 1, ns do
       if changed[s] or rolled[s] then
-        local key, args, e = base .. sfx[s], {}, 0
+        local key, n, e = base .. sfx[s], 0, 0
         for j = 1, nr do
           if rs[j] == s and rd[j] ~= 99 then
-            args[#args + 1] = 'w' .. rw[j]
-            args[#args + 1] = wids[rw[j]]
-            args[#args + 1] = rf[j]
-            args[#args + 1] = used[j]
-            if left[rw[j]] > e then e = left[rw[j]] end
+            local w = rw[j]
+            buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4] = 'w' .. w, wids[w], rf[j], used[j]
+            n = n + 4
+            if left[w] > e then e = left[w] end
           end
         end
-        redis.call('HSET', key, unpack(args))
+        redis.call('HSET', key, unpack(buf, 1, n))
         if rolled[s] and existed[s] then
           local stale = {}
           for j = 1, nr do
             if rs[j] == s and rd[j] ~= 99 then
-              for _, d in ipairs({'r', 't', 's'}) do stale[d .. rw[j]] = true end
+              stale['r' .. rw[j]], stale['t' .. rw[j]], stale['s' .. rw[j]] = true, true, true
             end
           end
           for j = 1, nr do

@@ -101,14 +101,47 @@ static void add_provider(struct rules_provider **list, size_t *n, size_t *cap, c
         p->config_enabled = (int8_t)config_enabled;
 }
 
-static void append_rules(struct rules_rule **list, size_t *n, const struct rules_rule *from,
-                         size_t count, bool users)
+/* Copies the rules of both sources that name a user (users) or not into one new array. */
+static struct rules_rule *gather(const struct rules_rule *const *from, const size_t *count,
+                                 bool users, size_t *n)
 {
-    for (size_t i = 0; i < count; i++)
-        if (from[i].has_user == users) {
-            *list = xrealloc(*list, (*n + 1) * sizeof(**list));
-            (*list)[(*n)++] = from[i];
-        }
+    size_t total = 0;
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < count[s]; i++)
+            total += from[s][i].has_user == users;
+    struct rules_rule *list = xmalloc((total ? total : 1) * sizeof(*list));
+    *n = 0;
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < count[s]; i++)
+            if (from[s][i].has_user == users)
+                list[(*n)++] = from[s][i];
+    return list;
+}
+
+/* Every-user rules by provider ("" first), so that a check reads only its provider's and the
+ * every-provider ones. */
+static int compare_rules_by_provider(const void *a, const void *b)
+{
+    return strcmp(((const struct rules_rule *)a)->provider,
+                  ((const struct rules_rule *)b)->provider);
+}
+
+/* The run of rules in a list sorted by provider whose provider is name[0..len). */
+static void provider_run(const struct rules_rule *list, size_t n, const char *name, size_t len,
+                         size_t *from, size_t *to)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strncmp(list[mid].provider, name, len) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *from = lo;
+    while (lo < n && strncmp(list[lo].provider, name, len) == 0 && list[lo].provider[len] == '\0')
+        lo++;
+    *to = lo;
 }
 
 void rules_merge(struct rules *l)
@@ -140,10 +173,10 @@ void rules_merge(struct rules *l)
         }
     if (l->nproviders)
         qsort(l->providers, l->nproviders, sizeof(*l->providers), compare_providers);
-    for (int s = 0; s < 2; s++) {
-        append_rules(&l->every, &l->nevery, sources[s], counts[s], false);
-        append_rules(&l->per_user, &l->nper_user, sources[s], counts[s], true);
-    }
+    l->every = gather(sources, counts, false, &l->nevery);
+    l->per_user = gather(sources, counts, true, &l->nper_user);
+    if (l->nevery)
+        qsort(l->every, l->nevery, sizeof(*l->every), compare_rules_by_provider);
     if (l->nper_user)
         qsort(l->per_user, l->nper_user, sizeof(*l->per_user), compare_rules_by_user);
 }
@@ -540,7 +573,12 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
         return RULES_NOT_LOADED; /* a user's rule alone, on top of limits not read yet */
 
     const struct rules_rule *best[SLOTS] = {0};
-    for (size_t i = 0; i < l->nevery; i++)
+    size_t from, to;
+    provider_run(l->every, l->nevery, "", 0, &from, &to); /* every provider's rules */
+    for (size_t i = from; i < to; i++)
+        consider(&l->every[i], provider, provider_len, model, model_len, best);
+    provider_run(l->every, l->nevery, provider, provider_len, &from, &to);
+    for (size_t i = from; i < to; i++)
         consider(&l->every[i], provider, provider_len, model, model_len, best);
     if (l->nper_user) {
         /* The user's rules are a run in the sorted list: find its start. */

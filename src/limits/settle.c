@@ -61,6 +61,11 @@ static void give_up(struct limiter *l, struct limiter_settle *s, const char *why
     free(s);
 }
 
+static void on_retry(uv_timer_t *t)
+{
+    limiter_retry_settles(t->data);
+}
+
 static void keep(struct limiter *l, struct limiter_settle *s)
 {
     if (uv_now(l->loop) >= s->expires_ms) {
@@ -84,7 +89,7 @@ static void keep(struct limiter *l, struct limiter_settle *s)
     l->nlater++;
     l->stats.settles_queued++;
     if (!uv_is_active((uv_handle_t *)&l->retry_timer))
-        uv_timer_start(&l->retry_timer, (uv_timer_cb)limiter_retry_settles, RETRY_MS, RETRY_MS);
+        uv_timer_start(&l->retry_timer, on_retry, RETRY_MS, RETRY_MS);
 }
 
 static void on_settle_reply(enum redis_status status, const redisReply *reply, void *arg)

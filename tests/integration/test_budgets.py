@@ -502,3 +502,55 @@ def test_a_rule_added_mid_window_does_not_read_an_old_windows_count(
     assert rule_of(b, "tokens", "day")["used"] == 10
     assert rule_of(b, "spend", "day")["used"] == "1.000000"
     r.close()
+
+
+def test_a_log_prompt_settle_that_times_out_is_kept_and_retried(
+        daemon_factory, workdir, pg, db, redis_server):
+    # Redis up but not answering in time (CLIENT PAUSE holds the script calls): the settle is
+    # kept and retried every second; the call that timed out still runs once the pause ends,
+    # and whichever comes second is a duplicate, so the count is right either way.
+    add_provider(pg, db, "slow")
+    add_rule(pg, db, "tokens", "day", 100000, provider="slow")
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, redis_server, redis_extra="  timeout_ms: 100\n",
+              limits="  log_denied: false\n")
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+
+    def used(c):
+        peek = c.call("check", {"user_id": user, "provider": "slow", "cost": 0})
+        return None if peek["degraded"] else rule_of(peek, "tokens", "day")["used"]
+
+    with d.client() as c:
+        e = c.call("check", {"user_id": user, "provider": "slow", "tokens": 1000})
+        r.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        assert c.call("log_prompt", [{"user_id": user, "status": "completed",
+                                      "tokens_used": 10, "reservation": e["reservation"]}]) == \
+            {"accepted": 1}
+        servers.wait_for(lambda: c.call("stats")["limits"]["settles_queued"] >= 1, 10,
+                         "the settle to be kept")
+        servers.wait_for(lambda: used(c) == 10, 20, "the retried settle")
+        servers.wait_for(lambda: c.call("stats")["limits"]["settles_waiting"] == 0, 10,
+                         "no settle left waiting")
+    r.close()
+
+
+def test_a_log_prompt_settle_kept_past_the_ttl_is_dropped_and_logged(
+        daemon_factory, workdir, pg, db, redis_server):
+    # While Redis stays away, the kept settles are looked at every second: one older than
+    # limits.reservation_ttl_s is given up (its reservation has expired in Redis anyway).
+    add_provider(pg, db, "gone")
+    add_rule(pg, db, "tokens", "day", 100000, provider="gone")
+    user = make_users(pg, db, 1)[0]
+    d = start_with(daemon_factory, workdir, pg, db, redis_server, "  reservation_ttl_s: 1\n")
+    with d.client() as c:
+        e = c.call("check", {"user_id": user, "provider": "gone", "tokens": 100})
+        redis_server.stop()
+        try:
+            c.call("log_prompt", [{"user_id": user, "status": "completed", "tokens_used": 1,
+                                   "reservation": e["reservation"]}])
+            servers.wait_for(lambda: c.call("stats")["limits"]["settles_dropped"] == 1, 15,
+                             "the kept settle to be given up")
+            assert c.call("stats")["limits"]["settles_waiting"] == 0
+        finally:
+            redis_server.start()
+    assert "is given up (past limits.reservation_ttl_s)" in d.log_text()

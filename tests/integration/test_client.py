@@ -173,7 +173,7 @@ def with_tokens_rule(ctx, amount=1000):
                                                       "cost": 0}]))
             # unavailable: the daemon has not read the limits yet, right after its start
             return err is None and any(x["dimension"] == "tokens" for x in r["limits"])
-    servers.wait_for(applied, 10, "the tokens rule")
+    servers.wait_for(applied, 30, "the tokens rule")
 
 
 def passes_without_auth(ctx, test):

@@ -313,6 +313,28 @@ TEST(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies)
     local_free(&ll);
 }
 
+TEST(a_check_reads_its_providers_rules_and_the_every_provider_ones_only)
+{
+    struct rules_rule db[] = {
+        make(NULL, "openai-x", NULL, RULES_TOKENS, RULES_DAY, 1, RULES_FROM_TABLE),
+        make(NULL, "open", NULL, RULES_TOKENS, RULES_HOUR, 2, RULES_FROM_TABLE),
+        make(NULL, "openai", NULL, RULES_TOKENS, RULES_MINUTE, 3, RULES_FROM_TABLE),
+        make(NULL, NULL, NULL, RULES_SPEND, RULES_MONTH, 4, RULES_FROM_TABLE),
+        make(NULL, "anthropic", NULL, RULES_TOKENS, RULES_MONTH, 5, RULES_FROM_TABLE),
+        make(NULL, "openaj", NULL, RULES_REQUESTS, RULES_MONTH, 6, RULES_FROM_TABLE),
+    };
+    struct rules l;
+    setup(&l, db, 6, NULL, 0);
+    struct rules_resolved r;
+    CHECK_EQ_INT(rules_resolve(&l, alice, "openai", 6, "", 0, &r), RULES_FOUND);
+    CHECK_EQ_INT(r.n, 2);
+    CHECK(find(&r, RULES_TOKENS, RULES_MINUTE) && find(&r, RULES_SPEND, RULES_MONTH));
+    CHECK_EQ_INT(rules_resolve(&l, alice, "open", 4, "", 0, &r), RULES_FOUND);
+    CHECK_EQ_INT(r.n, 2);
+    CHECK(find(&r, RULES_TOKENS, RULES_HOUR) != NULL);
+    teardown(&l);
+}
+
 int main(void)
 {
     return RUN(T(spend_is_read_exactly_to_six_places), T(a_float_is_read_as_its_shortest_decimal),
@@ -325,5 +347,6 @@ int main(void)
                T(a_shadow_rule_applies_beside_the_enforced_one_and_replaces_only_shadow_rules),
                T(a_shadow_rule_never_denies_and_is_named_when_it_would_have),
                T(a_concurrent_rule_denies_with_concurrency_limit_and_a_short_retry),
-               T(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies));
+               T(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies),
+               T(a_check_reads_its_providers_rules_and_the_every_provider_ones_only));
 }
