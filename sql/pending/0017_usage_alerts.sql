@@ -41,3 +41,10 @@ GRANT SELECT ON public.usage_alerts TO authenticated;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.usage_alerts TO service_role;
 -- usaged inserts; SELECT because INSERT ... RETURNING reads the row back for the NOTIFY.
 GRANT SELECT, INSERT ON public.usage_alerts TO usaged;
+
+-- A shadow rule watches a limit beside the enforced rule counting the same thing, so one enforced
+-- and one shadow row may name the same user, provider, model, dimension and period: the
+-- uniqueness of 0015 now includes shadow.
+ALTER TABLE public.usage_limits DROP CONSTRAINT usage_limits_one_rule;
+ALTER TABLE public.usage_limits ADD CONSTRAINT usage_limits_one_rule
+    UNIQUE NULLS NOT DISTINCT (user_id, provider, model, dimension, period, shadow);

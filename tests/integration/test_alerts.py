@@ -159,3 +159,21 @@ def test_an_alert_waits_while_postgres_is_away_and_is_written_when_it_is_back(
                      "the queue to empty")
     (_, _, _, _, _, amount, used, percent, _), = rows(pg, db, user)
     assert (amount, used, percent) == (10, 3, 30)
+
+
+def test_a_shadow_row_may_watch_exactly_an_enforced_rows_pattern_and_alerts_on_its_own(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "als")
+    sql(pg, db, "INSERT INTO public.usage_limits (provider, dimension, period, amount, shadow, "
+        "alert_at_percent) VALUES ('als', 'requests', 'day', 10, false, NULL), "
+        "('als', 'requests', 'day', 2, true, 100)")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        answers = [c.call("check", {"user_id": user, "provider": "als"}) for _ in range(3)]
+    assert all(a["allowed"] for a in answers)
+    assert answers[2]["shadow_denied_by"]["limit"] == 2
+    servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the shadow rule's alert")
+    (_, _, _, _, _, amount, used, percent, shadow), = rows(pg, db, user)
+    assert (amount, used, percent, shadow) == (2, 2, 100, True)
