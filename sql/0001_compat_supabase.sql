@@ -7,6 +7,26 @@
 -- file is safe to run on a database or cluster that already has some of it. Roles are
 -- cluster-wide: several databases of one cluster may run this at the same time, so a role that
 -- appears concurrently is not an error.
+--
+-- Where Supabase's roles exist (supabase_auth_admin), schema auth belongs to Supabase Auth
+-- (GoTrue), which creates auth.users and its functions on its first start and must own them:
+-- there this file creates nothing in auth, and stops when Auth has not run yet. (This check
+-- was added after the file was released; on plain PostgreSQL its effect is what it was, and
+-- `usaged --migrate` tracks applied migrations by number only, so no database re-runs it.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_auth_admin')
+       AND (pg_catalog.to_regclass('auth.users') IS NULL
+            OR pg_catalog.to_regprocedure('auth.uid()') IS NULL
+            OR pg_catalog.to_regprocedure('auth.jwt()') IS NULL) THEN
+        RAISE EXCEPTION 'this database has Supabase''s roles but not Supabase Auth''s schema '
+                        '(auth.users, auth.uid() or auth.jwt() is missing)'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run the migrations after Supabase Auth has started once against this '
+                         'database (it creates schema auth); usaged creates nothing there.';
+    END IF;
+END
+$$;
 
 -- Roles. anon/authenticated/service_role mirror Supabase's (service_role bypasses RLS there).
 -- usaged is the daemon's login role: no password here; set one, or use peer/cert auth, per site.
@@ -35,12 +55,25 @@ $$;
 
 -- The migration runner hands tables, views and functions to usaged (ALTER ... OWNER TO usaged).
 -- A superuser may always do that; a non-superuser runner (Supabase's postgres) must be a member
--- of the new owner, so it makes itself one.
+-- of the new owner, so it makes itself one. From PostgreSQL 16 on it may only where it holds
+-- usaged WITH ADMIN OPTION, as the role that created it does; otherwise the error says what to
+-- do (added after release: the effect where the grant succeeds is the same).
 DO $$
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
        AND NOT pg_catalog.pg_has_role(current_user, 'usaged', 'USAGE') THEN
-        EXECUTE format('GRANT usaged TO %I', current_user);
+        BEGIN
+            EXECUTE format('GRANT usaged TO %I', current_user);
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE EXCEPTION 'the role usaged exists, and % may not make itself a member of it',
+                            current_user
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'From PostgreSQL 16 on, a CREATEROLE role may grant only the roles '
+                               'it holds WITH ADMIN OPTION, such as those it created itself.',
+                      HINT = format('As the role that created usaged, or as a superuser, run '
+                                    'GRANT usaged TO %I WITH ADMIN OPTION; then migrate again.',
+                                    current_user);
+        END;
     END IF;
 END
 $$;
@@ -58,9 +91,13 @@ BEGIN
 END
 $$;
 
--- The auth schema and a minimal auth.users (the columns Supabase has that this schema uses).
+-- The auth schema and a minimal auth.users (the columns Supabase has that this schema uses);
+-- not where Supabase Auth owns the schema (see the top).
 DO $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_auth_admin') THEN
+        RETURN;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'auth') THEN
         CREATE SCHEMA auth;
         GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role;
@@ -85,9 +122,13 @@ BEGIN
 END
 $$;
 
--- auth.uid(), auth.role(), auth.jwt(): Supabase's definitions, created only when missing.
+-- auth.uid(), auth.role(), auth.jwt(): Supabase's definitions, created only when missing, and
+-- never where Supabase Auth owns schema auth.
 DO $do$
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'supabase_auth_admin') THEN
+        RETURN;
+    END IF;
     IF pg_catalog.to_regprocedure('auth.uid()') IS NULL THEN
         CREATE FUNCTION auth.uid() RETURNS uuid
         LANGUAGE sql STABLE

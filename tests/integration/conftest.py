@@ -26,10 +26,11 @@ def migration_files():
 
 def apply_migrations_with_psql(pg, dbname):
     """Applies every migration in order, each in one transaction, the way `usaged --migrate`
-    does. Used by the schema tests, which test the SQL itself, independently of the daemon."""
+    does, as the role that runs migrations (pg.migrator). Used by the schema tests, which test
+    the SQL itself, independently of the daemon."""
     for path in migration_files():
-        subprocess.run([f"{servers.PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                        "--single-transaction", "-d", pg.dsn(dbname), "-f", path],
+        subprocess.run([servers.PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                        "--single-transaction", "-d", pg.dsn(dbname, pg.migrator), "-f", path],
                        check=True, capture_output=True, text=True)
 
 
@@ -77,7 +78,7 @@ def base_config(workdir, extra="", pg=None, dbname=None, redis=None):
     lines = [f"listen:\n  unix: \"@SOCKET@\"\n  unix_mode: 0600\n"]
     if pg is not None:
         lines.append(f"postgres:\n  conninfo: \"{pg.dsn(dbname or 'postgres', user='usaged')}\"\n"
-                     f"  admin_conninfo: \"{pg.dsn(dbname or 'postgres')}\"\n")
+                     f"  admin_conninfo: \"{pg.dsn(dbname or 'postgres', user=pg.migrator)}\"\n")
     if redis is not None:
         lines.append(f"redis:\n  address: \"{redis.address()}\"\n")
     _spool_counter[0] += 1
@@ -141,7 +142,7 @@ def db(pg, migrated_template):
     """A fresh database holding the whole schema; yields its name."""
     _db_counter[0] += 1
     name = f"m{os.getpid()}_{_db_counter[0]}"
-    pg.psql(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    pg.createdb(name, template=migrated_template)
     yield name
 
 

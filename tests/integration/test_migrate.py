@@ -5,6 +5,7 @@ import glob
 import os
 import subprocess
 
+import servers
 from conftest import SQL_DIR, base_config, sql
 from usaged_client import USAGED_BIN
 
@@ -33,7 +34,7 @@ def test_migrate_applies_every_migration_in_order_then_is_a_no_op(workdir, pg, f
 
 def test_the_daemon_role_can_read_the_bookkeeping(workdir, pg, fresh_db):
     assert migrate(workdir, pg, fresh_db).returncode == 0
-    r = subprocess.run(["/usr/lib/postgresql/15/bin/psql", "-X", "-At", "-d",
+    r = subprocess.run([servers.PSQL, "-X", "-At", "-d",
                         pg.dsn(fresh_db, user="usaged"), "-c",
                         "SELECT count(*) FROM usaged_meta.schema_migrations"],
                        capture_output=True, text=True)
@@ -43,7 +44,7 @@ def test_the_daemon_role_can_read_the_bookkeeping(workdir, pg, fresh_db):
 
 def test_a_failing_migration_is_rolled_back_and_reported(workdir, pg, fresh_db):
     # A table in the way of the first CREATE TABLE of 0002 makes that migration fail.
-    sql(pg, fresh_db, "CREATE SCHEMA usaged; CREATE TABLE usaged.rejects (x int)")
+    pg.psql("CREATE SCHEMA usaged; CREATE TABLE usaged.rejects (x int)", fresh_db, pg.migrator)
     r = migrate(workdir, pg, fresh_db)
     assert r.returncode == 1
     assert "migration 0002_core" in r.stderr and "already exists" in r.stderr
@@ -81,7 +82,7 @@ def test_the_bookkeeping_is_out_of_the_daemon_roles_reach(workdir, pg, fresh_db)
     owner = sql(pg, fresh_db, "SELECT nspowner::regrole::text FROM pg_namespace "
                 "WHERE nspname = 'usaged_meta'")[0][0]
     assert owner != "usaged"
-    r = subprocess.run(["/usr/lib/postgresql/15/bin/psql", "-X", "-At", "-d",
+    r = subprocess.run([servers.PSQL, "-X", "-At", "-d",
                         pg.dsn(fresh_db, user="usaged"), "-c",
                         "DROP TABLE usaged_meta.schema_migrations"],
                        capture_output=True, text=True)

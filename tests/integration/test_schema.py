@@ -182,7 +182,7 @@ def test_migrations_hold_only_sql_that_runs_in_a_transaction():
 
 def test_compat_migration_can_run_again_on_a_migrated_database(pg, db):
     dbname = db.get_dsn_parameters()["dbname"]
-    subprocess.run([f"{servers.PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+    subprocess.run([servers.PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1",
                     "--single-transaction", "-d", pg.dsn(dbname), "-f", migration_files()[0]],
                    check=True, capture_output=True, text=True)
 
@@ -216,68 +216,7 @@ def test_anon_has_exactly_the_intended_privileges(db):
     assert_anon_privileges_are_exactly_the_intended_ones(db)
 
 
-SUPABASE_LIKE_SETUP = """
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'supabase_like_admin') THEN
-        CREATE ROLE supabase_like_admin LOGIN CREATEROLE CREATEDB NOSUPERUSER;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-        CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS;
-    END IF;
-END $$;
-ALTER DATABASE {db} OWNER TO supabase_like_admin;
-CREATE SCHEMA extensions;
-CREATE EXTENSION pgcrypto WITH SCHEMA extensions;
-GRANT USAGE ON SCHEMA extensions TO anon, authenticated, service_role, supabase_like_admin;
-CREATE SCHEMA auth;
-GRANT USAGE ON SCHEMA auth TO anon, authenticated, service_role, supabase_like_admin;
-CREATE TABLE auth.users (id uuid PRIMARY KEY, email text,
-                         raw_app_meta_data jsonb DEFAULT '{{}}');
-GRANT SELECT, REFERENCES ON auth.users TO supabase_like_admin;
-CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
-    SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
-                    (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid $f$;
-CREATE FUNCTION auth.role() RETURNS text LANGUAGE sql STABLE AS $f$
-    SELECT nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role' $f$;
-CREATE FUNCTION auth.jwt() RETURNS jsonb LANGUAGE sql STABLE AS $f$
-    SELECT coalesce(nullif(current_setting('request.jwt.claim', true), ''),
-                    nullif(current_setting('request.jwt.claims', true), ''))::jsonb $f$;
-ALTER DEFAULT PRIVILEGES FOR ROLE supabase_like_admin IN SCHEMA public
-    GRANT ALL ON TABLES TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES FOR ROLE supabase_like_admin IN SCHEMA public
-    GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
-ALTER DEFAULT PRIVILEGES FOR ROLE supabase_like_admin IN SCHEMA public
-    GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
-"""
-
-
-def test_migrations_apply_as_a_non_superuser_runner_with_supabase_default_privileges(pg, fresh_db):
-    # Supabase's runner (postgres) is no superuser, auth.* and pgcrypto already exist, and
-    # default privileges hand anon/authenticated everything created in public.
-    pg.psql(SUPABASE_LIKE_SETUP.format(db=fresh_db), dbname=fresh_db)
-    for path in migration_files():
-        r = subprocess.run([f"{servers.PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                            "--single-transaction", "-d",
-                            pg.dsn(fresh_db, "supabase_like_admin"), "-f", path],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, f"{path}:\n{r.stderr}"
-    conn = connect(pg, fresh_db)
-    try:
-        assert_anon_privileges_are_exactly_the_intended_ones(conn)
-        assert q1(conn, "SELECT pg_get_userbyid(relowner) FROM pg_class "
-                        "WHERE oid = 'public.api_usage_logs'::regclass") == "usaged"
-        a, b = new_user(conn), new_user(conn)
-        seed_rows_for(conn, a)
-        seed_rows_for(conn, b)
-        with acting_as(conn, "authenticated", a):
-            for table in USER_TABLES:
-                assert set(visible_owners(conn, table)) == {a}, table
-        summary = q1(conn, "SET ROLE usaged; SELECT public.daily_maintenance()")
-        assert "expired_sessions_deleted" in summary
-    finally:
-        conn.close()
+# The migrations as Supabase's non-superuser postgres: test_supabase.py.
 
 
 def test_columns_keep_the_names_and_types_of_the_schema_document(db):
