@@ -40,7 +40,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 # minutes under valgrind; ASan covers them above).
 step "valgrind: the daemon's integration runs"
 USAGED_VALGRIND=1 meson test -C build --print-errorlogs --suite integration --num-processes 2 \
-  --timeout-multiplier 6 protocol lifecycle migrate limits spool client metrics systemd
+  --timeout-multiplier 6 protocol lifecycle migrate limits budgets spool client metrics systemd
 
 step "fuzz (libFuzzer, short run)"
 CC=clang setup build-fuzz -Dfuzz=true -Dintegration=false -Db_sanitize=address,undefined \
