@@ -5,7 +5,6 @@ PostgreSQL is away and written when it is back; users read their own alerts."""
 
 import datetime
 import json
-import os
 import select
 import threading
 import uuid
@@ -18,16 +17,10 @@ from test_budgets import start_with
 from test_limits import add_provider
 import servers
 
-PENDING = os.path.join(os.path.dirname(__file__), "../../sql/pending/0017_usage_alerts.sql")
-
-
 @pytest.fixture
 def alerts_db(pg, db):
-    """The database with usage_alerts: from sql/ once its migration is numbered there, else from
-    sql/pending/ (it waits there for the migration before it)."""
-    if not sql(pg, db, "SELECT to_regclass('public.usage_alerts')")[0][0]:
-        with open(PENDING) as f:
-            sql(pg, db, f.read())
+    """The migrated database (0018 made usage_alerts)."""
+    assert sql(pg, db, "SELECT to_regclass('public.usage_alerts')")[0][0]
     return db
 
 

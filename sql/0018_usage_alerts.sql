@@ -1,11 +1,9 @@
--- 0017_usage_alerts: the alerts usaged writes when a user's use of a rule with alert_at_percent
+-- 0018_usage_alerts: the alerts usaged writes when a user's use of a rule with alert_at_percent
 -- first reaches that share in a window (PROTOCOL.md, "Shadow rules and alerts"): one row per
 -- user, rule and window, whichever daemon saw it. The daemon decides the crossing inside its
 -- Redis script and derives the row's id from the user, rule and window, so a retried insert
 -- finds the row and changes nothing (ON CONFLICT DO NOTHING); the NOTIFY usaged_alerts goes out
 -- in the same statement, only when the row is new.
--- (Kept in sql/pending/ until migration 0016 has landed: the migrations are numbered without
--- gaps. Move it to sql/ then.)
 CREATE TABLE public.usage_alerts (
     id uuid PRIMARY KEY,
     -- No foreign key to auth.users: a check may name a user the database does not know yet,
