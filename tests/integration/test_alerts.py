@@ -88,9 +88,13 @@ def test_an_alert_is_written_and_notified_once_when_two_daemons_cross_together(
     assert len(sent) == 1
     assert sent[0]["user_id"] == user and sent[0]["provider"] == "alp"
     assert sent[0]["period"] == "day" and float(sent[0]["used"]) == float(used)
-    stats = [d.client().call("stats")["limits"] for d in daemons]
-    assert sum(s["alerts_raised"] for s in stats) == 1
-    assert sum(s["alerts_written"] for s in stats) == 1
+    def stats():
+        return [d.client().call("stats")["limits"] for d in daemons]
+
+    # The row commits before the daemon reads PostgreSQL's answer: wait for it to count it.
+    servers.wait_for(lambda: sum(s["alerts_written"] for s in stats()) == 1, 10,
+                     "the write to be counted")
+    assert sum(s["alerts_raised"] for s in stats()) == 1
     # More use in the same window raises nothing more.
     with daemons[0].client() as c:
         for _ in range(3):
