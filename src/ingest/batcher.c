@@ -11,8 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "copy.h"
 #include "log.h"
 #include "uuid.h"
@@ -22,13 +22,6 @@ static void spill_for_room(struct batcher *b, uint64_t rows);
 static void maybe_spill(struct batcher_table *t);
 static void on_spill_timer(uv_timer_t *timer);
 static void check_drained(struct batcher *b);
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- setup ---- */
 
@@ -56,7 +49,7 @@ void batcher_init(struct batcher *b, uv_loop_t *loop, const struct config *confi
     memset(b, 0, sizeof(*b));
     b->loop = loop;
     batcher_configure(b, config);
-    uuid_v7_init(&b->ids, (uint64_t)wall_ms() ^ ((uint64_t)uv_hrtime() << 17));
+    uuid_v7_init(&b->ids, (uint64_t)clock_wall_ms() ^ (clock_mono_us() << 17));
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         struct batcher_table *t = &b->tables[k];
         t->b = b;
@@ -228,7 +221,7 @@ enum batcher_result batcher_submit(struct batcher *b, const struct batcher_reque
     struct batch *batch = filling_batch(t);
     size_t saved_len = batch->rows.len;
     uint32_t saved_rows = batch->nrows;
-    struct event_context ctx = {.now_ms = wall_ms(), .ids = &b->ids};
+    struct event_context ctx = {.now_ms = clock_wall_ms(), .ids = &b->ids};
     for (uint32_t i = 0; i < n; i++) {
         batch_reserve_row(batch);
         if (!event_encode(req->kind, &req->events->ptr[i], &ctx, &batch->rows, err)) {

@@ -17,9 +17,9 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
 #include "spool_file.h"
 #include "xalloc.h"
@@ -41,13 +41,6 @@ struct spool_append {
 static const char *table_dir_name(enum event_kind kind)
 {
     return event_table(kind)->name;
-}
-
-static uint64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static struct spool_segment *find_segment(struct spool_table *t, uint64_t id)
@@ -303,7 +296,7 @@ int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, siz
     a->nrows = nrows;
     a->done = done;
     a->arg = arg;
-    spool_encode_header(a->header, kind, rows, len, nrows, wall_ms());
+    spool_encode_header(a->header, kind, rows, len, nrows, (uint64_t)clock_wall_ms());
     if (t->pending_tail)
         t->pending_tail->next = a;
     else
@@ -686,7 +679,7 @@ void spool_figures(const struct spool *s, struct spool_figures *out)
             }
         }
     }
-    uint64_t now = wall_ms();
+    uint64_t now = (uint64_t)clock_wall_ms();
     out->state = s->error[0]    ? "error"
                  : !s->ready    ? "recovering"
                  : s->disk_full ? "disk_full"

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "batcher.h"
+#include "clock.h"
 #include "copy.h"
 #include "log.h"
 #include "statements.h"
@@ -294,7 +295,7 @@ static void write_range(struct batcher_writer *w)
     t->stats.statements++;
     if (batch->idempotent)
         t->stats.idempotent_writes++;
-    w->op_started_us = uv_hrtime() / 1000;
+    w->op_started_us = clock_mono_us();
     writer_submit(w, false);
 }
 
@@ -343,7 +344,7 @@ static void on_write_done(struct pg_conn *pg, const struct pg_outcome *o, void *
     struct batch *batch = w->current;
     struct batch_range *r = batch_top(batch);
     if (!w->rejecting)
-        t->stats.copy_us += uv_hrtime() / 1000 - w->op_started_us;
+        t->stats.copy_us += clock_mono_us() - w->op_started_us;
 
     if (o->connection_lost) {
         /* It may or may not have committed: from now on this batch is written idempotently. */
