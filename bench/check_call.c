@@ -126,6 +126,8 @@ struct check_call *check_call_new(const char *sha, const char *key_prefix, uint3
             bulk_str(&t, "1");
             bulk_str(&t, fields[w]);
             bulk_i64(&t, limits[w]);
+            bulk_str(&t, "0"); /* not a shadow rule */
+            bulk_str(&t, "0"); /* no alert */
         }
         cc->head_off[p + 1] = t.len;
     }
@@ -196,8 +198,8 @@ void check_call_write(struct check_call *cc, const uint32_t *keys, uint32_t k, r
 {
     uint32_t parts = group(cc, keys, k);
     /* EVALSHA, sha, numkeys (0: one Redis, no KEYS), "c", TTL, the number of parts and their
-     * bases; per part its scope (2), rules (1 + 3 per rule) and checks (1 + 4 per check). */
-    uint64_t argc = 3 + 2 + 1 + (uint64_t)parts + (uint64_t)parts * (2 + 1 + 3 * cc->rules + 1) +
+     * bases; per part its scope (2), rules (1 + 5 per rule) and checks (1 + 4 per check). */
+    uint64_t argc = 3 + 2 + 1 + (uint64_t)parts + (uint64_t)parts * (2 + 1 + 5 * cc->rules + 1) +
                     4 * (uint64_t)k;
     char head[128];
     int n = snprintf(head, sizeof(head), "*%" PRIu64 "\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", argc,

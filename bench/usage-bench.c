@@ -1204,7 +1204,8 @@ static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t 
     uint32_t k = c->slots[c->fifo[c->fifo_head]].events;
     uint32_t rules = b->redis_call->rules;
     int64_t n, now_ms, deny, count;
-    bool ok = resp_array(&p, end, &n) == 1 && n == 1 + (1 + (int64_t)rules) * k &&
+    /* Per check: its status, each rule's count, the rules it alerted (a string). */
+    bool ok = resp_array(&p, end, &n) == 1 && n == 1 + (2 + (int64_t)rules) * k &&
               resp_integer(&p, end, &now_ms) == 1;
     for (uint32_t j = 0; j < k; j++) {
         struct slot *slot = redis_pop(c, now);
@@ -1212,6 +1213,7 @@ static void handle_redis_reply(struct bconn *c, const uint8_t *p, const uint8_t 
         ok = ok && resp_integer(&p, end, &deny) == 1 && deny >= 0;
         for (uint32_t i = 0; i < rules; i++)
             ok = ok && resp_integer(&p, end, &count) == 1;
+        ok = ok && resp_skip(&p, end) == 1;
         if (!counted(b, slot->t_ns))
             continue;
         if (ok) {

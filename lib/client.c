@@ -708,6 +708,46 @@ int usaged_check_budget(usaged_client *c, const struct usaged_check_request *req
     return USAGED_OK;
 }
 
+int usaged_usage(usaged_client *c, const char *user_id, const char *provider, const char *model,
+                 struct usaged_usage_limit *out, size_t cap, size_t *n)
+{
+    *n = 0;
+    if (!user_id)
+        return set_error(c, USAGED_ERR_ARGUMENT, "argument", "usage needs a user_id");
+    uint32_t msgid;
+    msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_USAGE, 1, &msgid);
+    msgpack_pack_map(pk, 1 + (provider != NULL) + (model != NULL));
+    pack_str(pk, "user_id");
+    pack_str(pk, user_id);
+    if (provider) {
+        pack_str(pk, "provider");
+        pack_str(pk, provider);
+    }
+    if (model) {
+        pack_str(pk, "model");
+        pack_str(pk, model);
+    }
+    const msgpack_object *r;
+    int rc = usaged_wait(c, msgid, &r);
+    if (rc != USAGED_OK)
+        return rc;
+    const msgpack_object *v = map_get(r, "limits");
+    if (!v || v->type != MSGPACK_OBJECT_ARRAY)
+        return USAGED_OK;
+    *n = v->via.array.size;
+    for (uint32_t i = 0; i < v->via.array.size && i < cap; i++) {
+        const msgpack_object *m = &v->via.array.ptr[i];
+        struct usaged_usage_limit *u = &out[i];
+        memset(u, 0, sizeof(*u));
+        read_limit(m, &u->limit);
+        get_text(m, "provider", u->provider, sizeof(u->provider));
+        get_text(m, "model", u->model, sizeof(u->model));
+        const msgpack_object *s = map_get(m, "shadow");
+        u->shadow = s && s->type == MSGPACK_OBJECT_BOOLEAN && s->via.boolean;
+    }
+    return USAGED_OK;
+}
+
 int usaged_settle(usaged_client *c, const struct usaged_settle_request *req, bool *duplicate)
 {
     if (!req->reservation)

@@ -28,6 +28,7 @@ static const char *const usage_text =
     "                                       spend of a quota; exit 1 if denied\n"
     "  settle RESERVATION [--tokens N] [--spend USD] [--cancel]\n"
     "                                       what the call used, after a check\n"
+    "  usage USER_ID [PROVIDER [MODEL]]     the user's standing under every rule, as a table\n"
     "  log-usage KEY=VALUE...               record one API call (api_usage_logs)\n"
     "  log-prompt KEY=VALUE...              record one prompt generation (prompt_history)\n"
     "  call METHOD [VALUE...]               send any request; values are parsed like KEY=VALUE\n"
@@ -66,6 +67,11 @@ static const struct command_help {
                "left out keeps the check's estimate), or --cancel that it was not made, and\n"
                "prints the answer as JSON. Exit 0 when settled (again: duplicate true), 1 on\n"
                "an error answer (unknown_reservation, ...).\n"},
+    {"usage", "usage: usagectl [OPTIONS] usage USER_ID [PROVIDER [MODEL]]\n"
+              "Prints USER_ID's standing under every rule that applies (narrowed to PROVIDER\n"
+              "and MODEL), spending nothing: one line per rule with its provider and model (*:\n"
+              "every provider, any model), dimension, window, limit, used, remaining and reset.\n"
+              "Exit 0 when answered, 1 on an error answer.\n"},
     {"log-usage", "usage: usagectl [OPTIONS] log-usage KEY=VALUE... [--ack queued|durable] "
                   "[--notify]\n"
                   "Records one API call in api_usage_logs, e.g.\n"
@@ -474,6 +480,58 @@ static int cmd_settle(usaged_client *c, int argc, char **argv)
     return print_answer(c, msgid, "settled");
 }
 
+/* A quota as the table shows it: "-" for nil, spend in USD with 6 places. */
+static void format_quota(const struct usaged_quota *q, bool spend, char *out, size_t cap)
+{
+    if (!q->has_value)
+        snprintf(out, cap, "-");
+    else if (spend)
+        snprintf(out, cap, "%s%" PRId64 ".%06" PRId64, q->value < 0 ? "-" : "",
+                 (q->value < 0 ? -q->value : q->value) / 1000000,
+                 (q->value < 0 ? -q->value : q->value) % 1000000);
+    else
+        snprintf(out, cap, "%" PRId64, q->value);
+}
+
+#define USAGE_ROWS_MAX 1024
+
+static int cmd_usage(usaged_client *c, int argc, char **argv)
+{
+    if (argc < 1 || argc > 3 || argv[0][0] == '-') {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    struct usaged_usage_limit *rows = calloc(USAGE_ROWS_MAX, sizeof(*rows));
+    if (!rows)
+        return EXIT_PROTOCOL;
+    size_t n = 0;
+    int rc = usaged_usage(c, argv[0], argc > 1 ? argv[1] : NULL, argc > 2 ? argv[2] : NULL, rows,
+                          USAGE_ROWS_MAX, &n);
+    if (rc != USAGED_OK) {
+        free(rows);
+        return fail(c, rc);
+    }
+    printf("%-16s %-16s %-10s %-7s %16s %16s %16s %10s\n", "PROVIDER", "MODEL", "DIMENSION",
+           "WINDOW", "LIMIT", "USED", "REMAINING", "RESET_S");
+    for (size_t i = 0; i < n && i < USAGE_ROWS_MAX; i++) {
+        const struct usaged_usage_limit *u = &rows[i];
+        bool spend = strcmp(u->limit.dimension, "spend") == 0;
+        char limit[32], used[32], left[32], window[16];
+        format_quota(&u->limit.limit, spend, limit, sizeof(limit));
+        format_quota(&u->limit.used, spend, used, sizeof(used));
+        format_quota(&u->limit.remaining, spend, left, sizeof(left));
+        snprintf(window, sizeof(window), "%s%s", u->limit.window[0] ? u->limit.window : "-",
+                 u->shadow ? "*" : "");
+        printf("%-16s %-16s %-10s %-7s %16s %16s %16s %10" PRIu64 "\n",
+               u->provider[0] ? u->provider : "*", u->model[0] ? u->model : "*",
+               u->limit.dimension, window, limit, used, left, u->limit.reset_ms / 1000);
+    }
+    if (n > USAGE_ROWS_MAX)
+        printf("(%zu more rules left out)\n", n - USAGE_ROWS_MAX);
+    free(rows);
+    return 0;
+}
+
 static int cmd_stats(usaged_client *c, int argc, char **argv)
 {
     enum { HUMAN, JSON, PROMETHEUS } format = HUMAN;
@@ -596,6 +654,7 @@ int main(int argc, char **argv)
         return cmd_migrate(cargc, cargv, argv[0]);
     bool known = strcmp(cmd, "ping") == 0 || strcmp(cmd, "stats") == 0 ||
                  strcmp(cmd, "check") == 0 || strcmp(cmd, "settle") == 0 ||
+                 strcmp(cmd, "usage") == 0 ||
                  strcmp(cmd, "log-usage") == 0 || strcmp(cmd, "log-prompt") == 0 ||
                  strcmp(cmd, "call") == 0;
     if (!known) {
@@ -649,6 +708,8 @@ int main(int argc, char **argv)
             rc = cmd_check(c, cargc, cargv);
         } else if (strcmp(cmd, "settle") == 0) {
             rc = cmd_settle(c, cargc, cargv);
+        } else if (strcmp(cmd, "usage") == 0) {
+            rc = cmd_usage(c, cargc, cargv);
         } else if (strcmp(cmd, "log-usage") == 0) {
             rc = cmd_log(c, USAGED_METHOD_LOG_USAGE, cargc, cargv);
         } else if (strcmp(cmd, "log-prompt") == 0) {

@@ -147,6 +147,20 @@ struct usaged_settle_request {
  * one is USAGED_ERR_SERVER with usaged_error_code() USAGED_ERR_UNKNOWN_RESERVATION (protocol.h). */
 int usaged_settle(usaged_client *c, const struct usaged_settle_request *req, bool *duplicate);
 
+/* usage (protocol 1 additions): a user's standing under every rule that applies, spending
+ * nothing. One rule of the answer: a concurrent rule has dimension "concurrent" and window "". */
+struct usaged_usage_limit {
+    struct usaged_limit limit;
+    char provider[204]; /* "": every provider (UTF-8, up to 50 characters) */
+    char model[204];    /* "": any model */
+    bool shadow;        /* a shadow rule: reported, never denies */
+};
+
+/* Asks for user_id's rules (provider and model: NULL for all). Fills at most cap rules of out;
+ * *n gets how many the daemon listed (more than cap: the rest are left out). */
+int usaged_usage(usaged_client *c, const char *user_id, const char *provider, const char *model,
+                 struct usaged_usage_limit *out, size_t cap, size_t *n);
+
 /* Optional fields of an event: a field is sent when its has_ flag (or a non-NULL string) says. */
 struct usaged_usage_event {
     const char *id;       /* uuid or NULL: the daemon assigns a UUIDv7 */

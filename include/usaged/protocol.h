@@ -20,6 +20,7 @@
 #define USAGED_METHOD_LOG_PROMPT "log_prompt"
 #define USAGED_METHOD_STATS "stats"
 #define USAGED_METHOD_SETTLE "settle"
+#define USAGED_METHOD_USAGE "usage"
 /* The notification the daemon sends when a stream cannot be answered message by message. */
 #define USAGED_NOTIFY_ERROR "error"
 

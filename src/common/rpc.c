@@ -15,6 +15,7 @@ static const char *const method_names[RPC_METHOD_COUNT] = {
     [RPC_LOG_PROMPT] = USAGED_METHOD_LOG_PROMPT,
     [RPC_STATS] = USAGED_METHOD_STATS,
     [RPC_SETTLE] = USAGED_METHOD_SETTLE,
+    [RPC_USAGE] = USAGED_METHOD_USAGE,
 };
 
 const char *rpc_method_name(enum rpc_method method)

@@ -18,6 +18,7 @@ enum rpc_method {
     RPC_LOG_PROMPT,
     RPC_STATS,
     RPC_SETTLE,
+    RPC_USAGE,
     RPC_METHOD_COUNT,
     RPC_METHOD_UNKNOWN = RPC_METHOD_COUNT
 };

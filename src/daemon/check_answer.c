@@ -96,20 +96,25 @@ static uint8_t *put_amount(uint8_t *p, int64_t v, bool spend)
 
 static const char *const scope_names[] = {"user", "provider", "model", "model"};
 
-static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
+/* A rule's map; `extra` keys the caller writes after it (usage's provider and model). */
+static uint8_t *put_rule_map(uint8_t *p, const struct rules_applied *a, int64_t used,
+                             uint64_t now_ms, int extra)
 {
-    const struct rules_applied *a = &r->rules->rule[i];
     bool spend = a->dimension == RULES_SPEND;
-    int64_t used = r->used[i];
     int64_t left = a->limit == RULES_UNLIMITED || used == RULES_UNLIMITED ? RULES_UNLIMITED
                    : used >= a->limit                                     ? 0
                                                                           : a->limit - used;
-    p = put_bytes(p, KEY("\x87\xa9"
+    /* A shadow rule's map has an eighth key, shadow: true. */
+    *p++ = (uint8_t)(0x80 | (7 + a->shadow + extra));
+    p = put_bytes(p, KEY("\xa9"
                          "dimension"));
     p = put_cstr(p, rules_dimension_name(a->dimension));
     p = put_bytes(p, KEY("\xa6"
                          "window"));
-    p = put_cstr(p, rules_window_name(a->window));
+    if (a->dimension == RULES_CONCURRENT)
+        *p++ = 0xc0;
+    else
+        p = put_cstr(p, rules_window_name(a->window));
     p = put_bytes(p, KEY("\xa5"
                          "scope"));
     p = put_cstr(p, scope_names[a->by_provider + 2 * a->by_model]);
@@ -124,18 +129,61 @@ static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
     p = put_amount(p, left, spend);
     p = put_bytes(p, KEY("\xa8"
                          "reset_ms"));
-    return put_uint(p, decision_reset_ms(a->window, r->now_ms));
+    p = put_uint(p, decision_rule_reset_ms(a, now_ms));
+    if (a->shadow) {
+        p = put_bytes(p, KEY("\xa6"
+                             "shadow"));
+        *p++ = 0xc3;
+    }
+    return p;
 }
 
-/* Keys 125 bytes, values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9: 512; the
- * reservation 55; each rule's map at most 120. */
-#define ANSWER_MAX (600 + RULES_APPLY_MAX * 128)
+static uint8_t *put_rule(uint8_t *p, const struct check_result *r, int i)
+{
+    return put_rule_map(p, &r->rules->rule[i], r->used[i], r->now_ms, 0);
+}
+
+void check_answer_pack_usage(msgpack_packer *pk, const struct usage_result *r)
+{
+    msgpack_pack_map(pk, 3);
+    msgpack_pack_str(pk, 6);
+    msgpack_pack_str_body(pk, "limits", 6);
+    msgpack_pack_array(pk, r->n);
+    for (size_t i = 0; i < r->n; i++) {
+        const struct usage_rule *u = &r->rules[i];
+        uint8_t out[512]; /* a rule map (at most 136) and a provider (at most 211) */
+        uint8_t *p = put_rule_map(out, &u->rule, u->used, u->now_ms, 2);
+        p = put_bytes(p, KEY("\xa8"
+                             "provider"));
+        p = u->provider[0] ? put_cstr(p, u->provider) : (*p = 0xc0, p + 1);
+        pk->callback(pk->data, (const char *)out, (size_t)(p - out));
+        /* A model name may take up to 200 bytes: through the packer. */
+        msgpack_pack_str(pk, 5);
+        msgpack_pack_str_body(pk, "model", 5);
+        if (u->model[0]) {
+            msgpack_pack_str(pk, strlen(u->model));
+            msgpack_pack_str_body(pk, u->model, strlen(u->model));
+        } else {
+            msgpack_pack_nil(pk);
+        }
+    }
+    msgpack_pack_str(pk, 8);
+    msgpack_pack_str_body(pk, "degraded", 8);
+    r->degraded ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    msgpack_pack_str(pk, 9);
+    msgpack_pack_str_body(pk, "truncated", 9);
+    r->truncated ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+}
+
+/* Keys 142 bytes, values at most 2 booleans, 2 + 255 (reason) and 7 integers of 9: 530; the
+ * reservation 55; each rule's map at most 130 (limits and the two denied_by). */
+#define ANSWER_MAX (640 + (RULES_APPLY_MAX + 2) * 136)
 
 void check_answer_pack(msgpack_packer *pk, const struct check_result *r)
 {
     uint8_t out[ANSWER_MAX];
     uint8_t *p = out;
-    p = put_bytes(p, KEY("\x8d\xa7"
+    p = put_bytes(p, KEY("\x8e\xa7"
                          "allowed"));
     *p++ = r->allowed ? 0xc3 : 0xc2;
     p = put_bytes(p, KEY("\xa6"
@@ -194,6 +242,12 @@ void check_answer_pack(msgpack_packer *pk, const struct check_result *r)
                          "denied_by"));
     if (r->denied_by >= 0 && r->rules)
         p = put_rule(p, r, r->denied_by);
+    else
+        *p++ = 0xc0;
+    p = put_bytes(p, KEY("\xb0"
+                         "shadow_denied_by"));
+    if (r->shadow_denied_by >= 0 && r->rules)
+        p = put_rule(p, r, r->shadow_denied_by);
     else
         *p++ = 0xc0;
     pk->callback(pk->data, (const char *)out, (size_t)(p - out));

@@ -8,7 +8,10 @@
 #include <msgpack.h>
 
 #include "decision.h"
+#include "usage.h"
 
 void check_answer_pack(msgpack_packer *pk, const struct check_result *r);
+/* The `usage` answer: {"limits": [rule maps with provider and model], "degraded", "truncated"}. */
+void check_answer_pack_usage(msgpack_packer *pk, const struct usage_result *r);
 
 #endif

@@ -226,6 +226,8 @@ static const struct config_key config_keys[] = {
     KEY("limits.reservation_ttl_s", U32, limits.reservation_ttl_s, .min = 1, .max = 604800,
         .def = 900),
     KEY("limits.settle_queue", U32, limits.settle_queue, .min = 1, .max = 10000000, .def = 100000),
+    KEY("limits.alert_queue", U32, limits.alert_queue, .flags = CONFIG_RESTART, .min = 1,
+        .max = 10000000, .def = 100000),
 
     KEY("ingest.batch_rows", U32, ingest.batch_rows, .min = 1, .max = 1000000, .def = 5000),
     KEY("ingest.batch_ms", U32, ingest.batch_ms, .min = 1, .max = 600000, .def = 200),

@@ -40,9 +40,11 @@ struct config_rule {
     uint8_t user_id[16];
     char *provider; /* NULL: every provider */
     char *model;    /* NULL: any model */
-    int dimension;  /* 0 requests, 1 tokens, 2 spend (enum rules_dimension) */
-    int window;     /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window) */
+    int dimension;  /* 0 requests, 1 tokens, 2 spend, 3 concurrent (enum rules_dimension) */
+    int window;     /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window); 0 for concurrent */
     int64_t amount; /* -1: unlimited; spend in micro-dollars */
+    bool shadow;    /* counted and reported, never denies */
+    int alert_percent; /* alert_at_percent, 1..100; 0: none */
 };
 
 struct config_refresh {
@@ -107,6 +109,7 @@ struct config {
         size_t rule_count;
         uint32_t reservation_ttl_s; /* how long an unsettled reservation is kept in Redis */
         uint32_t settle_queue;      /* settles of log_prompt events held while Redis is away */
+        uint32_t alert_queue;       /* alerts held in memory while PostgreSQL is away */
     } limits;
 
     struct {

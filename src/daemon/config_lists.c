@@ -146,6 +146,8 @@ struct rule_item {
     struct config_rule pattern;
     int64_t amount[3][4];
     bool set[3][4];
+    int64_t concurrent; /* calls in flight, -1: unlimited */
+    bool concurrent_set;
     const char *what;
 };
 
@@ -195,12 +197,19 @@ static bool rule_pair(struct config_reader *p, const char *key, yaml_node_t *v, 
             return config_fail(p, v, "%s must be 1 to 50 characters", name);
         return true;
     }
-    if (strcmp(key, "concurrent") == 0 || strcmp(key, "shadow") == 0 ||
-        strcmp(key, "alert_at_percent") == 0)
-        return config_fail(p, p->key_node,
-                           "%s: concurrent, shadow and alert_at_percent are not supported by "
-                           "this version",
-                           name);
+    if (strcmp(key, "concurrent") == 0) {
+        r->concurrent_set = true;
+        return rule_amount(p, v, name, 0, &r->concurrent);
+    }
+    if (strcmp(key, "shadow") == 0)
+        return config_read_bool(p, v, name, &r->pattern.shadow);
+    if (strcmp(key, "alert_at_percent") == 0) {
+        uint64_t n;
+        if (!config_read_uint(p, v, name, 1, 100, false, &n))
+            return false;
+        r->pattern.alert_percent = (int)n;
+        return true;
+    }
     for (int d = 0; d < 3; d++)
         for (int w = 0; w < 4; w++) {
             char amount_key[32];
@@ -217,6 +226,7 @@ static bool rule_pair(struct config_reader *p, const char *key, yaml_node_t *v, 
 static bool same_pattern(const struct config_rule *a, const struct config_rule *b)
 {
     return a->has_user == b->has_user && (!a->has_user || !memcmp(a->user_id, b->user_id, 16)) &&
+           a->shadow == b->shadow &&
            !strcmp(a->provider ? a->provider : "", b->provider ? b->provider : "") &&
            !strcmp(a->model ? a->model : "", b->model ? b->model : "");
 }
@@ -243,15 +253,18 @@ static bool parse_rules(struct config_reader *p, yaml_node_t *list, struct confi
                                what);
         bool ok = config_each_pair(p, item, what, rule_pair, &r);
         size_t added = 0;
-        for (int d = 0; ok && d < 3; d++)
-            for (int w = 0; w < 4; w++) {
-                if (!r.set[d][w])
+        /* The amounts DIMENSION_per_WINDOW, then concurrent (d 3, no window: w 0 alone). */
+        for (int d = 0; ok && d < 4; d++)
+            for (int w = 0; w < (d < 3 ? 4 : 1); w++) {
+                if (d < 3 ? !r.set[d][w] : !r.concurrent_set)
                     continue;
                 for (size_t j = 0; j < c->limits.rule_count; j++) {
                     const struct config_rule *o = &c->limits.rules[j];
                     if (o->dimension == d && o->window == w && same_pattern(o, &r.pattern))
-                        ok = config_fail(p, item, "%s repeats %s_per_%s of an earlier rule", what,
-                                         rule_dimensions[d], rule_windows[w]);
+                        ok = d < 3 ? config_fail(p, item, "%s repeats %s_per_%s of an earlier rule",
+                                                 what, rule_dimensions[d], rule_windows[w])
+                                   : config_fail(p, item,
+                                                 "%s repeats concurrent of an earlier rule", what);
                 }
                 if (!ok)
                     break;
@@ -263,7 +276,7 @@ static bool parse_rules(struct config_reader *p, yaml_node_t *list, struct confi
                 out->model = r.pattern.model ? xstrdup(r.pattern.model) : NULL;
                 out->dimension = d;
                 out->window = w;
-                out->amount = r.amount[d][w];
+                out->amount = d < 3 ? r.amount[d][w] : r.concurrent;
                 added++;
             }
         if (ok && !added)

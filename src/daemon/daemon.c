@@ -322,9 +322,11 @@ static void on_connections_finished(struct conn_set *set)
 
 static void on_drained(struct batcher *b, void *arg)
 {
-    (void)b;
     struct daemon *d = arg;
-    log_info("every queued row is written");
+    if (batcher_rows_lost(b))
+        d->exit_code = 1; /* the batcher said how many in its log line */
+    else
+        log_info("every queued row is written");
     conn_set_finish(&d->conns, on_connections_finished);
 }
 

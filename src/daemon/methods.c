@@ -96,6 +96,8 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
         return do_auth(mt, c, m);
     case RPC_STATS:
         return do_stats(mt, c, m);
+    case RPC_USAGE:
+        return methods_usage(mt->limiter, c, m);
     case RPC_CHECK:
     case RPC_SETTLE:
     case RPC_LOG_USAGE:
@@ -115,7 +117,7 @@ enum conn_dispatch_result methods_dispatch(void *ctx, struct conn *c, const stru
         break;
     }
     rpc_error_set(&e, RPC_UNKNOWN_METHOD,
-                  "unknown method; the methods are ping, auth, check, settle, log_usage, "
-                  "log_prompt and stats");
+                  "unknown method; the methods are ping, auth, check, settle, usage, "
+                  "log_usage, log_prompt and stats");
     return conn_refuse(c, m, &e);
 }

@@ -55,6 +55,20 @@ static const struct fields_table settle_table = {
     settle_specs, 4, "unknown field; settle takes reservation, tokens, spend and cancel"};
 enum { SETTLE_RESERVATION, SETTLE_TOKENS, SETTLE_SPEND, SETTLE_CANCEL };
 
+static const struct fields_spec usage_specs[] = {
+    {FIELDS_NAME("user_id"), .kind = FIELDS_UUID, .required = true,
+     .invalid = "user_id must be a uuid"},
+    {FIELDS_NAME("provider"), .kind = FIELDS_TEXT, .min_chars = 1,
+     .max_chars = RULES_PROVIDER_MAX,
+     .invalid = "provider must be a UTF-8 string of 1 to 50 characters"},
+    {FIELDS_NAME("model"), .kind = FIELDS_TEXT, .min_chars = 1, .max_chars = RULES_MODEL_MAX,
+     .invalid = "model must be a UTF-8 string of 1 to 50 characters"},
+};
+static const struct fields_table usage_table = {usage_specs, 3,
+                                                "unknown field; usage takes user_id, provider "
+                                                "and model"};
+enum { USAGE_USER, USAGE_PROVIDER, USAGE_MODEL };
+
 /* A decimal the fields module read, as micro-dollars: at most 6 places. */
 static bool spend_of(const struct fields_value *v, int64_t *out, struct rpc_error *e)
 {
@@ -211,6 +225,35 @@ enum conn_dispatch_result methods_settle(struct limiter *l, struct conn *c,
     return CONN_DISPATCHED;
 }
 
+static void on_usage(void *arg, uint64_t tag, const struct usage_result *r)
+{
+    struct conn *c = arg;
+    if (!(tag & TAG_NOTIFICATION))
+        check_answer_pack_usage(conn_reply(c, (uint32_t)tag), r);
+    release(c, tag);
+}
+
+enum conn_dispatch_result methods_usage(struct limiter *l, struct conn *c,
+                                        const struct rpc_message *m)
+{
+    struct rpc_error e;
+    const msgpack_object_map *map = params_map(
+        m, "usage takes params [{\"user_id\": uuid, \"provider\": str, \"model\": str}]", &e);
+    struct fields_value v[3];
+    bool given[3];
+    if (!map || !fields_parse(&usage_table, map, v, given, &e))
+        return conn_refuse(c, m, &e);
+    uint64_t tag = hold(c, m);
+    if (!usage_ask(l, v[USAGE_USER].uuid, given[USAGE_PROVIDER] ? v[USAGE_PROVIDER].text.ptr : NULL,
+                   given[USAGE_PROVIDER] ? v[USAGE_PROVIDER].text.len : 0,
+                   given[USAGE_MODEL] ? v[USAGE_MODEL].text.ptr : NULL,
+                   given[USAGE_MODEL] ? v[USAGE_MODEL].text.len : 0, on_usage, c, tag, &e)) {
+        release(c, tag);
+        return conn_refuse(c, m, &e);
+    }
+    return CONN_DISPATCHED;
+}
+
 /* ---- log_prompt's reservations ---- */
 
 /* An event's cost_usd (already judged by the event's own validation) in micro-dollars; one
@@ -359,19 +402,31 @@ enum conn_dispatch_result methods_log_prompt(struct methods_log *ml, struct limi
 
 /* ---- stats ---- */
 
-void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
+/* Counts by a windowed rule's reason: minute_limit ... month_limit. */
+static void pack_by_window(msgpack_packer *pk, const uint64_t *count)
 {
-    msgpack_pack_map(pk, 24);
-    rpc_pack_u64(pk, "checks", l->stats.checks);
-    rpc_pack_u64(pk, "allowed", l->stats.allowed);
-    rpc_pack_str(pk, "denied");
-    msgpack_pack_map(pk, RULES_WINDOWS + 1);
     for (int w = 0; w < RULES_WINDOWS; w++) {
         char name[24];
         snprintf(name, sizeof(name), "%s_limit", rules_window_name(w));
-        rpc_pack_u64(pk, name, l->stats.denied[w]);
+        rpc_pack_u64(pk, name, count[w]);
     }
+}
+
+void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
+{
+    msgpack_pack_map(pk, 30);
+    rpc_pack_u64(pk, "checks", l->stats.checks);
+    rpc_pack_u64(pk, "allowed", l->stats.allowed);
+    rpc_pack_str(pk, "denied");
+    msgpack_pack_map(pk, RULES_WINDOWS + 2);
+    pack_by_window(pk, l->stats.denied);
+    rpc_pack_u64(pk, USAGED_REASON_CONCURRENCY_LIMIT, l->stats.denied_concurrency);
     rpc_pack_u64(pk, "provider_disabled", l->stats.denied_disabled);
+    /* What shadow rules would have denied, by the reason they would have given. */
+    rpc_pack_str(pk, "shadow_denied");
+    msgpack_pack_map(pk, RULES_WINDOWS + 1);
+    pack_by_window(pk, l->stats.shadow_denied);
+    rpc_pack_u64(pk, USAGED_REASON_CONCURRENCY_LIMIT, l->stats.shadow_denied[RULES_WINDOWS]);
     rpc_pack_u64(pk, "degraded", l->stats.degraded);
     rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
     rpc_pack_u64(pk, "unlimited", l->stats.unlimited);
@@ -391,6 +446,11 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "settles_queued", l->stats.settles_queued);
     rpc_pack_u64(pk, "settles_waiting", l->nlater);
     rpc_pack_u64(pk, "settles_dropped", l->stats.settles_dropped);
+    rpc_pack_u64(pk, "alerts_raised", l->alerts.stats.raised);
+    rpc_pack_u64(pk, "alerts_written", l->alerts.stats.written);
+    rpc_pack_u64(pk, "alerts_duplicate", l->alerts.stats.duplicates);
+    rpc_pack_u64(pk, "alerts_waiting", alerts_waiting(&l->alerts));
+    rpc_pack_u64(pk, "alerts_dropped", l->alerts.stats.dropped);
     rpc_pack_str(pk, "redis");
     redis_pack_stats(&l->redis, pk);
     rpc_pack_str(pk, "postgres");

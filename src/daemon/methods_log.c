@@ -207,7 +207,7 @@ void methods_log_pack_spool_stats(const struct spool *s, msgpack_packer *pk)
 {
     struct spool_figures f;
     spool_figures(s, &f);
-    msgpack_pack_map(pk, 15);
+    msgpack_pack_map(pk, 16);
     rpc_pack_str(pk, "state");
     rpc_pack_str(pk, f.state);
     rpc_pack_u64(pk, "bytes", s->bytes);
@@ -223,6 +223,7 @@ void methods_log_pack_spool_stats(const struct spool *s, msgpack_packer *pk)
     rpc_pack_u64(pk, "write_errors", s->stats.write_errors);
     rpc_pack_u64(pk, "corrupt_records", s->stats.corrupt_records);
     rpc_pack_u64(pk, "quarantined_bytes", s->stats.quarantined_bytes);
+    rpc_pack_u64(pk, "segments_remade", s->stats.segments_remade);
     rpc_pack_str(pk, "error");
-    rpc_pack_str(pk, s->error);
+    rpc_pack_str(pk, f.error);
 }

@@ -19,6 +19,7 @@
 #include "xalloc.h"
 
 static void spill_for_room(struct batcher *b, uint64_t rows);
+static void lose_batch(struct batcher_table *t, struct batch *batch, bool queued);
 static void maybe_spill(struct batcher_table *t);
 static void on_spill_timer(uv_timer_t *timer);
 static void check_drained(struct batcher *b);
@@ -196,6 +197,36 @@ static enum batcher_result refuse(struct batcher *b, const struct rpc_error *err
     return BATCHER_REFUSED;
 }
 
+/* Some writer of the table has not finished its first connect attempt: too early to judge. */
+static bool table_starting(const struct batcher_table *t)
+{
+    for (uint32_t i = 0; i < t->nwriters; i++)
+        if (t->writers[i].pg.stats.connects + t->writers[i].pg.stats.connect_failures == 0)
+            return true;
+    return false;
+}
+
+/* A durable ack waits until its rows are kept. One that can be kept neither in PostgreSQL (no
+ * writer up, or failing) nor in the spool (full, its disk full, failing) would wait without
+ * bound: it is refused at once, and nothing of it is kept. */
+static bool durable_refused(struct batcher *b, const struct batcher_table *t, struct rpc_error *err)
+{
+    if ((batcher_table_writers_up(t) > 0 && !t->failing_since) || table_starting(t))
+        return false;
+    if (b->spool && spool_can_keep(b->spool))
+        return false;
+    bool broken = !b->spool || b->spool->error[0] || b->spool->write_failing;
+    rpc_error_set(err, broken ? RPC_UNAVAILABLE : RPC_OVERLOADED,
+                  "PostgreSQL cannot take rows now and the spool is %s: a durable request cannot "
+                  "be kept; nothing of it was",
+                  !b->spool ? "not there"
+                  : broken  ? "failing"
+                            : "full");
+    err->retry_after_ms = 1000;
+    b->stats.requests_overloaded += !broken;
+    return true;
+}
+
 enum batcher_result batcher_submit(struct batcher *b, const struct batcher_request *req,
                                    struct rpc_error *err)
 {
@@ -215,9 +246,11 @@ enum batcher_result batcher_submit(struct batcher *b, const struct batcher_reque
         err->retry_after_ms = retry_after_ms(b, n);
         return refuse(b, err, n);
     }
+    struct batcher_table *t = &b->tables[req->kind];
+    if (req->ack && durable_refused(b, t, err))
+        return refuse(b, err, n);
     b->stats.events_received += n;
 
-    struct batcher_table *t = &b->tables[req->kind];
     struct batch *batch = filling_batch(t);
     size_t saved_len = batch->rows.len;
     uint32_t saved_rows = batch->nrows;
@@ -292,6 +325,14 @@ static void check_drained(struct batcher *b)
                 return;
     }
     uv_timer_stop(&b->drain_timer);
+    if (b->stats.rows_lost)
+        log_error("ingest: %llu accepted rows could be kept neither in PostgreSQL nor in the "
+                  "spool (%s) and are lost",
+                  (unsigned long long)b->stats.rows_lost,
+                  !b->spool                 ? "none"
+                  : b->spool->error[0]      ? b->spool->error
+                  : b->spool->write_failing ? b->spool->write_error
+                                            : "its disk is full");
     void (*cb)(struct batcher *, void *) = b->on_drained;
     b->on_drained = NULL;
     cb(b, b->drained_arg);
@@ -347,6 +388,11 @@ static void on_spooled(void *arg, int status)
     struct batcher *b = t->b;
     b->spooling--;
     b->spooling_bytes -= batch->rows.len;
+    if (status < 0 && b->drain_expired) {
+        /* At the stop, past max_bytes: the disk itself cannot take them. */
+        lose_batch(t, batch, false);
+        return;
+    }
     if (status < 0) {
         /* Not on disk: the rows stay in memory, first in line again. */
         t->queued_rows += batch->nrows;
@@ -363,6 +409,25 @@ static void on_spooled(void *arg, int status)
     batch_answer_acks(batch, NULL);
     batch_free(batch);
     room_freed(b);
+    check_drained(b);
+}
+
+/* At the stop, a batch neither PostgreSQL nor the disk could take (queued: still counted in the
+ * queue). Its durable requests are told it was not kept; the stop ends with an error. */
+static void lose_batch(struct batcher_table *t, struct batch *batch, bool queued)
+{
+    struct batcher *b = t->b;
+    if (queued) {
+        t->queued_rows -= batch->nrows;
+        b->queued_rows -= batch->nrows;
+        b->queued_bytes -= batch->rows.len;
+    }
+    b->stats.rows_lost += batch->nrows;
+    struct rpc_error err;
+    rpc_error_set(&err, RPC_UNAVAILABLE,
+                  "the daemon stopped and could keep this neither in PostgreSQL nor on disk");
+    batch_answer_acks(batch, &err);
+    batch_free(batch);
     check_drained(b);
 }
 
@@ -395,6 +460,17 @@ static bool spool_refused(struct batcher_table *t, struct batch *batch)
 static void maybe_spill(struct batcher_table *t)
 {
     struct batcher *b = t->b;
+    if (b->drain_expired && (!b->spool || b->spool->error[0])) {
+        /* The stop, and no spool to keep what is left: nothing else can be done with it. */
+        for (struct batch *batch = t->head, *next; batch; batch = next) {
+            next = batch->next;
+            if (!batch->replay && !(batch->writer && batch->writer->writing)) {
+                unlink_batch(t, batch);
+                lose_batch(t, batch, true);
+            }
+        }
+        return;
+    }
     if (!b->spool || !b->spool->ready)
         return;
     struct batch_spill_state st = {
@@ -565,6 +641,10 @@ static void on_drain_timer(uv_timer_t *timer)
     struct batcher *b = timer->data;
     b->drain_expired = true;
     log_warn("ingest: drain_timeout_s passed; spooling what is not written yet");
+    /* spool.max_bytes is backpressure for a running daemon, not a reason to lose what was
+     * accepted: at the stop only a disk that is really full refuses. */
+    if (b->spool)
+        spool_lift_cap(b->spool);
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         /* A COPY stuck on a lock would hold the exit forever: cancel it, and the batch, failed,
          * goes to the spool like the rest (its replay is idempotent). */
@@ -670,14 +750,15 @@ uint32_t batcher_writers(const struct batcher *b)
 
 bool batcher_settled(const struct batcher *b)
 {
-    for (int k = 0; k < EVENT_KIND_COUNT; k++) {
-        for (uint32_t i = 0; i < b->tables[k].nwriters; i++) {
-            const struct pg_stats *s = &b->tables[k].writers[i].pg.stats;
-            if (s->connects + s->connect_failures == 0)
-                return false;
-        }
-    }
+    for (int k = 0; k < EVENT_KIND_COUNT; k++)
+        if (table_starting(&b->tables[k]))
+            return false;
     return true;
+}
+
+uint64_t batcher_rows_lost(const struct batcher *b)
+{
+    return b->stats.rows_lost;
 }
 
 uint64_t batcher_rows_written(const struct batcher *b)

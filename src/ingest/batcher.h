@@ -75,6 +75,7 @@ struct batcher_stats {
     uint64_t events_accepted;
     uint64_t events_rejected[RPC_CODE_COUNT]; /* events of refused requests, by error code */
     uint64_t requests_overloaded;
+    uint64_t rows_lost; /* accepted rows the stop could keep neither in PostgreSQL nor on disk */
     uint64_t notifications_paused; /* times a notification was told to wait for room */
 };
 
@@ -169,6 +170,9 @@ uint32_t batcher_table_writers_up(const struct batcher_table *t);
 bool batcher_settled(const struct batcher *b);
 /* Rows committed, of all tables. */
 uint64_t batcher_rows_written(const struct batcher *b);
+/* Accepted rows the stop could not keep (the spool's disk full or unusable): the exit is not
+ * clean. */
+uint64_t batcher_rows_lost(const struct batcher *b);
 
 /* For the writers (writer.c): the table's side of their work. */
 /* A writer changed state (connected, idle, lost, failed to connect). */

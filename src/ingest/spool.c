@@ -146,9 +146,10 @@ static int write_all(int fd, struct iovec *iov, int n)
     return 0;
 }
 
-static void write_job(uv_work_t *w)
+/* Writes the table's group and fdatasyncs it: 0 or a negative errno. A failed group is cut
+ * back out of its segment, which is then left for a new one. */
+static int write_group(struct spool_table *t)
 {
-    struct spool_table *t = w->data;
     struct spool *s = t->s;
     int status = 0;
     struct iovec iov[128];
@@ -196,11 +197,61 @@ static void write_job(uv_work_t *w)
         close(t->fd);
         t->fd = -1;
     }
+    return status;
+}
+
+/* The segment just written is no longer where a restarted daemon looks (its file or directory
+ * was removed or moved away): what was written there would be lost. */
+static bool segment_gone(const struct spool_table *t)
+{
+    struct stat open_st, path_st;
+    char path[700];
+    spool_file_segment_path(t->dir, t->fd_segment, path, sizeof(path));
+    return fstat(t->fd, &open_st) < 0 || open_st.st_nlink == 0 || stat(path, &path_st) < 0 ||
+           path_st.st_ino != open_st.st_ino || path_st.st_dev != open_st.st_dev;
+}
+
+/* Makes the table's directory again, its parents' names durable too. */
+static int remake_dir(const struct spool_table *t)
+{
+    int rc = spool_file_mkdir_p(t->dir);
+    if (rc < 0)
+        return rc;
+    rc = spool_file_fsync_dir(t->s->dir); /* the table directory's name */
+    char parent[600];
+    snprintf(parent, sizeof(parent), "%s/..", t->s->dir);
+    if (rc == 0)
+        rc = spool_file_fsync_dir(parent); /* spool.dir's own name, if it was made again */
+    return rc;
+}
+
+static void write_job(uv_work_t *w)
+{
+    struct spool_table *t = w->data;
+    int status = write_group(t);
+    t->group_remade = false;
+    if (status == 0 && segment_gone(t)) {
+        /* A durable ack must mean a file a restarted daemon finds: write the group again, in a
+         * new segment of a directory made again. */
+        t->group_remade = true;
+        close(t->fd);
+        t->fd = -1;
+        status = remake_dir(t);
+        if (status == 0)
+            status = write_group(t);
+        if (status == 0 && segment_gone(t))
+            status = -ENOENT;
+        if (status != 0 && t->fd >= 0) {
+            close(t->fd);
+            t->fd = -1;
+        }
+    }
     t->group_status = status;
 }
 
 static void start_group(struct spool_table *t);
 static void collect_segments(struct spool_table *t);
+static void on_space_timer(uv_timer_t *timer);
 
 static void write_done(uv_work_t *w, int status)
 {
@@ -214,9 +265,24 @@ static void write_done(uv_work_t *w, int status)
     int rc = t->group_status;
     if (rc < 0) {
         s->stats.write_errors++;
-        if (rc == -ENOSPC)
+        if (rc == -ENOSPC) {
             s->disk_full = true;
-        log_error("spool %s: cannot write: %s", table_dir_name(t->kind), strerror(-rc));
+            uv_timer_start(&s->space_timer, on_space_timer, 1000, 1000);
+        } else {
+            s->write_failing = true;
+            snprintf(s->write_error, sizeof(s->write_error), "%s: %s", t->dir, strerror(-rc));
+        }
+        if (log_limiter_allow(&s->error_log, uv_now(s->loop)))
+            log_error("spool %s: cannot write: %s", table_dir_name(t->kind), strerror(-rc));
+    } else {
+        s->write_failing = false;
+    }
+    if (t->group_remade && rc == 0) {
+        s->stats.segments_remade++;
+        log_error("spool %s: the segment being written was removed (with its directory?); made "
+                  "them again and wrote the last records there; what the removed files held is "
+                  "lost",
+                  table_dir_name(t->kind));
     }
     while (a) {
         struct spool_append *next = a->next;
@@ -280,8 +346,52 @@ static void on_commit_timer(uv_timer_t *timer)
 
 bool spool_has_room(const struct spool *s, size_t bytes)
 {
-    return s->ready && !s->disk_full && !s->closing &&
-           s->bytes + SPOOL_HEADER_LEN + bytes <= s->max_bytes;
+    if (!s->ready || s->closing)
+        return false;
+    return s->cap_lifted || (!s->disk_full && s->bytes + SPOOL_HEADER_LEN + bytes <= s->max_bytes);
+}
+
+bool spool_can_keep(const struct spool *s)
+{
+    if (s->error[0] || s->closing)
+        return false;
+    if (!s->ready)
+        return true; /* recovering: it will be */
+    return !s->disk_full && !s->write_failing && s->bytes + SPOOL_HEADER_LEN < s->max_bytes;
+}
+
+void spool_lift_cap(struct spool *s)
+{
+    s->cap_lifted = true;
+}
+
+/* While the disk is full, its free space is looked at every second (off the loop: statfs may
+ * block on a network file system); with room for a record again, appends are tried again. */
+static void on_statfs(uv_fs_t *req)
+{
+    struct spool *s = req->data;
+    const uv_statfs_t *st = req->result == 0 ? req->ptr : NULL;
+    if (st && !s->closing && s->disk_full && st->f_bavail * st->f_bsize >= (1u << 20)) {
+        s->disk_full = false;
+        uv_timer_stop(&s->space_timer);
+        if (s->on_space)
+            s->on_space(s->cb_arg);
+    }
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+static void on_space_timer(uv_timer_t *timer)
+{
+    struct spool *s = timer->data;
+    if (!s->disk_full || s->closing) {
+        uv_timer_stop(timer);
+        return;
+    }
+    uv_fs_t *req = xmalloc(sizeof(*req));
+    req->data = s;
+    if (uv_fs_statfs(s->loop, req, s->dir, on_statfs) < 0)
+        free(req);
 }
 
 int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, size_t len,
@@ -585,6 +695,10 @@ int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
     s->on_space = on_space;
     s->cb_arg = arg;
     spool_configure(s, config);
+    s->error_log.period_ms = 10000;
+    s->error_log.burst = 10;
+    uv_timer_init(loop, &s->space_timer);
+    s->space_timer.data = s;
     s->recovering = EVENT_KIND_COUNT;
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         struct spool_table *t = &s->tables[k];
@@ -600,10 +714,8 @@ int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
     return 0;
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void part_closed(struct spool *s)
 {
-    struct spool_table *t = h->data;
-    struct spool *s = t->s;
     if (--s->closing > 0)
         return;
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
@@ -627,6 +739,16 @@ static void on_timer_closed(uv_handle_t *h)
         s->on_closed(s, s->closed_arg);
 }
 
+static void on_timer_closed(uv_handle_t *h)
+{
+    part_closed(((struct spool_table *)h->data)->s);
+}
+
+static void on_space_timer_closed(uv_handle_t *h)
+{
+    part_closed(h->data);
+}
+
 /* Close waits for jobs in flight: their callbacks touch the tables. */
 static void close_when_idle(uv_timer_t *timer);
 
@@ -634,7 +756,8 @@ void spool_close(struct spool *s, void (*on_closed)(struct spool *s, void *arg),
 {
     s->on_closed = on_closed;
     s->closed_arg = arg;
-    s->closing = EVENT_KIND_COUNT;
+    s->closing = EVENT_KIND_COUNT + 1;
+    uv_close((uv_handle_t *)&s->space_timer, on_space_timer_closed);
     for (int k = 0; k < EVENT_KIND_COUNT; k++) {
         struct spool_table *t = &s->tables[k];
         uv_timer_stop(&t->commit_timer);
@@ -680,10 +803,11 @@ void spool_figures(const struct spool *s, struct spool_figures *out)
         }
     }
     uint64_t now = (uint64_t)clock_wall_ms();
-    out->state = s->error[0]    ? "error"
-                 : !s->ready    ? "recovering"
-                 : s->disk_full ? "disk_full"
-                                : "ok";
+    out->state = s->error[0] || s->write_failing ? "error"
+                 : !s->ready                     ? "recovering"
+                 : s->disk_full                  ? "disk_full"
+                                                 : "ok";
+    out->error = s->error[0] ? s->error : s->write_failing ? s->write_error : "";
     out->segments = segments;
     out->records_pending = records;
     out->oldest_age_ms = oldest && now > oldest ? now - oldest : 0;

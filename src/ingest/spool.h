@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "event.h"
+#include "log.h"
 
 #define SPOOL_HEADER_LEN 32
 
@@ -79,6 +80,7 @@ struct spool_stats {
     uint64_t corrupt_records; /* found at start, moved to quarantine/ */
     uint64_t quarantined_bytes;
     uint64_t segments_deleted;
+    uint64_t segments_remade; /* segments found removed after a write, and written again */
 };
 
 struct spool_table {
@@ -95,7 +97,8 @@ struct spool_table {
     struct spool_append *pending, *pending_tail;
     size_t pending_bytes;
     struct spool_append *group;
-    int group_status; /* the write job's result: 0 or -errno */
+    int group_status;  /* the write job's result: 0 or -errno */
+    bool group_remade; /* the job found its segment removed and wrote the group again */
     bool write_busy;
     uv_work_t write_work;
     uv_timer_t commit_timer;
@@ -117,9 +120,14 @@ struct spool {
     uint64_t max_bytes;
     uint64_t segment_bytes;
     uint32_t commit_ms;
-    uint64_t bytes; /* in segment files, and appended but not yet written */
-    bool ready;     /* recovery done */
-    bool disk_full; /* a write hit ENOSPC; cleared when a segment is deleted */
+    uint64_t bytes;     /* in segment files, and appended but not yet written */
+    bool ready;         /* recovery done */
+    bool disk_full;     /* a write hit ENOSPC; cleared when a segment is deleted or space appears */
+    bool write_failing; /* the last write failed for another reason */
+    char write_error[640];  /* why, while write_failing */
+    bool cap_lifted;        /* at the stop: max_bytes and a past ENOSPC no longer refuse */
+    uv_timer_t space_timer; /* while disk_full: looks for free space again */
+    struct log_limiter error_log;
     int recovering;
     char error[640]; /* why the spool cannot be used, "" when it can */
     struct spool_table tables[EVENT_KIND_COUNT];
@@ -141,8 +149,15 @@ int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
 /* Applies spool.max_bytes and commit_ms from a reloaded config. */
 void spool_configure(struct spool *s, const struct config *config);
 
-/* True when `bytes` more fit under spool.max_bytes and the disk is not known full. */
+/* True when `bytes` more fit under spool.max_bytes and the disk is not known full (or the cap is
+ * lifted). */
 bool spool_has_room(const struct spool *s, size_t bytes);
+/* True when the spool can keep a record now, or will once its recovery is done: not failing,
+ * not full, not at max_bytes. */
+bool spool_can_keep(const struct spool *s);
+/* At the stop: what is in memory must reach the disk even past max_bytes; only a write that
+ * fails (a disk really full) refuses it. */
+void spool_lift_cap(struct spool *s);
 /* Appends a record of nrows rows; rows must stay valid until done runs. Returns -ENOSPC at
  * once when there is no room (done is not called then). */
 int spool_append(struct spool *s, enum event_kind kind, const uint8_t *rows, size_t len,
@@ -167,6 +182,7 @@ void spool_close(struct spool *s, void (*on_closed)(struct spool *s, void *arg),
 /* What the stats answer shows beside struct spool's own counters. */
 struct spool_figures {
     const char *state;        /* ok, recovering, disk_full or error */
+    const char *error;        /* why, for error */
     uint64_t segments;        /* segment files, both tables */
     uint64_t records_pending; /* records not yet committed from the spool */
     uint64_t oldest_age_ms;   /* age of the oldest of them; 0: none */

@@ -12,18 +12,33 @@
 -- tokens spend" (what its check charged), then per charged field a line "field window_id suffix";
 -- once settled it is "d", with the expiry it had.
 --
+-- A concurrent rule (field 'cc') counts calls in flight instead: a sorted set base .. suffix ..
+-- ':c' whose members are the reservations holding a slot, scored by when the slot lapses (now +
+-- the reservation TTL, in ms). A slot is taken by an allowed check that is not a peek, given
+-- back by settling the reservation (a line "cc 0 suffix" in it), and a lapsed one is dropped by
+-- the next check that reads the set: a daemon that dies leaks no slot past the TTL.
+--
+-- A shadow rule (its flag '1') is counted and charged like the others but never denies: the
+-- daemon reports when it would have.
+--
+-- A rule with an alert share P (1..100, '0' none) is alerted by the first check in a window that
+-- charges it and leaves its use at P% of its limit or more: the scope's field 'a' .. field (a
+-- shadow rule's: 'A' .. field) records the window's id, so that it happens once per user, rule
+-- and window whatever the number of daemons; the check's answer says which rules it alerted.
+--
 -- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
 -- (year * 12 + month - 1) of the proleptic Gregorian calendar.
 --
 -- 'c': for each user k: ns, the ns scope suffixes; nr, per counted rule: its scope's index,
--- its field (dimension .. window), its limit; nc, per check: cost, tokens, spend, reservation
+-- its field (dimension .. window, or 'cc'), its limit, '1' for a shadow rule, its alert share;
+-- nc, per check: cost, tokens, spend, reservation
 -- id ('' for none). Checks are applied in order, atomically over every rule: allowed only if
 -- every rule has room (used + amount <= limit, and no rule already at its limit when the amount
 -- is 0, unless the check is a peek: all amounts 0, refused only past a limit), then all are
--- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied, and
--- each rule's use after it}; a scope that cannot be counted (a key of another type, or a count
--- that is not a number: written by someone else) answers -1 and the error for every check of
--- its user, and changes nothing there.
+-- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied,
+-- each rule's use after it, and the rules it alerted ('' or their numbers, "2,5")}; a scope that
+-- cannot be counted (a key of another type, or a count that is not a number: written by someone
+-- else) answers -1 and the error for every check of its user, and changes nothing there.
 -- 's': for each user k: reservation id, tokens and spend used ('' keeps the estimate), '1' to
 -- cancel. The difference goes to every field the check charged whose window is still the
 -- current one (cancel gives back all, requests included); counts stop at 0. Returns {now_ms,
@@ -95,9 +110,10 @@ if ARGV[1] == 's' then
       for line in string.gmatch(lines, '[^\n]+') do
         local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
         local win = string.sub(f, 2, 2)
+        if f == 'cc' then redis.pcall('ZREM', base .. suffix .. ':c', ARGV[a - 4]) end
         if win == 'M' and not wids.M then month() end
         local d = delta[string.sub(f, 1, 1)]
-        if d ~= 0 and w == wids[win] then
+        if d and d ~= 0 and w == wids[win] then
           local key = base .. suffix
           local cur = redis.pcall('HMGET', key, 'w' .. win, f)
           if not cur.err and cur[1] == w then
@@ -117,10 +133,12 @@ end
 local ttl = ARGV[2]
 local sbyte, ssub = string.byte, string.sub
 -- Tables reused from key to key (a table per key and rule was most of the script's cost):
--- per scope its suffix and flags, per rule its scope, field, limit, dimension (byte),
--- window and use; buf holds a command's arguments.
+-- per scope its suffix and flags, per rule its scope, field, limit, dimension (byte), window,
+-- use, shadow flag, alert share, alert marker field and whether it was alerted in this window;
+-- buf holds a command's arguments.
 local sfx, changed, rolled, existed = {}, {}, {}, {}
 local rs, rf, rl, rd, rw, used, buf = {}, {}, {}, {}, {}, {}, {}
+local rsh, ral, mark, alerted = {}, {}, {}, {}
 for k = 1, nb do
   local base = ARGV[3 + k]
   local ns = tonumber(ARGV[a])
@@ -134,27 +152,40 @@ for k = 1, nb do
   for j = 1, nr do
     local f = ARGV[a + 1]
     rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
-    rd[j], rw[j] = sbyte(f, 1), ssub(f, 2, 2)
+    rd[j], rw[j], rsh[j] = sbyte(f, 1), ssub(f, 2, 2), ARGV[a + 3] == '1'
+    ral[j] = tonumber(ARGV[a + 4])
+    mark[j] = ral[j] > 0 and rd[j] ~= 99 and (rsh[j] and 'A' or 'a') .. f
+    alerted[j] = false
     if rw[j] == 'M' and not wids.M then month() end
-    a = a + 3
+    a = a + 5
   end
-  -- One read per scope: each of its rules' window id and count.
+  -- One read per scope: each of its rules' window id, count and alert marker; the slots in use
+  -- of its concurrent rules, once lapsed ones are dropped.
   local err = nil
   for s = 1, ns do
     local n = 0
     for j = 1, nr do
       if rs[j] == s then
-        buf[n + 1], buf[n + 2] = 'w' .. rw[j], rf[j]
-        n = n + 2
+        if rd[j] == 99 then
+          local key = base .. sfx[s] .. ':c'
+          local v = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now)
+          if type(v) == 'table' and v.err then err = v.err end
+          v = redis.pcall('ZCARD', key)
+          if type(v) == 'table' and v.err then err = v.err end
+          used[j] = tonumber(v) or 0
+        else
+          buf[n + 1], buf[n + 2], buf[n + 3] = 'w' .. rw[j], rf[j], mark[j] or rf[j]
+          n = n + 3
+        end
       end
     end
-    local v = redis.pcall('HMGET', base .. sfx[s], unpack(buf, 1, n))
+    local v = n > 0 and redis.pcall('HMGET', base .. sfx[s], unpack(buf, 1, n)) or {}
     if v.err then
       err = v.err
     else
       local i = 1
       for j = 1, nr do
-        if rs[j] == s then
+        if rs[j] == s and rd[j] ~= 99 then
           local w = v[i]
           if w then existed[s] = true end
           if w ~= wids[rw[j]] then
@@ -167,7 +198,8 @@ for k = 1, nb do
               used[j] = 0
             end
           end
-          i = i + 2
+          alerted[j] = mark[j] and v[i + 2] == wids[rw[j]]
+          i = i + 3
         end
       end
     end
@@ -182,14 +214,17 @@ for k = 1, nb do
       out[#out + 1] = -1
       out[#out + 1] = err
       for j = 2, nr do out[#out + 1] = 0 end
+      out[#out + 1] = ''
     else
       local peek = cr == 0 and ct == 0 and cs == 0
-      local deny = false
+      local deny, alerts = false, nil
       for j = 1, nr do
         local d = rd[j]
-        local x = d == 114 and cr or (d == 116 and ct or cs)
+        local x = d == 114 and cr or (d == 116 and ct or (d == 99 and 1 or cs))
         local u, lim = used[j], rl[j]
-        if peek then
+        if rsh[j] then
+          -- a shadow rule: never denies
+        elseif peek then
           if u > lim then deny = true end
         elseif u + x > lim or (x == 0 and u >= lim) then
           deny = true
@@ -198,16 +233,35 @@ for k = 1, nb do
       if not deny and not peek then
         for j = 1, nr do
           local d = rd[j]
-          local x = d == 114 and cr or (d == 116 and ct or cs)
-          if x ~= 0 then
-            used[j] = used[j] + x
-            changed[rs[j]] = true
+          if d == 99 then
+            if rid ~= '' then
+              local key = base .. sfx[rs[j]] .. ':c'
+              redis.call('ZADD', key, now + ttl * 1000, rid)
+              redis.call('PEXPIRE', key, ttl * 1000 + 60000)
+              used[j] = redis.call('ZCARD', key)
+            end
+          else
+            local x = d == 114 and cr or (d == 116 and ct or cs)
+            if x ~= 0 then
+              used[j] = used[j] + x
+              changed[rs[j]] = true
+              if mark[j] and not alerted[j] and used[j] * 100 >= ral[j] * rl[j] then
+                alerted[j] = true
+                redis.call('HSET', base .. sfx[rs[j]], mark[j], wids[rw[j]])
+                alerts = alerts and alerts .. ',' .. j or tostring(j)
+              end
+            end
           end
         end
         if rid ~= '' then
-          local parts = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}
+          -- One line per field and scope: a shadow rule and an enforced one may count the same.
+          local parts, seen = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}, {}
           for j = 1, nr do
-            parts[j + 1] = rf[j] .. ' ' .. wids[rw[j]] .. ' ' .. sfx[rs[j]]
+            local line = rf[j] .. ' ' .. (wids[rw[j]] or '0') .. ' ' .. sfx[rs[j]]
+            if not seen[line] then
+              seen[line] = true
+              parts[#parts + 1] = line
+            end
           end
           redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
         end
@@ -215,6 +269,7 @@ for k = 1, nb do
       local o = #out
       out[o + 1] = deny and 1 or 0
       for j = 1, nr do out[o + 1 + j] = used[j] end
+      out[o + 2 + nr] = alerts or ''
     end
   end
   if not err then
@@ -225,7 +280,7 @@ for k = 1, nb do
       if changed[s] or rolled[s] then
         local key, n, e = base .. sfx[s], 0, 0
         for j = 1, nr do
-          if rs[j] == s then
+          if rs[j] == s and rd[j] ~= 99 then
             local w = rw[j]
             buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4] = 'w' .. w, wids[w], rf[j], used[j]
             n = n + 4
@@ -236,7 +291,7 @@ for k = 1, nb do
         if rolled[s] and existed[s] then
           local stale = {}
           for j = 1, nr do
-            if rs[j] == s then
+            if rs[j] == s and rd[j] ~= 99 then
               stale['r' .. rw[j]], stale['t' .. rw[j]], stale['s' .. rw[j]] = true, true, true
             end
           end

@@ -57,8 +57,9 @@ int64_t decision_amount(const struct check_amounts *a, enum rules_dimension d)
         return a->cost;
     case RULES_TOKENS:
         return (int64_t)a->tokens;
+    case RULES_CONCURRENT:
+        return decision_is_peek(a) ? 0 : 1;
     case RULES_SPEND:
-    case RULES_DIMENSIONS:
         break;
     }
     return a->spend;
@@ -78,11 +79,33 @@ bool decision_rule_denies(int64_t limit, int64_t used, int64_t amount, bool peek
     return used + amount > limit || (amount == 0 && used >= limit);
 }
 
-static const char *reason_of(enum rules_window w)
+uint64_t decision_window_start_ms(enum rules_window w, uint64_t now_ms)
+{
+    if (w != RULES_MONTH)
+        return now_ms - now_ms % window_ms[w];
+    int64_t y, m;
+    civil_from_days((int64_t)(now_ms / DECISION_DAY_MS), &y, &m);
+    return (uint64_t)days_from_civil(y, m, 1) * DECISION_DAY_MS;
+}
+
+uint64_t decision_rule_reset_ms(const struct rules_applied *r, uint64_t now_ms)
+{
+    return r->dimension == RULES_CONCURRENT ? 0 : decision_reset_ms(r->window, now_ms);
+}
+
+/* How long the check should wait for this rule to have room. */
+static uint64_t wait_of(const struct rules_applied *r, uint64_t now_ms)
+{
+    return r->dimension == RULES_CONCURRENT ? DECISION_CONCURRENCY_RETRY_MS
+                                            : decision_reset_ms(r->window, now_ms);
+}
+
+static const char *reason_of(const struct rules_applied *r)
 {
     static const char *const reasons[] = {USAGED_REASON_MINUTE_LIMIT, USAGED_REASON_HOUR_LIMIT,
                                           USAGED_REASON_DAY_LIMIT, USAGED_REASON_MONTH_LIMIT};
-    return reasons[w];
+    return r->dimension == RULES_CONCURRENT ? USAGED_REASON_CONCURRENCY_LIMIT
+                                            : reasons[r->window];
 }
 
 static int64_t left_in(int64_t limit, int64_t used)
@@ -107,7 +130,7 @@ void decision_uncounted(const struct rules_resolved *rules, bool allowed, const 
     memset(out, 0, sizeof(*out));
     out->rules = rules;
     out->now_ms = now_ms;
-    out->denied_by = -1;
+    out->denied_by = out->shadow_denied_by = -1;
     out->allowed = allowed;
     out->reason = reason;
     v1_keys(rules, now_ms, out);
@@ -120,32 +143,52 @@ void decision_make(const struct rules_resolved *rules, const struct check_amount
 {
     decision_uncounted(rules, allowed, NULL, now_ms, out);
     bool peek = decision_is_peek(a);
+    uint64_t shadow_wait = 0;
     for (int i = 0; i < rules->counted; i++) {
         const struct rules_applied *r = &rules->rule[i];
         out->used[i] = used[i];
-        if (r->by_provider && !r->by_model && r->dimension == RULES_REQUESTS) {
+        if (r->by_provider && !r->by_model && r->dimension == RULES_REQUESTS && !r->shadow) {
             if (r->window == RULES_MINUTE)
                 out->remaining_minute = left_in(r->limit, used[i]);
             else if (r->window == RULES_DAY)
                 out->remaining_day = left_in(r->limit, used[i]);
         }
+        if (used[i] == RULES_UNLIMITED)
+            continue; /* not counted (a concurrent rule under the local fallback) */
+        int64_t amount = decision_amount(a, (enum rules_dimension)r->dimension);
+        if (r->shadow) {
+            /* Charged with the check when it was allowed (not for a peek): judged on the use
+             * before it. */
+            int64_t before = allowed && !peek ? used[i] - amount : used[i];
+            if (!decision_rule_denies(r->limit, before, amount, peek))
+                continue;
+            uint64_t wait = wait_of(r, now_ms);
+            if (out->shadow_denied_by < 0 || wait > shadow_wait) {
+                out->shadow_denied_by = i;
+                shadow_wait = wait;
+            }
+            continue;
+        }
         if (allowed)
             continue;
         /* Denied: the rules with no room for it; the longest wait names the reason. */
-        if (!decision_rule_denies(r->limit, used[i], decision_amount(a, r->dimension), peek))
+        if (!decision_rule_denies(r->limit, used[i], amount, peek))
             continue;
-        uint64_t wait = decision_reset_ms(r->window, now_ms);
+        uint64_t wait = wait_of(r, now_ms);
         if (out->denied_by < 0 || wait > out->retry_after_ms) {
             out->denied_by = i;
             out->retry_after_ms = wait;
         }
     }
     if (!allowed) {
-        if (out->denied_by < 0 && rules->counted > 0) /* the counts moved on: say the first */
-            out->denied_by = 0;
-        enum rules_window w =
-            out->denied_by >= 0 ? rules->rule[out->denied_by].window : RULES_MINUTE;
-        out->reason = reason_of(w);
-        out->retry_after_ms = decision_reset_ms(w, now_ms);
+        if (out->denied_by < 0) /* the counts moved on: say the first enforced rule */
+            for (int i = 0; i < rules->counted && out->denied_by < 0; i++)
+                if (!rules->rule[i].shadow)
+                    out->denied_by = i;
+        static const struct rules_applied minute = {.dimension = RULES_REQUESTS};
+        const struct rules_applied *r =
+            out->denied_by >= 0 ? &rules->rule[out->denied_by] : &minute;
+        out->reason = reason_of(r);
+        out->retry_after_ms = wait_of(r, now_ms);
     }
 }

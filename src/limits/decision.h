@@ -38,6 +38,7 @@ struct check_result {
     const struct rules_resolved *rules;
     int64_t used[RULES_APPLY_MAX];
     int denied_by;
+    int shadow_denied_by; /* a shadow rule that would have denied (-1: none) */
     uint64_t now_ms; /* on Redis's clock: the rules' reset_ms are counted from it */
     char reservation[DECISION_RESERVATION_LEN + 1]; /* "": none */
 };
@@ -50,8 +51,16 @@ struct check_result {
 int64_t decision_window_id(enum rules_window w, uint64_t now_ms);
 /* Milliseconds from now_ms to the end of its window. */
 uint64_t decision_reset_ms(enum rules_window w, uint64_t now_ms);
+/* The start of now_ms's window, unix ms. */
+uint64_t decision_window_start_ms(enum rules_window w, uint64_t now_ms);
+/* A rule's reset_ms: its window's; 0 for a concurrent rule, which has none. */
+uint64_t decision_rule_reset_ms(const struct rules_applied *r, uint64_t now_ms);
+/* What a check denied by a concurrent rule is told to wait: a slot frees when some call ends,
+ * which nobody can know, so this is a short interval to try again after. */
+#define DECISION_CONCURRENCY_RETRY_MS 1000
 
-/* The amount of a check a rule of this dimension counts. */
+/* The amount of a check a rule of this dimension counts (a concurrent rule: one slot, none for a
+ * peek). */
 int64_t decision_amount(const struct check_amounts *a, enum rules_dimension d);
 /* True when nothing is asked: a peek, which reports and spends nothing. */
 bool decision_is_peek(const struct check_amounts *a);
@@ -60,7 +69,8 @@ bool decision_is_peek(const struct check_amounts *a);
 bool decision_rule_denies(int64_t limit, int64_t used, int64_t amount, bool peek);
 
 /* Fills the answer. allowed: what the script (or the local windows) decided; used[i] is the use
- * of counted rule i after the check (before it, when denied). */
+ * of counted rule i after the check (before it, when denied). Shadow rules never deny; the one
+ * that would have (the longest wait) is shadow_denied_by. */
 void decision_make(const struct rules_resolved *rules, const struct check_amounts *a, bool allowed,
                    const int64_t *used, uint64_t now_ms, struct check_result *out);
 

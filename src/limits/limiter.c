@@ -194,12 +194,20 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
     if (r->allowed) {
         l->stats.allowed++;
     } else if (r->denied_by >= 0) {
-        l->stats.denied[r->rules->rule[r->denied_by].window]++;
+        const struct rules_applied *d = &r->rules->rule[r->denied_by];
+        if (d->dimension == RULES_CONCURRENT)
+            l->stats.denied_concurrency++;
+        else
+            l->stats.denied[d->window]++;
     } else if (r->reason && strcmp(r->reason, USAGED_REASON_PROVIDER_DISABLED) == 0) {
         l->stats.denied_disabled++;
     }
     if (r->degraded)
         l->stats.degraded++;
+    if (r->shadow_denied_by >= 0) {
+        const struct rules_applied *s = &r->rules->rule[r->shadow_denied_by];
+        l->stats.shadow_denied[s->dimension == RULES_CONCURRENT ? RULES_WINDOWS : s->window]++;
+    }
     if (r->allowed && check->rid[0]) {
         format_reservation(user_id, check->rid, r->reservation);
         l->stats.reservations++;
@@ -260,7 +268,7 @@ static bool cacheable(const struct limiter *l, const struct rules_resolved *lim)
         return false;
     for (int i = 0; i < lim->counted; i++) {
         const struct rules_applied *r = &lim->rule[i];
-        if (!r->by_provider || r->by_model || r->dimension != RULES_REQUESTS ||
+        if (!r->by_provider || r->by_model || r->dimension != RULES_REQUESTS || r->shadow ||
             (r->window != RULES_MINUTE && r->window != RULES_DAY))
             return false;
     }
@@ -401,7 +409,7 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
 {
     int64_t now_ms = 0;
     reply_int(reply, 0, &now_ms);
-    size_t width = 1 + (size_t)call->lim.counted;
+    size_t width = 2 + (size_t)call->lim.counted; /* status, each rule's use, the alerts */
     struct limiter_check *c = call->checks;
     while (c) {
         struct limiter_check *next = c->next;
@@ -419,6 +427,12 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
             used[j] = 0;
             reply_int(reply, *i + 1 + (size_t)j, &used[j]);
         }
+        const redisReply *alerted = *i + width - 1 < reply->elements
+                                        ? reply->element[*i + width - 1]
+                                        : NULL;
+        if (alerted && alerted->type == REDIS_REPLY_STRING && alerted->len > 0)
+            alerts_raise(&l->alerts, call->user_id, call->provider, call->provider_len, call->model,
+                         call->model_len, &call->lim, alerted->str, used, (uint64_t)now_ms);
         *i += width;
         struct check_result r;
         decision_make(&call->lim, &c->amounts, status == 0, used, (uint64_t)now_ms, &r);
@@ -485,7 +499,8 @@ size_t limiter_format_base(const struct limiter *l, const uint8_t user_id[16], c
     return n;
 }
 
-static const char dimension_letters[] = "rts";
+/* A rule's field in the script: dimension letter and window letter; "cc" for concurrent. */
+static const char dimension_letters[] = "rtsc";
 static const char window_letters[] = "mhdM";
 
 /* Sends key calls (a list of n) as one script call. */
@@ -529,12 +544,12 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     size_t prefix_len = strlen(l->key_prefix), base_cap = prefix_len + UUID_STRING_LEN + 2;
     size_t suffix_cap = RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16;
     for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        batch->elements += call->n * (1 + (size_t)call->lim.counted);
-        argc += 2 + 4 + 3 * (size_t)call->lim.counted + 4 * call->n;
-        text_cap += base_cap + 4 * suffix_cap + 24 * (2 + 3 * (size_t)call->lim.counted + 4 * call->n);
+        batch->elements += call->n * (2 + (size_t)call->lim.counted);
+        argc += 2 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
+        text_cap += base_cap + 4 * suffix_cap + 24 * (2 + 5 * (size_t)call->lim.counted + 4 * call->n);
         if (declare) {
-            argc += 4 + call->n;
-            text_cap += 4 * (base_cap + suffix_cap) + call->n * (base_cap + 3 + LOCAL_RID_LEN);
+            argc += 8 + call->n;
+            text_cap += 8 * (base_cap + suffix_cap + 2) + call->n * (base_cap + 3 + LOCAL_RID_LEN);
         }
     }
     const char **argv = xmalloc(argc * sizeof(*argv));
@@ -553,10 +568,28 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
         const struct rules_applied *rep[4];
         int nscopes = call_scopes(&call->lim, scope_of, rep);
         for (int sc = 0; sc < nscopes; sc++) {
+            /* A scope's hash holds its windowed rules' counts; a concurrent rule's slots are a
+             * sorted set, the hash's name and ":c". */
+            bool windowed = false, concurrent = false;
+            for (int i = 0; i < call->lim.counted; i++) {
+                if (scope_of[i] != sc + 1)
+                    continue;
+                if (call->lim.rule[i].dimension == RULES_CONCURRENT)
+                    concurrent = true;
+                else
+                    windowed = true;
+            }
             size_t len = limiter_format_base(l, call->user_id, p, base_cap);
             len += limiter_scope_suffix(rep[sc], call->provider, call->provider_len, call->model,
                                         call->model_len, p + len);
-            ARG(len);
+            if (windowed && concurrent)
+                memcpy(p + len, p, len); /* the set's name begins as the hash's */
+            if (windowed)
+                ARG(len);
+            if (concurrent) {
+                memcpy(p + len, ":c", 2);
+                ARG(len + 2);
+            }
         }
         for (struct limiter_check *c = call->checks; c; c = c->next) {
             if (!c->rid[0])
@@ -585,9 +618,12 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
         ARG(fmt_u64(p, lim->counted));
         for (int i = 0; i < lim->counted; i++) {
             ARG(fmt_u64(p, (uint64_t)scope_of[i]));
-            ARG((p[0] = dimension_letters[lim->rule[i].dimension],
-                 p[1] = window_letters[lim->rule[i].window], 2));
-            ARG(fmt_i64(p, lim->rule[i].limit));
+            const struct rules_applied *r = &lim->rule[i];
+            ARG((p[0] = dimension_letters[r->dimension],
+                 p[1] = r->dimension == RULES_CONCURRENT ? 'c' : window_letters[r->window], 2));
+            ARG(fmt_i64(p, r->limit));
+            ARG((p[0] = r->shadow ? '1' : '0', 1));
+            ARG(fmt_u64(p, r->alert_percent));
         }
         ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
@@ -809,6 +845,7 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     if (getrandom(&l->rid_seed, sizeof(l->rid_seed), 0) != sizeof(l->rid_seed))
         l->rid_seed = limiter_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)l;
     rules_init(&l->rules, loop, config, on_rules_state, l);
+    alerts_init(&l->alerts, loop, config);
     redis_init(&l->redis, loop, config, limiter_script, on_redis_state, l);
     uv_prepare_init(loop, &l->flush);
     l->flush.data = l;
@@ -852,6 +889,12 @@ static void part_closed(struct limiter *l)
         l->on_closed(l, l->closed_arg);
 }
 
+static void on_alerts_closed(struct alerts *a, void *arg)
+{
+    (void)a;
+    part_closed(arg);
+}
+
 static void on_rules_closed(struct rules *lim, void *arg)
 {
     (void)lim;
@@ -873,12 +916,13 @@ void limiter_close(struct limiter *l, void (*on_closed)(struct limiter *l, void 
 {
     l->on_closed = on_closed;
     l->closed_arg = arg;
-    l->closing = 4;
+    l->closing = 5;
     l->on_denied = NULL; /* the ingest queue is closing too */
     flush_batch(l);      /* closing Redis answers it (DOWN: the policy decides) */
     limiter_flush_settles(l);
     uv_close((uv_handle_t *)&l->flush, on_handle_closed);
     uv_close((uv_handle_t *)&l->retry_timer, on_handle_closed);
     rules_close(&l->rules, on_rules_closed, l);
+    alerts_close(&l->alerts, on_alerts_closed, l);
     redis_close(&l->redis, on_redis_closed, l);
 }

@@ -1,9 +1,10 @@
 /* limiter: the `check` and `settle` methods' work. The rules that apply to a check (rules.h) are
  * counted in Redis by one atomic Lua script (src/limits/check.lua): windows from Redis's TIME,
  * every rule checked, all charged only when all allow, exact across every daemon sharing the
- * Redis. A check that counts tokens or spend gets a reservation (a Redis hash under the user's
- * hash tag) that `settle`, or a log_prompt event naming it, later corrects to what the call
- * really used.
+ * Redis. A check that counts tokens or spend, or takes a slot of a concurrent rule, gets a
+ * reservation (a Redis string under the user's hash tag) that `settle`, or a log_prompt event
+ * naming it, later corrects to what the call really used, freeing its slot. Shadow rules are
+ * counted and reported (shadow_denied_by), never deny.
  *
  * Three ways past Redis's own rate, none giving up exactness:
  *   - batching: the checks of all keys read in one loop iteration go in one script call (up to
@@ -26,6 +27,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "alerts.h"
 #include "config.h"
 #include "decision.h"
 #include "errors.h"
@@ -77,6 +79,9 @@ struct limiter_stats {
     uint64_t checks;
     uint64_t allowed;
     uint64_t denied[RULES_WINDOWS]; /* by the denying rule's window */
+    uint64_t denied_concurrency;    /* by a concurrent rule */
+    /* Checks a shadow rule would have denied, by its window ([RULES_WINDOWS]: concurrent). */
+    uint64_t shadow_denied[RULES_WINDOWS + 1];
     uint64_t denied_disabled;
     uint64_t degraded;
     uint64_t unknown_provider;
@@ -97,6 +102,7 @@ struct limiter_stats {
 struct limiter {
     uv_loop_t *loop;
     struct rules rules;
+    struct alerts alerts; /* the rows of usage_alerts, on a connection of their own */
     struct redis_client redis;
     char *key_prefix;
     uint32_t timeout_ms;

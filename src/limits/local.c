@@ -82,14 +82,21 @@ bool local_check(struct local_limits *ll, const uint8_t user_id[16], const uint6
     bool peek = decision_is_peek(a), allowed = true;
     for (int i = 0; i < lim->counted; i++) {
         const struct rules_applied *r = &lim->rule[i];
+        if (r->dimension == RULES_CONCURRENT) {
+            used[i] = RULES_UNLIMITED; /* not counted here: see local.h */
+            continue;
+        }
         used[i] = *count_of(scope_get(ll, scope[i], now_ms), r->dimension, r->window, now_ms);
-        if (decision_rule_denies(r->limit, used[i], decision_amount(a, r->dimension), peek))
+        if (!r->shadow &&
+            decision_rule_denies(r->limit, used[i], decision_amount(a, r->dimension), peek))
             allowed = false;
     }
     if (!allowed || peek)
         return allowed;
     for (int i = 0; i < lim->counted; i++) {
         const struct rules_applied *r = &lim->rule[i];
+        if (r->dimension == RULES_CONCURRENT)
+            continue;
         int64_t *c = count_of(scope_get(ll, scope[i], now_ms), r->dimension, r->window, now_ms);
         *c += decision_amount(a, r->dimension);
         used[i] = *c;
@@ -145,7 +152,8 @@ enum local_settle local_settle(struct local_limits *ll, const uint8_t user_id[16
     }
     for (uint8_t i = 0; i < res->n; i++) {
         const struct local_charge *c = &res->charges[i];
-        if (!delta[c->dimension] || decision_window_id(c->window, now_ms) != c->window_id)
+        if (c->dimension >= RULES_DIMENSIONS || !delta[c->dimension] ||
+            decision_window_id(c->window, now_ms) != c->window_id)
             continue;
         int64_t *count = count_of(scope_get(ll, c->scope, now_ms), c->dimension, c->window, now_ms);
         *count += delta[c->dimension];

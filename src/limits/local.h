@@ -3,7 +3,10 @@
  * with the provider and/or model a rule names) keeps its windows' ids and counts, and checks
  * that count tokens or spend get reservations kept here, which settle here. Bounded: a fixed
  * number of scopes (the least recently used gives way, its counts start again) and of
- * reservations (the oldest gives way, and is then unknown). Pure: the time is handed in. */
+ * reservations (the oldest gives way, and is then unknown). Concurrent rules are not counted
+ * here (their use reads as unknown): calls in flight are a count across daemons, which one
+ * daemon alone cannot keep. Shadow rules are counted and never deny. Pure: the time is handed
+ * in. */
 #ifndef USAGED_LOCAL_H
 #define USAGED_LOCAL_H
 

@@ -16,21 +16,21 @@
  * are providers (name, is_enabled, per minute, per day), 'r' rows usage_limits' rules. */
 static const char load_sql[] =
     "SELECT 'p', name, is_enabled, max_requests_per_minute::text, max_requests_per_day::text, "
-    "NULL, NULL, NULL, NULL, NULL, false FROM public.api_providers "
+    "NULL, NULL, NULL, NULL, NULL, false, NULL::int FROM public.api_providers "
     "UNION ALL "
     "SELECT 'r', provider, NULL, NULL, NULL, user_id::text, model, dimension, period, "
-    "amount::text, shadow FROM public.usage_limits";
+    "amount::text, shadow, alert_at_percent FROM public.usage_limits";
 static const char load_providers_sql[] =
     "SELECT 'p', name, is_enabled, max_requests_per_minute::text, max_requests_per_day::text, "
     "NULL, NULL, NULL, NULL, NULL, false FROM public.api_providers";
 static const char listen_sql[] = "LISTEN usaged_limits";
 
-static const char *const dimension_names[] = {"requests", "tokens", "spend"};
+static const char *const dimension_names[] = {"requests", "tokens", "spend", "concurrent"};
 static const char *const window_names[] = {"minute", "hour", "day", "month"};
 
 const char *rules_dimension_name(enum rules_dimension d)
 {
-    return d < RULES_DIMENSIONS ? dimension_names[d] : "concurrent";
+    return d <= RULES_CONCURRENT ? dimension_names[d] : "concurrent";
 }
 
 const char *rules_window_name(enum rules_window w)
@@ -40,7 +40,7 @@ const char *rules_window_name(enum rules_window w)
 
 bool rules_parse_dimension(const char *s, uint8_t *out)
 {
-    for (uint8_t i = 0; i < RULES_DIMENSIONS; i++)
+    for (uint8_t i = 0; i <= RULES_CONCURRENT; i++)
         if (strcmp(s, dimension_names[i]) == 0) {
             *out = i;
             return true;
@@ -168,8 +168,8 @@ void rules_merge(struct rules *l)
         for (size_t i = 0; i < counts[s]; i++) {
             if (sources[s][i].provider[0])
                 add_provider(&l->providers, &l->nproviders, &cap, sources[s][i].provider, -1, -1);
-            if (sources[s][i].dimension != RULES_REQUESTS)
-                l->has_budgets = true;
+            if (sources[s][i].dimension != RULES_REQUESTS || sources[s][i].shadow)
+                l->has_budgets = true; /* the over-limit cache stays off */
         }
     if (l->nproviders)
         qsort(l->providers, l->nproviders, sizeof(*l->providers), compare_providers);
@@ -229,15 +229,19 @@ static bool read_rule(const PGresult *r, int i, struct rules_rule *out, const ch
     }
     if (!PQgetisnull(r, i, 6))
         snprintf(out->model, sizeof(out->model), "%s", PQgetvalue(r, i, 6));
-    if (strcmp(PQgetvalue(r, i, 10), "t") == 0) {
-        *why = "shadow rules are not enforced yet";
-        return false;
-    }
+    out->shadow = strcmp(PQgetvalue(r, i, 10), "t") == 0;
+    if (!PQgetisnull(r, i, 11))
+        out->alert_percent = (uint8_t)atoi(PQgetvalue(r, i, 11));
     if (!rules_parse_dimension(PQgetvalue(r, i, 7), &out->dimension)) {
-        *why = "concurrent rules are not enforced yet";
+        *why = "its dimension is unknown";
         return false;
     }
-    if (PQgetisnull(r, i, 8) || !rules_parse_window(PQgetvalue(r, i, 8), &out->window)) {
+    if (out->dimension == RULES_CONCURRENT) {
+        if (!PQgetisnull(r, i, 8)) {
+            *why = "a concurrent rule has no period";
+            return false;
+        }
+    } else if (PQgetisnull(r, i, 8) || !rules_parse_window(PQgetvalue(r, i, 8), &out->window)) {
         *why = "a rule needs a period of minute, hour, day or month";
         return false;
     }
@@ -427,7 +431,8 @@ static void on_resync(uv_timer_t *t)
 /* ---- the config's rules ---- */
 
 static void add_config_rule(struct rules *l, const uint8_t *user_id, const char *provider,
-                            const char *model, uint8_t dimension, uint8_t window, int64_t amount)
+                            const char *model, uint8_t dimension, uint8_t window, int64_t amount,
+                            bool shadow, uint8_t alert_percent)
 {
     l->config_rules = xrealloc(l->config_rules, (l->nconfig_rules + 1) * sizeof(*l->config_rules));
     struct rules_rule *r = &l->config_rules[l->nconfig_rules++];
@@ -442,6 +447,8 @@ static void add_config_rule(struct rules *l, const uint8_t *user_id, const char 
     r->window = window;
     r->source = RULES_FROM_CONFIG;
     r->amount = amount;
+    r->shadow = shadow;
+    r->alert_percent = alert_percent;
 }
 
 static void add_v1_limits(struct rules *l, const uint8_t *user_id, const char *provider,
@@ -453,7 +460,8 @@ static void add_v1_limits(struct rules *l, const uint8_t *user_id, const char *p
         if (limits[i].kind != CONFIG_LIMIT_UNSET)
             add_config_rule(l, user_id, provider, NULL, RULES_REQUESTS, windows[i],
                             limits[i].kind == CONFIG_LIMIT_UNLIMITED ? RULES_UNLIMITED
-                                                                     : limits[i].value);
+                                                                     : limits[i].value,
+                            false, 0);
 }
 
 void rules_configure(struct rules *l, const struct config *config)
@@ -480,10 +488,9 @@ void rules_configure(struct rules *l, const struct config *config)
     }
     for (size_t i = 0; i < config->limits.rule_count; i++) {
         const struct config_rule *c = &config->limits.rules[i];
-        if (c->dimension >= RULES_DIMENSIONS || c->window >= RULES_WINDOWS)
-            continue; /* concurrent: refused by the config parser until it is enforced */
         add_config_rule(l, c->has_user ? c->user_id : NULL, c->provider, c->model,
-                        (uint8_t)c->dimension, (uint8_t)c->window, c->amount);
+                        (uint8_t)c->dimension, (uint8_t)c->window, c->amount, c->shadow,
+                        (uint8_t)c->alert_percent);
     }
     l->resync_ms = config->limits.resync_s * 1000;
     if (uv_is_active((uv_handle_t *)&l->resync_timer))
@@ -516,13 +523,17 @@ void rules_start(struct rules *l)
 /* ---- resolving a check's rules ---- */
 
 /* Rules counting the same thing for a check share a slot: which of provider and model they
- * name (2 x 2), the dimension and the window. */
-#define SLOTS (4 * RULES_DIMENSIONS * RULES_WINDOWS)
+ * name (2 x 2), the dimension and the window (or concurrent), enforced or shadow. A shadow rule
+ * never replaces an enforced one: it watches a limit beside it. */
+#define KINDS (RULES_DIMENSIONS * RULES_WINDOWS + 1)
+#define SLOTS (4 * KINDS * 2)
 
 static int slot_of(const struct rules_rule *r)
 {
     int scope = (r->provider[0] ? 1 : 0) + (r->model[0] ? 2 : 0);
-    return (scope * RULES_DIMENSIONS + r->dimension) * RULES_WINDOWS + r->window;
+    int kind = r->dimension == RULES_CONCURRENT ? KINDS - 1
+                                                : r->dimension * RULES_WINDOWS + r->window;
+    return (scope * KINDS + kind) * 2 + r->shadow;
 }
 
 static int rank_of(const struct rules_rule *r)
@@ -598,6 +609,8 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
             struct rules_applied *a = &out->rule[out->n++];
             a->dimension = r->dimension;
             a->window = r->window;
+            a->shadow = r->shadow;
+            a->alert_percent = r->dimension == RULES_CONCURRENT ? 0 : r->alert_percent;
             a->by_provider = r->provider[0] != '\0';
             a->by_model = r->model[0] != '\0';
             a->limit = r->amount;
@@ -606,7 +619,7 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
                 if (r->dimension != RULES_REQUESTS)
                     out->has_budget = true;
             }
-            if (a->by_provider && !a->by_model && r->dimension == RULES_REQUESTS) {
+            if (a->by_provider && !a->by_model && r->dimension == RULES_REQUESTS && !r->shadow) {
                 if (r->window == RULES_MINUTE)
                     out->per_minute = r->amount;
                 else if (r->window == RULES_DAY)

@@ -13,8 +13,10 @@
  * on both tables), and resynced every limits.resync_s in case a notification was missed. Every
  * change bumps a generation number, so that caches built on old rules can tell.
  *
- * Not yet enforced (a later issue): concurrent rules, shadow rules and alerts. Such rows are
- * read and skipped, and said so once in the log. */
+ * A concurrent rule (no window) caps a user's calls in flight; a shadow rule is counted and
+ * reported but never denies. A shadow rule does not replace an enforced one: both apply, and
+ * shadow rules replace one another by the same precedence. A rule may carry an alert share
+ * (alert_at_percent): see alerts.h. */
 #ifndef USAGED_RULES_H
 #define USAGED_RULES_H
 
@@ -31,11 +33,13 @@
 #define RULES_MODEL_MAX 50
 #define RULES_MODEL_BYTES (RULES_MODEL_MAX * 4)
 #define RULES_UNLIMITED (-1)
-/* Rules applying to one check, at most: 2 (provider, model) x 2 (named or not) x 3 dimensions
- * x 4 windows can all apply at once. */
-#define RULES_APPLY_MAX 48
+/* Rules applying to one check, at most: 2 (provider, model) x 2 (named or not) x (3 dimensions
+ * x 4 windows + concurrent) x 2 (enforced, shadow) can all apply at once. */
+#define RULES_APPLY_MAX 104
 
-enum rules_dimension { RULES_REQUESTS = 0, RULES_TOKENS, RULES_SPEND, RULES_DIMENSIONS };
+/* The windowed dimensions come first: RULES_DIMENSIONS counts them. */
+enum rules_dimension { RULES_REQUESTS = 0, RULES_TOKENS, RULES_SPEND, RULES_CONCURRENT };
+#define RULES_DIMENSIONS 3
 enum rules_window { RULES_MINUTE = 0, RULES_HOUR, RULES_DAY, RULES_MONTH, RULES_WINDOWS };
 enum rules_source { RULES_FROM_PROVIDERS = 0, RULES_FROM_TABLE, RULES_FROM_CONFIG };
 
@@ -46,8 +50,10 @@ struct rules_rule {
     uint8_t user_id[16];
     bool has_user;                           /* false: every user */
     uint8_t dimension;                       /* enum rules_dimension */
-    uint8_t window;                          /* enum rules_window */
+    uint8_t window;                          /* enum rules_window; 0 for concurrent */
     uint8_t source;                          /* enum rules_source */
+    bool shadow;                             /* counted and reported, never denies */
+    uint8_t alert_percent;                   /* 1..100; 0: none */
     int64_t amount;                          /* RULES_UNLIMITED or >= 0; spend in micro-dollars */
     char provider[RULES_PROVIDER_BYTES + 1]; /* "": every provider */
     char model[RULES_MODEL_BYTES + 1];       /* "": any model */
@@ -56,7 +62,9 @@ struct rules_rule {
 /* One rule that applies to a check. */
 struct rules_applied {
     uint8_t dimension;
-    uint8_t window;
+    uint8_t window;   /* 0 for concurrent */
+    bool shadow;      /* never denies: reported in shadow_denied_by */
+    uint8_t alert_percent; /* 1..100: alert when a charge takes the use to this share; 0 none */
     bool by_provider; /* its counter is the check's provider's (else every provider's) */
     bool by_model;    /* its counter is the check's model's (else any model's) */
     int64_t limit;    /* RULES_UNLIMITED or >= 0 */
@@ -65,7 +73,8 @@ struct rules_applied {
 /* What a check is held to. */
 struct rules_resolved {
     bool enabled;
-    bool has_budget; /* a tokens or spend rule with a limit applies: the check gets a reservation */
+    bool has_budget; /* a tokens, spend or concurrent rule with a limit applies: the check gets a
+                        reservation */
     uint8_t n;       /* rules applying, in rule[] ordered by scope, dimension, window */
     uint8_t counted; /* of them, the ones with a limit (the first `counted`; unlimited after) */
     struct rules_applied rule[RULES_APPLY_MAX];

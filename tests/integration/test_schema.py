@@ -25,7 +25,7 @@ USER_TABLES = ["user_profiles", "user_preferences", "user_sessions", "api_config
 ALL_TABLES = ["user_profiles", "user_preferences", "user_sessions", "api_providers",
               "api_configurations", "api_usage_logs", "prompt_frameworks", "prompt_history",
               "prompt_templates", "feedback", "feedback_categories", "feedback_tags",
-              "feedback_analytics", "system_config", "usage_limits"]
+              "feedback_analytics", "system_config", "usage_limits", "usage_alerts"]
 VIEWS = ["analytics.api_usage_daily", "analytics.api_usage_hourly_provider",
          "analytics.prompt_generations_daily"]
 

@@ -3,6 +3,8 @@ the daemon, and damaged spool files; exact counts are read back from PostgreSQL.
 
 import glob
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -294,3 +296,194 @@ def test_durable_acks_survive_a_crash_of_a_server_that_commits_lazily(
     lazy_pg.start()
     got = ids_in(lazy_pg, db)
     assert len(set(acked) - set(got)) == 0, f"{len(set(acked) - set(got))} acked events lost"
+
+
+def big_event(user, tag):
+    """About 1 KB in the spool: a thousand fill spool.max_bytes at its least, 1 MiB."""
+    e = event(user, tag)
+    e["error_message"] = "x" * 900
+    return e
+
+
+def fill_until_overloaded(c, user, ack="queued"):
+    """Sends requests of 50 events until one is refused as overloaded; returns the accepted ids."""
+    accepted = []
+    for i in range(1000):
+        batch = [big_event(user, i * 50 + j) for j in range(50)]
+        try:
+            assert c.call("log_usage", batch, {"ack": ack}) == {"accepted": 50}
+        except RpcError as e:
+            assert e.code == "overloaded", e.err
+            return accepted
+        accepted.extend(e["id"] for e in batch)
+    raise AssertionError("never overloaded")
+
+
+def test_a_stop_with_the_spool_at_max_bytes_keeps_every_accepted_row(
+        daemon_factory, workdir, pg, db):
+    """PostgreSQL down, the spool at spool.max_bytes and the queue full: SIGTERM writes what is
+    in memory to the spool past max_bytes (the cap is backpressure for a running daemon) and
+    exits 0; the next start replays every accepted row."""
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, name="capped",
+              ingest="  batch_rows: 200\n  batch_ms: 20\n  queue_rows: 2000\n"
+                     "  spill_after_ms: 500\n  drain_timeout_s: 2\n",
+              spool="  max_bytes: 1MiB\n  segment_bytes: 256KiB\n")
+    pg.stop()
+    try:
+        with d.client() as c:
+            accepted = fill_until_overloaded(c, user)
+            s = c.call("stats")
+        assert s["spool"]["bytes"] > 600 * 1024 and s["ingest"]["queue_rows"] > 0
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(timeout=30) == 0
+        assert "could be kept neither" not in d.log_text()
+    finally:
+        pg.start()
+    d.start()
+    servers.wait_for(lambda: count(pg, db) >= len(accepted), 60, "the spool to be replayed")
+    assert sorted(ids_in(pg, db)) == sorted(accepted)
+
+
+@pytest.fixture
+def small_disk(workdir):
+    """A 2 MiB tmpfs for a spool, so that its disk fills for real (needs mount, i.e. root)."""
+    path = os.path.join(workdir, f"smalldisk{time.monotonic_ns()}")
+    os.makedirs(path)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", path],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        os.rmdir(path)
+        pytest.skip(f"cannot mount a small tmpfs for a full disk ({r.stderr.strip()}): "
+                    "run as root to test the full-disk edges")
+    yield path
+    subprocess.run(["umount", "-l", path], check=False)
+
+
+def small_disk_config(workdir, pg, db, disk, ingest):
+    cfg = re.sub(r'spool:\n  dir: "[^"]*"\n',
+                 f'spool:\n  dir: "{disk}/spool"\n  max_bytes: 1GiB\n  segment_bytes: 256KiB\n',
+                 base_config(workdir, pg=pg, dbname=db))
+    return cfg + "ingest:\n" + ingest
+
+
+def test_a_durable_request_on_a_full_disk_is_refused_at_once_and_nothing_of_it_kept(
+        daemon_factory, workdir, pg, db, small_disk):
+    """PostgreSQL down, the spool's disk full (a 2 MiB tmpfs): a durable request can be kept
+    neither in PostgreSQL nor on disk, so it gets overloaded with retry_after_ms at once (it used
+    to wait without an answer), and nothing of it is stored later."""
+    user = make_users(pg, db, 1)[0]
+    d = daemon_factory(small_disk_config(workdir, pg, db, small_disk,
+                                         "  batch_rows: 50\n  batch_ms: 5\n"))
+    pg.stop()
+    try:
+        with d.client(timeout=30) as c:
+            acked = []
+            for i in range(200):  # queued requests of 50 KB until the 2 MiB disk is full
+                batch = [big_event(user, i * 50 + j) for j in range(50)]
+                assert c.call("log_usage", batch) == {"accepted": 50}
+                acked.extend(e["id"] for e in batch)
+                if c.call("stats")["spool"]["state"] == "disk_full":
+                    break
+            else:
+                raise AssertionError("the disk never filled")
+            refused = [big_event(user, 10**6 + j) for j in range(5)]
+            t0 = time.monotonic()
+            err = c.call_err("log_usage", [refused, {"ack": "durable"}])
+            assert err["code"] == "overloaded" and err["retry_after_ms"] > 0, err
+            assert time.monotonic() - t0 < 5
+            assert c.call("stats")["ingest"]["requests_overloaded"] >= 1
+    finally:
+        pg.start()
+    servers.wait_for(lambda: count(pg, db) >= len(acked), 60, "the accepted rows to land")
+    got = set(ids_in(pg, db))
+    assert set(acked) == got
+    assert not got & {e["id"] for e in refused}
+
+
+def test_a_stop_that_the_disk_cannot_take_says_how_many_rows_are_lost_and_exits_non_zero(
+        daemon_factory, workdir, pg, db, small_disk):
+    """Only a disk that is really full stops the stop's spilling: then one log line says how
+    many rows could not be kept, and the exit code is not 0."""
+    user = make_users(pg, db, 1)[0]
+    d = daemon_factory(small_disk_config(
+        workdir, pg, db, small_disk,
+        "  batch_rows: 100000\n  batch_ms: 60000\n  queue_rows: 200000\n  drain_timeout_s: 1\n"))
+    pg.stop()
+    try:
+        with d.client() as c:
+            sent = 0
+            for i in range(6):  # 3 MB queued in memory, more than the 2 MiB disk holds
+                assert c.call("log_usage", [big_event(user, i * 500 + j) for j in range(500)]) \
+                    == {"accepted": 500}
+                sent += 500
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(timeout=30) != 0
+        lines = [l for l in d.log_text().splitlines() if "could be kept neither" in l]
+        assert len(lines) == 1, lines
+        lost = int(lines[0].split("ingest: ")[1].split(" ")[0])
+        assert 0 < lost <= sent
+    finally:
+        pg.start()
+
+
+def test_durable_acks_after_the_spool_directory_is_removed_are_in_files_a_restart_finds(
+        daemon_factory, workdir, pg, db):
+    """rm -rf of the spool directory under durable acks: the daemon finds the segment it writes
+    unlinked, makes the directory and a new segment again and writes there before it acks, so a
+    SIGKILL and a restart lose none of the acks given after the removal."""
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, name="unlinked")
+    pg.stop()
+    after = []
+    try:
+        with d.client() as c:
+            for i in range(5):
+                assert c.call("log_usage", [event(user, i)], {"ack": "durable"}) == \
+                    {"accepted": 1}
+            shutil.rmtree(spool_dir(d))
+            for i in range(5):
+                batch = [event(user, 100 + i)]
+                assert c.call("log_usage", batch, {"ack": "durable"}) == {"accepted": 1}
+                after.extend(e["id"] for e in batch)
+            s = c.call("stats")["spool"]
+            assert s["segments_remade"] >= 1 and s["state"] == "ok", s
+        assert glob.glob(os.path.join(spool_dir(d), "api_usage_logs", "*.seg"))
+        d.kill()
+        d.start()
+    finally:
+        pg.start()
+    servers.wait_for(lambda: set(after) <= set(ids_in(pg, db)), 60,
+                     "the acks given after the removal to be replayed")
+
+
+def test_a_spool_directory_that_cannot_be_made_again_refuses_durable_requests_as_unavailable(
+        daemon_factory, workdir, pg, db):
+    """When the spool directory is gone and a file stands in its way, nothing can be written:
+    the request whose write failed waits in memory (for PostgreSQL), and a new durable request
+    is refused at once with unavailable, nothing of it kept."""
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, name="blocked")
+    pg.stop()
+    try:
+        with d.client(timeout=30) as c:
+            assert c.call("log_usage", [event(user, 0)], {"ack": "durable"}) == {"accepted": 1}
+            shutil.rmtree(spool_dir(d))
+            with open(spool_dir(d), "w") as f:
+                f.write("in the way")
+            waiting = [event(user, 1)]
+            msgid = c.send_request("log_usage", [waiting, {"ack": "durable"}])
+            servers.wait_for(lambda: d.client().call("stats")["spool"]["state"] == "error", 10,
+                             "the spool to say it cannot write")
+            refused = [event(user, 2)]
+            err = c.call_err("log_usage", [refused, {"ack": "durable"}])
+            assert err["code"] == "unavailable" and err["retry_after_ms"] > 0, err
+            os.unlink(spool_dir(d))
+            pg.start()
+            err, result = c.wait(msgid)  # kept in memory, written once PostgreSQL is back
+            assert err is None and result == {"accepted": 1}
+    finally:
+        if pg.pid is None:
+            pg.start()
+    ids = set(ids_in(pg, db))
+    assert waiting[0]["id"] in ids and refused[0]["id"] not in ids

@@ -1,8 +1,12 @@
 /* Budgets' pure pieces: spend amounts exact to the micro-dollar, and which rules apply to a
  * check (sources, patterns, precedence). */
 #include "check.h"
+#include "decision.h"
+#include "local.h"
 #include "money.h"
 #include "rules.h"
+
+#include "usaged/protocol.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +218,101 @@ TEST(an_unknown_provider_is_unknown_and_a_disabled_one_is_found_disabled)
     teardown(&l);
 }
 
+TEST(a_shadow_rule_applies_beside_the_enforced_one_and_replaces_only_shadow_rules)
+{
+    struct rules_rule db[] = {
+        make(NULL, "openai", NULL, RULES_TOKENS, RULES_DAY, 1000, RULES_FROM_TABLE),
+        make(NULL, "openai", NULL, RULES_TOKENS, RULES_DAY, 500, RULES_FROM_TABLE),
+        make(alice, "openai", NULL, RULES_TOKENS, RULES_DAY, 300, RULES_FROM_TABLE),
+        make(NULL, "openai", NULL, RULES_CONCURRENT, 0, 4, RULES_FROM_TABLE),
+    };
+    db[1].shadow = db[2].shadow = true;
+    struct rules l;
+    setup(&l, db, 4, NULL, 0);
+    struct rules_resolved r;
+    CHECK_EQ_INT(rules_resolve(&l, bob, "openai", 6, "", 0, &r), RULES_FOUND);
+    CHECK_EQ_INT(r.n, 3);
+    int shadow = -1, enforced = -1, concurrent = -1;
+    for (int i = 0; i < r.n; i++) {
+        if (r.rule[i].dimension == RULES_CONCURRENT)
+            concurrent = i;
+        else if (r.rule[i].shadow)
+            shadow = i;
+        else
+            enforced = i;
+    }
+    CHECK(shadow >= 0 && enforced >= 0 && concurrent >= 0);
+    CHECK(r.rule[enforced].limit == 1000 && r.rule[shadow].limit == 500);
+    CHECK(r.rule[concurrent].limit == 4 && r.has_budget); /* a slot needs a reservation */
+    /* Alice's shadow rule replaces the every-user shadow rule, not the enforced one. */
+    CHECK_EQ_INT(rules_resolve(&l, alice, "openai", 6, "", 0, &r), RULES_FOUND);
+    CHECK_EQ_INT(r.n, 3);
+    for (int i = 0; i < r.n; i++)
+        if (r.rule[i].dimension == RULES_TOKENS)
+            CHECK(r.rule[i].limit == (r.rule[i].shadow ? 300 : 1000));
+    teardown(&l);
+}
+
+TEST(a_shadow_rule_never_denies_and_is_named_when_it_would_have)
+{
+    struct rules_resolved r = {.enabled = true, .n = 2, .counted = 2};
+    r.rule[0] = (struct rules_applied){.dimension = RULES_TOKENS, .window = RULES_DAY,
+                                       .by_provider = true, .limit = 1000};
+    r.rule[1] = (struct rules_applied){.dimension = RULES_TOKENS, .window = RULES_MINUTE,
+                                       .by_provider = true, .limit = 100, .shadow = true};
+    struct check_amounts a = {.cost = 1, .tokens = 80};
+    struct check_result out;
+    /* Allowed; the shadow rule had 50 before this check: 50 + 80 > 100 would have denied. */
+    int64_t used[2] = {130, 130};
+    decision_make(&r, &a, true, used, 0, &out);
+    CHECK(out.allowed && out.denied_by == -1 && out.shadow_denied_by == 1);
+    /* 20 before: room under the shadow rule too. */
+    int64_t fits[2] = {100, 100};
+    decision_make(&r, &a, true, fits, 0, &out);
+    CHECK(out.shadow_denied_by == -1);
+    /* Denied by the enforced rule: the shadow rule is never the reason. */
+    int64_t full[2] = {990, 990};
+    decision_make(&r, &a, false, full, 0, &out);
+    CHECK(!out.allowed && out.denied_by == 0 && out.shadow_denied_by == 1);
+    CHECK_EQ_STR(out.reason, USAGED_REASON_DAY_LIMIT);
+}
+
+TEST(a_concurrent_rule_denies_with_concurrency_limit_and_a_short_retry)
+{
+    struct rules_resolved r = {.enabled = true, .n = 1, .counted = 1};
+    r.rule[0] = (struct rules_applied){.dimension = RULES_CONCURRENT, .limit = 2};
+    struct check_amounts one = {.cost = 1}, peek = {0};
+    CHECK_EQ_INT(decision_amount(&one, RULES_CONCURRENT), 1);
+    CHECK_EQ_INT(decision_amount(&peek, RULES_CONCURRENT), 0);
+    CHECK_EQ_INT(decision_rule_reset_ms(&r.rule[0], 123456), 0);
+    int64_t used[1] = {2};
+    struct check_result out;
+    decision_make(&r, &one, false, used, 0, &out);
+    CHECK_EQ_STR(out.reason, USAGED_REASON_CONCURRENCY_LIMIT);
+    CHECK_EQ_INT(out.retry_after_ms, DECISION_CONCURRENCY_RETRY_MS);
+    CHECK_EQ_INT(out.denied_by, 0);
+}
+
+TEST(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies)
+{
+    struct local_limits ll;
+    local_init(&ll, 64, 8);
+    struct rules_resolved r = {.enabled = true, .n = 2, .counted = 2};
+    r.rule[0] = (struct rules_applied){.dimension = RULES_CONCURRENT, .limit = 0};
+    r.rule[1] = (struct rules_applied){.dimension = RULES_REQUESTS, .window = RULES_MINUTE,
+                                       .limit = 1, .shadow = true};
+    uint64_t scope[2] = {local_scope_hash(alice, ":a", 2), local_scope_hash(alice, ":a", 2)};
+    struct check_amounts one = {.cost = 1};
+    int64_t used[2];
+    for (int i = 0; i < 3; i++) {
+        CHECK(local_check(&ll, alice, scope, &r, &one, 60000, "0123456789abcdef", 1000, used));
+        CHECK(used[0] == RULES_UNLIMITED && used[1] == i + 1);
+    }
+    CHECK_EQ_INT(local_settle(&ll, alice, "0123456789abcdef", false, 0, false, 0, true, 60001),
+                 LOCAL_SETTLED);
+    local_free(&ll);
+}
+
 TEST(a_check_reads_its_providers_rules_and_the_every_provider_ones_only)
 {
     struct rules_rule db[] = {
@@ -245,5 +344,9 @@ int main(void)
                T(a_model_rule_applies_only_to_checks_that_send_that_model),
                T(rules_of_different_windows_or_dimensions_all_apply),
                T(an_unknown_provider_is_unknown_and_a_disabled_one_is_found_disabled),
+               T(a_shadow_rule_applies_beside_the_enforced_one_and_replaces_only_shadow_rules),
+               T(a_shadow_rule_never_denies_and_is_named_when_it_would_have),
+               T(a_concurrent_rule_denies_with_concurrency_limit_and_a_short_retry),
+               T(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies),
                T(a_check_reads_its_providers_rules_and_the_every_provider_ones_only));
 }

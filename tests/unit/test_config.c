@@ -190,6 +190,25 @@ TEST(a_rules_item_gives_one_rule_per_amount_with_its_pattern)
     config_free(c);
 }
 
+TEST(rules_read_concurrent_and_shadow_and_a_shadow_rule_may_watch_an_enforced_one)
+{
+    struct config *c = parse("limits:\n  rules:\n"
+                             "    - { provider: openai, concurrent: 5, requests_per_minute: 10 }\n"
+                             "    - { provider: openai, requests_per_minute: 5, concurrent: 3,\n"
+                             "        shadow: true, alert_at_percent: 80 }\n");
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK_EQ_INT(c->limits.rule_count, 4);
+    const struct config_rule *r = c->limits.rules;
+    CHECK(r[0].dimension == 0 && r[0].amount == 10 && !r[0].shadow);
+    CHECK(r[1].dimension == 3 && r[1].window == 0 && r[1].amount == 5 && !r[1].shadow);
+    CHECK(r[2].dimension == 0 && r[2].amount == 5 && r[2].shadow);
+    CHECK(r[3].dimension == 3 && r[3].amount == 3 && r[3].shadow);
+    CHECK(r[2].alert_percent == 80 && r[1].alert_percent == 0);
+    config_free(c);
+}
+
 TEST(rules_refuse_what_they_cannot_enforce_and_name_it)
 {
     CHECK(parse("limits: { rules: [ { spend_per_day: \"0.0000001\" } ] }") == NULL);
@@ -198,8 +217,16 @@ TEST(rules_refuse_what_they_cannot_enforce_and_name_it)
     CHECK(check_contains(err, "limits.rules[0].tokens_per_day"));
     CHECK(parse("limits: { rules: [ { provider: openai } ] }") == NULL);
     CHECK(check_contains(err, "limits.rules[0] has no amount"));
-    CHECK(parse("limits: { rules: [ { concurrent: 3 } ] }") == NULL);
-    CHECK(check_contains(err, "not supported by this version"));
+    CHECK(parse("limits: { rules: [ { tokens_per_day: 3, alert_at_percent: 0 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].alert_at_percent"));
+    CHECK(parse("limits: { rules: [ { tokens_per_day: 3, alert_at_percent: 101 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].alert_at_percent"));
+    CHECK(parse("limits: { rules: [ { concurrent: -1 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].concurrent"));
+    CHECK(parse("limits: { rules: [ { concurrent: 2 }, { concurrent: 3 } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[1] repeats concurrent of an earlier rule"));
+    CHECK(parse("limits: { rules: [ { concurrent: 2, shadow: maybe } ] }") == NULL);
+    CHECK(check_contains(err, "limits.rules[0].shadow"));
     CHECK(parse("limits: { rules: [ { tokens_per_week: 3 } ] }") == NULL);
     CHECK(check_contains(err, "unknown key limits.rules[0].tokens_per_week"));
     CHECK(parse("limits: { rules: [ { provider: a, tokens_per_day: 1 },\n"
@@ -381,6 +408,7 @@ int main(void)
                T(tcp_on_a_public_address_needs_an_auth_token),
                T(bad_addresses_and_modes_are_refused), T(user_overrides_need_a_uuid_and_a_provider),
                T(a_rules_item_gives_one_rule_per_amount_with_its_pattern),
+               T(rules_read_concurrent_and_shadow_and_a_shadow_rule_may_watch_an_enforced_one),
                T(rules_refuse_what_they_cannot_enforce_and_name_it),
                T(refresh_entries_need_a_qualified_view_and_an_interval),
                T(maintenance_time_is_a_utc_time_of_day),

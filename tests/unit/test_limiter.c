@@ -146,11 +146,14 @@ static void reference_rule(msgpack_packer *pk, const struct check_result *r, int
     static const char *const scopes[] = {"user", "provider", "model", "model"};
     const struct rules_applied *a = &r->rules->rule[i];
     bool spend = a->dimension == RULES_SPEND;
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, a->shadow ? 8 : 7);
     rpc_pack_str(pk, "dimension");
     rpc_pack_str(pk, rules_dimension_name(a->dimension));
     rpc_pack_str(pk, "window");
-    rpc_pack_str(pk, rules_window_name(a->window));
+    if (a->dimension == RULES_CONCURRENT)
+        msgpack_pack_nil(pk);
+    else
+        rpc_pack_str(pk, rules_window_name(a->window));
     rpc_pack_str(pk, "scope");
     rpc_pack_str(pk, scopes[a->by_provider + 2 * a->by_model]);
     rpc_pack_str(pk, "limit");
@@ -163,13 +166,18 @@ static void reference_rule(msgpack_packer *pk, const struct check_result *r, int
                        : (r->used[i] >= a->limit ? 0 : a->limit - r->used[i]);
     pack_amount(pk, left, spend);
     rpc_pack_str(pk, "reset_ms");
-    msgpack_pack_uint64(pk, decision_reset_ms(a->window, r->now_ms));
+    msgpack_pack_uint64(pk, a->dimension == RULES_CONCURRENT ? 0
+                                                             : decision_reset_ms(a->window, r->now_ms));
+    if (a->shadow) {
+        rpc_pack_str(pk, "shadow");
+        msgpack_pack_true(pk);
+    }
 }
 
 /* The answer as msgpack-c packs it, key by key: the reference for the daemon's own encoder. */
 static void reference_pack(msgpack_packer *pk, const struct check_result *r)
 {
-    msgpack_pack_map(pk, 13);
+    msgpack_pack_map(pk, 14);
     rpc_pack_str(pk, "allowed");
     r->allowed ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
     rpc_pack_str(pk, "reason");
@@ -204,6 +212,11 @@ static void reference_pack(msgpack_packer *pk, const struct check_result *r)
     rpc_pack_str(pk, "denied_by");
     if (r->denied_by >= 0)
         reference_rule(pk, r, r->denied_by);
+    else
+        msgpack_pack_nil(pk);
+    rpc_pack_str(pk, "shadow_denied_by");
+    if (r->shadow_denied_by >= 0)
+        reference_rule(pk, r, r->shadow_denied_by);
     else
         msgpack_pack_nil(pk);
 }
@@ -255,11 +268,12 @@ TEST(the_answer_is_encoded_byte_for_byte_as_msgpack_c_would)
                                           USAGED_REASON_UNAVAILABLE,
                                           USAGED_REASON_PROVIDER_DISABLED,
                                           "a reason of more than thirty-one bytes"};
-    /* Rules of every dimension, window and scope; 20 of them, past a fixarray. */
+    /* Rules of every dimension, window and scope, shadow or not; 20 of them, past a fixarray. */
     struct rules_resolved many = {.enabled = true, .n = 20, .counted = 18};
     for (int i = 0; i < 20; i++)
-        many.rule[i] = (struct rules_applied){.dimension = (uint8_t)(i % 3),
-                                              .window = (uint8_t)(i % 4),
+        many.rule[i] = (struct rules_applied){.dimension = (uint8_t)(i % 4),
+                                              .window = i % 4 == 3 ? 0 : (uint8_t)(i % 4),
+                                              .shadow = i % 7 == 0,
                                               .by_provider = i % 2 == 0,
                                               .by_model = i % 5 == 0,
                                               .limit = i >= 18 ? RULES_UNLIMITED
@@ -279,6 +293,7 @@ TEST(the_answer_is_encoded_byte_for_byte_as_msgpack_c_would)
             .degraded = i % 3 == 0,
             .rules = i % 4 == 0 ? NULL : &many,
             .denied_by = i % 4 == 0 ? -1 : (int)(i % 20),
+            .shadow_denied_by = i % 3 == 0 || i % 4 == 0 ? -1 : (int)((i * 7) % 20),
             .now_ms = now + i * 7777777,
         };
         if (i % 2)

@@ -1,0 +1,176 @@
+"""Alerts end to end (PROTOCOL.md, "Shadow rules and alerts"): a rule with alert_at_percent writes
+one public.usage_alerts row and one NOTIFY usaged_alerts per user, rule and window when a charge
+first takes the use to that share: exactly once when two daemons cross it together; kept while
+PostgreSQL is away and written when it is back; users read their own alerts."""
+
+import datetime
+import json
+import select
+import threading
+import uuid
+
+import psycopg2
+import pytest
+
+from conftest import make_users, sql
+from test_budgets import start_with
+from test_limits import add_provider
+import servers
+
+@pytest.fixture
+def alerts_db(pg, db):
+    """The migrated database (0018 made usage_alerts)."""
+    assert sql(pg, db, "SELECT to_regclass('public.usage_alerts')")[0][0]
+    return db
+
+
+def add_alert_rule(pg, db, dimension, period, amount, percent, provider=None, user=None):
+    sql(pg, db, "INSERT INTO public.usage_limits (user_id, provider, dimension, period, amount, "
+        "alert_at_percent) VALUES (%s, %s, %s, %s, %s, %s)",
+        (user, provider, dimension, period, amount, percent))
+
+
+def rows(pg, db, user):
+    return sql(pg, db, "SELECT provider, model, dimension, period, window_start, amount, used, "
+               "alert_at_percent, shadow FROM public.usage_alerts WHERE user_id = %s", (user,))
+
+
+def listener(pg, db):
+    conn = psycopg2.connect(pg.dsn(db))
+    conn.autocommit = True
+    conn.cursor().execute("LISTEN usaged_alerts")
+    return conn
+
+
+def notifications(conn):
+    """The notifications delivered so far (a row is committed with its NOTIFY: once the row is
+    seen, its notification is in the listener's socket)."""
+    if select.select([conn], [], [], 1)[0]:
+        conn.poll()
+    out = [json.loads(n.payload) for n in conn.notifies]
+    conn.notifies.clear()
+    return out
+
+
+def test_an_alert_is_written_and_notified_once_when_two_daemons_cross_together(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "alp")
+    add_alert_rule(pg, db, "tokens", "day", 1000, 50, provider="alp")
+    user = str(uuid.uuid4())
+    listen = listener(pg, db)
+    daemons = [start_with(daemon_factory, workdir, pg, db, redis_server, name=f"a{i}")
+               for i in range(2)]
+    barrier = threading.Barrier(8)
+
+    def worker(d):
+        with d.client() as c:
+            barrier.wait()
+            for _ in range(2):
+                c.call("check", {"user_id": user, "provider": "alp", "tokens": 70})
+
+    threads = [threading.Thread(target=worker, args=(daemons[i % 2],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 16 checks of 70 tokens: the use passes 500 once; whichever check did it raised the alert.
+    servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the alert's row")
+    (provider, model, dimension, period, start, amount, used, percent, shadow), = rows(pg, db, user)
+    assert (provider, model, dimension, period, percent, shadow) == \
+        ("alp", None, "tokens", "day", 50, False)
+    assert amount == 1000 and 500 <= used < 570
+    today = datetime.datetime.now(datetime.timezone.utc).replace(hour=0, minute=0, second=0,
+                                                                 microsecond=0)
+    assert abs((start - today).total_seconds()) <= 86400
+    assert start.hour == start.minute == start.second == 0
+    sent = notifications(listen)
+    assert len(sent) == 1
+    assert sent[0]["user_id"] == user and sent[0]["provider"] == "alp"
+    assert sent[0]["period"] == "day" and float(sent[0]["used"]) == float(used)
+    def stats():
+        return [d.client().call("stats")["limits"] for d in daemons]
+
+    # The row commits before the daemon reads PostgreSQL's answer: wait for it to count it.
+    servers.wait_for(lambda: sum(s["alerts_written"] for s in stats()) == 1, 10,
+                     "the write to be counted")
+    assert sum(s["alerts_raised"] for s in stats()) == 1
+    # More use in the same window raises nothing more.
+    with daemons[0].client() as c:
+        for _ in range(3):
+            c.call("check", {"user_id": user, "provider": "alp", "tokens": 70})
+    assert sum(d.client().call("stats")["limits"]["alerts_raised"] for d in daemons) == 1
+    assert len(rows(pg, db, user)) == 1 and notifications(listen) == []
+    listen.close()
+
+
+def test_users_read_their_own_alerts_only(daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "alr")
+    alice, bob = make_users(pg, db, 2)
+    add_alert_rule(pg, db, "requests", "hour", 2, 100, provider="alr")
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        for user in (alice, bob):
+            for _ in range(2):
+                assert c.call("check", {"user_id": user, "provider": "alr"})["allowed"]
+    servers.wait_for(lambda: len(rows(pg, db, alice)) == 1 and len(rows(pg, db, bob)) == 1, 20,
+                     "both users' alerts")
+    conn = psycopg2.connect(pg.dsn(db))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET ROLE authenticated")
+            cur.execute("SELECT set_config('request.jwt.claims', %s, false)",
+                        (json.dumps({"sub": alice, "role": "authenticated"}),))
+            cur.execute("SELECT user_id::text FROM public.usage_alerts")
+            assert cur.fetchall() == [(alice,)]
+            cur.execute("RESET ROLE")
+            cur.execute("SET ROLE anon")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("SELECT * FROM public.usage_alerts")
+    finally:
+        conn.close()
+
+
+def test_an_alert_waits_while_postgres_is_away_and_is_written_when_it_is_back(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "alw")
+    add_alert_rule(pg, db, "requests", "day", 10, 30, provider="alw")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    pg.stop()
+    try:
+        with d.client() as c:
+            for _ in range(4):
+                assert c.call("check", {"user_id": user, "provider": "alw"})["allowed"]
+            stats = c.call("stats")["limits"]
+        assert stats["alerts_raised"] == 1
+        servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_waiting"] == 1, 10,
+                         "the alert to wait")
+    finally:
+        pg.start()
+    servers.wait_for(lambda: len(sql(pg, db, "SELECT 1 FROM public.usage_alerts WHERE user_id "
+                                     "= %s", (user,))) == 1, 30, "the alert to be written")
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_waiting"] == 0, 10,
+                     "the queue to empty")
+    (_, _, _, _, _, amount, used, percent, _), = rows(pg, db, user)
+    assert (amount, used, percent) == (10, 3, 30)
+
+
+def test_a_shadow_row_may_watch_exactly_an_enforced_rows_pattern_and_alerts_on_its_own(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "als")
+    sql(pg, db, "INSERT INTO public.usage_limits (provider, dimension, period, amount, shadow, "
+        "alert_at_percent) VALUES ('als', 'requests', 'day', 10, false, NULL), "
+        "('als', 'requests', 'day', 2, true, 100)")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        answers = [c.call("check", {"user_id": user, "provider": "als"}) for _ in range(3)]
+    assert all(a["allowed"] for a in answers)
+    assert answers[2]["shadow_denied_by"]["limit"] == 2
+    servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the shadow rule's alert")
+    (_, _, _, _, _, amount, used, percent, shadow), = rows(pg, db, user)
+    assert (amount, used, percent, shadow) == (2, 2, 100, True)
