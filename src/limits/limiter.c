@@ -504,26 +504,6 @@ static const char dimension_letters[] = "rtsc";
 static const char window_letters[] = "mhdM";
 
 /* Sends key calls (a list of n) as one script call. */
-/* The scopes a call's counted rules count in: at most four, numbered from 1 as Lua does.
- * scope_of[i] is rule i's; rep[s] a rule of scope s + 1. Returns how many. */
-static int call_scopes(const struct rules_resolved *lim, int scope_of[RULES_APPLY_MAX],
-                       const struct rules_applied *rep[4])
-{
-    int nscopes = 0, scope_kind[4];
-    for (int i = 0; i < lim->counted; i++) {
-        int kind = lim->rule[i].by_provider + 2 * lim->rule[i].by_model, s = 0;
-        while (s < nscopes && scope_kind[s] != kind)
-            s++;
-        if (s == nscopes) {
-            scope_kind[nscopes] = kind;
-            rep[nscopes++] = &lim->rule[i];
-        }
-        scope_of[i] = s + 1;
-    }
-    return nscopes;
-}
-
-/* Sends key calls (a list of n) as one script call. */
 static void send_script_call(struct limiter *l, void *list, size_t n)
 {
     struct limiter_batch *batch = xmalloc(sizeof(*batch));
@@ -563,43 +543,9 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
         lens[a] = (len_expr);                                                                      \
         p += lens[a++];                                                                            \
     } while (0)
-    for (struct limiter_call *call = batch->calls; declare && call; call = call->next) {
-        int scope_of[RULES_APPLY_MAX];
-        const struct rules_applied *rep[4];
-        int nscopes = call_scopes(&call->lim, scope_of, rep);
-        for (int sc = 0; sc < nscopes; sc++) {
-            /* A scope's hash holds its windowed rules' counts; a concurrent rule's slots are a
-             * sorted set, the hash's name and ":c". */
-            bool windowed = false, concurrent = false;
-            for (int i = 0; i < call->lim.counted; i++) {
-                if (scope_of[i] != sc + 1)
-                    continue;
-                if (call->lim.rule[i].dimension == RULES_CONCURRENT)
-                    concurrent = true;
-                else
-                    windowed = true;
-            }
-            size_t len = limiter_format_base(l, call->user_id, p, base_cap);
-            len += limiter_scope_suffix(rep[sc], call->provider, call->provider_len, call->model,
-                                        call->model_len, p + len);
-            if (windowed && concurrent)
-                memcpy(p + len, p, len); /* the set's name begins as the hash's */
-            if (windowed)
-                ARG(len);
-            if (concurrent) {
-                memcpy(p + len, ":c", 2);
-                ARG(len + 2);
-            }
-        }
-        for (struct limiter_check *c = call->checks; c; c = c->next) {
-            if (!c->rid[0])
-                continue;
-            size_t len = limiter_format_base(l, call->user_id, p, base_cap);
-            memcpy(p + len, ":r:", 3);
-            memcpy(p + len + 3, c->rid, strlen(c->rid));
-            ARG(len + 3 + strlen(c->rid));
-        }
-    }
+    for (struct limiter_call *call = batch->calls; declare && call; call = call->next)
+        limiter_declare_keys(l, call->user_id, call->provider, call->provider_len, call->model,
+                             call->model_len, &call->lim, call->checks, argv, lens, &p, &a);
     size_t nkeys = a;
     ARG((memcpy(p, "c", 1), 1));
     ARG(fmt_u64(p, l->reservation_ttl_s));
@@ -610,7 +556,7 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
         const struct rules_resolved *lim = &call->lim;
         int scope_of[RULES_APPLY_MAX];
         const struct rules_applied *rep[4];
-        int nscopes = call_scopes(lim, scope_of, rep);
+        int nscopes = limiter_call_scopes(lim, scope_of, rep);
         ARG(fmt_u64(p, (uint64_t)nscopes));
         for (int sc = 0; sc < nscopes; sc++)
             ARG(limiter_scope_suffix(rep[sc], call->provider, call->provider_len, call->model,

@@ -1,6 +1,7 @@
 /* limiter_slots: the limiter's script calls on a Redis Cluster, where one call may only hold
  * the keys of one slot: a list of calls (or settles) goes out as one call per slot of its
- * users' bases (redis_send_by_slot), and as one call on any other deployment. */
+ * users' bases (redis_send_by_slot), and as one call on any other deployment; and the keys a
+ * check's call declares there (routing during a slot migration looks at those alone). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,4 +44,73 @@ void limiter_send_by_slot(struct limiter *l, void *list, size_t n, size_t next_o
     b.base = xmalloc(b.base_cap);
     redis_send_by_slot(list, n, next_offset, user_slot, send_run, &b);
     free(b.base);
+}
+
+int limiter_call_scopes(const struct rules_resolved *lim, int scope_of[RULES_APPLY_MAX],
+                        const struct rules_applied *rep[4])
+{
+    int nscopes = 0, scope_kind[4];
+    for (int i = 0; i < lim->counted; i++) {
+        int kind = lim->rule[i].by_provider + 2 * lim->rule[i].by_model, s = 0;
+        while (s < nscopes && scope_kind[s] != kind)
+            s++;
+        if (s == nscopes) {
+            scope_kind[nscopes] = kind;
+            rep[nscopes++] = &lim->rule[i];
+        }
+        scope_of[i] = s + 1;
+    }
+    return nscopes;
+}
+
+void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], const char *provider,
+                          size_t plen, const char *model, size_t mlen,
+                          const struct rules_resolved *lim, const struct limiter_check *checks,
+                          const char **argv, size_t *lens, char **text, size_t *argc)
+{
+    char *p = *text;
+    size_t a = *argc, base_cap = strlen(l->key_prefix) + UUID_STRING_LEN + 2;
+    int scope_of[RULES_APPLY_MAX];
+    const struct rules_applied *rep[4];
+    int nscopes = limiter_call_scopes(lim, scope_of, rep);
+    for (int sc = 0; sc < nscopes; sc++) {
+        /* A scope's hash holds its windowed rules' counts; a concurrent rule's slots are a
+         * sorted set, the hash's name and ":c". */
+        bool windowed = false, concurrent = false;
+        for (int i = 0; i < lim->counted; i++) {
+            if (scope_of[i] != sc + 1)
+                continue;
+            if (lim->rule[i].dimension == RULES_CONCURRENT)
+                concurrent = true;
+            else
+                windowed = true;
+        }
+        size_t len = limiter_format_base(l, user_id, p, base_cap);
+        len += limiter_scope_suffix(rep[sc], provider, plen, model, mlen, p + len);
+        if (windowed) {
+            argv[a] = p;
+            lens[a++] = len;
+            if (concurrent) /* the set's name begins as the hash's */
+                memcpy(p + len, p, len);
+            p += len;
+        }
+        if (concurrent) {
+            memcpy(p + len, ":c", 2);
+            argv[a] = p;
+            lens[a++] = len + 2;
+            p += len + 2;
+        }
+    }
+    for (const struct limiter_check *c = checks; c; c = c->next) {
+        if (!c->rid[0])
+            continue;
+        size_t len = limiter_format_base(l, user_id, p, base_cap), rlen = strlen(c->rid);
+        memcpy(p + len, ":r:", 3);
+        memcpy(p + len + 3, c->rid, rlen);
+        argv[a] = p;
+        lens[a++] = len + 3 + rlen;
+        p += len + 3 + rlen;
+    }
+    *text = p;
+    *argc = a;
 }
