@@ -1,9 +1,6 @@
-"""usaged-client's calls of the budget additions the daemon does not have yet (`usage`, and
-`concurrent` rules) against the real daemon: clients/node/test/budgets/usage.test.mjs. The
-ones it has run from test_node_client.py.
-
-Not wired into tests/meson.build yet. Once the daemon has them, add ['node_budgets', 180] to
-integration_tests there."""
+"""usaged-client's calls of issue 15's additions (`usage`, and `concurrent` rules) against the
+real daemon: clients/node/test/budgets/usage.test.mjs. The other budget calls run from
+test_node_client.py."""
 
 from conftest import base_config, make_users, write_token
 from test_node_client import (BUDGET_RULE, INGEST, TOKEN, assert_passed, node_env,  # noqa: F401

@@ -35,6 +35,12 @@ export interface LimitState {
   used: number | string | null;
   remaining: number | string | null;
   resetMs: number | null;
+  /** The provider and model the rule names (null: every one); given by `usage` and, where the
+   * daemon sends them, by `check`. */
+  provider?: string | null;
+  model?: string | null;
+  /** A shadow rule: counted and reported, never denying. */
+  shadow?: boolean;
 }
 
 export interface CheckResult {
@@ -209,6 +215,9 @@ export function fromWireLimit(v: unknown): LimitState {
     used: amount(m.used),
     remaining: amount(m.remaining),
     resetMs: numOrNull(m.reset_ms),
+    ...("provider" in m ? { provider: typeof m.provider === "string" ? m.provider : null } : {}),
+    ...("model" in m ? { model: typeof m.model === "string" ? m.model : null } : {}),
+    ...(m.shadow === true ? { shadow: true } : {}),
   };
 }
 

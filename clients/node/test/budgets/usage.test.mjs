@@ -1,6 +1,5 @@
-// The budget additions the daemon does not have yet: `usage` and `concurrent` rules. Run by
-// tests/integration/test_node_budgets.py, which tests/meson.build does not run until the daemon
-// has them. The rule it configures:
+// The budget additions of issue 15 through the client: `usage` and `concurrent` rules. Run by
+// tests/integration/test_node_budgets.py. The rule it configures:
 //   { provider: bulk, model: gpt-4o, tokens_per_minute: 10000, spend_per_day: "1", concurrent: 2 }
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
@@ -16,11 +15,17 @@ const rule = (r, dimension) => r.limits.find((l) => l.dimension === dimension);
 test("usage reports every rule of a user without spending", async () => {
   const user = newUser();
   const r = await u.check(gpt(user, { tokens: 300, spend: "0.3" }));
+  const standing = (x) => x.limits.map((l) => [l.provider, l.model, l.dimension, l.window, l.used]);
   const a = await u.usage({ userId: user, provider: "bulk", model: "gpt-4o" });
-  const b = await u.usage({ userId: user });
-  assert.deepEqual(a, b, "usage spends nothing");
+  const again = await u.usage({ userId: user, provider: "bulk", model: "gpt-4o" });
+  assert.deepEqual(standing(again), standing(a), "usage spends nothing");
   assert.equal(rule(a, "tokens").used, 300);
   assert.equal(rule(a, "spend").used, "0.300000");
+  // Unnarrowed, the user's standing covers every provider's rules, the bulk model's among them.
+  const all = await u.usage({ userId: user });
+  const tokens = all.limits.find((l) => l.dimension === "tokens" && l.provider === "bulk"
+                                        && l.model === "gpt-4o");
+  assert.equal(tokens.used, 300);
   await u.settle({ reservation: r.reservation, cancel: true });
 });
 
