@@ -395,7 +395,7 @@ static int cmd_check(usaged_client *c, int argc, char **argv)
         fputs(usage_text, stderr);
         return EXIT_USAGE;
     }
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc; i += 2) { /* OPTION VALUE pairs */
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         if (!value) {
             fputs(usage_text, stderr);
@@ -416,7 +416,6 @@ static int cmd_check(usaged_client *c, int argc, char **argv)
             fputs(usage_text, stderr);
             return EXIT_USAGE;
         }
-        i++;
     }
     uint32_t msgid;
     msgpack_packer *pk = usaged_begin_request(c, USAGED_METHOD_CHECK, 1, &msgid);
