@@ -6,6 +6,7 @@ passed. The package is installed from its lockfile (`npm ci`) and built with its
 A test that restarts the daemon in the middle of a stream hands over through a marker file: the
 node side writes it once its stream is running, this side then restarts the daemon."""
 
+import fcntl
 import glob
 import os
 import re
@@ -44,14 +45,36 @@ def npm(*args):
                    check=True, stdout=subprocess.DEVNULL)
 
 
+def newest_mtime(*paths):
+    """The newest modification time of the files under paths (files or folders)."""
+    newest = 0.0
+    for path in paths:
+        if os.path.isfile(path):
+            newest = max(newest, os.path.getmtime(path))
+        for root, _, files in os.walk(path):
+            for name in files:
+                newest = max(newest, os.path.getmtime(os.path.join(root, name)))
+    return newest
+
+
 @pytest.fixture(scope="module")
 def package():
-    """clients/node installed from its lockfile and built (dist/esm, dist/cjs)."""
-    installed = os.path.join(PACKAGE, "node_modules", ".package-lock.json")
-    lock = os.path.join(PACKAGE, "package-lock.json")
-    if not os.path.exists(installed) or os.path.getmtime(installed) < os.path.getmtime(lock):
-        npm("ci")
-    npm("run", "build")
+    """clients/node installed from its lockfile and built (dist/esm, dist/cjs), once: the test
+    files that use it may run at the same time (meson runs two at once), and two `npm ci` in one
+    folder remove each other's files, so the install and the build hold a lock, and a build
+    newer than every source is kept rather than rewritten under a running test."""
+    with open(os.path.join(PACKAGE, ".install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed = os.path.join(PACKAGE, "node_modules", ".package-lock.json")
+        lockfile = os.path.join(PACKAGE, "package-lock.json")
+        if not os.path.exists(installed) or os.path.getmtime(installed) < os.path.getmtime(lockfile):
+            npm("ci")
+        stamp = os.path.join(PACKAGE, "dist", ".built")
+        sources = [os.path.join(PACKAGE, x) for x in
+                   ("src", "scripts", "package.json", "tsconfig.json", "tsconfig.cjs.json")]
+        if not os.path.exists(stamp) or os.path.getmtime(stamp) < newest_mtime(*sources):
+            npm("run", "build")
+            open(stamp, "w").close()
     return PACKAGE
 
 
