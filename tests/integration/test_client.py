@@ -161,19 +161,30 @@ def test_check_answers_with_a_coherent_result(authed):
     passes(authed, "check")
 
 
-def with_tokens_rule(ctx, amount=1000):
-    """Adds usage_limits' openai tokens-per-day rule and waits until the daemon (without auth:
-    the `plain` fixture) applies it."""
-    sql(ctx.pg, ctx.db, "INSERT INTO public.usage_limits (provider, dimension, period, amount) "
-        "VALUES ('openai', 'tokens', 'day', %s)", (amount,))
+def wait_for_tokens_rule(ctx):
+    """Waits until the daemon's check answers name a tokens rule for openai; the last answer
+    is in the message if it never does."""
+    last = []
 
     def applied():
         with ctx.daemon.client() as c:
             err, r = c.wait(c.send_request("check", [{"user_id": ctx.user, "provider": "openai",
                                                       "cost": 0}]))
+            last[:] = [err, r]
             # unavailable: the daemon has not read the limits yet, right after its start
             return err is None and any(x["dimension"] == "tokens" for x in r["limits"])
-    servers.wait_for(applied, 30, "the tokens rule")
+    try:
+        servers.wait_for(applied, 30, "the tokens rule")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; the last answer: {last}") from None
+
+
+def with_tokens_rule(ctx, amount=1000):
+    """Adds usage_limits' openai tokens-per-day rule and waits until the daemon (without auth:
+    the `plain` fixture) applies it."""
+    sql(ctx.pg, ctx.db, "INSERT INTO public.usage_limits (provider, dimension, period, amount) "
+        "VALUES ('openai', 'tokens', 'day', %s)", (amount,))
+    wait_for_tokens_rule(ctx)
 
 
 def passes_without_auth(ctx, test):
@@ -266,8 +277,19 @@ def test_usagectl_an_invalid_event_exits_one_naming_the_field(plain):
     assert "invalid_field" in r.stderr and "status_code" in r.stderr
 
 
-def test_usagectl_check_with_tokens_then_settle(plain):
-    with_tokens_rule(plain, 100)
+@pytest.fixture
+def tokens_100(daemon_factory, workdir, pg, db, redis_server):
+    """A daemon without auth whose config limits openai to 100 tokens a day per user."""
+    user = make_users(pg, db, 1)[0]
+    cfg = (base_config(workdir, pg=pg, dbname=db, redis=redis_server) + INGEST
+           + "limits:\n  rules:\n    - { provider: openai, tokens_per_day: 100 }\n")
+    ctx = types.SimpleNamespace(daemon=daemon_factory(cfg), user=user, db=db, pg=pg)
+    wait_for_tokens_rule(ctx)
+    return ctx
+
+
+def test_usagectl_check_with_tokens_then_settle(tokens_100):
+    plain = tokens_100
     sock = plain.daemon.socket
     r = usagectl("check", plain.user, "openai", "--tokens", "80", "--model", "gpt-4o",
                  "--spend", "0.5", socket=sock)
