@@ -107,7 +107,7 @@ struct check_call *check_call_new(const char *sha, const char *key_prefix, uint3
     bool failed = t.failed;
     t = (struct text){0};
 
-    /* A key part's start, per provider (flush_batch): the rules count in one scope, the
+    /* A head, per provider (send_script_call): the rules count in one scope, the
      * provider's (limiter_scope_suffix: ":p:" provider), minute before day as rules_resolve
      * orders them. */
     cc->head_off = calloc(nproviders + 1, sizeof(*cc->head_off));
@@ -197,10 +197,21 @@ void check_call_write(struct check_call *cc, const uint32_t *keys, uint32_t k, r
                       void *data)
 {
     uint32_t parts = group(cc, keys, k);
+    /* The heads: one per provider of the call, numbered in the order of their first part. */
+    uint32_t heads = 0;
+    for (uint32_t i = 0; i < parts; i++) {
+        uint32_t p = cc->part_key[i] % cc->nproviders, h = 0;
+        while (h < heads && cc->head_provider[h] != p)
+            h++;
+        if (h == heads)
+            cc->head_provider[heads++] = p;
+        cc->part_head[i] = h + 1;
+    }
     /* EVALSHA, sha, numkeys (0: one Redis, no KEYS), "c", TTL, the number of parts and their
-     * bases; per part its scope (2), rules (1 + 5 per rule) and checks (1 + 4 per check). */
-    uint64_t argc = 3 + 2 + 1 + (uint64_t)parts + (uint64_t)parts * (2 + 1 + 5 * cc->rules + 1) +
-                    4 * (uint64_t)k;
+     * bases; the number of heads and each (scope: 2, rules: 1 + 5 per rule); per part its
+     * head's number and checks (1 + 4 per check). */
+    uint64_t argc = 3 + 2 + 1 + (uint64_t)parts + 1 + (uint64_t)heads * (2 + 1 + 5 * cc->rules) +
+                    (uint64_t)parts * 2 + 4 * (uint64_t)k;
     char head[128];
     int n = snprintf(head, sizeof(head), "*%" PRIu64 "\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n", argc,
                      cc->sha);
@@ -213,9 +224,15 @@ void check_call_write(struct check_call *cc, const uint32_t *keys, uint32_t k, r
         uint32_t user = cc->part_key[i] / cc->nproviders;
         write(data, cc->bases + (size_t)user * cc->base_len, cc->base_len);
     }
-    for (uint32_t i = 0; i < parts; i++) {
-        uint32_t p = cc->part_key[i] % cc->nproviders;
+    n = snprintf(head, sizeof(head), "%u", heads);
+    resp_bulk(write, data, head, (size_t)n);
+    for (uint32_t h = 0; h < heads; h++) {
+        uint32_t p = cc->head_provider[h];
         write(data, cc->heads + cc->head_off[p], cc->head_off[p + 1] - cc->head_off[p]);
+    }
+    for (uint32_t i = 0; i < parts; i++) {
+        n = snprintf(head, sizeof(head), "%u", cc->part_head[i]);
+        resp_bulk(write, data, head, (size_t)n);
         n = snprintf(head, sizeof(head), "%u", cc->part_n[i]);
         resp_bulk(write, data, head, (size_t)n);
         for (uint32_t j = 0; j < cc->part_n[i]; j++)

@@ -15,9 +15,11 @@
  * A call of k checks, each on a key (user, provider), in the order they fell due:
  *   EVALSHA sha 0 (no KEYS: they are for a Redis Cluster's routing only);
  *   ARGV: "c", the reservation TTL, the number of key parts and per key part the user's base
- *   "prefix{user_id}", then per key part: 1 (one scope), its suffix ":p:" provider,
- *   the number of rules, per rule 1 (the scope), its field ("rm", "rd") and limit; the number
- *   of checks, per check its cost, tokens 0, spend 0 and "" (no reservation).
+ *   "prefix{user_id}"; the number of heads, one per provider of the call in the order of its
+ *   first key part, each: 1 (one scope), its suffix ":p:" provider, the number of rules, per
+ *   rule 1 (the scope), its field ("rm", "rd"), limit, "0" (not shadow) and "0" (no alert);
+ *   then per key part: its head's number, the number of checks, per check its cost, tokens 0,
+ *   spend 0 and "" (no reservation).
  * A key's checks in one call are one key part, placed where its first check came (at most 512
  * of them, the daemon's MAX_COSTS_PER_CALL: the daemon queues the rest behind the call, where
  * here they start a second part). A window whose limit is -1 (unlimited) is no rule.
@@ -41,7 +43,7 @@ struct check_call {
     uint32_t rules;    /* rules per check (1 or 2) */
     char *bases;       /* per user, its base as a RESP bulk string, base_len bytes each */
     size_t base_len;   /* the same for every user: the prefix and a uuid */
-    char *heads;       /* per provider, the start of its key part (scope, rules), in RESP */
+    char *heads;       /* per provider, its head (scope, rules), in RESP */
     size_t *head_off;  /* [nproviders + 1]: provider p's is heads[off[p] .. off[p + 1]) */
     char preamble[64]; /* "c" and the reservation TTL, in RESP */
     size_t preamble_len;
@@ -50,6 +52,8 @@ struct check_call {
     /* A call's key parts: the key and the number of checks of each, in KEYS order, and the
      * table that finds a key's part (a slot is this call's when its stamp is). */
     uint32_t part_key[CHECK_CALL_MAX_CHECKS], part_n[CHECK_CALL_MAX_CHECKS];
+    uint32_t part_head[CHECK_CALL_MAX_CHECKS];     /* the number of the part's head */
+    uint32_t head_provider[CHECK_CALL_MAX_CHECKS]; /* per head of the call, its provider */
     uint32_t slot_key[CHECK_CALL_TABLE], slot_part[CHECK_CALL_TABLE];
     uint32_t slot_stamp[CHECK_CALL_TABLE];
     uint32_t stamp;

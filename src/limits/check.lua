@@ -1,47 +1,41 @@
 -- check.lua: the limiter's one script, for checks (ARGV[1] = 'c') and settles ('s'), many of
--- them per call (src/limits/limiter.c sends it; scripts/embed_text.py embeds it at build time).
+-- them per call (src/limits/limiter.c sends it; scripts/embed_text.py embeds it). Keep it under
+-- 16 KB: a Redis that wants AUTH refuses a longer SCRIPT LOAD before it as a protocol error.
 --
--- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of the user's base
--- "prefix{user_id}" (ARGV[3 + k] for user k: see below). A counting scope (a user, with the
--- provider and/or model a rule names) is one hash, base .. suffix, holding for each window w (m
--- minute, h hour, d day, M month) the field 'w'..w = the window's id and a count per dimension d
--- (r requests, t tokens, s spend in micro-dollars) in the field d..w. One read and one write per
--- scope, whatever the number of rules; the hash expires a minute after the end of the longest
--- window counted in it. A window whose id has moved on counts from 0. A reservation is the string
--- base .. ':r:' .. id, made with its expiry (ARGV[2] seconds) in one SET: a first line "cost
--- tokens spend" (what its check charged), then per charged field a line "field window_id suffix";
--- once settled it is "d", with the expiry it had.
+-- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of its base
+-- "prefix{user_id}". A counting scope (a user, with the provider and/or model a rule names) is
+-- one hash, base .. suffix. A count is the field named after its dimension (r requests, t
+-- tokens, s spend in micro-dollars), window w (m minute, h hour, d day, M month) and window id:
+-- 'rm:29942149'. A check charges it with HINCRBY, which reads nothing first (a new window's
+-- count is a new field), and a denied check's charge is given back (atomic: nobody sees it).
+-- The field w holds the scope's current window id: when a count of a new window is made, the
+-- previous window's counts and alert markers go, and the hash's expiry moves to a minute after
+-- the end of its longest window. A reservation is the string base .. ':r:' .. id, made with its
+-- expiry (ARGV[2] s) in one SET: "cost tokens spend" (its check's), then per scope a line of
+-- the counts charged there ("cc": a concurrent slot) and the scope's suffix (which begins with
+-- ':'); once settled it is "d", with the expiry it had.
 --
--- A concurrent rule (field 'cc') counts calls in flight instead: a sorted set base .. suffix ..
--- ':c' whose members are the reservations holding a slot, scored by when the slot lapses (now +
--- the reservation TTL, in ms). A slot is taken by an allowed check that is not a peek, given
--- back by settling the reservation (a line "cc 0 suffix" in it), and a lapsed one is dropped by
--- the next check that reads the set: a daemon that dies leaks no slot past the TTL.
+-- A concurrent rule ('cc') counts calls in flight: a sorted set base .. suffix .. ':c' of the
+-- reservations holding a slot, scored by when it lapses (now + the TTL, in ms). An allowed check
+-- that is not a peek takes one, settling gives it back, and the next check drops lapsed ones.
+-- A shadow rule (flag '1') is counted and charged but never denies. A rule with an alert share
+-- P (1..100, 0 none) is alerted by the first check in a window that leaves its use at P% of its
+-- limit or more: HSETNX of the scope's field 'a' .. count ('A' for a shadow rule) makes that
+-- once per user, rule and window across daemons. Windows come from Redis's TIME, UTC: minutes,
+-- hours and days since the epoch, months (year * 12 + month - 1), proleptic Gregorian.
 --
--- A shadow rule (its flag '1') is counted and charged like the others but never denies: the
--- daemon reports when it would have.
---
--- A rule with an alert share P (1..100, '0' none) is alerted by the first check in a window that
--- charges it and leaves its use at P% of its limit or more: the scope's field 'a' .. field (a
--- shadow rule's: 'A' .. field) records the window's id, so that it happens once per user, rule
--- and window whatever the number of daemons; the check's answer says which rules it alerted.
---
--- Windows come from Redis's TIME, UTC: minutes, hours and days since the epoch, and months
--- (year * 12 + month - 1) of the proleptic Gregorian calendar.
---
--- 'c': for each user k: ns, the ns scope suffixes; nr, per counted rule: its scope's index,
--- its field (dimension .. window, or 'cc'), its limit, '1' for a shadow rule, its alert share;
--- nc, per check: cost, tokens, spend, reservation
--- id ('' for none). Checks are applied in order, atomically over every rule: allowed only if
--- every rule has room (used + amount <= limit, and no rule already at its limit when the amount
--- is 0, unless the check is a peek: all amounts 0, refused only past a limit), then all are
--- charged; denied, nothing changes. Returns {now_ms, then per check: 0 allowed or 1 denied,
--- each rule's use after it, and the rules it alerted ('' or their numbers, "2,5")}; a scope that
--- cannot be counted (a key of another type, or a count that is not a number: written by someone
--- else) answers -1 and the error for every check of its user, and changes nothing there.
--- 's': for each user k: reservation id, tokens and spend used ('' keeps the estimate), '1' to
--- cancel. The difference goes to every field the check charged whose window is still the
--- current one (cancel gives back all, requests included); counts stop at 0. Returns {now_ms,
+-- 'c': ARGV[3] users, their bases, then nh heads, each: ns, ns scope suffixes, nr, per rule:
+-- its scope's index, field (dimension .. window, or 'cc'), limit, '1' for shadow, alert share;
+-- then per user: its head's index, nc, per check: cost, tokens, spend, reservation id ('' none).
+-- Checks apply in order, atomically over every rule: allowed only if every rule has room (used
+-- + amount <= limit, and none at its limit when the amount is 0; a peek, all amounts 0, only
+-- past a limit), then all are charged; denied, nothing changes. Returns {now_ms, then per
+-- check: 0 allowed or 1 denied, each rule's use after it, the rules it alerted ('' or "2,5")};
+-- a scope that cannot be counted (of another type, or not a number) answers -1 and the error
+-- for every check of its user, and changes nothing there.
+-- 's': ARGV[3] users, their bases, then per user: reservation id, tokens and spend used (''
+-- keeps the estimate), '1' to cancel. The difference goes to every count the check charged
+-- whose window is still current (cancel gives back all); counts stop at 0. Returns {now_ms,
 -- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation}.
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
@@ -73,20 +67,50 @@ local function month()
   left.M = (era2 * 146097 + doe2 - 719468) * 86400 - sec
 end
 local out = {now}
--- ARGV[3] is the number of users nb, ARGV[4 .. 3 + nb] their bases; the per-user arguments
--- above follow them. KEYS themselves are for routing only and the script never reads them:
--- on one Redis the daemon declares none; on a Redis Cluster, every existing key a check will
--- touch (its scopes' hashes) and the reservations it makes or a settle reads. A slot being
--- migrated is routed by the declared keys alone: a base (which never exists) declared, or a
--- touched key left out, would send calls to the importing node before the counts are there.
+-- KEYS are for routing only, never read: none on one Redis; on a Redis Cluster every existing
+-- key a call touches (a slot being migrated is routed by the declared keys alone).
 local nb = tonumber(ARGV[3])
 local a = 4 + nb
+local sbyte, ssub, format = string.byte, string.sub, string.format
+
+-- A count's field in the current window ('rm' -> 'rm:29942149'), made once per call.
+local names = {}
+local function named(f)
+  local n = names[f]
+  if not n then
+    local w = ssub(f, 2, 2)
+    if w == 'M' and not wids.M then month() end
+    n = f .. ':' .. wids[w]
+    names[f] = n
+  end
+  return n
+end
+
+-- An amount as Redis reads an integer (a Lua number past 10^14 would go as "1e+14").
+local function int(x)
+  if x < 1e14 and x > -1e14 then return x end
+  return format('%d', x)
+end
+
+-- A count of a new window w was made in the hash key: its previous window's counts and alert
+-- markers go, and the field w notes the new window. Returns true when the window was new.
+local function roll(key, w)
+  local old = redis.call('HGET', key, w)
+  if old == wids[w] then return false end
+  redis.call('HSET', key, w, wids[w])
+  if old then
+    local o = w .. ':' .. old
+    redis.call('HDEL', key, 'r' .. o, 't' .. o, 's' .. o, 'ar' .. o, 'at' .. o, 'as' .. o,
+               'Ar' .. o, 'At' .. o, 'As' .. o)
+  end
+  return true
+end
 
 if ARGV[1] == 's' then
   for k = 1, nb do
     local base = ARGV[3 + k]
-    local tok, sp, cancel = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
-    local rk = base .. ':r:' .. ARGV[a]
+    local rid, tok, sp, cancel = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
+    local rk = base .. ':r:' .. rid
     a = a + 4
     local r = redis.pcall('GET', rk)
     local c, rt, rsp, lines
@@ -107,21 +131,30 @@ if ARGV[1] == 's' then
         if tok ~= '' then delta.t = tonumber(tok) - tonumber(rt) end
         if sp ~= '' then delta.s = tonumber(sp) - tonumber(rsp) end
       end
-      for line in string.gmatch(lines, '[^\n]+') do
-        local f, w, suffix = string.match(line, '^(%S+) (%S+) (.*)$')
-        local win = string.sub(f, 2, 2)
-        if f == 'cc' then redis.pcall('ZREM', base .. suffix .. ':c', ARGV[a - 4]) end
-        if win == 'M' and not wids.M then month() end
-        local d = delta[string.sub(f, 1, 1)]
-        if d and d ~= 0 and w == wids[win] then
-          local key = base .. suffix
-          local cur = redis.pcall('HMGET', key, 'w' .. win, f)
-          if not cur.err and cur[1] == w then
-            local v = (tonumber(cur[2]) or 0) + d
-            if v < 0 then v = 0 end
-            redis.call('HSET', key, f, v)
+      -- Per scope: its counts, then its suffix. (A reservation of the layout before this one,
+      -- "field window_id suffix" per line, matches no count here: its counts are gone.)
+      -- (Counts are words beginning with a letter: the first " :" begins the suffix.)
+      for counts, suffix in string.gmatch(lines, '([^\n]-) (:[^\n]*)') do
+        local key, span, rolled = base .. suffix, 0, false
+        for f in string.gmatch(counts, '%S+') do
+          local dim, win, w = string.match(f, '^(%a)(%a):(%d+)$')
+          if f == 'cc' then
+            redis.pcall('ZREM', key .. ':c', rid)
+          elseif dim then
+            if win == 'M' and not wids.M then month() end
+            local d = delta[dim]
+            if left[win] > span then span = left[win] end
+            if d and d ~= 0 and w == wids[win] then
+              local v = redis.pcall('HINCRBY', key, f, int(d))
+              if type(v) == 'number' then
+                if v < 0 then redis.call('HSET', key, f, 0) end
+                -- A count the check had not charged (its amount was 0) starts its window here.
+                if v == d and roll(key, win) then rolled = true end
+              end
+            end
           end
         end
+        if rolled then redis.call('EXPIRE', key, span + 60) end
       end
       redis.call('SET', rk, 'd', 'KEEPTTL')
       out[#out + 1] = 0
@@ -131,96 +164,124 @@ if ARGV[1] == 's' then
 end
 
 local ttl = ARGV[2]
-local sbyte, ssub = string.byte, string.sub
--- Tables reused from key to key (a table per key and rule was most of the script's cost):
--- per scope its suffix and flags, per rule its scope, field, limit, dimension (byte), window,
--- use, shadow flag, alert share, alert marker field and whether it was alerted in this window;
--- buf holds a command's arguments.
-local sfx, changed, rolled, existed = {}, {}, {}, {}
-local rs, rf, rl, rd, rw, used, buf = {}, {}, {}, {}, {}, {}, {}
-local rsh, ral, mark, alerted = {}, {}, {}, {}
-for k = 1, nb do
-  local base = ARGV[3 + k]
+local wbit = {m = 1, h = 2, d = 4, M = 8}
+-- The heads, read once: per head its scopes' suffixes and longest window's seconds left, and
+-- per rule its scope, count (the field of the current window), window's bit, limit, dimension
+-- (byte), shadow flag, alert share and the earlier rule counting the same (a shadow rule and
+-- an enforced one may); and its reservations' lines once made.
+local heads, nh = {}, tonumber(ARGV[a])
+a = a + 1
+for h = 1, nh do
   local ns = tonumber(ARGV[a])
-  for s = 1, ns do
-    sfx[s] = ARGV[a + s]
-    changed[s], rolled[s], existed[s] = false, false, false
-  end
+  local sfx, span = {}, {}
+  for s = 1, ns do sfx[s], span[s] = ARGV[a + s], 0 end
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
+  local rs, rc, rb, rl, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}
   for j = 1, nr do
-    local f = ARGV[a + 1]
-    rs[j], rf[j], rl[j] = tonumber(ARGV[a]), f, tonumber(ARGV[a + 2])
-    rd[j], rw[j], rsh[j] = sbyte(f, 1), ssub(f, 2, 2), ARGV[a + 3] == '1'
-    ral[j] = tonumber(ARGV[a + 4])
-    mark[j] = ral[j] > 0 and rd[j] ~= 99 and (rsh[j] and 'A' or 'a') .. f
-    alerted[j] = false
-    if rw[j] == 'M' and not wids.M then month() end
+    local s, f = tonumber(ARGV[a]), ARGV[a + 1]
+    rs[j], rl[j], rd[j] = s, tonumber(ARGV[a + 2]), sbyte(f, 1)
+    rsh[j], ral[j], same[j] = ARGV[a + 3] == '1', tonumber(ARGV[a + 4]), false
+    if rd[j] == 99 then
+      rc[j] = 'cc'
+    else
+      local w = ssub(f, 2, 2)
+      rc[j], rb[j] = named(f), wbit[w]
+      if left[w] > span[s] then span[s] = left[w] end
+      for i = 1, j - 1 do
+        if rs[i] == s and rc[i] == rc[j] then
+          same[j] = i
+          break
+        end
+      end
+    end
     a = a + 5
   end
-  -- One read per scope: each of its rules' window id, count and alert marker; the slots in use
-  -- of its concurrent rules, once lapsed ones are dropped.
+  heads[h] = {ns = ns, sfx = sfx, span = span, nr = nr, rs = rs, rc = rc, rb = rb, rl = rl,
+              rd = rd, rsh = rsh, ral = ral, same = same}
+end
+-- Per user, reused (a table per user and rule was most of the script's cost): per scope its
+-- key and the windows whose counts it began; per rule its use, what the user's checks were
+-- charged at first and what the allowed ones spent, and whether it was alerted (or asked);
+-- per check its amounts and where its arguments are.
+local skey, fresh, used, charged, spent, alerted = {}, {}, {}, {}, {}, {}
+local cr, ct, cs, carg = {}, {}, {}, {}
+for k = 1, nb do
+  local base, hd = ARGV[3 + k], heads[tonumber(ARGV[a])]
+  local ns, nr, rs, rc, rb, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rb, hd.rl
+  local rd, rsh, ral, same = hd.rd, hd.rsh, hd.ral, hd.same
+  for s = 1, ns do skey[s], fresh[s] = base .. hd.sfx[s], 0 end
+  for j = 1, nr do alerted[j], charged[j], spent[j] = false, 0, 0 end
+  local nc = tonumber(ARGV[a + 1])
+  a = a + 2
+  local sr, st, ss = 0, 0, 0
+  for i = 1, nc do
+    local x, y, z = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    cr[i], ct[i], cs[i], carg[i] = x, y, z, a
+    sr, st, ss = sr + x, st + y, ss + z
+    a = a + 4
+  end
+  -- Every count is charged with what all the user's checks ask of it, in one HINCRBY that
+  -- returns the use (the use before them is that less the charge); one nothing is asked of is
+  -- read; a concurrent rule's slots are counted once lapsed ones are dropped.
   local err = nil
-  for s = 1, ns do
-    local n = 0
-    for j = 1, nr do
-      if rs[j] == s then
-        if rd[j] == 99 then
-          local key = base .. sfx[s] .. ':c'
-          local v = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now)
-          if type(v) == 'table' and v.err then err = v.err end
-          v = redis.pcall('ZCARD', key)
-          if type(v) == 'table' and v.err then err = v.err end
-          used[j] = tonumber(v) or 0
-        else
-          buf[n + 1], buf[n + 2], buf[n + 3] = 'w' .. rw[j], rf[j], mark[j] or rf[j]
-          n = n + 3
-        end
-      end
-    end
-    local v = n > 0 and redis.pcall('HMGET', base .. sfx[s], unpack(buf, 1, n)) or {}
-    if v.err then
-      err = v.err
+  for j = 1, nr do
+    local d = rd[j]
+    if err then
+      break
+    elseif d == 99 then
+      local key = skey[rs[j]] .. ':c'
+      local v = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now)
+      if type(v) == 'table' and v.err then err = v.err end
+      v = redis.pcall('ZCARD', key)
+      if type(v) == 'table' and v.err then err = v.err end
+      used[j] = tonumber(v) or 0
+    elseif same[j] then
+      used[j] = used[same[j]]
     else
-      local i = 1
-      for j = 1, nr do
-        if rs[j] == s and rd[j] ~= 99 then
-          local w = v[i]
-          if w then existed[s] = true end
-          if w ~= wids[rw[j]] then
-            used[j] = 0 -- a new window counts from 0
-            rolled[s] = true
-          else
-            used[j] = tonumber(v[i + 1] or 0)
-            if not used[j] then
-              err = 'the count ' .. rf[j] .. ' of ' .. base .. sfx[s] .. ' is not a number'
-              used[j] = 0
-            end
-          end
-          alerted[j] = mark[j] and v[i + 2] == wids[rw[j]]
-          i = i + 3
+      local o = d == 114 and 0 or (d == 116 and 1 or 2)
+      local x = o == 0 and sr or (o == 1 and st or ss)
+      local key = skey[rs[j]]
+      if x > 0 then
+        -- One check's amount goes as the string it came as.
+        local v = redis.pcall('HINCRBY', key, rc[j], nc > 1 and int(x) or ARGV[carg[1] + o])
+        if type(v) == 'table' then
+          err = v.err
+        else
+          charged[j], used[j] = x, v - x
+          local b, s = rb[j], rs[j]
+          if v == x and fresh[s] % (2 * b) < b then fresh[s] = fresh[s] + b end
+        end
+      else
+        local v = redis.pcall('HGET', key, rc[j])
+        if type(v) == 'table' then
+          err = v.err
+        else
+          used[j] = tonumber(v) or 0
+          if v and not tonumber(v) then err = 'the count ' .. rc[j] .. ' of ' .. key .. ' is not a number' end
         end
       end
     end
   end
-  local nc = tonumber(ARGV[a])
-  a = a + 1
-  for i = 1, nc do
-    local cr, ct, cs = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    local rid = ARGV[a + 3]
-    a = a + 4
-    if err then
+  if err then
+    for j = 1, nr do
+      if charged[j] > 0 then redis.call('HINCRBY', skey[rs[j]], rc[j], int(-charged[j])) end
+    end
+    for i = 1, nc do
       out[#out + 1] = -1
       out[#out + 1] = err
       for j = 2, nr do out[#out + 1] = 0 end
       out[#out + 1] = ''
-    else
-      local peek = cr == 0 and ct == 0 and cs == 0
+    end
+  else
+    for i = 1, nc do
+      local xr, xt, xs = cr[i], ct[i], cs[i]
+      local peek = xr == 0 and xt == 0 and xs == 0
       local deny, alerts = false, nil
       for j = 1, nr do
         local d = rd[j]
-        local x = d == 114 and cr or (d == 116 and ct or (d == 99 and 1 or cs))
+        local x = d == 114 and xr or (d == 116 and xt or (d == 99 and 1 or xs))
         local u, lim = used[j], rl[j]
         if rsh[j] then
           -- a shadow rule: never denies
@@ -230,40 +291,47 @@ for k = 1, nb do
           deny = true
         end
       end
+      local rid = ARGV[carg[i] + 3]
       if not deny and not peek then
         for j = 1, nr do
           local d = rd[j]
           if d == 99 then
             if rid ~= '' then
-              local key = base .. sfx[rs[j]] .. ':c'
+              local key = skey[rs[j]] .. ':c'
               redis.call('ZADD', key, now + ttl * 1000, rid)
               redis.call('PEXPIRE', key, ttl * 1000 + 60000)
               used[j] = redis.call('ZCARD', key)
             end
           else
-            local x = d == 114 and cr or (d == 116 and ct or cs)
+            local x = d == 114 and xr or (d == 116 and xt or xs)
             if x ~= 0 then
-              used[j] = used[j] + x
-              changed[rs[j]] = true
-              if mark[j] and not alerted[j] and used[j] * 100 >= ral[j] * rl[j] then
+              used[j], spent[j] = used[j] + x, spent[j] + x
+              if ral[j] > 0 and not alerted[j] and used[j] * 100 >= ral[j] * rl[j] then
                 alerted[j] = true
-                redis.call('HSET', base .. sfx[rs[j]], mark[j], wids[rw[j]])
-                alerts = alerts and alerts .. ',' .. j or tostring(j)
+                if redis.call('HSETNX', skey[rs[j]], (rsh[j] and 'A' or 'a') .. rc[j], 1) == 1 then
+                  alerts = alerts and alerts .. ',' .. j or tostring(j)
+                end
               end
             end
           end
         end
         if rid ~= '' then
-          -- One line per field and scope: a shadow rule and an enforced one may count the same.
-          local parts, seen = {ARGV[a - 4] .. ' ' .. ARGV[a - 3] .. ' ' .. ARGV[a - 2]}, {}
-          for j = 1, nr do
-            local line = rf[j] .. ' ' .. (wids[rw[j]] or '0') .. ' ' .. sfx[rs[j]]
-            if not seen[line] then
-              seen[line] = true
-              parts[#parts + 1] = line
+          if not hd.resv then
+            -- Per scope, each count once.
+            local lines = {}
+            for s = 1, ns do
+              local line = nil
+              for j = 1, nr do
+                if rs[j] == s and not same[j] then line = (line and line .. ' ' or '') .. rc[j] end
+              end
+              if line then lines[#lines + 1] = line .. ' ' .. hd.sfx[s] end
             end
+            hd.resv = table.concat(lines, '\n')
           end
-          redis.call('SET', base .. ':r:' .. rid, table.concat(parts, '\n'), 'EX', ttl)
+          local c = carg[i]
+          redis.call('SET', base .. ':r:' .. rid,
+                     ARGV[c] .. ' ' .. ARGV[c + 1] .. ' ' .. ARGV[c + 2] .. '\n' .. hd.resv,
+                     'EX', ttl)
         end
       end
       local o = #out
@@ -271,38 +339,21 @@ for k = 1, nb do
       for j = 1, nr do out[o + 1 + j] = used[j] end
       out[o + 2 + nr] = alerts or ''
     end
-  end
-  if not err then
-    -- One write per scope that changed: its rules' window ids and counts. A window that rolled
-    -- over also drops the counts of dimensions no rule counts any more (so that a rule added
-    -- later does not read an old window's count), and sets the expiry.
+    -- What the denied checks had been charged goes back; a scope that began a window drops
+    -- the previous one's counts and keeps its hash until its longest window has ended.
+    for j = 1, nr do
+      if rd[j] ~= 99 and not same[j] and charged[j] ~= spent[j] then
+        redis.call('HINCRBY', skey[rs[j]], rc[j], int(spent[j] - charged[j]))
+      end
+    end
     for s = 1, ns do
-      if changed[s] or rolled[s] then
-        local key, n, e = base .. sfx[s], 0, 0
-        for j = 1, nr do
-          if rs[j] == s and rd[j] ~= 99 then
-            local w = rw[j]
-            buf[n + 1], buf[n + 2], buf[n + 3], buf[n + 4] = 'w' .. w, wids[w], rf[j], used[j]
-            n = n + 4
-            if left[w] > e then e = left[w] end
-          end
+      local bits = fresh[s]
+      if bits > 0 then
+        local rolled = false
+        for w, b in pairs(wbit) do
+          if bits % (2 * b) >= b and roll(skey[s], w) then rolled = true end
         end
-        redis.call('HSET', key, unpack(buf, 1, n))
-        if rolled[s] and existed[s] then
-          local stale = {}
-          for j = 1, nr do
-            if rs[j] == s and rd[j] ~= 99 then
-              stale['r' .. rw[j]], stale['t' .. rw[j]], stale['s' .. rw[j]] = true, true, true
-            end
-          end
-          for j = 1, nr do
-            if rs[j] == s then stale[rf[j]] = nil end
-          end
-          local drop = {}
-          for f, _ in pairs(stale) do drop[#drop + 1] = f end
-          if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
-        end
-        if rolled[s] then redis.call('EXPIRE', key, e + 60) end
+        if rolled then redis.call('EXPIRE', skey[s], hd.span[s] + 60) end
       end
     end
   end

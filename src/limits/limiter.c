@@ -518,15 +518,22 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     bool declare = redis_is_cluster(&l->redis);
 
     /* argv: the declared keys, then 'c', the reservation TTL, the number of users and their
-     * bases, and per user: its scopes, its rules, its checks. Every piece gets its own slot of
-     * the text, sized for the longest it can be. */
-    size_t argc = ncalls + 3, text_cap = 96;
+     * bases, the number of distinct heads and each (its scopes, its rules: users with the same
+     * provider, model and rules share one, which the script reads once), then per user: its
+     * head's number and its checks. Every piece gets its own slot of the text, sized for the
+     * longest it can be. */
+    size_t argc = ncalls + 4, text_cap = 96;
     size_t prefix_len = strlen(l->key_prefix), base_cap = prefix_len + UUID_STRING_LEN + 2;
     size_t suffix_cap = RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16;
+    struct limiter_head *heads = xmalloc(ncalls * sizeof(*heads));
+    uint32_t *head_of = xmalloc(ncalls * sizeof(*head_of)), h = 0;
     for (struct limiter_call *call = batch->calls; call; call = call->next) {
+        heads[h++] = (struct limiter_head){call->provider, call->model, call->provider_len,
+                                           call->model_len, &call->lim};
         batch->elements += call->n * (2 + (size_t)call->lim.counted);
-        argc += 2 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
-        text_cap += base_cap + 4 * suffix_cap + 24 * (2 + 5 * (size_t)call->lim.counted + 4 * call->n);
+        argc += 3 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
+        text_cap += base_cap + 4 * suffix_cap +
+                    24 * (4 + 5 * (size_t)call->lim.counted + 4 * call->n);
         if (declare) {
             argc += 8 + call->n;
             text_cap += 8 * (base_cap + suffix_cap + 2) + call->n * (base_cap + 3 + LOCAL_RID_LEN);
@@ -552,7 +559,15 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     ARG(fmt_u64(p, ncalls));
     for (struct limiter_call *call = batch->calls; call; call = call->next)
         ARG(limiter_format_base(l, call->user_id, p, base_cap));
-    for (struct limiter_call *call = batch->calls; call; call = call->next) {
+    /* The distinct heads (scopes and rules), once each, then each user's head and checks. */
+    uint32_t nheads = limiter_number_heads(heads, ncalls, head_of);
+    ARG(fmt_u64(p, nheads));
+    uint32_t written = 0; /* heads are numbered in the order they first come */
+    h = 0;
+    for (struct limiter_call *call = batch->calls; call; call = call->next, h++) {
+        if (head_of[h] <= written)
+            continue;
+        written = head_of[h];
         const struct rules_resolved *lim = &call->lim;
         int scope_of[RULES_APPLY_MAX];
         const struct rules_applied *rep[4];
@@ -571,6 +586,10 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
             ARG((p[0] = r->shadow ? '1' : '0', 1));
             ARG(fmt_u64(p, r->alert_percent));
         }
+    }
+    h = 0;
+    for (struct limiter_call *call = batch->calls; call; call = call->next, h++) {
+        ARG(fmt_u64(p, head_of[h]));
         ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
             ARG(fmt_u64(p, c->amounts.cost));
@@ -583,6 +602,8 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
     redis_eval(&l->redis, (int)nkeys, (int)a, argv, lens, l->timeout_ms, on_script_reply, batch);
+    free(heads);
+    free(head_of);
     free(argv);
     free(lens);
     free(text);

@@ -27,6 +27,16 @@ void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], co
                           size_t plen, const char *model, size_t mlen,
                           const struct rules_resolved *lim, const struct limiter_check *checks,
                           const char **argv, size_t *lens, char **text, size_t *argc);
+/* limiter_slots.c: what a key call's part of the script call begins with (its scopes and rules),
+ * which the script reads once for every key call that has the same. */
+struct limiter_head {
+    const char *provider, *model;
+    size_t plen, mlen;
+    const struct rules_resolved *lim;
+};
+/* Numbers the distinct heads among heads[0 .. n-1] from 1, in the order they first come:
+ * head_of[i] is heads[i]'s number. Returns how many there are. */
+uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32_t *head_of);
 size_t limiter_scope_suffix(const struct rules_applied *r, const char *provider, size_t plen,
                             const char *model, size_t mlen, char *out);
 

@@ -1,7 +1,8 @@
 /* limiter_slots: the limiter's script calls on a Redis Cluster, where one call may only hold
  * the keys of one slot: a list of calls (or settles) goes out as one call per slot of its
- * users' bases (redis_send_by_slot), and as one call on any other deployment; and the keys a
- * check's call declares there (routing during a slot migration looks at those alone). */
+ * users' bases (redis_send_by_slot), and as one call on any other deployment; the keys a
+ * check's call declares there (routing during a slot migration looks at those alone); and the
+ * heads (scopes and rules) that a call's users share. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,4 +114,61 @@ void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], co
     }
     *text = p;
     *argc = a;
+}
+
+/* Heads are equal when their provider, model and counted rules are: then so are the scopes'
+ * suffixes and the rules' arguments. */
+static bool same_head(const struct limiter_head *a, const struct limiter_head *b)
+{
+    if (a->plen != b->plen || a->mlen != b->mlen || a->lim->counted != b->lim->counted ||
+        memcmp(a->provider, b->provider, a->plen) != 0 || memcmp(a->model, b->model, a->mlen) != 0)
+        return false;
+    for (int i = 0; i < a->lim->counted; i++) {
+        const struct rules_applied *x = &a->lim->rule[i], *y = &b->lim->rule[i];
+        if (x->dimension != y->dimension || x->window != y->window || x->shadow != y->shadow ||
+            x->alert_percent != y->alert_percent || x->by_provider != y->by_provider ||
+            x->by_model != y->by_model || x->limit != y->limit)
+            return false;
+    }
+    return true;
+}
+
+static uint64_t hash_bytes(uint64_t h, const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211u; /* FNV-1a */
+    return h;
+}
+
+static uint64_t hash_head(const struct limiter_head *hd)
+{
+    uint64_t h = hash_bytes(14695981039346656037u, hd->provider, hd->plen);
+    h = hash_bytes(h, hd->model, hd->mlen);
+    for (int i = 0; i < hd->lim->counted; i++)
+        h = hash_bytes(h, &hd->lim->rule[i].limit, sizeof(hd->lim->rule[i].limit));
+    return h;
+}
+
+uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32_t *head_of)
+{
+    /* An open-addressing table of the heads seen, at most half full: slot -> index + 1. */
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    uint32_t *slot = xcalloc(cap, sizeof(*slot));
+    uint32_t distinct = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t s = (size_t)hash_head(&heads[i]) & (cap - 1);
+        while (slot[s] && !same_head(&heads[slot[s] - 1], &heads[i]))
+            s = (s + 1) & (cap - 1);
+        if (!slot[s]) {
+            slot[s] = (uint32_t)i + 1;
+            head_of[i] = ++distinct;
+        } else {
+            head_of[i] = head_of[slot[s] - 1];
+        }
+    }
+    free(slot);
+    return distinct;
 }
