@@ -3,7 +3,10 @@
 NUL-terminated `const char SYMBOL[]`, so that the script lives in a file of its own, readable and
 testable as Lua, and still travels inside the binary.
 
-usage: embed_text.py OUTPUT.c SYMBOL INPUT
+usage: embed_text.py OUTPUT.c SYMBOL INPUT [MAX_BYTES]
+
+MAX_BYTES fails the build when the text is longer (check.lua: a Redis that wants AUTH refuses a
+SCRIPT LOAD of more than 16 KB sent before AUTH as a protocol error, not NOAUTH).
 """
 import sys
 
@@ -11,6 +14,8 @@ import sys
 def main(argv):
     out, symbol, path = argv[1], argv[2], argv[3]
     data = open(path, "rb").read()
+    if len(argv) > 4 and len(data) > int(argv[4]):
+        sys.exit(f"{path}: {len(data)} bytes, more than {argv[4]}")
     if b"\0" in data:
         sys.exit(f"{path}: a NUL byte would cut the embedded text short")
     body = ",".join(str(b) for b in data)

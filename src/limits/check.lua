@@ -15,14 +15,11 @@
 -- the counts charged there ("cc": a concurrent slot) and the scope's suffix (which begins with
 -- ':'); once settled it is "d", with the expiry it had.
 --
--- A concurrent rule ('cc') counts calls in flight: a sorted set base .. suffix .. ':c' of the
--- reservations holding a slot, scored by when it lapses (now + the TTL, in ms). An allowed check
--- that is not a peek takes one, settling gives it back, and the next check drops lapsed ones.
--- A shadow rule (flag '1') is counted and charged but never denies. A rule with an alert share
--- P (1..100, 0 none) is alerted by the first check in a window that leaves its use at P% of its
--- limit or more: HSETNX of the scope's field 'a' .. count ('A' for a shadow rule) makes that
--- once per user, rule and window across daemons. Windows come from Redis's TIME, UTC: minutes,
--- hours and days since the epoch, months (year * 12 + month - 1), proleptic Gregorian.
+-- A concurrent rule ('cc'): a sorted set base .. suffix .. ':c' of the reservations holding a
+-- slot, scored by when it lapses (now + TTL, ms); checks drop lapsed ones. A shadow rule (flag
+-- '1') never denies. A rule with an alert share P (1..100) alerts once per user, rule and
+-- window (HSETNX of the field 'a' .. count, 'A' for shadow) when a charge takes its use to P%.
+-- Windows: Redis's TIME, UTC; months are year * 12 + month - 1.
 --
 -- 'c': ARGV[3] users, their bases, then nh heads, each: ns, ns scope suffixes, nr, per rule:
 -- its scope's index, field (dimension .. window, or 'cc'), limit, '1' for shadow, alert share;
@@ -36,7 +33,9 @@
 -- 's': ARGV[3] users, their bases, then per user: reservation id, tokens and spend used (''
 -- keeps the estimate), '1' to cancel. The difference goes to every count the check charged
 -- whose window is still current (cancel gives back all); counts stop at 0. Returns {now_ms,
--- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation}.
+-- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation, and the
+-- alerts its extra charge raised, one a line: "aEW limit percent use suffix" (a, or A for a
+-- shadow rule; dimension and window letters), '' for none}.
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -67,8 +66,7 @@ local function month()
   left.M = (era2 * 146097 + doe2 - 719468) * 86400 - sec
 end
 local out = {now}
--- KEYS are for routing only, never read: none on one Redis; on a Redis Cluster every existing
--- key a call touches (a slot being migrated is routed by the declared keys alone).
+-- KEYS route a Redis Cluster's calls only: never read.
 local nb = tonumber(ARGV[3])
 local a = 4 + nb
 local sbyte, ssub, format = string.byte, string.sub, string.format
@@ -92,8 +90,8 @@ local function int(x)
   return format('%d', x)
 end
 
--- A count of a new window w was made in the hash key: its previous window's counts and alert
--- markers go, and the field w notes the new window. Returns true when the window was new.
+-- A count of window w was made in the hash key: when the window is new, the previous one's
+-- counts and alert markers go and the field w notes it. Returns whether it was new.
 local function roll(key, w)
   local old = redis.call('HGET', key, w)
   if old == wids[w] then return false end
@@ -118,11 +116,11 @@ if ARGV[1] == 's' then
       c, rt, rsp, lines = string.match(r, '^(%d+) (%d+) (%d+)\n(.*)$')
     end
     if type(r) == 'table' and r.err then
-      out[#out + 1] = -1
+      out[#out + 1], out[#out + 2] = -1, ''
     elseif r == 'd' then
-      out[#out + 1] = 1
+      out[#out + 1], out[#out + 2] = 1, ''
     elseif not c then
-      out[#out + 1] = 2
+      out[#out + 1], out[#out + 2] = 2, ''
     else
       local delta = {r = 0, t = 0, s = 0}
       if cancel then
@@ -131,9 +129,9 @@ if ARGV[1] == 's' then
         if tok ~= '' then delta.t = tonumber(tok) - tonumber(rt) end
         if sp ~= '' then delta.s = tonumber(sp) - tonumber(rsp) end
       end
-      -- Per scope: its counts, then its suffix. (A reservation of the layout before this one,
-      -- "field window_id suffix" per line, matches no count here: its counts are gone.)
-      -- (Counts are words beginning with a letter: the first " :" begins the suffix.)
+      -- Per scope: its counts, then its suffix (the first " :"). An older layout's lines
+      -- ("field window_id suffix") match no count: those counts are gone.
+      local alerts, val = {}, {}
       for counts, suffix in string.gmatch(lines, '([^\n]-) (:[^\n]*)') do
         local key, span, rolled = base .. suffix, 0, false
         for f in string.gmatch(counts, '%S+') do
@@ -148,6 +146,7 @@ if ARGV[1] == 's' then
               local v = redis.pcall('HINCRBY', key, f, int(d))
               if type(v) == 'number' then
                 if v < 0 then redis.call('HSET', key, f, 0) end
+                if d > 0 then val[f] = v end
                 -- A count the check had not charged (its amount was 0) starts its window here.
                 if v == d and roll(key, win) then rolled = true end
               end
@@ -155,9 +154,18 @@ if ARGV[1] == 's' then
           end
         end
         if rolled then redis.call('EXPIRE', key, span + 60) end
+        -- An extra charge alerts as a check's would: "!a80/1000/td:20793" is a rule on the
+        -- count td:20793 (a: its marker; A a shadow rule's) alerting at 80% of 1000.
+        for m, pc, lim, f in string.gmatch(counts, '!(%a)(%d+)/(%d+)/(%S+)') do
+          local v = val[f]
+          if v and v * 100 >= pc * lim and redis.call('HSETNX', key, m .. f, 1) == 1 then
+            alerts[#alerts + 1] = m .. ssub(f, 1, 2) .. ' ' .. lim .. ' ' .. pc .. ' ' .. int(v) .. ' ' .. suffix
+          end
+        end
       end
       redis.call('SET', rk, 'd', 'KEEPTTL')
       out[#out + 1] = 0
+      out[#out + 1] = table.concat(alerts, '\n')
     end
   end
   return out
@@ -165,10 +173,9 @@ end
 
 local ttl = ARGV[2]
 local wbit = {m = 1, h = 2, d = 4, M = 8}
--- The heads, read once: per head its scopes' suffixes and longest window's seconds left, and
--- per rule its scope, count (the field of the current window), window's bit, limit, dimension
--- (byte), shadow flag, alert share and the earlier rule counting the same (a shadow rule and
--- an enforced one may); and its reservations' lines once made.
+-- The heads, read once: scopes (suffix, longest window's seconds left), rules (scope, count,
+-- window bit, limit, dimension byte, shadow, alert share, an earlier rule of the same count),
+-- and the lines of its reservations once made.
 local heads, nh = {}, tonumber(ARGV[a])
 a = a + 1
 for h = 1, nh do
@@ -178,10 +185,10 @@ for h = 1, nh do
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  local rs, rc, rb, rl, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}
+  local rs, rc, rb, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}, {}
   for j = 1, nr do
     local s, f = tonumber(ARGV[a]), ARGV[a + 1]
-    rs[j], rl[j], rd[j] = s, tonumber(ARGV[a + 2]), sbyte(f, 1)
+    rs[j], rl[j], rd[j], ls[j] = s, tonumber(ARGV[a + 2]), sbyte(f, 1), ARGV[a + 2]
     rsh[j], ral[j], same[j] = ARGV[a + 3] == '1', tonumber(ARGV[a + 4]), false
     if rd[j] == 99 then
       rc[j] = 'cc'
@@ -199,12 +206,11 @@ for h = 1, nh do
     a = a + 5
   end
   heads[h] = {ns = ns, sfx = sfx, span = span, nr = nr, rs = rs, rc = rc, rb = rb, rl = rl,
-              rd = rd, rsh = rsh, ral = ral, same = same}
+              ls = ls, rd = rd, rsh = rsh, ral = ral, same = same}
 end
--- Per user, reused (a table per user and rule was most of the script's cost): per scope its
--- key and the windows whose counts it began; per rule its use, what the user's checks were
--- charged at first and what the allowed ones spent, and whether it was alerted (or asked);
--- per check its amounts and where its arguments are.
+-- Per user, reused (tables cost): per scope its key and the windows it began; per rule its
+-- use, first charge, what allowed checks spent, whether alerted; per check its amounts and
+-- where its arguments are.
 local skey, fresh, used, charged, spent, alerted = {}, {}, {}, {}, {}, {}
 local cr, ct, cs, carg = {}, {}, {}, {}
 for k = 1, nb do
@@ -317,12 +323,18 @@ for k = 1, nb do
         end
         if rid ~= '' then
           if not hd.resv then
-            -- Per scope, each count once.
+            -- Per scope, each count once, and the rules alerting on them (see 's').
             local lines = {}
             for s = 1, ns do
               local line = nil
               for j = 1, nr do
-                if rs[j] == s and not same[j] then line = (line and line .. ' ' or '') .. rc[j] end
+                if rs[j] == s then
+                  local f = not same[j] and rc[j]
+                  if ral[j] > 0 and rd[j] ~= 99 then
+                    f = (f and f .. ' ' or '') .. '!' .. (rsh[j] and 'A' or 'a') .. ral[j] .. '/' .. hd.ls[j] .. '/' .. rc[j]
+                  end
+                  if f then line = (line and line .. ' ' or '') .. f end
+                end
               end
               if line then lines[#lines + 1] = line .. ' ' .. hd.sfx[s] end
             end

@@ -4,9 +4,12 @@
  * call. The ones of log_prompt events, which nobody waits for, are kept while Redis is away (at
  * most limits.settle_queue, each for up to limits.reservation_ttl_s) and retried every second
  * and when Redis comes back. Reservations made under on_redis_error: local are settled in the
- * daemon's memory (local.h). */
+ * daemon's memory (local.h). A settle whose extra charge takes a rule with alert_at_percent to
+ * its share raises the alert as a check would (the script decides it, once per user, rule and
+ * window). */
 #include "limiter_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,17 +95,86 @@ static void keep(struct limiter *l, struct limiter_settle *s)
         uv_timer_start(&l->retry_timer, on_retry, RETRY_MS, RETRY_MS);
 }
 
+/* The index of c in s (NULL: not there). */
+static int letter(const char *s, char c)
+{
+    const char *p = c ? strchr(s, c) : NULL;
+    return p ? (int)(p - s) : -1;
+}
+
+/* Reads one alert of the script's answer, "aEW limit percent use suffix" (a, or A for a shadow
+ * rule; the dimension and window letters; the scope's suffix, see limiter_scope_suffix), into
+ * al. Returns false when it is not one. */
+static bool read_alert(const char *line, size_t len, struct alerts_alert *al)
+{
+    char text[256], mark, dim, win;
+    long long limit, used;
+    unsigned percent;
+    int at = 0;
+    if (len >= sizeof(text))
+        return false;
+    memcpy(text, line, len);
+    text[len] = '\0';
+    if (sscanf(text, "%c%c%c %lld %u %lld %n", &mark, &dim, &win, &limit, &percent, &used, &at) !=
+            6 ||
+        at == 0 || letter("aA", mark) < 0 || letter("rts", dim) < 0 || letter("mhdM", win) < 0)
+        return false;
+    al->shadow = mark == 'A';
+    al->dimension = (uint8_t)letter("rts", dim);
+    al->window = (uint8_t)letter("mhdM", win);
+    al->limit = limit;
+    al->used = used;
+    al->percent = (uint8_t)percent;
+    const char *sfx = text + at;
+    size_t plen = 0;
+    if (strncmp(sfx, ":p:", 3) == 0) {
+        snprintf(al->provider, sizeof(al->provider), "%s", sfx + 3);
+    } else if (strncmp(sfx, ":m:", 3) == 0) {
+        snprintf(al->model, sizeof(al->model), "%s", sfx + 3);
+    } else if (sscanf(sfx, ":pm:%zu:%n", &plen, &at) == 1 && at > 0 &&
+               plen <= RULES_PROVIDER_BYTES && strlen(sfx + at) >= plen) {
+        memcpy(al->provider, sfx + at, plen);
+        snprintf(al->model, sizeof(al->model), "%s", sfx + at + plen);
+    } else if (strcmp(sfx, ":a") != 0) {
+        return false;
+    }
+    return true;
+}
+
+/* Hands the alerts a settle's extra charge raised (one a line) to the alerts queue. */
+static void raise_alerts(struct limiter *l, const uint8_t user_id[16], const redisReply *list,
+                         uint64_t now_ms)
+{
+    if (list->type != REDIS_REPLY_STRING)
+        return;
+    for (const char *p = list->str, *end = list->str + list->len; p < end;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        struct alerts_alert al = {.now_ms = now_ms};
+        if (len > 0 && read_alert(p, len, &al)) {
+            memcpy(al.user_id, user_id, 16);
+            al.window_start_ms = decision_window_start_ms((enum rules_window)al.window, now_ms);
+            alerts_push(&l->alerts, &al);
+        }
+        p += len + 1;
+    }
+}
+
 static void on_settle_reply(enum redis_status status, const redisReply *reply, void *arg)
 {
     struct settle_batch *batch = arg;
     struct limiter *l = batch->l;
+    /* {now_ms, then per settle: its result and the alerts it raised} */
     bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
-              reply->elements == 1 + batch->n;
+              reply->elements == 1 + 2 * batch->n;
     if (status == REDIS_CALL_OK && !ok)
         log_error("redis: the settle script answered %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
     struct limiter_settle *s = batch->settles;
-    for (size_t i = 1; s; i++) {
+    uint64_t now_ms = ok && reply->element[0]->type == REDIS_REPLY_INTEGER
+                          ? (uint64_t)reply->element[0]->integer
+                          : 0;
+    for (size_t i = 1; s; i += 2) {
         struct limiter_settle *next = s->next;
         if (!ok) {
             if (s->done)
@@ -112,6 +184,8 @@ static void on_settle_reply(enum redis_status status, const redisReply *reply, v
         } else {
             const redisReply *e = reply->element[i];
             long long code = e->type == REDIS_REPLY_INTEGER ? e->integer : 2;
+            if (code == 0)
+                raise_alerts(l, s->req.user_id, reply->element[i + 1], now_ms);
             finish(l, s,
                    code == 0   ? LIMITER_SETTLED
                    : code == 1 ? LIMITER_DUPLICATE

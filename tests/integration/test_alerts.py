@@ -174,3 +174,35 @@ def test_a_shadow_row_may_watch_exactly_an_enforced_rows_pattern_and_alerts_on_i
     servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the shadow rule's alert")
     (_, _, _, _, _, amount, used, percent, shadow), = rows(pg, db, user)
     assert (amount, used, percent, shadow) == (2, 2, 100, True)
+
+
+def test_a_settle_whose_extra_charge_crosses_the_share_alerts_once(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    # The checks estimate 100 tokens of 1,000 a day (alert at 80%): none crosses 800. The first
+    # settle reports 850 used: its extra charge crosses the share and raises the alert; a second
+    # settle's extra charge in the same day raises nothing more.
+    db = alerts_db
+    add_provider(pg, db, "alsettle")
+    add_alert_rule(pg, db, "tokens", "day", 1000, 80, provider="alsettle")
+    user = str(uuid.uuid4())
+    listen = listener(pg, db)
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        first, second = (c.call("check", {"user_id": user, "provider": "alsettle",
+                                            "tokens": 100}) for _ in range(2))
+        assert first["allowed"] and second["allowed"]
+        assert c.call("stats")["limits"]["alerts_raised"] == 0
+        assert c.call("settle", {"reservation": first["reservation"], "tokens": 850})["settled"]
+        servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the settle's alert")
+        (provider, model, dimension, period, _, amount, used, percent, shadow), = \
+            rows(pg, db, user)
+        assert (provider, model, dimension, period, amount, used, percent, shadow) == \
+            ("alsettle", None, "tokens", "day", 1000, 950, 80, False)
+        sent = notifications(listen)
+        assert len(sent) == 1 and sent[0]["user_id"] == user
+        assert c.call("settle", {"reservation": second["reservation"], "tokens": 120})["settled"]
+        peek = c.call("check", {"user_id": user, "provider": "alsettle", "cost": 0})
+        assert [r["used"] for r in peek["limits"] if r["dimension"] == "tokens"] == [970]
+        assert c.call("stats")["limits"]["alerts_raised"] == 1
+    assert len(rows(pg, db, user)) == 1 and notifications(listen) == []
+    listen.close()
