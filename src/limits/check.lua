@@ -4,16 +4,16 @@
 --
 -- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of its base
 -- "prefix{user_id}". A counting scope (a user, with the provider and/or model a rule names) is
--- one hash, base .. suffix. A count is the field named after its dimension (r requests, t
--- tokens, s spend in micro-dollars), window w (m minute, h hour, d day, M month) and window id:
--- 'rm:29942149'. A check charges it with HINCRBY, which reads nothing first (a new window's
--- count is a new field), and a denied check's charge is given back (atomic: nobody sees it).
--- The field w holds the scope's current window id: when a count of a new window is made, the
--- previous window's counts and alert markers go, and the hash's expiry moves to a minute after
--- the end of its longest window. A reservation is the string base .. ':r:' .. id, made with its
+-- one hash, base .. suffix: the field w (m minute, h hour, d day, M month) holds the id of
+-- its window w, and the field named after a dimension (r requests, t tokens, s spend in
+-- micro-dollars) and window ('rm') the count. One read per scope (HMGET of its window ids: a
+-- window that has moved on drops its counts and alert markers, and the hash's expiry moves to a
+-- minute after the end of its longest window); then each count is charged with HINCRBY, which
+-- answers the use, and a denied check's charge is given back (atomic: nobody sees it). A
+-- reservation is the string base .. ':r:' .. id, made with its
 -- expiry (ARGV[2] s) in one SET: "cost tokens spend" (its check's), then per scope a line of
--- the counts charged there ("cc": a concurrent slot) and the scope's suffix (which begins with
--- ':'); once settled it is "d", with the expiry it had.
+-- the counts charged there with their window's id ('rm:29942149'; "cc": a concurrent slot) and
+-- the scope's suffix (which begins with ':'); once settled it is "d", with the expiry it had.
 --
 -- A concurrent rule ('cc'): a sorted set base .. suffix .. ':c' of the reservations holding a
 -- slot, scored by when it lapses (now + TTL, ms); checks drop lapsed ones. A shadow rule (flag
@@ -90,18 +90,12 @@ local function int(x)
   return format('%d', x)
 end
 
--- A count of window w was made in the hash key: when the window is new, the previous one's
--- counts and alert markers go and the field w notes it. Returns whether it was new.
+-- The hash key's window w has moved on: its counts and alert markers go (and the field 'w' ..
+-- w of the layout before), and the field w notes the current window.
 local function roll(key, w)
-  local old = redis.call('HGET', key, w)
-  if old == wids[w] then return false end
+  redis.call('HDEL', key, 'r' .. w, 't' .. w, 's' .. w, 'ar' .. w, 'at' .. w, 'as' .. w,
+             'Ar' .. w, 'At' .. w, 'As' .. w, 'w' .. w)
   redis.call('HSET', key, w, wids[w])
-  if old then
-    local o = w .. ':' .. old
-    redis.call('HDEL', key, 'r' .. o, 't' .. o, 's' .. o, 'ar' .. o, 'at' .. o, 'as' .. o,
-               'Ar' .. o, 'At' .. o, 'As' .. o)
-  end
-  return true
 end
 
 if ARGV[1] == 's' then
@@ -133,7 +127,7 @@ if ARGV[1] == 's' then
       -- ("field window_id suffix") match no count: those counts are gone.
       local alerts, val = {}, {}
       for counts, suffix in string.gmatch(lines, '([^\n]-) (:[^\n]*)') do
-        local key, span, rolled = base .. suffix, 0, false
+        local key, cur = base .. suffix, {}
         for f in string.gmatch(counts, '%S+') do
           local dim, win, w = string.match(f, '^(%a)(%a):(%d+)$')
           if f == 'cc' then
@@ -141,24 +135,22 @@ if ARGV[1] == 's' then
           elseif dim then
             if win == 'M' and not wids.M then month() end
             local d = delta[dim]
-            if left[win] > span then span = left[win] end
+            -- Only while the window is current, and the hash's too (else the count is gone).
             if d and d ~= 0 and w == wids[win] then
-              local v = redis.pcall('HINCRBY', key, f, int(d))
+              if cur[win] == nil then cur[win] = redis.pcall('HGET', key, win) end
+              local v = cur[win] == w and redis.pcall('HINCRBY', key, dim .. win, int(d))
               if type(v) == 'number' then
-                if v < 0 then redis.call('HSET', key, f, 0) end
+                if v < 0 then redis.call('HSET', key, dim .. win, 0) end
                 if d > 0 then val[f] = v end
-                -- A count the check had not charged (its amount was 0) starts its window here.
-                if v == d and roll(key, win) then rolled = true end
               end
             end
           end
         end
-        if rolled then redis.call('EXPIRE', key, span + 60) end
         -- An extra charge alerts as a check's would: "!a80/1000/td:20793" is a rule on the
         -- count td:20793 (a: its marker; A a shadow rule's) alerting at 80% of 1000.
         for m, pc, lim, f in string.gmatch(counts, '!(%a)(%d+)/(%d+)/(%S+)') do
           local v = val[f]
-          if v and v * 100 >= pc * lim and redis.call('HSETNX', key, m .. f, 1) == 1 then
+          if v and v * 100 >= pc * lim and redis.call('HSETNX', key, m .. ssub(f, 1, 2), 1) == 1 then
             alerts[#alerts + 1] = m .. ssub(f, 1, 2) .. ' ' .. lim .. ' ' .. pc .. ' ' .. int(v) .. ' ' .. suffix
           end
         end
@@ -172,20 +164,19 @@ if ARGV[1] == 's' then
 end
 
 local ttl = ARGV[2]
-local wbit = {m = 1, h = 2, d = 4, M = 8}
--- The heads, read once: scopes (suffix, longest window's seconds left), rules (scope, count,
--- window bit, limit, dimension byte, shadow, alert share, an earlier rule of the same count),
--- and the lines of its reservations once made.
+-- The heads, read once: scopes (suffix, longest window's seconds left, windows), rules (scope,
+-- count, limit, dimension byte, shadow, alert share, an earlier rule of the same count), and
+-- the lines of its reservations once made.
 local heads, nh = {}, tonumber(ARGV[a])
 a = a + 1
 for h = 1, nh do
   local ns = tonumber(ARGV[a])
-  local sfx, span = {}, {}
-  for s = 1, ns do sfx[s], span[s] = ARGV[a + s], 0 end
+  local sfx, span, wl = {}, {}, {}
+  for s = 1, ns do sfx[s], span[s], wl[s] = ARGV[a + s], 0, {} end
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  local rs, rc, rb, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}, {}
+  local rs, rc, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}
   for j = 1, nr do
     local s, f = tonumber(ARGV[a]), ARGV[a + 1]
     rs[j], rl[j], rd[j], ls[j] = s, tonumber(ARGV[a + 2]), sbyte(f, 1), ARGV[a + 2]
@@ -194,8 +185,13 @@ for h = 1, nh do
       rc[j] = 'cc'
     else
       local w = ssub(f, 2, 2)
-      rc[j], rb[j] = named(f), wbit[w]
+      rc[j] = f
+      if w == 'M' and not wids.M then month() end
       if left[w] > span[s] then span[s] = left[w] end
+      local l = wl[s]
+      for i = 1, #l + 1 do
+        if i > #l then l[i] = w elseif l[i] == w then break end
+      end
       for i = 1, j - 1 do
         if rs[i] == s and rc[i] == rc[j] then
           same[j] = i
@@ -205,19 +201,19 @@ for h = 1, nh do
     end
     a = a + 5
   end
-  heads[h] = {ns = ns, sfx = sfx, span = span, nr = nr, rs = rs, rc = rc, rb = rb, rl = rl,
+  heads[h] = {ns = ns, sfx = sfx, span = span, wl = wl, nr = nr, rs = rs, rc = rc, rl = rl,
               ls = ls, rd = rd, rsh = rsh, ral = ral, same = same}
 end
--- Per user, reused (tables cost): per scope its key and the windows it began; per rule its
+-- Per user, reused (tables cost): per scope its key; per rule its
 -- use, first charge, what allowed checks spent, whether alerted; per check its amounts and
 -- where its arguments are.
-local skey, fresh, used, charged, spent, alerted = {}, {}, {}, {}, {}, {}
+local skey, used, charged, spent, alerted = {}, {}, {}, {}, {}
 local cr, ct, cs, carg = {}, {}, {}, {}
 for k = 1, nb do
   local base, hd = ARGV[3 + k], heads[tonumber(ARGV[a])]
-  local ns, nr, rs, rc, rb, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rb, hd.rl
+  local ns, nr, rs, rc, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rl
   local rd, rsh, ral, same = hd.rd, hd.rsh, hd.ral, hd.same
-  for s = 1, ns do skey[s], fresh[s] = base .. hd.sfx[s], 0 end
+  for s = 1, ns do skey[s] = base .. hd.sfx[s] end
   for j = 1, nr do alerted[j], charged[j], spent[j] = false, 0, 0 end
   local nc = tonumber(ARGV[a + 1])
   a = a + 2
@@ -228,10 +224,27 @@ for k = 1, nb do
     sr, st, ss = sr + x, st + y, ss + z
     a = a + 4
   end
-  -- Every count is charged with what all the user's checks ask of it, in one HINCRBY that
-  -- returns the use (the use before them is that less the charge); one nothing is asked of is
-  -- read; a concurrent rule's slots are counted once lapsed ones are dropped.
+  -- One read per scope, of its windows' ids: a window that has moved on rolls. Then every count
+  -- is charged with what all the user's checks ask of it, in one HINCRBY that returns the use
+  -- (the use before them is that less the charge); one nothing is asked of is read; a
+  -- concurrent rule's slots are counted once lapsed ones are dropped.
   local err = nil
+  for s = 1, ns do
+    local l = hd.wl[s]
+    local v = #l > 0 and redis.pcall('HMGET', skey[s], unpack(l)) or {}
+    if v.err then
+      err = v.err
+      break
+    end
+    local rolled = false
+    for i = 1, #l do
+      if v[i] ~= wids[l[i]] then
+        roll(skey[s], l[i])
+        rolled = true
+      end
+    end
+    if rolled then redis.call('EXPIRE', skey[s], hd.span[s] + 60) end
+  end
   for j = 1, nr do
     local d = rd[j]
     if err then
@@ -256,8 +269,6 @@ for k = 1, nb do
           err = v.err
         else
           charged[j], used[j] = x, v - x
-          local b, s = rb[j], rs[j]
-          if v == x and fresh[s] % (2 * b) < b then fresh[s] = fresh[s] + b end
         end
       else
         local v = redis.pcall('HGET', key, rc[j])
@@ -329,9 +340,10 @@ for k = 1, nb do
               local line = nil
               for j = 1, nr do
                 if rs[j] == s then
-                  local f = not same[j] and rc[j]
+                  local n = rd[j] == 99 and 'cc' or named(rc[j])
+                  local f = not same[j] and n
                   if ral[j] > 0 and rd[j] ~= 99 then
-                    f = (f and f .. ' ' or '') .. '!' .. (rsh[j] and 'A' or 'a') .. ral[j] .. '/' .. hd.ls[j] .. '/' .. rc[j]
+                    f = (f and f .. ' ' or '') .. '!' .. (rsh[j] and 'A' or 'a') .. ral[j] .. '/' .. hd.ls[j] .. '/' .. n
                   end
                   if f then line = (line and line .. ' ' or '') .. f end
                 end
@@ -351,21 +363,10 @@ for k = 1, nb do
       for j = 1, nr do out[o + 1 + j] = used[j] end
       out[o + 2 + nr] = alerts or ''
     end
-    -- What the denied checks had been charged goes back; a scope that began a window drops
-    -- the previous one's counts and keeps its hash until its longest window has ended.
+    -- What the denied checks had been charged goes back.
     for j = 1, nr do
       if rd[j] ~= 99 and not same[j] and charged[j] ~= spent[j] then
         redis.call('HINCRBY', skey[rs[j]], rc[j], int(spent[j] - charged[j]))
-      end
-    end
-    for s = 1, ns do
-      local bits = fresh[s]
-      if bits > 0 then
-        local rolled = false
-        for w, b in pairs(wbit) do
-          if bits % (2 * b) >= b and roll(skey[s], w) then rolled = true end
-        end
-        if rolled then redis.call('EXPIRE', skey[s], hd.span[s] + 60) end
       end
     end
   end
