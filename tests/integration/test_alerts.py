@@ -174,3 +174,37 @@ def test_a_shadow_row_may_watch_exactly_an_enforced_rows_pattern_and_alerts_on_i
     servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the shadow rule's alert")
     (_, _, _, _, _, amount, used, percent, shadow), = rows(pg, db, user)
     assert (amount, used, percent, shadow) == (2, 2, 100, True)
+
+
+def test_alerts_are_raised_under_the_local_fallback_and_written_once_across_daemons(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "alx")
+    add_alert_rule(pg, db, "requests", "day", 10, 30, provider="alx")
+    user = str(uuid.uuid4())
+    listen = listener(pg, db)
+    daemons = [start_with(daemon_factory, workdir, pg, db, redis_server, name=f"x{i}",
+                          limits="  on_redis_error: local\n") for i in range(2)]
+    redis_server.stop()
+    try:
+        # Each daemon counts on its own while Redis is away: each crosses 30% of 10 at its
+        # third check, and raises the alert (once: the fourth raises nothing).
+        for d in daemons:
+            with d.client() as c:
+                answers = [c.call("check", {"user_id": user, "provider": "alx"}) for _ in range(4)]
+            assert all(a["allowed"] and a["degraded"] for a in answers)
+        stats = [d.client().call("stats")["limits"] for d in daemons]
+        assert [s["alerts_raised"] for s in stats] == [1, 1]
+        # The row's id is the same from both: one row, one notification.
+        servers.wait_for(lambda: sum(d.client().call("stats")["limits"]["alerts_written"] +
+                                     d.client().call("stats")["limits"]["alerts_duplicate"]
+                                     for d in daemons) == 2, 20, "both daemons' writes")
+    finally:
+        redis_server.start()
+    (provider, _, dimension, period, _, amount, used, percent, shadow), = rows(pg, db, user)
+    assert (provider, dimension, period, amount, used, percent, shadow) == \
+        ("alx", "requests", "day", 10, 3, 30, False)
+    stats = [d.client().call("stats")["limits"] for d in daemons]
+    assert sorted((s["alerts_written"], s["alerts_duplicate"]) for s in stats) == [(0, 1), (1, 0)]
+    assert len(notifications(listen)) == 1
+    listen.close()
