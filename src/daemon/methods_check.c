@@ -428,7 +428,7 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
     struct ledger_figures f;
     ledger_read(&l->ledger, (uint64_t)clock_wall_ms() / 1000, &f);
-    msgpack_pack_map(pk, 37);
+    msgpack_pack_map(pk, 40);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
@@ -474,6 +474,9 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "alerts_duplicate", l->alerts.stats.duplicates);
     rpc_pack_u64(pk, "alerts_waiting", alerts_waiting(&l->alerts));
     rpc_pack_u64(pk, "alerts_dropped", l->alerts.stats.dropped);
+    rpc_pack_u64(pk, "alerts_spooled", l->alerts.stats.spooled);
+    rpc_pack_u64(pk, "alerts_on_disk", alerts_on_disk(&l->alerts));
+    rpc_pack_u64(pk, "alerts_corrupt", l->alerts.stats.corrupt);
     rpc_pack_str(pk, "redis");
     redis_pack_stats(&l->redis, pk);
     rpc_pack_str(pk, "postgres");
