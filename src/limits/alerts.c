@@ -113,16 +113,37 @@ static void log_given_up(const struct alerts_alert *al, const char *why)
               al->limit);
 }
 
-/* Back into memory, when there is room (an append that failed). */
-static void requeue(struct alerts *a, const struct alerts_alert *al)
+/* Appends an alert to the ring in memory, grown as needed. False when it holds
+ * limits.alert_queue already. */
+static bool enqueue(struct alerts *a, const struct alerts_alert *al)
 {
-    if (a->n == a->size || a->n == a->cap) {
-        a->stats.dropped++;
-        log_given_up(al, "the spool cannot be written and memory is full");
-        return;
+    if (a->n == a->cap)
+        return false;
+    if (a->n == a->size) {
+        /* Grow the ring, its items in order from 0. */
+        uint32_t size = a->size ? a->size * 2 : 16;
+        if (size > a->cap)
+            size = a->cap;
+        struct alerts_alert *q = xcalloc(size, sizeof(*q));
+        for (uint32_t i = 0; i < a->n; i++)
+            q[i] = *at(a, i);
+        free(a->queue);
+        a->queue = q;
+        a->size = size;
+        a->head = 0;
     }
     a->queue[(a->head + a->n) % a->size] = *al;
     a->n++;
+    return true;
+}
+
+/* Back into memory, when there is room (an append that failed). */
+static void requeue(struct alerts *a, const struct alerts_alert *al)
+{
+    if (!enqueue(a, al)) {
+        a->stats.dropped++;
+        log_given_up(al, "the spool cannot be written and memory is full");
+    }
 }
 
 static void appended(struct alerts *a, struct alerts_job *j)
@@ -153,6 +174,7 @@ static void read_done(struct alerts *a, struct alerts_job *j)
 {
     if (j->result < 0) {
         log_error("alerts: cannot read %s/alerts/pending: %s", a->dir, strerror(-j->result));
+        a->disk_failed = true; /* tried again at the retry timer's next tick */
         return;
     }
     a->nreplay = a->replay_done = 0;
@@ -166,6 +188,8 @@ static void read_done(struct alerts *a, struct alerts_job *j)
         log_error("alerts: %u damaged record(s) in %s/alerts/pending skipped",
                   j->count - a->nreplay, a->dir);
     a->replay_bytes = j->len;
+    if (!a->nreplay)
+        a->file_read += j->len; /* nothing in it to write */
 }
 
 static void job_done(uv_work_t *req, int status)
@@ -241,7 +265,7 @@ static void file_next(struct alerts *a)
         append_memory(a);
         return;
     }
-    if (a->nreplay || a->waiting || !a->started)
+    if (a->nreplay || a->waiting || !a->started || a->disk_failed)
         return;
     if (a->file_read < a->file_size) {
         uint64_t left = (a->file_size - a->file_read) / ALERTS_FILE_RECORD;
@@ -433,7 +457,7 @@ void alerts_push(struct alerts *a, const struct alerts_alert *alert)
     a->stats.raised++;
     if (a->closing)
         return;
-    if (a->n == a->cap) {
+    if (!enqueue(a, alert)) {
         a->stats.dropped++;
         uint64_t now = uv_now(a->loop);
         if (!a->full_logged_ms || now - a->full_logged_ms >= 10000) {
@@ -445,21 +469,6 @@ void alerts_push(struct alerts *a, const struct alerts_alert *alert)
         spool_memory(a);
         return;
     }
-    if (a->n == a->size) {
-        /* Grow the ring, its items in order from 0. */
-        uint32_t size = a->size ? a->size * 2 : 16;
-        if (size > a->cap)
-            size = a->cap;
-        struct alerts_alert *q = xcalloc(size, sizeof(*q));
-        for (uint32_t i = 0; i < a->n; i++)
-            q[i] = *at(a, i);
-        free(a->queue);
-        a->queue = q;
-        a->size = size;
-        a->head = 0;
-    }
-    a->queue[(a->head + a->n) % a->size] = *alert;
-    a->n++;
     start(a);
     if (writable(a))
         send_next(a);

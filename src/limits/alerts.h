@@ -15,7 +15,8 @@
  * emptied once all of it is written: an alert written twice (a crash between its write and the
  * emptying) is found by its id and sends nothing. Memory is bounded: at most limits.alert_queue
  * alerts wait in memory (past that, while the disk is busy or failing, the newest are dropped,
- * logged and counted), plus one file read of ALERTS_REPLAY. Without a usable spool.dir, alerts
+ * logged and counted), as many again in the append on its way to the disk, and one file read of
+ * ALERTS_REPLAY. Without a usable spool.dir, alerts
  * wait in memory only and are given up (logged) at shutdown. */
 #ifndef USAGED_ALERTS_H
 #define USAGED_ALERTS_H

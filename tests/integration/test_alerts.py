@@ -269,3 +269,19 @@ def test_alerts_raised_while_postgres_is_away_survive_a_restart_and_are_written_
     stats = d.client().call("stats")["limits"]
     assert (stats["alerts_written"], stats["alerts_dropped"]) == (len(users), 0)
     listen.close()
+
+
+def test_a_damaged_file_of_alerts_is_skipped_counted_and_emptied(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    d = start_with(daemon_factory, workdir, pg, alerts_db, redis_server, name="damaged")
+    assert d.stop() == 0
+    path = spool_file(d)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"\xff" * 464 + b"\x01" * 100)  # one damaged record, and a torn one after it
+    d.start(wait=True)
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_corrupt"] == 1, 20,
+                     "the damaged record to be skipped")
+    servers.wait_for(lambda: os.path.getsize(path) == 0, 20, "the file to be emptied")
+    stats = d.client().call("stats")["limits"]
+    assert (stats["alerts_on_disk"], stats["alerts_written"], stats["alerts_dropped"]) == (0, 0, 0)
