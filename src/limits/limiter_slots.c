@@ -1,8 +1,9 @@
 /* limiter_slots: the limiter's script calls on a Redis Cluster, where one call may only hold
  * the keys of one slot: a list of calls (or settles) goes out as one call per slot of its
  * users' bases (redis_send_by_slot), and as one call on any other deployment; the keys a
- * check's call declares there (routing during a slot migration looks at those alone); and the
- * heads (scopes and rules) that a call's users share. */
+ * check's call declares there (routing during a slot migration looks at those alone); the
+ * scopes' key suffixes; and the heads (scopes and rules) that a call's users share. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +46,33 @@ void limiter_send_by_slot(struct limiter *l, void *list, size_t n, size_t next_o
     b.base = xmalloc(b.base_cap);
     redis_send_by_slot(list, n, next_offset, user_slot, send_run, &b);
     free(b.base);
+}
+
+/* The suffix of a scope's hash after the user's base: ":a" (every provider, any model),
+ * ":p:" provider, ":m:" model, ":pm:" provider length ":" provider model. */
+size_t limiter_scope_suffix(const struct rules_applied *r, const char *provider, size_t plen,
+                            const char *model, size_t mlen, char *out)
+{
+    size_t n = 0;
+    if (!r->by_provider && !r->by_model) {
+        memcpy(out, ":a", 2);
+        return 2;
+    }
+    if (r->by_provider && r->by_model) {
+        n = (size_t)sprintf(out, ":pm:%zu:", plen);
+    } else {
+        memcpy(out, r->by_provider ? ":p:" : ":m:", 3);
+        n = 3;
+    }
+    if (r->by_provider) {
+        memcpy(out + n, provider, plen);
+        n += plen;
+    }
+    if (r->by_model) {
+        memcpy(out + n, model, mlen);
+        n += mlen;
+    }
+    return n;
 }
 
 int limiter_call_scopes(const struct rules_resolved *lim, int scope_of[RULES_APPLY_MAX],
