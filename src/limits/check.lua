@@ -43,8 +43,7 @@ local floor = math.floor
 local day = floor(sec / 86400)
 local wids = {m = tostring(floor(sec / 60)), h = tostring(floor(sec / 3600)), d = tostring(day)}
 local left = {m = 60 - sec % 60, h = 3600 - sec % 3600, d = 86400 - sec % 86400}
--- The calendar month (H. Hinnant's civil_from_days and days_from_civil), only when a rule
--- counts by month: most calls need none of it.
+-- The calendar month (H. Hinnant's civil_from_days, days_from_civil), only when needed.
 local function month()
   local z = day + 719468
   local era = floor(z / 146097)
@@ -224,11 +223,11 @@ for k = 1, nb do
     sr, st, ss = sr + x, st + y, ss + z
     a = a + 4
   end
-  -- One read per scope, of its windows' ids: a window that has moved on rolls. Then every count
-  -- is charged with what all the user's checks ask of it, in one HINCRBY that returns the use
-  -- (the use before them is that less the charge); one nothing is asked of is read; a
+  -- One read per scope, of its window ids: a window moved on rolls (for peeks, which write
+  -- nothing, it reads as 0). Each count is charged with what all the user's checks ask, in one
+  -- HINCRBY answering the use (less the charge: the use before); one asked nothing is read; a
   -- concurrent rule's slots are counted once lapsed ones are dropped.
-  local err = nil
+  local err, moved = nil, nil
   for s = 1, ns do
     local l = hd.wl[s]
     local v = #l > 0 and redis.pcall('HMGET', skey[s], unpack(l)) or {}
@@ -239,8 +238,13 @@ for k = 1, nb do
     local rolled = false
     for i = 1, #l do
       if v[i] ~= wids[l[i]] then
-        roll(skey[s], l[i])
-        rolled = true
+        if sr + st + ss > 0 then
+          roll(skey[s], l[i])
+          rolled = true
+        else
+          moved = moved or {}
+          moved[s .. l[i]] = true
+        end
       end
     end
     if rolled then redis.call('EXPIRE', skey[s], hd.span[s] + 60) end
@@ -270,6 +274,8 @@ for k = 1, nb do
         else
           charged[j], used[j] = x, v - x
         end
+      elseif moved and moved[rs[j] .. ssub(rc[j], 2, 2)] then
+        used[j] = 0
       else
         local v = redis.pcall('HGET', key, rc[j])
         if type(v) == 'table' then

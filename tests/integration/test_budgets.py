@@ -269,6 +269,31 @@ def test_a_malformed_reservation_in_log_prompt_refuses_the_request(
     assert sql(pg, db, "SELECT framework_name FROM public.prompt_history") == [("after",)]
 
 
+def test_a_peek_writes_nothing_to_redis_and_reads_a_window_moved_on_as_0(
+        daemon_factory, workdir, pg, db, redis_server):
+    # Peeks (check with cost 0, usage) may name any user: they must not leave keys behind. A
+    # user whose hash holds a day that has ended reads 0 there, and the hash is left as it was.
+    add_provider(pg, db, "peek", per_minute=10, per_day=100)
+    add_rule(pg, db, "tokens", "day", 1000, provider="peek")
+    fresh, old = str(uuid.uuid4()), str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > 20, 30,
+                     "a day with 20 s left")
+    today = redis_now(redis_server)[0] // 86400
+    stale = {b"d": str(today - 1).encode(), b"td": b"900", b"rd": b"90"}
+    r.hset(f"usaged:{{{old}}}:p:peek", mapping=stale)
+    with d.client() as c:
+        for user in (fresh, old):
+            a = c.call("check", {"user_id": user, "provider": "peek", "cost": 0})
+            assert a["allowed"]
+            assert rule_of(a, "tokens", "day")["used"] == 0
+            assert rule_of(a, "requests", "day")["used"] == 0
+    assert list(r.scan_iter(f"usaged:{{{fresh}}}*")) == []
+    assert r.hgetall(f"usaged:{{{old}}}:p:peek") == stale
+    r.close()
+
+
 def test_the_hour_and_month_windows_restart_when_redis_time_enters_a_new_one(
         daemon_factory, workdir, pg, db, redis_server):
     add_provider(pg, db, "win")
