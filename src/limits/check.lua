@@ -321,9 +321,8 @@ for k = 1, nb do
           if d == 99 then
             if rid ~= '' then
               local key = skey[rs[j]] .. ':c'
-              redis.call('ZADD', key, now + ttl * 1000, rid)
+              used[j] = used[j] + redis.call('ZADD', key, now + ttl * 1000, rid) -- 1: new
               redis.call('PEXPIRE', key, ttl * 1000 + 60000)
-              used[j] = redis.call('ZCARD', key)
             end
           else
             local x = d == 114 and xr or (d == 116 and xt or xs)
