@@ -106,34 +106,23 @@ int redis_events_attach(redisAsyncContext *ac, uv_loop_t *loop)
     return 0;
 }
 
-/* Appends one command in the Redis protocol (RESP): *argc, then $len and the bytes of each. The
- * room for all of it is reserved once: a check's script call has thousands of arguments. */
-static void format_command(struct buf *out, int argc, const char *const *argv, const size_t *lens)
+/* Writes one argument in the Redis protocol (RESP): $len, then its bytes. */
+static char *put_arg(char *p, const char *arg, size_t len)
 {
-    size_t need = 24;
-    for (int i = 0; i < argc; i++)
-        need += lens[i] + 25; /* "$" 20 digits "\r\n" ... "\r\n" */
-    char *start = (char *)buf_reserve(out, need);
-    char *p = start;
-    *p++ = '*';
-    p += fmt_u64(p, (uint64_t)argc);
+    *p++ = '$';
+    p += fmt_u64(p, len);
     *p++ = '\r';
     *p++ = '\n';
-    for (int i = 0; i < argc; i++) {
-        *p++ = '$';
-        p += fmt_u64(p, lens[i]);
-        *p++ = '\r';
-        *p++ = '\n';
-        memcpy(p, argv[i], lens[i]);
-        p += lens[i];
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-    /* Not part of the command: hiredis 0.14 looks one byte past a command's first argument
-     * (whether a second one follows), which for ASKING is past the end. */
-    *p = '\0';
-    out->len += (size_t)(p - start);
+    memcpy(p, arg, len);
+    p += len;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
 }
+
+/* Room for the head of an EVALSHA command: *argc, EVALSHA and the sha (and slack). */
+#define HEAD_ROOM 80
+
 struct redis_call {
     struct redis_conn *c;
     redis_reply_fn cb;
@@ -143,11 +132,15 @@ struct redis_call {
     uint64_t sent_us;
     bool answered; /* cb has run */
     bool linked;   /* in c->calls */
-    bool script;   /* argv[0..1] are EVALSHA and the sha (or EVAL and the source) */
+    bool script;   /* EVALSHA and the sha (or EVAL and the source) go before the arguments */
     struct redis_call *prev, *next;
-    int argc; /* of argv, kept for a retry with EVAL */
-    const char **argv;
-    size_t *arg_lens;
+    int argc;        /* of the whole command */
+    size_t args_len; /* of args */
+    /* The arguments (after EVALSHA and the sha), formatted once in RESP and kept for a retry with
+     * EVAL; HEAD_ROOM bytes before them are free for the command's head, and a '\0' follows
+     * (hiredis 0.14 looks one byte past a command's first argument, whether a second one
+     * follows, which for ASKING is past the end). */
+    char *args;
 };
 
 static void conn_connect(struct redis_conn *c);
@@ -312,28 +305,47 @@ static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
 
 static void send_call(struct redis_conn *c, struct redis_call *call, bool with_source)
 {
-    if (call->script) {
-        /* argv[0] is EVALSHA or EVAL, argv[1] the sha or the source; the rest the caller's. */
-        call->argv[0] = with_source ? "EVAL" : "EVALSHA";
-        call->arg_lens[0] = with_source ? 4 : 7;
-        call->argv[1] = with_source ? c->setup->script : c->script_sha;
-        call->arg_lens[1] = strlen(call->argv[1]);
+    char head[HEAD_ROOM], *p = head;
+    *p++ = '*';
+    p += fmt_u64(p, (uint64_t)call->argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    const char *command;
+    size_t len;
+    if (!call->script || !with_source) {
+        /* The common case: the head goes just before the arguments, and hiredis copies the
+         * command from there. */
+        if (call->script)
+            p = put_arg(put_arg(p, "EVALSHA", 7), c->script_sha, 40);
+        size_t head_len = (size_t)(p - head);
+        memcpy(call->args - head_len, head, head_len);
+        command = call->args - head_len;
+        len = head_len + call->args_len;
+    } else {
+        /* NOSCRIPT: the source itself, in a buffer the connection reuses. */
+        size_t source_len = strlen(c->setup->script);
+        buf_clear(&c->command);
+        char *start = (char *)buf_reserve(&c->command, HEAD_ROOM + source_len + call->args_len);
+        char *q = start;
+        memcpy(q, head, (size_t)(p - head));
+        q = put_arg(put_arg(q + (p - head), "EVAL", 4), c->setup->script, source_len);
+        memcpy(q, call->args, call->args_len + 1); /* with its '\0' */
+        q += call->args_len;
+        c->command.len = (size_t)(q - start);
+        command = start;
+        len = c->command.len;
     }
-    /* Formatted here, into a buffer the connection reuses: hiredis's own formatting allocates
-     * and was a quarter of the daemon's work per check. */
-    buf_clear(&c->command);
-    format_command(&c->command, call->argc, call->argv, call->arg_lens);
-    if (redisAsyncFormattedCommand(c->ac, on_reply, call, (const char *)c->command.data,
-                                   c->command.len) != REDIS_OK) {
+    if (redisAsyncFormattedCommand(c->ac, on_reply, call, command, len) != REDIS_OK) {
         call_answer(call, REDIS_CALL_DOWN, NULL);
         call_free(call);
     }
 }
 
-/* Issues a call: skip leading argv slots are left for send_call (EVALSHA and the sha), then
- * head[] (e.g. numkeys), then the caller's arguments, all copied into one allocation, which a
- * NOSCRIPT retry needs after the caller's buffers are gone. Layout: call, argv[], lens[], bytes. */
-static void issue(struct redis_conn *c, int skip, const char *head, size_t head_len, int argc,
+/* Issues a call: EVALSHA and the sha first when script, then head (e.g. numkeys) when given,
+ * then the caller's arguments, all formatted into one allocation (the call, the room for the
+ * command's head, the arguments), which a NOSCRIPT retry needs after the caller's buffers are
+ * gone. */
+static void issue(struct redis_conn *c, bool script, const char *head, size_t head_len, int argc,
                   const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
                   redis_reply_fn cb, void *arg)
 {
@@ -342,33 +354,24 @@ static void issue(struct redis_conn *c, int skip, const char *head, size_t head_
         return;
     }
     int nhead = head ? 1 : 0;
-    int total = skip + nhead + argc;
-    size_t bytes = head_len;
+    size_t bytes = head_len + 24 * (size_t)nhead + 1; /* "$" 20 digits "\r\n" ... "\r\n" */
     for (int i = 0; i < argc; i++)
-        bytes += arg_lens[i];
-    struct redis_call *call =
-        xmalloc(sizeof(*call) + (size_t)total * (sizeof(char *) + sizeof(size_t)) + bytes);
+        bytes += arg_lens[i] + 25;
+    struct redis_call *call = xmalloc(sizeof(*call) + HEAD_ROOM + bytes);
     memset(call, 0, sizeof(*call));
     call->c = c;
     call->cb = cb;
     call->arg = arg;
-    call->argc = total;
-    call->script = skip > 0;
-    call->argv = (const char **)(call + 1);
-    call->arg_lens = (size_t *)(call->argv + total);
-    char *p = (char *)(call->arg_lens + total);
-    if (head) {
-        memcpy(p, head, head_len);
-        call->argv[skip] = p;
-        call->arg_lens[skip] = head_len;
-        p += head_len;
-    }
-    for (int i = 0; i < argc; i++) {
-        memcpy(p, argv[i], arg_lens[i]);
-        call->argv[skip + nhead + i] = p;
-        call->arg_lens[skip + nhead + i] = arg_lens[i];
-        p += arg_lens[i];
-    }
+    call->argc = (script ? 2 : 0) + nhead + argc;
+    call->script = script;
+    call->args = (char *)(call + 1) + HEAD_ROOM;
+    char *p = call->args;
+    if (head)
+        p = put_arg(p, head, head_len);
+    for (int i = 0; i < argc; i++)
+        p = put_arg(p, argv[i], arg_lens[i]);
+    *p = '\0';
+    call->args_len = (size_t)(p - call->args);
     call->sent_ms = uv_now(c->loop);
     call->deadline_ms = call->sent_ms + timeout_ms;
     call->sent_us = uv_hrtime() / 1000;
@@ -402,17 +405,17 @@ void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *co
         /* Its reply (+OK) comes first, and only the next command on this connection is let in. */
         const char *ask[] = {"ASKING"};
         size_t ask_len[] = {6};
-        issue(c, 0, NULL, 0, 1, ask, ask_len, timeout_ms, ignore_reply, NULL);
+        issue(c, false, NULL, 0, 1, ask, ask_len, timeout_ms, ignore_reply, NULL);
     }
     char nk[24];
     size_t nk_len = fmt_u64(nk, (uint64_t)numkeys);
-    issue(c, 2, nk, nk_len, argc, argv, arg_lens, timeout_ms, cb, arg);
+    issue(c, true, nk, nk_len, argc, argv, arg_lens, timeout_ms, cb, arg);
 }
 
 void redis_conn_command(struct redis_conn *c, int argc, const char *const *argv,
                         const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
-    issue(c, 0, NULL, 0, argc, argv, arg_lens, timeout_ms, cb, arg);
+    issue(c, false, NULL, 0, argc, argv, arg_lens, timeout_ms, cb, arg);
 }
 
 /* ---- connection ---- */
