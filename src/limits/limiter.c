@@ -532,10 +532,21 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
             text_cap += 8 * (base_cap + suffix_cap + 2) + call->n * (base_cap + 3 + LOCAL_RID_LEN);
         }
     }
-    const char **argv = xmalloc(argc * sizeof(*argv));
-    size_t *lens = xmalloc(argc * sizeof(*lens));
-    char *text = xmalloc(text_cap);
-    char *p = text;
+    if (l->call_argv_cap < argc) {
+        l->call_argv_cap = argc;
+        l->call_argv = xrealloc(l->call_argv, argc * sizeof(*l->call_argv));
+        l->call_lens = xrealloc(l->call_lens, argc * sizeof(*l->call_lens));
+    }
+    if (l->call_text_cap < text_cap) {
+        l->call_text_cap = text_cap;
+        free(l->call_text);
+        l->call_text = xmalloc(text_cap);
+    }
+    /* Reused safely: redis_eval copies the arguments before any callback of its own can build
+     * another call here. */
+    const char **argv = l->call_argv;
+    size_t *lens = l->call_lens;
+    char *p = l->call_text;
     size_t a = 0;
 #define ARG(len_expr)                                                                              \
     do {                                                                                           \
@@ -583,9 +594,6 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
     redis_eval(&l->redis, (int)nkeys, (int)a, argv, lens, l->timeout_ms, on_script_reply, batch);
-    free(argv);
-    free(lens);
-    free(text);
 }
 
 static const uint8_t *call_user(const void *item)
@@ -829,6 +837,13 @@ static void part_closed(struct limiter *l)
         l->spare_calls = next;
     }
     l->nspare_checks = l->nspare_calls = 0;
+    free(l->call_argv);
+    free(l->call_lens);
+    free(l->call_text);
+    l->call_argv = NULL;
+    l->call_lens = NULL;
+    l->call_text = NULL;
+    l->call_argv_cap = l->call_text_cap = 0;
     free(l->key_prefix);
     l->key_prefix = NULL;
     if (l->on_closed)
