@@ -159,6 +159,7 @@ void redis_conn_init(struct redis_conn *c, uv_loop_t *loop, const struct redis_c
     uv_timer_init(loop, &c->deadline_timer);
     c->deadline_timer.data = c;
     buf_init(&c->command);
+    redis_replies_init(&c->replies);
 }
 
 /* ---- calls ---- */
@@ -651,6 +652,7 @@ static void conn_connect_to(struct redis_conn *c, const char *host, uint16_t por
         return;
     }
     ac->data = c;
+    redis_replies_attach(&c->replies, ac);
     if (redis_events_attach(ac, c->loop) < 0) {
         redisAsyncFree(ac);
         conn_fail(c, "cannot watch the socket", false);
@@ -735,6 +737,7 @@ static void on_timer_closed(uv_handle_t *h)
     free(c->address);
     c->address = NULL;
     buf_free(&c->command);
+    redis_replies_free(&c->replies);
     if (c->on_closed)
         c->on_closed(c, c->closed_arg);
 }

@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "redis_replies.h"
 #include "resolve.h"
 
 enum redis_status {
@@ -81,6 +82,7 @@ struct redis_conn {
     int closed_timers;
     uint32_t backoff_ms;
     struct buf command; /* a command being formatted */
+    struct redis_replies replies; /* the reply objects of this connection's contexts */
     char script_sha[41];
     struct redis_call *calls; /* in flight, oldest first (a doubly linked list) */
     struct redis_call *calls_tail;
