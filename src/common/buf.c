@@ -62,7 +62,7 @@ int buf_msgpack_write(void *data, const char *bytes, size_t len)
     return 0;
 }
 
-size_t fmt_u64(char *dst, uint64_t v)
+size_t fmt_u64_digits(char *dst, uint64_t v)
 {
     /* Two digits per division, written from the end once the length is known: the check path
      * formats about ten numbers per check. */
@@ -71,8 +71,17 @@ size_t fmt_u64(char *dst, uint64_t v)
                                 "4041424344454647484950515253545556575859"
                                 "6061626364656667686970717273747576777879"
                                 "8081828384858687888990919293949596979899";
-    size_t n = 1;
-    for (uint64_t t = 10; n < 20 && v >= t; t *= 10) /* t wraps only after the last test */
+    if (v < 10) {
+        dst[0] = (char)('0' + v);
+        return 1;
+    }
+    if (v < 100) {
+        dst[0] = pairs[2 * v];
+        dst[1] = pairs[2 * v + 1];
+        return 2;
+    }
+    size_t n = 3;
+    for (uint64_t t = 1000; n < 20 && v >= t; t *= 10) /* t wraps only after the last test */
         n++;
     char *p = dst + n;
     while (v >= 100) {

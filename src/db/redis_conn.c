@@ -106,14 +106,29 @@ int redis_events_attach(redisAsyncContext *ac, uv_loop_t *loop)
     return 0;
 }
 
-/* Writes one argument in the Redis protocol (RESP): $len, then its bytes. */
-static char *put_arg(char *p, const char *arg, size_t len)
+char *redis_conn_put_arg(char *p, const char *arg, size_t len)
 {
     *p++ = '$';
     p += fmt_u64(p, len);
     *p++ = '\r';
     *p++ = '\n';
     memcpy(p, arg, len);
+    p += len;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+char *redis_conn_close_long_arg(char *start, size_t len)
+{
+    char digits[24];
+    size_t n = fmt_u64(digits, len);
+    memmove(start + 3 + n, start + 4, len);
+    start[0] = '$';
+    memcpy(start + 1, digits, n);
+    char *p = start + 1 + n;
+    *p++ = '\r';
+    *p++ = '\n';
     p += len;
     *p++ = '\r';
     *p++ = '\n';
@@ -136,10 +151,10 @@ struct redis_call {
     struct redis_call *prev, *next;
     int argc;        /* of the whole command */
     size_t args_len; /* of args */
-    /* The arguments (after EVALSHA and the sha), formatted once in RESP and kept for a retry with
-     * EVAL; HEAD_ROOM bytes before them are free for the command's head, and a '\0' follows
-     * (hiredis 0.14 looks one byte past a command's first argument, whether a second one
-     * follows, which for ASKING is past the end). */
+    /* The arguments (after EVALSHA and the sha) in RESP, kept for a retry with EVAL; HEAD_ROOM
+     * bytes before them are free for the command's head, and a '\0' follows (hiredis 0.14 looks one
+     * byte past a command's first argument, whether a second one follows, which for ASKING is past
+     * the end). */
     char *args;
 };
 
@@ -317,7 +332,7 @@ static void send_call(struct redis_conn *c, struct redis_call *call, bool with_s
         /* The common case: the head goes just before the arguments, and hiredis copies the
          * command from there. */
         if (call->script)
-            p = put_arg(put_arg(p, "EVALSHA", 7), c->script_sha, 40);
+            p = redis_conn_put_arg(redis_conn_put_arg(p, "EVALSHA", 7), c->script_sha, 40);
         size_t head_len = (size_t)(p - head);
         memcpy(call->args - head_len, head, head_len);
         command = call->args - head_len;
@@ -327,12 +342,11 @@ static void send_call(struct redis_conn *c, struct redis_call *call, bool with_s
         size_t source_len = strlen(c->setup->script);
         buf_clear(&c->command);
         char *start = (char *)buf_reserve(&c->command, HEAD_ROOM + source_len + call->args_len);
-        char *q = start;
-        memcpy(q, head, (size_t)(p - head));
-        q = put_arg(put_arg(q + (p - head), "EVAL", 4), c->setup->script, source_len);
+        memcpy(start, head, (size_t)(p - head));
+        char *q = redis_conn_put_arg(start + (p - head), "EVAL", 4);
+        q = redis_conn_put_arg(q, c->setup->script, source_len);
         memcpy(q, call->args, call->args_len + 1); /* with its '\0' */
-        q += call->args_len;
-        c->command.len = (size_t)(q - start);
+        c->command.len = (size_t)(q - start) + call->args_len;
         command = start;
         len = c->command.len;
     }
@@ -342,35 +356,32 @@ static void send_call(struct redis_conn *c, struct redis_call *call, bool with_s
     }
 }
 
-/* Issues a call: EVALSHA and the sha first when script, then head (e.g. numkeys) when given,
- * then the caller's arguments, all formatted into one allocation (the call, the room for the
- * command's head, the arguments), which a NOSCRIPT retry needs after the caller's buffers are
- * gone. */
-static void issue(struct redis_conn *c, bool script, const char *head, size_t head_len, int argc,
-                  const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
-                  redis_reply_fn cb, void *arg)
+/* Issues a call: EVALSHA, the sha and numkeys first when script, then the caller's arguments
+ * (argc of them, in RESP), copied into one allocation (the call, room for the command's head,
+ * the arguments), which a NOSCRIPT retry needs after the caller's buffers are gone. */
+static void issue(struct redis_conn *c, bool script, int numkeys, int argc, const char *args,
+                  size_t args_len, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
     if (!c->connected || !c->ac) {
         cb(REDIS_CALL_DOWN, NULL, arg);
         return;
     }
-    int nhead = head ? 1 : 0;
-    size_t bytes = head_len + 24 * (size_t)nhead + 1; /* "$" 20 digits "\r\n" ... "\r\n" */
-    for (int i = 0; i < argc; i++)
-        bytes += arg_lens[i] + 25;
-    struct redis_call *call = xmalloc(sizeof(*call) + HEAD_ROOM + bytes);
+    struct redis_call *call =
+        xmalloc(sizeof(*call) + HEAD_ROOM + REDIS_ARG_OVERHEAD + args_len + 1);
     memset(call, 0, sizeof(*call));
     call->c = c;
     call->cb = cb;
     call->arg = arg;
-    call->argc = (script ? 2 : 0) + nhead + argc;
+    call->argc = (script ? 3 : 0) + argc;
     call->script = script;
     call->args = (char *)(call + 1) + HEAD_ROOM;
     char *p = call->args;
-    if (head)
-        p = put_arg(p, head, head_len);
-    for (int i = 0; i < argc; i++)
-        p = put_arg(p, argv[i], arg_lens[i]);
+    if (script) {
+        char nk[24];
+        p = redis_conn_put_arg(p, nk, fmt_u64(nk, (uint64_t)numkeys));
+    }
+    memcpy(p, args, args_len);
+    p += args_len;
     *p = '\0';
     call->args_len = (size_t)(p - call->args);
     call->sent_ms = uv_now(c->loop);
@@ -398,25 +409,29 @@ static void ignore_reply(enum redis_status status, const redisReply *reply, void
     (void)arg;
 }
 
-void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *const *argv,
-                     const size_t *arg_lens, uint32_t timeout_ms, bool asking, redis_reply_fn cb,
-                     void *arg)
+void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *args, size_t len,
+                     uint32_t timeout_ms, bool asking, redis_reply_fn cb, void *arg)
 {
     if (asking && c->connected) {
         /* Its reply (+OK) comes first, and only the next command on this connection is let in. */
-        const char *ask[] = {"ASKING"};
-        size_t ask_len[] = {6};
-        issue(c, false, NULL, 0, 1, ask, ask_len, timeout_ms, ignore_reply, NULL);
+        static const char ask[] = "$6\r\nASKING\r\n";
+        issue(c, false, 0, 1, ask, sizeof(ask) - 1, timeout_ms, ignore_reply, NULL);
     }
-    char nk[24];
-    size_t nk_len = fmt_u64(nk, (uint64_t)numkeys);
-    issue(c, true, nk, nk_len, argc, argv, arg_lens, timeout_ms, cb, arg);
+    issue(c, true, numkeys, argc, args, len, timeout_ms, cb, arg);
 }
 
 void redis_conn_command(struct redis_conn *c, int argc, const char *const *argv,
                         const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
-    issue(c, false, NULL, 0, argc, argv, arg_lens, timeout_ms, cb, arg);
+    /* Rare (CLUSTER SLOTS): formatted into an allocation of its own. */
+    size_t need = 1;
+    for (int i = 0; i < argc; i++)
+        need += arg_lens[i] + REDIS_ARG_OVERHEAD;
+    char *args = xmalloc(need), *p = args;
+    for (int i = 0; i < argc; i++)
+        p = redis_conn_put_arg(p, argv[i], arg_lens[i]);
+    issue(c, false, 0, argc, args, (size_t)(p - args), timeout_ms, cb, arg);
+    free(args);
 }
 
 /* ---- connection ---- */
@@ -627,7 +642,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     bool was_up = c->connected;
     char why[256];
     snprintf(why, sizeof(why), "%s",
-             c->drop_why[0]     ? c->drop_why
+             c->drop_why[0]       ? c->drop_why
              : status == REDIS_OK ? "closed"
                                   : (ac->errstr[0] ? ac->errstr : "error"));
     c->ac = NULL;

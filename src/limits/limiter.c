@@ -517,7 +517,7 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
      * alone: a key left out would be counted from zero on the importing node. */
     bool declare = redis_is_cluster(&l->redis);
 
-    /* argv: the declared keys, then 'c', the reservation TTL, the number of users and their
+    /* The arguments: the declared keys, then 'c', the reservation TTL, the number of users and their
      * bases, and per user: its scopes, its rules, its checks. Every piece gets its own slot of
      * the text, sized for the longest it can be. */
     size_t argc = ncalls + 3, text_cap = 96;
@@ -532,31 +532,28 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
             text_cap += 8 * (base_cap + suffix_cap + 2) + call->n * (base_cap + 3 + LOCAL_RID_LEN);
         }
     }
-    if (l->call_argv_cap < argc) {
-        l->call_argv_cap = argc;
-        l->call_argv = xrealloc(l->call_argv, argc * sizeof(*l->call_argv));
-        l->call_lens = xrealloc(l->call_lens, argc * sizeof(*l->call_lens));
-    }
+    text_cap += REDIS_ARG_OVERHEAD * argc;
     if (l->call_text_cap < text_cap) {
         l->call_text_cap = text_cap;
         free(l->call_text);
         l->call_text = xmalloc(text_cap);
     }
-    /* Reused safely: redis_eval copies the arguments before any callback of its own can build
-     * another call here. */
-    const char **argv = l->call_argv;
-    size_t *lens = l->call_lens;
+    /* The arguments are written in RESP, as Redis reads them: each piece at p + 4, then its
+     * head ("$" length CRLF) goes before it. The text is reused safely: redis_eval_resp copies
+     * it before any callback of its own can build another call here. */
     char *p = l->call_text;
     size_t a = 0;
 #define ARG(len_expr)                                                                              \
     do {                                                                                           \
-        argv[a] = p;                                                                               \
-        lens[a] = (len_expr);                                                                      \
-        p += lens[a++];                                                                            \
+        char *arg_ = p;                                                                            \
+        p += 4;                                                                                    \
+        size_t len_ = (len_expr);                                                                  \
+        p = redis_conn_close_arg(arg_, len_);                                                      \
+        a++;                                                                                       \
     } while (0)
     for (struct limiter_call *call = batch->calls; declare && call; call = call->next)
         limiter_declare_keys(l, call->user_id, call->provider, call->provider_len, call->model,
-                             call->model_len, &call->lim, call->checks, argv, lens, &p, &a);
+                             call->model_len, &call->lim, call->checks, &p, &a);
     size_t nkeys = a;
     ARG((memcpy(p, "c", 1), 1));
     ARG(fmt_u64(p, l->reservation_ttl_s));
@@ -593,7 +590,8 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
 #undef ARG
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
-    redis_eval(&l->redis, (int)nkeys, (int)a, argv, lens, l->timeout_ms, on_script_reply, batch);
+    redis_eval_resp(&l->redis, (int)nkeys, (int)a, l->call_text, (size_t)(p - l->call_text),
+                    l->timeout_ms, on_script_reply, batch);
 }
 
 static const uint8_t *call_user(const void *item)
@@ -837,13 +835,9 @@ static void part_closed(struct limiter *l)
         l->spare_calls = next;
     }
     l->nspare_checks = l->nspare_calls = 0;
-    free(l->call_argv);
-    free(l->call_lens);
     free(l->call_text);
-    l->call_argv = NULL;
-    l->call_lens = NULL;
     l->call_text = NULL;
-    l->call_argv_cap = l->call_text_cap = 0;
+    l->call_text_cap = 0;
     free(l->key_prefix);
     l->key_prefix = NULL;
     if (l->on_closed)

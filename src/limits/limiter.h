@@ -130,11 +130,8 @@ struct limiter {
     struct limiter_check *spare_checks;
     struct limiter_call *spare_calls;
     uint32_t nspare_checks, nspare_calls;
-    /* The script call being built: its arguments, and the text they point into. Kept for the
-     * next call (grown as needed, bounded by MAX_CHECKS_PER_BATCH checks a call). */
-    const char **call_argv;
-    size_t *call_lens;
-    size_t call_argv_cap;
+    /* The script call being built: its arguments in RESP. Kept for the next call (grown as
+     * needed, bounded by MAX_CHECKS_PER_BATCH checks a call). */
     char *call_text;
     size_t call_text_cap;
     void (*on_denied)(void *arg, const uint8_t user_id[16], const char *provider, size_t len,
