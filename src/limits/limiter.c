@@ -340,8 +340,8 @@ static void degrade_call(struct limiter *l, struct limiter_call *call)
 
 static void resolve_call(struct limiter *l, struct limiter_call *call, enum rules_lookup *found)
 {
-    *found = rules_resolve(&l->rules, call->user_id, call->provider, call->provider_len,
-                           call->model, call->model_len, &call->lim);
+    *found = rules_resolve_cached(&l->rules, l->resolved, call->user_id, call->provider,
+                                  call->provider_len, call->model, call->model_len, &call->lim);
 }
 
 /* After a call for a key: the checks that queued behind it go out together. */
@@ -793,6 +793,7 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     l->loop = loop;
     l->key_prefix = xstrdup(config->redis.key_prefix);
     keytable_init(&l->keys, KEY_CAPACITY);
+    l->resolved = xcalloc(RULES_CACHE_ENTRIES, sizeof(*l->resolved));
     local_init(&l->local, LOCAL_SCOPES, LOCAL_RESERVATIONS);
     if (getrandom(&l->rid_seed, sizeof(l->rid_seed), 0) != sizeof(l->rid_seed))
         l->rid_seed = limiter_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)l;
@@ -835,6 +836,8 @@ static void part_closed(struct limiter *l)
         l->spare_calls = next;
     }
     l->nspare_checks = l->nspare_calls = 0;
+    free(l->resolved);
+    l->resolved = NULL;
     free(l->call_text);
     l->call_text = NULL;
     l->call_text_cap = 0;

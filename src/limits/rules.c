@@ -565,6 +565,35 @@ static void consider(const struct rules_rule *r, const char *provider, size_t pl
     }
 }
 
+/* Where the user's rules start in the sorted list (or would). */
+static size_t user_run(const struct rules *l, const uint8_t user_id[16])
+{
+    size_t lo = 0, hi = l->nper_user;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (memcmp(l->per_user[mid].user_id, user_id, 16) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static bool user_has_own(const struct rules *l, const uint8_t user_id[16])
+{
+    size_t i = l->nper_user ? user_run(l, user_id) : 0;
+    return i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0;
+}
+
+/* Copies what a check is held to (the rules applying, not all RULES_APPLY_MAX). */
+static void resolved_copy(struct rules_resolved *dst, const struct rules_resolved *src)
+{
+    memcpy(dst, src, offsetof(struct rules_resolved, rule));
+    memcpy(dst->rule, src->rule, src->n * sizeof(src->rule[0]));
+    dst->per_minute = src->per_minute;
+    dst->per_day = src->per_day;
+}
+
 enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16],
                                 const char *provider, size_t provider_len, const char *model,
                                 size_t model_len, struct rules_resolved *out)
@@ -593,20 +622,9 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
     provider_run(l->every, l->nevery, provider, provider_len, &from, &to);
     for (size_t i = from; i < to; i++)
         consider(&l->every[i], provider, provider_len, model, model_len, &best);
-    if (l->nper_user) {
-        /* The user's rules are a run in the sorted list: find its start. */
-        size_t lo = 0, hi = l->nper_user;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            if (memcmp(l->per_user[mid].user_id, user_id, 16) < 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        for (size_t i = lo; i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0;
-             i++)
-            consider(&l->per_user[i], provider, provider_len, model, model_len, &best);
-    }
+    for (size_t i = user_run(l, user_id);
+         i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0; i++)
+        consider(&l->per_user[i], provider, provider_len, model, model_len, &best);
 
     out->enabled = p->config_enabled >= 0 ? p->config_enabled == 1 : p->db_enabled != 0;
     out->has_budget = false;
@@ -642,6 +660,40 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
                 }
             }
     return RULES_FOUND;
+}
+
+enum rules_lookup rules_resolve_cached(const struct rules *l, struct rules_cached *cache,
+                                       const uint8_t user_id[16], const char *provider,
+                                       size_t provider_len, const char *model, size_t model_len,
+                                       struct rules_resolved *out)
+{
+    if (user_has_own(l, user_id) || provider_len > RULES_PROVIDER_BYTES ||
+        model_len > RULES_MODEL_BYTES)
+        return rules_resolve(l, user_id, provider, provider_len, model, model_len, out);
+    uint32_t h = 2166136261u; /* FNV-1a of the provider, a separator, the model */
+    for (size_t i = 0; i < provider_len; i++)
+        h = (h ^ (uint8_t)provider[i]) * 16777619u;
+    h = (h ^ 0xffu) * 16777619u;
+    for (size_t i = 0; i < model_len; i++)
+        h = (h ^ (uint8_t)model[i]) * 16777619u;
+    struct rules_cached *e = &cache[h & (RULES_CACHE_ENTRIES - 1)];
+    if (e->generation == l->generation + 1 && e->provider_len == provider_len &&
+        e->model_len == model_len && memcmp(e->provider, provider, provider_len) == 0 &&
+        memcmp(e->model, model, model_len) == 0) {
+        resolved_copy(out, &e->lim);
+        return RULES_FOUND;
+    }
+    enum rules_lookup found =
+        rules_resolve(l, user_id, provider, provider_len, model, model_len, out);
+    if (found == RULES_FOUND) {
+        e->generation = l->generation + 1;
+        e->provider_len = (uint8_t)provider_len;
+        e->model_len = (uint8_t)model_len;
+        memcpy(e->provider, provider, provider_len);
+        memcpy(e->model, model, model_len);
+        resolved_copy(&e->lim, out);
+    }
+    return found;
 }
 
 static void on_handle_closed(uv_handle_t *h)
