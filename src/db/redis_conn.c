@@ -26,7 +26,9 @@
 struct redis_events {
     redisAsyncContext *ac; /* NULL once hiredis has let go of it */
     uv_poll_t poll;
-    int events; /* UV_READABLE | UV_WRITABLE the handle is started with */
+    int events;       /* UV_READABLE | UV_WRITABLE the handle is started with */
+    bool write_later; /* a command is being queued: send_call writes it itself (see there) */
+    bool want_write;  /* and hiredis asked for a write meanwhile */
 };
 
 static void events_on_poll(uv_poll_t *handle, int status, int events)
@@ -67,12 +69,17 @@ static void events_del_read(void *arg)
 static void events_add_write(void *arg)
 {
     struct redis_events *e = arg;
+    if (e->write_later) {
+        e->want_write = true;
+        return;
+    }
     events_set(e, e->events | UV_WRITABLE);
 }
 
 static void events_del_write(void *arg)
 {
     struct redis_events *e = arg;
+    e->want_write = false;
     events_set(e, e->events & ~UV_WRITABLE);
 }
 
@@ -356,9 +363,27 @@ static void send_call(struct redis_conn *c, struct redis_call *call, bool with_s
         command = start;
         len = c->command.len;
     }
-    if (redisAsyncFormattedCommand(c->ac, on_reply, call, command, len) != REDIS_OK) {
+    /* The command is written now, not when the poll next says the socket is writable: waiting
+     * for that would start and stop watching for writability around every command, and the
+     * socket nearly always takes it at once (what it does not take, hiredis asks the poll to
+     * wait for, as before). Not from inside a callback of this context, where hiredis must not
+     * be re-entered (the NOSCRIPT retry): that one waits for the poll. */
+    redisAsyncContext *ac = c->ac;
+    struct redis_events *e = ac->ev.data;
+    bool write_now = !(ac->c.flags & REDIS_IN_CALLBACK);
+    e->write_later = write_now;
+    int rc = redisAsyncFormattedCommand(ac, on_reply, call, command, len);
+    e->write_later = false;
+    if (rc != REDIS_OK) {
         call_answer(call, REDIS_CALL_DOWN, NULL);
         call_free(call);
+        return;
+    }
+    if (write_now && e->want_write) {
+        e->want_write = false;
+        /* A failed write disconnects: every call in flight, this one too, is answered
+         * REDIS_CALL_DOWN from here, as when no connection was there to take it. */
+        redisAsyncHandleWrite(ac);
     }
 }
 
