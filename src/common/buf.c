@@ -80,9 +80,30 @@ size_t fmt_u64_digits(char *dst, uint64_t v)
         dst[1] = pairs[2 * v + 1];
         return 2;
     }
-    size_t n = 3;
-    for (uint64_t t = 1000; n < 20 && v >= t; t *= 10) /* t wraps only after the last test */
-        n++;
+    /* The number of digits without a loop: bits * log10(2) (1233 / 4096) is the count of the
+     * power of ten at or below 2^bits, one short when v reaches the next power. */
+    static const uint64_t powers[20] = {1ULL,
+                                        10ULL,
+                                        100ULL,
+                                        1000ULL,
+                                        10000ULL,
+                                        100000ULL,
+                                        1000000ULL,
+                                        10000000ULL,
+                                        100000000ULL,
+                                        1000000000ULL,
+                                        10000000000ULL,
+                                        100000000000ULL,
+                                        1000000000000ULL,
+                                        10000000000000ULL,
+                                        100000000000000ULL,
+                                        1000000000000000ULL,
+                                        10000000000000000ULL,
+                                        100000000000000000ULL,
+                                        1000000000000000000ULL,
+                                        10000000000000000000ULL};
+    size_t t = ((size_t)(64 - __builtin_clzll(v)) * 1233) >> 12;
+    size_t n = t + (v >= powers[t]);
     char *p = dst + n;
     while (v >= 100) {
         const char *d = pairs + 2 * (v % 100);
