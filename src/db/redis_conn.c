@@ -169,6 +169,7 @@ struct redis_call {
      * byte past a command's first argument, whether a second one follows, which for ASKING is past
      * the end). */
     char *args;
+    size_t room; /* bytes allocated after the struct */
 };
 
 static void conn_connect(struct redis_conn *c);
@@ -217,9 +218,48 @@ static void call_answer(struct redis_call *call, enum redis_status status, const
     call->cb(status, reply, call->arg);
 }
 
+/* Calls answered are kept for the next (at most CALL_SPARE, each with its room for arguments
+ * when that is at most CALL_KEEP_BYTES). None under AddressSanitizer, which can then still catch
+ * a call used after its answer. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CALL_SPARE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CALL_SPARE 0
+#endif
+#endif
+#ifndef CALL_SPARE
+#define CALL_SPARE 64
+#endif
+#define CALL_KEEP_BYTES 4096
+
+static struct redis_call *call_new(struct redis_conn *c, size_t room)
+{
+    struct redis_call *call = c->spare_calls;
+    if (call) {
+        c->spare_calls = call->next;
+        c->nspare_calls--;
+        if (call->room >= room)
+            return call;
+        free(call);
+    }
+    if (room < 512)
+        room = 512;
+    call = xmalloc(sizeof(*call) + room);
+    call->room = room;
+    return call;
+}
+
 static void call_free(struct redis_call *call)
 {
-    free(call);
+    struct redis_conn *c = call->c;
+    if (c->nspare_calls + 1 > CALL_SPARE || call->room > CALL_KEEP_BYTES) {
+        free(call);
+        return;
+    }
+    call->next = c->spare_calls;
+    c->spare_calls = call;
+    c->nspare_calls++;
 }
 
 static void on_deadline(uv_timer_t *t);
@@ -397,9 +437,10 @@ static void issue(struct redis_conn *c, bool script, int numkeys, int argc, cons
         cb(REDIS_CALL_DOWN, NULL, arg);
         return;
     }
-    struct redis_call *call =
-        xmalloc(sizeof(*call) + HEAD_ROOM + REDIS_ARG_OVERHEAD + args_len + 1);
+    struct redis_call *call = call_new(c, HEAD_ROOM + REDIS_ARG_OVERHEAD + args_len + 1);
+    size_t room = call->room;
     memset(call, 0, sizeof(*call));
+    call->room = room;
     call->c = c;
     call->cb = cb;
     call->arg = arg;
@@ -784,6 +825,12 @@ static void on_timer_closed(uv_handle_t *h)
     c->address = NULL;
     buf_free(&c->command);
     redis_replies_free(&c->replies);
+    while (c->spare_calls) {
+        struct redis_call *next = c->spare_calls->next;
+        free(c->spare_calls);
+        c->spare_calls = next;
+    }
+    c->nspare_calls = 0;
     if (c->on_closed)
         c->on_closed(c, c->closed_arg);
 }

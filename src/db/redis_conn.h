@@ -86,6 +86,8 @@ struct redis_conn {
     char script_sha[41];
     struct redis_call *calls; /* in flight, oldest first (a doubly linked list) */
     struct redis_call *calls_tail;
+    struct redis_call *spare_calls; /* answered, kept for reuse (redis_conn.c) */
+    unsigned nspare_calls;
     void (*on_state)(struct redis_conn *c, bool up, void *arg);
     void *state_arg;
     char last_error[256];     /* of the last failed connect, to log a repeated one rarely */

@@ -53,7 +53,8 @@ struct limiter_call {
     struct rules_resolved lim;
     struct limiter_check *checks, *checks_tail;
     uint32_t n;
-    uint64_t sent_ms; /* loop time the script call was sent */
+    uint64_t sent_ms;      /* loop time the script call was sent */
+    size_t reply_elements; /* the first call of a script call: its reply's, when all is well */
 };
 
 /* Checks and calls come from, and go back to, the limiter's spares (at most LIMITER_SPARE
@@ -444,25 +445,17 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
     call->checks = NULL;
 }
 
-/* The key calls of one script call, in the order of its KEYS. */
-struct limiter_batch {
-    struct limiter *l;
-    struct limiter_call *calls;
-    size_t elements; /* the reply's, when all is well */
-};
-
+/* arg: the first of the key calls of one script call (in the order of its arguments). */
 static void on_script_reply(enum redis_status status, const redisReply *reply, void *arg)
 {
-    struct limiter_batch *batch = arg;
-    struct limiter *l = batch->l;
+    struct limiter_call *call = arg;
+    struct limiter *l = call->l;
     bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
-              reply->elements == batch->elements;
+              reply->elements == call->reply_elements;
     if (status == REDIS_CALL_OK && !ok)
         log_error("redis: the check script answered %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
     size_t i = 1;
-    struct limiter_call *call = batch->calls;
-    free(batch);
     while (call) {
         struct limiter_call *next = call->next;
         if (ok)
@@ -506,10 +499,8 @@ static const char window_letters[] = "mhdM";
 /* Sends key calls (a list of n) as one script call. */
 static void send_script_call(struct limiter *l, void *list, size_t n)
 {
-    struct limiter_batch *batch = xmalloc(sizeof(*batch));
-    batch->l = l;
-    batch->calls = list;
-    batch->elements = 1;
+    struct limiter_call *first = list;
+    first->reply_elements = 1;
     uint32_t ncalls = (uint32_t)n;
     /* KEYS are for routing only (check.lua reads the bases from ARGV): none on one Redis; on a
      * Redis Cluster every existing key the script will touch (the scopes' hashes) and the
@@ -523,8 +514,8 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     size_t argc = ncalls + 3, text_cap = 96;
     size_t prefix_len = strlen(l->key_prefix), base_cap = prefix_len + UUID_STRING_LEN + 2;
     size_t suffix_cap = RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16;
-    for (struct limiter_call *call = batch->calls; call; call = call->next) {
-        batch->elements += call->n * (2 + (size_t)call->lim.counted);
+    for (struct limiter_call *call = first; call; call = call->next) {
+        first->reply_elements += call->n * (2 + (size_t)call->lim.counted);
         argc += 2 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
         text_cap += base_cap + 4 * suffix_cap + 24 * (2 + 5 * (size_t)call->lim.counted + 4 * call->n);
         if (declare) {
@@ -551,16 +542,16 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
         p = redis_conn_close_arg(arg_, len_);                                                      \
         a++;                                                                                       \
     } while (0)
-    for (struct limiter_call *call = batch->calls; declare && call; call = call->next)
+    for (struct limiter_call *call = first; declare && call; call = call->next)
         limiter_declare_keys(l, call->user_id, call->provider, call->provider_len, call->model,
                              call->model_len, &call->lim, call->checks, &p, &a);
     size_t nkeys = a;
     ARG((memcpy(p, "c", 1), 1));
     ARG(fmt_u64(p, l->reservation_ttl_s));
     ARG(fmt_u64(p, ncalls));
-    for (struct limiter_call *call = batch->calls; call; call = call->next)
+    for (struct limiter_call *call = first; call; call = call->next)
         ARG(limiter_format_base(l, call->user_id, p, base_cap));
-    for (struct limiter_call *call = batch->calls; call; call = call->next) {
+    for (struct limiter_call *call = first; call; call = call->next) {
         const struct rules_resolved *lim = &call->lim;
         int scope_of[RULES_APPLY_MAX];
         const struct rules_applied *rep[4];
@@ -591,7 +582,7 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
     redis_eval_resp(&l->redis, (int)nkeys, (int)a, l->call_text, (size_t)(p - l->call_text),
-                    l->timeout_ms, on_script_reply, batch);
+                    l->timeout_ms, on_script_reply, first);
 }
 
 static const uint8_t *call_user(const void *item)
