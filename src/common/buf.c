@@ -105,17 +105,25 @@ size_t fmt_u64_digits(char *dst, uint64_t v)
     size_t t = ((size_t)(64 - __builtin_clzll(v)) * 1233) >> 12;
     size_t n = t + (v >= powers[t]);
     char *p = dst + n;
-    while (v >= 100) {
+    while (v > UINT32_MAX) {
         const char *d = pairs + 2 * (v % 100);
         v /= 100;
         *--p = d[1];
         *--p = d[0];
     }
-    if (v >= 10) {
-        *--p = pairs[2 * v + 1];
-        *--p = pairs[2 * v];
+    /* The rest in 32 bits, where dividing by 100 is cheaper. */
+    uint32_t w = (uint32_t)v;
+    while (w >= 100) {
+        const char *d = pairs + 2 * (w % 100);
+        w /= 100;
+        *--p = d[1];
+        *--p = d[0];
+    }
+    if (w >= 10) {
+        *--p = pairs[2 * w + 1];
+        *--p = pairs[2 * w];
     } else {
-        *--p = (char)('0' + v);
+        *--p = (char)('0' + w);
     }
     return n;
 }

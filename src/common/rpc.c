@@ -154,10 +154,26 @@ void rpc_pack_error(msgpack_packer *pk, const struct rpc_error *e)
 
 void rpc_pack_result_head(msgpack_packer *pk, uint32_t msgid)
 {
-    msgpack_pack_array(pk, 4);
-    msgpack_pack_uint8(pk, 1);
-    msgpack_pack_uint32(pk, msgid);
-    msgpack_pack_nil(pk);
+    /* Every answer starts so: one write of the bytes msgpack-c would give, not four. */
+    uint8_t head[9], *p = head;
+    *p++ = 0x94; /* array of 4 */
+    *p++ = 1;    /* a response */
+    if (msgid < 128) {
+        *p++ = (uint8_t)msgid;
+    } else if (msgid < 256) {
+        *p++ = 0xcc;
+        *p++ = (uint8_t)msgid;
+    } else if (msgid < 65536) {
+        *p++ = 0xcd;
+        *p++ = (uint8_t)(msgid >> 8);
+        *p++ = (uint8_t)msgid;
+    } else {
+        *p++ = 0xce;
+        for (int shift = 24; shift >= 0; shift -= 8)
+            *p++ = (uint8_t)(msgid >> shift);
+    }
+    *p++ = 0xc0; /* no error */
+    pk->callback(pk->data, (const char *)head, (size_t)(p - head));
 }
 
 void rpc_pack_error_response(msgpack_packer *pk, uint32_t msgid, const struct rpc_error *e)

@@ -129,16 +129,15 @@ char *redis_conn_put_arg(char *p, const char *arg, size_t len)
 char *redis_conn_close_long_arg(char *start, size_t len)
 {
     char digits[24];
-    size_t n = 2;
-    if (len < 100) { /* most: keys and ids */
-        digits[0] = (char)('0' + len / 10);
-        digits[1] = (char)('0' + len % 10);
-    } else {
-        n = fmt_u64(digits, len);
-    }
+    size_t n = len < 100 ? 2 : fmt_u64(digits, len);
     memmove(start + 3 + n, start + 4, len);
     start[0] = '$';
-    memcpy(start + 1, digits, n);
+    if (len < 100) { /* most: keys and ids */
+        start[1] = (char)('0' + len / 10);
+        start[2] = (char)('0' + len % 10);
+    } else {
+        memcpy(start + 1, digits, n);
+    }
     char *p = start + 1 + n;
     *p++ = '\r';
     *p++ = '\n';
