@@ -330,6 +330,9 @@ static void pg_finish_op(struct pg_conn *pg)
         PQclear(pg->result);
         pg->result = NULL;
     }
+    /* Reading the op's results may have parsed notifications that came in the same packets:
+     * the socket has nothing more to say about them, so hand them over now. */
+    pg_deliver_notifications(pg);
     if (pg->state == PG_IDLE && pg->cb->ready)
         pg->cb->ready(pg, pg->cb_arg);
 }
