@@ -32,8 +32,11 @@ bool rpc_str_eq(const msgpack_object *o, const char *s)
 
 static enum rpc_method find_method(const msgpack_object *o)
 {
+    /* The first byte first: most names differ there, and rpc_str_eq measures the name. */
+    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0)
+        return RPC_METHOD_UNKNOWN;
     for (int i = 0; i < RPC_METHOD_COUNT; i++)
-        if (rpc_str_eq(o, method_names[i]))
+        if (method_names[i][0] == o->via.str.ptr[0] && rpc_str_eq(o, method_names[i]))
             return (enum rpc_method)i;
     return RPC_METHOD_UNKNOWN;
 }
