@@ -28,7 +28,7 @@ static const struct prom_label_section {
     {"errors", "code"},          {"dropped_notifications", "code"},
     {"events_rejected", "code"}, {"tables", "table"},
     {"views", "view"},           {"providers", "provider"},
-    {"denied", "reason"},
+    {"denied", "reason"},        {"shadow_denied_rules", "rule"},
 };
 
 struct prom_sample {

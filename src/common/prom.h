@@ -8,10 +8,10 @@
  *     usaged_connections_open; true and false are 1 and 0;
  *   - a map under one of a few label-keyed section names (errors, dropped_notifications and
  *     events_rejected by error code, tables by table name, views by view name, providers by
- *     provider name, denied by reason) does not add its keys to the metric name: each key becomes
- * the value of the section's label instead, and what is under it is walked as if it stood in the
- * section's place: errors.bad_request is usaged_errors{code="bad_request"}, and
- *     ingest.tables.api_usage_logs.rows_written is
+ *     provider name, denied by reason, shadow_denied_rules by rule) does not add its keys to the
+ * metric name: each key becomes the value of the section's label instead, and what is under it is
+ * walked as if it stood in the section's place: errors.bad_request is
+ * usaged_errors{code="bad_request"}, and ingest.tables.api_usage_logs.rows_written is
  *     usaged_ingest_tables_rows_written{table="api_usage_logs"};
  *   - a non-empty string leaf becomes an info sample of value 1 carrying the string as a label
  *     named after its key: usaged_version_info{version="0.1.0"} 1;

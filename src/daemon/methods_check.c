@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "check_answer.h"
+#include "clock.h"
 #include "fields.h"
 #include "money.h"
 #include "rpc.h"
@@ -412,9 +413,22 @@ static void pack_by_window(msgpack_packer *pk, const uint64_t *count)
     }
 }
 
+/* What shadow rules would have denied, by the rule's pattern (shadows.h). */
+static void pack_shadow_rules(msgpack_packer *pk, const struct shadows *s)
+{
+    rpc_pack_str(pk, "shadow_denied_rules");
+    msgpack_pack_map(pk, s->n + (s->other ? 1 : 0));
+    for (uint32_t i = 0; i < s->n; i++)
+        rpc_pack_u64(pk, s->entry[i].pattern, s->entry[i].count);
+    if (s->other)
+        rpc_pack_u64(pk, SHADOWS_OTHER, s->other);
+}
+
 void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 30);
+    struct ledger_figures f;
+    ledger_read(&l->ledger, (uint64_t)clock_wall_ms() / 1000, &f);
+    msgpack_pack_map(pk, 40);
     rpc_pack_u64(pk, "checks", l->stats.checks);
     rpc_pack_u64(pk, "allowed", l->stats.allowed);
     rpc_pack_str(pk, "denied");
@@ -427,6 +441,7 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     msgpack_pack_map(pk, RULES_WINDOWS + 1);
     pack_by_window(pk, l->stats.shadow_denied);
     rpc_pack_u64(pk, USAGED_REASON_CONCURRENCY_LIMIT, l->stats.shadow_denied[RULES_WINDOWS]);
+    pack_shadow_rules(pk, &l->shadows);
     rpc_pack_u64(pk, "degraded", l->stats.degraded);
     rpc_pack_u64(pk, "unknown_provider", l->stats.unknown_provider);
     rpc_pack_u64(pk, "unlimited", l->stats.unlimited);
@@ -441,6 +456,14 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "limits_notifications", l->rules.notifications);
     rpc_pack_u64(pk, "reservations", l->stats.reservations);
     rpc_pack_u64(pk, "settles", l->stats.settles);
+    /* This daemon's share of the reservations and slots in Redis (ledger.h): may be negative;
+     * summed over the daemons sharing the Redis, exact. */
+    rpc_pack_i64(pk, "reservations_open", f.open);
+    rpc_pack_i64(pk, "reservations_expired", f.expired);
+    rpc_pack_i64(pk, "concurrent_slots_in_use", f.slots);
+    rpc_pack_u64(pk, "concurrent_slots_taken", l->ledger.slots_taken);
+    rpc_pack_u64(pk, "concurrent_slots_freed", l->ledger.slots_freed);
+    rpc_pack_i64(pk, "concurrent_slots_lapsed", f.slots_lapsed);
     rpc_pack_u64(pk, "settles_duplicate", l->stats.settles_duplicate);
     rpc_pack_u64(pk, "settles_unknown", l->stats.settles_unknown);
     rpc_pack_u64(pk, "settles_queued", l->stats.settles_queued);
@@ -451,6 +474,9 @@ void methods_check_pack_stats(const struct limiter *l, msgpack_packer *pk)
     rpc_pack_u64(pk, "alerts_duplicate", l->alerts.stats.duplicates);
     rpc_pack_u64(pk, "alerts_waiting", alerts_waiting(&l->alerts));
     rpc_pack_u64(pk, "alerts_dropped", l->alerts.stats.dropped);
+    rpc_pack_u64(pk, "alerts_spooled", l->alerts.stats.spooled);
+    rpc_pack_u64(pk, "alerts_on_disk", alerts_on_disk(&l->alerts));
+    rpc_pack_u64(pk, "alerts_corrupt", l->alerts.stats.corrupt);
     rpc_pack_str(pk, "redis");
     redis_pack_stats(&l->redis, pk);
     rpc_pack_str(pk, "postgres");

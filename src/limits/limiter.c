@@ -113,25 +113,18 @@ uint64_t limiter_wall_ms(void)
     return (uint64_t)clock_wall_ms();
 }
 
-static uint64_t splitmix64(uint64_t x)
+/* A new reservation id: 16 hex digits (ledger.h), unique across daemons by their random
+ * seeds and within one by its count; it names the concurrent slots it takes, one per scope of
+ * the call's concurrent rules (the script's ZADD per scope). */
+static void new_rid(struct limiter *l, char rid[LOCAL_RID_LEN + 1],
+                    const struct rules_resolved *lim)
 {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
-
-/* A new reservation id: 16 hex digits, unique across daemons by their random seeds; a local
- * one starts with 'l'. */
-static void new_rid(struct limiter *l, char rid[LOCAL_RID_LEN + 1], bool local)
-{
-    static const char hex[] = "0123456789abcdef";
-    uint64_t v = splitmix64(l->rid_seed + l->rid_next++);
-    for (int i = 0; i < LOCAL_RID_LEN; i++)
-        rid[i] = hex[(v >> (4 * i)) & 15];
-    if (local)
-        rid[0] = 'l';
-    rid[LOCAL_RID_LEN] = '\0';
+    unsigned scopes = 0; /* bit 2 * by_provider + by_model of each concurrent rule */
+    for (int i = 0; i < lim->counted; i++)
+        if (lim->rule[i].dimension == RULES_CONCURRENT)
+            scopes |= 1u << (2 * lim->rule[i].by_provider + lim->rule[i].by_model);
+    ledger_rid_format(l->rid_seed + l->rid_next++, (unsigned)__builtin_popcount(scopes),
+                      limiter_wall_ms() / 1000, rid);
 }
 
 bool limiter_parse_reservation(const char *s, size_t len, uint8_t user_id[16],
@@ -212,6 +205,7 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
     if (r->allowed && check->rid[0]) {
         format_reservation(user_id, check->rid, r->reservation);
         l->stats.reservations++;
+        ledger_issue(&l->ledger, check->rid, limiter_wall_ms() / 1000);
     }
     if (!r->allowed && l->log_denied && !decision_is_peek(&check->amounts) && l->on_denied)
         l->on_denied(l->denied_arg, user_id, provider, len, r->reason, (int64_t)limiter_wall_ms());
@@ -221,6 +215,15 @@ static void answer(struct limiter *l, struct limiter_check *check, const uint8_t
     uint64_t tag = check->tag;
     free_check(l, check);
     done(arg, tag, r);
+}
+
+/* The pattern of the shadow rule that would have denied the check, if any, is counted. */
+static void limiter_count_shadow(struct limiter *l, const struct limiter_call *call,
+                                 const struct check_result *r)
+{
+    if (r->shadow_denied_by >= 0)
+        shadows_count(&l->shadows, &r->rules->rule[r->shadow_denied_by], call->provider,
+                      call->provider_len, call->model, call->model_len);
 }
 
 /* Redis could not decide: the configured policy does. */
@@ -241,11 +244,15 @@ static void answer_degraded(struct limiter *l, struct limiter_check *check,
             scope[i] = local_scope_hash(call->user_id, suffix, n);
         }
         if (check->rid[0])
-            check->rid[0] = 'l'; /* kept here: settled here */
+            ledger_rid_local(check->rid); /* kept here: settled here; no concurrent slot */
+        char alerted[LOCAL_ALERTED_LEN];
         bool allowed = local_check(&l->local, call->user_id, scope, lim, &check->amounts, now,
                                    check->rid[0] ? check->rid : NULL,
-                                   (uint64_t)l->reservation_ttl_s * 1000, used);
+                                   (uint64_t)l->reservation_ttl_s * 1000, used, alerted);
         decision_make(lim, &check->amounts, allowed, used, now, &r);
+        if (alerted[0])
+            alerts_raise(&l->alerts, call->user_id, call->provider, call->provider_len, call->model,
+                         call->model_len, lim, alerted, used, now);
         break;
     }
     case CONFIG_REDIS_ALLOW:
@@ -258,6 +265,7 @@ static void answer_degraded(struct limiter *l, struct limiter_check *check,
         break;
     }
     r.degraded = true;
+    limiter_count_shadow(l, call, &r);
     answer(l, check, call->user_id, call->provider, call->provider_len, &r);
 }
 
@@ -439,6 +447,7 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
         decision_make(&call->lim, &c->amounts, status == 0, used, (uint64_t)now_ms, &r);
         if (call->key && !next && cacheable(l, &call->lim))
             remember(l, call->key, &r, call->sent_ms); /* the last answer is the freshest */
+        limiter_count_shadow(l, call, &r);
         answer(l, c, call->user_id, call->provider, call->provider_len, &r);
         c = next;
     }
@@ -697,7 +706,7 @@ bool limiter_check(struct limiter *l, const struct limiter_request *req, limiter
         return true;
     }
     if (lim->has_budget && !decision_is_peek(&req->amounts))
-        new_rid(l, check->rid, false);
+        new_rid(l, check->rid, lim);
     struct keytable_entry *key =
         keytable_get(&l->keys, req->user_id, req->provider, req->provider_len, model,
                      req->model_len, uv_now(l->loop));
@@ -774,6 +783,10 @@ void limiter_configure(struct limiter *l, const struct config *config)
     l->policy = config->limits.on_redis_error;
     l->log_denied = config->limits.log_denied;
     l->reservation_ttl_s = config->limits.reservation_ttl_s;
+    if (!l->ledger.ring)
+        ledger_init(&l->ledger, l->reservation_ttl_s, limiter_wall_ms() / 1000);
+    else if (l->ledger.span_s != l->reservation_ttl_s + ledger_grace_s(l->reservation_ttl_s))
+        ledger_resize(&l->ledger, l->reservation_ttl_s, limiter_wall_ms() / 1000);
     l->settle_queue_max = config->limits.settle_queue;
     rules_configure(&l->rules, config);
 }
@@ -815,6 +828,8 @@ static void part_closed(struct limiter *l)
      * the queues are empty here; free the table. */
     keytable_free(&l->keys);
     local_free(&l->local);
+    ledger_free(&l->ledger);
+    shadows_free(&l->shadows);
     limiter_drop_settles(l);
     while (l->spare_checks) {
         struct limiter_check *next = l->spare_checks->next;

@@ -32,9 +32,11 @@
 #include "decision.h"
 #include "errors.h"
 #include "keytable.h"
+#include "ledger.h"
 #include "local.h"
 #include "redis.h"
 #include "rules.h"
+#include "shadows.h"
 
 /* The Lua script (src/limits/check.lua, embedded at build time), for the benchmark to run the
  * same one. */
@@ -148,6 +150,8 @@ struct limiter {
     void (*on_closed)(struct limiter *l, void *arg);
     void *closed_arg;
     struct limiter_stats stats;
+    struct ledger ledger;   /* reservations open, expired; concurrent slots in use */
+    struct shadows shadows; /* shadow denials by rule pattern */
 };
 
 void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *config);

@@ -1,6 +1,7 @@
 /* local: see local.h. */
 #include "local.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,8 +59,11 @@ static struct local_scope *scope_get(struct local_limits *ll, uint64_t hash, uin
     memset(victim, 0, sizeof(*victim));
     victim->hash = hash;
     victim->last_used_ms = now_ms;
-    for (int w = 0; w < RULES_WINDOWS; w++)
+    for (int w = 0; w < RULES_WINDOWS; w++) {
         victim->window[w] = -1;
+        for (int d = 0; d < RULES_DIMENSIONS; d++)
+            victim->alerted[0][d][w] = victim->alerted[1][d][w] = -1;
+    }
     return victim;
 }
 
@@ -75,11 +79,22 @@ static int64_t *count_of(struct local_scope *s, uint8_t dimension, uint8_t windo
     return &s->count[dimension][window];
 }
 
+/* True when a rule before i counts in the same scope, dimension and window. */
+static bool counted_before(const struct rules_resolved *lim, const uint64_t *scope, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (scope[j] == scope[i] && lim->rule[j].dimension == lim->rule[i].dimension &&
+            lim->rule[j].window == lim->rule[i].window)
+            return true;
+    return false;
+}
+
 bool local_check(struct local_limits *ll, const uint8_t user_id[16], const uint64_t *scope,
                  const struct rules_resolved *lim, const struct check_amounts *a, uint64_t now_ms,
-                 const char *rid, uint64_t ttl_ms, int64_t *used)
+                 const char *rid, uint64_t ttl_ms, int64_t *used, char alerted[LOCAL_ALERTED_LEN])
 {
     bool peek = decision_is_peek(a), allowed = true;
+    alerted[0] = '\0';
     for (int i = 0; i < lim->counted; i++) {
         const struct rules_applied *r = &lim->rule[i];
         if (r->dimension == RULES_CONCURRENT) {
@@ -97,9 +112,19 @@ bool local_check(struct local_limits *ll, const uint8_t user_id[16], const uint6
         const struct rules_applied *r = &lim->rule[i];
         if (r->dimension == RULES_CONCURRENT)
             continue;
-        int64_t *c = count_of(scope_get(ll, scope[i], now_ms), r->dimension, r->window, now_ms);
-        *c += decision_amount(a, r->dimension);
+        struct local_scope *s = scope_get(ll, scope[i], now_ms);
+        int64_t *c = count_of(s, r->dimension, r->window, now_ms);
+        int64_t amount = decision_amount(a, r->dimension);
+        if (!counted_before(lim, scope, i))
+            *c += amount; /* once per count, as the script: a shadow rule may share it */
         used[i] = *c;
+        int64_t *mark = &s->alerted[r->shadow][r->dimension][r->window];
+        if (amount && r->alert_percent && *mark != s->window[r->window] &&
+            *c * 100 >= (int64_t)r->alert_percent * r->limit) {
+            *mark = s->window[r->window];
+            size_t len = strlen(alerted);
+            snprintf(alerted + len, LOCAL_ALERTED_LEN - len, "%s%d", len ? "," : "", i + 1);
+        }
     }
     if (!rid)
         return true;
@@ -152,7 +177,12 @@ enum local_settle local_settle(struct local_limits *ll, const uint8_t user_id[16
     }
     for (uint8_t i = 0; i < res->n; i++) {
         const struct local_charge *c = &res->charges[i];
-        if (c->dimension >= RULES_DIMENSIONS || !delta[c->dimension] ||
+        bool again = false; /* a count a charge before this one already corrected */
+        for (uint8_t j = 0; j < i && !again; j++)
+            again = res->charges[j].scope == c->scope &&
+                    res->charges[j].dimension == c->dimension &&
+                    res->charges[j].window == c->window;
+        if (again || c->dimension >= RULES_DIMENSIONS || !delta[c->dimension] ||
             decision_window_id(c->window, now_ms) != c->window_id)
             continue;
         int64_t *count = count_of(scope_get(ll, c->scope, now_ms), c->dimension, c->window, now_ms);

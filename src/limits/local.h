@@ -5,7 +5,9 @@
  * number of scopes (the least recently used gives way, its counts start again) and of
  * reservations (the oldest gives way, and is then unknown). Concurrent rules are not counted
  * here (their use reads as unknown): calls in flight are a count across daemons, which one
- * daemon alone cannot keep. Shadow rules are counted and never deny. Pure: the time is handed
+ * daemon alone cannot keep. Shadow rules are counted and never deny. Alerts are decided as the
+ * script decides them, once per scope, rule and window in this daemon (the alert row's id makes
+ * them once in the table whatever the number of daemons). Pure: the time is handed
  * in. */
 #ifndef USAGED_LOCAL_H
 #define USAGED_LOCAL_H
@@ -17,12 +19,18 @@
 #include "rules.h"
 
 #define LOCAL_RID_LEN 16
+#define LOCAL_ALERTED_LEN                                                                          \
+    (RULES_APPLY_MAX * 4 + 1) /* "2,5": the script's list of alerted rules                         \
+                               */
 
 struct local_scope {
     uint64_t hash; /* of the scope's user and suffix; 0: free */
     uint64_t last_used_ms;
     int64_t window[RULES_WINDOWS];                  /* ids */
     int64_t count[RULES_DIMENSIONS][RULES_WINDOWS]; /* in those windows */
+    /* The window id in which each rule of the scope last alerted ([1]: a shadow rule's), so that
+     * it alerts once per window here; -1 none. */
+    int64_t alerted[2][RULES_DIMENSIONS][RULES_WINDOWS];
 };
 
 struct local_charge {
@@ -56,10 +64,12 @@ void local_free(struct local_limits *ll);
 uint64_t local_scope_hash(const uint8_t user_id[16], const char *suffix, size_t len);
 /* Checks and, when allowed, charges the counted rules of lim; scope[i] is rule i's scope hash.
  * used[i] gets rule i's use after the check (before it when denied). When allowed and rid is
- * not NULL, the charges are kept as a reservation until now_ms + ttl_ms. */
+ * not NULL, the charges are kept as a reservation until now_ms + ttl_ms. alerted gets the rules
+ * whose alert_at_percent the charge reached first in their window here, as the script lists them
+ * ("2,5", numbers from 1; "" none). */
 bool local_check(struct local_limits *ll, const uint8_t user_id[16], const uint64_t *scope,
                  const struct rules_resolved *lim, const struct check_amounts *a, uint64_t now_ms,
-                 const char *rid, uint64_t ttl_ms, int64_t *used);
+                 const char *rid, uint64_t ttl_ms, int64_t *used, char alerted[LOCAL_ALERTED_LEN]);
 /* Settles a reservation made here: tokens and spend replace its estimates (has_* false: kept);
  * cancel gives back everything it charged. Windows that have ended keep their counts. */
 enum local_settle local_settle(struct local_limits *ll, const uint8_t user_id[16], const char *rid,

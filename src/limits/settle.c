@@ -33,11 +33,12 @@ struct settle_batch {
     size_t n;
 };
 
-static void count(struct limiter *l, enum limiter_settled result)
+static void count(struct limiter *l, enum limiter_settled result, const char *rid)
 {
-    if (result == LIMITER_SETTLED)
+    if (result == LIMITER_SETTLED) {
         l->stats.settles++;
-    else if (result == LIMITER_DUPLICATE)
+        ledger_settle(&l->ledger, rid, limiter_wall_ms() / 1000);
+    } else if (result == LIMITER_DUPLICATE)
         l->stats.settles_duplicate++;
     else if (result == LIMITER_UNKNOWN)
         l->stats.settles_unknown++;
@@ -45,7 +46,7 @@ static void count(struct limiter *l, enum limiter_settled result)
 
 static void finish(struct limiter *l, struct limiter_settle *s, enum limiter_settled result)
 {
-    count(l, result);
+    count(l, result, s->req.rid);
     if (s->done)
         s->done(s->arg, s->tag, result);
     free(s);
@@ -170,8 +171,7 @@ static void send_settles(struct limiter *l, void *run, size_t n)
         lens[k++] = 1;
     }
     l->stats.script_calls++;
-    redis_eval(&l->redis, (int)nkeys, (int)argc, argv, lens, l->timeout_ms, on_settle_reply,
-               batch);
+    redis_eval(&l->redis, (int)nkeys, (int)argc, argv, lens, l->timeout_ms, on_settle_reply, batch);
     free(argv);
     free(lens);
     free(text);
@@ -242,7 +242,7 @@ void limiter_settle(struct limiter *l, const struct limiter_settle_request *req,
 {
     if (req->rid[0] == 'l') {
         enum limiter_settled result = settle_local(l, req);
-        count(l, result);
+        count(l, result, req->rid);
         done(arg, tag, result);
         return;
     }
@@ -256,7 +256,7 @@ void limiter_settle(struct limiter *l, const struct limiter_settle_request *req,
 void limiter_settle_later(struct limiter *l, const struct limiter_settle_request *req)
 {
     if (req->rid[0] == 'l') {
-        count(l, settle_local(l, req));
+        count(l, settle_local(l, req), req->rid);
         return;
     }
     struct limiter_settle *s = new_settle(req, NULL, NULL, 0);

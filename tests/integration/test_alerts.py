@@ -5,6 +5,7 @@ PostgreSQL is away and written when it is back; users read their own alerts."""
 
 import datetime
 import json
+import os
 import select
 import threading
 import uuid
@@ -146,14 +147,19 @@ def test_an_alert_waits_while_postgres_is_away_and_is_written_when_it_is_back(
                 assert c.call("check", {"user_id": user, "provider": "alw"})["allowed"]
             stats = c.call("stats")["limits"]
         assert stats["alerts_raised"] == 1
-        servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_waiting"] == 1, 10,
-                         "the alert to wait")
+        # It cannot be written: it waits on disk (fsync'd), not in memory.
+        servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_on_disk"] == 1, 10,
+                         "the alert to be spooled")
+        stats = d.client().call("stats")["limits"]
+        assert (stats["alerts_spooled"], stats["alerts_waiting"]) == (1, 0)
     finally:
         pg.start()
     servers.wait_for(lambda: len(sql(pg, db, "SELECT 1 FROM public.usage_alerts WHERE user_id "
                                      "= %s", (user,))) == 1, 30, "the alert to be written")
-    servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_waiting"] == 0, 10,
-                     "the queue to empty")
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_on_disk"] == 0, 10,
+                     "the file to empty")
+    stats = d.client().call("stats")["limits"]
+    assert (stats["alerts_written"], stats["alerts_waiting"], stats["alerts_dropped"]) == (1, 0, 0)
     (_, _, _, _, _, amount, used, percent, _), = rows(pg, db, user)
     assert (amount, used, percent) == (10, 3, 30)
 
@@ -174,3 +180,108 @@ def test_a_shadow_row_may_watch_exactly_an_enforced_rows_pattern_and_alerts_on_i
     servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 20, "the shadow rule's alert")
     (_, _, _, _, _, amount, used, percent, shadow), = rows(pg, db, user)
     assert (amount, used, percent, shadow) == (2, 2, 100, True)
+
+
+def test_alerts_are_raised_under_the_local_fallback_and_written_once_across_daemons(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    db = alerts_db
+    add_provider(pg, db, "alx")
+    add_alert_rule(pg, db, "requests", "day", 10, 30, provider="alx")
+    user = str(uuid.uuid4())
+    listen = listener(pg, db)
+    daemons = [start_with(daemon_factory, workdir, pg, db, redis_server, name=f"x{i}",
+                          limits="  on_redis_error: local\n") for i in range(2)]
+    redis_server.stop()
+    try:
+        # Each daemon counts on its own while Redis is away: each crosses 30% of 10 at its
+        # third check, and raises the alert (once: the fourth raises nothing).
+        for d in daemons:
+            with d.client() as c:
+                answers = [c.call("check", {"user_id": user, "provider": "alx"}) for _ in range(4)]
+            assert all(a["allowed"] and a["degraded"] for a in answers)
+        stats = [d.client().call("stats")["limits"] for d in daemons]
+        assert [s["alerts_raised"] for s in stats] == [1, 1]
+        # The row's id is the same from both: one row, one notification.
+        servers.wait_for(lambda: sum(d.client().call("stats")["limits"]["alerts_written"] +
+                                     d.client().call("stats")["limits"]["alerts_duplicate"]
+                                     for d in daemons) == 2, 20, "both daemons' writes")
+    finally:
+        redis_server.start()
+    (provider, _, dimension, period, _, amount, used, percent, shadow), = rows(pg, db, user)
+    assert (provider, dimension, period, amount, used, percent, shadow) == \
+        ("alx", "requests", "day", 10, 3, 30, False)
+    stats = [d.client().call("stats")["limits"] for d in daemons]
+    assert sorted((s["alerts_written"], s["alerts_duplicate"]) for s in stats) == [(0, 1), (1, 0)]
+    assert len(notifications(listen)) == 1
+    listen.close()
+
+
+def spool_file(d):
+    """The daemon's file of alerts waiting on disk (alerts_file.h)."""
+    with open(d.config) as f:
+        spool = [line.split(":", 1)[1].strip().strip('"') for line in f
+                 if line.strip().startswith("dir:")][0]
+    return os.path.join(spool, "alerts", "pending")
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_alerts_raised_while_postgres_is_away_survive_a_restart_and_are_written_once(
+        daemon_factory, workdir, pg, alerts_db, redis_server, stop):
+    """PostgreSQL stopped, alerts raised, the daemon stopped (SIGTERM; or SIGKILL once they are
+    spooled) and started again, PostgreSQL back: each row exists exactly once and its NOTIFY was
+    sent once."""
+    db = alerts_db
+    add_provider(pg, db, "alk" + stop[3:])
+    add_alert_rule(pg, db, "requests", "day", 4, 50, provider="alk" + stop[3:])
+    users = [str(uuid.uuid4()) for _ in range(5)]
+    d = start_with(daemon_factory, workdir, pg, db, redis_server, name="k")
+    pg.stop()
+    try:
+        with d.client() as c:
+            for user in users:
+                for _ in range(3):
+                    assert c.call("check", {"user_id": user, "provider": "alk" + stop[3:]})[
+                        "allowed"]
+        assert d.client().call("stats")["limits"]["alerts_raised"] == len(users)
+        if stop == "sigkill":
+            servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_spooled"] ==
+                             len(users), 10, "the alerts to be spooled")
+            d.kill()
+        else:
+            assert d.stop() == 0
+        assert os.path.getsize(spool_file(d)) > 0
+        d.start(wait=True)  # the same config and spool; PostgreSQL still away
+        assert d.client().call("stats")["limits"]["alerts_on_disk"] == len(users)
+        assert d.stop() == 0  # again, so that the listener below is up before any write
+    finally:
+        pg.start()
+    listen = listener(pg, db)
+    d.start(wait=True)
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_on_disk"] == 0, 30,
+                     "the alerts on disk to be written")
+    got = sql(pg, db, "SELECT user_id::text FROM public.usage_alerts WHERE user_id = ANY(%s::uuid[])",
+              (users,))
+    assert sorted(u for u, in got) == sorted(users)
+    sent = notifications(listen)
+    assert sorted(n["user_id"] for n in sent) == sorted(users)
+    # Emptied once written; a later start finds nothing to replay.
+    servers.wait_for(lambda: os.path.getsize(spool_file(d)) == 0, 10, "the file to be emptied")
+    stats = d.client().call("stats")["limits"]
+    assert (stats["alerts_written"], stats["alerts_dropped"]) == (len(users), 0)
+    listen.close()
+
+
+def test_a_damaged_file_of_alerts_is_skipped_counted_and_emptied(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    d = start_with(daemon_factory, workdir, pg, alerts_db, redis_server, name="damaged")
+    assert d.stop() == 0
+    path = spool_file(d)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"\xff" * 464 + b"\x01" * 100)  # one damaged record, and a torn one after it
+    d.start(wait=True)
+    servers.wait_for(lambda: d.client().call("stats")["limits"]["alerts_corrupt"] == 1, 20,
+                     "the damaged record to be skipped")
+    servers.wait_for(lambda: os.path.getsize(path) == 0, 20, "the file to be emptied")
+    stats = d.client().call("stats")["limits"]
+    assert (stats["alerts_on_disk"], stats["alerts_written"], stats["alerts_dropped"]) == (0, 0, 0)

@@ -226,3 +226,86 @@ def test_a_shadow_rule_beside_the_enforced_one_shares_its_count_and_settles_once
         e = c.call("check", {"user_id": user, "provider": "twin", "tokens": 600})
         assert not e["allowed"] and e["denied_by"]["limit"] == 1000
         assert e["denied_by"].get("shadow") is None
+
+
+def limits_stats(daemons):
+    out = []
+    for d in daemons:
+        with d.client() as c:
+            out.append(c.call("stats")["limits"])
+    return out
+
+
+def summed(stats, key):
+    return sum(s[key] for s in stats)
+
+
+def test_reservations_and_slots_in_use_sum_exactly_over_two_daemons(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "led")
+    add_concurrent(pg, db, 10, provider="led")
+    user = str(uuid.uuid4())
+    # A TTL of 2 s (and so a grace of 2 s) on both, so that the unsettled ones expire in the test.
+    daemons = [start_with(daemon_factory, workdir, pg, db, redis_server, name=f"l{i}",
+                          limits="  reservation_ttl_s: 2\n") for i in range(2)]
+    rds = redis_server.client()
+
+    def slots_in_redis():
+        keys = [k for k in rds.keys(f"*{user}*") if k.endswith(b":c")]
+        now_ms = int(rds.time()[0]) * 1000
+        return sum(rds.zcount(k, now_ms, "+inf") for k in keys)
+
+    with daemons[0].client() as one, daemons[1].client() as two:
+        held = [one.call("check", {"user_id": user, "provider": "led"}) for _ in range(3)]
+        held.append(two.call("check", {"user_id": user, "provider": "led"}))
+        assert all(a["allowed"] and a["reservation"] for a in held)
+        # Settled across: two of the first daemon's by the second, the second's by the first.
+        for a in held[:2]:
+            assert two.call("settle", {"reservation": a["reservation"], "tokens": 1})["settled"]
+        assert one.call("settle", {"reservation": held[3]["reservation"],
+                                   "cancel": True})["settled"]
+        # A duplicate settle changes nothing.
+        assert one.call("settle", {"reservation": held[3]["reservation"]})["duplicate"]
+    stats = limits_stats(daemons)
+    assert [s["reservations"] for s in stats] == [3, 1]
+    assert [s["settles"] for s in stats] == [1, 2]
+    # One daemon settled more than it issued: its share is negative, the sum exact.
+    assert [s["reservations_open"] for s in stats] == [2, -1]
+    assert summed(stats, "reservations_open") == 1
+    assert summed(stats, "concurrent_slots_in_use") == 1 == slots_in_redis()
+    assert summed(stats, "concurrent_slots_taken") == 4
+    assert summed(stats, "concurrent_slots_freed") == 3
+    assert summed(stats, "reservations_expired") == 0
+
+    # The last one is never settled: past its TTL (and the grace) it counts as expired.
+    servers.wait_for(lambda: summed(limits_stats(daemons), "reservations_expired") == 1, 30,
+                     "the unsettled reservation to expire")
+    stats = limits_stats(daemons)
+    assert summed(stats, "reservations_open") == 0
+    assert summed(stats, "concurrent_slots_in_use") == 0 == slots_in_redis()
+    assert summed(stats, "concurrent_slots_lapsed") == 1
+    rds.close()
+
+
+def test_shadow_denials_are_counted_by_rule_pattern_in_stats_and_prometheus(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "shp")
+    add_provider(pg, db, "shq")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server, limits=(
+        "  rules:\n"
+        "    - { provider: shp, model: m1, requests_per_minute: 1, shadow: true }\n"
+        "    - { provider: shq, concurrent: 1, shadow: true }\n"))
+    with d.client() as c:
+        for _ in range(3):
+            assert c.call("check", {"user_id": user, "provider": "shp", "model": "m1"})["allowed"]
+        for _ in range(2):
+            assert c.call("check", {"user_id": user, "provider": "shq", "model": "m2"})["allowed"]
+        stats = c.call("stats")["limits"]
+    by_rule = stats["shadow_denied_rules"]
+    assert by_rule == {"shp/m1/requests/minute": 2, "shq/*/concurrent": 1}, by_rule
+    ctl = subprocess.run([os.environ["USAGECTL_BIN"], "-s", d.socket, "stats", "--prometheus"],
+                         capture_output=True, text=True, timeout=30)
+    assert ctl.returncode == 0, ctl.stderr
+    assert ('usaged_limits_shadow_denied_rules{rule="shp/m1/requests/minute"} 2'
+            in ctl.stdout), ctl.stdout

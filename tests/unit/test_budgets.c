@@ -304,8 +304,10 @@ TEST(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies)
     uint64_t scope[2] = {local_scope_hash(alice, ":a", 2), local_scope_hash(alice, ":a", 2)};
     struct check_amounts one = {.cost = 1};
     int64_t used[2];
+    char alerted[LOCAL_ALERTED_LEN];
     for (int i = 0; i < 3; i++) {
-        CHECK(local_check(&ll, alice, scope, &r, &one, 60000, "0123456789abcdef", 1000, used));
+        CHECK(local_check(&ll, alice, scope, &r, &one, 60000, "0123456789abcdef", 1000, used,
+                          alerted));
         CHECK(used[0] == RULES_UNLIMITED && used[1] == i + 1);
     }
     CHECK_EQ_INT(local_settle(&ll, alice, "0123456789abcdef", false, 0, false, 0, true, 60001),

@@ -166,8 +166,8 @@ static void reference_rule(msgpack_packer *pk, const struct check_result *r, int
                        : (r->used[i] >= a->limit ? 0 : a->limit - r->used[i]);
     pack_amount(pk, left, spend);
     rpc_pack_str(pk, "reset_ms");
-    msgpack_pack_uint64(pk, a->dimension == RULES_CONCURRENT ? 0
-                                                             : decision_reset_ms(a->window, r->now_ms));
+    msgpack_pack_uint64(
+        pk, a->dimension == RULES_CONCURRENT ? 0 : decision_reset_ms(a->window, r->now_ms));
     if (a->shadow) {
         rpc_pack_str(pk, "shadow");
         msgpack_pack_true(pk);
@@ -317,14 +317,15 @@ TEST(the_local_windows_allow_up_to_the_limit_and_reset_with_the_minute)
     uint64_t scope[2] = {local_scope_hash(alice, ":p:openai", 9),
                          local_scope_hash(alice, ":p:openai", 9)};
     int64_t used[2];
+    char alerted[LOCAL_ALERTED_LEN];
     uint64_t t = now - now % 60000; /* the start of a minute */
     for (int i = 0; i < 5; i++) {
-        CHECK(local_check(&ll, alice, scope, &lim, &one, t + (uint64_t)i, NULL, 0, used));
+        CHECK(local_check(&ll, alice, scope, &lim, &one, t + (uint64_t)i, NULL, 0, used, alerted));
         CHECK_EQ_INT(used[0], i + 1);
     }
-    CHECK(!local_check(&ll, alice, scope, &lim, &one, t + 10, NULL, 0, used));
+    CHECK(!local_check(&ll, alice, scope, &lim, &one, t + 10, NULL, 0, used, alerted));
     CHECK_EQ_INT(used[0], 5);
-    CHECK(local_check(&ll, alice, scope, &lim, &one, t + 60000, NULL, 0, used));
+    CHECK(local_check(&ll, alice, scope, &lim, &one, t + 60000, NULL, 0, used, alerted));
     CHECK_EQ_INT(used[0], 1);
     CHECK_EQ_INT(used[1], 6);
     local_free(&ll);
@@ -339,17 +340,48 @@ TEST(a_local_reservation_settles_once_and_gives_back_the_difference)
     uint64_t scope[1] = {local_scope_hash(alice, ":p:openai", 9)};
     struct check_amounts a = {.cost = 1, .tokens = 800};
     int64_t used[1];
-    CHECK(local_check(&ll, alice, scope, &lim, &a, now, "l123456789abcdef", 900000, used));
+    char alerted[LOCAL_ALERTED_LEN];
+    CHECK(local_check(&ll, alice, scope, &lim, &a, now, "l123456789abcdef", 900000, used, alerted));
     CHECK_EQ_INT(used[0], 800);
-    CHECK(!local_check(&ll, alice, scope, &lim, &a, now, NULL, 0, used));
+    CHECK(!local_check(&ll, alice, scope, &lim, &a, now, NULL, 0, used, alerted));
     CHECK_EQ_INT(local_settle(&ll, alice, "l123456789abcdef", true, 100, false, 0, false, now + 1),
                  LOCAL_SETTLED);
     CHECK_EQ_INT(local_settle(&ll, alice, "l123456789abcdef", true, 100, false, 0, false, now + 2),
                  LOCAL_DUPLICATE);
     CHECK_EQ_INT(local_settle(&ll, alice, "l000000000000000", true, 1, false, 0, false, now + 2),
                  LOCAL_UNKNOWN);
-    CHECK(local_check(&ll, alice, scope, &lim, &a, now + 3, NULL, 0, used));
+    CHECK(local_check(&ll, alice, scope, &lim, &a, now + 3, NULL, 0, used, alerted));
     CHECK_EQ_INT(used[0], 900);
+    local_free(&ll);
+}
+
+TEST(a_local_check_alerts_once_per_rule_and_window_when_the_share_is_reached)
+{
+    struct local_limits ll;
+    local_init(&ll, 64, 8);
+    struct rules_resolved lim = {.enabled = true, .n = 2, .counted = 2};
+    lim.rule[0] = rule(RULES_REQUESTS, RULES_MINUTE, 10);
+    lim.rule[0].alert_percent = 50;
+    lim.rule[1] = rule(RULES_REQUESTS, RULES_MINUTE, 4);
+    lim.rule[1].alert_percent = 100;
+    lim.rule[1].shadow = true;
+    uint64_t scope[2] = {local_scope_hash(alice, ":p:openai", 9),
+                         local_scope_hash(alice, ":p:openai", 9)};
+    int64_t used[2];
+    char alerted[LOCAL_ALERTED_LEN];
+    uint64_t t = now - now % 60000;
+    const char *expect[] = {"", "", "", "2", "1", "", ""};
+    for (int i = 0; i < 7; i++) {
+        CHECK(local_check(&ll, alice, scope, &lim, &one, t + (uint64_t)i, NULL, 0, used, alerted));
+        CHECK_EQ_STR(alerted, expect[i]);
+    }
+    /* A peek charges nothing and raises nothing; the next minute alerts again. */
+    struct check_amounts peek = {0};
+    CHECK(local_check(&ll, alice, scope, &lim, &peek, t + 10, NULL, 0, used, alerted));
+    CHECK_EQ_STR(alerted, "");
+    for (int i = 0; i < 4; i++)
+        CHECK(local_check(&ll, alice, scope, &lim, &one, t + 60000, NULL, 0, used, alerted));
+    CHECK_EQ_STR(alerted, "2");
     local_free(&ll);
 }
 
@@ -364,5 +396,6 @@ int main(void)
                T(windows_are_utc_minutes_hours_days_and_calendar_months),
                T(the_answer_is_encoded_byte_for_byte_as_msgpack_c_would),
                T(the_local_windows_allow_up_to_the_limit_and_reset_with_the_minute),
-               T(a_local_reservation_settles_once_and_gives_back_the_difference));
+               T(a_local_reservation_settles_once_and_gives_back_the_difference),
+               T(a_local_check_alerts_once_per_rule_and_window_when_the_share_is_reached));
 }
