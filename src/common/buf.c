@@ -62,7 +62,7 @@ int buf_msgpack_write(void *data, const char *bytes, size_t len)
     return 0;
 }
 
-size_t fmt_u64(char *dst, uint64_t v)
+size_t fmt_u64_digits(char *dst, uint64_t v)
 {
     /* Two digits per division, written from the end once the length is known: the check path
      * formats about ten numbers per check. */
@@ -71,21 +71,59 @@ size_t fmt_u64(char *dst, uint64_t v)
                                 "4041424344454647484950515253545556575859"
                                 "6061626364656667686970717273747576777879"
                                 "8081828384858687888990919293949596979899";
-    size_t n = 1;
-    for (uint64_t t = 10; n < 20 && v >= t; t *= 10) /* t wraps only after the last test */
-        n++;
+    if (v < 10) {
+        dst[0] = (char)('0' + v);
+        return 1;
+    }
+    if (v < 100) {
+        dst[0] = pairs[2 * v];
+        dst[1] = pairs[2 * v + 1];
+        return 2;
+    }
+    /* The number of digits without a loop: bits * log10(2) (1233 / 4096) is the count of the
+     * power of ten at or below 2^bits, one short when v reaches the next power. */
+    static const uint64_t powers[20] = {1ULL,
+                                        10ULL,
+                                        100ULL,
+                                        1000ULL,
+                                        10000ULL,
+                                        100000ULL,
+                                        1000000ULL,
+                                        10000000ULL,
+                                        100000000ULL,
+                                        1000000000ULL,
+                                        10000000000ULL,
+                                        100000000000ULL,
+                                        1000000000000ULL,
+                                        10000000000000ULL,
+                                        100000000000000ULL,
+                                        1000000000000000ULL,
+                                        10000000000000000ULL,
+                                        100000000000000000ULL,
+                                        1000000000000000000ULL,
+                                        10000000000000000000ULL};
+    size_t t = ((size_t)(64 - __builtin_clzll(v)) * 1233) >> 12;
+    size_t n = t + (v >= powers[t]);
     char *p = dst + n;
-    while (v >= 100) {
+    while (v > UINT32_MAX) {
         const char *d = pairs + 2 * (v % 100);
         v /= 100;
         *--p = d[1];
         *--p = d[0];
     }
-    if (v >= 10) {
-        *--p = pairs[2 * v + 1];
-        *--p = pairs[2 * v];
+    /* The rest in 32 bits, where dividing by 100 is cheaper. */
+    uint32_t w = (uint32_t)v;
+    while (w >= 100) {
+        const char *d = pairs + 2 * (w % 100);
+        w /= 100;
+        *--p = d[1];
+        *--p = d[0];
+    }
+    if (w >= 10) {
+        *--p = pairs[2 * w + 1];
+        *--p = pairs[2 * w];
     } else {
-        *--p = (char)('0' + v);
+        *--p = (char)('0' + w);
     }
     return n;
 }

@@ -28,7 +28,16 @@ void buf_consume(struct buf *b, size_t n);
 /* Writes v in decimal at dst (up to 20 bytes; 21 for a negative one, no NUL); returns the
  * length. For the hot paths that format numbers by the thousand, where snprintf's generality
  * showed up in the profiles. */
-size_t fmt_u64(char *dst, uint64_t v);
+size_t fmt_u64_digits(char *dst, uint64_t v);
+/* Most numbers formatted on the check path are one digit: those take no call. */
+static inline size_t fmt_u64(char *dst, uint64_t v)
+{
+    if (v < 10) {
+        dst[0] = (char)('0' + v);
+        return 1;
+    }
+    return fmt_u64_digits(dst, v);
+}
 size_t fmt_i64(char *dst, int64_t v);
 
 static inline void buf_clear(struct buf *b)

@@ -31,7 +31,9 @@ bool fields_error(struct rpc_error *err, const char *field, const char *fmt, ...
 static int find_spec(const struct fields_table *t, const msgpack_object_str *key)
 {
     for (int i = 0; i < t->nspecs; i++)
-        if (t->specs[i].name_len == key->size && memcmp(t->specs[i].name, key->ptr, key->size) == 0)
+        if (t->specs[i].name_len == key->size && key->size > 0 &&
+            t->specs[i].name[0] == key->ptr[0] &&
+            memcmp(t->specs[i].name, key->ptr, key->size) == 0)
             return i;
     return -1;
 }

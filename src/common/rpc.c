@@ -32,8 +32,11 @@ bool rpc_str_eq(const msgpack_object *o, const char *s)
 
 static enum rpc_method find_method(const msgpack_object *o)
 {
+    /* The first byte first: most names differ there, and rpc_str_eq measures the name. */
+    if (o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0)
+        return RPC_METHOD_UNKNOWN;
     for (int i = 0; i < RPC_METHOD_COUNT; i++)
-        if (rpc_str_eq(o, method_names[i]))
+        if (method_names[i][0] == o->via.str.ptr[0] && rpc_str_eq(o, method_names[i]))
             return (enum rpc_method)i;
     return RPC_METHOD_UNKNOWN;
 }
@@ -154,10 +157,26 @@ void rpc_pack_error(msgpack_packer *pk, const struct rpc_error *e)
 
 void rpc_pack_result_head(msgpack_packer *pk, uint32_t msgid)
 {
-    msgpack_pack_array(pk, 4);
-    msgpack_pack_uint8(pk, 1);
-    msgpack_pack_uint32(pk, msgid);
-    msgpack_pack_nil(pk);
+    /* Every answer starts so: one write of the bytes msgpack-c would give, not four. */
+    uint8_t head[9], *p = head;
+    *p++ = 0x94; /* array of 4 */
+    *p++ = 1;    /* a response */
+    if (msgid < 128) {
+        *p++ = (uint8_t)msgid;
+    } else if (msgid < 256) {
+        *p++ = 0xcc;
+        *p++ = (uint8_t)msgid;
+    } else if (msgid < 65536) {
+        *p++ = 0xcd;
+        *p++ = (uint8_t)(msgid >> 8);
+        *p++ = (uint8_t)msgid;
+    } else {
+        *p++ = 0xce;
+        for (int shift = 24; shift >= 0; shift -= 8)
+            *p++ = (uint8_t)(msgid >> shift);
+    }
+    *p++ = 0xc0; /* no error */
+    pk->callback(pk->data, (const char *)head, (size_t)(p - head));
 }
 
 void rpc_pack_error_response(msgpack_packer *pk, uint32_t msgid, const struct rpc_error *e)

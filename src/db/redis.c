@@ -50,6 +50,7 @@ void redis_init(struct redis_client *r, uv_loop_t *loop, const struct config *co
 {
     memset(r, 0, sizeof(*r));
     r->loop = loop;
+    buf_init(&r->args);
     r->on_state = on_state;
     r->state_arg = arg;
     r->script = xstrdup(script);
@@ -110,12 +111,40 @@ void redis_start(struct redis_client *r)
 void redis_eval(struct redis_client *r, int numkeys, int argc, const char *const *argv,
                 const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
+    size_t need = 0;
+    for (int i = 0; i < argc; i++)
+        need += arg_lens[i] + REDIS_ARG_OVERHEAD;
+    buf_clear(&r->args);
+    char *start = (char *)buf_reserve(&r->args, need), *p = start;
+    for (int i = 0; i < argc; i++)
+        p = redis_conn_put_arg(p, argv[i], arg_lens[i]);
+    /* Safe to reuse at the next call: redis_eval_resp copies the arguments before any callback
+     * can call here again. */
+    redis_eval_resp(r, numkeys, argc, start, (size_t)(p - start), timeout_ms, cb, arg);
+}
+
+/* The first argument of RESP text ("$" length CRLF bytes CRLF). */
+static const char *first_arg(const char *args, size_t len, size_t *arg_len)
+{
+    size_t n = 0, i = 1;
+    while (i < len && args[i] >= '0' && args[i] <= '9')
+        n = n * 10 + (size_t)(args[i++] - '0');
+    i += 2; /* CRLF */
+    *arg_len = i + n <= len ? n : 0;
+    return args + (i <= len ? i : len);
+}
+
+void redis_eval_resp(struct redis_client *r, int numkeys, int argc, const char *args, size_t len,
+                     uint32_t timeout_ms, redis_reply_fn cb, void *arg)
+{
     if (r->mode == REDIS_MODE_CLUSTER) {
-        uint16_t slot = argc > 0 ? redis_key_slot(argv[0], arg_lens[0]) : 0;
-        redis_cluster_eval(r->cluster, slot, numkeys, argc, argv, arg_lens, timeout_ms, cb, arg);
+        size_t key_len = 0;
+        const char *key = argc > 0 ? first_arg(args, len, &key_len) : NULL;
+        uint16_t slot = key ? redis_key_slot(key, key_len) : 0;
+        redis_cluster_eval(r->cluster, slot, numkeys, argc, args, len, timeout_ms, cb, arg);
         return;
     }
-    redis_conn_eval(&r->single, numkeys, argc, argv, arg_lens, timeout_ms, false, cb, arg);
+    redis_conn_eval(&r->single, numkeys, argc, args, len, timeout_ms, false, cb, arg);
 }
 
 /* CRC16-CCITT (XMODEM), the checksum Redis Cluster takes of keys. Bit by bit: a key is tens of
@@ -191,6 +220,7 @@ void redis_part_closed(struct redis_client *r)
     free(r->username);
     secret_free(r->password);
     free(r->address);
+    buf_free(&r->args);
     if (r->on_closed)
         r->on_closed(r, r->closed_arg);
 }

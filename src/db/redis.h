@@ -49,6 +49,7 @@ struct redis_client {
     void (*on_closed)(struct redis_client *r, void *arg);
     void *closed_arg;
     int closing; /* parts still closing */
+    struct buf args; /* redis_eval's arguments, formatted */
 };
 
 /* Reads redis.* from config (and the password from redis.password_file, now, before the loop
@@ -64,6 +65,11 @@ void redis_start(struct redis_client *r);
  * the server (or the slot's node) is not connected, cb runs at once with REDIS_CALL_DOWN. */
 void redis_eval(struct redis_client *r, int numkeys, int argc, const char *const *argv,
                 const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg);
+/* The same with the arguments already in RESP (args, len: argc of them, each "$" length CRLF
+ * bytes CRLF, as redis_conn_put_arg and redis_conn_close_arg write them): the check path writes
+ * them so, and nothing formats them twice. */
+void redis_eval_resp(struct redis_client *r, int numkeys, int argc, const char *args, size_t len,
+                     uint32_t timeout_ms, redis_reply_fn cb, void *arg);
 
 /* Some server can take calls (in Cluster: the slot map is known and a node is connected; the
  * slots of a node that is down still answer REDIS_CALL_DOWN). */

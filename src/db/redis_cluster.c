@@ -58,8 +58,8 @@ struct cluster_call {
     int numkeys;
     int argc;
     struct cluster_call *next; /* in cl->retry */
-    const char **argv; /* copies, for a redirect after the caller's buffers are gone */
-    size_t *lens;
+    size_t len; /* of args */
+    char *args; /* in RESP: a copy, for a redirect after the caller's buffers are gone */
 };
 
 static void refresh_soon(struct redis_cluster *cl, uint64_t delay_ms);
@@ -410,13 +410,13 @@ static void call_send(struct cluster_call *cc, struct cluster_node *n, bool aski
         call_done(cc, REDIS_CALL_DOWN, NULL);
         return;
     }
-    redis_conn_eval(&n->conn, cc->numkeys, cc->argc, cc->argv, cc->lens,
+    redis_conn_eval(&n->conn, cc->numkeys, cc->argc, cc->args, cc->len,
                     (uint32_t)(cc->deadline_ms - now), asking, on_call_reply, cc);
 }
 
 void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, int argc,
-                        const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
-                        redis_reply_fn cb, void *arg)
+                        const char *args, size_t len, uint32_t timeout_ms, redis_reply_fn cb,
+                        void *arg)
 {
     struct cluster_node *n = cl->slots ? cl->slots[slot] : NULL;
     bool first_connect = n && !n->ever_up && n->conn.connecting;
@@ -426,12 +426,8 @@ void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, in
         cb(REDIS_CALL_DOWN, NULL, arg);
         return;
     }
-    /* One allocation: the call, argv[], lens[], then the bytes. */
-    size_t bytes = 0;
-    for (int i = 0; i < argc; i++)
-        bytes += arg_lens[i];
-    struct cluster_call *cc =
-        xmalloc(sizeof(*cc) + (size_t)argc * (sizeof(char *) + sizeof(size_t)) + bytes);
+    /* One allocation: the call, then the arguments. */
+    struct cluster_call *cc = xmalloc(sizeof(*cc) + len);
     cc->cl = cl;
     cc->cb = cb;
     cc->arg = arg;
@@ -440,15 +436,9 @@ void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, in
     cc->redirects = 0;
     cc->numkeys = numkeys;
     cc->argc = argc;
-    cc->argv = (const char **)(cc + 1);
-    cc->lens = (size_t *)(cc->argv + argc);
-    char *p = (char *)(cc->lens + argc);
-    for (int i = 0; i < argc; i++) {
-        memcpy(p, argv[i], arg_lens[i]);
-        cc->argv[i] = p;
-        cc->lens[i] = arg_lens[i];
-        p += arg_lens[i];
-    }
+    cc->len = len;
+    cc->args = (char *)(cc + 1);
+    memcpy(cc->args, args, len);
     call_send(cc, n, false);
 }
 

@@ -27,9 +27,10 @@ struct redis_cluster *redis_cluster_new(struct redis_client *r, uv_loop_t *loop,
                                         const char *const *seeds, size_t count,
                                         uint32_t timeout_ms);
 void redis_cluster_start(struct redis_cluster *cl);
+/* args, len: argc arguments in RESP (redis_eval_resp). */
 void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, int argc,
-                        const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
-                        redis_reply_fn cb, void *arg);
+                        const char *args, size_t len, uint32_t timeout_ms, redis_reply_fn cb,
+                        void *arg);
 /* Closes every node; redis_part_closed runs when all are gone, and cl is freed. */
 void redis_cluster_close(struct redis_cluster *cl);
 

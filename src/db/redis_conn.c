@@ -26,7 +26,9 @@
 struct redis_events {
     redisAsyncContext *ac; /* NULL once hiredis has let go of it */
     uv_poll_t poll;
-    int events; /* UV_READABLE | UV_WRITABLE the handle is started with */
+    int events;       /* UV_READABLE | UV_WRITABLE the handle is started with */
+    bool write_later; /* a command is being queued: send_call writes it itself (see there) */
+    bool want_write;  /* and hiredis asked for a write meanwhile */
 };
 
 static void events_on_poll(uv_poll_t *handle, int status, int events)
@@ -67,12 +69,17 @@ static void events_del_read(void *arg)
 static void events_add_write(void *arg)
 {
     struct redis_events *e = arg;
+    if (e->write_later) {
+        e->want_write = true;
+        return;
+    }
     events_set(e, e->events | UV_WRITABLE);
 }
 
 static void events_del_write(void *arg)
 {
     struct redis_events *e = arg;
+    e->want_write = false;
     events_set(e, e->events & ~UV_WRITABLE);
 }
 
@@ -106,34 +113,43 @@ int redis_events_attach(redisAsyncContext *ac, uv_loop_t *loop)
     return 0;
 }
 
-/* Appends one command in the Redis protocol (RESP): *argc, then $len and the bytes of each. The
- * room for all of it is reserved once: a check's script call has thousands of arguments. */
-static void format_command(struct buf *out, int argc, const char *const *argv, const size_t *lens)
+char *redis_conn_put_arg(char *p, const char *arg, size_t len)
 {
-    size_t need = 24;
-    for (int i = 0; i < argc; i++)
-        need += lens[i] + 25; /* "$" 20 digits "\r\n" ... "\r\n" */
-    char *start = (char *)buf_reserve(out, need);
-    char *p = start;
-    *p++ = '*';
-    p += fmt_u64(p, (uint64_t)argc);
+    *p++ = '$';
+    p += fmt_u64(p, len);
     *p++ = '\r';
     *p++ = '\n';
-    for (int i = 0; i < argc; i++) {
-        *p++ = '$';
-        p += fmt_u64(p, lens[i]);
-        *p++ = '\r';
-        *p++ = '\n';
-        memcpy(p, argv[i], lens[i]);
-        p += lens[i];
-        *p++ = '\r';
-        *p++ = '\n';
-    }
-    /* Not part of the command: hiredis 0.14 looks one byte past a command's first argument
-     * (whether a second one follows), which for ASKING is past the end. */
-    *p = '\0';
-    out->len += (size_t)(p - start);
+    memcpy(p, arg, len);
+    p += len;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
 }
+
+char *redis_conn_close_long_arg(char *start, size_t len)
+{
+    char digits[24];
+    size_t n = len < 100 ? 2 : fmt_u64(digits, len);
+    memmove(start + 3 + n, start + 4, len);
+    start[0] = '$';
+    if (len < 100) { /* most: keys and ids */
+        start[1] = (char)('0' + len / 10);
+        start[2] = (char)('0' + len % 10);
+    } else {
+        memcpy(start + 1, digits, n);
+    }
+    char *p = start + 1 + n;
+    *p++ = '\r';
+    *p++ = '\n';
+    p += len;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Room for the head of an EVALSHA command: *argc, EVALSHA and the sha (and slack). */
+#define HEAD_ROOM 80
+
 struct redis_call {
     struct redis_conn *c;
     redis_reply_fn cb;
@@ -143,11 +159,16 @@ struct redis_call {
     uint64_t sent_us;
     bool answered; /* cb has run */
     bool linked;   /* in c->calls */
-    bool script;   /* argv[0..1] are EVALSHA and the sha (or EVAL and the source) */
+    bool script;   /* EVALSHA and the sha (or EVAL and the source) go before the arguments */
     struct redis_call *prev, *next;
-    int argc; /* of argv, kept for a retry with EVAL */
-    const char **argv;
-    size_t *arg_lens;
+    int argc;        /* of the whole command */
+    size_t args_len; /* of args */
+    /* The arguments (after EVALSHA and the sha) in RESP, kept for a retry with EVAL; HEAD_ROOM
+     * bytes before them are free for the command's head, and a '\0' follows (hiredis 0.14 looks one
+     * byte past a command's first argument, whether a second one follows, which for ASKING is past
+     * the end). */
+    char *args;
+    size_t room; /* bytes allocated after the struct */
 };
 
 static void conn_connect(struct redis_conn *c);
@@ -166,6 +187,7 @@ void redis_conn_init(struct redis_conn *c, uv_loop_t *loop, const struct redis_c
     uv_timer_init(loop, &c->deadline_timer);
     c->deadline_timer.data = c;
     buf_init(&c->command);
+    redis_replies_init(&c->replies);
 }
 
 /* ---- calls ---- */
@@ -195,9 +217,48 @@ static void call_answer(struct redis_call *call, enum redis_status status, const
     call->cb(status, reply, call->arg);
 }
 
+/* Calls answered are kept for the next (at most CALL_SPARE, each with its room for arguments
+ * when that is at most CALL_KEEP_BYTES). None under AddressSanitizer, which can then still catch
+ * a call used after its answer. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CALL_SPARE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CALL_SPARE 0
+#endif
+#endif
+#ifndef CALL_SPARE
+#define CALL_SPARE 64
+#endif
+#define CALL_KEEP_BYTES 4096
+
+static struct redis_call *call_new(struct redis_conn *c, size_t room)
+{
+    struct redis_call *call = c->spare_calls;
+    if (call) {
+        c->spare_calls = call->next;
+        c->nspare_calls--;
+        if (call->room >= room)
+            return call;
+        free(call);
+    }
+    if (room < 512)
+        room = 512;
+    call = xmalloc(sizeof(*call) + room);
+    call->room = room;
+    return call;
+}
+
 static void call_free(struct redis_call *call)
 {
-    free(call);
+    struct redis_conn *c = call->c;
+    if (c->nspare_calls + 1 > CALL_SPARE || call->room > CALL_KEEP_BYTES) {
+        free(call);
+        return;
+    }
+    call->next = c->spare_calls;
+    c->spare_calls = call;
+    c->nspare_calls++;
 }
 
 static void on_deadline(uv_timer_t *t);
@@ -312,63 +373,88 @@ static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
 
 static void send_call(struct redis_conn *c, struct redis_call *call, bool with_source)
 {
-    if (call->script) {
-        /* argv[0] is EVALSHA or EVAL, argv[1] the sha or the source; the rest the caller's. */
-        call->argv[0] = with_source ? "EVAL" : "EVALSHA";
-        call->arg_lens[0] = with_source ? 4 : 7;
-        call->argv[1] = with_source ? c->setup->script : c->script_sha;
-        call->arg_lens[1] = strlen(call->argv[1]);
+    char head[HEAD_ROOM], *p = head;
+    *p++ = '*';
+    p += fmt_u64(p, (uint64_t)call->argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    const char *command;
+    size_t len;
+    if (!call->script || !with_source) {
+        /* The common case: the head goes just before the arguments, and hiredis copies the
+         * command from there. */
+        if (call->script)
+            p = redis_conn_put_arg(redis_conn_put_arg(p, "EVALSHA", 7), c->script_sha, 40);
+        size_t head_len = (size_t)(p - head);
+        memcpy(call->args - head_len, head, head_len);
+        command = call->args - head_len;
+        len = head_len + call->args_len;
+    } else {
+        /* NOSCRIPT: the source itself, in a buffer the connection reuses. */
+        size_t source_len = strlen(c->setup->script);
+        buf_clear(&c->command);
+        char *start = (char *)buf_reserve(&c->command, HEAD_ROOM + source_len + call->args_len);
+        memcpy(start, head, (size_t)(p - head));
+        char *q = redis_conn_put_arg(start + (p - head), "EVAL", 4);
+        q = redis_conn_put_arg(q, c->setup->script, source_len);
+        memcpy(q, call->args, call->args_len + 1); /* with its '\0' */
+        c->command.len = (size_t)(q - start) + call->args_len;
+        command = start;
+        len = c->command.len;
     }
-    /* Formatted here, into a buffer the connection reuses: hiredis's own formatting allocates
-     * and was a quarter of the daemon's work per check. */
-    buf_clear(&c->command);
-    format_command(&c->command, call->argc, call->argv, call->arg_lens);
-    if (redisAsyncFormattedCommand(c->ac, on_reply, call, (const char *)c->command.data,
-                                   c->command.len) != REDIS_OK) {
+    /* The command is written now, not when the poll next says the socket is writable: waiting
+     * for that would start and stop watching for writability around every command, and the
+     * socket nearly always takes it at once (what it does not take, hiredis asks the poll to
+     * wait for, as before). Not from inside a callback of this context, where hiredis must not
+     * be re-entered (the NOSCRIPT retry): that one waits for the poll. */
+    redisAsyncContext *ac = c->ac;
+    struct redis_events *e = ac->ev.data;
+    bool write_now = !(ac->c.flags & REDIS_IN_CALLBACK);
+    e->write_later = write_now;
+    int rc = redisAsyncFormattedCommand(ac, on_reply, call, command, len);
+    e->write_later = false;
+    if (rc != REDIS_OK) {
         call_answer(call, REDIS_CALL_DOWN, NULL);
         call_free(call);
+        return;
+    }
+    if (write_now && e->want_write) {
+        e->want_write = false;
+        /* A failed write disconnects: every call in flight, this one too, is answered
+         * REDIS_CALL_DOWN from here, as when no connection was there to take it. */
+        redisAsyncHandleWrite(ac);
     }
 }
 
-/* Issues a call: skip leading argv slots are left for send_call (EVALSHA and the sha), then
- * head[] (e.g. numkeys), then the caller's arguments, all copied into one allocation, which a
- * NOSCRIPT retry needs after the caller's buffers are gone. Layout: call, argv[], lens[], bytes. */
-static void issue(struct redis_conn *c, int skip, const char *head, size_t head_len, int argc,
-                  const char *const *argv, const size_t *arg_lens, uint32_t timeout_ms,
-                  redis_reply_fn cb, void *arg)
+/* Issues a call: EVALSHA, the sha and numkeys first when script, then the caller's arguments
+ * (argc of them, in RESP), copied into one allocation (the call, room for the command's head,
+ * the arguments), which a NOSCRIPT retry needs after the caller's buffers are gone. */
+static void issue(struct redis_conn *c, bool script, int numkeys, int argc, const char *args,
+                  size_t args_len, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
     if (!c->connected || !c->ac) {
         cb(REDIS_CALL_DOWN, NULL, arg);
         return;
     }
-    int nhead = head ? 1 : 0;
-    int total = skip + nhead + argc;
-    size_t bytes = head_len;
-    for (int i = 0; i < argc; i++)
-        bytes += arg_lens[i];
-    struct redis_call *call =
-        xmalloc(sizeof(*call) + (size_t)total * (sizeof(char *) + sizeof(size_t)) + bytes);
+    struct redis_call *call = call_new(c, HEAD_ROOM + REDIS_ARG_OVERHEAD + args_len + 1);
+    size_t room = call->room;
     memset(call, 0, sizeof(*call));
+    call->room = room;
     call->c = c;
     call->cb = cb;
     call->arg = arg;
-    call->argc = total;
-    call->script = skip > 0;
-    call->argv = (const char **)(call + 1);
-    call->arg_lens = (size_t *)(call->argv + total);
-    char *p = (char *)(call->arg_lens + total);
-    if (head) {
-        memcpy(p, head, head_len);
-        call->argv[skip] = p;
-        call->arg_lens[skip] = head_len;
-        p += head_len;
+    call->argc = (script ? 3 : 0) + argc;
+    call->script = script;
+    call->args = (char *)(call + 1) + HEAD_ROOM;
+    char *p = call->args;
+    if (script) {
+        char nk[24];
+        p = redis_conn_put_arg(p, nk, fmt_u64(nk, (uint64_t)numkeys));
     }
-    for (int i = 0; i < argc; i++) {
-        memcpy(p, argv[i], arg_lens[i]);
-        call->argv[skip + nhead + i] = p;
-        call->arg_lens[skip + nhead + i] = arg_lens[i];
-        p += arg_lens[i];
-    }
+    memcpy(p, args, args_len);
+    p += args_len;
+    *p = '\0';
+    call->args_len = (size_t)(p - call->args);
     call->sent_ms = uv_now(c->loop);
     call->deadline_ms = call->sent_ms + timeout_ms;
     call->sent_us = uv_hrtime() / 1000;
@@ -394,25 +480,29 @@ static void ignore_reply(enum redis_status status, const redisReply *reply, void
     (void)arg;
 }
 
-void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *const *argv,
-                     const size_t *arg_lens, uint32_t timeout_ms, bool asking, redis_reply_fn cb,
-                     void *arg)
+void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *args, size_t len,
+                     uint32_t timeout_ms, bool asking, redis_reply_fn cb, void *arg)
 {
     if (asking && c->connected) {
         /* Its reply (+OK) comes first, and only the next command on this connection is let in. */
-        const char *ask[] = {"ASKING"};
-        size_t ask_len[] = {6};
-        issue(c, 0, NULL, 0, 1, ask, ask_len, timeout_ms, ignore_reply, NULL);
+        static const char ask[] = "$6\r\nASKING\r\n";
+        issue(c, false, 0, 1, ask, sizeof(ask) - 1, timeout_ms, ignore_reply, NULL);
     }
-    char nk[24];
-    size_t nk_len = fmt_u64(nk, (uint64_t)numkeys);
-    issue(c, 2, nk, nk_len, argc, argv, arg_lens, timeout_ms, cb, arg);
+    issue(c, true, numkeys, argc, args, len, timeout_ms, cb, arg);
 }
 
 void redis_conn_command(struct redis_conn *c, int argc, const char *const *argv,
                         const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg)
 {
-    issue(c, 0, NULL, 0, argc, argv, arg_lens, timeout_ms, cb, arg);
+    /* Rare (CLUSTER SLOTS): formatted into an allocation of its own. */
+    size_t need = 1;
+    for (int i = 0; i < argc; i++)
+        need += arg_lens[i] + REDIS_ARG_OVERHEAD;
+    char *args = xmalloc(need), *p = args;
+    for (int i = 0; i < argc; i++)
+        p = redis_conn_put_arg(p, argv[i], arg_lens[i]);
+    issue(c, false, 0, argc, args, (size_t)(p - args), timeout_ms, cb, arg);
+    free(args);
 }
 
 /* ---- connection ---- */
@@ -623,7 +713,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     bool was_up = c->connected;
     char why[256];
     snprintf(why, sizeof(why), "%s",
-             c->drop_why[0]     ? c->drop_why
+             c->drop_why[0]       ? c->drop_why
              : status == REDIS_OK ? "closed"
                                   : (ac->errstr[0] ? ac->errstr : "error"));
     c->ac = NULL;
@@ -648,6 +738,7 @@ static void conn_connect_to(struct redis_conn *c, const char *host, uint16_t por
         return;
     }
     ac->data = c;
+    redis_replies_attach(&c->replies, ac);
     if (redis_events_attach(ac, c->loop) < 0) {
         redisAsyncFree(ac);
         conn_fail(c, "cannot watch the socket", false);
@@ -732,6 +823,13 @@ static void on_timer_closed(uv_handle_t *h)
     free(c->address);
     c->address = NULL;
     buf_free(&c->command);
+    redis_replies_free(&c->replies);
+    while (c->spare_calls) {
+        struct redis_call *next = c->spare_calls->next;
+        free(c->spare_calls);
+        c->spare_calls = next;
+    }
+    c->nspare_calls = 0;
     if (c->on_closed)
         c->on_closed(c, c->closed_arg);
 }

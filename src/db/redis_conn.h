@@ -23,6 +23,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "redis_replies.h"
 #include "resolve.h"
 
 enum redis_status {
@@ -81,9 +82,12 @@ struct redis_conn {
     int closed_timers;
     uint32_t backoff_ms;
     struct buf command; /* a command being formatted */
+    struct redis_replies replies; /* the reply objects of this connection's contexts */
     char script_sha[41];
     struct redis_call *calls; /* in flight, oldest first (a doubly linked list) */
     struct redis_call *calls_tail;
+    struct redis_call *spare_calls; /* answered, kept for reuse (redis_conn.c) */
+    unsigned nspare_calls;
     void (*on_state)(struct redis_conn *c, bool up, void *arg);
     void *state_arg;
     char last_error[256];     /* of the last failed connect, to log a repeated one rarely */
@@ -104,15 +108,36 @@ static inline bool redis_conn_is_up(const struct redis_conn *c)
     return c->connected;
 }
 
-/* Runs the script with string arguments, the first numkeys of them its KEYS; cb runs once,
- * within timeout_ms. When not connected, cb runs at once with REDIS_CALL_DOWN. With asking, an
- * ASKING goes just before it (Cluster: a slot being imported). */
-void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *const *argv,
-                     const size_t *arg_lens, uint32_t timeout_ms, bool asking, redis_reply_fn cb,
-                     void *arg);
+/* Runs the script with argc string arguments, given in RESP (args, len: "$" length CRLF bytes
+ * CRLF each, as redis_conn_put_arg writes them), the first numkeys of them its KEYS; cb runs
+ * once, within timeout_ms. When not connected, cb runs at once with REDIS_CALL_DOWN. With
+ * asking, an ASKING goes just before it (Cluster: a slot being imported). */
+void redis_conn_eval(struct redis_conn *c, int numkeys, int argc, const char *args, size_t len,
+                     uint32_t timeout_ms, bool asking, redis_reply_fn cb, void *arg);
 /* Any command, the same way. */
 void redis_conn_command(struct redis_conn *c, int argc, const char *const *argv,
                         const size_t *arg_lens, uint32_t timeout_ms, redis_reply_fn cb, void *arg);
+
+/* RESP's text of arguments: writes one ($len CRLF, its bytes, CRLF) at p, returns its end. At
+ * most len + REDIS_ARG_OVERHEAD bytes. */
+#define REDIS_ARG_OVERHEAD 25
+char *redis_conn_put_arg(char *p, const char *arg, size_t len);
+/* The same for an argument already written at start + 4, len bytes long: its head goes before it
+ * (moving it when its length has more than one digit). Returns its end. Inline for the short
+ * ones: a check's call has dozens of arguments. */
+char *redis_conn_close_long_arg(char *start, size_t len);
+static inline char *redis_conn_close_arg(char *start, size_t len)
+{
+    if (len >= 10)
+        return redis_conn_close_long_arg(start, len);
+    start[0] = '$';
+    start[1] = (char)('0' + len);
+    start[2] = '\r';
+    start[3] = '\n';
+    start[4 + len] = '\r';
+    start[5 + len] = '\n';
+    return start + 6 + len;
+}
 
 /* Drops the connection (never call it from inside a hiredis callback); a managed connection
  * then waits for redis_conn_connect, the others retry after the backoff. */

@@ -127,12 +127,16 @@ static void v1_keys(const struct rules_resolved *rules, uint64_t now_ms, struct 
 void decision_uncounted(const struct rules_resolved *rules, bool allowed, const char *reason,
                         uint64_t now_ms, struct check_result *out)
 {
-    memset(out, 0, sizeof(*out));
+    /* Field by field: the whole struct (used[] is RULES_APPLY_MAX long) would be most of the
+     * cost, and only the rules' n uses are read. */
     out->rules = rules;
     out->now_ms = now_ms;
     out->denied_by = out->shadow_denied_by = -1;
     out->allowed = allowed;
     out->reason = reason;
+    out->retry_after_ms = 0;
+    out->degraded = false;
+    out->reservation[0] = '\0';
     v1_keys(rules, now_ms, out);
     for (int i = 0; i < rules->n; i++)
         out->used[i] = RULES_UNLIMITED;

@@ -53,7 +53,8 @@ struct limiter_call {
     struct rules_resolved lim;
     struct limiter_check *checks, *checks_tail;
     uint32_t n;
-    uint64_t sent_ms; /* loop time the script call was sent */
+    uint64_t sent_ms;      /* loop time the script call was sent */
+    size_t reply_elements; /* the first call of a script call: its reply's, when all is well */
 };
 
 /* Checks and calls come from, and go back to, the limiter's spares (at most LIMITER_SPARE
@@ -321,8 +322,8 @@ static void degrade_call(struct limiter *l, struct limiter_call *call)
 
 static void resolve_call(struct limiter *l, struct limiter_call *call, enum rules_lookup *found)
 {
-    *found = rules_resolve(&l->rules, call->user_id, call->provider, call->provider_len,
-                           call->model, call->model_len, &call->lim);
+    *found = rules_resolve_cached(&l->rules, l->resolved, call->user_id, call->provider,
+                                  call->provider_len, call->model, call->model_len, &call->lim);
 }
 
 /* After a call for a key: the checks that queued behind it go out together. */
@@ -426,25 +427,17 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
     call->checks = NULL;
 }
 
-/* The key calls of one script call, in the order of its KEYS. */
-struct limiter_batch {
-    struct limiter *l;
-    struct limiter_call *calls;
-    size_t elements; /* the reply's, when all is well */
-};
-
+/* arg: the first of the key calls of one script call (in the order of its arguments). */
 static void on_script_reply(enum redis_status status, const redisReply *reply, void *arg)
 {
-    struct limiter_batch *batch = arg;
-    struct limiter *l = batch->l;
+    struct limiter_call *call = arg;
+    struct limiter *l = call->l;
     bool ok = status == REDIS_CALL_OK && reply->type == REDIS_REPLY_ARRAY &&
-              reply->elements == batch->elements;
+              reply->elements == call->reply_elements;
     if (status == REDIS_CALL_OK && !ok)
         log_error("redis: the check script answered %s",
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "something unexpected");
     size_t i = 1;
-    struct limiter_call *call = batch->calls;
-    free(batch);
     while (call) {
         struct limiter_call *next = call->next;
         if (ok)
@@ -488,10 +481,8 @@ static const char window_letters[] = "mhdM";
 /* Sends key calls (a list of n) as one script call. */
 static void send_script_call(struct limiter *l, void *list, size_t n)
 {
-    struct limiter_batch *batch = xmalloc(sizeof(*batch));
-    batch->l = l;
-    batch->calls = list;
-    batch->elements = 1;
+    struct limiter_call *first = list;
+    first->reply_elements = 1;
     uint32_t ncalls = (uint32_t)n;
     /* KEYS are for routing only (check.lua reads the bases from ARGV): none on one Redis; on a
      * Redis Cluster every existing key the script will touch (the scopes' hashes) and the
@@ -499,20 +490,20 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
      * alone: a key left out would be counted from zero on the importing node. */
     bool declare = redis_is_cluster(&l->redis);
 
-    /* argv: the declared keys, then 'c', the reservation TTL, the number of users and their
-     * bases, the number of distinct heads and each (its scopes, its rules: users with the same
-     * provider, model and rules share one, which the script reads once), then per user: its
-     * head's number and its checks. Every piece gets its own slot of the text, sized for the
-     * longest it can be. */
+    /* The arguments: the declared keys, then 'c', the reservation TTL, the number of users and
+     * their bases, the number of distinct heads and each (its scopes, its rules: users with the
+     * same provider, model and rules share one, which the script reads once), then per user:
+     * its head's number and its checks. Every piece gets its own slot of the text, sized for
+     * the longest it can be. */
     size_t argc = ncalls + 4, text_cap = 96;
     size_t prefix_len = strlen(l->key_prefix), base_cap = prefix_len + UUID_STRING_LEN + 2;
     size_t suffix_cap = RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16;
     struct limiter_head *heads = xmalloc(ncalls * sizeof(*heads));
     uint32_t *head_of = xmalloc(ncalls * sizeof(*head_of)), h = 0;
-    for (struct limiter_call *call = batch->calls; call; call = call->next) {
+    for (struct limiter_call *call = first; call; call = call->next) {
         heads[h++] = (struct limiter_head){call->provider, call->model, call->provider_len,
                                            call->model_len, &call->lim};
-        batch->elements += call->n * (2 + (size_t)call->lim.counted);
+        first->reply_elements += call->n * (2 + (size_t)call->lim.counted);
         argc += 3 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
         text_cap += base_cap + 4 * suffix_cap +
                     24 * (4 + 5 * (size_t)call->lim.counted + 4 * call->n);
@@ -521,32 +512,40 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
             text_cap += 8 * (base_cap + suffix_cap + 2) + call->n * (base_cap + 3 + LOCAL_RID_LEN);
         }
     }
-    const char **argv = xmalloc(argc * sizeof(*argv));
-    size_t *lens = xmalloc(argc * sizeof(*lens));
-    char *text = xmalloc(text_cap);
-    char *p = text;
+    text_cap += REDIS_ARG_OVERHEAD * argc;
+    if (l->call_text_cap < text_cap) {
+        l->call_text_cap = text_cap;
+        free(l->call_text);
+        l->call_text = xmalloc(text_cap);
+    }
+    /* The arguments are written in RESP, as Redis reads them: each piece at p + 4, then its
+     * head ("$" length CRLF) goes before it. The text is reused safely: redis_eval_resp copies
+     * it before any callback of its own can build another call here. */
+    char *p = l->call_text;
     size_t a = 0;
 #define ARG(len_expr)                                                                              \
     do {                                                                                           \
-        argv[a] = p;                                                                               \
-        lens[a] = (len_expr);                                                                      \
-        p += lens[a++];                                                                            \
+        char *arg_ = p;                                                                            \
+        p += 4;                                                                                    \
+        size_t len_ = (len_expr);                                                                  \
+        p = redis_conn_close_arg(arg_, len_);                                                      \
+        a++;                                                                                       \
     } while (0)
-    for (struct limiter_call *call = batch->calls; declare && call; call = call->next)
+    for (struct limiter_call *call = first; declare && call; call = call->next)
         limiter_declare_keys(l, call->user_id, call->provider, call->provider_len, call->model,
-                             call->model_len, &call->lim, call->checks, argv, lens, &p, &a);
+                             call->model_len, &call->lim, call->checks, &p, &a);
     size_t nkeys = a;
     ARG((memcpy(p, "c", 1), 1));
     ARG(fmt_u64(p, l->reservation_ttl_s));
     ARG(fmt_u64(p, ncalls));
-    for (struct limiter_call *call = batch->calls; call; call = call->next)
+    for (struct limiter_call *call = first; call; call = call->next)
         ARG(limiter_format_base(l, call->user_id, p, base_cap));
     /* The distinct heads (scopes and rules), once each, then each user's head and checks. */
     uint32_t nheads = limiter_number_heads(heads, ncalls, head_of);
     ARG(fmt_u64(p, nheads));
     uint32_t written = 0; /* heads are numbered in the order they first come */
     h = 0;
-    for (struct limiter_call *call = batch->calls; call; call = call->next, h++) {
+    for (struct limiter_call *call = first; call; call = call->next, h++) {
         if (head_of[h] <= written)
             continue;
         written = head_of[h];
@@ -570,7 +569,7 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
         }
     }
     h = 0;
-    for (struct limiter_call *call = batch->calls; call; call = call->next, h++) {
+    for (struct limiter_call *call = first; call; call = call->next, h++) {
         ARG(fmt_u64(p, head_of[h]));
         ARG(fmt_u64(p, call->n));
         for (struct limiter_check *c = call->checks; c; c = c->next) {
@@ -583,12 +582,10 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
 #undef ARG
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
-    redis_eval(&l->redis, (int)nkeys, (int)a, argv, lens, l->timeout_ms, on_script_reply, batch);
     free(heads);
     free(head_of);
-    free(argv);
-    free(lens);
-    free(text);
+    redis_eval_resp(&l->redis, (int)nkeys, (int)a, l->call_text, (size_t)(p - l->call_text),
+                    l->timeout_ms, on_script_reply, first);
 }
 
 static const uint8_t *call_user(const void *item)
@@ -794,6 +791,7 @@ void limiter_init(struct limiter *l, uv_loop_t *loop, const struct config *confi
     l->loop = loop;
     l->key_prefix = xstrdup(config->redis.key_prefix);
     keytable_init(&l->keys, KEY_CAPACITY);
+    l->resolved = xcalloc(RULES_CACHE_ENTRIES, sizeof(*l->resolved));
     local_init(&l->local, LOCAL_SCOPES, LOCAL_RESERVATIONS);
     if (getrandom(&l->rid_seed, sizeof(l->rid_seed), 0) != sizeof(l->rid_seed))
         l->rid_seed = limiter_wall_ms() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)l;
@@ -838,6 +836,11 @@ static void part_closed(struct limiter *l)
         l->spare_calls = next;
     }
     l->nspare_checks = l->nspare_calls = 0;
+    free(l->resolved);
+    l->resolved = NULL;
+    free(l->call_text);
+    l->call_text = NULL;
+    l->call_text_cap = 0;
     free(l->key_prefix);
     l->key_prefix = NULL;
     if (l->on_closed)

@@ -132,6 +132,13 @@ struct limiter {
     struct limiter_check *spare_checks;
     struct limiter_call *spare_calls;
     uint32_t nspare_checks, nspare_calls;
+    /* What checks of users without rules of their own are held to (RULES_CACHE_ENTRIES), so
+     * that most checks skip resolving rules. */
+    struct rules_cached *resolved;
+    /* The script call being built: its arguments in RESP. Kept for the next call (grown as
+     * needed, bounded by MAX_CHECKS_PER_BATCH checks a call). */
+    char *call_text;
+    size_t call_text_cap;
     void (*on_denied)(void *arg, const uint8_t user_id[16], const char *provider, size_t len,
                       const char *reason, int64_t now_ms);
     void *denied_arg;

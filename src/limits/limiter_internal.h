@@ -20,13 +20,13 @@ void limiter_send_by_slot(struct limiter *l, void *list, size_t n, size_t next_o
  * as Lua does: scope_of[i] is rule i's, rep[s] a rule of scope s + 1. Returns how many. */
 int limiter_call_scopes(const struct rules_resolved *lim, int scope_of[RULES_APPLY_MAX],
                         const struct rules_applied *rep[4]);
-/* limiter_slots.c: appends to argv/lens (from *argc on, the text at *text, both advanced) the
- * keys a check's call touches on a Redis Cluster: its windowed scopes' hashes, its concurrent
- * scopes' sorted sets, the reservations its checks make. At most 8 + one per check. */
+/* limiter_slots.c: appends to the RESP text at *text (advanced, and *argc with it) the keys a
+ * check's call touches on a Redis Cluster: its windowed scopes' hashes, its concurrent scopes'
+ * sorted sets, the reservations its checks make. At most 8 + one per check. */
 void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], const char *provider,
                           size_t plen, const char *model, size_t mlen,
                           const struct rules_resolved *lim, const struct limiter_check *checks,
-                          const char **argv, size_t *lens, char **text, size_t *argc);
+                          char **text, size_t *argc);
 /* limiter_slots.c: what a key call's part of the script call begins with (its scopes and rules),
  * which the script reads once for every key call that has the same. */
 struct limiter_head {

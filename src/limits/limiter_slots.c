@@ -95,7 +95,7 @@ int limiter_call_scopes(const struct rules_resolved *lim, int scope_of[RULES_APP
 void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], const char *provider,
                           size_t plen, const char *model, size_t mlen,
                           const struct rules_resolved *lim, const struct limiter_check *checks,
-                          const char **argv, size_t *lens, char **text, size_t *argc)
+                          char **text, size_t *argc)
 {
     char *p = *text;
     size_t a = *argc, base_cap = strlen(l->key_prefix) + UUID_STRING_LEN + 2;
@@ -114,31 +114,31 @@ void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], co
             else
                 windowed = true;
         }
-        size_t len = limiter_format_base(l, user_id, p, base_cap);
-        len += limiter_scope_suffix(rep[sc], provider, plen, model, mlen, p + len);
+        /* Each argument's bytes go at its start + 4, then redis_conn_close_arg puts its head. */
+        char *name = p + 4;
+        size_t len = limiter_format_base(l, user_id, name, base_cap);
+        len += limiter_scope_suffix(rep[sc], provider, plen, model, mlen, name + len);
         if (windowed) {
-            argv[a] = p;
-            lens[a++] = len;
-            if (concurrent) /* the set's name begins as the hash's */
-                memcpy(p + len, p, len);
-            p += len;
+            p = redis_conn_close_arg(p, len);
+            a++;
+            name = p - 2 - len; /* where the head left it */
         }
-        if (concurrent) {
-            memcpy(p + len, ":c", 2);
-            argv[a] = p;
-            lens[a++] = len + 2;
-            p += len + 2;
+        if (concurrent) { /* the set's name begins as the hash's */
+            if (name != p + 4)
+                memmove(p + 4, name, len);
+            memcpy(p + 4 + len, ":c", 2);
+            p = redis_conn_close_arg(p, len + 2);
+            a++;
         }
     }
     for (const struct limiter_check *c = checks; c; c = c->next) {
         if (!c->rid[0])
             continue;
-        size_t len = limiter_format_base(l, user_id, p, base_cap), rlen = strlen(c->rid);
-        memcpy(p + len, ":r:", 3);
-        memcpy(p + len + 3, c->rid, rlen);
-        argv[a] = p;
-        lens[a++] = len + 3 + rlen;
-        p += len + 3 + rlen;
+        size_t len = limiter_format_base(l, user_id, p + 4, base_cap), rlen = strlen(c->rid);
+        memcpy(p + 4 + len, ":r:", 3);
+        memcpy(p + 4 + len + 3, c->rid, rlen);
+        p = redis_conn_close_arg(p, len + 3 + rlen);
+        a++;
     }
     *text = p;
     *argc = a;

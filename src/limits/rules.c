@@ -541,16 +541,57 @@ static int rank_of(const struct rules_rule *r)
     return (r->has_user ? 8 : 0) + r->source + 1;
 }
 
+/* The best rule of each slot so far; taken[] says which slots hold one, so that neither the
+ * clearing nor the walk in slot order costs all SLOTS when a check has a few rules. */
+struct best_rules {
+    uint64_t taken[(SLOTS + 63) / 64];
+    const struct rules_rule *rule[SLOTS]; /* valid where taken */
+};
+
 static void consider(const struct rules_rule *r, const char *provider, size_t plen,
-                     const char *model, size_t mlen, const struct rules_rule **best)
+                     const char *model, size_t mlen, struct best_rules *best)
 {
     if (r->provider[0] && (strncmp(r->provider, provider, plen) != 0 || r->provider[plen]))
         return;
     if (r->model[0] && (!mlen || strncmp(r->model, model, mlen) != 0 || r->model[mlen]))
         return;
     int s = slot_of(r);
-    if (!best[s] || rank_of(r) > rank_of(best[s]))
-        best[s] = r;
+    uint64_t bit = 1ULL << (s % 64);
+    if (!(best->taken[s / 64] & bit)) {
+        best->taken[s / 64] |= bit;
+        best->rule[s] = r;
+    } else if (rank_of(r) > rank_of(best->rule[s])) {
+        best->rule[s] = r;
+    }
+}
+
+/* Where the user's rules start in the sorted list (or would). */
+static size_t user_run(const struct rules *l, const uint8_t user_id[16])
+{
+    size_t lo = 0, hi = l->nper_user;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (memcmp(l->per_user[mid].user_id, user_id, 16) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static bool user_has_own(const struct rules *l, const uint8_t user_id[16])
+{
+    size_t i = l->nper_user ? user_run(l, user_id) : 0;
+    return i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0;
+}
+
+/* Copies what a check is held to (the rules applying, not all RULES_APPLY_MAX). */
+static void resolved_copy(struct rules_resolved *dst, const struct rules_resolved *src)
+{
+    memcpy(dst, src, offsetof(struct rules_resolved, rule));
+    memcpy(dst->rule, src->rule, src->n * sizeof(src->rule[0]));
+    dst->per_minute = src->per_minute;
+    dst->per_day = src->per_day;
 }
 
 enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16],
@@ -572,28 +613,18 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
         !provider_in(l->config_providers, l->nconfig_providers, key.name, provider_len))
         return RULES_NOT_LOADED; /* a user's rule alone, on top of limits not read yet */
 
-    const struct rules_rule *best[SLOTS] = {0};
+    struct best_rules best;
+    memset(best.taken, 0, sizeof(best.taken));
     size_t from, to;
     provider_run(l->every, l->nevery, "", 0, &from, &to); /* every provider's rules */
     for (size_t i = from; i < to; i++)
-        consider(&l->every[i], provider, provider_len, model, model_len, best);
+        consider(&l->every[i], provider, provider_len, model, model_len, &best);
     provider_run(l->every, l->nevery, provider, provider_len, &from, &to);
     for (size_t i = from; i < to; i++)
-        consider(&l->every[i], provider, provider_len, model, model_len, best);
-    if (l->nper_user) {
-        /* The user's rules are a run in the sorted list: find its start. */
-        size_t lo = 0, hi = l->nper_user;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            if (memcmp(l->per_user[mid].user_id, user_id, 16) < 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        for (size_t i = lo; i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0;
-             i++)
-            consider(&l->per_user[i], provider, provider_len, model, model_len, best);
-    }
+        consider(&l->every[i], provider, provider_len, model, model_len, &best);
+    for (size_t i = user_run(l, user_id);
+         i < l->nper_user && memcmp(l->per_user[i].user_id, user_id, 16) == 0; i++)
+        consider(&l->per_user[i], provider, provider_len, model, model_len, &best);
 
     out->enabled = p->config_enabled >= 0 ? p->config_enabled == 1 : p->db_enabled != 0;
     out->has_budget = false;
@@ -602,31 +633,67 @@ enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16]
     /* Limited rules first (the ones Redis counts), then the unlimited ones; each in slot order:
      * every provider, provider, model, provider and model; by dimension; by window. */
     for (int pass = 0; pass < 2; pass++)
-        for (int s = 0; s < SLOTS; s++) {
-            const struct rules_rule *r = best[s];
-            if (!r || (r->amount == RULES_UNLIMITED) != (pass == 1))
-                continue;
-            struct rules_applied *a = &out->rule[out->n++];
-            a->dimension = r->dimension;
-            a->window = r->window;
-            a->shadow = r->shadow;
-            a->alert_percent = r->dimension == RULES_CONCURRENT ? 0 : r->alert_percent;
-            a->by_provider = r->provider[0] != '\0';
-            a->by_model = r->model[0] != '\0';
-            a->limit = r->amount;
-            if (pass == 0) {
-                out->counted++;
-                if (r->dimension != RULES_REQUESTS)
-                    out->has_budget = true;
+        for (int w = 0; w < (SLOTS + 63) / 64; w++)
+            for (uint64_t left = best.taken[w]; left; left &= left - 1) {
+                const struct rules_rule *r = best.rule[w * 64 + __builtin_ctzll(left)];
+                if ((r->amount == RULES_UNLIMITED) != (pass == 1))
+                    continue;
+                struct rules_applied *a = &out->rule[out->n++];
+                a->dimension = r->dimension;
+                a->window = r->window;
+                a->shadow = r->shadow;
+                a->alert_percent = r->dimension == RULES_CONCURRENT ? 0 : r->alert_percent;
+                a->by_provider = r->provider[0] != '\0';
+                a->by_model = r->model[0] != '\0';
+                a->limit = r->amount;
+                if (pass == 0) {
+                    out->counted++;
+                    if (r->dimension != RULES_REQUESTS)
+                        out->has_budget = true;
+                }
+                if (a->by_provider && !a->by_model && r->dimension == RULES_REQUESTS &&
+                    !r->shadow) {
+                    if (r->window == RULES_MINUTE)
+                        out->per_minute = r->amount;
+                    else if (r->window == RULES_DAY)
+                        out->per_day = r->amount;
+                }
             }
-            if (a->by_provider && !a->by_model && r->dimension == RULES_REQUESTS && !r->shadow) {
-                if (r->window == RULES_MINUTE)
-                    out->per_minute = r->amount;
-                else if (r->window == RULES_DAY)
-                    out->per_day = r->amount;
-            }
-        }
     return RULES_FOUND;
+}
+
+enum rules_lookup rules_resolve_cached(const struct rules *l, struct rules_cached *cache,
+                                       const uint8_t user_id[16], const char *provider,
+                                       size_t provider_len, const char *model, size_t model_len,
+                                       struct rules_resolved *out)
+{
+    if (user_has_own(l, user_id) || provider_len > RULES_PROVIDER_BYTES ||
+        model_len > RULES_MODEL_BYTES)
+        return rules_resolve(l, user_id, provider, provider_len, model, model_len, out);
+    uint32_t h = 2166136261u; /* FNV-1a of the provider, a separator, the model */
+    for (size_t i = 0; i < provider_len; i++)
+        h = (h ^ (uint8_t)provider[i]) * 16777619u;
+    h = (h ^ 0xffu) * 16777619u;
+    for (size_t i = 0; i < model_len; i++)
+        h = (h ^ (uint8_t)model[i]) * 16777619u;
+    struct rules_cached *e = &cache[h & (RULES_CACHE_ENTRIES - 1)];
+    if (e->generation == l->generation + 1 && e->provider_len == provider_len &&
+        e->model_len == model_len && memcmp(e->provider, provider, provider_len) == 0 &&
+        memcmp(e->model, model, model_len) == 0) {
+        resolved_copy(out, &e->lim);
+        return RULES_FOUND;
+    }
+    enum rules_lookup found =
+        rules_resolve(l, user_id, provider, provider_len, model, model_len, out);
+    if (found == RULES_FOUND) {
+        e->generation = l->generation + 1;
+        e->provider_len = (uint8_t)provider_len;
+        e->model_len = (uint8_t)model_len;
+        memcpy(e->provider, provider, provider_len);
+        memcpy(e->model, model, model_len);
+        resolved_copy(&e->lim, out);
+    }
+    return found;
 }
 
 static void on_handle_closed(uv_handle_t *h)

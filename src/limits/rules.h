@@ -144,6 +144,22 @@ void rules_configure(struct rules *l, const struct config *config);
 enum rules_lookup rules_resolve(const struct rules *l, const uint8_t user_id[16],
                                 const char *provider, size_t provider_len, const char *model,
                                 size_t model_len, struct rules_resolved *out);
+/* rules_resolve through a cache. Checks of a user no rule names resolve as every user's, alike
+ * for a provider and model until the rules change (a new generation): the cache is a
+ * direct-mapped table of them by provider and model, RULES_CACHE_ENTRIES zeroed entries that
+ * the caller allocates. */
+#define RULES_CACHE_ENTRIES 64 /* a power of two */
+struct rules_cached {
+    uint64_t generation; /* the rules' generation + 1; 0: empty */
+    uint8_t provider_len, model_len;
+    char provider[RULES_PROVIDER_BYTES];
+    char model[RULES_MODEL_BYTES];
+    struct rules_resolved lim;
+};
+enum rules_lookup rules_resolve_cached(const struct rules *l, struct rules_cached *cache,
+                                       const uint8_t user_id[16], const char *provider,
+                                       size_t provider_len, const char *model, size_t model_len,
+                                       struct rules_resolved *out);
 /* Merges sources into the lists rules_resolve reads; exposed for the unit tests, which fill
  * db, config_rules and the provider lists by hand. */
 void rules_merge(struct rules *l);

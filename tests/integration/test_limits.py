@@ -82,6 +82,26 @@ def test_five_per_minute_allows_five_then_denies_with_retry_after(
         assert 0 < r["reset_minute_ms"] <= 60000 and 0 < r["reset_day_ms"] <= 86400000
 
 
+def test_a_server_that_lost_its_scripts_runs_the_source_and_counts_on_exactly(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "flushed", per_minute=5, per_day=1000)
+    user = str(uuid.uuid4())
+    d = start(daemon_factory, workdir, pg, db, redis_server)
+    wait_for_fresh_minute(redis_server)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    with d.client() as c:
+        first = check(c, user, "flushed")
+        r.script_flush()  # as after a restart: EVALSHA now answers NOSCRIPT
+        rest = [check(c, user, "flushed", 2) for _ in range(3)]
+        stats = c.call("stats")["limits"]["redis"]
+    r.close()
+    assert first["allowed"] and first["remaining_minute"] == 4
+    assert [x["allowed"] for x in rest] == [True, True, False]
+    assert [x["remaining_minute"] for x in rest] == [2, 0, 0]
+    assert not any(x["degraded"] for x in [first] + rest)
+    assert stats["noscript_retries"] == 1
+
+
 def test_a_peek_reports_without_spending(daemon_factory, workdir, pg, db, redis_server):
     add_provider(pg, db, "peek", per_minute=5, per_day=100)
     user = str(uuid.uuid4())
