@@ -498,8 +498,15 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     size_t argc = ncalls + 4, text_cap = 96;
     size_t prefix_len = strlen(l->key_prefix), base_cap = prefix_len + UUID_STRING_LEN + 2;
     size_t suffix_cap = RULES_PROVIDER_BYTES + RULES_MODEL_BYTES + 16;
-    struct limiter_head *heads = xmalloc(ncalls * sizeof(*heads));
-    uint32_t *head_of = xmalloc(ncalls * sizeof(*head_of)), h = 0;
+    if (l->heads_cap < ncalls) {
+        free(l->heads);
+        free(l->head_of);
+        l->heads_cap = ncalls;
+        l->heads = xmalloc(ncalls * sizeof(*l->heads));
+        l->head_of = xmalloc(ncalls * sizeof(*l->head_of));
+    }
+    struct limiter_head *heads = l->heads;
+    uint32_t *head_of = l->head_of, h = 0;
     for (struct limiter_call *call = first; call; call = call->next) {
         heads[h++] = (struct limiter_head){call->provider, call->model, call->provider_len,
                                            call->model_len, &call->lim};
@@ -541,7 +548,8 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
     for (struct limiter_call *call = first; call; call = call->next)
         ARG(limiter_format_base(l, call->user_id, p, base_cap));
     /* The distinct heads (scopes and rules), once each, then each user's head and checks. */
-    uint32_t nheads = limiter_number_heads(heads, ncalls, head_of);
+    uint32_t nheads =
+        limiter_number_heads(heads, ncalls, head_of, &l->head_table, &l->head_table_cap);
     ARG(fmt_u64(p, nheads));
     uint32_t written = 0; /* heads are numbered in the order they first come */
     h = 0;
@@ -582,8 +590,6 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
 #undef ARG
     l->stats.script_calls++;
     l->stats.batched += ncalls - 1; /* round trips saved */
-    free(heads);
-    free(head_of);
     redis_eval_resp(&l->redis, (int)nkeys, (int)a, l->call_text, (size_t)(p - l->call_text),
                     l->timeout_ms, on_script_reply, first);
 }
@@ -841,6 +847,12 @@ static void part_closed(struct limiter *l)
     free(l->call_text);
     l->call_text = NULL;
     l->call_text_cap = 0;
+    free(l->heads);
+    free(l->head_of);
+    free(l->head_table);
+    l->heads = NULL;
+    l->head_of = l->head_table = NULL;
+    l->heads_cap = l->head_table_cap = 0;
     free(l->key_prefix);
     l->key_prefix = NULL;
     if (l->on_closed)

@@ -139,6 +139,11 @@ struct limiter {
      * needed, bounded by MAX_CHECKS_PER_BATCH checks a call). */
     char *call_text;
     size_t call_text_cap;
+    /* Its users' heads (provider, model, rules), each user's head number and the table that
+     * numbers them: kept like call_text. */
+    struct limiter_head *heads;
+    uint32_t *head_of, *head_table;
+    size_t heads_cap, head_table_cap;
     void (*on_denied)(void *arg, const uint8_t user_id[16], const char *provider, size_t len,
                       const char *reason, int64_t now_ms);
     void *denied_arg;

@@ -36,7 +36,8 @@ struct limiter_head {
 };
 /* Numbers the distinct heads among heads[0 .. n-1] from 1, in the order they first come:
  * head_of[i] is heads[i]'s number. Returns how many there are. */
-uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32_t *head_of);
+uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32_t *head_of,
+                              uint32_t **table, size_t *table_cap);
 size_t limiter_scope_suffix(const struct rules_applied *r, const char *provider, size_t plen,
                             const char *model, size_t mlen, char *out);
 

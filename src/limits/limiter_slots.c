@@ -178,13 +178,25 @@ static uint64_t hash_head(const struct limiter_head *hd)
     return h;
 }
 
-uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32_t *head_of)
+uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32_t *head_of,
+                              uint32_t **table, size_t *table_cap)
 {
-    /* An open-addressing table of the heads seen, at most half full: slot -> index + 1. */
+    if (n == 1) {
+        head_of[0] = 1;
+        return 1;
+    }
+    /* An open-addressing table of the heads seen, at most half full: slot -> index + 1. The
+     * table is the caller's, kept from call to call. */
     size_t cap = 16;
     while (cap < 2 * n)
         cap *= 2;
-    uint32_t *slot = xcalloc(cap, sizeof(*slot));
+    if (*table_cap < cap) {
+        free(*table);
+        *table = xmalloc(cap * sizeof(**table));
+        *table_cap = cap;
+    }
+    uint32_t *slot = *table;
+    memset(slot, 0, cap * sizeof(*slot));
     uint32_t distinct = 0;
     for (size_t i = 0; i < n; i++) {
         size_t s = (size_t)hash_head(&heads[i]) & (cap - 1);
@@ -197,6 +209,5 @@ uint32_t limiter_number_heads(const struct limiter_head *heads, size_t n, uint32
             head_of[i] = head_of[slot[s] - 1];
         }
     }
-    free(slot);
     return distinct;
 }
