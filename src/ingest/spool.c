@@ -211,7 +211,61 @@ static bool segment_gone(const struct spool_table *t)
            path_st.st_ino != open_st.st_ino || path_st.st_dev != open_st.st_dev;
 }
 
-/* Makes the table's directory again, its parents' names durable too. */
+/* One daemon per spool: a second one replaying the same records would only waste work, but
+ * two appending to one segment sequence would collide. Takes dir/lock (made if missing) into
+ * *fd: 0, -EWOULDBLOCK when another process holds it, or another -errno. The lock goes with the
+ * process. */
+static int take_lock(const char *dir, int *fd)
+{
+    char lock[600];
+    snprintf(lock, sizeof(lock), "%s/lock", dir);
+    *fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd < 0)
+        return -errno;
+    if (flock(*fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(*fd);
+        *fd = -1;
+        return -e;
+    }
+    return 0;
+}
+
+/* The spool's directory was made again: its lock file went with the old one, so another daemon
+ * started on it now would not see this one. Takes the lock again (once, whichever table's job
+ * gets here first): 0, or -EBUSY when another daemon holds it (then for good: lock_lost). */
+static int relock(struct spool *s)
+{
+    char lock[600];
+    snprintf(lock, sizeof(lock), "%s/lock", s->dir);
+    uv_mutex_lock(&s->lock_mutex);
+    struct stat held, there;
+    int rc = 0;
+    if (fstat(s->lock_fd, &held) < 0 || stat(lock, &there) < 0 || held.st_ino != there.st_ino ||
+        held.st_dev != there.st_dev) {
+        int fd;
+        rc = take_lock(s->dir, &fd);
+        if (rc == 0) {
+            close(s->lock_fd);
+            s->lock_fd = fd;
+        } else if (rc == -EWOULDBLOCK) {
+            s->lock_lost = true;
+        }
+    }
+    rc = s->lock_lost ? -EBUSY : rc;
+    uv_mutex_unlock(&s->lock_mutex);
+    return rc;
+}
+
+static bool lock_lost(struct spool *s)
+{
+    uv_mutex_lock(&s->lock_mutex);
+    bool lost = s->lock_lost;
+    uv_mutex_unlock(&s->lock_mutex);
+    return lost;
+}
+
+/* Makes the table's directory again, its parents' names durable too, and the spool's lock. */
 static int remake_dir(const struct spool_table *t)
 {
     int rc = spool_file_mkdir_p(t->dir);
@@ -222,14 +276,18 @@ static int remake_dir(const struct spool_table *t)
     snprintf(parent, sizeof(parent), "%s/..", t->s->dir);
     if (rc == 0)
         rc = spool_file_fsync_dir(parent); /* spool.dir's own name, if it was made again */
-    return rc;
+    return rc == 0 ? relock(t->s) : rc;
 }
 
 static void write_job(uv_work_t *w)
 {
     struct spool_table *t = w->data;
-    int status = write_group(t);
     t->group_remade = false;
+    if (lock_lost(t->s)) {
+        t->group_status = -EBUSY;
+        return;
+    }
+    int status = write_group(t);
     if (status == 0 && segment_gone(t)) {
         /* A durable ack must mean a file a restarted daemon finds: write the group again, in a
          * new segment of a directory made again. */
@@ -264,16 +322,18 @@ static void write_done(uv_work_t *w, int status)
     s->stats.fsyncs++;
     int rc = t->group_status;
     if (rc < 0) {
+        const char *why = rc == -EBUSY ? "made again, and another usaged holds its lock now"
+                                       : strerror(-rc);
         s->stats.write_errors++;
         if (rc == -ENOSPC) {
             s->disk_full = true;
             uv_timer_start(&s->space_timer, on_space_timer, 1000, 1000);
         } else {
             s->write_failing = true;
-            snprintf(s->write_error, sizeof(s->write_error), "%s: %s", t->dir, strerror(-rc));
+            snprintf(s->write_error, sizeof(s->write_error), "%s: %s", t->dir, why);
         }
         if (log_limiter_allow(&s->error_log, uv_now(s->loop)))
-            log_error("spool %s: cannot write: %s", table_dir_name(t->kind), strerror(-rc));
+            log_error("spool %s: cannot write: %s", table_dir_name(t->kind), why);
     } else {
         s->write_failing = false;
     }
@@ -671,24 +731,20 @@ int spool_open(struct spool *s, uv_loop_t *loop, const struct config *config,
 {
     memset(s, 0, sizeof(*s));
     s->lock_fd = -1;
-    /* One daemon per spool: a second one replaying the same records would only waste work,
-     * but two appending to one segment sequence would collide. The lock goes with the process. */
+    int fd = -1;
     int rc = spool_file_mkdir_p(config->spool.dir);
-    char lock[600];
-    snprintf(lock, sizeof(lock), "%s/lock", config->spool.dir);
-    int fd = rc < 0 ? -1 : open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        snprintf(err, errlen, "spool.dir %s: %s", config->spool.dir,
-                 strerror(rc < 0 ? -rc : errno));
-        return rc < 0 ? rc : -errno;
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        int e = errno;
-        close(fd);
+    if (rc == 0)
+        rc = take_lock(config->spool.dir, &fd);
+    if (rc == -EWOULDBLOCK) {
         snprintf(err, errlen, "spool.dir %s is in use by another usaged", config->spool.dir);
-        return -e;
+        return rc;
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "spool.dir %s: %s", config->spool.dir, strerror(-rc));
+        return rc;
     }
     s->lock_fd = fd;
+    uv_mutex_init(&s->lock_mutex);
     s->loop = loop;
     s->dir = xstrdup(config->spool.dir);
     s->on_ready = on_ready;
@@ -732,8 +788,10 @@ static void part_closed(struct spool *s)
     }
     free(s->dir);
     s->dir = NULL;
-    if (s->lock_fd >= 0)
+    if (s->lock_fd >= 0) {
         close(s->lock_fd);
+        uv_mutex_destroy(&s->lock_mutex);
+    }
     s->lock_fd = -1;
     if (s->on_closed)
         s->on_closed(s, s->closed_arg);

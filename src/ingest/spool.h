@@ -117,6 +117,10 @@ struct spool {
     uv_loop_t *loop;
     char *dir;
     int lock_fd; /* holds the flock on dir/lock */
+    /* Write jobs that made dir again take its lock file again (lock_fd), one at a time; when
+     * another daemon took it first, lock_lost, and nothing is written any more. */
+    uv_mutex_t lock_mutex;
+    bool lock_lost;
     uint64_t max_bytes;
     uint64_t segment_bytes;
     uint32_t commit_ms;

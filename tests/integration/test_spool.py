@@ -217,14 +217,19 @@ def test_a_torn_tail_and_a_flipped_byte_lose_only_their_records_and_are_reported
     assert glob.glob(os.path.join(spool_dir(d), "api_usage_logs", "quarantine", "*.bad"))
 
 
-def test_a_second_daemon_on_the_same_spool_refuses_to_start(daemon_factory, workdir, pg, db):
-    d = start(daemon_factory, workdir, pg, db, name="owner")
+def assert_a_second_daemon_refuses(daemon_factory, d, name):
+    """A daemon on d's config (another socket) exits at once: d's spool is in use."""
     text = open(d.config).read().replace(d.socket, d.socket + ".2")
-    other = daemon_factory(text, start=False, name="intruder")
+    other = daemon_factory(text, start=False, name=name)
     other.start(wait=False)
     assert other.proc.wait(timeout=30) == 1
     assert "in use by another usaged" in other.log_text()
     other.proc = None
+
+
+def test_a_second_daemon_on_the_same_spool_refuses_to_start(daemon_factory, workdir, pg, db):
+    d = start(daemon_factory, workdir, pg, db, name="owner")
+    assert_a_second_daemon_refuses(daemon_factory, d, "intruder")
 
 
 def test_sigterm_does_not_wait_for_a_copy_stuck_on_a_lock(daemon_factory, workdir, pg, db):
@@ -455,6 +460,63 @@ def test_durable_acks_after_the_spool_directory_is_removed_are_in_files_a_restar
         pg.start()
     servers.wait_for(lambda: set(after) <= set(ids_in(pg, db)), 60,
                      "the acks given after the removal to be replayed")
+
+
+def test_a_spool_directory_made_again_is_locked_again(daemon_factory, workdir, pg, db):
+    """The lock file goes with a removed spool directory: the daemon that makes the directory
+    again takes its lock again, so a second daemon on it still refuses to start."""
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, name="relock")
+    pg.stop()
+    try:
+        with d.client() as c:
+            assert c.call("log_usage", [event(user, 0)], {"ack": "durable"}) == {"accepted": 1}
+            shutil.rmtree(spool_dir(d))
+            assert c.call("log_usage", [event(user, 1)], {"ack": "durable"}) == {"accepted": 1}
+            assert c.call("stats")["spool"]["segments_remade"] >= 1
+        assert os.path.exists(os.path.join(spool_dir(d), "lock"))
+        assert_a_second_daemon_refuses(daemon_factory, d, "relock-intruder")
+    finally:
+        pg.start()
+
+
+def test_a_daemon_whose_remade_spool_another_daemon_locked_stops_writing_to_it(
+        daemon_factory, workdir, pg, db):
+    """A second daemon started on a removed spool directory takes the new lock first: the first
+    one, finding its segment gone, does not write beside it (the two would collide); its
+    durable requests are refused as unavailable, the one in flight waits in memory and lands
+    once PostgreSQL is back."""
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, name="ousted")
+    text = open(d.config).read().replace(d.socket, d.socket + ".2")
+    pg.stop()
+    other = None
+    try:
+        with d.client(timeout=30) as c:
+            assert c.call("log_usage", [event(user, 0)], {"ack": "durable"}) == {"accepted": 1}
+            shutil.rmtree(spool_dir(d))
+            other = daemon_factory(text, start=False, name="taker")
+            other.socket = d.socket + ".2"
+            other.start()  # starts: the directory is free
+            segments = glob.glob(os.path.join(spool_dir(d), "*", "*.seg"))
+            waiting = [event(user, 1)]
+            msgid = c.send_request("log_usage", [waiting, {"ack": "durable"}])
+            servers.wait_for(lambda: d.client().call("stats")["spool"]["state"] == "error", 10,
+                             "the spool to say it cannot write")
+            assert "another usaged holds its lock" in d.client().call("stats")["spool"]["error"]
+            refused = [event(user, 2)]
+            err = c.call_err("log_usage", [refused, {"ack": "durable"}])
+            assert err["code"] == "unavailable", err
+            assert glob.glob(os.path.join(spool_dir(d), "*", "*.seg")) == segments
+            other.kill()
+            pg.start()
+            err, result = c.wait(msgid)
+            assert err is None and result == {"accepted": 1}
+    finally:
+        if pg.pid is None:
+            pg.start()
+    ids = set(ids_in(pg, db))
+    assert waiting[0]["id"] in ids and refused[0]["id"] not in ids
 
 
 def test_a_spool_directory_that_cannot_be_made_again_refuses_durable_requests_as_unavailable(
