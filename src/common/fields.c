@@ -28,27 +28,43 @@ bool fields_error(struct rpc_error *err, const char *field, const char *fmt, ...
     return false;
 }
 
-static int find_spec(const struct fields_table *t, const msgpack_object_str *key)
+/* Whether a spec is named key. Names are a few bytes long: compared here rather than by a call
+ * to memcmp. */
+static bool named(const struct fields_spec *f, const msgpack_object_str *key)
 {
-    for (int i = 0; i < t->nspecs; i++)
-        if (t->specs[i].name_len == key->size && key->size > 0 &&
-            t->specs[i].name[0] == key->ptr[0] &&
-            memcmp(t->specs[i].name, key->ptr, key->size) == 0)
+    if (f->name_len != key->size)
+        return false;
+    for (uint32_t i = 0; i < key->size; i++)
+        if (f->name[i] != key->ptr[i])
+            return false;
+    return true;
+}
+
+/* The spec named key, looked for from `from` on, round the table: keys mostly come in the
+ * table's order, so the one after the last found is tried first. */
+static int find_spec(const struct fields_table *t, const msgpack_object_str *key, int from)
+{
+    if (key->size == 0)
+        return -1;
+    for (int n = 0, i = from; n < t->nspecs; n++, i = i + 1 < t->nspecs ? i + 1 : 0)
+        if (named(&t->specs[i], key))
             return i;
     return -1;
 }
 
-bool fields_collect(const struct fields_table *t, const msgpack_object_map *map,
-                    const msgpack_object **values, struct rpc_error *err)
+/* fields_collect's reading of the keys: values[i] is set for the fields given and not nil, which
+ * *present has bit i for; the others are left as they were. */
+static bool collect(const struct fields_table *t, const msgpack_object_map *map,
+                    const msgpack_object **values, uint32_t *present, struct rpc_error *err)
 {
-    for (int i = 0; i < t->nspecs; i++)
-        values[i] = NULL;
+    uint32_t seen = 0, with_value = 0;
+    int next = 0;
     for (uint32_t k = 0; k < map->size; k++) {
         const msgpack_object *key = &map->ptr[k].key;
         if (key->type != MSGPACK_OBJECT_STR)
             return fields_error(err, "", "%s",
                                 t->unknown ? t->unknown : "field names must be strings");
-        int idx = find_spec(t, &key->via.str);
+        int idx = find_spec(t, &key->via.str, next);
         if (idx < 0) {
             char name[64];
             size_t n = key->via.str.size < sizeof(name) - 1 ? key->via.str.size : sizeof(name) - 1;
@@ -63,17 +79,38 @@ bool fields_collect(const struct fields_table *t, const msgpack_object_map *map,
                 return fields_error(err, name, "%s", t->unknown);
             return fields_error(err, name, "unknown field %s", name);
         }
-        if (values[idx])
+        uint32_t bit = 1u << idx;
+        if (seen & bit)
             return fields_error(err, t->specs[idx].name, "%s is given twice", t->specs[idx].name);
-        values[idx] = &map->ptr[k].val;
+        seen |= bit;
+        next = idx + 1 < t->nspecs ? idx + 1 : 0;
+        /* nil is absent: a client may send every key and leave some empty. */
+        const msgpack_object *v = &map->ptr[k].val;
+        if (v->type != MSGPACK_OBJECT_NIL) {
+            values[idx] = v;
+            with_value |= bit;
+        }
     }
-    /* nil is absent: a client may send every key and leave some empty. */
+    *present = with_value;
+    return true;
+}
+
+static bool missing(const struct fields_spec *f, struct rpc_error *err)
+{
+    return fields_error(err, f->name, "%s is required", f->name);
+}
+
+bool fields_collect(const struct fields_table *t, const msgpack_object_map *map,
+                    const msgpack_object **values, struct rpc_error *err)
+{
     for (int i = 0; i < t->nspecs; i++)
-        if (values[i] && values[i]->type == MSGPACK_OBJECT_NIL)
-            values[i] = NULL;
+        values[i] = NULL;
+    uint32_t present;
+    if (!collect(t, map, values, &present, err))
+        return false;
     for (int i = 0; i < t->nspecs; i++)
-        if (t->specs[i].required && !values[i])
-            return fields_error(err, t->specs[i].name, "%s is required", t->specs[i].name);
+        if (t->specs[i].required && !(present >> i & 1))
+            return missing(&t->specs[i], err);
     return true;
 }
 
@@ -293,12 +330,20 @@ bool fields_value(const struct fields_spec *f, const msgpack_object *v, struct f
 bool fields_parse(const struct fields_table *t, const msgpack_object_map *map,
                   struct fields_value *out, bool *given, struct rpc_error *err)
 {
+    /* fields_collect and the reading in one pass over the table: only the values of the fields
+     * given are looked at, so they need no clearing first. */
     const msgpack_object *values[FIELDS_MAX];
-    if (!fields_collect(t, map, values, err))
+    uint32_t present;
+    if (!collect(t, map, values, &present, err))
         return false;
     for (int i = 0; i < t->nspecs; i++) {
-        given[i] = values[i] != NULL;
-        if (given[i] && !fields_value(&t->specs[i], values[i], &out[i], err))
+        given[i] = present >> i & 1;
+        if (t->specs[i].required && !given[i])
+            return missing(&t->specs[i], err);
+    }
+    for (uint32_t rest = present; rest; rest &= rest - 1) {
+        int i = __builtin_ctz(rest);
+        if (!fields_value(&t->specs[i], values[i], &out[i], err))
             return false;
     }
     return true;

@@ -1,44 +1,76 @@
 /* uuid: see uuid.h. */
 #include "uuid.h"
 
-/* Each byte as a hex digit plus 0x10, 0 for anything else: every check parses a user_id, so
- * this is a table, not a chain of comparisons. */
-static const uint8_t hex_digit[256] = {
-    ['0'] = 0x10, ['1'] = 0x11, ['2'] = 0x12, ['3'] = 0x13, ['4'] = 0x14, ['5'] = 0x15,
-    ['6'] = 0x16, ['7'] = 0x17, ['8'] = 0x18, ['9'] = 0x19, ['a'] = 0x1a, ['b'] = 0x1b,
-    ['c'] = 0x1c, ['d'] = 0x1d, ['e'] = 0x1e, ['f'] = 0x1f, ['A'] = 0x1a, ['B'] = 0x1b,
-    ['C'] = 0x1c, ['D'] = 0x1d, ['E'] = 0x1e, ['F'] = 0x1f,
-};
+#include <string.h>
+
+/* Every check parses a user_id, so the 32 hex digits are read eight at a time, as the bytes of
+ * one 64-bit word (SWAR: each test and sum below runs on the eight bytes at once). */
+#define ONES 0x0101010101010101ULL
+#define HIGH 0x8080808080808080ULL
+
+static uint64_t load_le32(const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    return (uint64_t)u[0] | (uint64_t)u[1] << 8 | (uint64_t)u[2] << 16 | (uint64_t)u[3] << 24;
+}
+
+/* Eight hex digits (the first is the most significant) as four bytes in out; adds to *bad the
+ * bits that mark a byte that is not one. */
+static void hex8(uint64_t x, uint8_t *out, uint64_t *bad)
+{
+    /* For bytes below 0x80, adding 0x80 - lo sets a byte's high bit when it is >= lo, adding
+     * 0x7f - hi when it is > hi; no sum carries into the next byte. */
+#define AT_LEAST(v, lo) ((v) + (0x80 - (lo)) * ONES)
+#define ABOVE(v, hi) ((v) + (0x7f - (hi)) * ONES)
+    uint64_t lower = x | 0x20 * ONES;
+    uint64_t digit = AT_LEAST(x, '0') & ~ABOVE(x, '9');
+    uint64_t letter = AT_LEAST(lower, 'a') & ~ABOVE(lower, 'f');
+#undef AT_LEAST
+#undef ABOVE
+    *bad |= (x & HIGH) | (((digit | letter) & HIGH) ^ HIGH);
+    /* '0'..'9' are 0x30..0x39, 'a'..'f' and 'A'..'F' end in 1..6: a letter's is 9 short. */
+    uint64_t v = (x & 0x0f * ONES) + ((letter & HIGH) >> 7) * 9;
+    /* Pairs of digits into bytes, then the bytes together. */
+    v = ((v & 0x00ff00ff00ff00ffULL) << 4) | ((v >> 8) & 0x00ff00ff00ff00ffULL);
+    v = (v | v >> 8) & 0x0000ffff0000ffffULL;
+    v = v | v >> 16;
+    out[0] = (uint8_t)v;
+    out[1] = (uint8_t)(v >> 8);
+    out[2] = (uint8_t)(v >> 16);
+    out[3] = (uint8_t)(v >> 24);
+}
 
 bool uuid_parse(const char *s, size_t len, uint8_t out[16])
 {
-    /* Where each byte's two digits begin in 8-4-4-4-12. */
-    static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
     if (len != UUID_STRING_LEN || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-')
         return false;
-    /* The table holds digit + 0x10, so that 0 marks a non-digit: all are digits when every
-     * entry has that bit. */
-    unsigned all = 0x10;
-    for (int i = 0; i < 16; i++) {
-        unsigned hi = hex_digit[(unsigned char)s[at[i]]];
-        unsigned lo = hex_digit[(unsigned char)s[at[i] + 1]];
-        all &= hi & lo;
-        out[i] = (uint8_t)((hi & 0xf) << 4 | (lo & 0xf));
-    }
-    return all != 0;
+    /* 8-4-4-4-12: the groups of four go in pairs. */
+    uint64_t bad = 0;
+    hex8(load_le32(s) | load_le32(s + 4) << 32, out, &bad);
+    hex8(load_le32(s + 9) | load_le32(s + 14) << 32, out + 4, &bad);
+    hex8(load_le32(s + 19) | load_le32(s + 24) << 32, out + 8, &bad);
+    hex8(load_le32(s + 28) | load_le32(s + 32) << 32, out + 12, &bad);
+    return bad == 0;
 }
 
 void uuid_format(const uint8_t id[16], char *out)
 {
-    static const char digits[] = "0123456789abcdef";
-    size_t o = 0;
-    for (size_t i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
-        out[o++] = digits[id[i] >> 4];
-        out[o++] = digits[id[i] & 15];
-    }
-    out[o] = '\0';
+    /* Each byte's two digits, from one table: the check path formats a user_id per check. */
+    static const char pairs[513] =
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+        "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+        "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+        "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+        "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+        "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+        "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+    /* Where each byte's digits go in 8-4-4-4-12. */
+    static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+    for (int i = 0; i < 16; i++)
+        memcpy(out + at[i], pairs + 2 * id[i], 2);
+    out[8] = out[13] = out[18] = out[23] = '-';
+    out[UUID_STRING_LEN] = '\0';
 }
 
 static uint64_t xorshift(uint64_t *state)

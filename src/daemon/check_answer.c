@@ -94,7 +94,47 @@ static uint8_t *put_amount(uint8_t *p, int64_t v, bool spend)
     return put_str(p, text, money_format(v, text));
 }
 
-static const char *const scope_names[] = {"user", "provider", "model", "model"};
+/* A rule map's first keys depend on the rule alone, and come from two tables of ready-made
+ * bytes: dimension and window, then scope and the key of limit. Each is copied whole, slack
+ * included: what follows in the map (at least the used, remaining and reset_ms keys) overwrites
+ * the slack, so no copy reaches past the bytes the map takes in the end. Held to msgpack-c's
+ * encoding by tests/unit/test_limiter.c like the rest. */
+struct piece {
+    uint8_t len;
+    char bytes[39];
+};
+/* The literals stay whole lines (a hex escape must end where its string does). */
+/* clang-format off */
+#define PIECE(lit) {sizeof(lit) - 1, lit}
+#define DIMENSION(name) "\xa9" "dimension" name
+#define WINDOW(name) "\xa6" "window" name
+#define WINDOWS(dimension)                                                                         \
+    PIECE(dimension WINDOW("\xa6" "minute")), PIECE(dimension WINDOW("\xa4" "hour")),              \
+        PIECE(dimension WINDOW("\xa3" "day")), PIECE(dimension WINDOW("\xa5" "month"))
+#define CONCURRENT PIECE(DIMENSION("\xaa" "concurrent") WINDOW("\xc0"))
+/* By dimension * RULES_WINDOWS + window; a concurrent rule has no window (nil). */
+static const struct piece dimension_window[(RULES_CONCURRENT + 1) * RULES_WINDOWS] = {
+    WINDOWS(DIMENSION("\xa8" "requests")), WINDOWS(DIMENSION("\xa6" "tokens")),
+    WINDOWS(DIMENSION("\xa5" "spend")), CONCURRENT, CONCURRENT, CONCURRENT, CONCURRENT,
+};
+/* By by_provider + 2 * by_model. */
+#define SCOPE(name) PIECE("\xa5" "scope" name "\xa5" "limit")
+static const struct piece scope_limit[4] = {
+    SCOPE("\xa4" "user"), SCOPE("\xa8" "provider"), SCOPE("\xa5" "model"), SCOPE("\xa5" "model"),
+};
+#undef SCOPE
+#undef CONCURRENT
+#undef WINDOWS
+#undef WINDOW
+#undef DIMENSION
+#undef PIECE
+/* clang-format on */
+
+static uint8_t *put_piece(uint8_t *p, const struct piece *piece)
+{
+    memcpy(p, piece->bytes, sizeof(piece->bytes));
+    return p + piece->len;
+}
 
 /* A rule's map; `extra` keys the caller writes after it (usage's provider and model). */
 static uint8_t *put_rule_map(uint8_t *p, const struct rules_applied *a, int64_t used,
@@ -104,22 +144,11 @@ static uint8_t *put_rule_map(uint8_t *p, const struct rules_applied *a, int64_t 
     int64_t left = a->limit == RULES_UNLIMITED || used == RULES_UNLIMITED ? RULES_UNLIMITED
                    : used >= a->limit                                     ? 0
                                                                           : a->limit - used;
+    unsigned dimension = a->dimension < RULES_CONCURRENT ? a->dimension : RULES_CONCURRENT;
     /* A shadow rule's map has an eighth key, shadow: true. */
     *p++ = (uint8_t)(0x80 | (7 + a->shadow + extra));
-    p = put_bytes(p, KEY("\xa9"
-                         "dimension"));
-    p = put_cstr(p, rules_dimension_name(a->dimension));
-    p = put_bytes(p, KEY("\xa6"
-                         "window"));
-    if (a->dimension == RULES_CONCURRENT)
-        *p++ = 0xc0;
-    else
-        p = put_cstr(p, rules_window_name(a->window));
-    p = put_bytes(p, KEY("\xa5"
-                         "scope"));
-    p = put_cstr(p, scope_names[a->by_provider + 2 * a->by_model]);
-    p = put_bytes(p, KEY("\xa5"
-                         "limit"));
+    p = put_piece(p, &dimension_window[dimension * RULES_WINDOWS + a->window % RULES_WINDOWS]);
+    p = put_piece(p, &scope_limit[a->by_provider + 2 * a->by_model]);
     p = put_amount(p, a->limit, spend);
     p = put_bytes(p, KEY("\xa4"
                          "used"));
