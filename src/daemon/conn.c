@@ -551,14 +551,23 @@ void conn_resume(struct conn *c, unsigned reasons)
         conn_start_reading(c);
 }
 
-static void handle_message(struct conn *c, const msgpack_object *obj, bool *retry)
+static void handle_message(struct conn *c, const uint8_t *data, size_t len, bool *retry)
 {
     struct conn_set *set = c->set;
+    msgpack_object obj;
+    size_t off = 0;
     *retry = false;
     set->stats.messages++;
+    msgpack_unpack_return ret = msgpack_unpack((const char *)data, len, &off, &set->zone, &obj);
+    if (ret != MSGPACK_UNPACK_SUCCESS) {
+        /* The scanner accepted it, so this is an allocation failure inside msgpack-c. */
+        conn_stream_error(c, RPC_INTERNAL, "the message could not be decoded");
+        msgpack_zone_clear(&set->zone);
+        return;
+    }
     struct rpc_message m;
     struct rpc_error e;
-    switch (rpc_parse(obj, &m, &e)) {
+    switch (rpc_parse(&obj, &m, &e)) {
     case RPC_VALID:
         if (m.kind == RPC_KIND_REQUEST)
             c->pending++;
@@ -579,54 +588,7 @@ static void handle_message(struct conn *c, const msgpack_object *obj, bool *retr
         conn_drop_notification(c, "(malformed)", &e);
         break;
     }
-}
-
-/* A stream the scanner refused: say why, then close. */
-static void refuse_stream(struct conn *c, enum frame_status st)
-{
-    char msg[160];
-    if (st == FRAME_TOO_LARGE)
-        snprintf(msg, sizeof(msg),
-                 "a message is over listen.max_message_bytes (%u) or declares a size that cannot "
-                 "fit in it",
-                 c->set->limits.max_message_bytes);
-    else if (st == FRAME_TOO_DEEP)
-        snprintf(msg, sizeof(msg), "a message nests deeper than %d levels", FRAME_MAX_DEPTH);
-    else
-        snprintf(msg, sizeof(msg), "the stream holds bytes that are not MessagePack");
-    conn_stream_error(c, st == FRAME_TOO_LARGE ? RPC_TOO_LARGE : RPC_BAD_REQUEST, msg);
-}
-
-/* The message at data[0 .. len): 1 with it decoded in *obj, *mlen bytes long; 0 when more bytes
- * are needed; -1 when the stream was refused (and closes). A message that lies whole in data is
- * decoded at once (frame.h); the scanner looks at the others, and at one partly scanned before. */
-static int next_message(struct conn *c, const uint8_t *data, size_t len, msgpack_object *obj,
-                        size_t *mlen)
-{
-    msgpack_zone *zone = &c->set->zone;
-    if (c->scan.pos == 0) {
-        size_t within = len < c->scan.max_bytes ? len : c->scan.max_bytes;
-        if (frame_decode(data, within, zone, obj, mlen))
-            return 1;
-        msgpack_zone_clear(zone);
-    }
-    enum frame_status st = frame_scan(&c->scan, data, len);
-    if (st == FRAME_NEED_MORE)
-        return 0;
-    if (st != FRAME_COMPLETE) {
-        refuse_stream(c, st);
-        return -1;
-    }
-    size_t used;
-    *mlen = frame_length(&c->scan);
-    frame_reset(&c->scan);
-    if (!frame_decode(data, *mlen, zone, obj, &used) || used != *mlen) {
-        /* The scanner accepted it, so this is an allocation failure. */
-        msgpack_zone_clear(zone);
-        conn_stream_error(c, RPC_INTERNAL, "the message could not be decoded");
-        return -1;
-    }
-    return 1;
+    msgpack_zone_clear(&set->zone);
 }
 
 /* Dispatches the complete messages in data[0 .. len), which starts at a message boundary, until
@@ -637,18 +599,29 @@ static size_t conn_process(struct conn *c, const uint8_t *data, size_t len)
     size_t off = 0;
     c->processing = true;
     while (off < len && !c->pause && !c->closing && !c->close_after_flush) {
-        msgpack_object obj;
-        size_t mlen;
-        int got = next_message(c, data + off, len - off, &obj, &mlen);
-        if (got == 0)
+        enum frame_status st = frame_scan(&c->scan, data + off, len - off);
+        if (st == FRAME_NEED_MORE)
             break;
-        if (got < 0) {
+        if (st != FRAME_COMPLETE) {
+            char msg[160];
+            if (st == FRAME_TOO_LARGE)
+                snprintf(msg, sizeof(msg),
+                         "a message is over listen.max_message_bytes (%u) or declares a size "
+                         "that cannot fit in it",
+                         c->set->limits.max_message_bytes);
+            else if (st == FRAME_TOO_DEEP)
+                snprintf(msg, sizeof(msg), "a message nests deeper than %d levels",
+                         FRAME_MAX_DEPTH);
+            else
+                snprintf(msg, sizeof(msg), "the stream holds bytes that are not MessagePack");
+            conn_stream_error(c, st == FRAME_TOO_LARGE ? RPC_TOO_LARGE : RPC_BAD_REQUEST, msg);
             off = len;
             break;
         }
+        size_t mlen = frame_length(&c->scan);
         bool retry;
-        handle_message(c, &obj, &retry);
-        msgpack_zone_clear(&c->set->zone);
+        handle_message(c, data + off, mlen, &retry);
+        frame_reset(&c->scan);
         if (retry)
             break; /* paused by the handler; this message is dispatched again on resume */
         off += mlen;
