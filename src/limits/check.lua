@@ -5,12 +5,13 @@
 -- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of its base
 -- "prefix{user_id}". A counting scope (a user, with the provider and/or model a rule names) is
 -- one hash, base .. suffix: the field w (m minute, h hour, d day, M month) holds the id of
--- its window w, and the field named after a dimension (r requests, t tokens, s spend in
--- micro-dollars) and window ('rm') the count. One read per scope (HMGET of its window ids: a
--- window that has moved on drops its counts and alert markers, and the hash's expiry moves to a
--- minute after the end of its longest window); then each count is charged with HINCRBY, which
--- answers the use, and a denied check's charge is given back (atomic: nobody sees it). A
--- reservation is the string base .. ':r:' .. id, made with its
+-- its current window w, and the field named after a dimension (r requests, t tokens, s spend
+-- in micro-dollars), window and the window's id ('rm:29942149') the count. Nothing is read
+-- before a charge: each count is charged with HINCRBY, which answers the use; one that answers
+-- just the charge may be its window's first, and then the field w is read (roll): a window
+-- that has moved on drops its counts and alert markers, and the hash's expiry moves to a
+-- minute after the end of its longest window. A denied check's charge is given back
+-- (atomic: nobody sees it). A reservation is the string base .. ':r:' .. id, made with its
 -- expiry (ARGV[2] s) in one SET: "cost tokens spend" (its check's), then per scope a line of
 -- the counts charged there with their window's id ('rm:29942149'; "cc": a concurrent slot) and
 -- the scope's suffix (which begins with ':'); once settled it is "d", with the expiry it had.
@@ -89,12 +90,20 @@ local function int(x)
   return format('%d', x)
 end
 
--- The hash key's window w has moved on: its counts and alert markers go (and the field 'w' ..
--- w of the layout before), and the field w notes the current window.
+-- A count of the hash key in window w began at this charge (or stood at 0): if the hash's
+-- window w is another, that window's counts and alert markers go (and those of the layouts
+-- before: counts without the window's id, the field 'w' .. w) and the field w notes the
+-- current window (true: the hash's expiry is to move). A hash without the field w is new.
 local function roll(key, w)
-  redis.call('HDEL', key, 'r' .. w, 't' .. w, 's' .. w, 'ar' .. w, 'at' .. w, 'as' .. w,
-             'Ar' .. w, 'At' .. w, 'As' .. w, 'w' .. w)
+  local was = redis.call('HGET', key, w)
+  if was == wids[w] then return false end
+  if was then
+    local o = ':' .. was
+    redis.call('HDEL', key, 'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w,
+               'as' .. w, 'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w, 's' .. w, 'w' .. w)
+  end
   redis.call('HSET', key, w, wids[w])
+  return true
 end
 
 if ARGV[1] == 's' then
@@ -137,9 +146,9 @@ if ARGV[1] == 's' then
             -- Only while the window is current, and the hash's too (else the count is gone).
             if d and d ~= 0 and w == wids[win] then
               if cur[win] == nil then cur[win] = redis.pcall('HGET', key, win) end
-              local v = cur[win] == w and redis.pcall('HINCRBY', key, dim .. win, int(d))
+              local v = cur[win] == w and redis.pcall('HINCRBY', key, f, int(d))
               if type(v) == 'number' then
-                if v < 0 then redis.call('HSET', key, dim .. win, 0) end
+                if v < 0 then redis.call('HSET', key, f, 0) end
                 if d > 0 then val[f] = v end
               end
             end
@@ -170,27 +179,22 @@ local heads, nh = {}, tonumber(ARGV[a])
 a = a + 1
 for h = 1, nh do
   local ns = tonumber(ARGV[a])
-  local sfx, span, wl = {}, {}, {}
-  for s = 1, ns do sfx[s], span[s], wl[s] = ARGV[a + s], 0, {} end
+  local sfx, span = {}, {}
+  for s = 1, ns do sfx[s], span[s] = ARGV[a + s], 0 end
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  local rs, rc, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}
+  local rs, rc, rn, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}, {}
   for j = 1, nr do
     local s, f = tonumber(ARGV[a]), ARGV[a + 1]
     rs[j], rl[j], rd[j], ls[j] = s, tonumber(ARGV[a + 2]), sbyte(f, 1), ARGV[a + 2]
     rsh[j], ral[j], same[j] = ARGV[a + 3] == '1', tonumber(ARGV[a + 4]), false
     if rd[j] == 99 then
-      rc[j] = 'cc'
+      rc[j], rn[j] = 'cc', 'cc'
     else
       local w = ssub(f, 2, 2)
-      rc[j] = f
-      if w == 'M' and not wids.M then month() end
+      rc[j], rn[j] = f, named(f)
       if left[w] > span[s] then span[s] = left[w] end
-      local l = wl[s]
-      for i = 1, #l + 1 do
-        if i > #l then l[i] = w elseif l[i] == w then break end
-      end
       for i = 1, j - 1 do
         if rs[i] == s and rc[i] == rc[j] then
           same[j] = i
@@ -200,7 +204,7 @@ for h = 1, nh do
     end
     a = a + 5
   end
-  heads[h] = {ns = ns, sfx = sfx, span = span, wl = wl, nr = nr, rs = rs, rc = rc, rl = rl,
+  heads[h] = {ns = ns, sfx = sfx, span = span, nr = nr, rs = rs, rc = rc, rn = rn, rl = rl,
               ls = ls, rd = rd, rsh = rsh, ral = ral, same = same}
 end
 -- Per user, reused (tables cost): per scope its key; per rule its
@@ -210,7 +214,7 @@ local skey, used, charged, spent, alerted = {}, {}, {}, {}, {}
 local cr, ct, cs, carg = {}, {}, {}, {}
 for k = 1, nb do
   local base, hd = ARGV[3 + k], heads[tonumber(ARGV[a])]
-  local ns, nr, rs, rc, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rl
+  local ns, nr, rs, rc, rn, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rn, hd.rl
   local rd, rsh, ral, same = hd.rd, hd.rsh, hd.ral, hd.same
   for s = 1, ns do skey[s] = base .. hd.sfx[s] end
   for j = 1, nr do alerted[j], charged[j], spent[j] = false, 0, 0 end
@@ -223,32 +227,12 @@ for k = 1, nb do
     sr, st, ss = sr + x, st + y, ss + z
     a = a + 4
   end
-  -- One read per scope, of its window ids: a window moved on rolls (for peeks, which write
-  -- nothing, it reads as 0). Each count is charged with what all the user's checks ask, in one
-  -- HINCRBY answering the use (less the charge: the use before); one asked nothing is read; a
-  -- concurrent rule's slots are counted once lapsed ones are dropped.
-  local err, moved = nil, nil
-  for s = 1, ns do
-    local l = hd.wl[s]
-    local v = #l > 0 and redis.pcall('HMGET', skey[s], unpack(l)) or {}
-    if v.err then
-      err = v.err
-      break
-    end
-    local rolled = false
-    for i = 1, #l do
-      if v[i] ~= wids[l[i]] then
-        if sr + st + ss > 0 then
-          roll(skey[s], l[i])
-          rolled = true
-        else
-          moved = moved or {}
-          moved[s .. l[i]] = true
-        end
-      end
-    end
-    if rolled then redis.call('EXPIRE', skey[s], hd.span[s] + 60) end
-  end
+  -- Each count (its field names its window) is charged with what all the user's checks ask,
+  -- in one HINCRBY answering the use (less the charge: the use before); a count that answers
+  -- just the charge may be a window's first: its window rolls (see roll). One asked nothing is
+  -- read (a window not begun reads as nothing: peeks write nothing). A concurrent rule's slots
+  -- are counted once lapsed ones are dropped.
+  local err, rolled = nil, nil
   for j = 1, nr do
     local d = rd[j]
     if err then
@@ -268,16 +252,24 @@ for k = 1, nb do
       local key = skey[rs[j]]
       if x > 0 then
         -- One check's amount goes as the string it came as.
-        local v = redis.pcall('HINCRBY', key, rc[j], nc > 1 and int(x) or ARGV[carg[1] + o])
+        local v = redis.pcall('HINCRBY', key, rn[j], nc > 1 and int(x) or ARGV[carg[1] + o])
         if type(v) == 'table' then
           err = v.err
         else
           charged[j], used[j] = x, v - x
+          local s, w = rs[j], ssub(rc[j], 2, 2)
+          if v == x and not (rolled and rolled[s .. w]) then
+            rolled = rolled or {}
+            rolled[s .. w] = true
+            -- The hash's expiry: a minute after the end of its longest window, set once.
+            if roll(key, w) and not rolled[s] then
+              rolled[s] = true
+              redis.call('EXPIRE', key, hd.span[s] + 60)
+            end
+          end
         end
-      elseif moved and moved[rs[j] .. ssub(rc[j], 2, 2)] then
-        used[j] = 0
       else
-        local v = redis.pcall('HGET', key, rc[j])
+        local v = redis.pcall('HGET', key, rn[j])
         if type(v) == 'table' then
           err = v.err
         else
@@ -289,7 +281,7 @@ for k = 1, nb do
   end
   if err then
     for j = 1, nr do
-      if charged[j] > 0 then redis.call('HINCRBY', skey[rs[j]], rc[j], int(-charged[j])) end
+      if charged[j] > 0 then redis.call('HINCRBY', skey[rs[j]], rn[j], int(-charged[j])) end
     end
     for i = 1, nc do
       out[#out + 1] = -1
@@ -345,7 +337,7 @@ for k = 1, nb do
               local line = nil
               for j = 1, nr do
                 if rs[j] == s then
-                  local n = rd[j] == 99 and 'cc' or named(rc[j])
+                  local n = rn[j]
                   local f = not same[j] and n
                   if ral[j] > 0 and rd[j] ~= 99 then
                     f = (f and f .. ' ' or '') .. '!' .. (rsh[j] and 'A' or 'a') .. ral[j] .. '/' .. hd.ls[j] .. '/' .. n
@@ -371,7 +363,7 @@ for k = 1, nb do
     -- What the denied checks had been charged goes back.
     for j = 1, nr do
       if rd[j] ~= 99 and not same[j] and charged[j] ~= spent[j] then
-        redis.call('HINCRBY', skey[rs[j]], rc[j], int(spent[j] - charged[j]))
+        redis.call('HINCRBY', skey[rs[j]], rn[j], int(spent[j] - charged[j]))
       end
     end
   end

@@ -281,7 +281,8 @@ def test_a_peek_writes_nothing_to_redis_and_reads_a_window_moved_on_as_0(
     servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > 20, 30,
                      "a day with 20 s left")
     today = redis_now(redis_server)[0] // 86400
-    stale = {b"d": str(today - 1).encode(), b"td": b"900", b"rd": b"90"}
+    stale = {b"d": str(today - 1).encode(), f"td:{today - 1}".encode(): b"900",
+             f"rd:{today - 1}".encode(): b"90"}
     r.hset(f"usaged:{{{old}}}:p:peek", mapping=stale)
     with d.client() as c:
         for user in (fresh, old):
@@ -309,11 +310,11 @@ def test_the_hour_and_month_windows_restart_when_redis_time_enters_a_new_one(
     sec, _ = redis_now(redis_server)
     hour, month = sec // 3600, month_id(sec)
     # `full` used the whole hour and month: this hour's and this month's ids.
-    r.hset(f"usaged:{{{full}}}:p:win", mapping={"h": hour, "th": 100, "M": month,
-                                                "sM": 1000000})
+    r.hset(f"usaged:{{{full}}}:p:win", mapping={"h": hour, f"th:{hour}": 100, "M": month,
+                                                f"sM:{month}": 1000000})
     # `spent` used them in the hour and the month before: those counts are over.
-    r.hset(f"usaged:{{{spent}}}:p:win", mapping={"h": hour - 1, "th": 100, "M": month - 1,
-                                                 "sM": 1000000})
+    r.hset(f"usaged:{{{spent}}}:p:win", mapping={"h": hour - 1, f"th:{hour - 1}": 100,
+                                                 "M": month - 1, f"sM:{month - 1}": 1000000})
     with d.client() as c:
         a = c.call("check", {"user_id": full, "provider": "win", "tokens": 1})
         b = c.call("check", {"user_id": spent, "provider": "win", "tokens": 1,
@@ -334,7 +335,8 @@ def test_the_hour_and_month_windows_restart_when_redis_time_enters_a_new_one(
     assert 0 < rule_of(b, "tokens", "hour")["reset_ms"] <= 3600000
     # The new windows are noted, and their counts restarted from the check's.
     assert r.hgetall(f"usaged:{{{spent}}}:p:win") == {
-        b"h": str(hour).encode(), b"th": b"1", b"M": str(month).encode(), b"sM": b"500000"}
+        b"h": str(hour).encode(), f"th:{hour}".encode(): b"1", b"M": str(month).encode(),
+        f"sM:{month}".encode(): b"500000"}
     r.close()
 
 
@@ -505,12 +507,14 @@ def test_large_amounts_are_read_as_they_are(daemon_factory, workdir, pg, db, red
     assert rule_of(a, "spend", "month")["limit"] == "1000000000.000000"
 
 
-def test_a_rule_added_mid_window_does_not_read_an_old_windows_count(
+def test_a_new_window_drops_the_old_ones_counts_and_a_rule_added_mid_window_reads_its_own(
         daemon_factory, workdir, pg, db, redis_server):
-    # The hash holds one window id per window for all dimensions: when the day rolls over under
-    # the spend rule, the day before's counts of every dimension go (the tokens count too, which
-    # no rule counts now, and the window id of the layout before, "wd"), or a tokens rule added
-    # later today would read the day before's as today's.
+    # Counts are named by their window ("sd:20793"), and the hash notes the current window once
+    # per window ("d"): when the day rolls over under the spend rule, the day before's counts of
+    # every dimension go (the tokens count too, which no rule counts now; its alert markers; and
+    # the fields of the layouts before: counts without a window's id, "wd"), or the hash would
+    # grow a day at a time. A tokens rule added later today reads today's count, not the day
+    # before's.
     add_provider(pg, db, "stale")
     add_rule(pg, db, "spend", "day", "100", provider="stale")
     user = str(uuid.uuid4())
@@ -520,11 +524,15 @@ def test_a_rule_added_mid_window_does_not_read_an_old_windows_count(
     today = redis_now(redis_server)[0] // 86400
     r = redis_py.Redis(unix_socket_path=redis_server.sock)
     key = f"usaged:{{{user}}}:p:stale"
-    r.hset(key, mapping={"d": today - 1, "sd": 5000000, "td": 999, "wd": today - 1})
+    r.hset(key, mapping={"d": today - 1, f"sd:{today - 1}": 5000000, f"td:{today - 1}": 999,
+                         "asd": 1, "Atd": 1, "sd": 5000000, "td": 999, "wd": today - 1})
     with d.client() as c:
         a = c.call("check", {"user_id": user, "provider": "stale", "spend": "1"})
         assert rule_of(a, "spend", "day")["used"] == "1.000000"
-        assert r.hgetall(key) == {b"d": str(today).encode(), b"sd": b"1000000"}
+        assert r.hgetall(key) == {b"d": str(today).encode(), f"sd:{today}".encode(): b"1000000"}
+        # The hash outlives its longest window by a minute.
+        expected = (today + 1) * 86400 + 60 - redis_now(redis_server)[0]
+        assert abs(r.ttl(key) - expected) <= 2
         before = loads(d)
         add_rule(pg, db, "tokens", "day", 1000, provider="stale")
         servers.wait_for(lambda: loads(d) > before, 10, "the new rule")
