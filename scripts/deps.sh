@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  build-essential pkg-config meson ninja-build clang libclang-rt-14-dev
+  build-essential pkg-config meson ninja-build clang clang-format libclang-rt-14-dev
   libuv1-dev libhiredis-dev libpq-dev libmsgpack-dev libyaml-dev libsystemd-dev
   postgresql postgresql-contrib redis-server
   python3 python3-msgpack python3-psycopg2 python3-redis python3-pytest

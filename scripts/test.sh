@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh Debian 12 machine: installs what is missing, builds, and runs
+# The whole test suite, from a fresh Debian 12 machine: installs what is missing, checks that every
+# C file follows .clang-format (scripts/format-check.sh), builds, and runs
 #   1. unit and integration tests on the normal build (the tests of the database on Debian's
 #      PostgreSQL 15 and again on PostgreSQL 17, in Supabase's shape: tests/meson.build),
 #   2. the same under ASan+UBSan, but for the PostgreSQL 17 runs (the daemon's memory does not
@@ -21,6 +22,9 @@ setup() { # setup DIR [meson options...]
 }
 
 step() { printf '\n=== %s\n' "$*"; }
+
+step "format (.clang-format)"
+scripts/format-check.sh
 
 step "build"
 setup build

@@ -522,8 +522,8 @@ static int cmd_usage(usaged_client *c, int argc, char **argv)
         snprintf(window, sizeof(window), "%s%s", u->limit.window[0] ? u->limit.window : "-",
                  u->shadow ? "*" : "");
         printf("%-16s %-16s %-10s %-7s %16s %16s %16s %10" PRIu64 "\n",
-               u->provider[0] ? u->provider : "*", u->model[0] ? u->model : "*",
-               u->limit.dimension, window, limit, used, left, u->limit.reset_ms / 1000);
+               u->provider[0] ? u->provider : "*", u->model[0] ? u->model : "*", u->limit.dimension,
+               window, limit, used, left, u->limit.reset_ms / 1000);
     }
     if (n > USAGE_ROWS_MAX)
         printf("(%zu more rules left out)\n", n - USAGE_ROWS_MAX);
@@ -653,9 +653,8 @@ int main(int argc, char **argv)
         return cmd_migrate(cargc, cargv, argv[0]);
     bool known = strcmp(cmd, "ping") == 0 || strcmp(cmd, "stats") == 0 ||
                  strcmp(cmd, "check") == 0 || strcmp(cmd, "settle") == 0 ||
-                 strcmp(cmd, "usage") == 0 ||
-                 strcmp(cmd, "log-usage") == 0 || strcmp(cmd, "log-prompt") == 0 ||
-                 strcmp(cmd, "call") == 0;
+                 strcmp(cmd, "usage") == 0 || strcmp(cmd, "log-usage") == 0 ||
+                 strcmp(cmd, "log-prompt") == 0 || strcmp(cmd, "call") == 0;
     if (!known) {
         fprintf(stderr, "usagectl: unknown command %s\n%s", cmd, usage_text);
         return EXIT_USAGE;

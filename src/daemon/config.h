@@ -38,12 +38,12 @@ struct config_user_override {
 struct config_rule {
     bool has_user;
     uint8_t user_id[16];
-    char *provider; /* NULL: every provider */
-    char *model;    /* NULL: any model */
-    int dimension;  /* 0 requests, 1 tokens, 2 spend, 3 concurrent (enum rules_dimension) */
-    int window;     /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window); 0 for concurrent */
-    int64_t amount; /* -1: unlimited; spend in micro-dollars */
-    bool shadow;    /* counted and reported, never denies */
+    char *provider;    /* NULL: every provider */
+    char *model;       /* NULL: any model */
+    int dimension;     /* 0 requests, 1 tokens, 2 spend, 3 concurrent (enum rules_dimension) */
+    int window;        /* 0 minute, 1 hour, 2 day, 3 month (enum rules_window); 0 for concurrent */
+    int64_t amount;    /* -1: unlimited; spend in micro-dollars */
+    bool shadow;       /* counted and reported, never denies */
     int alert_percent; /* alert_at_percent, 1..100; 0: none */
 };
 

@@ -153,8 +153,8 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int rc;
     if (config->auth.token_file) {
-        rc = secret_read("auth.token_file", config->auth.token_file, &d->token, &d->token_len,
-                         err, errlen);
+        rc = secret_read("auth.token_file", config->auth.token_file, &d->token, &d->token_len, err,
+                         errlen);
         if (rc < 0)
             return rc;
     }

@@ -59,8 +59,7 @@ enum { SETTLE_RESERVATION, SETTLE_TOKENS, SETTLE_SPEND, SETTLE_CANCEL };
 static const struct fields_spec usage_specs[] = {
     {FIELDS_NAME("user_id"), .kind = FIELDS_UUID, .required = true,
      .invalid = "user_id must be a uuid"},
-    {FIELDS_NAME("provider"), .kind = FIELDS_TEXT, .min_chars = 1,
-     .max_chars = RULES_PROVIDER_MAX,
+    {FIELDS_NAME("provider"), .kind = FIELDS_TEXT, .min_chars = 1, .max_chars = RULES_PROVIDER_MAX,
      .invalid = "provider must be a UTF-8 string of 1 to 50 characters"},
     {FIELDS_NAME("model"), .kind = FIELDS_TEXT, .min_chars = 1, .max_chars = RULES_MODEL_MAX,
      .invalid = "model must be a UTF-8 string of 1 to 50 characters"},

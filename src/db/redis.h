@@ -48,7 +48,7 @@ struct redis_client {
     void *state_arg;
     void (*on_closed)(struct redis_client *r, void *arg);
     void *closed_arg;
-    int closing; /* parts still closing */
+    int closing;     /* parts still closing */
     struct buf args; /* redis_eval's arguments, formatted */
 };
 

@@ -35,9 +35,9 @@ struct redis_cluster {
     struct cluster_node *nodes;
     struct cluster_node **slots; /* REDIS_SLOTS of them, NULL where no node is known */
     bool map_known;
-    bool refreshing;     /* a CLUSTER SLOTS is in flight */
-    bool refresh_due;    /* the timer asks for the map */
-    bool sweep_due;      /* the timer closes the nodes out of the map */
+    bool refreshing;       /* a CLUSTER SLOTS is in flight */
+    bool refresh_due;      /* the timer asks for the map */
+    bool sweep_due;        /* the timer closes the nodes out of the map */
     uint64_t refreshed_ms; /* loop time the last CLUSTER SLOTS was answered */
     uv_timer_t timer;
     struct cluster_call *retry; /* calls waiting to go again after a TRYAGAIN */
@@ -58,7 +58,7 @@ struct cluster_call {
     int numkeys;
     int argc;
     struct cluster_call *next; /* in cl->retry */
-    size_t len; /* of args */
+    size_t len;                /* of args */
     char *args; /* in RESP: a copy, for a redirect after the caller's buffers are gone */
 };
 
@@ -189,8 +189,7 @@ static bool slot_range(const redisReply *e, const char *asked_host, long long *s
     if (*start < 0 || *end >= REDIS_SLOTS || *start > *end)
         return false;
     const char *ip = m->element[0]->len ? m->element[0]->str : asked_host;
-    snprintf(addr, addrlen, strchr(ip, ':') ? "[%s]:%lld" : "%s:%lld", ip,
-             m->element[1]->integer);
+    snprintf(addr, addrlen, strchr(ip, ':') ? "[%s]:%lld" : "%s:%lld", ip, m->element[1]->integer);
     return true;
 }
 
@@ -205,8 +204,8 @@ static void on_slots(enum redis_status status, const redisReply *reply, void *ar
     if (status != REDIS_CALL_OK || reply->type != REDIS_REPLY_ARRAY) {
         char why[300];
         snprintf(why, sizeof(why), "CLUSTER SLOTS at %s failed: %s", asked->address,
-                 status == REDIS_CALL_TIMEOUT ? "timeout"
-                 : status == REDIS_CALL_DOWN  ? "connection lost"
+                 status == REDIS_CALL_TIMEOUT       ? "timeout"
+                 : status == REDIS_CALL_DOWN        ? "connection lost"
                  : reply->type == REDIS_REPLY_ERROR ? reply->str
                                                     : "unexpected reply");
         cluster_log(cl, why);
@@ -445,8 +444,7 @@ void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, in
 /* ---- lifecycle ---- */
 
 struct redis_cluster *redis_cluster_new(struct redis_client *r, uv_loop_t *loop,
-                                        const char *const *seeds, size_t count,
-                                        uint32_t timeout_ms)
+                                        const char *const *seeds, size_t count, uint32_t timeout_ms)
 {
     struct redis_cluster *cl = xcalloc(1, sizeof(*cl));
     cl->r = r;

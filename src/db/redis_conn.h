@@ -70,18 +70,18 @@ struct redis_conn {
     bool connected;     /* connected and the handshake done */
     bool connecting;
     bool closing;
-    bool freeing;         /* redis_conn_drop is inside redisAsyncFree */
-    bool managed;         /* the owner picks address and time of every connect */
-    bool require_primary; /* the handshake asks ROLE and wants "master" */
-    bool moving;          /* redis_conn_connect is dropping the old server for a new one */
-    int handshake_step;   /* where the handshake is (redis_conn.c) */
-    char drop_why[128];   /* why this side is closing the connection, for the log */
+    bool freeing;               /* redis_conn_drop is inside redisAsyncFree */
+    bool managed;               /* the owner picks address and time of every connect */
+    bool require_primary;       /* the handshake asks ROLE and wants "master" */
+    bool moving;                /* redis_conn_connect is dropping the old server for a new one */
+    int handshake_step;         /* where the handshake is (redis_conn.c) */
+    char drop_why[128];         /* why this side is closing the connection, for the log */
     uint64_t last_reply_ms;     /* loop time of the last reply of any call */
     uv_timer_t reconnect_timer; /* backoff, and the connect deadline */
     uv_timer_t deadline_timer;  /* the deadline of the oldest call in flight */
     int closed_timers;
     uint32_t backoff_ms;
-    struct buf command; /* a command being formatted */
+    struct buf command;           /* a command being formatted */
     struct redis_replies replies; /* the reply objects of this connection's contexts */
     char script_sha[41];
     struct redis_call *calls; /* in flight, oldest first (a doubly linked list) */
@@ -90,9 +90,9 @@ struct redis_conn {
     unsigned nspare_calls;
     void (*on_state)(struct redis_conn *c, bool up, void *arg);
     void *state_arg;
-    char last_error[256];     /* of the last failed connect, to log a repeated one rarely */
+    char last_error[256]; /* of the last failed connect, to log a repeated one rarely */
     uint64_t last_logged_ms;
-    char last_lost[128];      /* why the last established connection was lost, likewise */
+    char last_lost[128]; /* why the last established connection was lost, likewise */
     uint64_t last_lost_ms;
     void (*on_closed)(struct redis_conn *c, void *arg);
     void *closed_arg;

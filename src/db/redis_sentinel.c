@@ -124,8 +124,7 @@ static void on_master_addr(redisAsyncContext *ac, void *reply_ptr, void *privdat
     s->last_error[0] = '\0';
     const char *ip = reply->element[0]->str;
     char addr[96];
-    snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%s" : "%s:%s", ip,
-             reply->element[1]->str);
+    snprintf(addr, sizeof(addr), strchr(ip, ':') ? "[%s]:%s" : "%s:%s", ip, reply->element[1]->str);
     s->subscribed = true;
     redisAsyncCommand(ac, on_switch, s, "SUBSCRIBE +switch-master");
     if (s->primary->connected && s->primary->address && strcmp(s->primary->address, addr) == 0)

@@ -322,8 +322,8 @@ static void write_done(uv_work_t *w, int status)
     s->stats.fsyncs++;
     int rc = t->group_status;
     if (rc < 0) {
-        const char *why = rc == -EBUSY ? "made again, and another usaged holds its lock now"
-                                       : strerror(-rc);
+        const char *why =
+            rc == -EBUSY ? "made again, and another usaged holds its lock now" : strerror(-rc);
         s->stats.write_errors++;
         if (rc == -ENOSPC) {
             s->disk_full = true;

@@ -104,8 +104,7 @@ static const char *reason_of(const struct rules_applied *r)
 {
     static const char *const reasons[] = {USAGED_REASON_MINUTE_LIMIT, USAGED_REASON_HOUR_LIMIT,
                                           USAGED_REASON_DAY_LIMIT, USAGED_REASON_MONTH_LIMIT};
-    return r->dimension == RULES_CONCURRENT ? USAGED_REASON_CONCURRENCY_LIMIT
-                                            : reasons[r->window];
+    return r->dimension == RULES_CONCURRENT ? USAGED_REASON_CONCURRENCY_LIMIT : reasons[r->window];
 }
 
 static int64_t left_in(int64_t limit, int64_t used)

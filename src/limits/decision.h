@@ -39,7 +39,7 @@ struct check_result {
     int64_t used[RULES_APPLY_MAX];
     int denied_by;
     int shadow_denied_by; /* a shadow rule that would have denied (-1: none) */
-    uint64_t now_ms; /* on Redis's clock: the rules' reset_ms are counted from it */
+    uint64_t now_ms;      /* on Redis's clock: the rules' reset_ms are counted from it */
     char reservation[DECISION_RESERVATION_LEN + 1]; /* "": none */
 };
 

@@ -409,9 +409,8 @@ static void answer_call(struct limiter *l, struct limiter_call *call, const redi
             used[j] = 0;
             reply_int(reply, *i + 1 + (size_t)j, &used[j]);
         }
-        const redisReply *alerted = *i + width - 1 < reply->elements
-                                        ? reply->element[*i + width - 1]
-                                        : NULL;
+        const redisReply *alerted =
+            *i + width - 1 < reply->elements ? reply->element[*i + width - 1] : NULL;
         if (alerted && alerted->type == REDIS_REPLY_STRING && alerted->len > 0)
             alerts_raise(&l->alerts, call->user_id, call->provider, call->provider_len, call->model,
                          call->model_len, &call->lim, alerted->str, used, (uint64_t)now_ms);
@@ -512,8 +511,8 @@ static void send_script_call(struct limiter *l, void *list, size_t n)
                                            call->model_len, &call->lim};
         first->reply_elements += call->n * (2 + (size_t)call->lim.counted);
         argc += 3 + 4 + 5 * (size_t)call->lim.counted + 4 * call->n;
-        text_cap += base_cap + 4 * suffix_cap +
-                    24 * (4 + 5 * (size_t)call->lim.counted + 4 * call->n);
+        text_cap +=
+            base_cap + 4 * suffix_cap + 24 * (4 + 5 * (size_t)call->lim.counted + 4 * call->n);
         if (declare) {
             argc += 8 + call->n;
             text_cap += 8 * (base_cap + suffix_cap + 2) + call->n * (base_cap + 3 + LOCAL_RID_LEN);

@@ -8,9 +8,9 @@ uint64_t limiter_wall_ms(void);
 /* "prefix{user_id}": the hash tag every key of the user shares. Returns its length. */
 size_t limiter_format_base(const struct limiter *l, const uint8_t user_id[16], char *out,
                            size_t cap);
-/* limiter_slots.c: sends a list of calls, each of one user, the way the Redis deployment needs: as one run, or,
- * on a Redis Cluster (where a script may only hold the KEYS of one slot), as one run per slot
- * of the users' hash tags, in the list's order within each. The list is linked through the
+/* limiter_slots.c: sends a list of calls, each of one user, the way the Redis deployment needs: as
+ * one run, or, on a Redis Cluster (where a script may only hold the KEYS of one slot), as one run
+ * per slot of the users' hash tags, in the list's order within each. The list is linked through the
  * pointer at next_offset in each item; user_of gives an item's user; send gets each run, linked
  * the same way and ended with NULL, and its length. */
 void limiter_send_by_slot(struct limiter *l, void *list, size_t n, size_t next_offset,

@@ -531,8 +531,8 @@ void rules_start(struct rules *l)
 static int slot_of(const struct rules_rule *r)
 {
     int scope = (r->provider[0] ? 1 : 0) + (r->model[0] ? 2 : 0);
-    int kind = r->dimension == RULES_CONCURRENT ? KINDS - 1
-                                                : r->dimension * RULES_WINDOWS + r->window;
+    int kind =
+        r->dimension == RULES_CONCURRENT ? KINDS - 1 : r->dimension * RULES_WINDOWS + r->window;
     return (scope * KINDS + kind) * 2 + r->shadow;
 }
 

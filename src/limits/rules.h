@@ -62,12 +62,12 @@ struct rules_rule {
 /* One rule that applies to a check. */
 struct rules_applied {
     uint8_t dimension;
-    uint8_t window;   /* 0 for concurrent */
-    bool shadow;      /* never denies: reported in shadow_denied_by */
+    uint8_t window;        /* 0 for concurrent */
+    bool shadow;           /* never denies: reported in shadow_denied_by */
     uint8_t alert_percent; /* 1..100: alert when a charge takes the use to this share; 0 none */
-    bool by_provider; /* its counter is the check's provider's (else every provider's) */
-    bool by_model;    /* its counter is the check's model's (else any model's) */
-    int64_t limit;    /* RULES_UNLIMITED or >= 0 */
+    bool by_provider;      /* its counter is the check's provider's (else every provider's) */
+    bool by_model;         /* its counter is the check's model's (else any model's) */
+    int64_t limit;         /* RULES_UNLIMITED or >= 0 */
 };
 
 /* What a check is held to. */

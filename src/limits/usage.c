@@ -32,7 +32,8 @@ static bool same_rule(const struct usage_rule *a, const struct rules_applied *r,
            strcmp(a->model, model) == 0;
 }
 
-static void merge(struct usage_ask *ask, const struct usage_pair *pair, const struct check_result *r)
+static void merge(struct usage_ask *ask, const struct usage_pair *pair,
+                  const struct check_result *r)
 {
     if (r->degraded)
         ask->result.degraded = true;
@@ -49,7 +50,8 @@ static void merge(struct usage_ask *ask, const struct usage_pair *pair, const st
         if (!found) {
             if (ask->result.n == ask->cap) {
                 ask->cap = ask->cap ? ask->cap * 2 : 16;
-                ask->result.rules = xrealloc(ask->result.rules, ask->cap * sizeof(struct usage_rule));
+                ask->result.rules =
+                    xrealloc(ask->result.rules, ask->cap * sizeof(struct usage_rule));
             }
             found = &ask->result.rules[ask->result.n++];
         }

@@ -256,10 +256,13 @@ TEST(a_shadow_rule_applies_beside_the_enforced_one_and_replaces_only_shadow_rule
 TEST(a_shadow_rule_never_denies_and_is_named_when_it_would_have)
 {
     struct rules_resolved r = {.enabled = true, .n = 2, .counted = 2};
-    r.rule[0] = (struct rules_applied){.dimension = RULES_TOKENS, .window = RULES_DAY,
-                                       .by_provider = true, .limit = 1000};
-    r.rule[1] = (struct rules_applied){.dimension = RULES_TOKENS, .window = RULES_MINUTE,
-                                       .by_provider = true, .limit = 100, .shadow = true};
+    r.rule[0] = (struct rules_applied){
+        .dimension = RULES_TOKENS, .window = RULES_DAY, .by_provider = true, .limit = 1000};
+    r.rule[1] = (struct rules_applied){.dimension = RULES_TOKENS,
+                                       .window = RULES_MINUTE,
+                                       .by_provider = true,
+                                       .limit = 100,
+                                       .shadow = true};
     struct check_amounts a = {.cost = 1, .tokens = 80};
     struct check_result out;
     /* Allowed; the shadow rule had 50 before this check: 50 + 80 > 100 would have denied. */
@@ -299,8 +302,8 @@ TEST(the_local_fallback_counts_no_concurrent_rule_and_no_shadow_rule_denies)
     local_init(&ll, 64, 8);
     struct rules_resolved r = {.enabled = true, .n = 2, .counted = 2};
     r.rule[0] = (struct rules_applied){.dimension = RULES_CONCURRENT, .limit = 0};
-    r.rule[1] = (struct rules_applied){.dimension = RULES_REQUESTS, .window = RULES_MINUTE,
-                                       .limit = 1, .shadow = true};
+    r.rule[1] = (struct rules_applied){
+        .dimension = RULES_REQUESTS, .window = RULES_MINUTE, .limit = 1, .shadow = true};
     uint64_t scope[2] = {local_scope_hash(alice, ":a", 2), local_scope_hash(alice, ":a", 2)};
     struct check_amounts one = {.cost = 1};
     int64_t used[2];

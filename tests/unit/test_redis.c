@@ -129,13 +129,11 @@ TEST(a_username_needs_a_password_file)
 
 int main(void)
 {
-    return RUN(T(a_key_slot_is_the_crc16_that_redis_cluster_takes),
-               T(a_hash_tag_decides_the_slot_alone),
-               T(an_empty_or_unclosed_hash_tag_hashes_the_whole_key),
-               T(the_redis_defaults_are_one_server_without_auth),
-               T(auth_sentinel_and_cluster_keys_parse),
-               T(mixing_the_modes_is_refused_where_the_second_one_is),
-               T(sentinels_need_a_master_name_and_ip_addresses),
-               T(a_tls_address_is_refused_with_the_way_to_reach_one),
-               T(a_username_needs_a_password_file));
+    return RUN(
+        T(a_key_slot_is_the_crc16_that_redis_cluster_takes), T(a_hash_tag_decides_the_slot_alone),
+        T(an_empty_or_unclosed_hash_tag_hashes_the_whole_key),
+        T(the_redis_defaults_are_one_server_without_auth), T(auth_sentinel_and_cluster_keys_parse),
+        T(mixing_the_modes_is_refused_where_the_second_one_is),
+        T(sentinels_need_a_master_name_and_ip_addresses),
+        T(a_tls_address_is_refused_with_the_way_to_reach_one), T(a_username_needs_a_password_file));
 }
