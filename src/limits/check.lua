@@ -1,6 +1,7 @@
 -- check.lua: the limiter's one script, for checks (ARGV[1] = 'c') and settles ('s'), many of
 -- them per call (src/limits/limiter.c sends it; scripts/embed_text.py embeds it). Keep it under
--- 16 KB: a Redis that wants AUTH refuses a longer SCRIPT LOAD before it as a protocol error.
+-- 16 KB without its comment lines (the build blanks them): a Redis that wants AUTH refuses a
+-- longer SCRIPT LOAD before it as a protocol error.
 --
 -- Layout (PROTOCOL.md, budgets): every key of a user shares the hash tag of its base
 -- "prefix{user_id}". A counting scope (a user, with the provider and/or model a rule names) is
@@ -10,8 +11,9 @@
 -- before a charge: each count is charged with HINCRBY, which answers the use; one that answers
 -- just the charge may be its window's first, and then the field w is read (roll): a window
 -- that has moved on drops its counts and alert markers, and the hash's expiry moves to a
--- minute after the end of its longest window. A denied check's charge is given back
--- (atomic: nobody sees it). A reservation is the string base .. ':r:' .. id, made with its
+-- minute after the end of the longest window it counts (this check's rules' or in its fields:
+-- other rules may count a longer one there). A denied check's charge is given back (atomic:
+-- nobody sees it). A reservation is the string base .. ':r:' .. id, made with its
 -- expiry (ARGV[2] s) in one SET: "cost tokens spend" (its check's), then per scope a line of
 -- the counts charged there with their window's id ('rm:29942149'; "cc": a concurrent slot) and
 -- the scope's suffix (which begins with ':'); once settled it is "d", with the expiry it had.
@@ -90,20 +92,31 @@ local function int(x)
   return format('%d', x)
 end
 
--- A count of the hash key in window w began at this charge (or stood at 0): if the hash's
--- window w is another, that window's counts and alert markers go (and those of the layouts
--- before: counts without the window's id, the field 'w' .. w) and the field w notes the
--- current window (true: the hash's expiry is to move). A hash without the field w is new.
+-- A count of the hash key in window w began at this charge (or stood at 0). If the hash's
+-- window w is another, that window's counts and alert markers go, with those of the layouts
+-- before (counts without the window's id; the wm layout's window ids 'w' .. w, and its alert
+-- markers named like ours, which a hash without the field w still has when it has 'w' .. w),
+-- and the field w notes the current window. Returns nil when the window is the same, else the
+-- seconds left in the longest window the hash counts (its fields m, h, d, M and this one), so
+-- that its expiry never cuts short a window that another check's rules count there.
+local wpos = {m = 1, h = 2, d = 3, M = 4}
 local function roll(key, w)
-  local was = redis.call('HGET', key, w)
-  if was == wids[w] then return false end
-  if was then
-    local o = ':' .. was
+  local f = redis.call('HMGET', key, 'm', 'h', 'd', 'M', 'wm', 'wh', 'wd', 'wM')
+  local i = wpos[w]
+  local was = f[i]
+  if was == wids[w] then return nil end
+  if was or f[4 + i] then
+    local o = ':' .. (was or '')
     redis.call('HDEL', key, 'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w,
                'as' .. w, 'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w, 's' .. w, 'w' .. w)
   end
   redis.call('HSET', key, w, wids[w])
-  return true
+  local span = left[w]
+  if f[4] and not wids.M then month() end
+  for x, j in pairs(wpos) do
+    if f[j] and left[x] > span then span = left[x] end
+  end
+  return span
 end
 
 if ARGV[1] == 's' then
@@ -261,10 +274,13 @@ for k = 1, nb do
           if v == x and not (rolled and rolled[s .. w]) then
             rolled = rolled or {}
             rolled[s .. w] = true
-            -- The hash's expiry: a minute after the end of its longest window, set once.
-            if roll(key, w) and not rolled[s] then
+            -- The hash's expiry: a minute after the end of the longest window counted there,
+            -- set once a call.
+            local span = roll(key, w)
+            if span and not rolled[s] then
               rolled[s] = true
-              redis.call('EXPIRE', key, hd.span[s] + 60)
+              if hd.span[s] > span then span = hd.span[s] end
+              redis.call('EXPIRE', key, span + 60)
             end
           end
         end

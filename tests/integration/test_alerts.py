@@ -12,9 +12,10 @@ import uuid
 
 import psycopg2
 import pytest
+import redis as redis_py
 
 from conftest import make_users, sql
-from test_budgets import start_with
+from test_budgets import rule_of, start_with, today_with_time_left
 from test_limits import add_provider
 import servers
 
@@ -317,3 +318,29 @@ def test_a_settle_whose_extra_charge_crosses_the_share_alerts_once(
         assert c.call("stats")["limits"]["alerts_raised"] == 1
     assert len(rows(pg, db, user)) == 1 and notifications(listen) == []
     listen.close()
+
+
+def test_an_alert_marker_of_the_wm_layout_does_not_stop_the_first_alert_after_the_upgrade(
+        daemon_factory, workdir, pg, alerts_db, redis_server):
+    # The wm layout (operations.md, the upgrade) kept a scope's window ids in 'wd', ... and an
+    # alert marker holding the id of the window it alerted in ('atd'), never deleted; its hash
+    # has no field 'd'. Yesterday's marker must not stop today's alert.
+    db = alerts_db
+    add_provider(pg, db, "upg")
+    add_alert_rule(pg, db, "tokens", "day", 1000, 50, provider="upg")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    today = today_with_time_left(redis_server, 20)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    key = f"usaged:{{{user}}}:p:upg"
+    r.hset(key, mapping={"wd": today - 1, "td": 900, "atd": today - 1})
+    r.expire(key, 3600)
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "upg", "tokens": 600})
+        assert a["allowed"]
+        assert rule_of(a, "tokens", "day")["used"] == 600
+        assert c.call("stats")["limits"]["alerts_raised"] == 1
+    fields = r.hgetall(key)
+    r.close()
+    assert b"wd" not in fields and b"td" not in fields, fields
+    servers.wait_for(lambda: len(rows(pg, db, user)) == 1, 10, "today's alert row")

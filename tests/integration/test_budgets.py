@@ -61,6 +61,14 @@ def redis_now(redis_server):
     return sec, usec
 
 
+def today_with_time_left(redis_server, seconds):
+    """Waits until Redis's day has more than `seconds` left (a test must not straddle midnight);
+    returns the day's id."""
+    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > seconds, 30,
+                     f"a day with {seconds} s left")
+    return redis_now(redis_server)[0] // 86400
+
+
 def month_id(sec):
     t = datetime.datetime.fromtimestamp(sec, datetime.timezone.utc)
     return t.year * 12 + t.month - 1
@@ -278,9 +286,7 @@ def test_a_peek_writes_nothing_to_redis_and_reads_a_window_moved_on_as_0(
     fresh, old = str(uuid.uuid4()), str(uuid.uuid4())
     d = start_with(daemon_factory, workdir, pg, db, redis_server)
     r = redis_py.Redis(unix_socket_path=redis_server.sock)
-    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > 20, 30,
-                     "a day with 20 s left")
-    today = redis_now(redis_server)[0] // 86400
+    today = today_with_time_left(redis_server, 20)
     stale = {b"d": str(today - 1).encode(), f"td:{today - 1}".encode(): b"900",
              f"rd:{today - 1}".encode(): b"90"}
     r.hset(f"usaged:{{{old}}}:p:peek", mapping=stale)
@@ -519,9 +525,7 @@ def test_a_new_window_drops_the_old_ones_counts_and_a_rule_added_mid_window_read
     add_rule(pg, db, "spend", "day", "100", provider="stale")
     user = str(uuid.uuid4())
     d = start_with(daemon_factory, workdir, pg, db, redis_server)
-    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > 20, 30,
-                     "a day with 20 s left")
-    today = redis_now(redis_server)[0] // 86400
+    today = today_with_time_left(redis_server, 20)
     r = redis_py.Redis(unix_socket_path=redis_server.sock)
     key = f"usaged:{{{user}}}:p:stale"
     r.hset(key, mapping={"d": today - 1, f"sd:{today - 1}": 5000000, f"td:{today - 1}": 999,
@@ -592,3 +596,40 @@ def test_a_log_prompt_settle_kept_past_the_ttl_is_dropped_and_logged(
         finally:
             redis_server.start()
     assert "is given up (past limits.reservation_ttl_s)" in d.log_text()
+
+
+def test_a_check_without_the_day_rule_never_cuts_the_day_counts_expiry(
+        daemon_factory, workdir, pg, db, redis_server):
+    # One scope hash, counted by two sets of rules over time: with the day rule, then (the rule
+    # removed) without it, when a new minute begins, then with it again. The hash must keep
+    # the day's count until the day ends: its expiry only ever moves later.
+    add_provider(pg, db, "cut")
+    add_rules(pg, db, [("requests", "minute", 100, "cut", None, None),
+                       ("tokens", "day", 1000, "cut", None, None)])
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    today_with_time_left(redis_server, 300)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    key = f"usaged:{{{user}}}:p:cut"
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "cut", "tokens": 10})
+        assert rule_of(a, "tokens", "day")["used"] == 10
+        day_left = 86400 - redis_now(redis_server)[0] % 86400
+        assert r.ttl(key) >= day_left
+        before = loads(d)
+        sql(pg, db, "DELETE FROM public.usage_limits WHERE provider = 'cut' AND "
+            "dimension = 'tokens'")
+        servers.wait_for(lambda: loads(d) > before, 10, "the removal")
+        # As at the next minute: the hash's minute is another and the current one has no count,
+        # so this check's charge is its minute's first and rolls it.
+        minute = int(r.hget(key, "m"))
+        r.hdel(key, f"rm:{minute}")
+        r.hset(key, "m", minute - 1)
+        c.call("check", {"user_id": user, "provider": "cut"})
+        assert r.ttl(key) >= day_left - 5
+        before = loads(d)
+        add_rule(pg, db, "tokens", "day", 1000, provider="cut")
+        servers.wait_for(lambda: loads(d) > before, 10, "the rule back")
+        b = c.call("check", {"user_id": user, "provider": "cut", "tokens": 1})
+        assert rule_of(b, "tokens", "day")["used"] == 11
+    r.close()

@@ -18,7 +18,7 @@ APP_PASSWORD = "app-only-Pa55"
 # What docs/operations.md says an ACL user needs (keys under the prefix; the commands the daemon
 # and its script send).
 APP_ACL = ["~usaged:*", "+role", "+script|load", "+eval", "+evalsha", "+asking",
-           "+cluster|slots", "+time", "+hget", "+hincrby", "+hset", "+hsetnx",
+           "+cluster|slots", "+time", "+hget", "+hmget", "+hincrby", "+hset", "+hsetnx",
            "+hdel", "+expire", "+get", "+set"]
 
 
