@@ -9,10 +9,10 @@
 -- its current window w, and the field named after a dimension (r requests, t tokens, s spend
 -- in micro-dollars), window and the window's id ('rm:29942149') the count. Nothing is read
 -- before a charge: each count is charged with HINCRBY, which answers the use; one that answers
--- just the charge may be its window's first, and then the field w is read (roll): a window
--- that has moved on drops its counts and alert markers, and the hash's expiry moves to a
--- minute after the end of the longest window it counts (this check's rules' or in its fields:
--- other rules may count a longer one there). A denied check's charge is given back (atomic:
+-- just the charge may be its window's first, and once the user's counts are charged, such a
+-- hash's window fields are read, once (roll): a window that has moved on drops its counts and
+-- alert markers, and the hash's expiry moves to a minute after the end of the longest window
+-- it counts (this check's rules' or in its fields: other rules may count a longer one there). A denied check's charge is given back (atomic:
 -- nobody sees it). A reservation is the string base .. ':r:' .. id, made with its
 -- expiry (ARGV[2] s) in one SET: "cost tokens spend" (its check's), then per scope a line of
 -- the counts charged there with their window's id ('rm:29942149'; "cc": a concurrent slot) and
@@ -92,31 +92,45 @@ local function int(x)
   return format('%d', x)
 end
 
--- A count of the hash key in window w began at this charge (or stood at 0). If the hash's
--- window w is another, that window's counts and alert markers go, with those of the layouts
--- before (counts without the window's id; the wm layout's window ids 'w' .. w, and its alert
--- markers named like ours, which a hash without the field w still has when it has 'w' .. w),
--- and the field w notes the current window. Returns nil when the window is the same, else the
--- seconds left in the longest window the hash counts (its fields m, h, d, M and this one), so
--- that its expiry never cuts short a window that another check's rules count there.
+-- Counts of the hash key began at this charge (or stood at 0) in the windows of p (p[w] set).
+-- Each window w of them that the hash has as another (its field w) drops that window's counts
+-- and alert markers, with those of the layouts before (counts without the window's id; the wm
+-- layout's window ids 'w' .. w, and its alert markers named like ours, which a hash without the
+-- field w still has when it has 'w' .. w); the fields w note the current windows, in one HSET,
+-- and the hash's expiry moves to a minute after the end of the longest window it counts (span,
+-- this check's rules' longest there, or one in its fields m, h, d, M), so that it never cuts
+-- short a window that another check's rules count there. A new hash: one HMGET, one HSET, one
+-- EXPIRE, whatever the number of its windows.
 local wpos = {m = 1, h = 2, d = 3, M = 4}
-local function roll(key, w)
+local function roll(key, p, span)
   local f = redis.call('HMGET', key, 'm', 'h', 'd', 'M', 'wm', 'wh', 'wd', 'wM')
-  local i = wpos[w]
-  local was = f[i]
-  if was == wids[w] then return nil end
-  if was or f[4 + i] then
-    local o = ':' .. (was or '')
-    redis.call('HDEL', key, 'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w,
-               'as' .. w, 'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w, 's' .. w, 'w' .. w)
+  local set, del = nil, nil
+  for w in pairs(p) do
+    local i = wpos[w]
+    local was = f[i]
+    if was ~= wids[w] then
+      set = set or {}
+      set[#set + 1], set[#set + 2] = w, wids[w]
+      if was or f[4 + i] then
+        local o = ':' .. (was or '')
+        local d = {'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w, 'as' .. w,
+                   'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w, 's' .. w, 'w' .. w}
+        if del then
+          for _, n in ipairs(d) do del[#del + 1] = n end
+        else
+          del = d
+        end
+      end
+    end
   end
-  redis.call('HSET', key, w, wids[w])
-  local span = left[w]
+  if not set then return end
+  if del then redis.call('HDEL', key, unpack(del)) end
+  redis.call('HSET', key, unpack(set))
   if f[4] and not wids.M then month() end
   for x, j in pairs(wpos) do
     if f[j] and left[x] > span then span = left[x] end
   end
-  return span
+  redis.call('EXPIRE', key, span + 60)
 end
 
 if ARGV[1] == 's' then
@@ -242,10 +256,10 @@ for k = 1, nb do
   end
   -- Each count (its field names its window) is charged with what all the user's checks ask,
   -- in one HINCRBY answering the use (less the charge: the use before); a count that answers
-  -- just the charge may be a window's first: its window rolls (see roll). One asked nothing is
-  -- read (a window not begun reads as nothing: peeks write nothing). A concurrent rule's slots
-  -- are counted once lapsed ones are dropped.
-  local err, rolled = nil, nil
+  -- just the charge may be a window's first: its scope rolls once all are charged (see roll).
+  -- One asked nothing is read (a window not begun reads as nothing: peeks write nothing). A
+  -- concurrent rule's slots are counted once lapsed ones are dropped.
+  local err, fresh = nil, nil
   for j = 1, nr do
     local d = rd[j]
     if err then
@@ -270,18 +284,10 @@ for k = 1, nb do
           err = v.err
         else
           charged[j], used[j] = x, v - x
-          local s, w = rs[j], ssub(rc[j], 2, 2)
-          if v == x and not (rolled and rolled[s .. w]) then
-            rolled = rolled or {}
-            rolled[s .. w] = true
-            -- The hash's expiry: a minute after the end of the longest window counted there,
-            -- set once a call.
-            local span = roll(key, w)
-            if span and not rolled[s] then
-              rolled[s] = true
-              if hd.span[s] > span then span = hd.span[s] end
-              redis.call('EXPIRE', key, span + 60)
-            end
+          if v == x then
+            fresh = fresh or {}
+            local p = fresh[rs[j]] or {}
+            fresh[rs[j]], p[ssub(rc[j], 2, 2)] = p, true
           end
         end
       else
@@ -294,6 +300,10 @@ for k = 1, nb do
         end
       end
     end
+  end
+  -- Even when an error stops the check: a hash made here gets its expiry.
+  if fresh then
+    for s, p in pairs(fresh) do roll(skey[s], p, hd.span[s]) end
   end
   if err then
     for j = 1, nr do

@@ -69,6 +69,12 @@ def today_with_time_left(redis_server, seconds):
     return redis_now(redis_server)[0] // 86400
 
 
+def assert_expires_a_minute_after_the_day(r, key, redis_server):
+    """The hash key outlives Redis's current day by a minute (a second's give either way)."""
+    day_left = 86400 - redis_now(redis_server)[0] % 86400
+    assert day_left + 58 <= r.ttl(key) <= day_left + 61
+
+
 def month_id(sec):
     t = datetime.datetime.fromtimestamp(sec, datetime.timezone.utc)
     return t.year * 12 + t.month - 1
@@ -632,4 +638,52 @@ def test_a_check_without_the_day_rule_never_cuts_the_day_counts_expiry(
         servers.wait_for(lambda: loads(d) > before, 10, "the rule back")
         b = c.call("check", {"user_id": user, "provider": "cut", "tokens": 1})
         assert rule_of(b, "tokens", "day")["used"] == 11
+    r.close()
+
+
+def test_a_check_stopped_by_a_key_of_another_type_leaves_its_new_hash_with_an_expiry(
+        daemon_factory, workdir, pg, db, redis_server):
+    # The user's check counts two scopes: every provider (":a", a rule of the user's, charged
+    # first) and the provider's hash, which holds a list. The check cannot be counted and gives
+    # its charge back; the hash it made on the way must still note its window and expire when
+    # its day does, or a failed check would leave a key that never goes.
+    add_provider(pg, db, "listed", per_minute=5)
+    user = make_users(pg, db, 1)[0]
+    add_rule(pg, db, "requests", "day", 100, user=user)
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    today = today_with_time_left(redis_server, 60)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    r.rpush(f"usaged:{{{user}}}:p:listed", "not a counter")
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "listed"})
+    assert a["degraded"]
+    key = f"usaged:{{{user}}}:a"
+    assert r.hgetall(key) == {b"d": str(today).encode(), f"rd:{today}".encode(): b"0"}
+    assert_expires_a_minute_after_the_day(r, key, redis_server)
+    r.close()
+
+
+def test_two_windows_moved_on_in_one_hash_both_drop_their_counts_in_one_check(
+        daemon_factory, workdir, pg, db, redis_server):
+    # A hash last counted yesterday, in a minute long gone: the first check of today rolls both
+    # of its windows at once, and neither the minute's nor the day's old counts and alert
+    # markers stay behind.
+    add_provider(pg, db, "both", per_minute=10, per_day=100)
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    today = today_with_time_left(redis_server, 60)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    key = f"usaged:{{{user}}}:p:both"
+    minute = redis_now(redis_server)[0] // 60
+    r.hset(key, mapping={"m": minute - 1440, f"rm:{minute - 1440}": 9, "arm": 1,
+                         "d": today - 1, f"rd:{today - 1}": 99, "ard": 1})
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "both"})
+    assert a["allowed"] and a["remaining_day"] == 99
+    got = r.hgetall(key)
+    m = got[b"m"].decode()
+    assert int(m) >= minute
+    assert got == {b"m": m.encode(), f"rm:{m}".encode(): b"1", b"d": str(today).encode(),
+                   f"rd:{today}".encode(): b"1"}
+    assert_expires_a_minute_after_the_day(r, key, redis_server)
     r.close()
