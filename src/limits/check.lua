@@ -39,7 +39,8 @@
 -- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation, and the
 -- alerts its extra charge raised, one a line: "aEW limit percent use suffix" (a, or A for a
 -- shadow rule; dimension and window letters), '' for none}.
-local t = redis.call('TIME')
+local rcall, rpcall, tonumber, type, unpack = redis.call, redis.pcall, tonumber, type, unpack
+local t = rcall('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local floor = math.floor
@@ -92,54 +93,13 @@ local function int(x)
   return format('%d', x)
 end
 
--- Counts of the hash key began at this charge (or stood at 0) in the windows of p (p[w] set).
--- Each window w of them that the hash has as another (its field w) drops that window's counts
--- and alert markers, with those of the layouts before (counts without the window's id; the wm
--- layout's window ids 'w' .. w, and its alert markers named like ours, which a hash without the
--- field w still has when it has 'w' .. w); the fields w note the current windows, in one HSET,
--- and the hash's expiry moves to a minute after the end of the longest window it counts (span,
--- this check's rules' longest there, or one in its fields m, h, d, M), so that it never cuts
--- short a window that another check's rules count there. A new hash: one HMGET, one HSET, one
--- EXPIRE, whatever the number of its windows.
-local wpos = {m = 1, h = 2, d = 3, M = 4}
-local function roll(key, p, span)
-  local f = redis.call('HMGET', key, 'm', 'h', 'd', 'M', 'wm', 'wh', 'wd', 'wM')
-  local set, del = nil, nil
-  for w in pairs(p) do
-    local i = wpos[w]
-    local was = f[i]
-    if was ~= wids[w] then
-      set = set or {}
-      set[#set + 1], set[#set + 2] = w, wids[w]
-      if was or f[4 + i] then
-        local o = ':' .. (was or '')
-        local d = {'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w, 'as' .. w,
-                   'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w, 's' .. w, 'w' .. w}
-        if del then
-          for _, n in ipairs(d) do del[#del + 1] = n end
-        else
-          del = d
-        end
-      end
-    end
-  end
-  if not set then return end
-  if del then redis.call('HDEL', key, unpack(del)) end
-  redis.call('HSET', key, unpack(set))
-  if f[4] and not wids.M then month() end
-  for x, j in pairs(wpos) do
-    if f[j] and left[x] > span then span = left[x] end
-  end
-  redis.call('EXPIRE', key, span + 60)
-end
-
 if ARGV[1] == 's' then
   for k = 1, nb do
     local base = ARGV[3 + k]
     local rid, tok, sp, cancel = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
     local rk = base .. ':r:' .. rid
     a = a + 4
-    local r = redis.pcall('GET', rk)
+    local r = rpcall('GET', rk)
     local c, rt, rsp, lines
     if type(r) == 'string' then
       c, rt, rsp, lines = string.match(r, '^(%d+) (%d+) (%d+)\n(.*)$')
@@ -166,16 +126,16 @@ if ARGV[1] == 's' then
         for f in string.gmatch(counts, '%S+') do
           local dim, win, w = string.match(f, '^(%a)(%a):(%d+)$')
           if f == 'cc' then
-            redis.pcall('ZREM', key .. ':c', rid)
+            rpcall('ZREM', key .. ':c', rid)
           elseif dim then
             if win == 'M' and not wids.M then month() end
             local d = delta[dim]
             -- Only while the window is current, and the hash's too (else the count is gone).
             if d and d ~= 0 and w == wids[win] then
-              if cur[win] == nil then cur[win] = redis.pcall('HGET', key, win) end
-              local v = cur[win] == w and redis.pcall('HINCRBY', key, f, int(d))
+              if cur[win] == nil then cur[win] = rpcall('HGET', key, win) end
+              local v = cur[win] == w and rpcall('HINCRBY', key, f, int(d))
               if type(v) == 'number' then
-                if v < 0 then redis.call('HSET', key, f, 0) end
+                if v < 0 then rcall('HSET', key, f, 0) end
                 if d > 0 then val[f] = v end
               end
             end
@@ -185,12 +145,12 @@ if ARGV[1] == 's' then
         -- count td:20793 (a: its marker; A a shadow rule's) alerting at 80% of 1000.
         for m, pc, lim, f in string.gmatch(counts, '!(%a)(%d+)/(%d+)/(%S+)') do
           local v = val[f]
-          if v and v * 100 >= pc * lim and redis.call('HSETNX', key, m .. ssub(f, 1, 2), 1) == 1 then
+          if v and v * 100 >= pc * lim and rcall('HSETNX', key, m .. ssub(f, 1, 2), 1) == 1 then
             alerts[#alerts + 1] = m .. ssub(f, 1, 2) .. ' ' .. lim .. ' ' .. pc .. ' ' .. int(v) .. ' ' .. suffix
           end
         end
       end
-      redis.call('SET', rk, 'd', 'KEEPTTL')
+      rcall('SET', rk, 'd', 'KEEPTTL')
       out[#out + 1] = 0
       out[#out + 1] = table.concat(alerts, '\n')
     end
@@ -205,13 +165,13 @@ local ttl = ARGV[2]
 local heads, nh = {}, tonumber(ARGV[a])
 a = a + 1
 for h = 1, nh do
-  local ns = tonumber(ARGV[a])
+  local a0, ns = tostring(h), tonumber(ARGV[a])
   local sfx, span = {}, {}
   for s = 1, ns do sfx[s], span[s] = ARGV[a + s], 0 end
   a = a + ns + 1
   local nr = tonumber(ARGV[a])
   a = a + 1
-  local rs, rc, rn, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}, {}
+  local rs, rc, rn, rw, rl, ls, rd, rsh, ral, same = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
   for j = 1, nr do
     local s, f = tonumber(ARGV[a]), ARGV[a + 1]
     rs[j], rl[j], rd[j], ls[j] = s, tonumber(ARGV[a + 2]), sbyte(f, 1), ARGV[a + 2]
@@ -220,7 +180,7 @@ for h = 1, nh do
       rc[j], rn[j] = 'cc', 'cc'
     else
       local w = ssub(f, 2, 2)
-      rc[j], rn[j] = f, named(f)
+      rc[j], rn[j], rw[j] = f, named(f), w
       if left[w] > span[s] then span[s] = left[w] end
       for i = 1, j - 1 do
         if rs[i] == s and rc[i] == rc[j] then
@@ -231,25 +191,84 @@ for h = 1, nh do
     end
     a = a + 5
   end
-  heads[h] = {ns = ns, sfx = sfx, span = span, nr = nr, rs = rs, rc = rc, rn = rn, rl = rl,
-              ls = ls, rd = rd, rsh = rsh, ral = ral, same = same}
+  -- (by its number as the daemon writes it: a user names its head so)
+  heads[a0] = {ns = ns, sfx = sfx, span = span, nr = nr, rs = rs, rc = rc, rn = rn, rw = rw,
+               rl = rl, ls = ls, rd = rd, rsh = rsh, ral = ral, same = same}
 end
 -- Per user, reused (tables cost): per scope its key; per rule its
 -- use, first charge, what allowed checks spent, whether alerted; per check its amounts and
--- where its arguments are.
+-- where its arguments are; the rules whose count answered just its charge (fresh), and the
+-- fields a roll sets and drops.
 local skey, used, charged, spent, alerted = {}, {}, {}, {}, {}
 local cr, ct, cs, carg = {}, {}, {}, {}
+local fresh, set, del = {}, {}, {}
+
+-- The counts of fresh[1..nf] (rules of head hd) began at this charge (or stood at 0): each
+-- their window's first, maybe. Per scope hash among them, one HMGET of its window fields;
+-- each window w of them that the hash has as another (its field w) drops that window's counts
+-- and alert markers, with those of the layouts before (counts without the window's id; the wm
+-- layout's window ids 'w' .. w, and its alert markers named like ours, which a hash without the
+-- field w still has when it has 'w' .. w); one HSET notes the current windows, and the hash's
+-- expiry moves to a minute after the end of the longest window it counts (this check's rules'
+-- longest there, or one of its fields m, h, d, M: windows nest, so a longer one never ends
+-- sooner), so that it never cuts short a window that another check's rules count there. A new
+-- hash: one HMGET, one HSET, one EXPIRE, whatever the number of its windows.
+local wpos = {m = 1, h = 2, d = 3, M = 4}
+local function roll(hd, nf)
+  local rs, rw = hd.rs, hd.rw
+  for i = 1, nf do
+    local s = fresh[i] and rs[fresh[i]]
+    if s then
+      local key = skey[s]
+      local f = rcall('HMGET', key, 'm', 'h', 'd', 'M', 'wm', 'wh', 'wd', 'wM')
+      local nset, ndel = 0, 0
+      for k = i, nf do
+        local j = fresh[k]
+        if j and rs[j] == s then
+          fresh[k] = false
+          local w = rw[j]
+          local p, id = wpos[w], wids[w]
+          local was = f[p]
+          if was ~= id then
+            f[p], set[nset + 1], set[nset + 2], nset = id, w, id, nset + 2
+            if was or f[4 + p] then
+              local o = ':' .. (was or '')
+              for _, n in ipairs({'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w,
+                                  'as' .. w, 'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w,
+                                  's' .. w, 'w' .. w}) do
+                ndel = ndel + 1
+                del[ndel] = n
+              end
+            end
+          end
+        end
+      end
+      if nset > 0 then
+        if ndel > 0 then rcall('HDEL', key, unpack(del, 1, ndel)) end
+        rcall('HSET', key, unpack(set, 1, nset))
+        local span, x = hd.span[s], f[4] and 'M' or (f[3] and 'd' or (f[2] and 'h' or 'm'))
+        if x == 'M' and not wids.M then month() end
+        if left[x] > span then span = left[x] end
+        rcall('EXPIRE', key, span + 60)
+      end
+    end
+  end
+end
+
 for k = 1, nb do
-  local base, hd = ARGV[3 + k], heads[tonumber(ARGV[a])]
+  local base, hd = ARGV[3 + k], heads[ARGV[a]]
   local ns, nr, rs, rc, rn, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rn, hd.rl
   local rd, rsh, ral, same = hd.rd, hd.rsh, hd.ral, hd.same
   for s = 1, ns do skey[s] = base .. hd.sfx[s] end
   for j = 1, nr do alerted[j], charged[j], spent[j] = false, 0, 0 end
-  local nc = tonumber(ARGV[a + 1])
+  -- (tonumber, strtod, costs: the usual numbers are compared)
+  local nc = ARGV[a + 1]
+  nc = nc == '1' and 1 or tonumber(nc)
   a = a + 2
   local sr, st, ss = 0, 0, 0
   for i = 1, nc do
-    local x, y, z = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local x, y, z = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+    x, y, z = x == '1' and 1 or tonumber(x), y == '0' and 0 or tonumber(y), z == '0' and 0 or tonumber(z)
     cr[i], ct[i], cs[i], carg[i] = x, y, z, a
     sr, st, ss = sr + x, st + y, ss + z
     a = a + 4
@@ -259,16 +278,16 @@ for k = 1, nb do
   -- just the charge may be a window's first: its scope rolls once all are charged (see roll).
   -- One asked nothing is read (a window not begun reads as nothing: peeks write nothing). A
   -- concurrent rule's slots are counted once lapsed ones are dropped.
-  local err, fresh = nil, nil
+  local err, nf = nil, 0
   for j = 1, nr do
     local d = rd[j]
     if err then
       break
     elseif d == 99 then
       local key = skey[rs[j]] .. ':c'
-      local v = redis.pcall('ZREMRANGEBYSCORE', key, '-inf', now)
+      local v = rpcall('ZREMRANGEBYSCORE', key, '-inf', now)
       if type(v) == 'table' and v.err then err = v.err end
-      v = redis.pcall('ZCARD', key)
+      v = rpcall('ZCARD', key)
       if type(v) == 'table' and v.err then err = v.err end
       used[j] = tonumber(v) or 0
     elseif same[j] then
@@ -279,19 +298,15 @@ for k = 1, nb do
       local key = skey[rs[j]]
       if x > 0 then
         -- One check's amount goes as the string it came as.
-        local v = redis.pcall('HINCRBY', key, rn[j], nc > 1 and int(x) or ARGV[carg[1] + o])
+        local v = rpcall('HINCRBY', key, rn[j], nc > 1 and int(x) or ARGV[carg[1] + o])
         if type(v) == 'table' then
           err = v.err
         else
           charged[j], used[j] = x, v - x
-          if v == x then
-            fresh = fresh or {}
-            local p = fresh[rs[j]] or {}
-            fresh[rs[j]], p[ssub(rc[j], 2, 2)] = p, true
-          end
+          if v == x then nf, fresh[nf + 1] = nf + 1, j end
         end
       else
-        local v = redis.pcall('HGET', key, rn[j])
+        local v = rpcall('HGET', key, rn[j])
         if type(v) == 'table' then
           err = v.err
         else
@@ -302,12 +317,10 @@ for k = 1, nb do
     end
   end
   -- Even when an error stops the check: a hash made here gets its expiry.
-  if fresh then
-    for s, p in pairs(fresh) do roll(skey[s], p, hd.span[s]) end
-  end
+  if nf > 0 then roll(hd, nf) end
   if err then
     for j = 1, nr do
-      if charged[j] > 0 then redis.call('HINCRBY', skey[rs[j]], rn[j], int(-charged[j])) end
+      if charged[j] > 0 then rcall('HINCRBY', skey[rs[j]], rn[j], int(-charged[j])) end
     end
     for i = 1, nc do
       out[#out + 1] = -1
@@ -339,8 +352,8 @@ for k = 1, nb do
           if d == 99 then
             if rid ~= '' then
               local key = skey[rs[j]] .. ':c'
-              used[j] = used[j] + redis.call('ZADD', key, now + ttl * 1000, rid) -- 1: new
-              redis.call('PEXPIRE', key, ttl * 1000 + 60000)
+              used[j] = used[j] + rcall('ZADD', key, now + ttl * 1000, rid) -- 1: new
+              rcall('PEXPIRE', key, ttl * 1000 + 60000)
             end
           else
             local x = d == 114 and xr or (d == 116 and xt or xs)
@@ -348,7 +361,7 @@ for k = 1, nb do
               used[j], spent[j] = used[j] + x, spent[j] + x
               if ral[j] > 0 and not alerted[j] and used[j] * 100 >= ral[j] * rl[j] then
                 alerted[j] = true
-                if redis.call('HSETNX', skey[rs[j]], (rsh[j] and 'A' or 'a') .. rc[j], 1) == 1 then
+                if rcall('HSETNX', skey[rs[j]], (rsh[j] and 'A' or 'a') .. rc[j], 1) == 1 then
                   alerts = alerts and alerts .. ',' .. j or tostring(j)
                 end
               end
@@ -376,7 +389,7 @@ for k = 1, nb do
             hd.resv = table.concat(lines, '\n')
           end
           local c = carg[i]
-          redis.call('SET', base .. ':r:' .. rid,
+          rcall('SET', base .. ':r:' .. rid,
                      ARGV[c] .. ' ' .. ARGV[c + 1] .. ' ' .. ARGV[c + 2] .. '\n' .. hd.resv,
                      'EX', ttl)
         end
@@ -389,7 +402,7 @@ for k = 1, nb do
     -- What the denied checks had been charged goes back.
     for j = 1, nr do
       if rd[j] ~= 99 and not same[j] and charged[j] ~= spent[j] then
-        redis.call('HINCRBY', skey[rs[j]], rn[j], int(spent[j] - charged[j]))
+        rcall('HINCRBY', skey[rs[j]], rn[j], int(spent[j] - charged[j]))
       end
     end
   end
