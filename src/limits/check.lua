@@ -208,11 +208,13 @@ local fresh, set, del = {}, {}, {}
 -- each window w of them that the hash has as another (its field w) drops that window's counts
 -- and alert markers, with those of the layouts before (counts without the window's id; the wm
 -- layout's window ids 'w' .. w, and its alert markers named like ours, which a hash without the
--- field w still has when it has 'w' .. w); one HSET notes the current windows, and the hash's
--- expiry moves to a minute after the end of the longest window it counts (this check's rules'
--- longest there, or one of its fields m, h, d, M: windows nest, so a longer one never ends
--- sooner), so that it never cuts short a window that another check's rules count there. A new
--- hash: one HMGET, one HSET, one EXPIRE, whatever the number of its windows.
+-- field w still has when it has 'w' .. w); one HSET notes the current windows. When the
+-- longest window the hash holds (of its fields m, h, d, M: windows nest, so a longer one never
+-- ends sooner) is one of them, the hash's expiry moves to a minute after its end (or after the
+-- end of this check's rules' longest there), so that it never cuts short a window that another
+-- check's rules count there; else the expiry set when that window began still holds. A new
+-- hash: one HMGET, one HSET, one EXPIRE, whatever the number of its windows; a new minute in a
+-- hash that counts a day: one HMGET, one HDEL, one HSET.
 local wpos = {m = 1, h = 2, d = 3, M = 4}
 local function roll(hd, nf)
   local rs, rw = hd.rs, hd.rw
@@ -246,17 +248,23 @@ local function roll(hd, nf)
       if nset > 0 then
         if ndel > 0 then rcall('HDEL', key, unpack(del, 1, ndel)) end
         rcall('HSET', key, unpack(set, 1, nset))
-        local span, x = hd.span[s], f[4] and 'M' or (f[3] and 'd' or (f[2] and 'h' or 'm'))
-        if x == 'M' and not wids.M then month() end
-        if left[x] > span then span = left[x] end
-        rcall('EXPIRE', key, span + 60)
+        local x, moved = f[4] and 'M' or (f[3] and 'd' or (f[2] and 'h' or 'm')), false
+        for q = 1, nset, 2 do
+          if set[q] == x then moved = true end
+        end
+        if moved then
+          local span = hd.span[s]
+          if x == 'M' and not wids.M then month() end
+          if left[x] > span then span = left[x] end
+          rcall('EXPIRE', key, span + 60)
+        end
       end
     end
   end
 end
 
 for k = 1, nb do
-  local base, hd = ARGV[3 + k], heads[ARGV[a]]
+  local base, hd = ARGV[3 + k], heads[ARGV[a]] or heads[tostring(tonumber(ARGV[a]))]
   local ns, nr, rs, rc, rn, rl = hd.ns, hd.nr, hd.rs, hd.rc, hd.rn, hd.rl
   local rd, rsh, ral, same = hd.rd, hd.rsh, hd.ral, hd.same
   for s = 1, ns do skey[s] = base .. hd.sfx[s] end
