@@ -209,10 +209,11 @@ local fresh, set, del = {}, {}, {}
 -- and alert markers, with those of the layouts before (counts without the window's id; the wm
 -- layout's window ids 'w' .. w, and its alert markers named like ours, which a hash without the
 -- field w still has when it has 'w' .. w); one HSET notes the current windows. When the
--- longest window the hash holds (of its fields m, h, d, M: windows nest, so a longer one never
--- ends sooner) is one of them, the hash's expiry moves to a minute after its end (or after the
--- end of this check's rules' longest there), so that it never cuts short a window that another
--- check's rules count there; else the expiry set when that window began still holds. A new
+-- longest current window the hash holds (of its fields m, h, d, M: windows nest, so a longer
+-- one never ends sooner; one no rule counts now may be long past) is one of them, the hash's
+-- expiry moves to a minute after its end (or after the end of this check's rules' longest
+-- there), so that it never cuts short a window that another check's rules count there; else
+-- the expiry set when that window began still holds. A new
 -- hash: one HMGET, one HSET, one EXPIRE, whatever the number of its windows; a new minute in a
 -- hash that counts a day: one HMGET, one HDEL, one HSET.
 local wpos = {m = 1, h = 2, d = 3, M = 4}
@@ -248,13 +249,14 @@ local function roll(hd, nf)
       if nset > 0 then
         if ndel > 0 then rcall('HDEL', key, unpack(del, 1, ndel)) end
         rcall('HSET', key, unpack(set, 1, nset))
-        local x, moved = f[4] and 'M' or (f[3] and 'd' or (f[2] and 'h' or 'm')), false
+        if f[4] and not wids.M then month() end
+        local x = f[4] == wids.M and 'M' or (f[3] == wids.d and 'd' or (f[2] == wids.h and 'h' or 'm'))
+        local moved = false
         for q = 1, nset, 2 do
           if set[q] == x then moved = true end
         end
         if moved then
           local span = hd.span[s]
-          if x == 'M' and not wids.M then month() end
           if left[x] > span then span = left[x] end
           rcall('EXPIRE', key, span + 60)
         end

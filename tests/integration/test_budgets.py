@@ -62,9 +62,9 @@ def redis_now(redis_server):
 
 
 def today_with_time_left(redis_server, seconds):
-    """Waits until Redis's day has more than `seconds` left (a test must not straddle midnight);
-    returns the day's id."""
-    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > seconds, 30,
+    """Waits until Redis's day has more than `seconds` left (a test must not straddle midnight:
+    in its last `seconds`, that is the next day); returns the day's id."""
+    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > seconds, seconds + 30,
                      f"a day with {seconds} s left")
     return redis_now(redis_server)[0] // 86400
 
@@ -614,7 +614,7 @@ def test_a_check_without_the_day_rule_never_cuts_the_day_counts_expiry(
                        ("tokens", "day", 1000, "cut", None, None)])
     user = str(uuid.uuid4())
     d = start_with(daemon_factory, workdir, pg, db, redis_server)
-    today_with_time_left(redis_server, 300)
+    today_with_time_left(redis_server, 90)
     r = redis_py.Redis(unix_socket_path=redis_server.sock)
     key = f"usaged:{{{user}}}:p:cut"
     with d.client() as c:
@@ -663,27 +663,53 @@ def test_a_check_stopped_by_a_key_of_another_type_leaves_its_new_hash_with_an_ex
     r.close()
 
 
+def check_a_hash_of_old_windows(daemon_factory, workdir, pg, db, redis_server, provider, fields,
+                                ttl=None):
+    """One check of a user of a provider of 10 a minute and 100 a day, whose scope hash holds
+    fields(minute, day, month) (Redis's current window ids) and expires in ttl s (None: never).
+    Returns the answer, the hash's fields after it, the day's id, and a client of the Redis."""
+    add_provider(pg, db, provider, per_minute=10, per_day=100)
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    today = today_with_time_left(redis_server, 60)
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    key = f"usaged:{{{user}}}:p:{provider}"
+    sec = redis_now(redis_server)[0]
+    r.hset(key, mapping=fields(sec // 60, today, month_id(sec)))
+    if ttl is not None:
+        r.expire(key, ttl)
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": provider})
+    assert a["allowed"] and a["remaining_day"] == 99
+    return r.hgetall(key), today, r, key
+
+
 def test_two_windows_moved_on_in_one_hash_both_drop_their_counts_in_one_check(
         daemon_factory, workdir, pg, db, redis_server):
     # A hash last counted yesterday, in a minute long gone: the first check of today rolls both
     # of its windows at once, and neither the minute's nor the day's old counts and alert
     # markers stay behind.
-    add_provider(pg, db, "both", per_minute=10, per_day=100)
-    user = str(uuid.uuid4())
-    d = start_with(daemon_factory, workdir, pg, db, redis_server)
-    today = today_with_time_left(redis_server, 60)
-    r = redis_py.Redis(unix_socket_path=redis_server.sock)
-    key = f"usaged:{{{user}}}:p:both"
-    minute = redis_now(redis_server)[0] // 60
-    r.hset(key, mapping={"m": minute - 1440, f"rm:{minute - 1440}": 9, "arm": 1,
-                         "d": today - 1, f"rd:{today - 1}": 99, "ard": 1})
-    with d.client() as c:
-        a = c.call("check", {"user_id": user, "provider": "both"})
-    assert a["allowed"] and a["remaining_day"] == 99
-    got = r.hgetall(key)
+    got, today, r, key = check_a_hash_of_old_windows(
+        daemon_factory, workdir, pg, db, redis_server, "both",
+        lambda minute, day, month: {"m": minute - 1440, f"rm:{minute - 1440}": 9, "arm": 1,
+                                    "d": day - 1, f"rd:{day - 1}": 99, "ard": 1})
     m = got[b"m"].decode()
-    assert int(m) >= minute
     assert got == {b"m": m.encode(), f"rm:{m}".encode(): b"1", b"d": str(today).encode(),
                    f"rd:{today}".encode(): b"1"}
+    assert_expires_a_minute_after_the_day(r, key, redis_server)
+    r.close()
+
+
+def test_a_long_window_no_rule_counts_any_more_does_not_hold_back_the_expiry(
+        daemon_factory, workdir, pg, db, redis_server):
+    # The hash still notes last month's window (a month rule since removed), and its expiry,
+    # set when that month began, is about to run out. Today's first check rolls the minute and
+    # the day: the hash must now outlive today, whatever the stale month says.
+    got, today, r, key = check_a_hash_of_old_windows(
+        daemon_factory, workdir, pg, db, redis_server, "stalemonth",
+        lambda minute, day, month: {"m": minute - 1, f"rm:{minute - 1}": 3, "d": day - 1,
+                                    f"rd:{day - 1}": 30, "M": month - 1, f"rM:{month - 1}": 300},
+        ttl=30)
+    assert got[b"d"] == str(today).encode()
     assert_expires_a_minute_after_the_day(r, key, redis_server)
     r.close()
