@@ -35,7 +35,8 @@
 -- for every check of its user, and changes nothing there.
 -- 's': ARGV[3] users, their bases, then per user: reservation id, tokens and spend used (''
 -- keeps the estimate), '1' to cancel. The difference goes to every count the check charged
--- whose window is still current (cancel gives back all); counts stop at 0. Returns {now_ms,
+-- whose window is still current (cancel gives back all); counts stop at 0; an extra charge to
+-- a window the hash has not begun (the check charged it 0) begins it there. Returns {now_ms,
 -- then per settle: 0 settled, 1 already settled, 2 unknown, -1 not a reservation, and the
 -- alerts its extra charge raised, one a line: "aEW limit percent use suffix" (a, or A for a
 -- shadow rule; dimension and window letters), '' for none}.
@@ -93,7 +94,57 @@ local function int(x)
   return format('%d', x)
 end
 
+-- A hash's windows ws[1..n] begin (a count of each began at this charge, or stood at 0, or a
+-- settle charges a window the hash has not noted). One HMGET of its window fields; each window
+-- w the hash has as another (its field w) drops that window's counts and alert markers, with
+-- those of the layouts before (counts without the window's id; the wm layout's window ids
+-- 'w' .. w, and its alert markers named like ours, which a hash without the field w still has
+-- when it has 'w' .. w); one HSET notes the current windows. When the longest current window
+-- the hash holds (of its fields m, h, d, M: windows nest, so a longer one never ends sooner;
+-- one no rule counts now may be long past) is one of them, the hash's expiry moves to a minute
+-- after its end (or after span s, the longest window the caller's rules count there), so that
+-- it never cuts short a window that another check's rules count there; else the expiry set
+-- when that window began still holds. A new hash: one HMGET, one HSET, one EXPIRE, whatever the
+-- number of its windows; a new minute in a hash that counts a day: one HMGET, one HDEL, one HSET.
+local wpos = {m = 1, h = 2, d = 3, M = 4}
+local set, del = {}, {}
+local function roll_key(key, ws, n, span)
+  local f = rcall('HMGET', key, 'm', 'h', 'd', 'M', 'wm', 'wh', 'wd', 'wM')
+  if f[4] and not wids.M then month() end
+  local nset, ndel = 0, 0
+  for k = 1, n do
+    local w = ws[k]
+    if w == 'M' and not wids.M then month() end
+    local p, id = wpos[w], wids[w]
+    local was = f[p]
+    if was ~= id then
+      f[p], set[nset + 1], set[nset + 2], nset = id, w, id, nset + 2
+      if was or f[4 + p] then
+        local o = ':' .. (was or '')
+        for _, x in ipairs({'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w,
+                            'as' .. w, 'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w,
+                            's' .. w, 'w' .. w}) do
+          ndel = ndel + 1
+          del[ndel] = x
+        end
+      end
+    end
+  end
+  if nset == 0 then return end
+  if ndel > 0 then rcall('HDEL', key, unpack(del, 1, ndel)) end
+  rcall('HSET', key, unpack(set, 1, nset))
+  local x = f[4] == wids.M and 'M' or (f[3] == wids.d and 'd' or (f[2] == wids.h and 'h' or 'm'))
+  for q = 1, nset, 2 do
+    if set[q] == x then
+      if left[x] > span then span = left[x] end
+      rcall('EXPIRE', key, span + 60)
+      return
+    end
+  end
+end
+
 if ARGV[1] == 's' then
+  local one = {}
   for k = 1, nb do
     local base = ARGV[3 + k]
     local rid, tok, sp, cancel = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
@@ -130,9 +181,16 @@ if ARGV[1] == 's' then
           elseif dim then
             if win == 'M' and not wids.M then month() end
             local d = delta[dim]
-            -- Only while the window is current, and the hash's too (else the count is gone).
+            -- Only while the window is current. A hash on another window (or none) holds no
+            -- count of this one: nothing to give back; an extra charge begins the window there
+            -- (a check that charged it 0, an estimate of 0, did not).
             if d and d ~= 0 and w == wids[win] then
               if cur[win] == nil then cur[win] = rpcall('HGET', key, win) end
+              if d > 0 and cur[win] ~= w and type(cur[win]) ~= 'table' then
+                one[1] = win
+                roll_key(key, one, 1, 0)
+                cur[win] = w
+              end
               local v = cur[win] == w and rpcall('HINCRBY', key, f, int(d))
               if type(v) == 'number' then
                 if v < 0 then rcall('HSET', key, f, 0) end
@@ -197,70 +255,28 @@ for h = 1, nh do
 end
 -- Per user, reused (tables cost): per scope its key; per rule its
 -- use, first charge, what allowed checks spent, whether alerted; per check its amounts and
--- where its arguments are; the rules whose count answered just its charge (fresh), and the
--- fields a roll sets and drops.
+-- where its arguments are; the rules whose count answered just its charge (fresh), and a
+-- scope's windows among them (wl).
 local skey, used, charged, spent, alerted = {}, {}, {}, {}, {}
 local cr, ct, cs, carg = {}, {}, {}, {}
-local fresh, set, del = {}, {}, {}
+local fresh, wl = {}, {}
 
 -- The counts of fresh[1..nf] (rules of head hd) began at this charge (or stood at 0): each
--- their window's first, maybe. Per scope hash among them, one HMGET of its window fields;
--- each window w of them that the hash has as another (its field w) drops that window's counts
--- and alert markers, with those of the layouts before (counts without the window's id; the wm
--- layout's window ids 'w' .. w, and its alert markers named like ours, which a hash without the
--- field w still has when it has 'w' .. w); one HSET notes the current windows. When the
--- longest current window the hash holds (of its fields m, h, d, M: windows nest, so a longer
--- one never ends sooner; one no rule counts now may be long past) is one of them, the hash's
--- expiry moves to a minute after its end (or after the end of this check's rules' longest
--- there), so that it never cuts short a window that another check's rules count there; else
--- the expiry set when that window began still holds. A new
--- hash: one HMGET, one HSET, one EXPIRE, whatever the number of its windows; a new minute in a
--- hash that counts a day: one HMGET, one HDEL, one HSET.
-local wpos = {m = 1, h = 2, d = 3, M = 4}
+-- their window's first, maybe. Each scope hash among them rolls its windows (roll_key) once.
 local function roll(hd, nf)
   local rs, rw = hd.rs, hd.rw
   for i = 1, nf do
     local s = fresh[i] and rs[fresh[i]]
     if s then
-      local key = skey[s]
-      local f = rcall('HMGET', key, 'm', 'h', 'd', 'M', 'wm', 'wh', 'wd', 'wM')
-      local nset, ndel = 0, 0
+      local n = 0
       for k = i, nf do
         local j = fresh[k]
         if j and rs[j] == s then
-          fresh[k] = false
-          local w = rw[j]
-          local p, id = wpos[w], wids[w]
-          local was = f[p]
-          if was ~= id then
-            f[p], set[nset + 1], set[nset + 2], nset = id, w, id, nset + 2
-            if was or f[4 + p] then
-              local o = ':' .. (was or '')
-              for _, n in ipairs({'r' .. w .. o, 't' .. w .. o, 's' .. w .. o, 'ar' .. w, 'at' .. w,
-                                  'as' .. w, 'Ar' .. w, 'At' .. w, 'As' .. w, 'r' .. w, 't' .. w,
-                                  's' .. w, 'w' .. w}) do
-                ndel = ndel + 1
-                del[ndel] = n
-              end
-            end
-          end
+          fresh[k], n = false, n + 1
+          wl[n] = rw[j]
         end
       end
-      if nset > 0 then
-        if ndel > 0 then rcall('HDEL', key, unpack(del, 1, ndel)) end
-        rcall('HSET', key, unpack(set, 1, nset))
-        if f[4] and not wids.M then month() end
-        local x = f[4] == wids.M and 'M' or (f[3] == wids.d and 'd' or (f[2] == wids.h and 'h' or 'm'))
-        local moved = false
-        for q = 1, nset, 2 do
-          if set[q] == x then moved = true end
-        end
-        if moved then
-          local span = hd.span[s]
-          if left[x] > span then span = left[x] end
-          rcall('EXPIRE', key, span + 60)
-        end
-      end
+      roll_key(skey[s], wl, n, hd.span[s])
     end
   end
 end

@@ -75,6 +75,14 @@ def assert_expires_a_minute_after_the_day(r, key, redis_server):
     assert day_left + 58 <= r.ttl(key) <= day_left + 61
 
 
+def seconds_to_month_end(sec):
+    """From Unix time sec to the start of the next month, UTC."""
+    t = datetime.datetime.fromtimestamp(sec, datetime.timezone.utc)
+    first_next = datetime.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1,
+                                   tzinfo=datetime.timezone.utc)
+    return calendar.timegm(first_next.timetuple()) - sec
+
+
 def month_id(sec):
     t = datetime.datetime.fromtimestamp(sec, datetime.timezone.utc)
     return t.year * 12 + t.month - 1
@@ -193,6 +201,41 @@ def test_settle_gives_back_charges_more_cancels_and_is_applied_once(
         assert c.call_err("settle", [{"reservation": never}])["code"] == "unknown_reservation"
         s = c.call("stats")["limits"]
         assert s["settles"] == 3 and s["settles_duplicate"] == 1 and s["settles_unknown"] == 1
+
+
+def test_a_call_estimated_at_0_settles_its_use_into_a_window_its_hash_has_not_begun(
+        daemon_factory, workdir, pg, db, redis_server):
+    # Spend is known only after the call: the app sends no estimate, so the check charges the
+    # month's spend 0 and its hash notes no month. The settle must still count the spend this
+    # month, in a hash that then expires when the month does, and in a scope no other rule
+    # writes (the every-provider one) too.
+    add_provider(pg, db, "after", per_minute=1000, per_day=1000)
+    add_rules(pg, db, [("spend", "month", "10", "after", None, None),
+                       ("tokens", "hour", 100000, None, None, None)])
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    wait_for_fresh_minute(redis_server)
+
+    def used(c):
+        peek = c.call("check", {"user_id": user, "provider": "after", "cost": 0})
+        return rule_of(peek, "spend", "month")["used"], rule_of(peek, "tokens", "hour")["used"]
+
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    with d.client() as c:
+        a = c.call("check", {"user_id": user, "provider": "after"})
+        assert a["allowed"] and a["reservation"]
+        assert used(c) == ("0.000000", 0)
+        assert c.call("settle", {"reservation": a["reservation"], "spend": "2.5",
+                                 "tokens": 1200})["settled"]
+        assert used(c) == ("2.500000", 1200)
+        b = c.call("check", {"user_id": user, "provider": "after", "spend": "8"})
+        assert not b["allowed"] and b["reason"] == "month_limit"
+    sec = redis_now(redis_server)[0]
+    month_left = seconds_to_month_end(sec)
+    assert month_left + 58 <= r.ttl(f"usaged:{{{user}}}:p:after") <= month_left + 61
+    hour_left = 3600 - sec % 3600
+    assert hour_left + 58 <= r.ttl(f"usaged:{{{user}}}:a") <= hour_left + 61
+    r.close()
 
 
 def test_a_reservation_past_its_ttl_is_unknown_and_keeps_its_estimate(
@@ -335,10 +378,7 @@ def test_the_hour_and_month_windows_restart_when_redis_time_enters_a_new_one(
     # Both rules deny; the month's is the longer wait.
     assert a["reason"] == "month_limit"
     now_s, usec = redis_now(redis_server)
-    t = datetime.datetime.fromtimestamp(now_s, datetime.timezone.utc)
-    first_next = datetime.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1,
-                                   tzinfo=datetime.timezone.utc)
-    to_month_end = (calendar.timegm(first_next.timetuple()) - now_s) * 1000 - usec // 1000
+    to_month_end = seconds_to_month_end(now_s) * 1000 - usec // 1000
     assert abs(a["retry_after_ms"] - to_month_end) < 5000
     assert rule_of(a, "tokens", "hour")["remaining"] == 0
     assert b["allowed"]
