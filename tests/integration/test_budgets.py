@@ -19,7 +19,7 @@ import pytest
 import redis as redis_py
 
 from conftest import make_users, sql
-from test_limits import add_provider, check, start, wait_for_fresh_minute
+from test_limits import add_provider, check, pipelined_checks, start, wait_for_fresh_minute
 from usaged_client import RpcError
 import servers
 
@@ -752,4 +752,39 @@ def test_a_long_window_no_rule_counts_any_more_does_not_hold_back_the_expiry(
         ttl=30)
     assert got[b"d"] == str(today).encode()
     assert_expires_a_minute_after_the_day(r, key, redis_server)
+    r.close()
+
+
+def test_a_user_under_two_providers_in_one_call_counts_the_shared_scope_once_each_and_expires(
+        daemon_factory, workdir, pg, db, redis_server):
+    # Every user's checks of two providers, sent in one write, ride in shared script calls:
+    # a user's part for each provider charges that provider's hash and the user's hash of
+    # every provider (":a", a month rule), which the first part makes and rolls. Every count
+    # is exact, and every hash expires with its longest window.
+    add_provider(pg, db, "parta", per_minute=100, per_day=1000)
+    add_provider(pg, db, "partb", per_minute=100, per_day=1000)
+    add_rule(pg, db, "requests", "month", 10000)
+    users = [str(uuid.uuid4()) for _ in range(20)]
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    today = today_with_time_left(redis_server, 60)
+    wait_for_fresh_minute(redis_server)
+    order = [(u, p) for _ in range(3) for u in users for p in ("parta", "partb")]
+    with d.client() as c:
+        answers = pipelined_checks(c, order)
+        batched = c.call("stats")["limits"]["batched"]
+    assert all(e is None and a["allowed"] for e, a in answers)
+    assert batched > 0
+    r = redis_py.Redis(unix_socket_path=redis_server.sock)
+    sec = redis_now(redis_server)[0]
+    month, minute = month_id(sec), sec // 60
+    for u in users:
+        every = r.hgetall(f"usaged:{{{u}}}:a")
+        assert every == {b"M": str(month).encode(), f"rM:{month}".encode(): b"6"}
+        assert seconds_to_month_end(sec) + 58 <= r.ttl(f"usaged:{{{u}}}:a") <= \
+            seconds_to_month_end(sec) + 61
+        for p in ("parta", "partb"):
+            key = f"usaged:{{{u}}}:p:{p}"
+            assert r.hgetall(key) == {b"m": str(minute).encode(), f"rm:{minute}".encode(): b"3",
+                                      b"d": str(today).encode(), f"rd:{today}".encode(): b"3"}
+            assert_expires_a_minute_after_the_day(r, key, redis_server)
     r.close()
