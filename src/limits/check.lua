@@ -10,10 +10,11 @@
 -- in micro-dollars), window and the window's id ('rm:29942149') the count. Nothing is read
 -- before a charge: each count is charged with HINCRBY, which answers the use; one that answers
 -- just the charge may be its window's first, and once the user's counts are charged, such a
--- hash's window fields are read, once (roll): a window that has moved on drops its counts and
--- alert markers, and the hash's expiry moves to a minute after the end of the longest window
--- it counts (this check's rules' or in its fields: other rules may count a longer one there). A denied check's charge is given back (atomic:
--- nobody sees it). A reservation is the string base .. ':r:' .. id, made with its
+-- hash's window fields are read, once (roll_key): a window that has moved on drops its counts
+-- and alert markers, and when the hash's longest current window is one that moved, its expiry
+-- moves to a minute after that window's end (other rules may count a longer one there than
+-- this check's). A denied check's charge is given back (atomic: nobody sees it). A
+-- reservation is the string base .. ':r:' .. id, made with its
 -- expiry (ARGV[2] s) in one SET: "cost tokens spend" (its check's), then per scope a line of
 -- the counts charged there with their window's id ('rm:29942149'; "cc": a concurrent slot) and
 -- the scope's suffix (which begins with ':'); once settled it is "d", with the expiry it had.
@@ -294,7 +295,8 @@ for k = 1, nb do
   local sr, st, ss = 0, 0, 0
   for i = 1, nc do
     local x, y, z = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-    x, y, z = x == '1' and 1 or tonumber(x), y == '0' and 0 or tonumber(y), z == '0' and 0 or tonumber(z)
+    x = x == '1' and 1 or tonumber(x)
+    y, z = y == '0' and 0 or tonumber(y), z == '0' and 0 or tonumber(z)
     cr[i], ct[i], cs[i], carg[i] = x, y, z, a
     sr, st, ss = sr + x, st + y, ss + z
     a = a + 4
