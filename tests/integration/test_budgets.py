@@ -596,7 +596,9 @@ def test_a_log_prompt_settle_that_times_out_is_kept_and_retried(
         daemon_factory, workdir, pg, db, redis_server):
     # Redis up but not answering in time (CLIENT PAUSE holds the script calls): the settle is
     # kept and retried every second; the call that timed out still runs once the pause ends,
-    # and whichever comes second is a duplicate, so the count is right either way.
+    # and whichever comes second is a duplicate, so the count is right either way. The pause
+    # lasts until the settle is seen kept (a pause of a fixed 1.5 s could end, on a loaded
+    # machine, before the settle reached Redis).
     add_provider(pg, db, "slow")
     add_rule(pg, db, "tokens", "day", 100000, provider="slow")
     user = make_users(pg, db, 1)[0]
@@ -610,12 +612,15 @@ def test_a_log_prompt_settle_that_times_out_is_kept_and_retried(
 
     with d.client() as c:
         e = c.call("check", {"user_id": user, "provider": "slow", "tokens": 1000})
-        r.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
-        assert c.call("log_prompt", [{"user_id": user, "status": "completed",
-                                      "tokens_used": 10, "reservation": e["reservation"]}]) == \
-            {"accepted": 1}
-        servers.wait_for(lambda: c.call("stats")["limits"]["settles_queued"] >= 1, 10,
-                         "the settle to be kept")
+        r.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+        try:
+            assert c.call("log_prompt", [{"user_id": user, "status": "completed",
+                                          "tokens_used": 10,
+                                          "reservation": e["reservation"]}]) == {"accepted": 1}
+            servers.wait_for(lambda: c.call("stats")["limits"]["settles_queued"] >= 1, 10,
+                             "the settle to be kept")
+        finally:
+            r.execute_command("CLIENT", "UNPAUSE")
         servers.wait_for(lambda: used(c) == 10, 20, "the retried settle")
         servers.wait_for(lambda: c.call("stats")["limits"]["settles_waiting"] == 0, 10,
                          "no settle left waiting")
