@@ -61,18 +61,27 @@ def redis_now(redis_server):
     return sec, usec
 
 
+def window_with_time_left(redis_server, span, seconds):
+    """Waits until Redis's current window of span seconds (3600: an hour, 86400: a day) has more
+    than `seconds` left (a test must not straddle its end: in its last `seconds`, that is the
+    next window); returns the window's id. The longer windows it lies in have as long left."""
+    servers.wait_for(lambda: span - redis_now(redis_server)[0] % span > seconds, seconds + 30,
+                     f"a window of {span} s with {seconds} s left")
+    return redis_now(redis_server)[0] // span
+
+
 def today_with_time_left(redis_server, seconds):
-    """Waits until Redis's day has more than `seconds` left (a test must not straddle midnight:
-    in its last `seconds`, that is the next day); returns the day's id."""
-    servers.wait_for(lambda: 86400 - redis_now(redis_server)[0] % 86400 > seconds, seconds + 30,
-                     f"a day with {seconds} s left")
-    return redis_now(redis_server)[0] // 86400
+    return window_with_time_left(redis_server, 86400, seconds)
+
+
+def assert_expires_a_minute_after(r, key, left):
+    """The hash key outlives a window with `left` seconds left now by a minute (a second's give
+    either way)."""
+    assert left + 58 <= r.ttl(key) <= left + 61
 
 
 def assert_expires_a_minute_after_the_day(r, key, redis_server):
-    """The hash key outlives Redis's current day by a minute (a second's give either way)."""
-    day_left = 86400 - redis_now(redis_server)[0] % 86400
-    assert day_left + 58 <= r.ttl(key) <= day_left + 61
+    assert_expires_a_minute_after(r, key, 86400 - redis_now(redis_server)[0] % 86400)
 
 
 def seconds_to_month_end(sec):
@@ -214,7 +223,7 @@ def test_a_call_estimated_at_0_settles_its_use_into_a_window_its_hash_has_not_be
                        ("tokens", "hour", 100000, None, None, None)])
     user = str(uuid.uuid4())
     d = start_with(daemon_factory, workdir, pg, db, redis_server)
-    wait_for_fresh_minute(redis_server)
+    window_with_time_left(redis_server, 3600, 60)
 
     def used(c):
         peek = c.call("check", {"user_id": user, "provider": "after", "cost": 0})
@@ -231,10 +240,8 @@ def test_a_call_estimated_at_0_settles_its_use_into_a_window_its_hash_has_not_be
         b = c.call("check", {"user_id": user, "provider": "after", "spend": "8"})
         assert not b["allowed"] and b["reason"] == "month_limit"
     sec = redis_now(redis_server)[0]
-    month_left = seconds_to_month_end(sec)
-    assert month_left + 58 <= r.ttl(f"usaged:{{{user}}}:p:after") <= month_left + 61
-    hour_left = 3600 - sec % 3600
-    assert hour_left + 58 <= r.ttl(f"usaged:{{{user}}}:a") <= hour_left + 61
+    assert_expires_a_minute_after(r, f"usaged:{{{user}}}:p:after", seconds_to_month_end(sec))
+    assert_expires_a_minute_after(r, f"usaged:{{{user}}}:a", 3600 - sec % 3600)
     r.close()
 
 
@@ -785,8 +792,7 @@ def test_a_user_under_two_providers_in_one_call_counts_the_shared_scope_once_eac
     for u in users:
         every = r.hgetall(f"usaged:{{{u}}}:a")
         assert every == {b"M": str(month).encode(), f"rM:{month}".encode(): b"6"}
-        assert seconds_to_month_end(sec) + 58 <= r.ttl(f"usaged:{{{u}}}:a") <= \
-            seconds_to_month_end(sec) + 61
+        assert_expires_a_minute_after(r, f"usaged:{{{u}}}:a", seconds_to_month_end(sec))
         for p in ("parta", "partb"):
             key = f"usaged:{{{u}}}:p:{p}"
             assert r.hgetall(key) == {b"m": str(minute).encode(), f"rm:{minute}".encode(): b"3",
