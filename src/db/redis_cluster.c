@@ -55,6 +55,7 @@ struct cluster_call {
     uint64_t deadline_ms; /* loop time */
     uint16_t slot;
     uint8_t redirects;
+    bool asked; /* last sent behind ASKING */
     int numkeys;
     int argc;
     struct cluster_call *next; /* in cl->retry */
@@ -376,8 +377,12 @@ static void on_call_reply(enum redis_status status, const redisReply *reply, voi
             return;
         }
         if (strncmp(reply->str, "TRYAGAIN", 8) == 0) {
-            /* Keys of a slot being migrated, some moved and some not yet: a moment later they
-             * all are (or the slot has moved). */
+            /* Keys of a slot being migrated, some moved and some not yet (or some on neither
+             * node: a key the call makes): a moment later they all are, or the slot has moved.
+             * One that an ASK sent here goes back to its slot's node, which answers the same ASK
+             * again: that is waiting, not one more redirect. */
+            if (cc->asked)
+                cc->redirects--;
             retry_later(cc);
             return;
         }
@@ -409,6 +414,7 @@ static void call_send(struct cluster_call *cc, struct cluster_node *n, bool aski
         call_done(cc, REDIS_CALL_DOWN, NULL);
         return;
     }
+    cc->asked = asking;
     redis_conn_eval(&n->conn, cc->numkeys, cc->argc, cc->args, cc->len,
                     (uint32_t)(cc->deadline_ms - now), asking, on_call_reply, cc);
 }

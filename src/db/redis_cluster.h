@@ -4,11 +4,12 @@
  * when a node's connection is lost (its slots may have moved to a replica). One redis_conn per
  * primary in the map, each with its own handshake and reconnect. A call goes to the node that
  * owns its slot; a MOVED reply updates that slot and sends the call there, an ASK sends it once
- * to the importing node behind ASKING, a TRYAGAIN (keys of a migrating slot on both nodes) sends
- * it again 10 ms later; a call keeps what is left of its own timeout through all of it, and is
- * redirected at most REDIS_CLUSTER_MAX_REDIRECTS times. A node that is down answers only its own
- * slots' calls with REDIS_CALL_DOWN. The calls of one script must declare every key they touch:
- * routing during a migration looks at those alone. */
+ * to the importing node behind ASKING, a TRYAGAIN (keys of a migrating slot on both nodes, or some
+ * on neither) sends it again 10 ms later; a call keeps what is left of its own timeout through
+ * all of it, and is redirected at most REDIS_CLUSTER_MAX_REDIRECTS times (an ASK that sends a
+ * call the importing node answered TRYAGAIN back there again counts once: that is waiting). A node
+ * that is down answers only its own slots' calls with REDIS_CALL_DOWN. The calls of one script must
+ * declare every key they touch: routing during a migration looks at those alone. */
 #ifndef USAGED_REDIS_CLUSTER_H
 #define USAGED_REDIS_CLUSTER_H
 

@@ -204,10 +204,14 @@ static void send_settles(struct limiter *l, void *run, size_t n)
     batch->l = l;
     batch->settles = list;
     batch->n = n;
-    /* argv: the declared keys (routing only: none on one Redis, the reservations' keys on a
-     * Redis Cluster, so that a slot being migrated routes by them), then 's', '0', the number
-     * of users and their bases, and per settle: its reservation id, tokens, spend and cancel. */
-    size_t nkeys = redis_is_cluster(&l->redis) ? n : 0;
+    /* argv: the declared keys (routing only: none on one Redis), then 's', '0', the number of
+     * users and their bases, and per settle: its reservation id, tokens, spend and cancel. On a
+     * Redis Cluster a settle declares its reservation's key and its user's base, a key never
+     * written: which hashes it changes it learns only from the reservation, so it cannot
+     * declare them, and while its slot is being migrated those may be on the other node. With
+     * a key that is never there among its keys, Redis answers TRYAGAIN (or ASK, then TRYAGAIN)
+     * until the slot has moved, and the settle goes again (redis_cluster.c). */
+    size_t nkeys = redis_is_cluster(&l->redis) ? 2 * n : 0;
     size_t argc = nkeys + 3 + n + 4 * n, base_cap = strlen(l->key_prefix) + UUID_STRING_LEN + 2;
     const char **argv = xmalloc(argc * sizeof(*argv));
     size_t *lens = xmalloc(argc * sizeof(*lens));
@@ -226,6 +230,8 @@ static void send_settles(struct limiter *l, void *run, size_t n)
         lens[b] = limiter_format_base(l, s->req.user_id, p, base_cap);
         p += lens[b++];
         if (nkeys) {
+            argv[r] = argv[b - 1];
+            lens[r++] = lens[b - 1];
             size_t len = limiter_format_base(l, s->req.user_id, p, base_cap);
             memcpy(p + len, ":r:", 3);
             memcpy(p + len + 3, s->req.rid, LOCAL_RID_LEN);

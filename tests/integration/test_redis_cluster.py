@@ -1,7 +1,8 @@
 """Redis Cluster: checks routed by their key's slot to the primary that owns it, grouped into one
 script call per slot; exact limits across two daemons; a slot migrated in the middle of a check
-stream (ASK, then MOVED) loses and doubles no count; a primary stopped affects only the checks
-whose slots it owns."""
+stream (ASK, then MOVED) loses and doubles no count, and a settle or a check making a
+reservation waits while its slot is split; a primary stopped affects only the checks whose slots
+it owns."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ import uuid
 import msgpack
 import pytest
 
-from conftest import base_config
+from conftest import base_config, sql
 import servers
 from test_limits import add_provider, check
 
@@ -319,3 +320,88 @@ def test_a_stopped_primary_s_replica_takes_over_its_slots_exact_again(
         assert victim not in c.primaries()
     finally:
         c.stop()
+
+
+
+def errors(nodes, code):
+    """The errors code (TRYAGAIN, ASK) the nodes have answered (INFO errorstats)."""
+    total = 0
+    for n in nodes:
+        stat = n.client().info("errorstats").get(f"errorstat_{code}", "count=0")
+        total += stat["count"] if isinstance(stat, dict) else int(stat.split("=")[1])
+    return total
+
+
+def test_a_settle_waits_while_its_slot_is_split_and_then_counts_on_the_new_node(
+        daemon_factory, workdir, pg, db, cluster):
+    # A settle learns which hashes it changes only from its reservation. While the user's slot
+    # is being migrated, the reservation may be on one node and the hash on the other: the
+    # settle must wait for the slot to move, not change a hash that is not there. So must a
+    # check that makes a reservation (a key on neither node) once all the slot's keys have
+    # moved and the slot has not: Redis answers it ASK, then TRYAGAIN, for as long as that
+    # lasts, which is waiting, not redirect upon redirect.
+    add_provider(pg, db, "clset", per_day=1000000)
+    sql(pg, db, "INSERT INTO public.usage_limits (provider, dimension, period, amount) "
+        "VALUES ('clset', 'tokens', 'day', 1000000)")
+    d = start(daemon_factory, workdir, pg, db, cluster)
+    user = str(uuid.uuid4())
+    slot = key_slot(user)
+    source = cluster.node_of_slot(slot)
+    target = next(n for n in cluster.nodes if n is not source)
+
+    def tokens_used(c):
+        peek = c.call("check", {"user_id": user, "provider": "clset", "cost": 0})
+        return next(r["used"] for r in peek["limits"] if r["dimension"] == "tokens")
+
+    with d.client() as c:
+        servers.wait_for(lambda: any(r["dimension"] == "tokens" for r in c.call(
+            "check", {"user_id": user, "provider": "clset", "cost": 0})["limits"]), 30,
+            "the tokens rule")
+        resv = c.call("check", {"user_id": user, "provider": "clset", "tokens": 100})
+        assert resv["allowed"] and tokens_used(c) == 100
+    keys = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    hashes = [k for k in keys if b":r:" not in k]
+    assert hashes and len(hashes) < len(keys)
+    src_id, tgt_id = cluster.node_id(source), cluster.node_id(target)
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", tgt_id)
+    # The hash moves first; the reservation stays on the source.
+    source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS",
+                                    *hashes)
+    tryagain, ask = errors([source, target], "TRYAGAIN"), errors([source], "ASK")
+    answers = {}
+
+    def call(name, method, params):
+        with d.client() as c:
+            answers[name] = c.call(method, params)
+
+    settle = threading.Thread(target=call, args=("settle", "settle", {
+        "reservation": resv["reservation"], "tokens": 30}))
+    settle.start()
+    more = None
+    try:
+        servers.wait_for(lambda: errors([source, target], "TRYAGAIN") > tryagain
+                         or not settle.is_alive(), 10, "the settle to meet the split slot")
+        assert settle.is_alive(), f"settled while the slot was split: {answers}"
+        # Now the reservation moves too: the source answers ASK, the target TRYAGAIN.
+        rest = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+        source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                                        "KEYS", *rest)
+        more = threading.Thread(target=call, args=("check", "check", {
+            "user_id": user, "provider": "clset", "tokens": 5}))
+        more.start()
+        servers.wait_for(lambda: errors([source], "ASK") > ask + 12
+                         or not settle.is_alive() or not more.is_alive(), 10,
+                         "the settle and the check to be sent back and forth")
+        assert settle.is_alive() and more.is_alive(), answers
+        for n in [target, source] + [n for n in cluster.nodes if n not in (target, source)]:
+            n.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", tgt_id)
+    finally:
+        settle.join(30)
+        if more:
+            more.join(30)
+    assert answers["settle"] == {"settled": True, "duplicate": False}
+    assert answers["check"]["allowed"] and not answers["check"]["degraded"]
+    with d.client() as c:
+        assert tokens_used(c) == 35
+    assert cluster.node_of_slot(slot) is target
