@@ -19,8 +19,9 @@
 -- the counts charged there with their window's id ('rm:29942149'; "cc": a concurrent slot) and
 -- the scope's suffix (which begins with ':'); once settled it is "d", with the expiry it had.
 --
--- A concurrent rule ('cc'): a sorted set base .. suffix .. ':c' of the reservations holding a
--- slot, scored by when it lapses (now + TTL, ms); checks drop lapsed ones. A shadow rule (flag
+-- A concurrent rule ('cc'): a sorted set base .. ':c' .. suffix of the reservations holding a
+-- slot, scored by when it lapses (now + TTL, ms); checks drop lapsed ones. (No hash is named
+-- so: suffixes begin ':a', ':p', ':m'. After the suffix, ':c' could name a model's hash.) A shadow rule (flag
 -- '1') never denies. A rule with an alert share P (1..100) alerts once per user, rule and
 -- window (HSETNX of the field 'a' .. count, 'A' for shadow) when a charge takes its use to P%.
 -- Windows: Redis's TIME, UTC; months are year * 12 + month - 1.
@@ -178,7 +179,7 @@ if ARGV[1] == 's' then
         for f in string.gmatch(counts, '%S+') do
           local dim, win, w = string.match(f, '^(%a)(%a):(%d+)$')
           if f == 'cc' then
-            rpcall('ZREM', key .. ':c', rid)
+            rpcall('ZREM', base .. ':c' .. suffix, rid)
           elseif dim then
             if win == 'M' and not wids.M then month() end
             local d = delta[dim]
@@ -312,7 +313,7 @@ for k = 1, nb do
     if err then
       break
     elseif d == 99 then
-      local key = skey[rs[j]] .. ':c'
+      local key = base .. ':c' .. hd.sfx[rs[j]]
       local v = rpcall('ZREMRANGEBYSCORE', key, '-inf', now)
       if type(v) == 'table' and v.err then err = v.err end
       v = rpcall('ZCARD', key)
@@ -379,7 +380,7 @@ for k = 1, nb do
           local d = rd[j]
           if d == 99 then
             if rid ~= '' then
-              local key = skey[rs[j]] .. ':c'
+              local key = base .. ':c' .. hd.sfx[rs[j]]
               used[j] = used[j] + rcall('ZADD', key, now + ttl * 1000, rid) -- 1: new
               rcall('PEXPIRE', key, ttl * 1000 + 60000)
             end

@@ -104,7 +104,7 @@ void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], co
     int nscopes = limiter_call_scopes(lim, scope_of, rep);
     for (int sc = 0; sc < nscopes; sc++) {
         /* A scope's hash holds its windowed rules' counts; a concurrent rule's slots are a
-         * sorted set, the hash's name and ":c". */
+         * sorted set named by the base, ":c" and the suffix (check.lua). */
         bool windowed = false, concurrent = false;
         for (int i = 0; i < lim->counted; i++) {
             if (scope_of[i] != sc + 1)
@@ -115,19 +115,16 @@ void limiter_declare_keys(const struct limiter *l, const uint8_t user_id[16], co
                 windowed = true;
         }
         /* Each argument's bytes go at its start + 4, then redis_conn_close_arg puts its head. */
-        char *name = p + 4;
-        size_t len = limiter_format_base(l, user_id, name, base_cap);
-        len += limiter_scope_suffix(rep[sc], provider, plen, model, mlen, name + len);
-        if (windowed) {
+        for (int set = 0; set < 2; set++) {
+            if (!(set ? concurrent : windowed))
+                continue;
+            size_t len = limiter_format_base(l, user_id, p + 4, base_cap);
+            if (set) {
+                memcpy(p + 4 + len, ":c", 2);
+                len += 2;
+            }
+            len += limiter_scope_suffix(rep[sc], provider, plen, model, mlen, p + 4 + len);
             p = redis_conn_close_arg(p, len);
-            a++;
-            name = p - 2 - len; /* where the head left it */
-        }
-        if (concurrent) { /* the set's name begins as the hash's */
-            if (name != p + 4)
-                memmove(p + 4, name, len);
-            memcpy(p + 4 + len, ":c", 2);
-            p = redis_conn_close_arg(p, len + 2);
             a++;
         }
     }

@@ -251,7 +251,7 @@ def test_reservations_and_slots_in_use_sum_exactly_over_two_daemons(
     rds = redis_server.client()
 
     def slots_in_redis():
-        keys = [k for k in rds.keys(f"*{user}*") if k.endswith(b":c")]
+        keys = [k for k in rds.keys(f"*{user}*") if b"}:c:" in k]
         now_ms = int(rds.time()[0]) * 1000
         return sum(rds.zcount(k, now_ms, "+inf") for k in keys)
 
@@ -309,3 +309,28 @@ def test_shadow_denials_are_counted_by_rule_pattern_in_stats_and_prometheus(
     assert ctl.returncode == 0, ctl.stderr
     assert ('usaged_limits_shadow_denied_rules{rule="shp/m1/requests/minute"} 2'
             in ctl.stdout), ctl.stdout
+
+
+def test_a_model_named_like_another_s_slots_counts_apart_from_them(
+        daemon_factory, workdir, pg, db, redis_server):
+    # Model names are free text: "a:c" (or a provider and model whose bytes run together the
+    # same way) must not share a key with the slots of model "a", in either order of use.
+    add_provider(pg, db, "kc")
+    sql(pg, db, "INSERT INTO public.usage_limits (model, dimension, period, amount) "
+        "VALUES ('a', 'concurrent', NULL, 1), ('b', 'concurrent', NULL, 1)")
+    add_rule(pg, db, "tokens", "day", 1000, model="a:c")
+    add_rule(pg, db, "tokens", "day", 1000, provider="kc", model="b:c")
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    user = str(uuid.uuid4())
+    with d.client() as c:
+        first = c.call("check", {"user_id": user, "provider": "kc", "model": "a:c", "tokens": 10})
+        held = c.call("check", {"user_id": user, "provider": "kc", "model": "a"})
+        over = c.call("check", {"user_id": user, "provider": "kc", "model": "a"})
+        held_b = c.call("check", {"user_id": user, "provider": "kc", "model": "b"})
+        second = c.call("check", {"user_id": user, "provider": "kc", "model": "b:c", "tokens": 7})
+        assert c.call("stats")["limits"]["key_errors"] == 0
+    for a in (first, held, over, held_b, second):
+        assert not a["degraded"], a
+    assert first["allowed"] and held["allowed"] and held_b["allowed"] and second["allowed"]
+    assert not over["allowed"] and over["reason"] == "concurrency_limit"
+    assert [r["used"] for r in second["limits"] if r["dimension"] == "tokens"] == [7]
