@@ -193,10 +193,13 @@ static void rules_changed(struct rules *l)
 
 /* A limit read from the database: NULL is unlimited; a negative number (the tables' CHECKs
  * refuse it, but a table elsewhere may not) allows nothing. Spend is read to the micro-dollar;
- * the other dimensions count whole units (numeric(20,6) prints ".000000", which is ignored). */
-static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *ok)
+ * the other dimensions count whole units (numeric(20,6) prints ".000000", which is ignored).
+ * Spend above MONEY_MAX_USD (migration 0019 refuses it; a row from before may have it) is more
+ * than any check can ask or Redis's counts hold exactly: unlimited, and *over is set. */
+static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *ok, bool *over)
 {
     *ok = true;
+    *over = false;
     if (PQgetisnull(r, row, col))
         return RULES_UNLIMITED;
     const char *v = PQgetvalue(r, row, col);
@@ -205,6 +208,10 @@ static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *
     int64_t amount;
     if (spend) {
         *ok = money_parse(v, strlen(v), &amount);
+        if (!*ok && v[strspn(v, "0123456789.")] == '\0') {
+            *ok = *over = true;
+            return RULES_UNLIMITED;
+        }
         return *ok ? amount : 0;
     }
     char *end;
@@ -217,7 +224,8 @@ static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *
     return (int64_t)whole;
 }
 
-static bool read_rule(const PGresult *r, int i, struct rules_rule *out, const char **why)
+static bool read_rule(const PGresult *r, int i, struct rules_rule *out, const char **why,
+                      size_t *over)
 {
     memset(out, 0, sizeof(*out));
     out->source = RULES_FROM_TABLE;
@@ -245,12 +253,13 @@ static bool read_rule(const PGresult *r, int i, struct rules_rule *out, const ch
         *why = "a rule needs a period of minute, hour, day or month";
         return false;
     }
-    bool ok;
-    out->amount = db_amount(r, i, 9, out->dimension == RULES_SPEND, &ok);
+    bool ok, big;
+    out->amount = db_amount(r, i, 9, out->dimension == RULES_SPEND, &ok, &big);
     if (!ok) {
         *why = "its amount is out of range";
         return false;
     }
+    *over += big;
     return true;
 }
 
@@ -275,8 +284,8 @@ static void read_provider(const PGresult *r, int i, struct rules_rule **rows, si
         struct rules_rule rule = {.dimension = RULES_REQUESTS,
                                   .window = w == 0 ? RULES_MINUTE : RULES_DAY,
                                   .source = RULES_FROM_PROVIDERS};
-        bool ok;
-        rule.amount = db_amount(r, i, 3 + w, false, &ok);
+        bool ok, big;
+        rule.amount = db_amount(r, i, 3 + w, false, &ok, &big);
         snprintf(rule.provider, sizeof(rule.provider), "%s", p->name);
         if (ok)
             add_db_rule(rows, n, cap, &rule);
@@ -316,7 +325,7 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
     int n = r ? PQntuples(r) : 0;
     struct rules_rule *rows = NULL;
     struct rules_provider *providers = xcalloc((size_t)(n ? n : 1), sizeof(*providers));
-    size_t count = 0, cap = 0, np = 0, skipped = 0;
+    size_t count = 0, cap = 0, np = 0, skipped = 0, over = 0;
     const char *why = NULL;
     for (int i = 0; i < n; i++) {
         if (strlen(PQgetvalue(r, i, 1)) > RULES_PROVIDER_BYTES ||
@@ -327,7 +336,7 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
             continue;
         }
         struct rules_rule rule;
-        if (read_rule(r, i, &rule, &why))
+        if (read_rule(r, i, &rule, &why, &over))
             add_db_rule(&rows, &count, &cap, &rule);
         else
             skipped++;
@@ -347,6 +356,10 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
         if (skipped)
             log_warn("limits: %zu rows of usage_limits skipped (the last because %s)", skipped,
                      why);
+        if (over)
+            log_warn("limits: %zu spend rows of usage_limits above %lld USD, the most a check "
+                     "counts, read as unlimited",
+                     over, (long long)MONEY_MAX_USD);
         l->loaded = true;
         rules_changed(l);
     }

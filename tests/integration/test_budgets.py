@@ -15,6 +15,7 @@ import signal
 import threading
 import uuid
 
+import psycopg2.errors
 import pytest
 import redis as redis_py
 
@@ -564,6 +565,28 @@ def test_large_amounts_are_read_as_they_are(daemon_factory, workdir, pg, db, red
     assert (a["limit_minute"], a["limit_day"]) == (2000000000, 2100000000)
     assert rule_of(a, "tokens", "day")["limit"] == 10 ** 12
     assert rule_of(a, "spend", "month")["limit"] == "1000000000.000000"
+
+
+def test_a_spend_rule_above_what_a_check_counts_is_refused_and_one_from_before_is_unlimited(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "huge")
+    with pytest.raises(psycopg2.errors.CheckViolation, match="usage_limits_spend_range"):
+        add_rule(pg, db, "spend", "month", "1000000000.5", provider="huge")
+    # A row written before migration 0019 (its constraint is NOT VALID: such rows stay): it
+    # still replaces the every-user rule of the user it names, as a limit no check can reach.
+    vip, other = make_users(pg, db, 2)
+    add_rule(pg, db, "spend", "month", "1", provider="huge")
+    sql(pg, db, "ALTER TABLE public.usage_limits DROP CONSTRAINT usage_limits_spend_range")
+    add_rule(pg, db, "spend", "month", "5000000000", provider="huge", user=vip)
+    sql(pg, db, "ALTER TABLE public.usage_limits ADD CONSTRAINT usage_limits_spend_range "
+        "CHECK (dimension <> 'spend' OR amount <= 1000000000) NOT VALID")
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        lifted = c.call("check", {"user_id": vip, "provider": "huge", "spend": "2"})
+        held = c.call("check", {"user_id": other, "provider": "huge", "spend": "2"})
+    assert lifted["allowed"] and rule_of(lifted, "spend", "month")["limit"] is None
+    assert not held["allowed"] and held["denied_by"]["limit"] == "1.000000"
+    assert "1 spend rows of usage_limits above 1000000000 USD" in d.log_text()
 
 
 def test_a_new_window_drops_the_old_ones_counts_and_a_rule_added_mid_window_reads_its_own(
