@@ -29,7 +29,8 @@ struct redis_sentinel {
     bool subscribed;       /* the session has answered and now listens */
     bool awaiting;         /* the timer is the deadline of an unanswered session */
     bool closing;
-    uv_timer_t timer; /* the next session's start, or this one's deadline */
+    char auth_refused[128]; /* this session's AUTH refused with WRONGPASS: the reply, or "" */
+    uv_timer_t timer;       /* the next session's start, or this one's deadline */
     uint32_t backoff_ms;
     char last_error[256];
     uint64_t last_logged_ms;
@@ -114,8 +115,11 @@ static void on_master_addr(redisAsyncContext *ac, void *reply_ptr, void *privdat
         reply->element[0]->type != REDIS_REPLY_STRING ||
         reply->element[1]->type != REDIS_REPLY_STRING) {
         char why[300];
-        snprintf(why, sizeof(why), "no primary named %s (%s)", s->master,
-                 reply->type == REDIS_REPLY_ERROR ? reply->str : "not monitored");
+        if (s->auth_refused[0])
+            snprintf(why, sizeof(why), "AUTH refused (%s)", s->auth_refused);
+        else
+            snprintf(why, sizeof(why), "no primary named %s (%s)", s->master,
+                     reply->type == REDIS_REPLY_ERROR ? reply->str : "not monitored");
         session_fail(s, why);
         return;
     }
@@ -138,11 +142,18 @@ static void on_master_addr(redisAsyncContext *ac, void *reply_ptr, void *privdat
     redis_conn_connect(s->primary, addr);
 }
 
+/* A sentinel without a password refuses AUTH with an ERR, which is no reason to stop (see
+ * on_connect); WRONGPASS is a refused password: counted as one, and the session's failure that
+ * follows (NOAUTH to the question) is logged as it. The reply names no password. */
 static void on_auth(redisAsyncContext *ac, void *reply_ptr, void *privdata)
 {
-    (void)ac;
-    (void)reply_ptr;
-    (void)privdata;
+    struct redis_sentinel *s = privdata;
+    redisReply *reply = reply_ptr;
+    if (!reply || ac != s->ac || reply->type != REDIS_REPLY_ERROR ||
+        strncmp(reply->str, "WRONGPASS", 9) != 0)
+        return;
+    s->r->stats.auth_failures++;
+    snprintf(s->auth_refused, sizeof(s->auth_refused), "%s", reply->str);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -235,6 +246,7 @@ static void session_start(struct redis_sentinel *s)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     s->ac = ac;
     s->awaiting = true;
+    s->auth_refused[0] = '\0';
     uv_timer_start(&s->timer, on_timer, s->r->setup.connect_timeout_ms, 0);
 }
 

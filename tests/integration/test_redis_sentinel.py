@@ -178,3 +178,25 @@ def test_a_password_protected_primary_is_found_and_authenticated(
         assert "sentinel-group-Pw" not in d.log_text()
     finally:
         g.stop()
+
+
+def test_a_wrong_password_for_the_sentinels_is_counted_and_logged_as_refused(
+        daemon_factory, workdir, pg, db):
+    g = servers.SentinelGroup(os.path.join(workdir, f"sentinel-{uuid.uuid4().hex[:8]}"),
+                              password="Right-sentinel-Pw",
+                              sentinel_password="Right-sentinel-Pw").start()
+    try:
+        pw = os.path.join(workdir, "wrong-sentinel-password")
+        with open(pw, "w") as f:
+            f.write("Wrong-sentinel-Pw\n")
+        d = start(daemon_factory, workdir, pg, db, g,
+                  redis_extra=f"  password_file: \"{pw}\"\n")
+        servers.wait_for(lambda: redis_stats(d)["auth_failures"] >= 1, 30,
+                         "the refused AUTH to be counted")
+        servers.wait_for(lambda: "AUTH refused (WRONGPASS" in d.log_text(), 30,
+                         "the refused AUTH to be logged")
+        assert f"no primary named {g.master}" not in d.log_text()
+        assert redis_stats(d)["state"] != "up"
+        assert "Wrong-sentinel-Pw" not in d.log_text()
+    finally:
+        g.stop()
