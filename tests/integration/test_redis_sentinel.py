@@ -157,46 +157,50 @@ def test_with_every_sentinel_away_the_daemon_starts_on_the_policy_then_finds_the
     assert exact_across([d], "sentaway", 4) == 4
 
 
+
+@pytest.fixture
+def password_group(workdir):
+    """Starts a group whose primary and replica want password (and its sentinels
+    sentinel_password), and a daemon whose password file holds given; yields
+    start(given, password, sentinel_password) -> (group, its config lines)."""
+    groups = []
+
+    def start_group(given, password, sentinel_password):
+        g = servers.SentinelGroup(os.path.join(workdir, f"sentinel-{uuid.uuid4().hex[:8]}"),
+                                  password=password, sentinel_password=sentinel_password)
+        groups.append(g.start())
+        pw = os.path.join(workdir, f"password-{uuid.uuid4().hex[:8]}")
+        with open(pw, "w") as f:
+            f.write(given + "\n")
+        return g, f"  password_file: \"{pw}\"\n"
+
+    yield start_group
+    for g in groups:
+        g.stop()
+
+
 @pytest.mark.parametrize("sentinels_too", [False, True])
 def test_a_password_protected_primary_is_found_and_authenticated(
-        daemon_factory, workdir, pg, db, sentinels_too):
+        daemon_factory, workdir, pg, db, password_group, sentinels_too):
     # The same password on the primary and the replica, and on the sentinels or not: AUTH goes
     # to every connection, and a sentinel without a password is not put off by it.
     add_provider(pg, db, "sentauth", per_day=3)
-    g = servers.SentinelGroup(os.path.join(workdir, f"sentinel-{uuid.uuid4().hex[:8]}"),
-                              password="sentinel-group-Pw",
-                              sentinel_password="sentinel-group-Pw" if sentinels_too else None
-                              ).start()
-    try:
-        pw = os.path.join(workdir, "sentinel-group-password")
-        with open(pw, "w") as f:
-            f.write("sentinel-group-Pw\n")
-        d = start(daemon_factory, workdir, pg, db, g,
-                  redis_extra=f"  password_file: \"{pw}\"\n")
-        wait_primary(d, g.primary.tcp_address())
-        assert exact_across([d], "sentauth", 3) == 3
-        assert "sentinel-group-Pw" not in d.log_text()
-    finally:
-        g.stop()
+    g, extra = password_group("sentinel-group-Pw", "sentinel-group-Pw",
+                              "sentinel-group-Pw" if sentinels_too else None)
+    d = start(daemon_factory, workdir, pg, db, g, redis_extra=extra)
+    wait_primary(d, g.primary.tcp_address())
+    assert exact_across([d], "sentauth", 3) == 3
+    assert "sentinel-group-Pw" not in d.log_text()
 
 
 def test_a_wrong_password_for_the_sentinels_is_counted_and_logged_as_refused(
-        daemon_factory, workdir, pg, db):
-    g = servers.SentinelGroup(os.path.join(workdir, f"sentinel-{uuid.uuid4().hex[:8]}"),
-                              password="Right-sentinel-Pw",
-                              sentinel_password="Right-sentinel-Pw").start()
-    try:
-        pw = os.path.join(workdir, "wrong-sentinel-password")
-        with open(pw, "w") as f:
-            f.write("Wrong-sentinel-Pw\n")
-        d = start(daemon_factory, workdir, pg, db, g,
-                  redis_extra=f"  password_file: \"{pw}\"\n")
-        servers.wait_for(lambda: redis_stats(d)["auth_failures"] >= 1, 30,
-                         "the refused AUTH to be counted")
-        servers.wait_for(lambda: "AUTH refused (WRONGPASS" in d.log_text(), 30,
-                         "the refused AUTH to be logged")
-        assert f"no primary named {g.master}" not in d.log_text()
-        assert redis_stats(d)["state"] != "up"
-        assert "Wrong-sentinel-Pw" not in d.log_text()
-    finally:
-        g.stop()
+        daemon_factory, workdir, pg, db, password_group):
+    g, extra = password_group("Wrong-sentinel-Pw", "Right-sentinel-Pw", "Right-sentinel-Pw")
+    d = start(daemon_factory, workdir, pg, db, g, redis_extra=extra)
+    servers.wait_for(lambda: redis_stats(d)["auth_failures"] >= 1, 30,
+                     "the refused AUTH to be counted")
+    servers.wait_for(lambda: "AUTH refused (WRONGPASS" in d.log_text(), 30,
+                     "the refused AUTH to be logged")
+    assert f"no primary named {g.master}" not in d.log_text()
+    assert redis_stats(d)["state"] != "up"
+    assert "Wrong-sentinel-Pw" not in d.log_text()
