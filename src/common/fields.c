@@ -174,11 +174,12 @@ static bool parse_timestamp(const msgpack_object *v, int64_t *unix_us)
     return true;
 }
 
-size_t fields_double_to_decimal(double d, char *out, size_t cap)
+size_t fields_double_to_decimal(double d, bool single, char *out, size_t cap)
 {
-    for (int prec = 15; prec <= 17; prec++) {
+    /* %g drops trailing zeros: the first precision that reads back is the shortest text. */
+    for (int prec = single ? 6 : 15; prec <= (single ? 9 : 17); prec++) {
         int n = snprintf(out, cap, "%.*g", prec, d);
-        if (n > 0 && strtod(out, NULL) == d) {
+        if (n > 0 && (single ? strtof(out, NULL) == (float)d : strtod(out, NULL) == d)) {
             /* %g may use an exponent; expand it so that a numeric reader can take it. */
             if (strchr(out, 'e')) {
                 int decimals = 0;
@@ -248,7 +249,8 @@ static bool read_decimal(const struct fields_spec *f, const msgpack_object *v,
     } else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64) {
         if (!isfinite(v->via.f64) || v->via.f64 < 0)
             return BAD(f, err, "%s must be a finite number >= 0", f->name);
-        out->decimal.len = fields_double_to_decimal(v->via.f64, text, cap);
+        out->decimal.len =
+            fields_double_to_decimal(v->via.f64, v->type == MSGPACK_OBJECT_FLOAT32, text, cap);
         if (out->decimal.len == 0)
             return BAD(f, err, "%s cannot be represented", f->name);
     } else if (v->type == MSGPACK_OBJECT_STR) {

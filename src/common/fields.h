@@ -91,8 +91,10 @@ bool fields_parse(const struct fields_table *t, const msgpack_object_map *map,
 bool fields_error(struct rpc_error *err, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The shortest decimal text of d that reads back as d, with no exponent. 0 when it does not fit
- * in cap (with its NUL) or needs more than 40 decimals. */
-size_t fields_double_to_decimal(double d, char *out, size_t cap);
+/* The shortest decimal text of d that reads back as d, with no exponent; single: d came as a
+ * MessagePack float32, and its text is the shortest that reads back as that float (0.35f is
+ * "0.35", not "0.3499999940395355"). 0 when it does not fit in cap (with its NUL) or needs more
+ * than 40 decimals. */
+size_t fields_double_to_decimal(double d, bool single, char *out, size_t cap);
 
 #endif

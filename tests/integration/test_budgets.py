@@ -15,6 +15,7 @@ import signal
 import threading
 import uuid
 
+import msgpack
 import psycopg2.errors
 import pytest
 import redis as redis_py
@@ -163,6 +164,25 @@ def test_a_spend_rule_is_exact_to_the_micro_dollar_across_two_daemons(
         peek = c.call("check", {"user_id": user, "provider": "usd", "cost": 0})
     spend = rule_of(peek, "spend", "month")
     assert (spend["used"], spend["remaining"]) == ("9.800000", "0.200000")
+
+
+def test_a_spend_sent_as_a_float32_is_read_as_that_float_s_shortest_decimal(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "f32")
+    add_rule(pg, db, "spend", "day", "10", provider="f32")
+    user = str(uuid.uuid4())
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        # 0.35 as a float32 is 0.3499999940395355 as a double: 16 places, were it read so.
+        c.send_raw(msgpack.packb([0, 1, "check", [{"user_id": user, "provider": "f32",
+                                                   "spend": 0.35}]], use_single_float=True))
+        err, a = c.wait(1)
+        assert err is None and a["allowed"]
+        assert rule_of(a, "spend", "day")["used"] == "0.350000"
+        c.send_raw(msgpack.packb([0, 2, "check", [{"user_id": user, "provider": "f32",
+                                                   "spend": 0.0000001}]], use_single_float=True))
+        err, _ = c.wait(2)
+        assert (err["code"], err["field"]) == ("invalid_field", "spend")
 
 
 def test_settle_gives_back_charges_more_cancels_and_is_applied_once(

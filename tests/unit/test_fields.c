@@ -251,11 +251,22 @@ TEST(a_bad_uuid_is_named)
 TEST(a_double_becomes_the_shortest_decimal_without_exponent)
 {
     char text[96];
-    CHECK_EQ_INT(fields_double_to_decimal(0.1, text, sizeof(text)), 3);
+    CHECK_EQ_INT(fields_double_to_decimal(0.1, false, text, sizeof(text)), 3);
     CHECK_EQ_STR(text, "0.1");
-    CHECK(fields_double_to_decimal(1.5e-7, text, sizeof(text)) > 0);
+    CHECK(fields_double_to_decimal(1.5e-7, false, text, sizeof(text)) > 0);
     CHECK_EQ_STR(text, "0.00000015");
-    CHECK_EQ_INT(fields_double_to_decimal(1e300, text, sizeof(text)), 0);
+    CHECK_EQ_INT(fields_double_to_decimal(1e300, false, text, sizeof(text)), 0);
+    /* A float32 widened to a double is read as the float's own shortest decimal. */
+    CHECK(fields_double_to_decimal((double)0.35f, false, text, sizeof(text)) > 0);
+    CHECK_EQ_STR(text, "0.3499999940395355");
+    CHECK_EQ_INT(fields_double_to_decimal((double)0.35f, true, text, sizeof(text)), 4);
+    CHECK_EQ_STR(text, "0.35");
+    CHECK(fields_double_to_decimal((double)0.0035f, true, text, sizeof(text)) > 0);
+    CHECK_EQ_STR(text, "0.0035");
+    CHECK(fields_double_to_decimal((double)16777217.0f, true, text, sizeof(text)) > 0);
+    CHECK_EQ_STR(text, "16777216");
+    CHECK(fields_double_to_decimal((double)1.2345678e-5f, true, text, sizeof(text)) > 0);
+    CHECK_EQ_STR(text, "0.000012345678");
 }
 
 int main(void)
