@@ -122,9 +122,12 @@ static int exit_for(int rc)
 static int fail(usaged_client *c, int rc)
 {
     const char *field = usaged_error_field(c);
-    if (field)
+    if (field && usaged_error_index(c) >= 0) /* an event's field */
         fprintf(stderr, "usagectl: %s: %s (field %s, index %" PRId64 ")\n", usaged_error_code(c),
                 usaged_error_message(c), field, usaged_error_index(c));
+    else if (field) /* a field of check, settle or usage: no index */
+        fprintf(stderr, "usagectl: %s: %s (field %s)\n", usaged_error_code(c),
+                usaged_error_message(c), field);
     else
         fprintf(stderr, "usagectl: %s: %s\n", usaged_error_code(c), usaged_error_message(c));
     return exit_for(rc);

@@ -274,7 +274,7 @@ def test_usagectl_an_invalid_event_exits_one_naming_the_field(plain):
     r = usagectl("log-usage", f"user_id={plain.user}", "provider=openai", "status_code=7000",
                  socket=plain.daemon.socket)
     assert r.returncode == 1
-    assert "invalid_field" in r.stderr and "status_code" in r.stderr
+    assert "invalid_field" in r.stderr and "(field status_code, index 0)" in r.stderr
 
 
 @pytest.fixture
@@ -306,6 +306,9 @@ def test_usagectl_check_with_tokens_then_settle(tokens_100):
     assert usagectl("check", plain.user, "openai", "--tokens", "30", socket=sock).returncode == 0
     unknown = usagectl("settle", plain.user + ".0123456789abcdef", socket=sock)
     assert unknown.returncode == 1 and "unknown_reservation" in unknown.stderr
+    # A field of check's params has no event index to name.
+    bad = usagectl("check", plain.user, "openai", "--spend", "0.1234567", socket=sock)
+    assert bad.returncode == 1 and bad.stderr.rstrip().endswith("(field spend)"), bad.stderr
 
 
 @pytest.mark.parametrize("args", [
