@@ -21,10 +21,10 @@
 --
 -- A concurrent rule ('cc'): a sorted set base .. ':c' .. suffix of the reservations holding a
 -- slot, scored by when it lapses (now + TTL, ms); checks drop lapsed ones. (No hash is named
--- so: suffixes begin ':a', ':p', ':m'. After the suffix, ':c' could name a model's hash.) A shadow rule (flag
--- '1') never denies. A rule with an alert share P (1..100) alerts once per user, rule and
--- window (HSETNX of the field 'a' .. count, 'A' for shadow) when a charge takes its use to P%.
--- Windows: Redis's TIME, UTC; months are year * 12 + month - 1.
+-- so, as suffixes begin ':a', ':p', ':m'; a ':c' after the suffix could end a model's name.)
+-- A shadow rule (flag '1') never denies. A rule with an alert share P (1..100) alerts once per
+-- user, rule and window (HSETNX of the field 'a' .. count, 'A' for shadow) when a charge takes
+-- its use to P%. Windows: Redis's TIME, UTC; months are year * 12 + month - 1.
 --
 -- 'c': ARGV[3] users, their bases, then nh heads, each: ns, ns scope suffixes, nr, per rule:
 -- its scope's index, field (dimension .. window, or 'cc'), limit, '1' for shadow, alert share;
