@@ -10,9 +10,8 @@
 #include "utf8.h"
 #include "uuid.h"
 
-/* Timestamps PostgreSQL and the partitions take: 0001-01-01 .. 9999-12-31 UTC. */
-#define TS_MIN_MS (-62135596800000LL)
-#define TS_MAX_MS (253402300799999LL)
+#define TS_MIN_MS FIELDS_TS_MIN_MS
+#define TS_MAX_MS FIELDS_TS_MAX_MS
 
 bool fields_error(struct rpc_error *err, const char *field, const char *fmt, ...)
 {

@@ -17,6 +17,10 @@
 
 #include "errors.h"
 
+/* Timestamps PostgreSQL and the partitions take: 0001-01-01 .. 9999-12-31 UTC, in ms. */
+#define FIELDS_TS_MIN_MS (-62135596800000LL)
+#define FIELDS_TS_MAX_MS (253402300799999LL)
+
 enum fields_kind {
     FIELDS_UUID,      /* 36-char string or 16-byte bin */
     FIELDS_TEXT,      /* UTF-8 without NUL, its length bounded in characters */

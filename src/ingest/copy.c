@@ -192,11 +192,11 @@ size_t copy_format_timestamp(int64_t pg_us, char sep, const char *zone, char *ou
     }
     struct tm tm;
     gmtime_r(&secs, &tm);
-    size_t n = strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm);
-    if (n > 10)
-        out[10] = sep; /* between the date and the time */
-    int m = snprintf(out + n, cap - n, ".%06" PRId64 "%s", frac, zone);
-    return m > 0 && n + (size_t)m < cap ? n + (size_t)m : n;
+    /* The year in 4 digits at least (strftime's %Y writes year 55 as "55", which PostgreSQL
+     * does not read as a year). */
+    int m = snprintf(out, cap, "%04d-%02d-%02d%c%02d:%02d:%02d.%06" PRId64 "%s", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, sep, tm.tm_hour, tm.tm_min, tm.tm_sec, frac, zone);
+    return m > 0 && (size_t)m < cap ? (size_t)m : 0;
 }
 
 static void json_field(struct buf *out, enum copy_type type, const struct copy_field *f)

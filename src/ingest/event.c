@@ -182,6 +182,12 @@ bool event_encode(enum event_kind kind, const msgpack_object *event, struct even
             return false;
         created_us = created.unix_us;
     } else if (has_id && uuid_v7_time(id.uuid, &v7_ms)) {
+        /* A 48-bit time reaches year 10889; created_at takes years 1 to 9999. */
+        if (v7_ms > (uint64_t)FIELDS_TS_MAX_MS)
+            return fields_error(err, specs[0].name,
+                                "%s is a UUIDv7 of a time after year 9999, which created_at "
+                                "would default to: send created_at",
+                                specs[0].name);
         created_us = (int64_t)v7_ms * 1000;
     } else {
         created_us = ctx->now_ms * 1000;

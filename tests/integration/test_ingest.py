@@ -135,6 +135,29 @@ def test_a_durable_request_is_committed_when_acked(daemon_factory, workdir, pg, 
         assert count(pg, db) == 3
 
 
+def test_events_of_the_first_and_last_years_land_in_one_batch_with_the_rest(
+        daemon_factory, workdir, pg, db):
+    # Years 1 to 9999 are taken; the years below 1000 once went into the batch's text (the
+    # api_configurations bump) as "55-06-12", which PostgreSQL refused, setting the event aside.
+    user = make_users(pg, db, 1)[0]
+    d = start(daemon_factory, workdir, pg, db, "  batch_rows: 100000\n  batch_ms: 300\n")
+    moments = [datetime.datetime(*t, tzinfo=UTC) for t in (
+        (1, 1, 1), (55, 6, 12, 1, 2, 3), (999, 12, 31, 23, 59, 59, 999000),
+        (9999, 12, 31, 23, 59, 59, 999000))]
+    with d.client() as c:
+        events = [{"user_id": user, "provider": "openai",
+                   "created_at": int(m.timestamp() * 1000)} for m in moments]
+        events.append({"user_id": user, "provider": "openai"})
+        assert c.call("log_usage", events, {"ack": "durable"}) == {"accepted": 5}
+        # A UUIDv7 whose time is after 9999 cannot give created_at its default.
+        err = c.call_err("log_usage", [[{"id": v7(253402300800000), "user_id": user,
+                                         "provider": "openai"}]])
+        assert (err["code"], err["field"]) == ("invalid_field", "id")
+    stored = [r[0] for r in sql(pg, db, "SELECT created_at FROM public.api_usage_logs")]
+    assert len(stored) == 5 and set(moments) <= set(stored)
+    assert sql(pg, db, "SELECT count(*) FROM usaged.rejects")[0][0] == 0
+
+
 def test_the_config_default_ack_can_be_durable(daemon_factory, workdir, pg, db):
     user = make_users(pg, db, 1)[0]
     d = start(daemon_factory, workdir, pg, db,

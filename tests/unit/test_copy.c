@@ -136,6 +136,26 @@ TEST(integers_are_formatted_in_decimal_at_both_ends_of_their_range)
     CHECK_EQ_INT(wrong, 0);
 }
 
+TEST(a_timestamp_has_a_four_digit_year_from_year_1_to_9999)
+{
+    char out[64];
+    /* Seconds since 1970 of each moment, to PostgreSQL's microseconds since 2000. */
+    const int64_t pg_epoch_s = 946684800;
+    CHECK_EQ_INT(
+        copy_format_timestamp((-62135596800 - pg_epoch_s) * 1000000, 'T', "Z", out, sizeof(out)),
+        27);
+    CHECK_EQ_STR(out, "0001-01-01T00:00:00.000000Z");
+    /* 0055-06-12 01:02:03.000004 */
+    CHECK(copy_format_timestamp((-60417529077 - pg_epoch_s) * 1000000 + 4, ' ', "+00", out,
+                                sizeof(out)) > 0);
+    CHECK_EQ_STR(out, "0055-06-12 01:02:03.000004+00");
+    CHECK(copy_format_timestamp((253402300799 - pg_epoch_s) * 1000000 + 999999, 'T', "Z", out,
+                                sizeof(out)) > 0);
+    CHECK_EQ_STR(out, "9999-12-31T23:59:59.999999Z");
+    CHECK(copy_format_timestamp(-1, 'T', "Z", out, sizeof(out)) > 0);
+    CHECK_EQ_STR(out, "1999-12-31T23:59:59.999999Z");
+}
+
 int main(void)
 {
     buf_init(&b);
@@ -145,7 +165,8 @@ int main(void)
             T(malformed_or_too_long_decimals_are_refused),
             T(a_row_reads_back_as_json_with_nulls_text_numbers_and_timestamps),
             T(a_truncated_row_is_reported_not_overread),
-            T(integers_are_formatted_in_decimal_at_both_ends_of_their_range));
+            T(integers_are_formatted_in_decimal_at_both_ends_of_their_range),
+            T(a_timestamp_has_a_four_digit_year_from_year_1_to_9999));
     buf_free(&b);
     return rc;
 }

@@ -82,6 +82,26 @@ TEST(created_at_defaults_to_the_time_inside_a_v7_id)
     struct rpc_error err;
     CHECK(encode(EVENT_USAGE, done(), &row, &err, 1));
     CHECK_EQ_INT(created_at_us(&row, 10), 0x0189d2c45e6fLL * 1000);
+    /* The last millisecond of year 9999 (0xe677d21fdbff) still is one; the next is not, and no
+     * default created_at can be made of it, in either kind of event. */
+    msgpack_pack_map(&pk, 3);
+    kv_str("id", "e677d21f-dbff-7a8b-9c0d-1e2f3a4b5c6d");
+    kv_str("user_id", "0189d2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d");
+    kv_str("provider", "openai");
+    CHECK(encode(EVENT_USAGE, done(), &row, &err, 1));
+    CHECK_EQ_INT(created_at_us(&row, 10), 253402300799999LL * 1000);
+    for (int kind = 0; kind < 2; kind++) {
+        msgpack_pack_map(&pk, 3);
+        kv_str("id", "e677d21f-dc00-7a8b-9c0d-1e2f3a4b5c6d");
+        kv_str("user_id", "0189d2c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d");
+        if (kind)
+            kv_str("status", "completed");
+        else
+            kv_str("provider", "openai");
+        CHECK(!encode(kind ? EVENT_PROMPT : EVENT_USAGE, done(), &row, &err, 1));
+        CHECK_EQ_STR(err.field, "id");
+        CHECK(check_contains(err.message, "after year 9999"));
+    }
     buf_free(&row);
 }
 
