@@ -346,10 +346,15 @@ static bool strip_reservations(const struct rpc_message *m, struct stripped *s, 
         msgpack_object_kv *first = kv;
         const msgpack_object *reservation = NULL;
         for (uint32_t j = 0; j < ev->size; j++) {
-            if (rpc_str_eq(&ev->ptr[j].key, "reservation") && !reservation)
-                reservation = &ev->ptr[j].val;
-            else
+            if (!rpc_str_eq(&ev->ptr[j].key, "reservation")) {
                 *kv++ = ev->ptr[j];
+            } else if (reservation) {
+                fields_error(e, "reservation", "reservation is given twice");
+                e->index = i;
+                return false;
+            } else {
+                reservation = &ev->ptr[j].val;
+            }
         }
         s->events[i].via.map.ptr = first;
         s->events[i].via.map.size = (uint32_t)(kv - first);

@@ -133,8 +133,15 @@ enum conn_dispatch_result methods_log(struct methods_log *ml, enum event_kind ki
     struct rpc_error err;
     struct batcher_request req = {.kind = kind, .can_wait = m->kind == RPC_KIND_NOTIFICATION};
     enum config_ack ack;
-    if (!parse_params(ml->batcher, m, &req.events, &ack, &err))
+    if (!parse_params(ml->batcher, m, &req.events, &ack, &err)) {
+        if (m->params->size >= 1 && m->params->ptr[0].type == MSGPACK_OBJECT_ARRAY) {
+            /* Events with options refused: received, and rejected for the options' fault. */
+            uint32_t n = m->params->ptr[0].via.array.size;
+            ml->batcher->stats.events_received += n;
+            ml->batcher->stats.events_rejected[err.code] += n;
+        }
         return conn_refuse(c, m, &err);
+    }
     struct log_ack *a = NULL;
     if (m->kind == RPC_KIND_REQUEST && ack == CONFIG_ACK_DURABLE && req.events->size > 0) {
         a = xmalloc(sizeof(*a));
@@ -161,7 +168,7 @@ enum conn_dispatch_result methods_log(struct methods_log *ml, enum event_kind ki
 
 void methods_log_pack_stats(const struct batcher *b, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 9);
+    msgpack_pack_map(pk, 10);
     rpc_pack_u64(pk, "events_received", b->stats.events_received);
     rpc_pack_u64(pk, "events_accepted", b->stats.events_accepted);
     rpc_pack_str(pk, "events_rejected");
@@ -172,6 +179,7 @@ void methods_log_pack_stats(const struct batcher *b, msgpack_packer *pk)
     rpc_pack_u64(pk, "queue_bytes", b->queued_bytes);
     rpc_pack_u64(pk, "spooling_bytes", b->spooling_bytes);
     rpc_pack_u64(pk, "requests_overloaded", b->stats.requests_overloaded);
+    rpc_pack_u64(pk, "denied_rows_dropped", b->stats.denied_rows_dropped);
     rpc_pack_u64(pk, "notification_senders_paused", b->stats.notifications_paused);
     rpc_pack_str(pk, "tables");
     msgpack_pack_map(pk, EVENT_KIND_COUNT);

@@ -223,8 +223,28 @@ static bool durable_refused(struct batcher *b, const struct batcher_table *t, st
                   : broken  ? "failing"
                             : "full");
     err->retry_after_ms = 1000;
-    b->stats.requests_overloaded += !broken;
     return true;
+}
+
+/* A request refused for want of room is judged all the same: one that could never be accepted
+ * gets its invalid_field, not overloaded or unavailable (which say: send it again). Each event
+ * is encoded into a scratch row, one at a time, so judging takes no room. */
+static bool events_valid(struct batcher *b, const struct batcher_request *req,
+                         struct rpc_error *err)
+{
+    struct buf row;
+    buf_init(&row);
+    struct event_context ctx = {.now_ms = clock_wall_ms(), .ids = &b->ids};
+    bool ok = true;
+    for (uint32_t i = 0; ok && i < req->events->size; i++) {
+        buf_clear(&row);
+        if (!event_encode(req->kind, &req->events->ptr[i], &ctx, &row, err)) {
+            err->index = i;
+            ok = false;
+        }
+    }
+    buf_free(&row);
+    return ok;
 }
 
 enum batcher_result batcher_submit(struct batcher *b, const struct batcher_request *req,
@@ -233,12 +253,16 @@ enum batcher_result batcher_submit(struct batcher *b, const struct batcher_reque
     uint32_t n = req->events->size;
     if (!has_room(b, n))
         spill_for_room(b, n);
+    if (!has_room(b, n) && req->can_wait) {
+        b->waiters = true;
+        b->stats.notifications_paused++;
+        return BATCHER_WAIT; /* sent again once there is room: received then */
+    }
+    b->stats.events_received += n;
+    struct batcher_table *t = &b->tables[req->kind];
     if (!has_room(b, n)) {
-        if (req->can_wait) {
-            b->waiters = true;
-            b->stats.notifications_paused++;
-            return BATCHER_WAIT;
-        }
+        if (!events_valid(b, req, err))
+            return refuse(b, err, n);
         b->stats.requests_overloaded++;
         rpc_error_set(err, RPC_OVERLOADED,
                       "the ingest queue is full (%u rows); nothing of this request was kept",
@@ -246,10 +270,12 @@ enum batcher_result batcher_submit(struct batcher *b, const struct batcher_reque
         err->retry_after_ms = retry_after_ms(b, n);
         return refuse(b, err, n);
     }
-    struct batcher_table *t = &b->tables[req->kind];
-    if (req->ack && durable_refused(b, t, err))
+    if (req->ack && durable_refused(b, t, err)) {
+        if (!events_valid(b, req, err))
+            return refuse(b, err, n);
+        b->stats.requests_overloaded += err->code == RPC_OVERLOADED;
         return refuse(b, err, n);
-    b->stats.events_received += n;
+    }
 
     struct batch *batch = filling_batch(t);
     size_t saved_len = batch->rows.len;
@@ -279,10 +305,8 @@ enum batcher_result batcher_submit(struct batcher *b, const struct batcher_reque
 void batcher_log_denied(struct batcher *b, const uint8_t user_id[16], const char *provider,
                         size_t provider_len, const char *reason, int64_t now_ms)
 {
-    if (b->draining)
-        return;
-    if (!has_room(b, 1)) {
-        b->stats.events_rejected[RPC_OVERLOADED]++;
+    if (b->draining || !has_room(b, 1)) {
+        b->stats.denied_rows_dropped++;
         return;
     }
     struct batcher_table *t = &b->tables[EVENT_USAGE];

@@ -75,6 +75,7 @@ struct batcher_stats {
     uint64_t events_accepted;
     uint64_t events_rejected[RPC_CODE_COUNT]; /* events of refused requests, by error code */
     uint64_t requests_overloaded;
+    uint64_t denied_rows_dropped; /* limits.log_denied rows that found no room, or a stop */
     uint64_t rows_lost; /* accepted rows the stop could keep neither in PostgreSQL nor on disk */
     uint64_t notifications_paused; /* times a notification was told to wait for room */
 };

@@ -347,6 +347,14 @@ def test_a_malformed_reservation_in_log_prompt_refuses_the_request(
         assert (err["code"], err["field"], err["index"]) == ("invalid_field", "reservation", 1)
         err = c.call_err("log_prompt", [[dict(good, reservation=7)]])
         assert (err["code"], err["field"]) == ("invalid_field", "reservation")
+        # The key given twice (MessagePack allows it; a dict cannot hold it).
+        rid = str(uuid.uuid4()) + ".0123456789abcdef"
+        pairs = list(good.items()) + [("reservation", rid), ("reservation", rid)]
+        event = msgpack.Packer().pack_map_pairs(pairs)
+        c.send_raw(b"\x94\x00\x09\xaalog_prompt\x91\x91" + event)
+        err, _ = c.wait(9)
+        assert (err["code"], err["field"], err["index"]) == ("invalid_field", "reservation", 0)
+        assert "twice" in err["message"]
         # A valid request after them: once its row has landed, theirs would have too.
         assert c.call("log_prompt", [dict(good, framework_name="after")]) == {"accepted": 1}
     servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM public.prompt_history")[0][0] >= 1,

@@ -638,6 +638,17 @@ def test_a_full_queue_and_spool_answer_overloaded_and_pause_notification_senders
             assert err is not None and err["code"] == "overloaded", err
             assert err["retry_after_ms"] > 0
             assert accepted > 1000  # more than memory holds: the spool took the rest
+            # A request that could never be accepted is told so, not to send it again; and
+            # every event received is counted as accepted or as rejected, by why.
+            bad = c.call_err("log_usage", [[{"user_id": user, "provider": "p"}, {"user_id": user}]])
+            assert (bad["code"], bad["field"], bad["index"]) == ("invalid_field", "provider", 1)
+            assert c.call_err("log_usage", [[{"user_id": user, "provider": "p"}],
+                                            {"ack": "never"}])["field"] == "ack"
+            ingest = c.call("stats")["ingest"]
+            assert ingest["events_received"] == (ingest["events_accepted"]
+                                                 + sum(ingest["events_rejected"].values()))
+            assert ingest["events_rejected"]["overloaded"] >= 100
+            assert ingest["events_rejected"]["invalid_field"] == 3
             servers.wait_for(lambda: c.call("stats")["spool"]["rows_spooled"] > 0, 10,
                              "rows fsync'd in the spool")
             assert c.call("stats")["spool"]["bytes"] <= 1 << 20
