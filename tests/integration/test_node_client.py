@@ -148,24 +148,45 @@ def test_ten_thousand_pipelined_checks(ctx):
     assert_passed(run_node(ctx.env, "daemon/pipeline.test.mjs"))
 
 
-def test_a_daemon_restart_in_the_middle_of_a_stream(ctx, workdir):
-    marker = os.path.join(workdir, "node-streaming")
-    env = dict(ctx.env, USAGED_RESTART_MARKER=marker)
-    proc = subprocess.Popen([*node_test_command(), os.path.join("test", "daemon", "restart.test.mjs")],
-                            cwd=PACKAGE, env=env, stdout=subprocess.PIPE,
+def run_node_handing_over(env, file, marker, what, then):
+    """node --test on one file that writes `marker` at the point where this side must act: once
+    it is there, then() runs, and the file goes on to its end."""
+    proc = subprocess.Popen([*node_test_command(), os.path.join("test", file)],
+                            cwd=PACKAGE, env=dict(env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        servers.wait_for(lambda: os.path.exists(marker) or proc.poll() is not None, 60,
-                         "the node client's stream to start")
+        servers.wait_for(lambda: os.path.exists(marker) or proc.poll() is not None, 60, what)
         assert proc.poll() is None, proc.stdout.read()
-        assert ctx.daemon.stop() == 0
-        ctx.daemon.start()
+        then()
         out, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert_passed(types.SimpleNamespace(returncode=proc.returncode, stdout=out, stderr=""))
+
+
+def test_a_daemon_restart_in_the_middle_of_a_stream(ctx, workdir):
+    marker = os.path.join(workdir, "node-streaming")
+
+    def restart():
+        assert ctx.daemon.stop() == 0
+        ctx.daemon.start()
+    run_node_handing_over(dict(ctx.env, USAGED_RESTART_MARKER=marker), "daemon/restart.test.mjs",
+                          marker, "the node client's stream to start", restart)
+
+
+def test_calls_fail_at_once_while_the_daemon_is_away(ctx, workdir):
+    """The node side SIGKILLs the daemon: its checks fail at once with closed while it is away
+    (and every call of a client with reconnect: false); it is started again once the node side
+    has seen that, and checks succeed again."""
+    marker = os.path.join(workdir, "node-away")
+
+    def start_again():
+        ctx.daemon.kill()  # reaps the process the node side killed
+        ctx.daemon.start()
+    run_node_handing_over(dict(ctx.env, USAGED_AWAY_MARKER=marker), "daemon/away.test.mjs",
+                          marker, "the node client to see the daemon away", start_again)
 
 
 def test_the_packed_tarball_installs_and_works_in_a_fresh_project(ctx, workdir):

@@ -121,6 +121,13 @@ export class UsagedClient extends EventEmitter {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private idleWaiters: Array<() => void> = [];
   private firstConnect: { resolve(): void; reject(e: UsagedError): void } | null = null;
+  // Set once a connection attempt has failed, until a connection is ready again: requests made
+  // meanwhile fail at once with it (`closed`); notifications wait for the next connection.
+  private away: UsagedError | null = null;
+  // Set when the connection closed and `reconnect` is false: every later call fails with it.
+  private lost: UsagedError | null = null;
+  private dropped = 0; // notifications discarded when the connection was lost for good
+  private closed: Promise<number> | null = null;
 
   /** Use connect(); the constructor does not open the connection. */
   constructor(opts: ConnectOptions = {}) {
@@ -186,19 +193,25 @@ export class UsagedClient extends EventEmitter {
   }
 
   /**
-   * Stops taking calls, waits (up to closeTimeoutMs) for the answers still due and until every
-   * queued notification is written, then closes the connection. What is still unanswered then
+   * Stops taking calls, waits for the answers still due and until every queued notification is
+   * written, then closes the connection, all within closeTimeoutMs. What is still unanswered then
    * fails with `closed`. Resolves with the number of notifications that could not be written
-   * (0 unless the daemon stayed away for all of closeTimeoutMs).
+   * (0 unless the daemon stayed away for all of closeTimeoutMs, or the connection closed with
+   * notifications queued under `reconnect: false`). Calling it again gives the same promise.
    */
-  async close(): Promise<number> {
-    if (this.state === "closed") return 0;
+  close(): Promise<number> {
+    return (this.closed ??= this.shutdown());
+  }
+
+  private async shutdown(): Promise<number> {
+    // closeTimeoutMs bounds all of it: the wait for answers and notifications, and the close of
+    // the socket after them.
+    const deadline = Date.now() + (this.opts.closeTimeoutMs ?? 5000);
     this.closing = true;
     this.reconnectTimer?.ref(); // queued notifications wait for the next connection
     if (!this.idle()) {
-      const limit = this.opts.closeTimeoutMs ?? 5000;
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, limit);
+        const t = setTimeout(resolve, Math.max(0, deadline - Date.now()));
         this.idleWaiters.push(() => {
           clearTimeout(t);
           resolve();
@@ -208,24 +221,33 @@ export class UsagedClient extends EventEmitter {
     this.state = "closed";
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
+    const unsent = this.dropped + this.queuedNotifications();
+    this.dropped = 0;
+    this.failAll(new UsagedError("closed", "the client was closed before the answer came"));
     const sock = this.sock;
     if (sock && !sock.destroyed) {
       await new Promise<void>((resolve) => {
-        sock.once("close", () => resolve());
+        const t = setTimeout(() => sock.destroy(), Math.max(0, deadline - Date.now()));
+        sock.once("close", () => {
+          clearTimeout(t);
+          resolve();
+        });
         sock.end();
-        setTimeout(() => sock.destroy(), 1000).unref();
       });
     }
-    let unsent = 0;
-    for (let i = this.queueHead; i < this.queue.length; i++) if (!this.queue[i]!.request) unsent++;
-    this.failAll(new UsagedError("closed", "the client was closed before the answer came"));
     return unsent;
   }
 
   // ---- calls ----
 
   private log(method: string, events: readonly object[], opts?: LogOptions): Promise<LogResult> {
-    const { wire, ids } = toWireEvents(events);
+    let wire: unknown[];
+    let ids: LogResult["ids"];
+    try {
+      ({ wire, ids } = toWireEvents(events));
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const params: unknown[] = opts?.ack === undefined ? [wire] : [wire, { ack: opts.ack }];
     const retries = this.opts.logRetries ?? 5;
     return this.call(method, params, this.timeouts.log, retries, opts).then((r) => {
@@ -235,7 +257,8 @@ export class UsagedClient extends EventEmitter {
   }
 
   private notify(method: string, events: readonly object[]): LogResult["ids"] {
-    if (this.closing) throw new UsagedError("closed", "the client is closed");
+    const refused = this.refusal(false);
+    if (refused) throw refused;
     const { wire, ids } = toWireEvents(events);
     const bytes = this.encoder.encode([2, method, [wire]]);
     this.checkSize(bytes);
@@ -263,7 +286,10 @@ export class UsagedClient extends EventEmitter {
     retries: number,
     opts?: CallOptions,
   ): Promise<unknown> {
-    if (this.closing) return Promise.reject(new UsagedError("closed", "the client is closed"));
+    const refused = this.refusal(true);
+    // Rejected from the next turn of the event loop, not synchronously: a caller that retries in
+    // a loop must not starve the reconnect it waits for.
+    if (refused) return new Promise((_, reject) => setImmediate(reject, refused));
     let bytes: Uint8Array;
     try {
       bytes = this.encoder.encode([0, 0xffffffff, method, params]);
@@ -300,6 +326,18 @@ export class UsagedClient extends EventEmitter {
     });
   }
 
+  /**
+   * Why a call made now fails at once, or null when it may be queued: the client is closed, its
+   * connection is lost for good (`reconnect: false`), or (requests only) the daemon is away.
+   */
+  private refusal(request: boolean): UsagedError | null {
+    const why = this.closing
+      ? new UsagedError("closed", "the client is closed")
+      : (this.lost ?? (request ? this.away : null));
+    // A new error each time, so that each call's stack is its own.
+    return why === null ? null : new UsagedError(why.code, why.message, { cause: why.cause });
+  }
+
   /** Ends a call: with an error, or with its result. A call ends once; later news is dropped. */
   private finish(call: Call, err: UsagedError | null, result?: unknown): void {
     if (!this.live.delete(call)) return;
@@ -329,6 +367,11 @@ export class UsagedClient extends EventEmitter {
       call.retryTimer = setTimeout(() => {
         call.retryTimer = null;
         if (!this.live.has(call)) return;
+        const refused = this.refusal(true);
+        if (refused) {
+          this.finish(call, refused);
+          return;
+        }
         const out: Outgoing = { bytes: call.out.bytes, request: true, call };
         call.out = out;
         this.queue.push(out);
@@ -449,6 +492,7 @@ export class UsagedClient extends EventEmitter {
         clearTimeout(connectTimer);
         if (this.sock !== sock) return;
         this.state = "ready";
+        this.away = null;
         this.attempt = 0;
         this.emit("connect");
         const first = this.firstConnect;
@@ -458,7 +502,7 @@ export class UsagedClient extends EventEmitter {
       },
       reject: (err) => {
         clearTimeout(connectTimer);
-        this.emit("handshakeError", err);
+        if (this.state !== "closed") this.emit("handshakeError", err);
         if (this.firstConnect) {
           const first = this.firstConnect;
           this.firstConnect = null;
@@ -564,8 +608,22 @@ export class UsagedClient extends EventEmitter {
     }
     const rc = this.opts.reconnect;
     if (rc === false) {
+      // No connection will be made again: every call from now on fails at once.
+      this.state = "closed";
+      this.lost = new UsagedError(
+        "closed",
+        `the connection to usaged closed and reconnect is off (${err.message})`,
+        { cause: err },
+      );
+      this.dropped += this.queuedNotifications();
       this.failAll(err);
       return;
+    }
+    // An attempt failed: the daemon is away. Until a connection is made again, requests fail at
+    // once rather than wait for an attempt that is not expected to succeed either.
+    if (!wasReady) {
+      const why = `usaged is away; the last connection attempt failed: ${err.message}`;
+      this.away = new UsagedError("closed", why, { cause: err });
     }
     const min = rc?.minDelayMs ?? 50;
     const max = rc?.maxDelayMs ?? 5000;
@@ -581,6 +639,12 @@ export class UsagedClient extends EventEmitter {
     this.queue.length = 0;
     this.queueHead = 0;
     this.checkIdle();
+  }
+
+  private queuedNotifications(): number {
+    let n = 0;
+    for (let i = this.queueHead; i < this.queue.length; i++) if (!this.queue[i]!.request) n++;
+    return n;
   }
 
   private idle(): boolean {

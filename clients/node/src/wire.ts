@@ -1,8 +1,10 @@
 // The mapping between the JavaScript API (camelCase, Dates, numbers or decimal strings) and the
 // wire (docs/protocol.md: snake_case maps, the msgpack timestamp extension, decimal strings).
-// Pure: no sockets, no clock but the one uuidv7 reads for ids.
+// Pure: no sockets, no clock but the one uuidv7 reads for ids. What the wire cannot carry (an
+// Invalid Date, events that are not an array) is refused here with invalid_field, as the daemon
+// refuses what it cannot take.
 
-import { camelToSnake } from "./errors.js";
+import { camelToSnake, UsagedError } from "./errors.js";
 import { uuidv7 } from "./uuid.js";
 
 /** A decimal amount: `"0.0035"` or `0.0035`. Answers always give strings. */
@@ -77,7 +79,12 @@ export interface UsageParams {
 }
 
 export interface UsageResult {
+  /** Every rule that applies to the user, each naming its provider and model. */
   limits: LimitState[];
+  /** Some of it was read without Redis (under the daemon's `limits.on_redis_error`). */
+  degraded: boolean;
+  /** The daemon reads at most 256 providers and models for one call: some were left out. */
+  truncated: boolean;
 }
 
 export interface PingResult {
@@ -151,14 +158,22 @@ export function toDecimal(v: Decimal): string | number {
 
 const DECIMAL_FIELDS = new Set(["spend", "costUsd"]);
 
-/** One map of the caller's, with snake_case keys; undefined values are left out. */
-export function toWireMap(obj: object): Record<string, unknown> {
+/**
+ * One map of the caller's, with snake_case keys; undefined values are left out. An Invalid Date
+ * (which MessagePack would carry as the epoch) is invalid_field naming its key and, for an event
+ * of a log call, `index`, its position.
+ */
+export function toWireMap(obj: object, index: number | null = null): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const src = obj as Record<string, unknown>;
   for (const k in src) {
     if (!Object.prototype.hasOwnProperty.call(src, k)) continue;
     const v = src[k];
     if (v === undefined) continue;
+    if (v instanceof Date && Number.isNaN(v.getTime())) {
+      const where = index === null ? "" : ` (event ${index})`;
+      throw new UsagedError("invalid_field", `${k} is an Invalid Date${where}`, { field: k, index });
+    }
     out[camelToSnake(k)] = v !== null && DECIMAL_FIELDS.has(k) ? toDecimal(v as Decimal) : v;
   }
   return out;
@@ -166,11 +181,16 @@ export function toWireMap(obj: object): Record<string, unknown> {
 
 /**
  * The events of a log call on the wire: each with an `id` (a new UUIDv7 when it has none), and
- * the ids in order. Anything that is not an object is sent as it is, for the daemon to refuse
- * with its index.
+ * the ids in order. Events that are not an array are invalid_field naming `events`; an element
+ * that is not an object is sent as it is, for the daemon to refuse with its index.
  */
 export function toWireEvents(events: readonly object[]): { wire: unknown[]; ids: Uuid[] } {
-  if (!Array.isArray(events)) return { wire: events as unknown as unknown[], ids: [] };
+  if (!Array.isArray(events)) {
+    const got = events === null ? "null" : typeof events;
+    throw new UsagedError("invalid_field", `events must be an array of events, not ${got}`, {
+      field: "events",
+    });
+  }
   const wire: unknown[] = new Array(events.length);
   const ids: Uuid[] = new Array(events.length);
   for (let i = 0; i < events.length; i++) {
@@ -179,7 +199,7 @@ export function toWireEvents(events: readonly object[]): { wire: unknown[]; ids:
       wire[i] = e;
       continue;
     }
-    const m = toWireMap(e);
+    const m = toWireMap(e, i);
     if (m.id === undefined || m.id === null) m.id = uuidv7();
     wire[i] = m;
     ids[i] = m.id as Uuid;
@@ -255,7 +275,12 @@ export function fromWireSettle(v: unknown): SettleResult {
 }
 
 export function fromWireUsage(v: unknown): UsageResult {
-  return { limits: limitList(map(v).limits) };
+  const m = map(v);
+  return {
+    limits: limitList(m.limits),
+    degraded: m.degraded === true,
+    truncated: m.truncated === true,
+  };
 }
 
 export function fromWirePing(v: unknown): PingResult {

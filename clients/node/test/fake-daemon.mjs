@@ -11,8 +11,10 @@ export class FakeDaemon {
   /**
    * onMessage(msg, conn): called for every message received; conn.reply(msgid, err, result).
    * `path`: listen where an earlier FakeDaemon listened (a daemon that comes back).
+   * `allowHalfOpen`: the daemon's side stays open when the client ends its own (as a daemon that
+   * is stopped never closes it).
    */
-  constructor(onMessage, path = null) {
+  constructor(onMessage, path = null, { allowHalfOpen = false } = {}) {
     this.dir = path ? null : mkdtempSync(join(tmpdir(), "usaged-fake-"));
     this.path = path ?? join(this.dir, "fake.sock");
     this.onMessage = onMessage;
@@ -20,7 +22,7 @@ export class FakeDaemon {
     this.conns = new Set();
     this.accepted = 0;
     this.waiters = [];
-    this.server = createServer((sock) => this.accept(sock));
+    this.server = createServer({ allowHalfOpen }, (sock) => this.accept(sock));
   }
 
   listen() {

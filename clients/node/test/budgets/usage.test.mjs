@@ -19,6 +19,8 @@ test("usage reports every rule of a user without spending", async () => {
   const a = await u.usage({ userId: user, provider: "bulk", model: "gpt-4o" });
   const again = await u.usage({ userId: user, provider: "bulk", model: "gpt-4o" });
   assert.deepEqual(standing(again), standing(a), "usage spends nothing");
+  assert.equal(a.degraded, false, "Redis is up");
+  assert.equal(a.truncated, false, "a handful of providers and models");
   assert.equal(rule(a, "tokens").used, 300);
   assert.equal(rule(a, "spend").used, "0.300000");
   // Unnarrowed, the user's standing covers every provider's rules, the bulk model's among them.

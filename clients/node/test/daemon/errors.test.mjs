@@ -42,6 +42,23 @@ test("invalid_field of a log call gives the first bad event's index, and keeps n
   assert.equal(count("SELECT count(*) FROM public.api_usage_logs WHERE endpoint = 'errors-all-or-nothing'"), 0);
 });
 
+test("invalid_field from the client itself: an Invalid Date, and events that are not an array; nothing is stored", async () => {
+  const events = [
+    { userId: env.user, provider: "openai", endpoint: "errors-invalid-date" },
+    { userId: env.user, provider: "openai", endpoint: "errors-invalid-date", createdAt: new Date("x") },
+  ];
+  await assert.rejects(u.logUsage(events, { ack: "durable" }), fails("invalid_field", (e) => {
+    assert.equal(e.field, "createdAt");
+    assert.equal(e.index, 1);
+  }));
+  for (const bad of ["x", null]) {
+    await assert.rejects(u.logUsage(bad), fails("invalid_field", (e) => assert.equal(e.field, "events")));
+    await assert.rejects(u.logPrompt(bad), fails("invalid_field", (e) => assert.equal(e.field, "events")));
+  }
+  await u.logUsage([{ userId: env.user, provider: "openai", endpoint: "errors-marker" }], { ack: "durable" });
+  assert.equal(count("SELECT count(*) FROM public.api_usage_logs WHERE endpoint = 'errors-invalid-date'"), 0);
+});
+
 test("bad_request for params of the wrong shape", async () => {
   await assert.rejects(u.request("check", "not an array"), fails("bad_request"));
 });

@@ -46,6 +46,19 @@ test("events without an id get a new UUIDv7; given ids are kept", () => {
   assert.equal(wire[1].id, ids[1]);
 });
 
+test("an Invalid Date is invalid_field naming its field (camelCase) and, in an event list, the event's index", () => {
+  const bad = (field, index) => (e) => e instanceof UsagedError && e.code === "invalid_field" && e.field === field && e.index === index;
+  assert.throws(() => toWireEvents([{ userId: "u", provider: "p" }, { userId: "u", provider: "p", createdAt: new Date("x") }]), bad("createdAt", 1));
+  assert.throws(() => toWireMap({ createdAt: new Date(NaN) }), bad("createdAt", null));
+  assert.deepEqual(toWireEvents([{ id: "i", createdAt: new Date(0) }]).wire, [{ id: "i", created_at: new Date(0) }]);
+});
+
+test("events that are not an array are invalid_field naming events", () => {
+  for (const bad of ["x", null, undefined, 5, {}]) {
+    assert.throws(() => toWireEvents(bad), (e) => e instanceof UsagedError && e.code === "invalid_field" && e.field === "events" && e.index === null);
+  }
+});
+
 test("non-objects in an event list are sent as they are, for the daemon to refuse", () => {
   const { wire } = toWireEvents([{ userId: "u", provider: "p" }, 5]);
   assert.equal(wire[1], 5);
@@ -96,7 +109,8 @@ test("settle, usage and ping answers map to camelCase", () => {
   assert.deepEqual(fromWireSettle({ settled: true, duplicate: true }), { settled: true, duplicate: true });
   assert.deepEqual(fromWireSettle({ settled: true, duplicate: false }), { settled: true, duplicate: false });
   const u = fromWireUsage({ limits: [{ dimension: "requests", window: "minute", scope: "provider", limit: 60, used: 42, remaining: 18, reset_ms: 100 }] });
-  assert.deepEqual(u, { limits: [{ dimension: "requests", window: "minute", scope: "provider", limit: 60, used: 42, remaining: 18, resetMs: 100 }] });
+  assert.deepEqual(u, { limits: [{ dimension: "requests", window: "minute", scope: "provider", limit: 60, used: 42, remaining: 18, resetMs: 100 }], degraded: false, truncated: false });
+  assert.deepEqual(fromWireUsage({ limits: [], degraded: true, truncated: true }), { limits: [], degraded: true, truncated: true });
   assert.deepEqual(fromWirePing({ version: "1.2", protocol: 1, uptime_ms: 5 }), { version: "1.2", protocol: 1, uptimeMs: 5 });
 });
 
