@@ -56,6 +56,11 @@ static void log_denied_check(void *arg, const uint8_t user_id[16], const char *p
     batcher_log_denied(&d->batcher, user_id, provider, len, reason, now_ms);
 }
 
+/* The longest READY=1 waits for the first connect attempts (a PostgreSQL or Redis that takes
+ * connections and never answers holds one up for its whole connect deadline, up to 4 x
+ * redis.timeout_ms): well within systemd's default start timeout (90 s). */
+#define READY_WAIT_MS 30000
+
 void daemon_check_ready(struct daemon *d)
 {
     if (!d->started || d->ready || d->stopping)
@@ -63,14 +68,16 @@ void daemon_check_ready(struct daemon *d)
     /* Every part that must settle before the daemon tells systemd it is up, one condition
      * each; a part joins with its own condition and a call to daemon_check_ready from its state
      * change callback (the Redis limiter: connected, or its first attempt failed and
-     * limits.on_redis_error is in force). */
+     * limits.on_redis_error is in force). After READY_WAIT_MS the daemon is up all the same:
+     * it serves degraded until those attempts end. */
     if (d->listener.count == 0)
         return;
-    if (!batcher_settled(&d->batcher))
+    if (!d->ready_wait_over && !batcher_settled(&d->batcher))
         return;
-    if (!limiter_settled(&d->limiter))
+    if (!d->ready_wait_over && !limiter_settled(&d->limiter))
         return;
     d->ready = true;
+    uv_timer_stop(&d->ready_timer);
     log_info("ready");
     notify_ready(&d->notify);
 }
@@ -78,6 +85,17 @@ void daemon_check_ready(struct daemon *d)
 static void on_part_state(void *arg)
 {
     daemon_check_ready(arg);
+}
+
+static void on_ready_wait(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    d->ready_wait_over = true;
+    if (!d->ready && !d->stopping)
+        log_warn("ready after %d s without every first connect attempt ended (PostgreSQL or "
+                 "Redis slow to answer): serving degraded meanwhile",
+                 READY_WAIT_MS / 1000);
+    daemon_check_ready(d);
 }
 
 static void status_line(void *arg, char *out, size_t len)
@@ -205,6 +223,10 @@ int daemon_start(struct daemon *d, uv_loop_t *loop, struct config *config, char 
     start_signal(d, &d->sig_int, SIGINT);
     start_signal(d, &d->sig_hup, SIGHUP);
     log_info("usaged %s started", USAGED_VERSION);
+    uv_timer_init(loop, &d->ready_timer);
+    d->ready_timer.data = d;
+    uv_timer_start(&d->ready_timer, on_ready_wait, READY_WAIT_MS, 0);
+    uv_unref((uv_handle_t *)&d->ready_timer);
     d->started = true;
     daemon_check_ready(d);
     return 0;
@@ -318,6 +340,7 @@ static void on_connections_finished(struct conn_set *set)
     notify_close(&d->notify);
     conn_set_close(&d->conns);
     close_signals(d);
+    uv_close((uv_handle_t *)&d->ready_timer, NULL);
 }
 
 static void on_drained(struct batcher *b, void *arg)

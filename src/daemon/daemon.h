@@ -40,6 +40,8 @@ struct daemon {
     struct metrics metrics;     /* the Prometheus endpoint, when metrics.listen is set */
     struct methods methods;     /* what the protocol layer routes to */
     struct stats_sources stats; /* what the stats answer reads */
+    uv_timer_t ready_timer;     /* READY_WAIT_MS after the start: ready, settled or not */
+    bool ready_wait_over;       /* it fired: the parts' first attempts are no longer awaited */
     bool started;               /* daemon_start has finished: readiness may be judged */
     bool ready;                 /* every part has settled and READY=1 was sent */
     bool stopping;              /* SIGTERM received: no new work */

@@ -406,6 +406,22 @@ def test_ready_comes_in_degraded_mode_when_postgres_is_unreachable(activated, wo
                for t in tables.values()), tables
 
 
+def test_ready_comes_within_30_s_when_redis_takes_connections_and_never_answers(
+        activated, workdir, pg, db):
+    # The first connect attempt's deadline here is 4 x 20 s: READY=1 must not wait for it
+    # (systemd's start timeout is 90 s by default).
+    mute = os.path.join(workdir, "mute-redis.sock")
+    cfg = base_config(workdir, pg=pg, dbname=db) + (
+        f"redis:\n  address: \"unix:{mute}\"\n  timeout_ms: 20000\n")
+    d = activated(cfg)
+    path = os.path.join(workdir, "passed-mute.sock")
+    with unix_listener(mute), unix_listener(path) as listener:
+        d.start(listener)
+        d.notify.wait_for("READY", "1", timeout=60)
+        assert stats_over(path)["limits"]["redis"]["state"] != "up"
+        assert "ready after 30 s without every first connect attempt ended" in d.log_text()
+
+
 def test_status_lines_carry_live_figures(activated, workdir, pg, db):
     d = activated(pg_config(workdir, pg, db))
     path = os.path.join(workdir, "passed7.sock")
