@@ -48,11 +48,38 @@ static bool check_host_port(struct config_reader *p, const yaml_node_t *n, const
 /* redis.address, redis.sentinels and redis.cluster name three ways to reach Redis: one of them.
  * Checked at each of those keys as it is read (address: the value about to be set), so that the
  * error points at the second one given. */
-static bool check_redis_one_mode(struct config_reader *p, const yaml_node_t *n,
-                                 const struct config *c, const char *key, const char *address)
+/* Whether the file gives redis.address before node n (the key being read). */
+static bool redis_address_given(struct config_reader *p, const yaml_node_t *n)
 {
-    int modes = (strcmp(address, REDIS_DEFAULT_ADDRESS) != 0) + (c->redis.sentinel_count > 0) +
-                (c->redis.cluster_count > 0);
+    yaml_node_t *root = yaml_document_get_root_node(&p->doc);
+    if (!root || root->type != YAML_MAPPING_NODE)
+        return false;
+    for (yaml_node_pair_t *top = root->data.mapping.pairs.start; top < root->data.mapping.pairs.top;
+         top++) {
+        yaml_node_t *k = yaml_document_get_node(&p->doc, top->key);
+        yaml_node_t *v = yaml_document_get_node(&p->doc, top->value);
+        if (!k || !v || k->type != YAML_SCALAR_NODE || strcmp(config_scalar(k), "redis") != 0 ||
+            v->type != YAML_MAPPING_NODE)
+            continue;
+        for (yaml_node_pair_t *in = v->data.mapping.pairs.start; in < v->data.mapping.pairs.top;
+             in++) {
+            yaml_node_t *ik = yaml_document_get_node(&p->doc, in->key);
+            if (ik && ik->type == YAML_SCALAR_NODE && strcmp(config_scalar(ik), "address") == 0 &&
+                ik->start_mark.index < n->start_mark.index)
+                return true;
+        }
+    }
+    return false;
+}
+
+static bool check_redis_one_mode(struct config_reader *p, const yaml_node_t *n,
+                                 const struct config *c, const char *key, const char *address_value)
+{
+    /* The address counts when the file gives it, even as the default's value (the reference
+     * config does): when checking redis.address itself, always; at the other keys, once read. */
+    bool address = strcmp(key, "redis.address") == 0 ||
+                   strcmp(address_value, REDIS_DEFAULT_ADDRESS) != 0 || redis_address_given(p, n);
+    int modes = address + (c->redis.sentinel_count > 0) + (c->redis.cluster_count > 0);
     if (modes > 1)
         return config_fail(p, n,
                            "%s: redis.address, redis.sentinels and redis.cluster are exclusive; "

@@ -94,6 +94,12 @@ TEST(mixing_the_modes_is_refused_where_the_second_one_is)
     CHECK(parse("redis:\n  sentinels: [\"10.0.0.1:26379\"]\n  sentinel_master: m\n"
                 "  address: unix:/tmp/r.sock\n") == NULL);
     CHECK(check_contains(err, "t.yaml:4:12: redis.address:"));
+    /* The address given as the default's value (the reference config does) counts too. */
+    CHECK(parse("redis:\n  address: \"127.0.0.1:6379\"\n  cluster: [\"10.0.0.2:7000\"]\n") == NULL);
+    CHECK(check_contains(err, "t.yaml:3:13: redis.cluster:"));
+    CHECK(parse("redis:\n  sentinels: [\"10.0.0.1:26379\"]\n  sentinel_master: m\n"
+                "  address: \"127.0.0.1:6379\"\n") == NULL);
+    CHECK(check_contains(err, "redis.address, redis.sentinels and redis.cluster are exclusive"));
 }
 
 TEST(sentinels_need_a_master_name_and_ip_addresses)
