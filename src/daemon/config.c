@@ -730,7 +730,28 @@ struct config *config_parse(const char *path, const char *text, size_t len, char
     }
     yaml_node_t *root = yaml_document_get_root_node(&p.doc);
     c->empty = root == NULL || config_is_null(root);
-    if (root == NULL) {
+    /* One document per file: a second one (after "---") would be ignored, silently. */
+    yaml_document_t next;
+    bool more = false;
+    if (root != NULL) {
+        if (!yaml_parser_load(&yp, &next)) {
+            snprintf(err, errlen, "%s:%zu:%zu: %s", path, yp.problem_mark.line + 1,
+                     yp.problem_mark.column + 1, yp.problem ? yp.problem : "invalid YAML");
+            yaml_document_delete(&p.doc);
+            yaml_parser_delete(&yp);
+            config_free(c);
+            return NULL;
+        }
+        yaml_node_t *second = yaml_document_get_root_node(&next);
+        if (second) {
+            config_fail(&p, second, "a second YAML document (after ---): the file must hold one");
+            more = true;
+        }
+        yaml_document_delete(&next);
+    }
+    if (more) {
+        /* the error is set */
+    } else if (root == NULL) {
         ok = check_whole(&p, c, NULL); /* an empty file: all defaults */
     } else if (root->type != YAML_MAPPING_NODE && !config_is_null(root)) {
         config_fail(&p, root, "the configuration must be a mapping of sections");

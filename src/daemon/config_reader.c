@@ -184,7 +184,8 @@ bool config_each_pair(struct config_reader *p, yaml_node_t *map, const char *wha
         for (yaml_node_pair_t *prev = map->data.mapping.pairs.start; prev < pair; prev++) {
             yaml_node_t *pk = config_node_at(p, prev->key);
             if (pk->type == YAML_SCALAR_NODE && strcmp(config_scalar(pk), config_scalar(k)) == 0)
-                return config_fail(p, k, "duplicate key %s.%s", what, config_scalar(k));
+                return config_fail(p, k, "duplicate key %s%s%s", what, what[0] ? "." : "",
+                                   config_scalar(k));
         }
         p->key_node = k;
         if (!fn(p, config_scalar(k), v, ctx))

@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "log.h"
 #include "migrate.h"
+#include "secret.h"
 
 #define EXIT_CONFIG 78 /* EX_CONFIG: systemd's RestartPreventExitStatus can name it */
 
@@ -79,6 +80,19 @@ int main(int argc, char **argv)
             fprintf(stderr, "usaged: --migrate: %s\n", err);
         config_free(config);
         return rc < 0 ? 1 : 0;
+    }
+    /* Without its token the daemon could let no client in: a config to fix, not a start to
+     * retry (daemon_start reads it for good). */
+    if (config->auth.token_file) {
+        char *token;
+        size_t len;
+        if (secret_read("auth.token_file", config->auth.token_file, &token, &len, err,
+                        sizeof(err)) < 0) {
+            log_error("cannot start: %s", err);
+            config_free(config);
+            return EXIT_CONFIG;
+        }
+        secret_free(token);
     }
     /* A database behind this binary would refuse its rows: say so now, before accepting any.
      * An unreachable one is not a reason to refuse to start (rows wait in the spool). */

@@ -134,6 +134,21 @@ def test_a_live_socket_is_never_taken_over(daemon_factory, workdir):
         assert c.call("ping")["protocol"] == 1
 
 
+def test_a_missing_token_file_is_a_config_error_exit_78_without_touching_postgres(
+        daemon_factory, workdir):
+    # 78 (EX_CONFIG) is what systemd does not restart: the file must be fixed first. The
+    # database named here does not exist: the daemon refuses before it would look.
+    missing = os.path.join(workdir, "no-such-token")
+    cfg = base_config(workdir) + f"auth:\n  token_file: \"{missing}\"\n"
+    d = daemon_factory(cfg, start=False)
+    d.start(wait=False)
+    assert d.proc.wait(timeout=30) == 78
+    log = d.log_text()
+    assert f"cannot start: auth.token_file {missing}" in log
+    assert "PostgreSQL is not reachable" not in log
+    d.proc = None
+
+
 def test_a_regular_file_at_the_socket_path_is_left_alone(daemon_factory, workdir):
     d = daemon_factory(base_config(workdir), start=False)
     with open(d.socket, "w") as f:

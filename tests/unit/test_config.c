@@ -125,7 +125,18 @@ TEST(a_value_of_the_wrong_type_is_refused)
 TEST(a_duplicate_key_is_refused)
 {
     CHECK(parse("log: { level: info }\nlog: { level: debug }\n") == NULL);
-    CHECK(check_contains(err, "t.yaml:2:1: duplicate key"));
+    CHECK(check_contains(err, "t.yaml:2:1: duplicate key log"));
+    CHECK(parse("log:\n  level: info\n  level: debug\n") == NULL);
+    CHECK(check_contains(err, "t.yaml:3:3: duplicate key log.level"));
+}
+
+TEST(a_second_yaml_document_is_refused_not_ignored)
+{
+    CHECK(parse("log: { level: info }\n---\nlog: { level: debug }\n") == NULL);
+    CHECK(check_contains(err, "t.yaml:3:1: a second YAML document"));
+    struct config *c = parse("---\nlog: { level: debug }\n...\n");
+    CHECK(c != NULL);
+    config_free(c);
 }
 
 TEST(invalid_yaml_reports_where_the_parser_stopped)
@@ -404,7 +415,8 @@ int main(void)
                T(the_design_example_parses_with_its_values),
                T(an_unknown_key_is_named_with_its_line_and_column),
                T(a_value_out_of_range_says_the_range), T(a_value_of_the_wrong_type_is_refused),
-               T(a_duplicate_key_is_refused), T(invalid_yaml_reports_where_the_parser_stopped),
+               T(a_duplicate_key_is_refused), T(a_second_yaml_document_is_refused_not_ignored),
+               T(invalid_yaml_reports_where_the_parser_stopped),
                T(tcp_on_a_public_address_needs_an_auth_token),
                T(bad_addresses_and_modes_are_refused), T(user_overrides_need_a_uuid_and_a_provider),
                T(a_rules_item_gives_one_rule_per_amount_with_its_pattern),
