@@ -104,6 +104,19 @@ static int open_unix(struct listener *l, uv_loop_t *loop, const char *path, unsi
     if (rc == 0)
         rc = uv_listen(&s->h.stream, BACKLOG, on_connection);
     if (rc < 0) {
+        /* libuv reports a bind into a missing directory as EACCES: say which it is. */
+        char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        struct stat st;
+        if (slash && slash != dir)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof(dir), "%s", slash ? "/" : ".");
+        if (rc == UV_EACCES && stat(dir, &st) < 0 && errno == ENOENT) {
+            snprintf(err, errlen, "listen.unix %s: its directory %s does not exist", path, dir);
+            return -ENOENT;
+        }
         snprintf(err, errlen, "listen.unix %s: %s", path, uv_strerror(rc));
         return rc;
     }
