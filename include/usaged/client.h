@@ -27,7 +27,10 @@ extern "C" {
 typedef struct usaged_client usaged_client;
 
 /* Results of every call. On USAGED_ERR_SERVER the daemon answered with an error map: see
- * usaged_error_code() and friends. Any other error leaves the connection unusable. */
+ * usaged_error_code() and friends; the connection stays usable, except after the errors the
+ * daemon sends as it closes the connection (too_large, and bad_request for a stream it cannot
+ * read: docs/protocol.md, "How the daemon answers bad input"), where the next call gets
+ * USAGED_ERR_IO: connect again. Any other error leaves the connection unusable. */
 enum usaged_status {
     USAGED_OK = 0,
     USAGED_ERR_IO = -1,       /* connect, send or receive failed; the connection is closed */
@@ -39,7 +42,8 @@ enum usaged_status {
 };
 
 /* Connects to "unix:/path", "/path" (a Unix socket) or "host:port" (TCP). timeout_ms bounds the
- * connect (a Unix socket's full listen queue included) and each later call (< 0: no limit).
+ * connect (a Unix socket's full listen queue included) and each later call (< 0: no limit; 0:
+ * none may wait, so a call times out unless its answer is already there).
  * Returns NULL and fills err on failure. After an "io", "timeout" or "protocol" error the
  * connection is closed and what was begun but not sent is dropped; connect again. */
 usaged_client *usaged_connect(const char *address, int timeout_ms, char *err, size_t errlen);
