@@ -48,28 +48,42 @@ static bool check_host_port(struct config_reader *p, const yaml_node_t *n, const
 /* redis.address, redis.sentinels and redis.cluster name three ways to reach Redis: one of them.
  * Checked at each of those keys as it is read (address: the value about to be set), so that the
  * error points at the second one given. */
-/* Whether the file gives redis.address before node n (the key being read). */
-static bool redis_address_given(struct config_reader *p, const yaml_node_t *n)
+/* The node of the key section.key where the file gives it, or NULL. */
+static yaml_node_t *given_key(struct config_reader *p, const char *section, const char *key)
 {
     yaml_node_t *root = yaml_document_get_root_node(&p->doc);
     if (!root || root->type != YAML_MAPPING_NODE)
-        return false;
+        return NULL;
     for (yaml_node_pair_t *top = root->data.mapping.pairs.start; top < root->data.mapping.pairs.top;
          top++) {
         yaml_node_t *k = yaml_document_get_node(&p->doc, top->key);
         yaml_node_t *v = yaml_document_get_node(&p->doc, top->value);
-        if (!k || !v || k->type != YAML_SCALAR_NODE || strcmp(config_scalar(k), "redis") != 0 ||
+        if (!k || !v || k->type != YAML_SCALAR_NODE || strcmp(config_scalar(k), section) != 0 ||
             v->type != YAML_MAPPING_NODE)
             continue;
         for (yaml_node_pair_t *in = v->data.mapping.pairs.start; in < v->data.mapping.pairs.top;
              in++) {
             yaml_node_t *ik = yaml_document_get_node(&p->doc, in->key);
-            if (ik && ik->type == YAML_SCALAR_NODE && strcmp(config_scalar(ik), "address") == 0 &&
-                ik->start_mark.index < n->start_mark.index)
-                return true;
+            if (ik && ik->type == YAML_SCALAR_NODE && strcmp(config_scalar(ik), key) == 0)
+                return ik;
         }
     }
-    return false;
+    return NULL;
+}
+
+/* Where an error about section.key points: at the key, or at the file's start. */
+static const yaml_node_t *at_key(struct config_reader *p, const yaml_node_t *root,
+                                 const char *section, const char *key)
+{
+    const yaml_node_t *k = given_key(p, section, key);
+    return k ? k : root;
+}
+
+/* Whether the file gives redis.address before node n (the key being read). */
+static bool redis_address_given(struct config_reader *p, const yaml_node_t *n)
+{
+    const yaml_node_t *k = given_key(p, "redis", "address");
+    return k && k->start_mark.index < n->start_mark.index;
 }
 
 static bool check_redis_one_mode(struct config_reader *p, const yaml_node_t *n,
@@ -685,24 +699,28 @@ static bool check_whole(struct config_reader *p, struct config *c, yaml_node_t *
         uint16_t port;
         config_split_host_port(c->listen.tcp, host, sizeof(host), &port);
         if (!is_loopback_host(host))
-            return config_fail(p, root,
+            return config_fail(p, at_key(p, root, "listen", "tcp"),
                                "listen.tcp is not a loopback address: auth.token_file is required");
     }
     if (c->ingest.batch_rows > c->ingest.queue_rows)
-        return config_fail(p, root, "ingest.batch_rows (%u) must not exceed ingest.queue_rows (%u)",
+        return config_fail(p, at_key(p, root, "ingest", "batch_rows"),
+                           "ingest.batch_rows (%u) must not exceed ingest.queue_rows (%u)",
                            c->ingest.batch_rows, c->ingest.queue_rows);
     if (c->listen.max_input_bytes < c->listen.max_message_bytes)
-        return config_fail(p, root,
+        return config_fail(p, at_key(p, root, "listen", "max_input_bytes"),
                            "listen.max_input_bytes must be at least listen.max_message_bytes");
     if (c->spool.segment_bytes > c->spool.max_bytes)
-        return config_fail(p, root, "spool.segment_bytes must not exceed spool.max_bytes");
+        return config_fail(p, at_key(p, root, "spool", "segment_bytes"),
+                           "spool.segment_bytes must not exceed spool.max_bytes");
     if (c->redis.sentinel_count && !c->redis.sentinel_master)
-        return config_fail(p, root,
+        return config_fail(p, at_key(p, root, "redis", "sentinels"),
                            "redis.sentinels needs redis.sentinel_master (the primary's name)");
     if (c->redis.sentinel_master && !c->redis.sentinel_count)
-        return config_fail(p, root, "redis.sentinel_master needs redis.sentinels");
+        return config_fail(p, at_key(p, root, "redis", "sentinel_master"),
+                           "redis.sentinel_master needs redis.sentinels");
     if (c->redis.username && !c->redis.password_file)
-        return config_fail(p, root, "redis.username needs redis.password_file");
+        return config_fail(p, at_key(p, root, "redis", "username"),
+                           "redis.username needs redis.password_file");
     return true;
 }
 

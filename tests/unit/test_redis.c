@@ -105,7 +105,7 @@ TEST(mixing_the_modes_is_refused_where_the_second_one_is)
 TEST(sentinels_need_a_master_name_and_ip_addresses)
 {
     CHECK(parse("redis: { sentinels: [\"10.0.0.1:26379\"] }") == NULL);
-    CHECK(check_contains(err, "redis.sentinels needs redis.sentinel_master"));
+    CHECK(check_contains(err, "t.yaml:1:10: redis.sentinels needs redis.sentinel_master"));
     CHECK(parse("redis: { sentinel_master: m }") == NULL);
     CHECK(check_contains(err, "redis.sentinel_master needs redis.sentinels"));
     CHECK(parse("redis: { sentinels: [\"sentinel-a:26379\"], sentinel_master: m }") == NULL);
@@ -130,7 +130,7 @@ TEST(a_tls_address_is_refused_with_the_way_to_reach_one)
 TEST(a_username_needs_a_password_file)
 {
     CHECK(parse("redis: { username: app }") == NULL);
-    CHECK(check_contains(err, "redis.username needs redis.password_file"));
+    CHECK(check_contains(err, "t.yaml:1:10: redis.username needs redis.password_file"));
 }
 
 int main(void)
