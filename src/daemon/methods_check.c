@@ -272,7 +272,14 @@ static int64_t cost_micros(const msgpack_object *v)
         d = strtod(text, NULL);
     } else if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         d = (double)v->via.u64;
-    } else if (v->type == MSGPACK_OBJECT_FLOAT32 || v->type == MSGPACK_OBJECT_FLOAT64) {
+    } else if (v->type == MSGPACK_OBJECT_FLOAT32) {
+        /* Read as the float32's own shortest decimal (0.1f is 0.1), as check's spend is. */
+        char text[64];
+        size_t n = fields_double_to_decimal(v->via.f64, true, text, sizeof(text));
+        if (n > 0 && money_parse(text, n, &micros))
+            return micros;
+        d = v->via.f64;
+    } else if (v->type == MSGPACK_OBJECT_FLOAT64) {
         d = v->via.f64;
     }
     if (money_from_double(d, &micros))
@@ -387,6 +394,7 @@ enum conn_dispatch_result methods_log_prompt(struct methods_log *ml, struct limi
     struct rpc_error e;
     if (!strip_reservations(m, &s, &e)) {
         stripped_free(&s);
+        methods_log_count_refused(ml, m, &e);
         return conn_refuse(c, m, &e);
     }
     if (!s.events)

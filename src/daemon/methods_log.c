@@ -127,6 +127,16 @@ static bool parse_params(const struct batcher *b, const struct rpc_message *m,
     return true;
 }
 
+void methods_log_count_refused(struct methods_log *ml, const struct rpc_message *m,
+                               const struct rpc_error *err)
+{
+    if (m->params->size >= 1 && m->params->ptr[0].type == MSGPACK_OBJECT_ARRAY) {
+        uint32_t n = m->params->ptr[0].via.array.size;
+        ml->batcher->stats.events_received += n;
+        ml->batcher->stats.events_rejected[err->code] += n;
+    }
+}
+
 enum conn_dispatch_result methods_log(struct methods_log *ml, enum event_kind kind, struct conn *c,
                                       const struct rpc_message *m)
 {
@@ -134,12 +144,7 @@ enum conn_dispatch_result methods_log(struct methods_log *ml, enum event_kind ki
     struct batcher_request req = {.kind = kind, .can_wait = m->kind == RPC_KIND_NOTIFICATION};
     enum config_ack ack;
     if (!parse_params(ml->batcher, m, &req.events, &ack, &err)) {
-        if (m->params->size >= 1 && m->params->ptr[0].type == MSGPACK_OBJECT_ARRAY) {
-            /* Events with options refused: received, and rejected for the options' fault. */
-            uint32_t n = m->params->ptr[0].via.array.size;
-            ml->batcher->stats.events_received += n;
-            ml->batcher->stats.events_rejected[err.code] += n;
-        }
+        methods_log_count_refused(ml, m, &err);
         return conn_refuse(c, m, &err);
     }
     struct log_ack *a = NULL;

@@ -28,6 +28,11 @@ void methods_log_close(struct methods_log *ml);
 enum conn_dispatch_result methods_log(struct methods_log *ml, enum event_kind kind, struct conn *c,
                                       const struct rpc_message *m);
 
+/* Counts the events of a log request refused before the batcher saw it (its options, or a
+ * log_prompt's reservation): received, and rejected for err's code. */
+void methods_log_count_refused(struct methods_log *ml, const struct rpc_message *m,
+                               const struct rpc_error *err);
+
 /* The ingest and spool parts of `stats`. */
 void methods_log_pack_stats(const struct batcher *b, msgpack_packer *pk);
 void methods_log_pack_spool_stats(const struct spool *s, msgpack_packer *pk);

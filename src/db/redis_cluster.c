@@ -381,8 +381,10 @@ static void on_call_reply(enum redis_status status, const redisReply *reply, voi
              * node: a key the call makes): a moment later they all are, or the slot has moved.
              * One that an ASK sent here goes back to its slot's node, which answers the same ASK
              * again: that is waiting, not one more redirect. */
-            if (cc->asked)
+            if (cc->asked) {
                 cc->redirects--;
+                cl->r->stats.redirects--;
+            }
             retry_later(cc);
             return;
         }
@@ -439,6 +441,7 @@ void redis_cluster_eval(struct redis_cluster *cl, uint16_t slot, int numkeys, in
     cc->deadline_ms = uv_now(cl->loop) + timeout_ms;
     cc->slot = slot;
     cc->redirects = 0;
+    cc->asked = false;
     cc->numkeys = numkeys;
     cc->argc = argc;
     cc->len = len;

@@ -115,9 +115,12 @@ static void on_master_addr(redisAsyncContext *ac, void *reply_ptr, void *privdat
         reply->element[0]->type != REDIS_REPLY_STRING ||
         reply->element[1]->type != REDIS_REPLY_STRING) {
         char why[300];
-        if (s->auth_refused[0])
+        if (s->auth_refused[0]) {
+            /* Refused, and the question with it: a wrong password, not a sentinel without one
+             * (which answers the question all the same). */
+            s->r->stats.auth_failures++;
             snprintf(why, sizeof(why), "AUTH refused (%s)", s->auth_refused);
-        else
+        } else
             snprintf(why, sizeof(why), "no primary named %s (%s)", s->master,
                      reply->type == REDIS_REPLY_ERROR ? reply->str : "not monitored");
         session_fail(s, why);
@@ -143,8 +146,9 @@ static void on_master_addr(redisAsyncContext *ac, void *reply_ptr, void *privdat
 }
 
 /* A sentinel without a password refuses AUTH with an ERR, which is no reason to stop (see
- * on_connect); WRONGPASS is a refused password: counted as one, and the session's failure that
- * follows (NOAUTH to the question) is logged as it. The reply names no password. */
+ * on_connect), and so does one without redis.username's ACL user, with WRONGPASS; a WRONGPASS
+ * is noted, and when the question is refused too (NOAUTH), the session's failure is counted
+ * and logged as the refused AUTH. The reply names no password. */
 static void on_auth(redisAsyncContext *ac, void *reply_ptr, void *privdata)
 {
     struct redis_sentinel *s = privdata;
@@ -152,7 +156,6 @@ static void on_auth(redisAsyncContext *ac, void *reply_ptr, void *privdata)
     if (!reply || ac != s->ac || reply->type != REDIS_REPLY_ERROR ||
         strncmp(reply->str, "WRONGPASS", 9) != 0)
         return;
-    s->r->stats.auth_failures++;
     snprintf(s->auth_refused, sizeof(s->auth_refused), "%s", reply->str);
 }
 

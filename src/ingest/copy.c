@@ -191,7 +191,8 @@ size_t copy_format_timestamp(int64_t pg_us, char sep, const char *zone, char *ou
         secs--;
     }
     struct tm tm;
-    gmtime_r(&secs, &tm);
+    if (!gmtime_r(&secs, &tm))
+        return 0;
     /* The year in 4 digits at least (strftime's %Y writes year 55 as "55", which PostgreSQL
      * does not read as a year). */
     int m = snprintf(out, cap, "%04d-%02d-%02d%c%02d:%02d:%02d.%06" PRId64 "%s", tm.tm_year + 1900,

@@ -137,7 +137,8 @@ static bool encode_value(const struct fields_spec *f, const msgpack_object *v, s
         return true;
     case FIELDS_FLOAT: {
         char text[64];
-        size_t n = fields_double_to_decimal(val.d, false, text, sizeof(text));
+        size_t n =
+            fields_double_to_decimal(val.d, v->type == MSGPACK_OBJECT_FLOAT32, text, sizeof(text));
         if (n == 0 || !copy_numeric(out, text, n, 60))
             return fields_error(err, f->name, "%s cannot be represented", f->name);
         return true;

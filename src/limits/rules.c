@@ -195,7 +195,8 @@ static void rules_changed(struct rules *l)
  * refuse it, but a table elsewhere may not) allows nothing. Spend is read to the micro-dollar;
  * the other dimensions count whole units (numeric(20,6) prints ".000000", which is ignored).
  * Spend above MONEY_MAX_USD (migration 0019 refuses it; a row from before may have it) is more
- * than any check can ask or Redis's counts hold exactly: unlimited, and *over is set. */
+ * than any check can ask or Redis's counts hold exactly: unlimited, and *over is set; so is
+ * numeric's Infinity, of any dimension. */
 static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *ok, bool *over)
 {
     *ok = true;
@@ -205,10 +206,16 @@ static int64_t db_amount(const PGresult *r, int row, int col, bool spend, bool *
     const char *v = PQgetvalue(r, row, col);
     if (v[0] == '-')
         return 0;
+    if (strcmp(v, "Infinity") == 0) { /* numeric's, from PostgreSQL 14 */
+        *over = true;
+        return RULES_UNLIMITED;
+    }
     int64_t amount;
     if (spend) {
         *ok = money_parse(v, strlen(v), &amount);
-        if (!*ok && v[strspn(v, "0123456789.")] == '\0') {
+        size_t whole = strspn(v, "0123456789");
+        if (!*ok && whole > 0 && (v[whole] == '\0' || v[whole] == '.') &&
+            (whole > 10 || strtoll(v, NULL, 10) > MONEY_MAX_USD)) {
             *ok = *over = true;
             return RULES_UNLIMITED;
         }
@@ -357,8 +364,8 @@ static void on_load_done(struct pg_conn *pg, const struct pg_outcome *o, void *a
             log_warn("limits: %zu rows of usage_limits skipped (the last because %s)", skipped,
                      why);
         if (over)
-            log_warn("limits: %zu spend rows of usage_limits above %lld USD, the most a check "
-                     "counts, read as unlimited",
+            log_warn("limits: %zu rows of usage_limits above what a check counts (spend over "
+                     "%lld USD, or Infinity) read as unlimited",
                      over, (long long)MONEY_MAX_USD);
         l->loaded = true;
         rules_changed(l);

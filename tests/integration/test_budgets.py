@@ -336,6 +336,22 @@ def test_log_prompt_settles_its_reservation_and_retries_while_redis_is_away(
         assert c.call("stats")["limits"]["settles_queued"] >= 1
 
 
+def test_a_log_prompt_cost_sent_as_a_float32_settles_that_float_s_decimal(
+        daemon_factory, workdir, pg, db, redis_server):
+    add_provider(pg, db, "lpf32")
+    add_rule(pg, db, "spend", "day", "10", provider="lpf32")
+    user = make_users(pg, db, 1)[0]
+    d = start_with(daemon_factory, workdir, pg, db, redis_server)
+    with d.client() as c:
+        resv = c.call("check", {"user_id": user, "provider": "lpf32", "spend": "2"})["reservation"]
+        event = {"user_id": user, "status": "completed", "cost_usd": 0.1, "reservation": resv}
+        c.send_raw(msgpack.packb([0, 1, "log_prompt", [[event]]], use_single_float=True))
+        assert c.wait(1) == (None, {"accepted": 1})
+        servers.wait_for(lambda: c.call("stats")["limits"]["settles"] >= 1, 10, "the settle")
+        peek = c.call("check", {"user_id": user, "provider": "lpf32", "cost": 0})
+    assert rule_of(peek, "spend", "day")["used"] == "0.100000"
+
+
 def test_a_malformed_reservation_in_log_prompt_refuses_the_request(
         daemon_factory, workdir, pg, db, redis_server):
     add_provider(pg, db, "lpbad")
@@ -355,6 +371,9 @@ def test_a_malformed_reservation_in_log_prompt_refuses_the_request(
         err, _ = c.wait(9)
         assert (err["code"], err["field"], err["index"]) == ("invalid_field", "reservation", 0)
         assert "twice" in err["message"]
+        # The events of those refusals are counted as received and rejected (2 + 1 + 1).
+        ingest = c.call("stats")["ingest"]
+        assert (ingest["events_received"], ingest["events_rejected"]["invalid_field"]) == (4, 4)
         # A valid request after them: once its row has landed, theirs would have too.
         assert c.call("log_prompt", [dict(good, framework_name="after")]) == {"accepted": 1}
     servers.wait_for(lambda: sql(pg, db, "SELECT count(*) FROM public.prompt_history")[0][0] >= 1,
@@ -614,7 +633,7 @@ def test_a_spend_rule_above_what_a_check_counts_is_refused_and_one_from_before_i
         held = c.call("check", {"user_id": other, "provider": "huge", "spend": "2"})
     assert lifted["allowed"] and rule_of(lifted, "spend", "month")["limit"] is None
     assert not held["allowed"] and held["denied_by"]["limit"] == "1.000000"
-    assert "1 spend rows of usage_limits above 1000000000 USD" in d.log_text()
+    assert "1 rows of usage_limits above what a check counts" in d.log_text()
 
 
 def test_a_new_window_drops_the_old_ones_counts_and_a_rule_added_mid_window_reads_its_own(

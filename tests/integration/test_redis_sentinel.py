@@ -204,3 +204,17 @@ def test_a_wrong_password_for_the_sentinels_is_counted_and_logged_as_refused(
     assert f"no primary named {g.master}" not in d.log_text()
     assert redis_stats(d)["state"] != "up"
     assert "Wrong-sentinel-Pw" not in d.log_text()
+
+
+def test_an_acl_user_works_with_sentinels_that_know_no_such_user(
+        daemon_factory, workdir, pg, db, password_group):
+    # Sentinels without a password answer the user's AUTH with WRONGPASS (they have no such
+    # user) and the question all the same: no refused AUTH is counted.
+    add_provider(pg, db, "sentacl", per_day=3)
+    g, extra = password_group("App-user-Pw", "sentinel-group-Pw", None)
+    for node in (g.primary, g.replica):
+        node.client().execute_command("ACL", "SETUSER", "app", "on", ">App-user-Pw", "~*", "+@all")
+    d = start(daemon_factory, workdir, pg, db, g, redis_extra=extra + "  username: app\n")
+    wait_primary(d, g.primary.tcp_address())
+    assert exact_across([d], "sentacl", 3) == 3
+    assert redis_stats(d)["auth_failures"] == 0
