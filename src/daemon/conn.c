@@ -158,10 +158,10 @@ static void conn_maybe_close(struct conn *c)
 {
     if (c->closing)
         return;
+    /* Closed once every answer owed is written: requests read before the stream broke (or
+     * before the end of its input) were acted on, and their answers are the client's to read. */
     bool flushed = c->out.len == 0 && c->writing == 0;
-    if (c->close_after_flush && flushed)
-        conn_close(c);
-    else if ((c->eof || c->set->finishing) && c->pending == 0 && flushed)
+    if ((c->close_after_flush || c->eof || c->set->finishing) && c->pending == 0 && flushed)
         conn_close(c);
 }
 

@@ -80,6 +80,27 @@ def test_garbage_bytes_get_the_error_notification_and_close_only_that_connection
         assert good.call("ping")["protocol"] == 1
 
 
+def test_requests_read_before_the_stream_broke_are_answered_before_the_close(
+        daemon_factory, workdir, pg, db, redis_server):
+    # The checks go to Redis and are answered later; they were read, so they are spent: their
+    # answers are owed, and the connection closes only once they are written.
+    from test_limits import add_provider, check, start
+    add_provider(pg, db, "broken", per_day=100000)
+    d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n")
+    user = "b0000000-0000-4000-8000-000000000001"
+    with d.client() as c:
+        checks = [msgpack.packb([0, i, "check", [{"user_id": user, "provider": "broken"}]])
+                  for i in range(100)]
+        c.send_raw(b"".join(checks) + msgpack.packb([0, 500, "ping", []]) + b"\xc1")
+        got = c.wait_closed()
+    answered = sorted(m[1] for m in got if m[0] == 1)
+    assert answered == list(range(100)) + [500]
+    assert all(m[2] is None and m[3]["allowed"] for m in got if m[0] == 1 and m[1] < 100)
+    assert [m[:2] for m in got if m[0] == 2] == [[2, "error"]]
+    with d.client() as c:
+        assert check(c, user, "broken", 0)["remaining_day"] == 100000 - 100
+
+
 def test_a_message_over_the_size_limit_gets_too_large_and_closes(daemon_factory, workdir):
     d = make(daemon_factory, workdir, "  max_message_bytes: 4096\n")
     with d.client() as c:
