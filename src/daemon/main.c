@@ -104,6 +104,11 @@ int main(int argc, char **argv)
     case MIGRATE_UNREACHABLE:
         log_warn("PostgreSQL is not reachable at start (%s); starting anyway", err);
         break;
+    case MIGRATE_AHEAD:
+        /* The migrations only add (docs/schema.md): an older binary still works, through a
+         * rolling upgrade. */
+        log_warn("%s; starting anyway", err);
+        break;
     case MIGRATE_CURRENT:
         break;
     }

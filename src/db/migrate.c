@@ -80,9 +80,6 @@ int migrate_apply(const char *conninfo, char *err, size_t errlen)
     }
     int current = atoi(PQgetvalue(r, 0, 0));
     PQclear(r);
-    if ((size_t)current > migration_count)
-        fprintf(stderr, "usaged: the database is at migration %d, newer than this binary's %zu\n",
-                current, migration_count);
     int applied = 0;
     for (size_t i = 0; i < migration_count; i++) {
         const struct migration *m = &migrations[i];
@@ -122,7 +119,10 @@ int migrate_apply(const char *conninfo, char *err, size_t errlen)
                  "GRANT SELECT ON usaged_meta.schema_migrations TO usaged; END IF; END $$",
                  err, errlen, "granting usaged_meta.schema_migrations"))
         goto out;
-    if (applied == 0)
+    if ((size_t)current > migration_count)
+        printf("nothing applied: the database is at migration %d, newer than this binary's %zu\n",
+               current, migration_count);
+    else if (applied == 0)
         printf("the database is up to date (migration %d)\n", current);
     rc = 0;
 out:
@@ -155,6 +155,12 @@ enum migrate_check migrate_check(const char *conninfo, int timeout_s, char *err,
                      "the database is at migration %d of %zu; run usaged --migrate first", current,
                      migration_count);
             result = MIGRATE_BEHIND;
+        } else if ((size_t)current > migration_count) {
+            snprintf(err, errlen,
+                     "the database is at migration %d, newer than this binary's %zu (a newer "
+                     "usaged migrated it); upgrade this one",
+                     current, migration_count);
+            result = MIGRATE_AHEAD;
         }
     }
     PQclear(r);

@@ -21,10 +21,11 @@ extern const size_t migration_count;
 /* Applies every pending migration; progress goes to stdout. Returns 0, or -1 with err filled. */
 int migrate_apply(const char *conninfo, char *err, size_t errlen);
 
-enum migrate_check { MIGRATE_CURRENT = 0, MIGRATE_BEHIND, MIGRATE_UNREACHABLE };
+enum migrate_check { MIGRATE_CURRENT = 0, MIGRATE_BEHIND, MIGRATE_AHEAD, MIGRATE_UNREACHABLE };
 
 /* Is the database at the binary's latest migration? Waits at most timeout_s to connect. On
- * MIGRATE_BEHIND or MIGRATE_UNREACHABLE, err says what was found. */
+ * MIGRATE_BEHIND, MIGRATE_AHEAD (a newer binary migrated it) or MIGRATE_UNREACHABLE, err says
+ * what was found. */
 enum migrate_check migrate_check(const char *conninfo, int timeout_s, char *err, size_t errlen);
 
 #endif

@@ -75,6 +75,24 @@ def test_the_daemon_refuses_to_start_on_a_database_that_is_behind(workdir, pg, f
     assert "run usaged --migrate first" in r.stderr
 
 
+def test_a_database_ahead_of_the_binary_is_said_so_and_the_daemon_starts(
+        daemon_factory, workdir, pg, fresh_db):
+    # A newer usaged migrated it (a rolling upgrade): the migrations only add, so this one runs,
+    # and says to upgrade it; --migrate applies nothing and says why.
+    assert migrate(workdir, pg, fresh_db).returncode == 0
+    ahead = len(glob.glob(os.path.join(SQL_DIR, "*.sql"))) + 1
+    sql(pg, fresh_db, "INSERT INTO usaged_meta.schema_migrations (version, name) "
+        "VALUES (%s, 'from_the_future')", (ahead,))
+    r = migrate(workdir, pg, fresh_db)
+    assert r.returncode == 0, r.stderr
+    assert f"nothing applied: the database is at migration {ahead}, newer than" in r.stdout
+    assert "up to date" not in r.stdout
+    d = daemon_factory(base_config(workdir, pg=pg, dbname=fresh_db))
+    with d.client() as c:
+        assert c.call("ping")["protocol"] == 1
+    assert f"the database is at migration {ahead}, newer than this binary's" in d.log_text()
+
+
 def test_the_bookkeeping_is_out_of_the_daemon_roles_reach(workdir, pg, fresh_db):
     """usaged owns schema usaged; the migrator runs as a superuser: nothing it reads or writes may
     be something usaged could replace."""
