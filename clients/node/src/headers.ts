@@ -22,7 +22,9 @@ function fromState(s: LimitState): Window | null {
 
 /**
  * The window a client should be told about: the one that denied; else, of every limited
- * window, the one with the least of its quota left (the sooner reset on a tie).
+ * window, the one with the least of its quota left (the sooner reset on a tie). Shadow rules
+ * never deny and are not told about; a concurrent rule has no window (it is told only when it
+ * denied).
  */
 function binding(r: CheckResult): Window | null {
   if (!r.allowed && r.deniedBy) {
@@ -31,6 +33,7 @@ function binding(r: CheckResult): Window | null {
   }
   const windows: Window[] = [];
   for (const s of r.limits) {
+    if (s.shadow || s.window === null) continue;
     const w = fromState(s);
     if (w) windows.push(w);
   }
@@ -65,6 +68,7 @@ export function rateLimitHeaders(r: CheckResult): Record<string, string> {
     h["RateLimit-Remaining"] = String(w.remaining);
     h["RateLimit-Reset"] = seconds(w.resetMs);
   }
-  if (!r.allowed) h["Retry-After"] = seconds(r.retryAfterMs);
+  // A denial with no wait (a disabled provider) has nothing to retry after.
+  if (!r.allowed && r.retryAfterMs > 0) h["Retry-After"] = seconds(r.retryAfterMs);
   return h;
 }

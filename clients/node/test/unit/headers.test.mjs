@@ -34,3 +34,15 @@ test("budget rules: unlimited and concurrent-only entries do not hide a limited 
   const unl = { dimension: "requests", window: "day", scope: "provider", limit: null, used: 5, remaining: null, reset_ms: 100 };
   assert.deepEqual(rateLimitHeaders(v1({ limits: [unl, tokens] })), { "RateLimit-Limit": "30000", "RateLimit-Remaining": "1000", "RateLimit-Reset": "10" });
 });
+
+test("shadow rules and concurrent slots are not told about while allowed", () => {
+  const shadow = { dimension: "tokens", window: "minute", scope: "provider", limit: 100, used: 150, remaining: 0, reset_ms: 10000, shadow: true };
+  const slots = { dimension: "concurrent", window: null, scope: "provider", limit: 2, used: 2, remaining: 0, reset_ms: null };
+  const day = { dimension: "requests", window: "day", scope: "provider", limit: 1000, used: 10, remaining: 990, reset_ms: 5000000 };
+  assert.deepEqual(rateLimitHeaders(v1({ limits: [shadow, slots, day] })), { "RateLimit-Limit": "1000", "RateLimit-Remaining": "990", "RateLimit-Reset": "5000" });
+});
+
+test("a denial with no wait (a disabled provider) has no Retry-After", () => {
+  const h = rateLimitHeaders(v1({ allowed: false, reason: "provider_disabled", remaining_minute: 0, remaining_day: 0, retry_after_ms: 0 }));
+  assert.equal(h["Retry-After"], undefined);
+});
