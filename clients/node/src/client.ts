@@ -510,7 +510,9 @@ export class UsagedClient extends EventEmitter {
           this.state = "closed";
           first.reject(err);
         }
-        sock.destroy();
+        // With its error, so that the calls waiting for this connection fail with it (a token
+        // refused is unauthorized), not with a bare closed.
+        sock.destroy(err);
       },
     };
     call.out.call = call;

@@ -275,6 +275,31 @@ test("a request made right after the connection drops waits for the first reconn
   }, { reconnect: { minDelayMs: 50, maxDelayMs: 50 } });
 });
 
+test("a reconnect refused for its token fails the waiting request with unauthorized, and later ones say why", async () => {
+  // A token rotated on the daemon, not in the app: the reason must reach the caller.
+  let refuse = false;
+  const answer = standard((m, c) => c.reply(m[1], null, { allowed: true }));
+  const fake = await new FakeDaemon((m, c) => {
+    if (refuse && m[0] === 0 && m[2] === "auth") {
+      c.reply(m[1], { code: "unauthorized", message: "wrong token" });
+      c.sock.end();
+    } else answer(m, c);
+  }).listen();
+  const u = await connect({ path: fake.path, token: "old", reconnect: { minDelayMs: 50, maxDelayMs: 50 } });
+  try {
+    refuse = true;
+    const gone = new Promise((r) => u.once("disconnect", r));
+    fake.dropAll();
+    await gone;
+    await rejectsWith(u.check({ userId: "u", provider: "p" }, { timeoutMs: 10000 }), "unauthorized");
+    await assert.rejects(u.check({ userId: "u", provider: "p" }),
+      (e) => e.code === "closed" && /wrong token/.test(e.message));
+  } finally {
+    await u.close();
+    await fake.stop();
+  }
+});
+
 test("once a reconnect attempt has failed, requests fail at once with closed, between attempts and during one", async () => {
   // A daemon that hangs: it takes connections and answers nothing, so that each attempt lasts
   // connectTimeoutMs and a request that waited for one would fail with timeout.
