@@ -662,6 +662,8 @@ static void read_limit(const msgpack_object *m, struct usaged_limit *out)
     out->used = get_amount(m, "used");
     out->remaining = get_amount(m, "remaining");
     out->reset_ms = get_u64(m, "reset_ms");
+    const msgpack_object *s = map_get(m, "shadow");
+    out->shadow = s && s->type == MSGPACK_OBJECT_BOOLEAN && s->via.boolean;
 }
 
 int usaged_check_budget(usaged_client *c, const struct usaged_check_request *req,
@@ -696,22 +698,27 @@ int usaged_check_budget(usaged_client *c, const struct usaged_check_request *req
     read_check_result(r, &out->check);
     get_text(r, "reservation", out->reservation, sizeof(out->reservation));
     const msgpack_object *v = map_get(r, "limits");
-    for (uint32_t i = 0; v && v->type == MSGPACK_OBJECT_ARRAY && i < v->via.array.size &&
-                         out->nlimits < USAGED_MAX_LIMITS;
-         i++)
+    if (v && v->type == MSGPACK_OBJECT_ARRAY)
+        out->nlimits_listed = v->via.array.size;
+    for (uint32_t i = 0; i < out->nlimits_listed && out->nlimits < USAGED_MAX_LIMITS; i++)
         read_limit(&v->via.array.ptr[i], &out->limits[out->nlimits++]);
     v = map_get(r, "denied_by");
     if (v && v->type == MSGPACK_OBJECT_MAP) {
         out->has_denied_by = true;
         read_limit(v, &out->denied_by);
     }
+    v = map_get(r, "shadow_denied_by");
+    if (v && v->type == MSGPACK_OBJECT_MAP) {
+        out->has_shadow_denied_by = true;
+        read_limit(v, &out->shadow_denied_by);
+    }
     return USAGED_OK;
 }
 
 int usaged_usage(usaged_client *c, const char *user_id, const char *provider, const char *model,
-                 struct usaged_usage_limit *out, size_t cap, size_t *n)
+                 struct usaged_usage_limit *out, size_t cap, struct usaged_usage_answer *ans)
 {
-    *n = 0;
+    memset(ans, 0, sizeof(*ans));
     if (!user_id)
         return set_error(c, USAGED_ERR_ARGUMENT, "argument", "usage needs a user_id");
     uint32_t msgid;
@@ -731,10 +738,14 @@ int usaged_usage(usaged_client *c, const char *user_id, const char *provider, co
     int rc = usaged_wait(c, msgid, &r);
     if (rc != USAGED_OK)
         return rc;
-    const msgpack_object *v = map_get(r, "limits");
+    const msgpack_object *v = map_get(r, "degraded");
+    ans->degraded = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+    v = map_get(r, "truncated");
+    ans->truncated = v && v->type == MSGPACK_OBJECT_BOOLEAN && v->via.boolean;
+    v = map_get(r, "limits");
     if (!v || v->type != MSGPACK_OBJECT_ARRAY)
         return USAGED_OK;
-    *n = v->via.array.size;
+    ans->n = v->via.array.size;
     for (uint32_t i = 0; i < v->via.array.size && i < cap; i++) {
         const msgpack_object *m = &v->via.array.ptr[i];
         struct usaged_usage_limit *u = &out[i];
@@ -742,8 +753,7 @@ int usaged_usage(usaged_client *c, const char *user_id, const char *provider, co
         read_limit(m, &u->limit);
         get_text(m, "provider", u->provider, sizeof(u->provider));
         get_text(m, "model", u->model, sizeof(u->model));
-        const msgpack_object *s = map_get(m, "shadow");
-        u->shadow = s && s->type == MSGPACK_OBJECT_BOOLEAN && s->via.boolean;
+        u->shadow = u->limit.shadow;
     }
     return USAGED_OK;
 }

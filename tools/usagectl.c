@@ -506,9 +506,10 @@ static int cmd_usage(usaged_client *c, int argc, char **argv)
     struct usaged_usage_limit *rows = calloc(USAGE_ROWS_MAX, sizeof(*rows));
     if (!rows)
         return EXIT_PROTOCOL;
-    size_t n = 0;
+    struct usaged_usage_answer ans;
     int rc = usaged_usage(c, argv[0], argc > 1 ? argv[1] : NULL, argc > 2 ? argv[2] : NULL, rows,
-                          USAGE_ROWS_MAX, &n);
+                          USAGE_ROWS_MAX, &ans);
+    size_t n = ans.n;
     if (rc != USAGED_OK) {
         free(rows);
         return fail(c, rc);
@@ -530,6 +531,10 @@ static int cmd_usage(usaged_client *c, int argc, char **argv)
     }
     if (n > USAGE_ROWS_MAX)
         printf("(%zu more rules left out)\n", n - USAGE_ROWS_MAX);
+    if (ans.truncated)
+        printf("(truncated: the daemon read at most 256 providers and models)\n");
+    if (ans.degraded)
+        printf("(degraded: some of it was read without Redis)\n");
     free(rows);
     return 0;
 }

@@ -118,11 +118,12 @@ struct usaged_check_request {
 
 /* One rule that applied: spend amounts in micro-dollars (the answer's decimal strings). */
 struct usaged_limit {
-    char dimension[12];                         /* requests, tokens, spend */
-    char window[8];                             /* minute, hour, day, month */
+    char dimension[12];                         /* requests, tokens, spend, concurrent */
+    char window[8];                             /* minute, hour, day, month; "": concurrent */
     char scope[12];                             /* user, provider, model */
     struct usaged_quota limit, used, remaining; /* has_value false: nil (unlimited, unknown) */
     uint64_t reset_ms;
+    bool shadow; /* a shadow rule: counted and reported, never denies */
 };
 
 #define USAGED_MAX_LIMITS 48
@@ -130,10 +131,13 @@ struct usaged_limit {
 struct usaged_budget_result {
     struct usaged_check_result check; /* the v1 keys */
     char reservation[64];             /* "" when none: settle it after the call */
-    size_t nlimits;
+    size_t nlimits;                   /* in limits[], at most USAGED_MAX_LIMITS */
+    size_t nlimits_listed; /* how many the daemon listed: more than nlimits, the rest left out */
     struct usaged_limit limits[USAGED_MAX_LIMITS];
     bool has_denied_by;
     struct usaged_limit denied_by;
+    bool has_shadow_denied_by; /* a shadow rule would have denied (shadow_denied_by) */
+    struct usaged_limit shadow_denied_by;
 };
 
 int usaged_check_budget(usaged_client *c, const struct usaged_check_request *req,
@@ -157,13 +161,20 @@ struct usaged_usage_limit {
     struct usaged_limit limit;
     char provider[204]; /* "": every provider (UTF-8, up to 50 characters) */
     char model[204];    /* "": any model */
-    bool shadow;        /* a shadow rule: reported, never denies */
+    bool shadow;        /* as limit.shadow */
 };
 
-/* Asks for user_id's rules (provider and model: NULL for all). Fills at most cap rules of out;
- * *n gets how many the daemon listed (more than cap: the rest are left out). */
+/* What a usage answer says besides its rules. */
+struct usaged_usage_answer {
+    size_t n;       /* rules the daemon listed (more than cap: the rest are left out of out) */
+    bool degraded;  /* some of it was read without Redis (limits.on_redis_error) */
+    bool truncated; /* the daemon read at most 256 providers and models, and left some out */
+};
+
+/* Asks for user_id's rules (provider and model: NULL for all). Fills at most cap rules of out,
+ * and ans. */
 int usaged_usage(usaged_client *c, const char *user_id, const char *provider, const char *model,
-                 struct usaged_usage_limit *out, size_t cap, size_t *n);
+                 struct usaged_usage_limit *out, size_t cap, struct usaged_usage_answer *ans);
 
 /* Optional fields of an event: a field is sent when its has_ flag (or a non-NULL string) says. */
 struct usaged_usage_event {

@@ -494,6 +494,40 @@ static bool test_budget_check_reserves_and_settle_applies_once(struct ctx *x, us
     return expect_str(x, usaged_error_code(c), USAGED_ERR_UNKNOWN_RESERVATION, "error code");
 }
 
+/* The caller adds, besides the tokens-per-day rule, a shadow tokens-per-minute rule of 100. */
+static bool test_budget_shadow_rules_and_usage_flags(struct ctx *x, usaged_client *c)
+{
+    struct usaged_check_request req = {
+        .user_id = x->user, .provider = "openai", .cost = 1, .tokens = 150};
+    struct usaged_budget_result r;
+    if (!expect_rc(x, c, usaged_check_budget(c, &req, &r), USAGED_OK, "check"))
+        return false;
+    if (!r.check.allowed || r.nlimits_listed != r.nlimits || r.nlimits < 2)
+        return failf(x, "allowed %d, %zu of %zu limits", r.check.allowed, r.nlimits,
+                     r.nlimits_listed);
+    bool shadow_listed = false;
+    for (size_t i = 0; i < r.nlimits; i++)
+        shadow_listed |= r.limits[i].shadow && strcmp(r.limits[i].window, "minute") == 0;
+    if (!shadow_listed)
+        return failf(x, "no shadow rule among the limits");
+    if (!r.has_shadow_denied_by || !r.shadow_denied_by.shadow ||
+        strcmp(r.shadow_denied_by.dimension, "tokens") != 0 ||
+        r.shadow_denied_by.limit.value != 100)
+        return failf(x, "shadow_denied_by reads wrong (%d)", r.has_shadow_denied_by);
+    struct usaged_usage_limit rows[8];
+    struct usaged_usage_answer ans;
+    if (!expect_rc(x, c, usaged_usage(c, x->user, "openai", NULL, rows, 8, &ans), USAGED_OK,
+                   "usage"))
+        return false;
+    bool shadow_row = false;
+    for (size_t i = 0; i < ans.n && i < 8; i++)
+        shadow_row |= rows[i].shadow && rows[i].limit.shadow;
+    if (ans.n < 2 || ans.degraded || ans.truncated || !shadow_row)
+        return failf(x, "usage: %zu rules, degraded %d, truncated %d, shadow row %d", ans.n,
+                     ans.degraded, ans.truncated, shadow_row);
+    return true;
+}
+
 static bool test_log_prompt_with_a_reservation_settles_it(struct ctx *x, usaged_client *c)
 {
     int64_t before, after = 0;
@@ -565,6 +599,7 @@ static const struct test tests[] = {
      test_budget_check_reserves_and_settle_applies_once, true},
     {"log_prompt_with_a_reservation_settles_it", test_log_prompt_with_a_reservation_settles_it,
      true},
+    {"budget_shadow_rules_and_usage_flags", test_budget_shadow_rules_and_usage_flags, true},
 };
 
 static void usage(FILE *out)

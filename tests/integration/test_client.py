@@ -204,6 +204,13 @@ def test_log_prompt_with_a_reservation_settles_it(plain):
     wait_rows(plain, "prompt_history", "model", "c-prompt-reserved", 1)
 
 
+def test_budget_shadow_rules_and_usage_flags(plain):
+    sql(plain.pg, plain.db, "INSERT INTO public.usage_limits (provider, dimension, period, "
+        "amount, shadow) VALUES ('openai', 'tokens', 'minute', 100, true)")
+    with_tokens_rule(plain)
+    passes_without_auth(plain, "budget_shadow_rules_and_usage_flags")
+
+
 def test_an_unknown_test_name_is_a_usage_error(authed):
     assert run_c(authed, "no_such_test").returncode == 2
 
