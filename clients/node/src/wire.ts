@@ -17,13 +17,13 @@ export type Timestamp = Date | number;
 export interface CheckParams {
   userId: Uuid;
   provider: string;
-  model?: string;
+  model?: string | null;
   /** Requests to spend (default 1); 0 with no tokens and no spend is a peek. */
-  cost?: number;
+  cost?: number | null;
   /** Estimated tokens of the call (default 0). */
-  tokens?: number;
+  tokens?: number | null;
   /** Estimated spend in USD, up to 6 decimal places (default 0). */
-  spend?: Decimal;
+  spend?: Decimal | null;
 }
 
 /** One rule's state, as `check`, `usage` and `deniedBy` give it. */
@@ -64,7 +64,7 @@ export interface CheckResult {
 }
 
 export type SettleParams =
-  | { reservation: string; tokens?: number; spend?: Decimal; cancel?: false }
+  | { reservation: string; tokens?: number | null; spend?: Decimal | null; cancel?: false | null }
   | { reservation: string; cancel: true };
 
 export interface SettleResult {
@@ -74,8 +74,8 @@ export interface SettleResult {
 
 export interface UsageParams {
   userId: Uuid;
-  provider?: string;
-  model?: string;
+  provider?: string | null;
+  model?: string | null;
 }
 
 export interface UsageResult {
