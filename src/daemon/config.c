@@ -45,9 +45,6 @@ static bool check_host_port(struct config_reader *p, const yaml_node_t *n, const
 
 #define REDIS_DEFAULT_ADDRESS "127.0.0.1:6379"
 
-/* redis.address, redis.sentinels and redis.cluster name three ways to reach Redis: one of them.
- * Checked at each of those keys as it is read (address: the value about to be set), so that the
- * error points at the second one given. */
 /* The node of the key section.key where the file gives it, or NULL. */
 static yaml_node_t *given_key(struct config_reader *p, const char *section, const char *key)
 {
@@ -71,11 +68,14 @@ static yaml_node_t *given_key(struct config_reader *p, const char *section, cons
     return NULL;
 }
 
-/* Where an error about section.key points: at the key, or at the file's start. */
+/* Where an error about section.key (with section.other, or NULL) points: at the key, else at
+ * the other key, else at the file's start. */
 static const yaml_node_t *at_key(struct config_reader *p, const yaml_node_t *root,
-                                 const char *section, const char *key)
+                                 const char *section, const char *key, const char *other)
 {
     const yaml_node_t *k = given_key(p, section, key);
+    if (!k && other)
+        k = given_key(p, section, other);
     return k ? k : root;
 }
 
@@ -86,6 +86,9 @@ static bool redis_address_given(struct config_reader *p, const yaml_node_t *n)
     return k && k->start_mark.index < n->start_mark.index;
 }
 
+/* redis.address, redis.sentinels and redis.cluster name three ways to reach Redis: one of them.
+ * Checked at each of those keys as it is read (address: the value about to be set), so that the
+ * error points at the second one given. */
 static bool check_redis_one_mode(struct config_reader *p, const yaml_node_t *n,
                                  const struct config *c, const char *key, const char *address_value)
 {
@@ -699,27 +702,27 @@ static bool check_whole(struct config_reader *p, struct config *c, yaml_node_t *
         uint16_t port;
         config_split_host_port(c->listen.tcp, host, sizeof(host), &port);
         if (!is_loopback_host(host))
-            return config_fail(p, at_key(p, root, "listen", "tcp"),
+            return config_fail(p, at_key(p, root, "listen", "tcp", NULL),
                                "listen.tcp is not a loopback address: auth.token_file is required");
     }
     if (c->ingest.batch_rows > c->ingest.queue_rows)
-        return config_fail(p, at_key(p, root, "ingest", "batch_rows"),
+        return config_fail(p, at_key(p, root, "ingest", "batch_rows", "queue_rows"),
                            "ingest.batch_rows (%u) must not exceed ingest.queue_rows (%u)",
                            c->ingest.batch_rows, c->ingest.queue_rows);
     if (c->listen.max_input_bytes < c->listen.max_message_bytes)
-        return config_fail(p, at_key(p, root, "listen", "max_input_bytes"),
+        return config_fail(p, at_key(p, root, "listen", "max_input_bytes", "max_message_bytes"),
                            "listen.max_input_bytes must be at least listen.max_message_bytes");
     if (c->spool.segment_bytes > c->spool.max_bytes)
-        return config_fail(p, at_key(p, root, "spool", "segment_bytes"),
+        return config_fail(p, at_key(p, root, "spool", "segment_bytes", "max_bytes"),
                            "spool.segment_bytes must not exceed spool.max_bytes");
     if (c->redis.sentinel_count && !c->redis.sentinel_master)
-        return config_fail(p, at_key(p, root, "redis", "sentinels"),
+        return config_fail(p, at_key(p, root, "redis", "sentinels", NULL),
                            "redis.sentinels needs redis.sentinel_master (the primary's name)");
     if (c->redis.sentinel_master && !c->redis.sentinel_count)
-        return config_fail(p, at_key(p, root, "redis", "sentinel_master"),
+        return config_fail(p, at_key(p, root, "redis", "sentinel_master", NULL),
                            "redis.sentinel_master needs redis.sentinels");
     if (c->redis.username && !c->redis.password_file)
-        return config_fail(p, at_key(p, root, "redis", "username"),
+        return config_fail(p, at_key(p, root, "redis", "username", NULL),
                            "redis.username needs redis.password_file");
     return true;
 }
@@ -753,15 +756,16 @@ struct config *config_parse(const char *path, const char *text, size_t len, char
     bool more = false;
     if (root != NULL) {
         if (!yaml_parser_load(&yp, &next)) {
-            snprintf(err, errlen, "%s:%zu:%zu: %s", path, yp.problem_mark.line + 1,
-                     yp.problem_mark.column + 1, yp.problem ? yp.problem : "invalid YAML");
+            snprintf(err, errlen, "%s:%zu:%zu: %s%s%s", path, yp.problem_mark.line + 1,
+                     yp.problem_mark.column + 1, yp.problem ? yp.problem : "invalid YAML",
+                     yp.context ? " " : "", yp.context ? yp.context : "");
             yaml_document_delete(&p.doc);
             yaml_parser_delete(&yp);
             config_free(c);
             return NULL;
         }
         yaml_node_t *second = yaml_document_get_root_node(&next);
-        if (second) {
+        if (second && !config_is_null(second)) { /* a bare "---" at the end holds nothing */
             config_fail(&p, second, "a second YAML document (after ---): the file must hold one");
             more = true;
         }

@@ -15,6 +15,7 @@
 #include "xalloc.h"
 
 static void conn_close(struct conn *c);
+static void conn_maybe_close(struct conn *c);
 static void conn_mark_dirty(struct conn *c);
 static void conn_flush(struct conn *c);
 static void conn_update_pause(struct conn *c);
@@ -44,6 +45,9 @@ static void on_flush_check(uv_check_t *check)
         conn_flush(c);
         /* Answers sent (or pending requests answered) may let a paused connection go on. */
         conn_update_pause(c);
+        /* A check sent as a notification ends with nothing to write: a connection waiting for
+         * its last pending work to close (a broken stream, the end of its input) closes here. */
+        conn_maybe_close(c);
         conn_unref(c);
     }
     /* Here rather than where the input shrank: a resumed connection dispatches what it holds,
@@ -159,7 +163,9 @@ static void conn_maybe_close(struct conn *c)
     if (c->closing)
         return;
     /* Closed once every answer owed is written: requests read before the stream broke (or
-     * before the end of its input) were acted on, and their answers are the client's to read. */
+     * before the end of its input) were acted on, and their answers are the client's to read.
+     * Every pending request ends within its own deadline (Redis's timeout_ms, a durable ack's
+     * keep-or-refuse), so the wait is bounded. */
     bool flushed = c->out.len == 0 && c->writing == 0;
     if ((c->close_after_flush || c->eof || c->set->finishing) && c->pending == 0 && flushed)
         conn_close(c);

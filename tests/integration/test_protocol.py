@@ -6,6 +6,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 
 import msgpack
 import pytest
@@ -87,7 +88,7 @@ def test_requests_read_before_the_stream_broke_are_answered_before_the_close(
     from test_limits import add_provider, check, start
     add_provider(pg, db, "broken", per_day=100000)
     d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n")
-    user = "b0000000-0000-4000-8000-000000000001"
+    user = str(uuid.uuid4())
     with d.client() as c:
         checks = [msgpack.packb([0, i, "check", [{"user_id": user, "provider": "broken"}]])
                   for i in range(100)]
@@ -99,6 +100,30 @@ def test_requests_read_before_the_stream_broke_are_answered_before_the_close(
     assert [m[:2] for m in got if m[0] == 2] == [[2, "error"]]
     with d.client() as c:
         assert check(c, user, "broken", 0)["remaining_day"] == 100000 - 100
+
+
+@pytest.mark.parametrize("end", ["bad bytes", "end of input"])
+def test_a_connection_whose_last_work_is_check_notifications_closes_once_they_are_done(
+        daemon_factory, workdir, pg, db, redis_server, end):
+    # Checks sent as notifications owe no answer: when the last of them is done, a connection
+    # whose stream broke (or whose input ended) closes, with nothing left to write.
+    from test_limits import add_provider, check, start
+    add_provider(pg, db, "notes", per_day=100000)
+    d = start(daemon_factory, workdir, pg, db, redis_server, limits="  log_denied: false\n")
+    user = str(uuid.uuid4())
+    with d.client() as c:
+        notes = b"".join(msgpack.packb([2, "check", [{"user_id": user, "provider": "notes"}]])
+                         for _ in range(20))
+        if end == "bad bytes":
+            c.send_raw(notes + b"\xc1")
+        else:
+            c.send_raw(notes)
+            c.sock.shutdown(socket.SHUT_WR)
+        got = c.wait_closed(timeout=20)
+    assert [m[:2] for m in got] == ([[2, "error"]] if end == "bad bytes" else [])
+    with d.client() as c:
+        assert check(c, user, "notes", 0)["remaining_day"] == 100000 - 20
+        assert c.call("stats")["connections"]["open"] == 1
 
 
 def test_a_message_over_the_size_limit_gets_too_large_and_closes(daemon_factory, workdir):

@@ -137,6 +137,9 @@ TEST(a_second_yaml_document_is_refused_not_ignored)
     struct config *c = parse("---\nlog: { level: debug }\n...\n");
     CHECK(c != NULL);
     config_free(c);
+    c = parse("log: { level: debug }\n---\n"); /* an empty one after it holds nothing */
+    CHECK(c != NULL);
+    config_free(c);
 }
 
 TEST(invalid_yaml_reports_where_the_parser_stopped)
