@@ -727,6 +727,30 @@ static bool check_whole(struct config_reader *p, struct config *c, yaml_node_t *
     return true;
 }
 
+/* The parser's own error, FILE:LINE:COL first. Returns false. */
+static bool parse_failed(struct config_reader *p, const yaml_parser_t *yp)
+{
+    snprintf(p->err, p->errlen, "%s:%zu:%zu: %s%s%s", p->path, yp->problem_mark.line + 1,
+             yp->problem_mark.column + 1, yp->problem ? yp->problem : "invalid YAML",
+             yp->context ? " " : "", yp->context ? yp->context : "");
+    return false;
+}
+
+/* One document per file: a second one (after "---") would be ignored, silently; a bare "---" at
+ * the end holds nothing. False with the error set otherwise. */
+static bool one_document(struct config_reader *p, yaml_parser_t *yp)
+{
+    yaml_document_t next;
+    if (!yaml_parser_load(yp, &next))
+        return parse_failed(p, yp);
+    yaml_node_t *second = yaml_document_get_root_node(&next);
+    bool one = second == NULL || config_is_null(second);
+    if (!one)
+        config_fail(p, second, "a second YAML document (after ---): the file must hold one");
+    yaml_document_delete(&next);
+    return one;
+}
+
 struct config *config_parse(const char *path, const char *text, size_t len, char *err,
                             size_t errlen)
 {
@@ -742,39 +766,17 @@ struct config *config_parse(const char *path, const char *text, size_t len, char
     }
     yaml_parser_set_input_string(&yp, (const unsigned char *)text, len);
     if (!yaml_parser_load(&yp, &p.doc)) {
-        snprintf(err, errlen, "%s:%zu:%zu: %s%s%s", path, yp.problem_mark.line + 1,
-                 yp.problem_mark.column + 1, yp.problem ? yp.problem : "invalid YAML",
-                 yp.context ? " " : "", yp.context ? yp.context : "");
+        parse_failed(&p, &yp);
         yaml_parser_delete(&yp);
         config_free(c);
         return NULL;
     }
     yaml_node_t *root = yaml_document_get_root_node(&p.doc);
     c->empty = root == NULL || config_is_null(root);
-    /* One document per file: a second one (after "---") would be ignored, silently. */
-    yaml_document_t next;
-    bool more = false;
-    if (root != NULL) {
-        if (!yaml_parser_load(&yp, &next)) {
-            snprintf(err, errlen, "%s:%zu:%zu: %s%s%s", path, yp.problem_mark.line + 1,
-                     yp.problem_mark.column + 1, yp.problem ? yp.problem : "invalid YAML",
-                     yp.context ? " " : "", yp.context ? yp.context : "");
-            yaml_document_delete(&p.doc);
-            yaml_parser_delete(&yp);
-            config_free(c);
-            return NULL;
-        }
-        yaml_node_t *second = yaml_document_get_root_node(&next);
-        if (second && !config_is_null(second)) { /* a bare "---" at the end holds nothing */
-            config_fail(&p, second, "a second YAML document (after ---): the file must hold one");
-            more = true;
-        }
-        yaml_document_delete(&next);
-    }
-    if (more) {
-        /* the error is set */
-    } else if (root == NULL) {
+    if (root == NULL) {
         ok = check_whole(&p, c, NULL); /* an empty file: all defaults */
+    } else if (!one_document(&p, &yp)) {
+        ok = false; /* its error is set */
     } else if (root->type != YAML_MAPPING_NODE && !config_is_null(root)) {
         config_fail(&p, root, "the configuration must be a mapping of sections");
     } else {
