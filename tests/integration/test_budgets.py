@@ -56,6 +56,12 @@ def rule_of(answer, dimension, window):
     return found[0]
 
 
+def with_float32(c, method, params):
+    """(error, result) of a request whose floats go as MessagePack float32."""
+    c.send_raw(msgpack.packb([0, 9000, method, params], use_single_float=True))
+    return c.wait(9000)
+
+
 def redis_now(redis_server):
     r = redis_py.Redis(unix_socket_path=redis_server.sock)
     sec, usec = r.time()
@@ -174,14 +180,11 @@ def test_a_spend_sent_as_a_float32_is_read_as_that_float_s_shortest_decimal(
     d = start_with(daemon_factory, workdir, pg, db, redis_server)
     with d.client() as c:
         # 0.35 as a float32 is 0.3499999940395355 as a double: 16 places, were it read so.
-        c.send_raw(msgpack.packb([0, 1, "check", [{"user_id": user, "provider": "f32",
-                                                   "spend": 0.35}]], use_single_float=True))
-        err, a = c.wait(1)
+        err, a = with_float32(c, "check", [{"user_id": user, "provider": "f32", "spend": 0.35}])
         assert err is None and a["allowed"]
         assert rule_of(a, "spend", "day")["used"] == "0.350000"
-        c.send_raw(msgpack.packb([0, 2, "check", [{"user_id": user, "provider": "f32",
-                                                   "spend": 0.0000001}]], use_single_float=True))
-        err, _ = c.wait(2)
+        err, _ = with_float32(c, "check", [{"user_id": user, "provider": "f32",
+                                            "spend": 0.0000001}])
         assert (err["code"], err["field"]) == ("invalid_field", "spend")
 
 
@@ -345,8 +348,7 @@ def test_a_log_prompt_cost_sent_as_a_float32_settles_that_float_s_decimal(
     with d.client() as c:
         resv = c.call("check", {"user_id": user, "provider": "lpf32", "spend": "2"})["reservation"]
         event = {"user_id": user, "status": "completed", "cost_usd": 0.1, "reservation": resv}
-        c.send_raw(msgpack.packb([0, 1, "log_prompt", [[event]]], use_single_float=True))
-        assert c.wait(1) == (None, {"accepted": 1})
+        assert with_float32(c, "log_prompt", [[event]]) == (None, {"accepted": 1})
         servers.wait_for(lambda: c.call("stats")["limits"]["settles"] >= 1, 10, "the settle")
         peek = c.call("check", {"user_id": user, "provider": "lpf32", "cost": 0})
     assert rule_of(peek, "spend", "day")["used"] == "0.100000"
